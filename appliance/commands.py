@@ -1,0 +1,121 @@
+"""Command registry: every command the daemon answers is declared here as data.
+
+A command is a name, a pydantic model for its arguments, a timeout, and a handler
+``handler(ctx, args) -> dict``. Capabilities register theirs through a ``register(registry,
+device)`` function in their driver package's ``commands`` module; the core registers
+``ping``, ``status``, ``config.get`` and ``diagnostics``.
+
+The registry knows nothing of MQTT: the agent decodes a message into a :class:`CommandRequest`
+and the :class:`~appliance.dispatch.Dispatcher` runs it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from .errors import UnknownCommand
+
+ArgsT = TypeVar("ArgsT", bound=BaseModel)
+
+
+class NoArgs(BaseModel):
+    """Arguments of a command that takes none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class CommandContext:
+    """What a handler may use. ``emit`` sends an event (durable through the outbox by default);
+    ``progress`` sends a transient progress event for the kiosk screen; ``cancelled`` is set when
+    the command's timeout passed, and long handlers should check it between steps."""
+
+    command_id: str
+    name: str
+    deadline: float
+    emit: Callable[..., None]
+    services: Any  # the daemon's Services (config, store, devices); typed loosely to avoid a cycle
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def progress(self, step: str, **data: Any) -> None:
+        self.emit(
+            "command.progress",
+            {"command_id": self.command_id, "command": self.name, "step": step, **data},
+            durable=False,
+        )
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+
+Handler = Callable[[CommandContext, Any], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class CommandSpec(Generic[ArgsT]):
+    name: str
+    args_model: type[ArgsT]
+    handler: Handler
+    timeout_s: float
+    summary: str
+    # Commands that must not run while an enrollment session is active (driver restarts...).
+    intrusive: bool = False
+    # Role needed when commands are signed (see the trust layer): operator, admin, technician.
+    role: str = "operator"
+    result_model: type[BaseModel] | None = None
+
+
+def _first_line(doc: str | None) -> str:
+    lines = (doc or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
+class CommandRegistry:
+    def __init__(self) -> None:
+        self._specs: dict[str, CommandSpec[Any]] = {}
+
+    def add(
+        self,
+        name: str,
+        handler: Handler,
+        *,
+        args: type[BaseModel] = NoArgs,
+        timeout_s: float = 10.0,
+        summary: str = "",
+        intrusive: bool = False,
+        role: str = "operator",
+        result: type[BaseModel] | None = None,
+    ) -> None:
+        if name in self._specs:
+            raise ValueError(f"command {name!r} registered twice")
+        self._specs[name] = CommandSpec(
+            name=name,
+            args_model=args,
+            handler=handler,
+            timeout_s=timeout_s,
+            summary=summary or _first_line(handler.__doc__),
+            intrusive=intrusive,
+            role=role,
+            result_model=result,
+        )
+
+    def get(self, name: str) -> CommandSpec[Any]:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise UnknownCommand(
+                f"unknown command {name!r}", details={"command": name}
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def specs(self) -> list[CommandSpec[Any]]:
+        return [self._specs[n] for n in self.names()]

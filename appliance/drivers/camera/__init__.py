@@ -1,0 +1,1 @@
+"""camera capability: interface, backends, simulator."""

@@ -1,0 +1,1 @@
+"""card capability: interface, backends, simulator."""

@@ -1,0 +1,1 @@
+"""fingerprint capability: interface, backends, simulator."""
