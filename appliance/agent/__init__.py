@@ -1,0 +1,1 @@
+"""MQTT agent: connection supervisor, topics, outbox drain."""

@@ -1,0 +1,87 @@
+"""The core's own commands: ping, status, config.get, diagnostics."""
+
+from __future__ import annotations
+
+import platform
+import sqlite3
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import __version__
+from .commands import CommandContext, CommandRegistry, NoArgs
+from .errors import CommandError
+
+
+class PingArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    echo: str | None = Field(None, max_length=1024, description="Returned unchanged")
+
+
+class ConfigGetArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    section: str | None = Field(
+        None, pattern=r"^[a-z_]+(\.[a-z_]+)*$",
+        description="Dotted path of a section (e.g. mqtt or hardware.camera); all when absent",
+    )
+
+
+def _pkg_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def ping(ctx: CommandContext, args: PingArgs) -> dict[str, Any]:
+    """Liveness check: answers at once."""
+    out: dict[str, Any] = {"pong": True, "ts": time.time()}
+    if args.echo is not None:
+        out["echo"] = args.echo
+    return out
+
+
+def status(ctx: CommandContext, _args: NoArgs) -> dict[str, Any]:
+    """Online state, software version, profile, device health, outbox depth."""
+    result: dict[str, Any] = ctx.services.status()
+    return result
+
+
+def config_get(ctx: CommandContext, args: ConfigGetArgs) -> dict[str, Any]:
+    """The effective configuration (no secret values: secrets are always files)."""
+    data: Any = ctx.services.config.redacted()
+    if args.section:
+        for part in args.section.split("."):
+            if not isinstance(data, dict) or part not in data:
+                raise CommandError(f"no configuration section {args.section!r}",
+                                   code="invalid_args", details={"section": args.section})
+            data = data[part]
+    return {"section": args.section, "config": data}
+
+
+def diagnostics(ctx: CommandContext, _args: NoArgs) -> dict[str, Any]:
+    """Versions, uptime, outbox depth, store size, device states, MQTT counters."""
+    s = ctx.services
+    return {
+        "versions": {
+            "appliance": __version__,
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "sqlite": sqlite3.sqlite_version,
+            **{p: _pkg_version(p) for p in ("paho-mqtt", "pydantic", "sqlite-utils", "pynacl",
+                                             "pyserial", "pyscard", "opencv-python-headless")},
+        },
+        **s.diagnostics(),
+    }
+
+
+def register(registry: CommandRegistry) -> None:
+    registry.add("ping", ping, args=PingArgs, timeout_s=5, role="operator")
+    registry.add("status", status, timeout_s=5, role="operator")
+    registry.add("config.get", config_get, args=ConfigGetArgs, timeout_s=5, role="admin")
+    registry.add("diagnostics", diagnostics, timeout_s=10, role="admin")

@@ -1,0 +1,318 @@
+"""``appliance`` command line: run the daemon, check configuration, show status, simulators,
+fleet tools. ``appliance COMMAND --help`` explains each command's options and defaults."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR, check_file, load
+from .errors import ApplianceError, ConfigError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+# `appliance sim NAME` -> module providing configure_parser(p) and run(args)
+SIMULATORS = {
+    "fingerprint": ("appliance.drivers.fingerprint.simcli",
+                    "ZhianTec fingerprint sensor emulator on a pty or TCP port"),
+    "card": ("appliance.drivers.card.simcli",
+             "eMRTD card emulator connecting to vpcd (pcscd's virtual reader)"),
+    "camera": ("appliance.drivers.camera.simcli", "camera scene simulator"),
+}
+# `appliance fleet NAME` -> module providing configure_parser(p) and run(args)
+FLEET_TOOLS = {
+    "keys": ("appliance.fleet.keyscli", "fleet root and operator keys and certificates"),
+}
+
+
+def _state_dir_default() -> Path:
+    return Path(os.environ.get("APPLIANCE_STATE_DIR", str(DEFAULT_STATE_DIR)))
+
+
+def _config_default() -> Path:
+    return Path(os.environ.get("APPLIANCE_CONFIG", str(DEFAULT_CONFIG_PATH)))
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", type=Path, default=_config_default(), metavar="FILE",
+        help="configuration file (default: $APPLIANCE_CONFIG or %(default)s; a missing default "
+             "file means built-in defaults plus the 'sim' profile)",
+    )
+    p.add_argument(
+        "--state-dir", type=Path, default=_state_dir_default(), metavar="DIR",
+        help="state directory holding the SQLite store and keys "
+             "(default: $APPLIANCE_STATE_DIR or %(default)s)",
+    )
+
+
+def _print_problems(source: str, problems: list[tuple[str, str]]) -> None:
+    for path, reason in problems:
+        print(f"{path}: {reason}", file=sys.stderr)
+    print(f"{source}: {len(problems)} problem(s)", file=sys.stderr)
+
+
+def _load_or_exit(args: argparse.Namespace) -> Any:
+    explicit = args.config != DEFAULT_CONFIG_PATH
+    try:
+        return load(args.config, require_file=explicit)
+    except ConfigError as exc:
+        _print_problems(str(args.config), exc.problems)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import logs
+    from .daemon import Daemon
+
+    cfg = _load_or_exit(args)
+    if args.log_level:
+        cfg.logging.level = args.log_level
+    logs.setup(cfg.logging.level, cfg.logging.target)
+    try:
+        return Daemon(cfg, args.state_dir).run()
+    except ApplianceError as exc:
+        print(f"appliance: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    worst = EXIT_OK
+    for f in args.files:
+        problems = check_file(f)
+        if problems:
+            _print_problems(str(f), problems)
+            worst = EXIT_CONFIG
+        else:
+            print(f"{f}: ok")
+    return worst
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    cfg = _load_or_exit(args)
+    print(json.dumps(cfg.redacted(), indent=2))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Local view (the store) plus the broker's retained status of this device."""
+    from .store import DB_NAME, Store
+
+    cfg = _load_or_exit(args)
+    out: dict[str, Any] = {"device": cfg.device.id, "profile": cfg.device.profile,
+                           "state_dir": str(args.state_dir)}
+    if (args.state_dir / DB_NAME).exists():
+        store = Store(args.state_dir, synchronous=cfg.store.synchronous)
+        try:
+            out["store"] = {
+                "schema_version": store.schema_version,
+                "outbox_depth": store.outbox.depth(),
+                "outbox_last_seq": store.outbox.last_seq(),
+                "bytes": store.size_bytes(),
+                "recent_audit": store.audit_tail(5),
+            }
+        finally:
+            store.close()
+    else:
+        out["store"] = None
+    out["broker_status"] = _retained_status(cfg, args.timeout)
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        bs = out["broker_status"]
+        print(f"device     {out['device']} (profile {out['profile']})")
+        if out["store"]:
+            st = out["store"]
+            print(f"store      {args.state_dir}: schema v{st['schema_version']}, outbox "
+                  f"{st['outbox_depth']} pending (last seq {st['outbox_last_seq']}), "
+                  f"{st['bytes']} bytes")
+        else:
+            print(f"store      none yet in {args.state_dir}")
+        if isinstance(bs, dict) and "online" in bs:
+            devs = ", ".join(f"{k} {v}" for k, v in (bs.get("devices") or {}).items())
+            print(f"broker     {'online' if bs['online'] else 'OFFLINE'} "
+                  f"(version {bs.get('version', '?')}); devices: {devs or '-'}")
+        else:
+            print(f"broker     {bs}")
+    return EXIT_OK
+
+
+def _retained_status(cfg: Any, timeout: float) -> Any:
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from .agent.topics import Topics
+
+    topic = Topics(cfg.mqtt.topic_prefix, cfg.device.id).status
+    got: dict[str, Any] = {}
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                         client_id=f"status-{os.getpid()}")
+    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        try:
+            got["status"] = json.loads(msg.payload)
+        except ValueError:
+            got["status"] = "unparseable retained status"
+
+    client.on_message = on_message
+    if cfg.mqtt.tls.enabled:
+        client.tls_set(ca_certs=str(cfg.mqtt.tls.ca_file) if cfg.mqtt.tls.ca_file else None,
+                       certfile=str(cfg.mqtt.tls.cert_file) if cfg.mqtt.tls.cert_file else None,
+                       keyfile=str(cfg.mqtt.tls.key_file) if cfg.mqtt.tls.key_file else None)
+    try:
+        client.connect(cfg.mqtt.host, cfg.mqtt.port, 10)
+    except OSError as exc:
+        return f"unreachable ({cfg.mqtt.host}:{cfg.mqtt.port}: {exc})"
+    deadline = time.monotonic() + timeout
+    while "status" not in got and time.monotonic() < deadline:
+        client.loop(0.1)
+    client.disconnect()
+    return got.get("status", "no retained status on the broker (never connected?)")
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from .schemas import check, write
+
+    if args.check:
+        stale = check(args.out)
+        for name in stale:
+            print(f"{args.out / name}: out of date (run: appliance schemas --out {args.out})",
+                  file=sys.stderr)
+        return EXIT_FAILURE if stale else EXIT_OK
+    for path in write(args.out):
+        print(path)
+    return EXIT_OK
+
+
+def _plugin(table: dict[str, tuple[str, str]], name: str) -> Any:
+    module, _ = table[name]
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            return None
+        raise
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def _add_plugins(sub: Any, table: dict[str, tuple[str, str]], wanted: str | None) -> None:
+    """One sub-command per plugin; only the selected plugin's module is imported (simulators
+    pull in numpy/OpenCV, which `appliance run` must not pay for)."""
+    for name, (_module, summary) in table.items():
+        if name != wanted:
+            sub.add_parser(name, help=summary, description=summary, add_help=False)
+            continue
+        mod = _plugin(table, name)
+        if mod is None:
+            p = sub.add_parser(name, help=summary, description=summary)
+            p.set_defaults(func=lambda _a, n=name: _unavailable(n))
+            continue
+        p = sub.add_parser(name, help=summary, description=(mod.__doc__ or summary))
+        mod.configure_parser(p)
+        p.set_defaults(func=mod.run)
+
+
+def _unavailable(name: str) -> int:
+    print(f"appliance: {name} is not available in this build", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="appliance",
+        description="Daemon of a CCCD self-service enrollment kiosk: drives the portrait camera, "
+                    "the fingerprint sensor and the chip encoder, and talks MQTT to the fleet.",
+        epilog="Exit status: 0 ok, 1 failure, 2 invalid configuration or usage.",
+    )
+    parser.add_argument("--version", action="version", version=f"appliance {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the daemon in the foreground (as systemd does)",
+                       description="Run the daemon until SIGTERM. Under systemd it reports "
+                       "READY=1, STATUS= and watchdog pings on NOTIFY_SOCKET.")
+    _add_common(p)
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="override logging.level from the configuration")
+    p.set_defaults(func=cmd_run)
+
+    pc = sub.add_parser("config", help="check or show configuration")
+    csub = pc.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    p = csub.add_parser(
+        "check", help="validate configuration files",
+        description="Validate each FILE with its hardware profile. Prints every problem as "
+                    "'path.to.field: reason' and exits 2 if any file is invalid.")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.set_defaults(func=cmd_config_check)
+    p = csub.add_parser("show", help="print the effective configuration as JSON",
+                        description="Print the configuration after all layers (defaults, "
+                        "profile, file, APPLIANCE_* environment) as JSON.")
+    _add_common(p)
+    p.set_defaults(func=cmd_config_show)
+
+    p = sub.add_parser("status", help="show this kiosk's local and broker-side status",
+                       description="Read the local store (outbox depth, schema, recent audit) "
+                       "and the retained status message the daemon keeps on the broker.")
+    _add_common(p)
+    p.add_argument("--timeout", type=float, default=2.0,
+                   help="seconds to wait for the broker's retained status (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("schemas", help="write or check the JSON Schemas of the protocol",
+                       description="Generate JSON Schema files for every command's arguments "
+                       "and the protocol's messages from the pydantic models.")
+    p.add_argument("--out", type=Path, default=Path("docs/schemas"),
+                   help="output directory (default %(default)s)")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 if the files in --out differ from what would be generated")
+    p.set_defaults(func=cmd_schemas)
+
+    ps = sub.add_parser("sim", help="hardware simulators speaking the real wire protocols")
+    ssub = ps.add_subparsers(dest="sim_command", required=True, metavar="DEVICE")
+    words = list(sys.argv[1:] if argv is None else argv)
+    _add_plugins(ssub, SIMULATORS, _selected(words, "sim"))
+
+    pf = sub.add_parser("fleet", help="tools for fleet administrators")
+    fsub = pf.add_subparsers(dest="fleet_command", required=True, metavar="TOOL")
+    _add_plugins(fsub, FLEET_TOOLS, _selected(words, "fleet"))
+    return parser
+
+
+def _selected(words: list[str], group: str) -> str | None:
+    """The word after ``group`` in the command line, if ``group`` is the sub-command."""
+    positional = [w for w in words if not w.startswith("-")]
+    if len(positional) >= 2 and positional[0] == group:
+        return positional[1]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    try:
+        rc: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except ApplianceError as exc:
+        print(f"appliance: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

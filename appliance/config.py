@@ -1,0 +1,292 @@
+"""Configuration: pydantic models, layered loading, one-line explanations of every problem.
+
+Layers, lowest first (later layers override earlier ones key by key):
+
+1. built-in defaults (the models below);
+2. the hardware kit profile named by ``device.profile`` (``firmware_profiles/<name>.toml``);
+3. the local file (default ``/etc/appliance/appliance.toml``, ``--config`` to override);
+4. ``APPLIANCE_*`` environment variables (``APPLIANCE_MQTT__PORT=1884``: ``__`` separates levels);
+5. the fleet's desired configuration, once the trust layer has verified it (see docs/trust.md).
+
+Unknown keys are errors at every layer, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .drivers.camera.config import CameraConfig
+from .drivers.card.config import CardConfig
+from .drivers.fingerprint.config import FingerprintConfig
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/appliance/appliance.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/appliance")
+ENV_PREFIX = "APPLIANCE_"
+
+
+def profiles_dir() -> Path:
+    """Where hardware kit profiles live: ``APPLIANCE_PROFILES_DIR`` or the source tree's."""
+    env = os.environ.get("APPLIANCE_PROFILES_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "firmware_profiles"
+
+
+class Strict(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DeviceSection(Strict):
+    id: str = Field(
+        "kiosk-dev",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Device id: MQTT client id and topic segment (letters, digits, _ . -)",
+    )
+    site: str = Field("", description="Free-text site name shown to administrators")
+    groups: list[str] = Field(
+        default_factory=list, description="Groups this kiosk belongs to (group commands)"
+    )
+    profile: str = Field(
+        "sim", description="Hardware kit profile: firmware_profiles/<profile>.toml"
+    )
+
+    @field_validator("groups")
+    @classmethod
+    def _groups_are_topic_safe(cls, v: list[str]) -> list[str]:
+        for g in v:
+            if not g or any(c in g for c in "/+#") or len(g) > 64:
+                raise ValueError(f"group {g!r} must be 1-64 characters without / + #")
+        return v
+
+
+class TlsSection(Strict):
+    enabled: bool = Field(False, description="Connect with TLS")
+    ca_file: Path | None = Field(None, description="CA bundle that signed the broker certificate")
+    cert_file: Path | None = Field(None, description="Client certificate (PEM)")
+    key_file: Path | None = Field(None, description="Client private key (PEM, mode 0600)")
+    insecure: bool = Field(
+        False, description="Skip broker hostname verification (testing only, never in the field)"
+    )
+
+
+class MqttSection(Strict):
+    host: str = Field("127.0.0.1", description="Broker host name or address")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual with TLS)")
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5", description="MQTT version; 3.1.1 for brokers without MQTT 5 (replies then go to "
+        "the documented reply topic)"
+    )
+    client_id: str | None = Field(None, description="Client id; default: the device id")
+    username: str | None = Field(None, description="Broker user name")
+    password_file: Path | None = Field(None, description="File holding the broker password")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds")
+    session_expiry_s: int = Field(
+        7 * 24 * 3600, ge=0, description="Persistent session lifetime on the broker (MQTT 5)"
+    )
+    topic_prefix: str = Field("kiosk", pattern=r"^[A-Za-z0-9_-]+$", description="Topic root")
+    reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect backoff ceiling")
+    reconnect_max_s: float = Field(60.0, gt=0, description="Largest reconnect backoff ceiling")
+    max_inflight: int = Field(
+        200, ge=1, le=65535, description="QoS 1 messages in flight while the outbox drains"
+    )
+    tls: TlsSection = Field(default_factory=TlsSection)
+
+
+class StoreSection(Strict):
+    synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL",
+        description="SQLite synchronous mode; FULL survives power loss, NORMAL only crashes",
+    )
+    outbox_max_rows: int = Field(
+        1_000_000, ge=1000, description="Outbox cap; beyond it new events are refused, not lost"
+    )
+    command_history_days: int = Field(
+        30, ge=1, description="Days an executed command id and its reply are kept"
+    )
+
+
+class CommandsSection(Strict):
+    max_payload_bytes: int = Field(
+        256 * 1024, ge=1024, description="Command payloads larger than this are refused"
+    )
+    workers: int = Field(4, ge=1, le=64, description="Threads executing commands")
+    allow_unsigned: bool = Field(
+        True,
+        description="Accept unsigned commands (local development). The trust layer sets this "
+        "false in provisioned kiosks",
+    )
+
+
+class TelemetrySection(Strict):
+    heartbeat_s: float = Field(30.0, ge=1.0, description="Seconds between heartbeats")
+
+
+class LoggingSection(Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level")
+    target: Literal["auto", "journal", "stderr"] = Field(
+        "auto", description="auto: journald when the daemon runs under it, else stderr"
+    )
+
+
+class SimulationSection(Strict):
+    """Emulators the daemon starts itself, for the simulated kit and demos. The production
+    drivers then talk to them over the real channel (a pty, pcscd + vpcd), unchanged."""
+
+    fingerprint: bool = Field(
+        False, description="Start the ZhianTec sensor emulator on a pty and use that port"
+    )
+    card: bool = Field(
+        False, description="Start a private pcscd + vpcd stack with the card emulator behind it"
+    )
+    seed: int = Field(1, description="Seed of the emulators' synthetic citizens")
+
+
+class HardwareSection(Strict):
+    camera: CameraConfig = Field(default_factory=CameraConfig)  # type: ignore[arg-type]
+    fingerprint: FingerprintConfig = Field(default_factory=FingerprintConfig)  # type: ignore[arg-type]
+    card: CardConfig = Field(default_factory=CardConfig)  # type: ignore[arg-type]
+
+
+class AppConfig(Strict):
+    """The whole configuration. Section by section in docs/configuration.md."""
+
+    device: DeviceSection = Field(default_factory=DeviceSection)  # type: ignore[arg-type]
+    mqtt: MqttSection = Field(default_factory=MqttSection)  # type: ignore[arg-type]
+    store: StoreSection = Field(default_factory=StoreSection)  # type: ignore[arg-type]
+    commands: CommandsSection = Field(default_factory=CommandsSection)  # type: ignore[arg-type]
+    telemetry: TelemetrySection = Field(default_factory=TelemetrySection)  # type: ignore[arg-type]
+    logging: LoggingSection = Field(default_factory=LoggingSection)  # type: ignore[arg-type]
+    hardware: HardwareSection = Field(default_factory=HardwareSection)  # type: ignore[arg-type]
+    simulation: SimulationSection = Field(default_factory=SimulationSection)  # type: ignore[arg-type]
+
+    def redacted(self) -> dict[str, Any]:
+        """The configuration as JSON data with secrets' file paths kept but no secret values
+        (the model holds none: passwords and keys are always files)."""
+        data: dict[str, Any] = json.loads(self.model_dump_json())
+        return data
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``override`` into ``base`` table by table; scalars and lists replace."""
+    out: dict[str, Any] = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} not found", [(str(path), "file not found")]) from None
+    except PermissionError:
+        raise ConfigError(f"{what} {path} unreadable", [(str(path), "permission denied")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not valid TOML", [(str(path), str(exc))]) from None
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``APPLIANCE_MQTT__PORT=1884`` -> ``{"mqtt": {"port": "1884"}}``.
+
+    Values are parsed as TOML scalars/arrays when they parse (``true``, ``30``, ``["a"]``), else
+    taken as strings; pydantic then validates them like any other layer. Variables that are not
+    configuration (``APPLIANCE_PROFILES_DIR``) have no ``__`` and are ignored.
+    """
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        try:
+            value: Any = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def format_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling and section)"
+        problems.append((prefix + loc, msg))
+    return problems
+
+
+def validate(data: Mapping[str, Any]) -> AppConfig:
+    try:
+        return AppConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = format_problems(exc)
+        raise ConfigError(f"{len(problems)} configuration problem(s)", problems) from None
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    """A hardware kit profile: a partial configuration (usually ``[hardware]`` tables)."""
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError("bad profile name", [("device.profile", f"invalid name {name!r}")])
+    path = profiles_dir() / f"{name}.toml"
+    if not path.is_file():
+        available = sorted(p.stem for p in profiles_dir().glob("*.toml"))
+        raise ConfigError(
+            f"profile {name!r} not found",
+            [("device.profile", f"no profile {name!r} in {profiles_dir()}; have {available}")],
+        )
+    data = read_toml(path, "profile")
+    data.pop("profile", None)  # the [profile] table is documentation (name, description)
+    return data
+
+
+def load(
+    path: Path | None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    desired: Mapping[str, Any] | None = None,
+    require_file: bool = False,
+) -> AppConfig:
+    """Load and validate the layered configuration. Raises ConfigError listing every problem."""
+    environ = os.environ if environ is None else environ
+    local: dict[str, Any] = {}
+    if path is not None and (require_file or path.exists()):
+        local = read_toml(path, "configuration file")
+    env = env_overrides(environ)
+    # The profile is chosen by the layers above it, so resolve the name first.
+    top = deep_merge(deep_merge(local, env), dict(desired or {}))
+    profile_name = str(top.get("device", {}).get("profile", DeviceSection().profile))
+    profile = load_profile(profile_name)
+    merged = deep_merge(profile, local)
+    merged = deep_merge(merged, env)
+    merged = deep_merge(merged, dict(desired or {}))
+    return validate(merged)
+
+
+def check_file(path: Path) -> list[tuple[str, str]]:
+    """Every problem in a configuration file (with its profile), empty when valid."""
+    try:
+        load(path, environ={}, require_file=True)
+    except ConfigError as exc:
+        return exc.problems
+    return []

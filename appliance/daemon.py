@@ -1,0 +1,359 @@
+"""The daemon: wires configuration, store, devices, commands and the MQTT agent together.
+
+Threads: ``mqtt-net`` (paho's network loop and our reconnect supervisor), ``outbox`` (drain),
+``cmd-*`` (command handlers), device threads (hot-plug, card monitor), and the main thread,
+which sends heartbeats, pings the systemd watchdog while the others are healthy, and waits for
+SIGTERM.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from . import __version__, builtin, telemetry
+from .agent.mqtt import Incoming, MqttAgent
+from .agent.topics import Topics
+from .commands import CommandRegistry
+from .config import AppConfig
+from .devices import Device, DeviceHealth, HealthState
+from .dispatch import Dispatcher
+from .drivers import create_device
+from .errors import ApplianceError
+from .sdnotify import Notifier
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+CAPABILITIES = ("camera", "fingerprint", "card")
+
+
+class _FailedDevice:
+    """Stands in for a device whose backend could not even be created (bad extra, bad config):
+    the daemon keeps serving everything else and reports why in status."""
+
+    def __init__(self, kind: str, backend: str, reason: str, state: HealthState = "error") -> None:
+        self.kind = kind
+        self._health = DeviceHealth(state=state, backend=backend, detail=reason)
+
+    def start(self) -> None:
+        return None
+
+    def stop(self) -> None:
+        return None
+
+    def health(self) -> DeviceHealth:
+        return self._health
+
+
+class Services:
+    """What command handlers see through ``ctx.services``."""
+
+    def __init__(self, config: AppConfig, store: Store, state_dir: Path) -> None:
+        self.config = config
+        self.store = store
+        self.state_dir = state_dir
+        self.topics = Topics(config.mqtt.topic_prefix, config.device.id)
+        self.devices: dict[str, Device] = {}
+        self.agent: MqttAgent | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.started = time.time()
+        self.session_active: Callable[[], bool] = lambda: False
+        self.extras: dict[str, Any] = {}  # capability-owned state (record stores, sessions)
+
+    # -- events -----------------------------------------------------------------------------
+
+    def emit(self, type_: str, data: dict[str, Any], *, durable: bool = True) -> None:
+        """Send an event. Durable events go through the outbox (stored before this returns);
+        transient ones (progress for the kiosk screen) are published now or dropped."""
+        if durable:
+            self.store.outbox.put(type_, self.topics.event(type_), data)
+            if self.agent is not None:
+                self.agent.kick()
+        elif self.agent is not None:
+            body = {"id": uuid.uuid4().hex, "device": self.config.device.id, "type": type_,
+                    "ts": time.time(), "data": data}
+            self.agent.publish(self.topics.event(type_), json.dumps(body), qos=0)
+        if type_ == "device.health":
+            self.publish_status()
+
+    def publish_status(self) -> None:
+        if self.agent is not None and self.agent.connected:
+            body = {"online": True, "device": self.config.device.id, "ts": time.time(),
+                    **self.birth()}
+            self.agent.publish(self.topics.status, json.dumps(body), qos=1, retain=True)
+
+    # -- views ------------------------------------------------------------------------------
+
+    def device_health(self) -> dict[str, Any]:
+        return {k: d.health().model_dump(mode="json") for k, d in self.devices.items()}
+
+    def birth(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "profile": self.config.device.profile,
+            "site": self.config.device.site,
+            "groups": self.config.device.groups,
+            "devices": {k: d.health().state for k, d in self.devices.items()},
+        }
+
+    def status(self) -> dict[str, Any]:
+        agent = self.agent
+        return {
+            "device": self.config.device.id,
+            "online": bool(agent and agent.connected),
+            "version": __version__,
+            "profile": self.config.device.profile,
+            "site": self.config.device.site,
+            "uptime_s": round(time.time() - self.started, 3),
+            "outbox_depth": self.store.outbox.depth(),
+            "session_active": self.session_active(),
+            "devices": self.device_health(),
+        }
+
+    def diagnostics(self) -> dict[str, Any]:
+        agent = self.agent
+        disp = self.dispatcher
+        return {
+            "uptime_s": round(time.time() - self.started, 3),
+            "outbox_depth": self.store.outbox.depth(),
+            "outbox_last_seq": self.store.outbox.last_seq(),
+            "store": {"path": str(self.store.path), "bytes": self.store.size_bytes(),
+                      "schema_version": self.store.schema_version},
+            "mqtt": {
+                "connected": bool(agent and agent.connected),
+                "connects": agent.connects if agent else 0,
+                "last_error": agent.last_error if agent else None,
+                "events_published": agent.published_events if agent else 0,
+                "broker": f"{self.config.mqtt.host}:{self.config.mqtt.port}",
+                "protocol": self.config.mqtt.protocol,
+            },
+            "commands": {
+                "executed": disp.executed if disp else 0,
+                "rejected": disp.rejected if disp else 0,
+            },
+            "devices": self.device_health(),
+            "system": telemetry.snapshot(self.state_dir),
+        }
+
+
+class Daemon:
+    def __init__(self, config: AppConfig, state_dir: Path,
+                 notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.state_dir = state_dir
+        self.notifier = notifier or Notifier()
+        self._stop = threading.Event()
+        self._state = "starting"
+        self.store: Store | None = None
+        self.services: Services | None = None
+        self._cleanups: list[Callable[[], None]] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def _signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        self._stop.set()
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT. Returns the process exit status."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._signal)
+            signal.signal(signal.SIGINT, self._signal)
+        try:
+            self._start()
+            self._loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _start(self) -> None:
+        cfg = self.config
+        t0 = time.monotonic()
+        self.store = store = Store(self.state_dir, synchronous=cfg.store.synchronous)
+        store.outbox.set_cap(cfg.store.outbox_max_rows)
+        store.commands.prune(cfg.store.command_history_days * 86400)
+        self.services = svc = Services(cfg, store, self.state_dir)
+        self._start_simulators()
+        registry = CommandRegistry()
+        builtin.register(registry)
+        self._start_devices(registry)
+        agent_box: list[MqttAgent] = []
+
+        def publish(topic: str, body: bytes, *, qos: int = 1,
+                    correlation_data: bytes | None = None) -> bool:
+            return agent_box[0].publish(topic, body, qos=qos, correlation_data=correlation_data)
+
+        dispatcher = Dispatcher(
+            registry, store, publish, svc.topics.reply, services=svc, emit=svc.emit,
+            max_payload=cfg.commands.max_payload_bytes, workers=cfg.commands.workers,
+            session_active=lambda: svc.session_active(),
+        )
+        svc.dispatcher = dispatcher
+        interrupted = dispatcher.mark_interrupted()
+        if interrupted:
+            log.warning("%d command(s) were interrupted by the last stop", interrupted)
+        agent = MqttAgent(cfg, store, on_message=self._route, birth=svc.birth,
+                          on_state=self._on_mqtt_state)
+        agent_box.append(agent)
+        svc.agent = agent
+        agent.start()
+        store.audit("daemon", "start", "ok", version=__version__, profile=cfg.device.profile)
+        # READY once we serve: connected, or running offline with the outbox. A short wait
+        # lets the first status say "connected" in the common case without delaying start-up.
+        agent.wait_connected(1.0)
+        state = "connected" if agent.connected else "offline"
+        self._state = state
+        self.notifier.ready(self._status_line())
+        log.info("appliance %s ready (%s) in %.0f ms; device %s, profile %s", __version__,
+                 state, (time.monotonic() - t0) * 1000, cfg.device.id, cfg.device.profile)
+
+    def _route(self, msg: Incoming) -> None:
+        svc = self.services
+        assert svc is not None and svc.dispatcher is not None
+        if msg.topic == svc.topics.config_desired:
+            handler = svc.extras.get("config_desired")
+            if handler is None:
+                log.info("desired configuration received but no trust layer is configured; "
+                         "ignored")
+                return
+            handler(msg)
+            return
+        svc.dispatcher.handle(msg)
+
+    def _start_simulators(self) -> None:
+        """Emulators of the simulated kit (see appliance/simulation.py)."""
+        sim = self.config.simulation
+        if not (sim.fingerprint or sim.card):
+            return
+        simulation = importlib.import_module("appliance.simulation")
+        self.config, cleanups = simulation.start(self.config, self.state_dir)
+        assert self.services is not None
+        self.services.config = self.config
+        self._cleanups.extend(cleanups)
+
+    def _start_devices(self, registry: CommandRegistry) -> None:
+        svc = self.services
+        assert svc is not None
+        hw = self.config.hardware
+        for kind in CAPABILITIES:
+            section = getattr(hw, kind)
+            if not section.enabled:
+                svc.devices[kind] = _FailedDevice(kind, section.backend, "disabled in the "
+                                                  "configuration", state="disabled")
+                continue
+            try:
+                dev = create_device(kind, section.backend, section, svc.emit)
+            except (ApplianceError, ImportError) as exc:
+                reason = exc.message if isinstance(exc, ApplianceError) else str(exc)
+                log.error("%s: backend %s unavailable: %s", kind, section.backend, reason)
+                svc.devices[kind] = _FailedDevice(kind, section.backend, reason)
+                continue
+            svc.devices[kind] = dev
+            try:
+                dev.start()
+            except ApplianceError as exc:
+                log.error("%s: start failed: %s", kind, exc.message)
+            try:
+                commands = importlib.import_module(f"appliance.drivers.{kind}.commands")
+            except ModuleNotFoundError:
+                log.debug("%s: no commands module", kind)
+                continue
+            commands.register(registry, dev)
+
+    def _on_mqtt_state(self, state: str) -> None:
+        self._state = state
+        self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        svc = self.services
+        depth = svc.store.outbox.depth() if svc else 0
+        devices = ", ".join(f"{k} {v.health().state}" for k, v in svc.devices.items()) if svc \
+            else ""
+        return f"{self._state}; outbox {depth}; {devices}"
+
+    def _healthy(self) -> bool:
+        svc = self.services
+        if svc is None or svc.agent is None or self.store is None:
+            return False
+        agent = svc.agent
+        for t in (agent._net_thread, agent._drain_thread):
+            if t is None or not t.is_alive():
+                log.error("thread %s died", t.name if t else "?")
+                return False
+        try:
+            self.store.conn.execute("SELECT 1").fetchone()
+        except Exception:
+            log.exception("store unresponsive")
+            return False
+        return True
+
+    def _loop(self) -> None:
+        svc = self.services
+        assert svc is not None
+        hb_every = self.config.telemetry.heartbeat_s
+        next_hb = time.monotonic()
+        wd = self.notifier.watchdog_interval
+        next_wd = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_hb:
+                self._heartbeat()
+                next_hb = now + hb_every
+            if wd is not None and now >= next_wd:
+                if self._healthy():
+                    self.notifier.watchdog()
+                next_wd = now + wd
+            wait = min(next_hb, next_wd if wd else next_hb) - time.monotonic()
+            self._stop.wait(max(0.05, min(wait, 1.0)))
+
+    def _heartbeat(self) -> None:
+        svc = self.services
+        assert svc is not None
+        if svc.agent is None or not svc.agent.connected:
+            return
+        body = {
+            "device": self.config.device.id,
+            "ts": time.time(),
+            **telemetry.snapshot(self.state_dir),
+            "outbox_depth": svc.store.outbox.depth(),
+            "devices": {k: d.health().state for k, d in svc.devices.items()},
+        }
+        svc.agent.publish(svc.topics.telemetry, json.dumps(body), qos=0)
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping()
+        svc = self.services
+        if svc is not None:
+            if svc.agent is not None:
+                svc.agent.stop()
+            if svc.dispatcher is not None:
+                svc.dispatcher.close()
+            for dev in svc.devices.values():
+                try:
+                    dev.stop()
+                except Exception:
+                    log.exception("stopping %s failed", dev.kind)
+        for fn in reversed(self._cleanups):
+            try:
+                fn()
+            except Exception:
+                log.exception("cleanup failed")
+        if self.store is not None:
+            try:
+                self.store.audit("daemon", "stop", "ok")
+            finally:
+                self.store.close()
+        self.notifier.close()

@@ -1,0 +1,325 @@
+"""Command dispatch: decode, validate, execute at most once, reply.
+
+Order of checks for a message on a command topic (each failure is an error reply with its code,
+an audit row, and a log line; the daemon never dies of input):
+
+1. size against ``commands.max_payload_bytes``         -> ``payload_too_large``
+2. the trust layer's verification, if one is installed  -> its codes (``unsigned``, ...)
+3. JSON object                                          -> ``invalid_json``
+4. request shape ``{id, cmd, args}``                    -> ``invalid_request``
+5. known command                                        -> ``unknown_command``
+6. arguments against the command's pydantic model      -> ``invalid_args``
+7. intrusive command during an enrollment session       -> ``busy``
+8. the id claimed in the store *before* the handler runs: a repeat gets the stored first reply
+   (or ``in_progress`` / ``interrupted``), so a command id is executed at most once even across
+   ``kill -9``.
+
+Replies go to the MQTT 5 response topic with the request's correlation data, else to the
+documented reply topic ``{prefix}/{device}/reply`` (MQTT 3.1.1 clients).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .agent.mqtt import Incoming
+from .commands import CommandContext, CommandRegistry
+from .errors import ApplianceError, CommandError
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+_ID_RE = re.compile(ID_PATTERN)
+
+
+class CommandRequest(BaseModel):
+    """The request object on a command topic (inside the signed envelope when signed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=ID_PATTERN, description="Unique command id, chosen by the sender")
+    cmd: str = Field(min_length=1, max_length=64, description="Command name, e.g. ping")
+    args: dict[str, Any] = Field(default_factory=dict, description="Command arguments")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class CommandReply(BaseModel):
+    """A reply: ``{id, ok, result}`` on success, ``{id, ok: false, error}`` on failure."""
+
+    id: str | None
+    cmd: str | None = None
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: ErrorBody | None = None
+
+    def to_json(self) -> str:
+        """JSON with ``id`` always present (null when the request had none) and only one of
+        ``result``/``error``."""
+        skip = {"result"} if self.result is None else set()
+        if self.error is None:
+            skip.add("error")
+        if self.cmd is None:
+            skip.add("cmd")
+        return self.model_dump_json(exclude=skip)
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What the trust layer hands on: the inner payload and who sent it."""
+
+    payload: bytes
+    actor: str = "anonymous"
+    roles: frozenset[str] = frozenset({"operator", "admin", "technician"})
+
+
+# (incoming message) -> Verified; raises ApplianceError to refuse.
+Verifier = Callable[[Incoming], Verified]
+
+
+def _pydantic_problems(exc: ValidationError) -> list[str]:
+    out = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        out.append(f"{loc}: {msg}")
+    return out
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        registry: CommandRegistry,
+        store: Store,
+        publish: Callable[..., bool],
+        reply_topic: str,
+        *,
+        services: Any,
+        emit: Callable[..., None],
+        max_payload: int,
+        workers: int,
+        verifier: Verifier | None = None,
+        session_active: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self._publish = publish
+        self.reply_topic = reply_topic
+        self.services = services
+        self.emit = emit
+        self.max_payload = max_payload
+        self.verifier = verifier
+        self.session_active = session_active
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cmd")
+        self._running: set[str] = set()
+        self._running_lock = threading.Lock()
+        self.executed = 0
+        self.rejected = 0
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def mark_interrupted(self) -> int:
+        """At start: commands that were running when the daemon died are closed with an
+        ``interrupted`` reply (never re-run: at most once), which a repeat then receives."""
+        n = 0
+        for cid, name in self.store.commands.interrupted():
+            reply = CommandReply(
+                id=cid, cmd=name, ok=False,
+                error=ErrorBody(code="interrupted",
+                                message="the daemon stopped while this command ran; it was "
+                                        "not completed and will not be re-run"),
+            )
+            if self.store.commands.finish(cid, reply.to_json()):
+                n += 1
+        return n
+
+    # -- entry point (runs in the MQTT network thread: keep it short) -------------------------
+
+    def handle(self, msg: Incoming) -> None:
+        t0 = time.perf_counter()
+        reply_to = self._reply_destination(msg)
+        actor = "anonymous"
+        cid: str | None = None
+        name: str | None = None
+        try:
+            if len(msg.payload) > self.max_payload:
+                raise CommandError(
+                    f"payload of {len(msg.payload)} bytes exceeds the maximum "
+                    f"{self.max_payload}", code="payload_too_large",
+                    details={"size": len(msg.payload), "max": self.max_payload},
+                )
+            verified = self.verifier(msg) if self.verifier else Verified(msg.payload)
+            actor = verified.actor
+            cid, name = self._peek_id(verified.payload)
+            request = self._parse(verified.payload)
+            cid, name = request.id, request.cmd
+            spec = self.registry.get(request.cmd)
+            if spec.role not in verified.roles:
+                raise CommandError(
+                    f"role {spec.role!r} required for {spec.name}", code="forbidden_role",
+                    details={"required": spec.role, "have": sorted(verified.roles)},
+                )
+            try:
+                args = spec.args_model.model_validate(request.args)
+            except ValidationError as exc:
+                raise CommandError(
+                    f"invalid arguments for {spec.name}", code="invalid_args",
+                    details={"problems": _pydantic_problems(exc)},
+                ) from None
+            if spec.intrusive and self.session_active():
+                raise CommandError(
+                    f"{spec.name} must wait: an enrollment session is active", code="busy",
+                    retryable=True,
+                )
+        except ApplianceError as exc:
+            self.rejected += 1
+            log.warning("command refused: id=%s cmd=%s code=%s: %s", cid, name, exc.code,
+                        exc.message)
+            self._safe_audit(actor, name or "?", exc.code, id=cid, topic=msg.topic)
+            self._send(reply_to, msg.correlation_data,
+                       CommandReply(id=cid, cmd=name, ok=False,
+                                    error=ErrorBody(**exc.to_dict())))
+            return
+
+        claimed, stored, state = self.store.commands.begin(request.id, request.cmd, actor)
+        if not claimed:
+            with self._running_lock:
+                running_here = request.id in self._running
+            if stored is not None:
+                log.info("command %s repeated: sending the stored reply", request.id)
+                self._send_raw(reply_to, msg.correlation_data, stored.encode())
+            else:
+                self._send(reply_to, msg.correlation_data, CommandReply(
+                    id=request.id, cmd=request.cmd, ok=False,
+                    error=ErrorBody(code="in_progress" if running_here else "interrupted",
+                                    message=f"command id {request.id} is {state}")))
+            return
+        with self._running_lock:
+            self._running.add(request.id)
+        ctx = CommandContext(
+            command_id=request.id, name=spec.name,
+            deadline=time.monotonic() + spec.timeout_s, emit=self.emit,
+            services=self.services,
+        )
+        timer = threading.Timer(spec.timeout_s, self._on_timeout,
+                                (ctx, reply_to, msg.correlation_data))
+        timer.daemon = True
+        timer.start()
+        self._pool.submit(self._execute, spec.handler, ctx, args, reply_to,
+                          msg.correlation_data, timer, t0)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _execute(self, handler: Callable[[CommandContext, Any], dict[str, Any]],
+                 ctx: CommandContext, args: Any, reply_to: str, corr: bytes | None,
+                 timer: threading.Timer, t0: float) -> None:
+        try:
+            result = handler(ctx, args)
+            reply = CommandReply(id=ctx.command_id, cmd=ctx.name, ok=True, result=result)
+            outcome = "ok"
+        except ApplianceError as exc:
+            reply = CommandReply(id=ctx.command_id, cmd=ctx.name, ok=False,
+                                 error=ErrorBody(**exc.to_dict()))
+            outcome = exc.code
+            log.warning("command %s (%s) failed: %s: %s", ctx.command_id, ctx.name, exc.code,
+                        exc.message)
+        except Exception as exc:  # a handler bug must not kill the worker or the daemon
+            log.exception("command %s (%s) crashed", ctx.command_id, ctx.name)
+            reply = CommandReply(id=ctx.command_id, cmd=ctx.name, ok=False,
+                                 error=ErrorBody(code="internal_error",
+                                                 message=f"{type(exc).__name__}: {exc}"))
+            outcome = "internal_error"
+        finally:
+            timer.cancel()
+            with self._running_lock:
+                self._running.discard(ctx.command_id)
+        self._finish(ctx, reply, outcome, reply_to, corr)
+        self.executed += 1
+        log.debug("command %s (%s) %s in %.2f ms", ctx.command_id, ctx.name, outcome,
+                  (time.perf_counter() - t0) * 1000)
+
+    def _on_timeout(self, ctx: CommandContext, reply_to: str, corr: bytes | None) -> None:
+        ctx.cancelled.set()
+        reply = CommandReply(id=ctx.command_id, cmd=ctx.name, ok=False,
+                             error=ErrorBody(code="timeout",
+                                             message=f"{ctx.name} did not finish in time"))
+        self._finish(ctx, reply, "timeout", reply_to, corr)
+
+    def _finish(self, ctx: CommandContext, reply: CommandReply, outcome: str, reply_to: str,
+                corr: bytes | None) -> None:
+        body = reply.to_json()
+        try:
+            first = self.store.commands.finish(ctx.command_id, body, outcome)
+        except ApplianceError:
+            log.exception("command %s: storing the reply failed", ctx.command_id)
+            first = True
+        if first:
+            self._send_raw(reply_to, corr, body.encode())
+
+    def _reply_destination(self, msg: Incoming) -> str:
+        if msg.response_topic:
+            try:
+                for level in msg.response_topic.split("/"):
+                    if level in ("+", "#") or "\x00" in level:
+                        raise ValueError(level)
+                return msg.response_topic
+            except ValueError:
+                log.warning("ignoring invalid response topic %r", msg.response_topic)
+        return self.reply_topic
+
+    @staticmethod
+    def _peek_id(payload: bytes) -> tuple[str | None, str | None]:
+        """Best effort id/cmd for an error reply to a request that fails validation."""
+        try:
+            obj = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            return None, None
+        if not isinstance(obj, dict):
+            return None, None
+        cid, name = obj.get("id"), obj.get("cmd")
+        good_id = cid if isinstance(cid, str) and _ID_RE.match(cid) else None
+        good_name = name if isinstance(name, str) and len(name) <= 64 else None
+        return good_id, good_name
+
+    @staticmethod
+    def _parse(payload: bytes) -> CommandRequest:
+        try:
+            obj = json.loads(payload)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CommandError(f"payload is not valid JSON: {exc}", code="invalid_json") from None
+        if not isinstance(obj, dict):
+            raise CommandError("payload must be a JSON object", code="invalid_request")
+        try:
+            return CommandRequest.model_validate(obj)
+        except ValidationError as exc:
+            raise CommandError("request does not match {id, cmd, args}", code="invalid_request",
+                               details={"problems": _pydantic_problems(exc)}) from None
+
+    def _send(self, topic: str, corr: bytes | None, reply: CommandReply) -> None:
+        self._send_raw(topic, corr, reply.to_json().encode())
+
+    def _send_raw(self, topic: str, corr: bytes | None, body: bytes) -> None:
+        if not self._publish(topic, body, qos=1, correlation_data=corr):
+            log.info("reply to %s not sent (offline); a repeat of the command gets it", topic)
+
+    def _safe_audit(self, actor: str, action: str, outcome: str, **details: Any) -> None:
+        try:
+            self.store.audit(actor, action, outcome, **details)
+        except ApplianceError:
+            log.exception("audit write failed")

@@ -1,0 +1,367 @@
+"""The durable store: one SQLite database (WAL) in the state directory.
+
+Tables: ``outbox`` (store-and-forward events), ``commands`` (ids of executed commands with
+their replies: at-most-once execution), ``config_history``, ``audit``, ``kv``; later layers add
+theirs through :data:`MIGRATIONS`. The schema version is ``PRAGMA user_version``; migrations run
+in order, each in its own transaction, at open.
+
+Durability: with ``synchronous=FULL`` in WAL mode a commit is on stable storage when ``commit``
+returns (https://sqlite.org/pragma.html#pragma_synchronous), so an event that :meth:`Outbox.put`
+reported stored survives ``kill -9`` and power loss. sqlite-utils creates the schema; the hot
+paths use the same connection's ``execute`` because ``Table.insert`` opens a transaction per call
+and is ~40 % slower (../shared/specs/mqtt-systemd-notes.md, "SQLite as a durable queue").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from .errors import StoreError
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "appliance.db"
+
+
+def _m1_core(db: sqlite_utils.Database) -> None:
+    # AUTOINCREMENT: a sequence number is never reused, even after the newest rows are
+    # deleted, so the controller's gap detection stays correct across drains and restarts.
+    db.execute(
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, "
+        "type TEXT NOT NULL, topic TEXT NOT NULL, data TEXT NOT NULL, qos INTEGER NOT NULL, "
+        "retain INTEGER NOT NULL, created REAL NOT NULL)"
+    )
+    db["commands"].create(
+        {
+            "id": str,
+            "name": str,
+            "state": str,
+            "received": float,
+            "finished": float,
+            "reply": str,
+            "actor": str,
+            "outcome": str,
+        },
+        pk="id",
+        not_null={"name", "state", "received"},
+    )
+    db["commands"].create_index(["received"])
+    db["config_history"].create(
+        {
+            "version": int,
+            "ts": float,
+            "source": str,
+            "status": str,
+            "reason": str,
+            "document": str,
+        },
+        pk="version",
+    )
+    db["audit"].create(
+        {
+            "id": int,
+            "ts": float,
+            "actor": str,
+            "action": str,
+            "outcome": str,
+            "details": str,
+        },
+        pk="id",
+    )
+    db["kv"].create({"key": str, "value": str}, pk="key")
+
+
+# Each entry moves the schema from version i to i + 1. Append only; never edit a shipped one.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_core]
+
+
+def register_migration(fn: Callable[[sqlite_utils.Database], None]) -> None:
+    """Add a later layer's migration (called at import time of that layer, in a fixed order)."""
+    if fn not in MIGRATIONS:
+        MIGRATIONS.append(fn)
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    seq: int
+    id: str
+    type: str
+    topic: str
+    data: str
+    qos: int
+    retain: bool
+    created: float
+
+
+class Store:
+    """Owner of the SQLite connection. Thread-safe: every access holds ``lock``."""
+
+    def __init__(self, state_dir: Path, *, synchronous: str = "FULL") -> None:
+        self.state_dir = state_dir
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create state directory {state_dir}: {exc.strerror}",
+                details={"path": str(state_dir)},
+            ) from exc
+        self.path = state_dir / DB_NAME
+        self.lock = threading.RLock()
+        try:
+            self.conn = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=10
+            )
+            os.chmod(self.path, 0o600)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute(f"PRAGMA synchronous={synchronous}")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.db = sqlite_utils.Database(self.conn)
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"cannot open store {self.path}: {exc}", details={"path": str(self.path)}
+            ) from exc
+        self.outbox = Outbox(self)
+        self.commands = CommandLog(self)
+
+    # -- schema ---------------------------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        (v,) = self.conn.execute("PRAGMA user_version").fetchone()
+        return int(v)
+
+    def _migrate(self) -> None:
+        current = self.schema_version
+        if current > len(MIGRATIONS):
+            raise StoreError(
+                f"store schema version {current} is newer than this software "
+                f"({len(MIGRATIONS)}): refusing to run an older daemon on a newer database",
+                details={"schema": current, "supported": len(MIGRATIONS)},
+            )
+        for version in range(current, len(MIGRATIONS)):
+            log.info("store: migrating schema %d -> %d", version, version + 1)
+            with self.transaction():
+                MIGRATIONS[version](self.db)
+                self.conn.execute(f"PRAGMA user_version={version + 1}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self.lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            else:
+                self.conn.execute("COMMIT")
+
+    # -- small things -----------------------------------------------------------------------
+
+    def audit(self, actor: str, action: str, outcome: str, **details: Any) -> None:
+        """Append an audit row (who asked what, and what the daemon decided)."""
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO audit (ts, actor, action, outcome, details) VALUES (?,?,?,?,?)",
+                (time.time(), actor, action, outcome, json.dumps(details, default=str)),
+            )
+
+    def audit_tail(self, n: int = 20) -> list[dict[str, Any]]:
+        with self.lock:
+            rows = self.conn.execute(
+                "SELECT ts, actor, action, outcome, details FROM audit ORDER BY id DESC LIMIT ?",
+                (n,),
+            ).fetchall()
+        return [
+            {"ts": r[0], "actor": r[1], "action": r[2], "outcome": r[3],
+             "details": json.loads(r[4])}
+            for r in rows
+        ]
+
+    def kv_get(self, key: str) -> str | None:
+        with self.lock:
+            row = self.conn.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def kv_set(self, key: str, value: str) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
+
+    def record_config(self, source: str, status: str, document: dict[str, Any],
+                      reason: str = "") -> int:
+        with self.transaction() as c:
+            cur = c.execute(
+                "INSERT INTO config_history (ts, source, status, reason, document) "
+                "VALUES (?,?,?,?,?)",
+                (time.time(), source, status, reason, json.dumps(document)),
+            )
+            return int(cur.lastrowid or 0)
+
+    def size_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(str(self.path) + suffix)
+            if p.exists():
+                total += p.stat().st_size
+        return total
+
+    def integrity_check(self) -> str:
+        with self.lock:
+            (res,) = self.conn.execute("PRAGMA integrity_check").fetchone()
+        return str(res)
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+
+class Outbox:
+    """Store-and-forward queue. ``put`` returns once the event is durable; the agent publishes
+    rows in ``seq`` order and deletes them when the broker acknowledged them (QoS 1)."""
+
+    def __init__(self, store: Store) -> None:
+        self._s = store
+        self._cap = 1_000_000
+        self.changed = threading.Condition(threading.Lock())
+
+    def set_cap(self, cap: int) -> None:
+        self._cap = cap
+
+    def put(self, type_: str, topic: str, data: dict[str, Any], *, qos: int = 1,
+            retain: bool = False) -> tuple[int, str]:
+        """Append one event durably; returns (seq, id)."""
+        return self.put_many([(type_, topic, data)], qos=qos, retain=retain)[0]
+
+    def put_many(self, events: Iterable[tuple[str, str, dict[str, Any]]], *, qos: int = 1,
+                 retain: bool = False) -> list[tuple[int, str]]:
+        """Append several events in one transaction (one fsync)."""
+        out: list[tuple[int, str]] = []
+        now = time.time()
+        with self._s.transaction() as c:
+            (depth,) = c.execute("SELECT count(*) FROM outbox").fetchone()
+            rows = list(events)
+            if depth + len(rows) > self._cap:
+                raise StoreError(
+                    f"outbox full ({depth} rows, cap {self._cap}); event refused",
+                    code="outbox_full", retryable=True, details={"depth": depth},
+                )
+            for type_, topic, data in rows:
+                eid = uuid.uuid4().hex
+                cur = c.execute(
+                    "INSERT INTO outbox (id, type, topic, data, qos, retain, created) "
+                    "VALUES (?,?,?,?,?,?,?)",
+                    (eid, type_, topic, json.dumps(data, separators=(",", ":")), qos,
+                     int(retain), now),
+                )
+                out.append((int(cur.lastrowid or 0), eid))
+        with self.changed:
+            self.changed.notify_all()
+        return out
+
+    def pending(self, after_seq: int = 0, limit: int = 500) -> list[OutboxRow]:
+        with self._s.lock:
+            rows = self._s.conn.execute(
+                "SELECT seq, id, type, topic, data, qos, retain, created FROM outbox "
+                "WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        return [OutboxRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7]) for r in rows]
+
+    def ack(self, seqs: Iterable[int]) -> int:
+        batch = [(s,) for s in seqs]
+        if not batch:
+            return 0
+        with self._s.transaction() as c:
+            c.executemany("DELETE FROM outbox WHERE seq = ?", batch)
+        return len(batch)
+
+    def depth(self) -> int:
+        with self._s.lock:
+            (n,) = self._s.conn.execute("SELECT count(*) FROM outbox").fetchone()
+        return int(n)
+
+    def last_seq(self) -> int:
+        with self._s.lock:
+            row = self._s.conn.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name='outbox'"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+
+class CommandLog:
+    """At-most-once execution: a command id is recorded *before* its handler runs."""
+
+    def __init__(self, store: Store) -> None:
+        self._s = store
+
+    def begin(self, cid: str, name: str, actor: str = "anonymous") -> tuple[bool, str | None, str]:
+        """Claim ``cid`` and audit the acceptance in the same transaction (one fsync).
+
+        Returns (claimed, stored reply or None, state)."""
+        now = time.time()
+        with self._s.transaction() as c:
+            row = c.execute("SELECT state, reply FROM commands WHERE id=?", (cid,)).fetchone()
+            if row is not None:
+                c.execute(
+                    "INSERT INTO audit (ts, actor, action, outcome, details) VALUES (?,?,?,?,?)",
+                    (now, actor, name, "repeat", json.dumps({"id": cid, "state": row[0]})),
+                )
+                return False, row[1], str(row[0])
+            c.execute(
+                "INSERT INTO commands (id, name, state, received, actor) VALUES (?,?,?,?,?)",
+                (cid, name, "running", now, actor),
+            )
+            c.execute(
+                "INSERT INTO audit (ts, actor, action, outcome, details) VALUES (?,?,?,?,?)",
+                (now, actor, name, "accepted", json.dumps({"id": cid})),
+            )
+        return True, None, "running"
+
+    def finish(self, cid: str, reply: str, outcome: str = "done") -> bool:
+        """Store the reply once, auditing the outcome; False if another path (timeout vs.
+        handler) finished first."""
+        now = time.time()
+        with self._s.transaction() as c:
+            cur = c.execute(
+                "UPDATE commands SET state='done', reply=?, finished=?, outcome=? "
+                "WHERE id=? AND state='running'",
+                (reply, now, outcome, cid),
+            )
+            if cur.rowcount != 1:
+                return False
+            c.execute(
+                "INSERT INTO audit (ts, actor, action, outcome, details) "
+                "SELECT ?, actor, name, ?, ? FROM commands WHERE id=?",
+                (now, outcome, json.dumps({"id": cid}), cid),
+            )
+            return True
+
+    def interrupted(self) -> list[tuple[str, str]]:
+        """Commands that were running when the daemon last stopped: (id, name)."""
+        with self._s.lock:
+            rows = self._s.conn.execute(
+                "SELECT id, name FROM commands WHERE state='running'"
+            ).fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def prune(self, older_than_s: float) -> int:
+        with self._s.transaction() as c:
+            cur = c.execute(
+                "DELETE FROM commands WHERE state='done' AND received < ?",
+                (time.time() - older_than_s,),
+            )
+            return cur.rowcount
