@@ -1,0 +1,618 @@
+"""Signed command envelopes: the fleet-side builder and the device-side verifier.
+
+Wire form (one MQTT payload, UTF-8 JSON object)::
+
+    {"typ": "appliance.command.v1",
+     "cert": "<operator certificate token, see certs.py>",
+     "body": "<base64 of the exact body bytes>",
+     "sig":  "<base64 Ed25519 signature of 'appliance/command/v1' 0x00 body>"}
+
+Body (the exact bytes that were signed, a JSON object)::
+
+    {"command": "enroll.start", "payload": "<base64 of the exact payload bytes>",
+     "target": "kiosk-001" | "group:hanoi", "issued_at": 1800000000, "expires_at": 1800000060,
+     "nonce": "<base64 of 16 random bytes>", "counter": 17, "issuer": "<certificate key id>"}
+
+The payload travels as opaque bytes: the device hands the handler exactly what the operator
+signed, so no JSON canonicalisation is ever needed.
+
+Verification order (each step fails with one precise code, see :data:`ERROR_CODES`): size and
+JSON shape (``malformed_envelope``), presence of a signature (``unsigned``), certificate chain
+(``untrusted_issuer``; ``cert_expired``), envelope signature under the certificate's key
+(``bad_signature``), body fields (``malformed_envelope``), time window (``expired``,
+``not_yet_valid``), target (``wrong_target``), role (``forbidden_role``) and last, replay
+(``replayed``). The replay state is written only for an envelope that passed every other check,
+so a forged message can never burn an issuer's counter.
+
+Clock policy (a kiosk may boot without a working real-time clock):
+
+* The wall clock is *synced* when it reads at or after ``ClockPolicy.sane_after`` (a date before
+  this software was released). Before that the clock is *unsynced*.
+* The verifier keeps a *time floor*: the newest ``issued_at`` of any command it accepted,
+  persisted in SQLite, and never lower than ``sane_after``. The effective time is
+  ``max(wall clock, floor)``: a clock that was reset cannot make an old command look fresh.
+* ``expired`` is judged against the effective time plus ``skew_s`` in both states.
+* ``not_yet_valid`` is judged only when the clock is synced: with an unset clock every real
+  command looks like it comes from the future, and refusing them would leave a clock-less kiosk
+  unmanageable. Replay protection (nonce and counter) does not depend on the clock at all.
+* Every envelope's lifetime (``expires_at - issued_at``) must be at most ``max_lifetime_s``,
+  which bounds what an unsynced kiosk can be made to accept.
+
+The decision (accepted or not) is returned as a :class:`TrustDecision` the daemon writes to its
+audit log; :meth:`TrustDecision.raise_if_refused` turns a refusal into a :class:`TrustError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import TrustError
+from .certs import ALL_DEVICES, NAME_RE, OperatorCertificate, OperatorKey, verify_certificate
+from .keys import CTX_COMMAND, b64decode, b64encode, sign_detached, verify_detached
+
+log = logging.getLogger(__name__)
+
+ENVELOPE_TYPE = "appliance.command.v1"
+GROUP_PREFIX = "group:"
+COMMAND_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+NONCE_BYTES = 16
+
+#: Every refusal code the verifier produces (plus ``store_error`` if SQLite fails).
+ERROR_CODES = (
+    "unsigned",
+    "bad_signature",
+    "untrusted_issuer",
+    "cert_expired",
+    "expired",
+    "not_yet_valid",
+    "wrong_target",
+    "forbidden_role",
+    "replayed",
+    "malformed_envelope",
+)
+
+#: DDL for the replay state; the daemon applies it as one schema migration.
+TRUST_SCHEMA_SQL: list[str] = [
+    """CREATE TABLE IF NOT EXISTS trust_issuer_state (
+        issuer TEXT PRIMARY KEY,          -- certificate key id
+        last_counter INTEGER NOT NULL,    -- highest counter accepted from this issuer
+        last_issued_at INTEGER NOT NULL,  -- newest issued_at accepted (feeds the time floor)
+        updated_at REAL NOT NULL          -- device wall clock when last updated
+    )""",
+    """CREATE TABLE IF NOT EXISTS trust_nonce (
+        nonce TEXT PRIMARY KEY,           -- base64 nonce of an accepted envelope
+        issuer TEXT NOT NULL,
+        expires_at INTEGER NOT NULL       -- pruned once the envelope can no longer verify
+    )""",
+    "CREATE INDEX IF NOT EXISTS trust_nonce_expires ON trust_nonce (expires_at)",
+]
+
+RoleTable = Mapping[str, str | Collection[str]]
+
+
+@dataclass(frozen=True)
+class ClockPolicy:
+    """How the verifier judges time; see the module docstring for the policy."""
+
+    #: Tolerated clock difference between controller and kiosk, seconds.
+    skew_s: float = 300.0
+    #: Longest accepted envelope lifetime (expires_at - issued_at), seconds.
+    max_lifetime_s: int = 3600
+    #: A wall clock earlier than this (Unix seconds; 2026-01-01T00:00Z) is treated as unset.
+    sane_after: int = 1_767_225_600
+
+
+@dataclass(frozen=True)
+class TrustDecision:
+    """The outcome of verifying one message: data for the audit log and for dispatch."""
+
+    accepted: bool
+    #: ``ok``, ``unsigned_allowed`` or one of :data:`ERROR_CODES` / ``store_error``.
+    code: str
+    reason: str
+    signed: bool = False
+    command: str | None = None
+    #: The exact payload bytes (only on acceptance).
+    payload: bytes | None = None
+    issuer: str | None = None
+    issuer_name: str | None = None
+    roles: tuple[str, ...] = ()
+    target: str | None = None
+    counter: int | None = None
+    nonce: str | None = None
+    issued_at: int | None = None
+    expires_at: int | None = None
+    #: ``synced`` or ``unsynced`` (see the clock policy).
+    clock: str = "synced"
+    effective_now: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_audit(self) -> dict[str, Any]:
+        """A JSON-able audit record: no payload bytes, only their length and SHA-256."""
+        rec: dict[str, Any] = {
+            "accepted": self.accepted,
+            "code": self.code,
+            "reason": self.reason,
+            "signed": self.signed,
+            "command": self.command,
+            "issuer": self.issuer,
+            "issuer_name": self.issuer_name,
+            "roles": list(self.roles),
+            "target": self.target,
+            "counter": self.counter,
+            "nonce": self.nonce,
+            "issued_at": self.issued_at,
+            "expires_at": self.expires_at,
+            "clock": self.clock,
+            "effective_now": self.effective_now,
+            "details": dict(self.details),
+        }
+        if self.payload is not None:
+            rec["payload_len"] = len(self.payload)
+            rec["payload_sha256"] = hashlib.sha256(self.payload).hexdigest()
+        return rec
+
+    def error(self) -> TrustError | None:
+        if self.accepted:
+            return None
+        return TrustError(self.reason, code=self.code, details=self.to_audit())
+
+    def raise_if_refused(self) -> None:
+        err = self.error()
+        if err is not None:
+            raise err
+
+
+class _Refused(Exception):
+    """Internal control flow: carries a refusal to :meth:`CommandVerifier.check`."""
+
+    def __init__(self, code: str, reason: str, **details: Any) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.details = details
+
+
+# --- fleet side ------------------------------------------------------------------------------
+
+
+class MonotonicCounter:
+    """Per-issuer counter for a builder: ``max(previous + 1, microseconds since the epoch)``.
+
+    Time-derived so a restarted controller keeps counting upwards without stored state (as long
+    as its clock does not step back more than the gap it leaves); strictly increasing within a
+    process. Give each controller instance its own operator key: two processes sharing one key
+    can deliver counters out of order, and the device refuses the lower one as ``replayed``.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> int:
+        with self._lock:
+            self._last = max(self._last + 1, int(self._clock() * 1_000_000))
+            return self._last
+
+
+def validate_target(target: str) -> str:
+    """``device-id`` or ``group:NAME``; raises ``TrustError(code="invalid_name")``."""
+    name = target[len(GROUP_PREFIX) :] if target.startswith(GROUP_PREFIX) else target
+    if not NAME_RE.match(name):
+        raise TrustError(
+            f"invalid target {target!r}: a device id or 'group:NAME'",
+            code="invalid_name",
+            details={"target": target},
+        )
+    return target
+
+
+class EnvelopeBuilder:
+    """Signs commands for devices with an operator key (fleet side)."""
+
+    def __init__(
+        self,
+        key: OperatorKey,
+        *,
+        counter: Callable[[], int] | None = None,
+        clock: Callable[[], float] = time.time,
+        lifetime_s: int = 120,
+    ) -> None:
+        self.key = key
+        self._clock = clock
+        self._counter = counter or MonotonicCounter(clock)
+        self.lifetime_s = lifetime_s
+
+    def build(
+        self,
+        command: str,
+        payload: bytes,
+        target: str,
+        *,
+        lifetime_s: int | None = None,
+        issued_at: int | None = None,
+        nonce: bytes | None = None,
+        counter: int | None = None,
+    ) -> bytes:
+        """Return the envelope bytes to publish. Overrides exist for tests and replays."""
+        if not COMMAND_RE.match(command):
+            raise TrustError(f"invalid command name {command!r}", code="invalid_name")
+        validate_target(target)
+        issued = int(self._clock()) if issued_at is None else int(issued_at)
+        life = self.lifetime_s if lifetime_s is None else int(lifetime_s)
+        body_obj = {
+            "command": command,
+            "payload": b64encode(bytes(payload)),
+            "target": target,
+            "issued_at": issued,
+            "expires_at": issued + life,
+            "nonce": b64encode(os.urandom(NONCE_BYTES) if nonce is None else nonce),
+            "counter": self._counter() if counter is None else int(counter),
+            "issuer": self.key.key_id,
+        }
+        body = json.dumps(body_obj, separators=(",", ":")).encode("utf-8")
+        sig = sign_detached(self.key.signing_key, CTX_COMMAND, body)
+        env = {
+            "typ": ENVELOPE_TYPE,
+            "cert": self.key.certificate.to_token(),
+            "body": b64encode(body),
+            "sig": b64encode(sig),
+        }
+        return json.dumps(env, separators=(",", ":")).encode("utf-8")
+
+
+# --- device side -----------------------------------------------------------------------------
+
+
+def _body_int(body: dict[str, Any], name: str) -> int:
+    value = body.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value >= 2**63:
+        raise _Refused("malformed_envelope", f"body field {name!r} must be an integer", field=name)
+    return value
+
+
+def _body_str(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str):
+        raise _Refused("malformed_envelope", f"body field {name!r} must be a string", field=name)
+    return value
+
+
+class CommandVerifier:
+    """Device-side verification of signed command envelopes, with replay state in SQLite.
+
+    ``conn`` is the daemon's connection (tables from :data:`TRUST_SCHEMA_SQL` must exist) and
+    ``lock`` the lock that serialises its use across threads. ``role_table`` maps a command
+    name to the role (or collection of roles, any of which suffices) it requires; a command
+    missing from the table is refused (``forbidden_role``): fail closed. Roles are not
+    hierarchical: an admin who should also run operator commands carries both roles.
+    """
+
+    def __init__(
+        self,
+        *,
+        roots: Sequence[bytes],
+        device_id: str,
+        role_table: RoleTable,
+        conn: sqlite3.Connection,
+        lock: AbstractContextManager[Any] | threading.Lock,
+        groups: Iterable[str] = (),
+        policy: ClockPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+        allow_unsigned: bool = False,
+        max_message_bytes: int = 256 * 1024,
+    ) -> None:
+        if not roots:
+            raise TrustError("no trusted root key configured", code="untrusted_issuer")
+        self.roots = list(roots)
+        self.device_id = device_id
+        self.groups: frozenset[str] = frozenset(groups)
+        self.role_table = role_table
+        self.policy = policy or ClockPolicy()
+        self.allow_unsigned = allow_unsigned
+        self.max_message_bytes = max_message_bytes
+        self._conn = conn
+        self._lock = lock
+        self._clock = clock
+        if allow_unsigned:
+            log.warning("unsigned commands are ALLOWED (local development setting)")
+
+    def set_groups(self, groups: Iterable[str]) -> None:
+        """Update the device's group membership (after a configuration change)."""
+        self.groups = frozenset(groups)
+
+    # -- time ---------------------------------------------------------------------------------
+
+    def time_floor(self) -> int:
+        """The persisted time floor: newest accepted ``issued_at``, at least ``sane_after``."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT max(last_issued_at) FROM trust_issuer_state"
+            ).fetchone()
+        stored = row[0] if row and row[0] is not None else 0
+        return max(int(stored), self.policy.sane_after)
+
+    # -- the check ----------------------------------------------------------------------------
+
+    def check(
+        self,
+        message: bytes,
+        *,
+        payload_command: Callable[[bytes], str | None] | None = None,
+    ) -> TrustDecision:
+        """Verify one received message and return the decision (never raises on bad input).
+
+        ``payload_command``, if given, extracts the command name the payload itself carries;
+        a payload naming another command than the signed envelope is ``malformed_envelope``.
+        """
+        now = self._clock()
+        synced = now >= self.policy.sane_after
+        try:
+            floor = self.time_floor()
+        except sqlite3.Error as exc:
+            log.error("trust store unreadable: %s", exc)
+            return TrustDecision(False, "store_error", f"replay store unreadable: {exc}")
+        effective = max(now, float(floor))
+        ctx: dict[str, Any] = {
+            "clock": "synced" if synced else "unsynced",
+            "effective_now": effective,
+        }
+        try:
+            return self._check(message, effective, synced, ctx, payload_command)
+        except _Refused as ref:
+            log.info("command refused: %s (%s)", ref.code, ref.reason)
+            return TrustDecision(
+                accepted=False, code=ref.code, reason=ref.reason, details=ref.details, **ctx
+            )
+
+    def _check(
+        self,
+        message: bytes,
+        now: float,
+        synced: bool,
+        ctx: dict[str, Any],
+        payload_command: Callable[[bytes], str | None] | None,
+    ) -> TrustDecision:
+        if not isinstance(message, bytes | bytearray | memoryview):
+            raise _Refused("malformed_envelope", "message must be bytes")
+        message = bytes(message)
+        if len(message) > self.max_message_bytes:
+            raise _Refused(
+                "malformed_envelope",
+                f"message of {len(message)} bytes exceeds {self.max_message_bytes}",
+            )
+        try:
+            env = json.loads(message)
+        except (UnicodeDecodeError, ValueError):
+            raise _Refused("malformed_envelope", "message is not UTF-8 JSON") from None
+        if not isinstance(env, dict):
+            raise _Refused("malformed_envelope", "message is not a JSON object")
+
+        if env.get("typ") != ENVELOPE_TYPE:
+            if "sig" in env:
+                raise _Refused("malformed_envelope", f"envelope typ must be {ENVELOPE_TYPE!r}")
+            if self.allow_unsigned:
+                log.warning("accepting an UNSIGNED command (allow_unsigned is set)")
+                return TrustDecision(
+                    True, "unsigned_allowed", "unsigned command allowed by configuration",
+                    payload=message, **ctx,
+                )  # fmt: skip
+            raise _Refused("unsigned", "command is not signed")
+        if not env.get("sig"):
+            raise _Refused("unsigned", "envelope carries no signature")
+
+        # 1. certificate chain and validity.
+        try:
+            cert = OperatorCertificate.from_token(env.get("cert"))
+        except TrustError as exc:
+            raise _Refused(
+                "malformed_envelope", f"certificate: {exc.message}", part="certificate"
+            ) from None
+        ctx.update(issuer=cert.key_id, issuer_name=cert.name, roles=cert.roles)
+        try:
+            verify_certificate(
+                cert,
+                self.roots,
+                now=now,
+                skew_s=self.policy.skew_s,
+                check_not_before=synced,
+            )
+        except TrustError as exc:
+            raise _Refused(exc.code, exc.message, **exc.details) from None
+
+        # 2. envelope signature over the exact body bytes.
+        body_bytes = self._b64(env.get("body"), "body")
+        sig = self._b64(env.get("sig"), "sig")
+        try:
+            verify_detached(cert.public_key, CTX_COMMAND, body_bytes, sig)
+        except TrustError:
+            raise _Refused("bad_signature", "envelope signature does not verify") from None
+
+        # 3. body fields (authentic from here on).
+        try:
+            body = json.loads(body_bytes)
+        except (UnicodeDecodeError, ValueError):
+            raise _Refused("malformed_envelope", "envelope body is not JSON") from None
+        if not isinstance(body, dict):
+            raise _Refused("malformed_envelope", "envelope body is not a JSON object")
+        if _body_str(body, "issuer") != cert.key_id:
+            raise _Refused("malformed_envelope", "body issuer differs from the certificate")
+        command = _body_str(body, "command")
+        if not COMMAND_RE.match(command):
+            raise _Refused("malformed_envelope", "invalid command name")
+        payload = self._b64(body.get("payload"), "payload")
+        target = _body_str(body, "target")
+        issued_at = _body_int(body, "issued_at")
+        expires_at = _body_int(body, "expires_at")
+        counter = _body_int(body, "counter")
+        nonce = _body_str(body, "nonce")
+        if len(self._b64(nonce, "nonce")) < 8:
+            raise _Refused("malformed_envelope", "nonce shorter than 8 bytes")
+        ctx.update(
+            command=command,
+            target=target,
+            counter=counter,
+            nonce=nonce,
+            issued_at=issued_at,
+            expires_at=expires_at,
+            signed=True,
+        )
+
+        # 4. time window.
+        lifetime = expires_at - issued_at
+        if lifetime <= 0 or lifetime > self.policy.max_lifetime_s:
+            raise _Refused(
+                "malformed_envelope",
+                f"lifetime {lifetime}s outside 1..{self.policy.max_lifetime_s}s",
+            )
+        if now > expires_at + self.policy.skew_s:
+            raise _Refused("expired", "command expired", expired_for_s=now - expires_at)
+        if synced and issued_at > now + self.policy.skew_s:
+            raise _Refused("not_yet_valid", "command issued in the future", ahead_s=issued_at - now)
+
+        # 5. target and certificate scope.
+        if target.startswith(GROUP_PREFIX):
+            matches = target[len(GROUP_PREFIX) :] in self.groups
+        else:
+            matches = target == self.device_id
+        if not matches:
+            raise _Refused("wrong_target", f"command is for {target!r}", device=self.device_id)
+        if not cert.covers(self.device_id, self.groups):
+            raise _Refused(
+                "wrong_target",
+                "issuer's certificate does not cover this device",
+                device=self.device_id,
+                cert_devices=list(cert.devices),
+                cert_groups=list(cert.groups),
+            )
+
+        # 6. role.
+        required = self.role_table.get(command)
+        if required is None:
+            raise _Refused("forbidden_role", f"command {command!r} is not in the role table")
+        allowed = {required} if isinstance(required, str) else set(required)
+        if not allowed.intersection(cert.roles):
+            raise _Refused(
+                "forbidden_role",
+                f"command {command!r} needs role {sorted(allowed)}",
+                required=sorted(allowed),
+            )
+
+        if payload_command is not None:
+            try:
+                named = payload_command(payload)
+            except Exception as exc:  # a hook failing on bad bytes must not crash dispatch
+                raise _Refused("malformed_envelope", f"payload unreadable: {exc}") from None
+            if named is not None and named != command:
+                raise _Refused("malformed_envelope", "payload names another command")
+
+        # 7. replay, and record (only now that everything else passed).
+        self._record(
+            cert.key_id,
+            counter=counter,
+            nonce=nonce,
+            issued_at=issued_at,
+            expires_at=expires_at,
+            now=now,
+        )
+        log.info(
+            "command accepted: %s from %s counter=%d target=%s",
+            command,
+            cert.key_id,
+            counter,
+            target,
+        )
+        return TrustDecision(True, "ok", "verified", payload=payload, **ctx)
+
+    @staticmethod
+    def _b64(value: object, name: str) -> bytes:
+        try:
+            return b64decode(value, what=name)
+        except TrustError as exc:
+            raise _Refused("malformed_envelope", exc.message, field=name) from None
+
+    def _record(
+        self, issuer: str, *, counter: int, nonce: str, issued_at: int, expires_at: int, now: float
+    ) -> None:
+        """Check and record (issuer, counter, nonce) atomically under the caller's lock.
+
+        The writes happen inside a SAVEPOINT: on a connection with no open transaction the
+        RELEASE commits them at once; inside a caller's open transaction they commit with it.
+        """
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("SAVEPOINT trust_replay")
+                try:
+                    row = conn.execute(
+                        "SELECT last_counter FROM trust_issuer_state WHERE issuer = ?", (issuer,)
+                    ).fetchone()
+                    if row is not None and counter <= row[0]:
+                        raise _Refused(
+                            "replayed",
+                            "counter not above the last accepted for this issuer",
+                            last_counter=row[0],
+                        )
+                    if conn.execute(
+                        "SELECT 1 FROM trust_nonce WHERE nonce = ?", (nonce,)
+                    ).fetchone():
+                        raise _Refused("replayed", "nonce already seen")
+                    conn.execute(
+                        "INSERT INTO trust_nonce (nonce, issuer, expires_at) VALUES (?, ?, ?)",
+                        (nonce, issuer, expires_at),
+                    )
+                    conn.execute(
+                        "INSERT INTO trust_issuer_state"
+                        " (issuer, last_counter, last_issued_at, updated_at)"
+                        " VALUES (?, ?, ?, ?)"
+                        " ON CONFLICT (issuer) DO UPDATE SET last_counter = excluded.last_counter,"
+                        " last_issued_at = max(last_issued_at, excluded.last_issued_at),"
+                        " updated_at = excluded.updated_at",
+                        (issuer, counter, issued_at, time.time()),
+                    )
+                    # A nonce is only needed while its envelope could still pass the expiry
+                    # check; the counter covers everything older.
+                    conn.execute(
+                        "DELETE FROM trust_nonce WHERE expires_at < ?",
+                        (int(now - self.policy.skew_s) - 1,),
+                    )
+                except BaseException:
+                    conn.execute("ROLLBACK TO trust_replay")
+                    conn.execute("RELEASE trust_replay")
+                    raise
+                conn.execute("RELEASE trust_replay")
+            except sqlite3.Error as exc:
+                log.error("trust store write failed: %s", exc)
+                raise _Refused("store_error", f"replay store failed: {exc}") from None
+
+
+def role_table_from_specs(specs: Iterable[Any]) -> dict[str, str]:
+    """Build a role table from ``CommandRegistry.specs()`` (each has ``name`` and ``role``)."""
+    return {spec.name: spec.role for spec in specs}
+
+
+__all__ = [
+    "ALL_DEVICES",
+    "ENVELOPE_TYPE",
+    "ERROR_CODES",
+    "TRUST_SCHEMA_SQL",
+    "ClockPolicy",
+    "CommandVerifier",
+    "EnvelopeBuilder",
+    "MonotonicCounter",
+    "TrustDecision",
+    "role_table_from_specs",
+    "validate_target",
+]
