@@ -31,6 +31,13 @@ class ConfigGetArgs(BaseModel):
     )
 
 
+class NoteArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=2000, description="The note")
+    tags: list[str] = Field(default_factory=list, max_length=16, description="Free tags")
+
+
 def _pkg_version(name: str) -> str | None:
     try:
         return version(name)
@@ -64,6 +71,16 @@ def config_get(ctx: CommandContext, args: ConfigGetArgs) -> dict[str, Any]:
     return {"section": args.section, "config": data}
 
 
+def note(ctx: CommandContext, args: NoteArgs) -> dict[str, Any]:
+    """Add a note to the kiosk's event timeline (e.g. "replaced sensor cable").
+
+    The reply comes after the event is durable: its ``seq`` and ``event_id`` identify it
+    on ``events/note`` once delivered."""
+    stored = ctx.emit("note", {"text": args.text, "tags": args.tags, "command_id": ctx.command_id})
+    seq, event_id = stored
+    return {"seq": seq, "event_id": event_id}
+
+
 def diagnostics(ctx: CommandContext, _args: NoArgs) -> dict[str, Any]:
     """Versions, uptime, outbox depth, store size, device states, MQTT counters."""
     s = ctx.services
@@ -85,3 +102,4 @@ def register(registry: CommandRegistry) -> None:
     registry.add("status", status, timeout_s=5, role="operator")
     registry.add("config.get", config_get, args=ConfigGetArgs, timeout_s=5, role="admin")
     registry.add("diagnostics", diagnostics, timeout_s=10, role="admin")
+    registry.add("note", note, args=NoteArgs, timeout_s=10, role="technician")

@@ -72,11 +72,14 @@ class Services:
 
     # -- events -----------------------------------------------------------------------------
 
-    def emit(self, type_: str, data: dict[str, Any], *, durable: bool = True) -> None:
-        """Send an event. Durable events go through the outbox (stored before this returns);
-        transient ones (progress for the kiosk screen) are published now or dropped."""
+    def emit(self, type_: str, data: dict[str, Any], *,
+             durable: bool = True) -> tuple[int, str] | None:
+        """Send an event. Durable events go through the outbox and are on disk when this
+        returns (their (seq, id) is returned); transient ones (progress for the kiosk screen)
+        are published now at QoS 0 or dropped when offline."""
+        stored: tuple[int, str] | None = None
         if durable:
-            self.store.outbox.put(type_, self.topics.event(type_), data)
+            stored = self.store.outbox.put(type_, self.topics.event(type_), data)
             if self.agent is not None:
                 self.agent.kick()
         elif self.agent is not None:
@@ -85,6 +88,7 @@ class Services:
             self.agent.publish(self.topics.event(type_), json.dumps(body), qos=0)
         if type_ == "device.health":
             self.publish_status()
+        return stored
 
     def publish_status(self) -> None:
         if self.agent is not None and self.agent.connected:
