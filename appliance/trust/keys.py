@@ -59,15 +59,20 @@ def b64encode(data: bytes) -> str:
 
 
 def b64decode(text: object, *, what: str, code: str = "malformed_envelope") -> bytes:
-    """Strict base64 decode; anything else raises :class:`TrustError` with ``code``."""
+    """Strict, canonical base64 decode; anything else raises :class:`TrustError` with ``code``."""
     if not isinstance(text, str):
         raise TrustError(f"{what} must be a base64 string", code=code, details={"field": what})
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
         raise TrustError(
             f"{what} is not valid base64", code=code, details={"field": what}
         ) from None
+    # Only the canonical encoding is accepted (padding bits zero): one value, one text, so a
+    # flipped bit in a signature or certificate can never leave the message acceptable.
+    if base64.b64encode(raw).decode("ascii") != text:
+        raise TrustError(f"{what} is not canonical base64", code=code, details={"field": what})
+    return raw
 
 
 def key_id(public_key: bytes) -> str:

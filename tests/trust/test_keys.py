@@ -141,3 +141,10 @@ def test_atomic_write_replaces_without_leftovers(tmp_path: Path) -> None:
     assert target.read_bytes() == b"two"
     assert _mode(target) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["f.key"]
+
+
+def test_b64decode_accepts_only_canonical_text() -> None:
+    assert keys.b64decode("QQ==", what="x") == b"A"
+    for text in ("QR==", "QQ", "Q Q==", "QQ==\n", 5):
+        with pytest.raises(TrustError):
+            keys.b64decode(text, what="x")
