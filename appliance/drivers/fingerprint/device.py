@@ -48,6 +48,7 @@ from .frames import (
 )
 from .link import LINE_SLACK_S, SerialLink
 from .profiles import SensorProfile, load_profile
+from .records import FingerRecordStore
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ class FingerprintSensor:
         self._thread: threading.Thread | None = None
         self._last_io = 0.0
         self.stats: dict[str, int] = {"retries": 0, "reconnects": 0, "timeouts": 0}
+        # Captured records wait here, in memory only, until the trust layer seals them.
+        self.records = FingerRecordStore(config.record_store_max, config.record_ttl_s)
 
     # --- Device protocol ------------------------------------------------------------------------
 

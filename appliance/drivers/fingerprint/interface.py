@@ -1,0 +1,42 @@
+"""The fingerprint capability's one interface, whatever the backend."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Protocol, runtime_checkable
+
+from ...devices import DeviceHealth
+from .config import FingerprintConfig
+from .device import CapturedImage
+from .records import FingerRecordStore
+
+
+@runtime_checkable
+class FingerprintScanner(Protocol):
+    """What the daemon and the command handlers use of a fingerprint sensor."""
+
+    kind: str
+    config: FingerprintConfig
+    records: FingerRecordStore
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def health(self) -> DeviceHealth: ...
+
+    def capture(self, deadline: float, cancelled: threading.Event | None = None) -> CapturedImage:
+        """Wait for a finger (until ``deadline``, monotonic seconds) and read its image."""
+        ...
+
+    def wait_finger_removed(
+        self, deadline: float, cancelled: threading.Event | None = None
+    ) -> bool:
+        """Wait until the finger is lifted; False if the deadline passed first."""
+        ...
+
+    def template_num(self) -> int: ...
+
+    def info(self) -> dict[str, Any]:
+        """Status facts without biometric content."""
+        ...
