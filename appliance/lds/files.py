@@ -279,3 +279,34 @@ def decode_dg13(data: bytes) -> Dg13:
     if "personal_id" not in values or "full_name" not in values:
         raise malformed("DG13 lacks field 1 (personal ID) or 2 (full name)")
     return Dg13(unknown_fields=unknown, **values)  # type: ignore[arg-type]
+
+
+def face_record_from_jpeg(jpeg: bytes, width: int, height: int) -> bytes:
+    """Wrap one JPEG portrait in an ISO/IEC 19794-5:2005 record (§5.4-5.7): general header,
+    facial information block (no feature points, unspecified attributes), image information
+    (full frontal, JPEG) and the image. For the issuer side and tests; the kiosk never logs it."""
+    if not jpeg.startswith(b"\xff\xd8"):
+        raise ValueError("face image is not a JPEG")
+    if not (0 < width <= 0xFFFF and 0 < height <= 0xFFFF):
+        raise ValueError("image size out of range")
+    facial_info = (
+        (20 + 12 + len(jpeg)).to_bytes(4, "big")  # facial record data length
+        + b"\x00\x00"  # number of feature points
+        + b"\x00\x00\x00"  # gender, eye colour, hair colour: unspecified
+        + b"\x00\x00\x00"  # feature mask
+        + b"\x00\x00"  # expression
+        + b"\x00\x00\x00\x00\x00\x00"  # pose angle and its uncertainty
+    )
+    image_info = (
+        b"\x01"  # face image type: full frontal
+        + b"\x00"  # image data type: JPEG
+        + width.to_bytes(2, "big")
+        + height.to_bytes(2, "big")
+        + b"\x01"  # colour space: 24-bit RGB
+        + b"\x02"  # source type: digital still camera
+        + b"\x00\x00"  # device type
+        + b"\x00\x00"  # quality: unspecified
+    )
+    body = facial_info + image_info + jpeg
+    total = 14 + len(body)
+    return FACE_RECORD_MAGIC + b"010\x00" + total.to_bytes(4, "big") + b"\x00\x01" + body
