@@ -1,0 +1,1 @@
+"""Biometric records (ISO/IEC 19794) and quality."""

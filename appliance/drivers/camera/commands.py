@@ -1,0 +1,180 @@
+"""Camera commands: ``camera.capture``, ``camera.status``, ``camera.snapshot``.
+
+The lead wires them with ``register(registry, device, store=..., enrollment_active=...)``:
+
+- ``store``: the :class:`~appliance.drivers.camera.records.PortraitStore` shared with the
+  enrollment flow (it takes the record for DG2 by ``record_id``); without one the commands
+  keep a private store, which nothing else can read: pass one in production.
+- ``enrollment_active``: a callable answering whether an enrollment session is active;
+  ``camera.snapshot`` refuses while it is. Without it, the device's ``enrollment_active``
+  flag is used (the daemon may set it).
+
+Replies carry scores, reasons, sizes and a SHA-256 digest, never portrait pixels. The
+technician's snapshot is the one exception by design: a low-resolution JPEG (``snapshot_width``
+pixels wide) to aim the camera, refused during an enrollment.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...commands import CommandContext, CommandRegistry, NoArgs
+from ...errors import Busy
+from .autocapture import auto_capture, encode_jpeg, jpeg2000_available
+from .interface import Camera
+from .quality import assess
+from .records import PortraitStore
+
+# camera.capture's timeout_s may be up to this; the command's own timeout adds a margin for
+# encoding and the reply.
+MAX_CAPTURE_S = 120.0
+
+
+class CaptureArgs(BaseModel):
+    """Arguments of ``camera.capture``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout_s: float = Field(
+        20.0, gt=0, le=MAX_CAPTURE_S, description="Give up (with the best frame) after this"
+    )
+    min_quality: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Overall score (the weakest component) that ends the capture early; "
+        "default: the configuration's default_min_quality",
+    )
+
+
+class SnapshotArgs(BaseModel):
+    """Arguments of ``camera.snapshot``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: int | None = Field(
+        None, ge=80, le=640, description="Image width; never above snapshot_width"
+    )
+    assess: bool = Field(True, description="Also report the quality components of the frame")
+
+
+def register(
+    registry: CommandRegistry,
+    device: Camera,
+    *,
+    store: PortraitStore | None = None,
+    enrollment_active: Callable[[], bool] | None = None,
+) -> None:
+    """Add the camera commands to ``registry`` for ``device``."""
+    config = device.config
+    portraits = store or PortraitStore(config.records_kept, config.record_ttl_s)
+    capture_lock = threading.Lock()
+
+    def enrolling() -> bool:
+        if enrollment_active is not None:
+            return bool(enrollment_active())
+        return bool(getattr(device, "enrollment_active", False))
+
+    def capture(ctx: CommandContext, args: CaptureArgs) -> dict[str, Any]:
+        """Auto-capture an ICAO portrait; guidance events while it runs; best frame kept."""
+        if not capture_lock.acquire(blocking=False):
+            raise Busy("a camera capture is already running", details={"command": ctx.name})
+        try:
+            min_quality = (
+                config.default_min_quality if args.min_quality is None else args.min_quality
+            )
+            # Leave a little of the command's deadline for encoding and the reply.
+            budget = min(args.timeout_s, max(0.0, ctx.remaining - 1.0))
+
+            def guide(payload: dict[str, Any]) -> None:
+                ctx.emit(
+                    "camera.guidance", {"command_id": ctx.command_id, **payload}, durable=False
+                )
+
+            outcome = auto_capture(
+                device,
+                timeout_s=budget,
+                min_quality=min_quality,
+                guidance=guide,
+                cancelled=ctx.cancelled,
+            )
+            portraits.put(outcome.portrait)
+            quality = outcome.report.to_dict()
+            quality.pop("eyes", None)
+            return {
+                **outcome.portrait.describe(),
+                "min_quality": min_quality,
+                "frames": outcome.frames,
+                "elapsed_s": round(outcome.elapsed_s, 3),
+                "quality": quality,
+            }
+        finally:
+            capture_lock.release()
+
+    def status(ctx: CommandContext, args: NoArgs) -> dict[str, Any]:
+        """Camera health, backend, counters and the portraits held in memory."""
+        health = device.health()
+        return {
+            "health": health.model_dump(),
+            "backend": config.backend,
+            "resolution": {"width": config.width, "height": config.height},
+            "stats": device.stats(),
+            "capturing": capture_lock.locked(),
+            "enrollment_active": enrolling(),
+            "jpeg2000": bool(config.jpeg2000 and jpeg2000_available()),
+            "portraits": portraits.describe(),
+        }
+
+    def snapshot(ctx: CommandContext, args: SnapshotArgs) -> dict[str, Any]:
+        """Technician's low-resolution frame to aim the camera; refused during enrollment."""
+        if enrolling():
+            raise Busy(
+                "camera.snapshot is refused while an enrollment is active",
+                details={"reason": "enrollment_active"},
+            )
+        if capture_lock.locked():
+            raise Busy(
+                "camera.snapshot is refused while a capture runs", details={"reason": "capturing"}
+            )
+        frame = device.read(timeout_s=min(config.read_timeout_s, ctx.remaining))
+        width = min(args.width or config.snapshot_width, config.snapshot_width)
+        h, w = frame.image.shape[:2]
+        height = max(1, round(h * width / w))
+        small = np.asarray(
+            cv2.resize(frame.image, (width, height), interpolation=cv2.INTER_AREA), dtype=np.uint8
+        )
+        reply: dict[str, Any] = {
+            "width": width,
+            "height": height,
+            "source": {"width": w, "height": h},
+            "jpeg_base64": base64.b64encode(encode_jpeg(small, 75)).decode("ascii"),
+        }
+        if args.assess:
+            report = assess(frame.image, config.quality).to_dict()
+            report.pop("eyes", None)
+            reply["quality"] = report
+        return reply
+
+    registry.add(
+        "camera.capture",
+        capture,
+        args=CaptureArgs,
+        timeout_s=MAX_CAPTURE_S + 10.0,
+        role="operator",
+    )
+    registry.add("camera.status", status, timeout_s=5.0, role="operator")
+    registry.add(
+        "camera.snapshot",
+        snapshot,
+        args=SnapshotArgs,
+        timeout_s=10.0,
+        role="technician",
+        intrusive=True,
+    )
