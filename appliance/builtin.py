@@ -26,7 +26,8 @@ class ConfigGetArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     section: str | None = Field(
-        None, pattern=r"^[a-z_]+(\.[a-z_]+)*$",
+        None,
+        pattern=r"^[a-z_]+(\.[a-z_]+)*$",
         description="Dotted path of a section (e.g. mqtt or hardware.camera); all when absent",
     )
 
@@ -65,8 +66,11 @@ def config_get(ctx: CommandContext, args: ConfigGetArgs) -> dict[str, Any]:
     if args.section:
         for part in args.section.split("."):
             if not isinstance(data, dict) or part not in data:
-                raise CommandError(f"no configuration section {args.section!r}",
-                                   code="invalid_args", details={"section": args.section})
+                raise CommandError(
+                    f"no configuration section {args.section!r}",
+                    code="invalid_args",
+                    details={"section": args.section},
+                )
             data = data[part]
     return {"section": args.section, "config": data}
 
@@ -77,6 +81,8 @@ def note(ctx: CommandContext, args: NoteArgs) -> dict[str, Any]:
     The reply comes after the event is durable: its ``seq`` and ``event_id`` identify it
     on ``events/note`` once delivered."""
     stored = ctx.emit("note", {"text": args.text, "tags": args.tags, "command_id": ctx.command_id})
+    if stored is None:  # durable emit always stores; this guards the type only
+        raise CommandError("note was not stored", code="store_error")
     seq, event_id = stored
     return {"seq": seq, "event_id": event_id}
 
@@ -90,8 +96,18 @@ def diagnostics(ctx: CommandContext, _args: NoArgs) -> dict[str, Any]:
             "python": sys.version.split()[0],
             "platform": platform.platform(),
             "sqlite": sqlite3.sqlite_version,
-            **{p: _pkg_version(p) for p in ("paho-mqtt", "pydantic", "sqlite-utils", "pynacl",
-                                             "pyserial", "pyscard", "opencv-python-headless")},
+            **{
+                p: _pkg_version(p)
+                for p in (
+                    "paho-mqtt",
+                    "pydantic",
+                    "sqlite-utils",
+                    "pynacl",
+                    "pyserial",
+                    "pyscard",
+                    "opencv-python-headless",
+                )
+            },
         },
         **s.diagnostics(),
     }

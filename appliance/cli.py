@@ -22,10 +22,14 @@ EXIT_CONFIG = 2
 
 # `appliance sim NAME` -> module providing configure_parser(p) and run(args)
 SIMULATORS = {
-    "fingerprint": ("appliance.drivers.fingerprint.simcli",
-                    "ZhianTec fingerprint sensor emulator on a pty or TCP port"),
-    "card": ("appliance.drivers.card.simcli",
-             "eMRTD card emulator connecting to vpcd (pcscd's virtual reader)"),
+    "fingerprint": (
+        "appliance.drivers.fingerprint.simcli",
+        "ZhianTec fingerprint sensor emulator on a pty or TCP port",
+    ),
+    "card": (
+        "appliance.drivers.card.simcli",
+        "eMRTD card emulator connecting to vpcd (pcscd's virtual reader)",
+    ),
     "camera": ("appliance.drivers.camera.simcli", "camera scene simulator"),
 }
 # `appliance fleet NAME` -> module providing configure_parser(p) and run(args)
@@ -44,14 +48,20 @@ def _config_default() -> Path:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--config", type=Path, default=_config_default(), metavar="FILE",
+        "--config",
+        type=Path,
+        default=_config_default(),
+        metavar="FILE",
         help="configuration file (default: $APPLIANCE_CONFIG or %(default)s; a missing default "
-             "file means built-in defaults plus the 'sim' profile)",
+        "file means built-in defaults plus the 'sim' profile)",
     )
     p.add_argument(
-        "--state-dir", type=Path, default=_state_dir_default(), metavar="DIR",
+        "--state-dir",
+        type=Path,
+        default=_state_dir_default(),
+        metavar="DIR",
         help="state directory holding the SQLite store and keys "
-             "(default: $APPLIANCE_STATE_DIR or %(default)s)",
+        "(default: $APPLIANCE_STATE_DIR or %(default)s)",
     )
 
 
@@ -111,8 +121,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .store import DB_NAME, Store
 
     cfg = _load_or_exit(args)
-    out: dict[str, Any] = {"device": cfg.device.id, "profile": cfg.device.profile,
-                           "state_dir": str(args.state_dir)}
+    out: dict[str, Any] = {
+        "device": cfg.device.id,
+        "profile": cfg.device.profile,
+        "state_dir": str(args.state_dir),
+    }
     if (args.state_dir / DB_NAME).exists():
         store = Store(args.state_dir, synchronous=cfg.store.synchronous)
         try:
@@ -135,15 +148,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"device     {out['device']} (profile {out['profile']})")
         if out["store"]:
             st = out["store"]
-            print(f"store      {args.state_dir}: schema v{st['schema_version']}, outbox "
-                  f"{st['outbox_depth']} pending (last seq {st['outbox_last_seq']}), "
-                  f"{st['bytes']} bytes")
+            print(
+                f"store      {args.state_dir}: schema v{st['schema_version']}, outbox "
+                f"{st['outbox_depth']} pending (last seq {st['outbox_last_seq']}), "
+                f"{st['bytes']} bytes"
+            )
         else:
             print(f"store      none yet in {args.state_dir}")
         if isinstance(bs, dict) and "online" in bs:
             devs = ", ".join(f"{k} {v}" for k, v in (bs.get("devices") or {}).items())
-            print(f"broker     {'online' if bs['online'] else 'OFFLINE'} "
-                  f"(version {bs.get('version', '?')}); devices: {devs or '-'}")
+            print(
+                f"broker     {'online' if bs['online'] else 'OFFLINE'} "
+                f"(version {bs.get('version', '?')}); devices: {devs or '-'}"
+            )
         else:
             print(f"broker     {bs}")
     return EXIT_OK
@@ -157,8 +174,9 @@ def _retained_status(cfg: Any, timeout: float) -> Any:
 
     topic = Topics(cfg.mqtt.topic_prefix, cfg.device.id).status
     got: dict[str, Any] = {}
-    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                         client_id=f"status-{os.getpid()}")
+    client = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"status-{os.getpid()}"
+    )
     client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
 
     def on_message(_c: Any, _u: Any, msg: Any) -> None:
@@ -169,9 +187,11 @@ def _retained_status(cfg: Any, timeout: float) -> Any:
 
     client.on_message = on_message
     if cfg.mqtt.tls.enabled:
-        client.tls_set(ca_certs=str(cfg.mqtt.tls.ca_file) if cfg.mqtt.tls.ca_file else None,
-                       certfile=str(cfg.mqtt.tls.cert_file) if cfg.mqtt.tls.cert_file else None,
-                       keyfile=str(cfg.mqtt.tls.key_file) if cfg.mqtt.tls.key_file else None)
+        client.tls_set(
+            ca_certs=str(cfg.mqtt.tls.ca_file) if cfg.mqtt.tls.ca_file else None,
+            certfile=str(cfg.mqtt.tls.cert_file) if cfg.mqtt.tls.cert_file else None,
+            keyfile=str(cfg.mqtt.tls.key_file) if cfg.mqtt.tls.key_file else None,
+        )
     try:
         client.connect(cfg.mqtt.host, cfg.mqtt.port, 10)
     except OSError as exc:
@@ -189,8 +209,10 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     if args.check:
         stale = check(args.out)
         for name in stale:
-            print(f"{args.out / name}: out of date (run: appliance schemas --out {args.out})",
-                  file=sys.stderr)
+            print(
+                f"{args.out / name}: out of date (run: appliance schemas --out {args.out})",
+                file=sys.stderr,
+            )
         return EXIT_FAILURE if stale else EXIT_OK
     for path in write(args.out):
         print(path)
@@ -236,51 +258,91 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="appliance",
         description="Daemon of a CCCD self-service enrollment kiosk: drives the portrait camera, "
-                    "the fingerprint sensor and the chip encoder, and talks MQTT to the fleet.",
+        "the fingerprint sensor and the chip encoder, and talks MQTT to the fleet.",
         epilog="Exit status: 0 ok, 1 failure, 2 invalid configuration or usage.",
     )
     parser.add_argument("--version", action="version", version=f"appliance {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run the daemon in the foreground (as systemd does)",
-                       description="Run the daemon until SIGTERM. Under systemd it reports "
-                       "READY=1, STATUS= and watchdog pings on NOTIFY_SOCKET.")
+    p = sub.add_parser(
+        "run",
+        help="run the daemon in the foreground (as systemd does)",
+        description="Run the daemon until SIGTERM. Under systemd it reports "
+        "READY=1, STATUS= and watchdog pings on NOTIFY_SOCKET.",
+    )
     _add_common(p)
-    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                   help="override logging.level from the configuration")
+    p.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="override logging.level from the configuration",
+    )
     p.set_defaults(func=cmd_run)
 
     pc = sub.add_parser("config", help="check or show configuration")
     csub = pc.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     p = csub.add_parser(
-        "check", help="validate configuration files",
+        "check",
+        help="validate configuration files",
         description="Validate each FILE with its hardware profile. Prints every problem as "
-                    "'path.to.field: reason' and exits 2 if any file is invalid.")
+        "'path.to.field: reason' and exits 2 if any file is invalid.",
+    )
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.set_defaults(func=cmd_config_check)
-    p = csub.add_parser("show", help="print the effective configuration as JSON",
-                        description="Print the configuration after all layers (defaults, "
-                        "profile, file, APPLIANCE_* environment) as JSON.")
+    p = csub.add_parser(
+        "show",
+        help="print the effective configuration as JSON",
+        description="Print the configuration after all layers (defaults, "
+        "profile, file, APPLIANCE_* environment) as JSON.",
+    )
     _add_common(p)
     p.set_defaults(func=cmd_config_show)
 
-    p = sub.add_parser("status", help="show this kiosk's local and broker-side status",
-                       description="Read the local store (outbox depth, schema, recent audit) "
-                       "and the retained status message the daemon keeps on the broker.")
+    p = sub.add_parser(
+        "status",
+        help="show this kiosk's local and broker-side status",
+        description="Read the local store (outbox depth, schema, recent audit) "
+        "and the retained status message the daemon keeps on the broker.",
+    )
     _add_common(p)
-    p.add_argument("--timeout", type=float, default=2.0,
-                   help="seconds to wait for the broker's retained status (default %(default)s)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=2.0,
+        help="seconds to wait for the broker's retained status (default %(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("schemas", help="write or check the JSON Schemas of the protocol",
-                       description="Generate JSON Schema files for every command's arguments "
-                       "and the protocol's messages from the pydantic models.")
-    p.add_argument("--out", type=Path, default=Path("docs/schemas"),
-                   help="output directory (default %(default)s)")
-    p.add_argument("--check", action="store_true",
-                   help="exit 1 if the files in --out differ from what would be generated")
+    p = sub.add_parser(
+        "schemas",
+        help="write or check the JSON Schemas of the protocol",
+        description="Generate JSON Schema files for every command's arguments "
+        "and the protocol's messages from the pydantic models.",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("docs/schemas"),
+        help="output directory (default %(default)s)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 if the files in --out differ from what would be generated",
+    )
     p.set_defaults(func=cmd_schemas)
+
+    p = sub.add_parser(
+        "demo",
+        help="run the kiosk on the simulated kit with a local broker",
+        description="Start a private mosquitto on loopback and the daemon on "
+        "the simulated hardware kit, exercise it as the fleet would, print a "
+        "summary and how to watch and command it. Runs until Ctrl-C.",
+    )
+    from .devtools import demo
+
+    demo.configure_parser(p)
+    p.set_defaults(func=demo.run)
 
     ps = sub.add_parser("sim", help="hardware simulators speaking the real wire protocols")
     ssub = ps.add_subparsers(dest="sim_command", required=True, metavar="DEVICE")

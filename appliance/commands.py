@@ -39,7 +39,7 @@ class CommandContext:
     command_id: str
     name: str
     deadline: float
-    emit: Callable[..., None]
+    emit: Callable[..., tuple[int, str] | None]
     services: Any  # the daemon's Services (config, store, devices); typed loosely to avoid a cycle
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -110,9 +110,7 @@ class CommandRegistry:
         try:
             return self._specs[name]
         except KeyError:
-            raise UnknownCommand(
-                f"unknown command {name!r}", details={"command": name}
-            ) from None
+            raise UnknownCommand(f"unknown command {name!r}", details={"command": name}) from None
 
     def names(self) -> list[str]:
         return sorted(self._specs)

@@ -83,8 +83,9 @@ class MqttSection(Strict):
     host: str = Field("127.0.0.1", description="Broker host name or address")
     port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual with TLS)")
     protocol: Literal["5", "3.1.1"] = Field(
-        "5", description="MQTT version; 3.1.1 for brokers without MQTT 5 (replies then go to "
-        "the documented reply topic)"
+        "5",
+        description="MQTT version; 3.1.1 for brokers without MQTT 5 (replies then go to "
+        "the documented reply topic)",
     )
     client_id: str | None = Field(None, description="Client id; default: the device id")
     username: str | None = Field(None, description="Broker user name")
@@ -152,22 +153,22 @@ class SimulationSection(Strict):
 
 
 class HardwareSection(Strict):
-    camera: CameraConfig = Field(default_factory=CameraConfig)  # type: ignore[arg-type]
-    fingerprint: FingerprintConfig = Field(default_factory=FingerprintConfig)  # type: ignore[arg-type]
-    card: CardConfig = Field(default_factory=CardConfig)  # type: ignore[arg-type]
+    camera: CameraConfig = Field(default_factory=CameraConfig)
+    fingerprint: FingerprintConfig = Field(default_factory=FingerprintConfig)
+    card: CardConfig = Field(default_factory=CardConfig)
 
 
 class AppConfig(Strict):
     """The whole configuration. Section by section in docs/configuration.md."""
 
-    device: DeviceSection = Field(default_factory=DeviceSection)  # type: ignore[arg-type]
-    mqtt: MqttSection = Field(default_factory=MqttSection)  # type: ignore[arg-type]
-    store: StoreSection = Field(default_factory=StoreSection)  # type: ignore[arg-type]
-    commands: CommandsSection = Field(default_factory=CommandsSection)  # type: ignore[arg-type]
-    telemetry: TelemetrySection = Field(default_factory=TelemetrySection)  # type: ignore[arg-type]
-    logging: LoggingSection = Field(default_factory=LoggingSection)  # type: ignore[arg-type]
-    hardware: HardwareSection = Field(default_factory=HardwareSection)  # type: ignore[arg-type]
-    simulation: SimulationSection = Field(default_factory=SimulationSection)  # type: ignore[arg-type]
+    device: DeviceSection = Field(default_factory=DeviceSection)
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+    store: StoreSection = Field(default_factory=StoreSection)
+    commands: CommandsSection = Field(default_factory=CommandsSection)
+    telemetry: TelemetrySection = Field(default_factory=TelemetrySection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+    hardware: HardwareSection = Field(default_factory=HardwareSection)
+    simulation: SimulationSection = Field(default_factory=SimulationSection)
 
     def redacted(self) -> dict[str, Any]:
         """The configuration as JSON data with secrets' file paths kept but no secret values
@@ -199,7 +200,9 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
     except PermissionError:
         raise ConfigError(f"{what} {path} unreadable", [(str(path), "permission denied")]) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{what} {path} is not valid TOML", [(str(path), str(exc))]) from None
+        raise ConfigError(
+            f"{what} {path} is not valid TOML", [(str(path), f"is not valid TOML: {exc}")]
+        ) from None
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:

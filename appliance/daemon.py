@@ -72,8 +72,9 @@ class Services:
 
     # -- events -----------------------------------------------------------------------------
 
-    def emit(self, type_: str, data: dict[str, Any], *,
-             durable: bool = True) -> tuple[int, str] | None:
+    def emit(
+        self, type_: str, data: dict[str, Any], *, durable: bool = True
+    ) -> tuple[int, str] | None:
         """Send an event. Durable events go through the outbox and are on disk when this
         returns (their (seq, id) is returned); transient ones (progress for the kiosk screen)
         are published now at QoS 0 or dropped when offline."""
@@ -83,8 +84,13 @@ class Services:
             if self.agent is not None:
                 self.agent.kick()
         elif self.agent is not None:
-            body = {"id": uuid.uuid4().hex, "device": self.config.device.id, "type": type_,
-                    "ts": time.time(), "data": data}
+            body = {
+                "id": uuid.uuid4().hex,
+                "device": self.config.device.id,
+                "type": type_,
+                "ts": time.time(),
+                "data": data,
+            }
             self.agent.publish(self.topics.event(type_), json.dumps(body), qos=0)
         if type_ == "device.health":
             self.publish_status()
@@ -92,8 +98,12 @@ class Services:
 
     def publish_status(self) -> None:
         if self.agent is not None and self.agent.connected:
-            body = {"online": True, "device": self.config.device.id, "ts": time.time(),
-                    **self.birth()}
+            body = {
+                "online": True,
+                "device": self.config.device.id,
+                "ts": time.time(),
+                **self.birth(),
+            }
             self.agent.publish(self.topics.status, json.dumps(body), qos=1, retain=True)
 
     # -- views ------------------------------------------------------------------------------
@@ -131,8 +141,11 @@ class Services:
             "uptime_s": round(time.time() - self.started, 3),
             "outbox_depth": self.store.outbox.depth(),
             "outbox_last_seq": self.store.outbox.last_seq(),
-            "store": {"path": str(self.store.path), "bytes": self.store.size_bytes(),
-                      "schema_version": self.store.schema_version},
+            "store": {
+                "path": str(self.store.path),
+                "bytes": self.store.size_bytes(),
+                "schema_version": self.store.schema_version,
+            },
             "mqtt": {
                 "connected": bool(agent and agent.connected),
                 "connects": agent.connects if agent else 0,
@@ -151,8 +164,9 @@ class Services:
 
 
 class Daemon:
-    def __init__(self, config: AppConfig, state_dir: Path,
-                 notifier: Notifier | None = None) -> None:
+    def __init__(
+        self, config: AppConfig, state_dir: Path, notifier: Notifier | None = None
+    ) -> None:
         self.config = config
         self.state_dir = state_dir
         self.notifier = notifier or Notifier()
@@ -196,21 +210,29 @@ class Daemon:
         self._start_devices(registry)
         agent_box: list[MqttAgent] = []
 
-        def publish(topic: str, body: bytes, *, qos: int = 1,
-                    correlation_data: bytes | None = None) -> bool:
+        def publish(
+            topic: str, body: bytes, *, qos: int = 1, correlation_data: bytes | None = None
+        ) -> bool:
             return agent_box[0].publish(topic, body, qos=qos, correlation_data=correlation_data)
 
         dispatcher = Dispatcher(
-            registry, store, publish, svc.topics.reply, services=svc, emit=svc.emit,
-            max_payload=cfg.commands.max_payload_bytes, workers=cfg.commands.workers,
-            session_active=lambda: svc.session_active(),
+            registry,
+            store,
+            publish,
+            svc.topics.reply,
+            services=svc,
+            emit=svc.emit,
+            max_payload=cfg.commands.max_payload_bytes,
+            workers=cfg.commands.workers,
+            session_active=lambda: svc.session_active(),  # noqa: PLW0108 - late-bound on purpose
         )
         svc.dispatcher = dispatcher
         interrupted = dispatcher.mark_interrupted()
         if interrupted:
             log.warning("%d command(s) were interrupted by the last stop", interrupted)
-        agent = MqttAgent(cfg, store, on_message=self._route, birth=svc.birth,
-                          on_state=self._on_mqtt_state)
+        agent = MqttAgent(
+            cfg, store, on_message=self._route, birth=svc.birth, on_state=self._on_mqtt_state
+        )
         agent_box.append(agent)
         svc.agent = agent
         agent.start()
@@ -221,8 +243,14 @@ class Daemon:
         state = "connected" if agent.connected else "offline"
         self._state = state
         self.notifier.ready(self._status_line())
-        log.info("appliance %s ready (%s) in %.0f ms; device %s, profile %s", __version__,
-                 state, (time.monotonic() - t0) * 1000, cfg.device.id, cfg.device.profile)
+        log.info(
+            "appliance %s ready (%s) in %.0f ms; device %s, profile %s",
+            __version__,
+            state,
+            (time.monotonic() - t0) * 1000,
+            cfg.device.id,
+            cfg.device.profile,
+        )
 
     def _route(self, msg: Incoming) -> None:
         svc = self.services
@@ -230,8 +258,7 @@ class Daemon:
         if msg.topic == svc.topics.config_desired:
             handler = svc.extras.get("config_desired")
             if handler is None:
-                log.info("desired configuration received but no trust layer is configured; "
-                         "ignored")
+                log.info("desired configuration received but no trust layer is configured; ignored")
                 return
             handler(msg)
             return
@@ -255,8 +282,9 @@ class Daemon:
         for kind in CAPABILITIES:
             section = getattr(hw, kind)
             if not section.enabled:
-                svc.devices[kind] = _FailedDevice(kind, section.backend, "disabled in the "
-                                                  "configuration", state="disabled")
+                svc.devices[kind] = _FailedDevice(
+                    kind, section.backend, "disabled in the configuration", state="disabled"
+                )
                 continue
             try:
                 dev = create_device(kind, section.backend, section, svc.emit)
@@ -284,8 +312,9 @@ class Daemon:
     def _status_line(self) -> str:
         svc = self.services
         depth = svc.store.outbox.depth() if svc else 0
-        devices = ", ".join(f"{k} {v.health().state}" for k, v in svc.devices.items()) if svc \
-            else ""
+        devices = (
+            ", ".join(f"{k} {v.health().state}" for k, v in svc.devices.items()) if svc else ""
+        )
         return f"{self._state}; outbox {depth}; {devices}"
 
     def _healthy(self) -> bool:

@@ -28,8 +28,9 @@ class DeviceHealth(BaseModel):
     info: dict[str, Any] = Field(default_factory=dict)
 
 
-# Callback a device uses to report something worth an event: (event type, data).
-EventSink = Callable[[str, dict[str, Any]], None]
+# Callback a device uses to report something worth an event: (event type, data). The daemon's
+# sink stores the event durably (its return value, the (seq, id), may be ignored).
+EventSink = Callable[[str, dict[str, Any]], object]
 
 
 @runtime_checkable
@@ -80,6 +81,10 @@ class HealthTracker:
         if changed and self._sink is not None:
             self._sink(
                 "device.health",
-                {"device": self.kind, "state": new.state, "detail": new.detail,
-                 "previous": old.state},
+                {
+                    "device": self.kind,
+                    "state": new.state,
+                    "detail": new.detail,
+                    "previous": old.state,
+                },
             )

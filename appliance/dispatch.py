@@ -110,7 +110,7 @@ class Dispatcher:
         reply_topic: str,
         *,
         services: Any,
-        emit: Callable[..., None],
+        emit: Callable[..., tuple[int, str] | None],
         max_payload: int,
         workers: int,
         verifier: Verifier | None = None,
@@ -140,10 +140,14 @@ class Dispatcher:
         n = 0
         for cid, name in self.store.commands.interrupted():
             reply = CommandReply(
-                id=cid, cmd=name, ok=False,
-                error=ErrorBody(code="interrupted",
-                                message="the daemon stopped while this command ran; it was "
-                                        "not completed and will not be re-run"),
+                id=cid,
+                cmd=name,
+                ok=False,
+                error=ErrorBody(
+                    code="interrupted",
+                    message="the daemon stopped while this command ran; it was "
+                    "not completed and will not be re-run",
+                ),
             )
             if self.store.commands.finish(cid, reply.to_json()):
                 n += 1
@@ -160,8 +164,8 @@ class Dispatcher:
         try:
             if len(msg.payload) > self.max_payload:
                 raise CommandError(
-                    f"payload of {len(msg.payload)} bytes exceeds the maximum "
-                    f"{self.max_payload}", code="payload_too_large",
+                    f"payload of {len(msg.payload)} bytes exceeds the maximum {self.max_payload}",
+                    code="payload_too_large",
                     details={"size": len(msg.payload), "max": self.max_payload},
                 )
             verified = self.verifier(msg) if self.verifier else Verified(msg.payload)
@@ -172,29 +176,35 @@ class Dispatcher:
             spec = self.registry.get(request.cmd)
             if spec.role not in verified.roles:
                 raise CommandError(
-                    f"role {spec.role!r} required for {spec.name}", code="forbidden_role",
+                    f"role {spec.role!r} required for {spec.name}",
+                    code="forbidden_role",
                     details={"required": spec.role, "have": sorted(verified.roles)},
                 )
             try:
                 args = spec.args_model.model_validate(request.args)
             except ValidationError as exc:
                 raise CommandError(
-                    f"invalid arguments for {spec.name}", code="invalid_args",
+                    f"invalid arguments for {spec.name}",
+                    code="invalid_args",
                     details={"problems": _pydantic_problems(exc)},
                 ) from None
             if spec.intrusive and self.session_active():
                 raise CommandError(
-                    f"{spec.name} must wait: an enrollment session is active", code="busy",
+                    f"{spec.name} must wait: an enrollment session is active",
+                    code="busy",
                     retryable=True,
                 )
         except ApplianceError as exc:
             self.rejected += 1
-            log.warning("command refused: id=%s cmd=%s code=%s: %s", cid, name, exc.code,
-                        exc.message)
+            log.warning(
+                "command refused: id=%s cmd=%s code=%s: %s", cid, name, exc.code, exc.message
+            )
             self._safe_audit(actor, name or "?", exc.code, id=cid, topic=msg.topic)
-            self._send(reply_to, msg.correlation_data,
-                       CommandReply(id=cid, cmd=name, ok=False,
-                                    error=ErrorBody(**exc.to_dict())))
+            self._send(
+                reply_to,
+                msg.correlation_data,
+                CommandReply(id=cid, cmd=name, ok=False, error=ErrorBody(**exc.to_dict())),
+            )
             return
 
         claimed, stored, state = self.store.commands.begin(request.id, request.cmd, actor)
@@ -205,45 +215,70 @@ class Dispatcher:
                 log.info("command %s repeated: sending the stored reply", request.id)
                 self._send_raw(reply_to, msg.correlation_data, stored.encode())
             else:
-                self._send(reply_to, msg.correlation_data, CommandReply(
-                    id=request.id, cmd=request.cmd, ok=False,
-                    error=ErrorBody(code="in_progress" if running_here else "interrupted",
-                                    message=f"command id {request.id} is {state}")))
+                self._send(
+                    reply_to,
+                    msg.correlation_data,
+                    CommandReply(
+                        id=request.id,
+                        cmd=request.cmd,
+                        ok=False,
+                        error=ErrorBody(
+                            code="in_progress" if running_here else "interrupted",
+                            message=f"command id {request.id} is {state}",
+                        ),
+                    ),
+                )
             return
         with self._running_lock:
             self._running.add(request.id)
         ctx = CommandContext(
-            command_id=request.id, name=spec.name,
-            deadline=time.monotonic() + spec.timeout_s, emit=self.emit,
+            command_id=request.id,
+            name=spec.name,
+            deadline=time.monotonic() + spec.timeout_s,
+            emit=self.emit,
             services=self.services,
         )
-        timer = threading.Timer(spec.timeout_s, self._on_timeout,
-                                (ctx, reply_to, msg.correlation_data))
+        timer = threading.Timer(
+            spec.timeout_s, self._on_timeout, (ctx, reply_to, msg.correlation_data)
+        )
         timer.daemon = True
         timer.start()
-        self._pool.submit(self._execute, spec.handler, ctx, args, reply_to,
-                          msg.correlation_data, timer, t0)
+        self._pool.submit(
+            self._execute, spec.handler, ctx, args, reply_to, msg.correlation_data, timer, t0
+        )
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _execute(self, handler: Callable[[CommandContext, Any], dict[str, Any]],
-                 ctx: CommandContext, args: Any, reply_to: str, corr: bytes | None,
-                 timer: threading.Timer, t0: float) -> None:
+    def _execute(
+        self,
+        handler: Callable[[CommandContext, Any], dict[str, Any]],
+        ctx: CommandContext,
+        args: Any,
+        reply_to: str,
+        corr: bytes | None,
+        timer: threading.Timer,
+        t0: float,
+    ) -> None:
         try:
             result = handler(ctx, args)
             reply = CommandReply(id=ctx.command_id, cmd=ctx.name, ok=True, result=result)
             outcome = "ok"
         except ApplianceError as exc:
-            reply = CommandReply(id=ctx.command_id, cmd=ctx.name, ok=False,
-                                 error=ErrorBody(**exc.to_dict()))
+            reply = CommandReply(
+                id=ctx.command_id, cmd=ctx.name, ok=False, error=ErrorBody(**exc.to_dict())
+            )
             outcome = exc.code
-            log.warning("command %s (%s) failed: %s: %s", ctx.command_id, ctx.name, exc.code,
-                        exc.message)
+            log.warning(
+                "command %s (%s) failed: %s: %s", ctx.command_id, ctx.name, exc.code, exc.message
+            )
         except Exception as exc:  # a handler bug must not kill the worker or the daemon
             log.exception("command %s (%s) crashed", ctx.command_id, ctx.name)
-            reply = CommandReply(id=ctx.command_id, cmd=ctx.name, ok=False,
-                                 error=ErrorBody(code="internal_error",
-                                                 message=f"{type(exc).__name__}: {exc}"))
+            reply = CommandReply(
+                id=ctx.command_id,
+                cmd=ctx.name,
+                ok=False,
+                error=ErrorBody(code="internal_error", message=f"{type(exc).__name__}: {exc}"),
+            )
             outcome = "internal_error"
         finally:
             timer.cancel()
@@ -251,18 +286,32 @@ class Dispatcher:
                 self._running.discard(ctx.command_id)
         self._finish(ctx, reply, outcome, reply_to, corr)
         self.executed += 1
-        log.debug("command %s (%s) %s in %.2f ms", ctx.command_id, ctx.name, outcome,
-                  (time.perf_counter() - t0) * 1000)
+        log.debug(
+            "command %s (%s) %s in %.2f ms",
+            ctx.command_id,
+            ctx.name,
+            outcome,
+            (time.perf_counter() - t0) * 1000,
+        )
 
     def _on_timeout(self, ctx: CommandContext, reply_to: str, corr: bytes | None) -> None:
         ctx.cancelled.set()
-        reply = CommandReply(id=ctx.command_id, cmd=ctx.name, ok=False,
-                             error=ErrorBody(code="timeout",
-                                             message=f"{ctx.name} did not finish in time"))
+        reply = CommandReply(
+            id=ctx.command_id,
+            cmd=ctx.name,
+            ok=False,
+            error=ErrorBody(code="timeout", message=f"{ctx.name} did not finish in time"),
+        )
         self._finish(ctx, reply, "timeout", reply_to, corr)
 
-    def _finish(self, ctx: CommandContext, reply: CommandReply, outcome: str, reply_to: str,
-                corr: bytes | None) -> None:
+    def _finish(
+        self,
+        ctx: CommandContext,
+        reply: CommandReply,
+        outcome: str,
+        reply_to: str,
+        corr: bytes | None,
+    ) -> None:
         body = reply.to_json()
         try:
             first = self.store.commands.finish(ctx.command_id, body, outcome)
@@ -308,8 +357,11 @@ class Dispatcher:
         try:
             return CommandRequest.model_validate(obj)
         except ValidationError as exc:
-            raise CommandError("request does not match {id, cmd, args}", code="invalid_request",
-                               details={"problems": _pydantic_problems(exc)}) from None
+            raise CommandError(
+                "request does not match {id, cmd, args}",
+                code="invalid_request",
+                details={"problems": _pydantic_problems(exc)},
+            ) from None
 
     def _send(self, topic: str, corr: bytes | None, reply: CommandReply) -> None:
         self._send_raw(topic, corr, reply.to_json().encode())

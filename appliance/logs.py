@@ -48,9 +48,7 @@ def setup(level: str = "INFO", target: str = "auto") -> str:
             handler = None
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        )
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     if target == "journal" and used != "journal":
         logging.getLogger(__name__).warning(

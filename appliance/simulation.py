@@ -25,8 +25,9 @@ def start(config: AppConfig, state_dir: Path) -> tuple[AppConfig, list[Callable[
         except ImportError as exc:
             log.error("fingerprint emulator unavailable: %s", exc)
         else:
-            emu = FingerprintEmulator(seed=config.simulation.seed,
-                                      baud=config.hardware.fingerprint.baud)
+            emu = FingerprintEmulator(
+                seed=config.simulation.seed, baud=config.hardware.fingerprint.baud
+            )
             path = emu.start_pty()
             cfg.hardware.fingerprint.port = path
             cleanups.append(emu.stop)

@@ -44,7 +44,7 @@ def _m1_core(db: sqlite_utils.Database) -> None:
         "type TEXT NOT NULL, topic TEXT NOT NULL, data TEXT NOT NULL, qos INTEGER NOT NULL, "
         "retain INTEGER NOT NULL, created REAL NOT NULL)"
     )
-    db["commands"].create(
+    db.table("commands").create(
         {
             "id": str,
             "name": str,
@@ -58,8 +58,8 @@ def _m1_core(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"name", "state", "received"},
     )
-    db["commands"].create_index(["received"])
-    db["config_history"].create(
+    db.table("commands").create_index(["received"])
+    db.table("config_history").create(
         {
             "version": int,
             "ts": float,
@@ -70,7 +70,7 @@ def _m1_core(db: sqlite_utils.Database) -> None:
         },
         pk="version",
     )
-    db["audit"].create(
+    db.table("audit").create(
         {
             "id": int,
             "ts": float,
@@ -81,7 +81,7 @@ def _m1_core(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["kv"].create({"key": str, "value": str}, pk="key")
+    db.table("kv").create({"key": str, "value": str}, pk="key")
 
 
 # Each entry moves the schema from version i to i + 1. Append only; never edit a shipped one.
@@ -187,8 +187,13 @@ class Store:
                 (n,),
             ).fetchall()
         return [
-            {"ts": r[0], "actor": r[1], "action": r[2], "outcome": r[3],
-             "details": json.loads(r[4])}
+            {
+                "ts": r[0],
+                "actor": r[1],
+                "action": r[2],
+                "outcome": r[3],
+                "details": json.loads(r[4]),
+            }
             for r in rows
         ]
 
@@ -201,8 +206,9 @@ class Store:
         with self.transaction() as c:
             c.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
 
-    def record_config(self, source: str, status: str, document: dict[str, Any],
-                      reason: str = "") -> int:
+    def record_config(
+        self, source: str, status: str, document: dict[str, Any], reason: str = ""
+    ) -> int:
         with self.transaction() as c:
             cur = c.execute(
                 "INSERT INTO config_history (ts, source, status, reason, document) "
@@ -241,13 +247,19 @@ class Outbox:
     def set_cap(self, cap: int) -> None:
         self._cap = cap
 
-    def put(self, type_: str, topic: str, data: dict[str, Any], *, qos: int = 1,
-            retain: bool = False) -> tuple[int, str]:
+    def put(
+        self, type_: str, topic: str, data: dict[str, Any], *, qos: int = 1, retain: bool = False
+    ) -> tuple[int, str]:
         """Append one event durably; returns (seq, id)."""
         return self.put_many([(type_, topic, data)], qos=qos, retain=retain)[0]
 
-    def put_many(self, events: Iterable[tuple[str, str, dict[str, Any]]], *, qos: int = 1,
-                 retain: bool = False) -> list[tuple[int, str]]:
+    def put_many(
+        self,
+        events: Iterable[tuple[str, str, dict[str, Any]]],
+        *,
+        qos: int = 1,
+        retain: bool = False,
+    ) -> list[tuple[int, str]]:
         """Append several events in one transaction (one fsync)."""
         out: list[tuple[int, str]] = []
         now = time.time()
@@ -257,15 +269,24 @@ class Outbox:
             if depth + len(rows) > self._cap:
                 raise StoreError(
                     f"outbox full ({depth} rows, cap {self._cap}); event refused",
-                    code="outbox_full", retryable=True, details={"depth": depth},
+                    code="outbox_full",
+                    retryable=True,
+                    details={"depth": depth},
                 )
             for type_, topic, data in rows:
                 eid = uuid.uuid4().hex
                 cur = c.execute(
                     "INSERT INTO outbox (id, type, topic, data, qos, retain, created) "
                     "VALUES (?,?,?,?,?,?,?)",
-                    (eid, type_, topic, json.dumps(data, separators=(",", ":")), qos,
-                     int(retain), now),
+                    (
+                        eid,
+                        type_,
+                        topic,
+                        json.dumps(data, separators=(",", ":")),
+                        qos,
+                        int(retain),
+                        now,
+                    ),
                 )
                 out.append((int(cur.lastrowid or 0), eid))
         with self.changed:

@@ -40,8 +40,8 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from ..config import AppConfig
 from ..store import OutboxRow, Store
@@ -107,7 +107,7 @@ class MqttAgent:
         self.connects = 0
         self.last_error: str | None = None
         self.published_events = 0
-        self._rnd = random.Random()
+        self._rnd = random.Random()  # noqa: S311 - jitter, not cryptography
 
     # -- public ---------------------------------------------------------------------------
 
@@ -130,8 +130,9 @@ class MqttAgent:
         if client is not None and self.connected:
             info = client.publish(
                 self.topics.status,
-                json.dumps({"online": False, "device": self.device_id, "reason": reason,
-                            "ts": time.time()}),
+                json.dumps(
+                    {"online": False, "device": self.device_id, "reason": reason, "ts": time.time()}
+                ),
                 qos=1,
                 retain=True,
             )
@@ -145,15 +146,22 @@ class MqttAgent:
             if t is not None:
                 t.join(timeout=5)
 
-    def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False,
-                correlation_data: bytes | None = None) -> bool:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        correlation_data: bytes | None = None,
+    ) -> bool:
         """Publish now if connected (no durability: for replies, telemetry, progress)."""
         client = self._client
         if client is None or not self.connected:
             return False
         props = None
         if correlation_data is not None and self.cfg.protocol == "5":
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.CorrelationData = correlation_data
         info = client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -209,10 +217,15 @@ class MqttAgent:
             try:
                 props = None
                 if self.cfg.protocol == "5":
-                    props = Properties(PacketTypes.CONNECT)
+                    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                     props.SessionExpiryInterval = self.cfg.session_expiry_s
-                    client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s,
-                                   clean_start=False, properties=props)
+                    client.connect(
+                        self.cfg.host,
+                        self.cfg.port,
+                        self.cfg.keepalive_s,
+                        clean_start=False,
+                        properties=props,
+                    )
                 else:
                     client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
             except (OSError, ssl.SSLError, ValueError) as exc:
@@ -237,8 +250,9 @@ class MqttAgent:
                 log.debug("mqtt: error closing a dead connection", exc_info=True)
             if self._stop.is_set():
                 break
-            delay = backoff_delay(attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s,
-                                  self._rnd)
+            delay = backoff_delay(
+                attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, self._rnd
+            )
             attempt += 1
             log.info("mqtt: reconnecting in %.2f s (attempt %d)", delay, attempt)
             self._stop.wait(delay)
@@ -260,8 +274,12 @@ class MqttAgent:
         client.subscribe(subs)
         birth = {"online": True, "device": self.device_id, "ts": time.time(), **self._birth()}
         client.publish(self.topics.status, json.dumps(birth), qos=1, retain=True)
-        log.info("mqtt: connected to %s:%d (session present: %s)", self.cfg.host, self.cfg.port,
-                 flags.session_present)
+        log.info(
+            "mqtt: connected to %s:%d (session present: %s)",
+            self.cfg.host,
+            self.cfg.port,
+            flags.session_present,
+        )
         with self._lock:
             self._epoch += 1
         self._connected.set()
@@ -308,8 +326,13 @@ class MqttAgent:
     def _render(self, row: OutboxRow) -> bytes:
         # The data column is already JSON text: splice it instead of re-encoding.
         head = json.dumps(
-            {"id": row.id, "seq": row.seq, "device": self.device_id, "type": row.type,
-             "ts": row.created},
+            {
+                "id": row.id,
+                "seq": row.seq,
+                "device": self.device_id,
+                "type": row.type,
+                "ts": row.created,
+            },
             separators=(",", ":"),
         )
         return (head[:-1] + ',"data":' + row.data + "}").encode()
@@ -349,9 +372,12 @@ class MqttAgent:
             sent = 0
             if room > 0:
                 for row in self.store.outbox.pending(last_seq, min(room, 500)):
-                    info = client.publish(self.topics.event(row.type) if not row.topic
-                                          else row.topic, self._render(row), qos=row.qos,
-                                          retain=row.retain)
+                    info = client.publish(
+                        self.topics.event(row.type) if not row.topic else row.topic,
+                        self._render(row),
+                        qos=row.qos,
+                        retain=row.retain,
+                    )
                     if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                         return  # connection went away; the next epoch starts over
                     inflight[info.mid] = row.seq

@@ -1,13 +1,13 @@
 """The topic tree, as pure functions (documented in docs/protocol.md).
 
-    {prefix}/{device}/status            retained, QoS 1: birth (online) and Last Will (offline)
-    {prefix}/{device}/telemetry         QoS 0: heartbeat
-    {prefix}/{device}/events/{type}     QoS 1: outbox events (store-and-forward)
-    {prefix}/{device}/cmd               QoS 1: commands to this device
-    {prefix}/group/{group}/cmd          QoS 1: commands to a group
-    {prefix}/{device}/reply             QoS 1: replies when the request had no response topic
-    {prefix}/{device}/config/desired    retained: the fleet's signed desired configuration
-    {prefix}/{device}/config/reported   retained: what the device applied, rejected, rolled back
+{prefix}/{device}/status            retained, QoS 1: birth (online) and Last Will (offline)
+{prefix}/{device}/telemetry         QoS 0: heartbeat
+{prefix}/{device}/events/{type}     QoS 1: outbox events (store-and-forward)
+{prefix}/{device}/cmd               QoS 1: commands to this device
+{prefix}/group/{group}/cmd          QoS 1: commands to a group
+{prefix}/{device}/reply             QoS 1: replies when the request had no response topic
+{prefix}/{device}/config/desired    retained: the fleet's signed desired configuration
+{prefix}/{device}/config/reported   retained: what the device applied, rejected, rolled back
 """
 
 from __future__ import annotations

@@ -88,8 +88,9 @@ class Mosquitto:
             )
         self.write_conf()
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([exe, "-c", str(self.conf_path)], stdout=log, stderr=log,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [exe, "-c", str(self.conf_path)], stdout=log, stderr=log, start_new_session=True
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while not mqtt_connack(self.host, self.port):
@@ -101,8 +102,9 @@ class Mosquitto:
                 )
             if time.monotonic() > deadline:
                 self.stop()
-                raise ApplianceError("mosquitto did not accept connections in time",
-                                     code="broker_failed")
+                raise ApplianceError(
+                    "mosquitto did not accept connections in time", code="broker_failed"
+                )
             time.sleep(0.005)
         return self
 

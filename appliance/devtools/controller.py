@@ -25,23 +25,34 @@ from ..agent.topics import Topics
 from ..errors import ApplianceError
 
 
+def _nodelay(_c: Any, _u: Any, sock: Any) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class ControllerTimeout(ApplianceError):
     code = "controller_timeout"
     retryable = True
 
 
 class Controller:
-    def __init__(self, host: str, port: int, *, prefix: str = "kiosk", protocol: str = "5",
-                 client_id: str | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        prefix: str = "kiosk",
+        protocol: str = "5",
+        client_id: str | None = None,
+    ) -> None:
         self.host, self.port, self.prefix, self.protocol = host, port, prefix, protocol
         self.client_id = client_id or f"ctl-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         v5 = protocol == "5"
         self.client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2, client_id=self.client_id,
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
         )
-        self.client.on_socket_open = lambda _c, _u, s: s.setsockopt(
-            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client.on_socket_open = _nodelay
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
         self.response_topic = f"{prefix}/_ctl/{self.client_id}/reply"
@@ -118,23 +129,32 @@ class Controller:
 
     # -- commands ------------------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes | str, qos: int = 1,
-                retain: bool = False) -> None:
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(5)
 
-    def send(self, device: str, cmd: str, args: dict[str, Any] | None = None, *,
-             cid: str | None = None, raw: bytes | None = None) -> queue.Queue[dict[str, Any]]:
+    def send(
+        self,
+        device: str,
+        cmd: str,
+        args: dict[str, Any] | None = None,
+        *,
+        cid: str | None = None,
+        raw: bytes | None = None,
+    ) -> queue.Queue[dict[str, Any]]:
         """Publish a command; returns the queue its reply will arrive on."""
         cid = cid or f"{self.client_id}-{next(self._counter)}"
-        body = raw if raw is not None else json.dumps(
-            {"id": cid, "cmd": cmd, "args": args or {}}).encode()
+        body = (
+            raw
+            if raw is not None
+            else json.dumps({"id": cid, "cmd": cmd, "args": args or {}}).encode()
+        )
         q: queue.Queue[dict[str, Any]] = queue.Queue()
         topic = Topics(self.prefix, device).cmd
         if self.protocol == "5":
             corr = uuid.uuid4().bytes
             with self._lock:
                 self._pending[corr] = q
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.ResponseTopic = self.response_topic
             props.CorrelationData = corr
             self.client.publish(topic, body, qos=1, properties=props)
@@ -148,9 +168,16 @@ class Controller:
             self.client.publish(topic, body, qos=1)
         return q
 
-    def request(self, device: str, cmd: str, args: dict[str, Any] | None = None, *,
-                cid: str | None = None, raw: bytes | None = None,
-                timeout: float = 10.0) -> dict[str, Any]:
+    def request(
+        self,
+        device: str,
+        cmd: str,
+        args: dict[str, Any] | None = None,
+        *,
+        cid: str | None = None,
+        raw: bytes | None = None,
+        timeout: float = 10.0,
+    ) -> dict[str, Any]:
         q = self.send(device, cmd, args, cid=cid, raw=raw)
         try:
             return q.get(timeout=timeout)

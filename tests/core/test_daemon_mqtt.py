@@ -261,9 +261,7 @@ def test_systemd_notify_ready_status_and_watchdog(
     broker: Mosquitto, daemon_factory: DaemonFactory, notify_socket: tuple[str, object]
 ) -> None:
     path, sock = notify_socket
-    d = daemon_factory(
-        broker, "kiosk-sd", env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
-    )
+    d = daemon_factory(broker, "kiosk-sd", env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"})
     d.start()
     messages: list[str] = []
 
@@ -285,8 +283,9 @@ def test_systemd_notify_ready_status_and_watchdog(
 
 
 def test_broker_outage_is_reported_in_status_line(
-    make_broker: Callable[..., Mosquitto], daemon_factory: DaemonFactory,
-    notify_socket: tuple[str, object]
+    make_broker: Callable[..., Mosquitto],
+    daemon_factory: DaemonFactory,
+    notify_socket: tuple[str, object],
 ) -> None:
     path, sock = notify_socket
     b = make_broker()

@@ -1,0 +1,69 @@
+"""Message models of the MQTT protocol (docs/protocol.md). JSON Schemas in docs/schemas/ are
+generated from these and from every command's argument model (``appliance schemas``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .dispatch import CommandReply, CommandRequest
+
+HealthName = Literal["ok", "starting", "disconnected", "error", "disabled"]
+
+
+class StatusMessage(BaseModel):
+    """``{prefix}/{device}/status``, retained: the birth message on connect, or the offline
+    status (the Last Will with reason ``lost``, or reason ``shutdown`` on a clean stop)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    online: bool
+    device: str
+    ts: float | None = Field(None, description="Unix time; absent in the Last Will")
+    reason: Literal["lost", "shutdown"] | None = Field(None, description="Why offline")
+    version: str | None = Field(None, description="Software version (online only)")
+    profile: str | None = Field(None, description="Hardware kit profile (online only)")
+    site: str | None = None
+    groups: list[str] | None = None
+    devices: dict[str, HealthName] | None = Field(None, description="Health per capability")
+
+
+class EventMessage(BaseModel):
+    """``{prefix}/{device}/events/{type}``. Durable events (QoS 1) carry ``seq``: per-device,
+    strictly increasing, never reused, so a gap means loss; ``id`` is unique, so a repeat is a
+    duplicate to drop. Transient progress events (QoS 0) have no ``seq``."""
+
+    id: str = Field(description="Unique event id (hex)")
+    seq: int | None = Field(None, description="Per-device sequence number (durable events)")
+    device: str
+    type: str
+    ts: float
+    data: dict[str, Any]
+
+
+class TelemetryMessage(BaseModel):
+    """``{prefix}/{device}/telemetry``, QoS 0, every ``telemetry.heartbeat_s`` seconds."""
+
+    model_config = ConfigDict(extra="allow")
+
+    device: str
+    ts: float
+    uptime_s: float
+    load: list[float]
+    mem_total: int | None
+    mem_available: int | None
+    rss: int | None
+    disk_free: int | None
+    soc_temp_c: float | None = Field(description="From /sys/class/thermal when present")
+    outbox_depth: int
+    devices: dict[str, HealthName]
+
+
+MESSAGES: dict[str, type[BaseModel]] = {
+    "command-request": CommandRequest,
+    "command-reply": CommandReply,
+    "status": StatusMessage,
+    "event": EventMessage,
+    "telemetry": TelemetryMessage,
+}
