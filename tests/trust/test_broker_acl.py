@@ -1,0 +1,336 @@
+"""The broker side of provisioning against a REAL mosquitto: mutual TLS and per-device ACLs.
+
+Certificates come from provisioning/issue-device-cert and the broker configuration from
+provisioning/render-broker-config, both run here on temporary directories. The ACL read check
+happens at delivery, so "cannot read" is proven by a marker: after a forbidden message, a
+message the client may read is published; per-client delivery is ordered, so once the marker
+arrived the forbidden one would have arrived before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+REPO = Path(__file__).resolve().parents[2]
+PROVISIONING = REPO / "provisioning"
+NOT_AUTHORIZED = 0x87
+# PUBACK success codes: 0x00, and 0x10 "no matching subscribers" (MQTT 5, 3.4.2.1).
+OK = (0x00, 0x10)
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("mosquitto") is None or shutil.which("openssl") is None,
+    reason="needs mosquitto and openssl",
+)
+
+
+@dataclass
+class Broker:
+    port: int
+    certs: Path
+    ca_dir: Path
+    proc: subprocess.Popen[bytes]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _issue(ca: Path, out: Path, name: str, *extra: str) -> None:
+    subprocess.run(
+        [str(PROVISIONING / "issue-device-cert"), "--ca-dir", str(ca), "--out", str(out),
+         *extra, name],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+
+def _raw_connect(port: int, ca: Path, cert: Path | None, key: Path | None) -> bytes:
+    """TLS handshake + MQTT 3.1.1 CONNECT; returns the first bytes the broker answers."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.check_hostname = False
+    if cert is not None and key is not None:
+        ctx.load_cert_chain(str(cert), str(key))
+    connect = bytes.fromhex("101000044d5154540402003c0004") + b"test"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        try:
+            with ctx.wrap_socket(raw) as tls:
+                tls.sendall(connect)
+                return tls.recv(4)
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+            return b""
+
+
+def _start_broker(base: Path, certs: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Render the config for a free port and start mosquitto; retry if the port was taken."""
+    for _attempt in range(3):
+        port = _free_port()
+        subprocess.run(
+            [str(PROVISIONING / "render-broker-config"), "--out", str(base / "conf"),
+             "--ca", str(certs / "ca.crt"), "--cert", str(certs / "localhost.crt"),
+             "--key", str(certs / "localhost.key"), "--port", str(port),
+             "--bind", "127.0.0.1", "--persistence", str(base / "persist"), "--run-as-root"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        with (base / "mosquitto.log").open("ab") as log:
+            proc = subprocess.Popen(
+                ["mosquitto", "-c", str(base / "conf" / "mosquitto.conf")],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        # Ready when a real client completes CONNECT/CONNACK (not a log line, not a sleep).
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                answer = _raw_connect(
+                    port, certs / "ca.crt", certs / "devA.crt", certs / "devA.key"
+                )
+            except OSError:
+                answer = b""
+            if answer[:1] == b"\x20":
+                return proc, port
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.02)  # returns early only if the broker died
+        proc.kill()
+        proc.wait()
+    pytest.fail("mosquitto did not start:\n" + (base / "mosquitto.log").read_text())
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    base = tmp_path_factory.mktemp("broker")
+    ca, certs = base / "ca", base / "certs"
+    _issue(ca, certs, "localhost", "--kind", "server", "--san", "DNS:localhost,IP:127.0.0.1")
+    for dev in ("devA", "devB"):
+        _issue(ca, certs, dev)
+    _issue(ca, certs, "controller", "--kind", "controller")
+    (base / "persist").mkdir()
+    proc, port = _start_broker(base, certs)
+    try:
+        yield Broker(port=port, certs=certs, ca_dir=ca, proc=proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Client:
+    """A paho MQTT 5 client with mutual TLS that records deliveries and PUBACK reason codes."""
+
+    def __init__(self, broker: Broker, identity: str, client_id: str | None = None) -> None:
+        self.messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
+        self.received: list[tuple[str, bytes, bool]] = []
+        self._acks: dict[int, int] = {}
+        self._ack_cv = threading.Condition()
+        self._suback = threading.Event()
+        self._connected = threading.Event()
+        self.c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"{identity}-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
+        self.c.tls_set(
+            ca_certs=str(broker.certs / "ca.crt"),
+            certfile=str(broker.certs / f"{identity}.crt"),
+            keyfile=str(broker.certs / f"{identity}.key"),
+        )
+        self.c.on_connect = self._on_connect
+        self.c.on_message = self._on_message
+        self.c.on_publish = self._on_publish
+        self.c.on_subscribe = self._on_subscribe
+        self.c.connect("localhost", broker.port, keepalive=30)
+        self.c.loop_start()
+        assert self._connected.wait(15), f"{identity} did not connect"
+
+    def _on_connect(self, c: mqtt.Client, u: object, f: object, rc: ReasonCode, p: object) -> None:
+        if not rc.is_failure:
+            self._connected.set()
+
+    def _on_message(self, c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
+        self.messages.put((msg.topic, msg.payload, bool(msg.retain)))
+
+    def _on_publish(
+        self, c: mqtt.Client, u: object, mid: int, rc: ReasonCode, p: Properties
+    ) -> None:
+        with self._ack_cv:
+            self._acks[mid] = rc.value
+            self._ack_cv.notify_all()
+
+    def _on_subscribe(
+        self, c: mqtt.Client, u: object, mid: int, rcs: list[ReasonCode], p: Properties
+    ) -> None:
+        self.granted = [r.value for r in rcs]
+        self._suback.set()
+
+    def subscribe(self, topic: str, qos: int = 1) -> list[int]:
+        self._suback.clear()
+        self.c.subscribe(topic, qos)
+        assert self._suback.wait(10)
+        return self.granted
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
+        """Publish and return the PUBACK reason code (QoS 1)."""
+        info = self.c.publish(topic, payload, qos=qos, retain=retain)
+        with self._ack_cv:
+            assert self._ack_cv.wait_for(lambda: info.mid in self._acks, timeout=10)
+            return self._acks[info.mid]
+
+    def wait_for(self, topic: str, payload: bytes, timeout: float = 10) -> None:
+        """Collect deliveries until (topic, payload) arrives; everything seen is kept."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"{topic} never arrived; got {self.received}"
+            item = self.messages.get(timeout=remaining)
+            self.received.append(item)
+            if item[0] == topic and item[1] == payload:
+                return
+
+    def topics(self) -> set[str]:
+        return {t for t, _p, _r in self.received}
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+@pytest.fixture
+def clients(broker: Broker) -> Iterator[list[Client]]:
+    made: list[Client] = []
+    yield made
+    for c in made:
+        c.close()
+
+
+def _client(broker: Broker, clients: list[Client], ident: str, cid: str | None = None) -> Client:
+    c = Client(broker, ident, cid)
+    clients.append(c)
+    return c
+
+
+def test_device_cannot_read_other_devices_commands(broker: Broker, clients: list[Client]) -> None:
+    a = _client(broker, clients, "devA")
+    b = _client(broker, clients, "devB")
+    ctl = _client(broker, clients, "controller")
+    # Subscriptions outside A's tree are GRANTED (SUBACK 1): the ACL applies at delivery.
+    assert a.subscribe("kiosk/devB/cmd") == [1]
+    assert a.subscribe("kiosk/#") == [1]
+    assert b.subscribe("kiosk/devB/cmd") == [1]
+    assert ctl.publish("kiosk/devB/cmd", b"for-B") in OK
+    assert ctl.publish("kiosk/devA/cmd", b"marker-A") in OK
+    b.wait_for("kiosk/devB/cmd", b"for-B")  # delivered to its owner...
+    a.wait_for("kiosk/devA/cmd", b"marker-A")  # ...and A's own command arrives,
+    assert "kiosk/devB/cmd" not in a.topics()  # but B's never reached A.
+
+
+def test_retained_config_of_other_device_not_delivered(
+    broker: Broker, clients: list[Client]
+) -> None:
+    ctl = _client(broker, clients, "controller")
+    assert ctl.publish("kiosk/devB/config/desired", b"cfg-B", retain=True) in OK
+    assert ctl.publish("kiosk/devA/config/desired", b"cfg-A", retain=True) in OK
+    a = _client(broker, clients, "devA")
+    a.subscribe("kiosk/devB/config/desired")
+    a.subscribe("kiosk/devA/config/desired")
+    a.wait_for("kiosk/devA/config/desired", b"cfg-A")
+    assert "kiosk/devB/config/desired" not in a.topics()
+    b = _client(broker, clients, "devB")
+    b.subscribe("kiosk/devB/config/desired")
+    b.wait_for("kiosk/devB/config/desired", b"cfg-B")
+    # Clean up the retained messages for other tests.
+    ctl.publish("kiosk/devB/config/desired", b"", retain=True)
+    ctl.publish("kiosk/devA/config/desired", b"", retain=True)
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "kiosk/devB/status",
+        "kiosk/devB/reply",
+        "kiosk/devB/events/capture",
+        "kiosk/devB/config/reported",
+        "kiosk/devB/cmd",
+        "kiosk/devA/cmd",  # a device cannot command itself either
+        "kiosk/devA/config/desired",
+        "kiosk/group/hanoi/cmd",
+        "kiosk/claims/devB/request",
+        "kiosk/claims/devA/response",
+    ],
+)
+def test_device_cannot_write_outside_its_tree(
+    broker: Broker, clients: list[Client], topic: str
+) -> None:
+    ctl = _client(broker, clients, "controller")
+    ctl.subscribe("kiosk/#")
+    a = _client(broker, clients, "devA")
+    assert a.publish(topic, b"forged") == NOT_AUTHORIZED
+    assert a.publish("kiosk/devA/telemetry", b"marker") in OK
+    ctl.wait_for("kiosk/devA/telemetry", b"marker")
+    assert (topic, b"forged", False) not in ctl.received
+
+
+def test_device_uses_its_own_topics(broker: Broker, clients: list[Client]) -> None:
+    ctl = _client(broker, clients, "controller")
+    ctl.subscribe("kiosk/#")
+    a = _client(broker, clients, "devA")
+    for suffix in ("status", "telemetry", "events/fingerprint", "reply", "config/reported"):
+        assert a.publish(f"kiosk/devA/{suffix}", suffix.encode()) in OK
+        ctl.wait_for(f"kiosk/devA/{suffix}", suffix.encode())
+    assert a.publish("kiosk/claims/devA/request", b"claim") in OK
+    ctl.wait_for("kiosk/claims/devA/request", b"claim")
+    a.subscribe("kiosk/group/+/cmd")
+    a.subscribe("kiosk/claims/devA/response")
+    assert ctl.publish("kiosk/group/hanoi/cmd", b"group") in OK
+    a.wait_for("kiosk/group/hanoi/cmd", b"group")
+    assert ctl.publish("kiosk/claims/devA/response", b"welcome") in OK
+    a.wait_for("kiosk/claims/devA/response", b"welcome")
+
+
+def test_spoofed_client_id_gains_nothing(broker: Broker, clients: list[Client]) -> None:
+    """devA's certificate with client id "devB": %u patterns still mean devA."""
+    spoof = _client(broker, clients, "devA", cid="devB")
+    ctl = _client(broker, clients, "controller")
+    ctl.subscribe("kiosk/#")
+    spoof.subscribe("kiosk/devB/cmd")
+    spoof.subscribe("kiosk/devA/cmd")
+    assert ctl.publish("kiosk/devB/cmd", b"secret-B") in OK
+    assert ctl.publish("kiosk/devA/cmd", b"marker") in OK
+    spoof.wait_for("kiosk/devA/cmd", b"marker")
+    assert "kiosk/devB/cmd" not in spoof.topics()
+    assert spoof.publish("kiosk/devB/status", b"online") == NOT_AUTHORIZED
+
+
+def test_tls_client_certificate_required(broker: Broker, tmp_path: Path) -> None:
+    ca = broker.certs / "ca.crt"
+    # The probe itself works with a fleet certificate: CONNACK (0x20).
+    assert (
+        _raw_connect(broker.port, ca, broker.certs / "devA.crt", broker.certs / "devA.key")[:1]
+        == b"\x20"
+    )
+    # No client certificate: the TLS session is torn down, no CONNACK.
+    assert _raw_connect(broker.port, ca, None, None)[:1] != b"\x20"
+    # A certificate from another CA with the same CN: refused.
+    _issue(tmp_path / "rogue-ca", tmp_path / "rogue", "devA")
+    got = _raw_connect(
+        broker.port, ca, tmp_path / "rogue" / "devA.crt", tmp_path / "rogue" / "devA.key"
+    )
+    assert got[:1] != b"\x20"
