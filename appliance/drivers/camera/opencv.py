@@ -6,7 +6,8 @@ the citizen) and a read can honour its timeout even when the driver blocks. When
 read fails (cable pulled, V4L2 ``ENODEV``) it releases the device and the base class's watcher
 reopens it on hot-plug.
 
-``device`` is a V4L2 index (``0``) or path (``/dev/video0``); any other string is handed to
+``device`` is a V4L2 index (``0``) or path (``/dev/video0``, ``/dev/v4l/by-id/...``); any other
+string is handed to
 OpenCV as is (a video file, or an image-sequence pattern such as ``frames/%03d.png``) and is
 then paced at the file's frame rate, which is how the tests drive this backend for real.
 """
@@ -14,6 +15,8 @@ then paced at the file's frame rate, which is how the tests drive this backend f
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
 import threading
 import time
@@ -31,11 +34,19 @@ log = logging.getLogger(__name__)
 
 
 def _source(device: str) -> tuple[int | str, int, bool]:
-    """(VideoCapture source, API preference, is a live device) for a config ``device``."""
+    """(VideoCapture source, API preference, is a live device) for a config ``device``.
+
+    OpenCV's V4L2 backend opens by index only ("can't be used to capture by name"), so a
+    ``/dev/videoN`` path, or a udev symlink such as ``/dev/v4l/by-id/...`` that resolves to
+    one, becomes the index N.
+    """
     live_api = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
     if device.isdigit():
         return int(device), live_api, True
-    if device.startswith("/dev/video"):
+    if device.startswith("/dev/"):
+        match = re.fullmatch(r"/dev/video(\d+)", os.path.realpath(device))
+        if match:
+            return int(match.group(1)), live_api, True
         return device, live_api, True
     return device, cv2.CAP_ANY, False
 

@@ -412,6 +412,14 @@ def _background_mask(geom: FaceGeometry, w: int, h: int) -> npt.NDArray[np.bool_
 def assess(image: Image, config: QualityConfig | None = None) -> QualityReport:
     """Score one BGR (or grey) frame against the portrait rules."""
     cfg = config or QualityConfig()
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected an 8-bit image, got dtype {image.dtype}")
+    if image.ndim == 3 and image.shape[2] != 3:
+        raise ValueError(f"expected 3 colour channels (BGR), got shape {image.shape}")
+    if image.ndim in (2, 3) and min(image.shape[:2]) < 24:
+        # Smaller than the detector's window: nothing to find, and nothing to crash on.
+        comps = {"face_count": Component("face_count", 0, False, 0.0, "frame too small", None)}
+        return QualityReport(comps, 0, False, None, 0, (image.shape[1], image.shape[0]))
     if image.ndim == 3:
         grey: Image = np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), dtype=np.uint8)
     elif image.ndim == 2:
@@ -512,14 +520,15 @@ def assess(image: Image, config: QualityConfig | None = None) -> QualityReport:
         face = grey
     mean = float(face.mean())
     clipped = float((face >= 250).mean())
-    if mean < cfg.min_face_luma:
-        exp_score = score_at_least(mean, cfg.min_face_luma, cfg.min_face_luma + 30)
+    dark_score = score_at_least(mean, cfg.min_face_luma, cfg.min_face_luma + 30)
+    bright_score = min(
+        score_at_most(mean, cfg.max_face_luma, cfg.max_face_luma - 40),
+        score_at_most(clipped, cfg.max_clipped_fraction, 0.0),
+    )
+    exp_score = min(dark_score, bright_score)
+    if dark_score <= bright_score:
         exp_reason, exp_hint = f"face too dark (mean {mean:.0f})", "more_light"
     else:
-        exp_score = min(
-            score_at_most(mean, cfg.max_face_luma, cfg.max_face_luma - 40),
-            score_at_most(clipped, cfg.max_clipped_fraction, 0.0),
-        )
         exp_reason = f"face over-exposed (mean {mean:.0f}, {clipped:.0%} clipped)"
         exp_hint = "less_light"
     comps["exposure"] = _component(
