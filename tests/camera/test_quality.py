@@ -116,7 +116,7 @@ NEGATIVES = {
 def test_each_generated_negative_fails_for_its_reason(fault: str) -> None:
     must_fail, hint = NEGATIVES[fault]
     for index in (0, 5):
-        frame, truth = scene.render(640, 480, fault, index)
+        frame, _truth = scene.render(640, 480, fault, index)
         report = assess(frame)
         failing = {c.name for c in report.failing}
         assert must_fail <= failing, (fault, report.to_dict())
@@ -153,7 +153,7 @@ def test_scores_fall_as_the_fault_grows(astronaut: np.ndarray) -> None:
 
 
 def test_cluttered_background_fails_plain_backdrop_passes() -> None:
-    frame, truth = scene.render(640, 480, "none", 0)
+    frame, _truth = scene.render(640, 480, "none", 0)
     busy = frame.copy()
     # Vertical stripes beside the head (a poster, a shelf) inside the token frame.
     for x in range(0, 200, 16):
@@ -166,7 +166,7 @@ def test_cluttered_background_fails_plain_backdrop_passes() -> None:
 
 
 def test_token_crop_puts_the_eyes_on_the_token_geometry() -> None:
-    frame, truth = scene.render(640, 480, "none", 0)
+    frame, _truth = scene.render(640, 480, "none", 0)
     report = assess(frame)
     assert report.face is not None
     token = crop_token(frame, report.face)
