@@ -523,9 +523,9 @@ class FingerprintEmulator:
     def _receive_data(self, pkt: Packet) -> None:
         assert self._rx is not None
         target, expected, buf = self._rx
-        limit = self.profile.quirks.downchar_max_packet_size
+        limit = self.profile.quirks.downchar_fails_above
         if target.startswith("char") and limit and len(pkt.payload) > limit:
-            # R307 quirk (spec, "Known failure modes"): DownChar with packets over 32 bytes
+            # R307 quirk (spec, "Known failure modes"): DownChar with 256-byte packets
             # fails; the character buffer ends up unusable.
             self._rx = (target + "!", expected, buf)
             target = self._rx[0]

@@ -56,6 +56,9 @@ class QuirkProfile(_Strict):
     downchar_max_packet_size: int = Field(
         0, ge=0, description="Largest packet DownChar tolerates; 0 = no limit"
     )
+    downchar_fails_above: int = Field(
+        0, ge=0, description="Emulator: DownChar packets above this size fail; 0 = never"
+    )
     power_up_handshake: bool = Field(False, description="Sends 0x55 after power-up")
     soft_reset_handshake: bool = Field(False, description="Sends 0x55 after SoftReset's ack")
     aura_led: bool = Field(False, description="Has the R503 ring LED (AuraLedConfig)")
@@ -129,7 +132,7 @@ def load_profile(model: str, profile_dir: Path | None = None) -> SensorProfile:
     except FileNotFoundError:
         known = sorted(p.stem for p in (profile_dir or DEFAULT_PROFILE_DIR).glob("*.toml"))
         raise ConfigError(
-            f"no sensor profile {str(path)!r}",
+            f"unknown sensor model {model!r}: no profile {str(path)!r}; known: {known}",
             [("hardware.fingerprint.model", f"unknown model {model!r}; known: {known}")],
         ) from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
