@@ -1,0 +1,1 @@
+"""Fleet-side tools for administrators (``appliance fleet ...``): key management in this wave."""
