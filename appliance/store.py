@@ -5,6 +5,10 @@ their replies: at-most-once execution), ``config_history``, ``audit``, ``kv``; l
 theirs through :data:`MIGRATIONS`. The schema version is ``PRAGMA user_version``; migrations run
 in order, each in its own transaction, at open.
 
+sqlite-utils (which pulls in numpy, click and dateutil: ~17 MB of RSS) is imported only when a
+migration must run or ``Store.db`` is used, so an ordinary boot of a kiosk with a current schema
+never loads it.
+
 Durability: with ``synchronous=FULL`` in WAL mode a commit is on stable storage when ``commit``
 returns (https://sqlite.org/pragma.html#pragma_synchronous), so an event that :meth:`Outbox.put`
 reported stored survives ``kill -9`` and power loss. sqlite-utils creates the schema; the hot
@@ -25,11 +29,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from .errors import StoreError
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +133,7 @@ class Store:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute(f"PRAGMA synchronous={synchronous}")
             self.conn.execute("PRAGMA foreign_keys=ON")
-            self.db = sqlite_utils.Database(self.conn)
+            self._db: sqlite_utils.Database | None = None
             self._migrate()
         except sqlite3.DatabaseError as exc:
             raise StoreError(
@@ -138,6 +143,15 @@ class Store:
         self.commands = CommandLog(self)
 
     # -- schema ---------------------------------------------------------------------------
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils view of the same connection (imported on first use)."""
+        if self._db is None:
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self.conn)
+        return self._db
 
     @property
     def schema_version(self) -> int:
