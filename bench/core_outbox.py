@@ -43,8 +43,8 @@ c.max_inflight_messages_set(200)
 c.max_queued_messages_set(0)
 c.connect("127.0.0.1", port)
 c.loop_start()
-infos = [c.publish("raw/events", json.dumps({"id": i, "seq": i, "data": {"text": "x" * 200}}), qos=1)
-         for i in range(n)]
+body = lambda i: json.dumps({"id": i, "seq": i, "data": {"text": "x" * 200}})
+infos = [c.publish("raw/events", body(i), qos=1) for i in range(n)]
 for i in infos:
     i.wait_for_publish(60)
 c.disconnect(); c.loop_stop()

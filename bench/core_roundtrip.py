@@ -37,7 +37,10 @@ def on_message(cl, _u, msg):
     props.CorrelationData = msg.properties.CorrelationData
     cl.publish(msg.properties.ResponseTopic, msg.payload, qos=1, properties=props)
 c.on_message = on_message
-c.on_connect = lambda cl, *_: (cl.subscribe("kiosk/bare-echo/cmd", qos=1), print("ready", flush=True))
+def on_connect(cl, *_):
+    cl.subscribe("kiosk/bare-echo/cmd", qos=1)
+    print("ready", flush=True)
+c.on_connect = on_connect
 c.connect("127.0.0.1", port)
 c.loop_forever()
 """
