@@ -113,7 +113,7 @@ def _start_broker(base: Path, certs: Path) -> tuple[subprocess.Popen[bytes], int
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     base = tmp_path_factory.mktemp("broker")
     ca, certs = base / "ca", base / "certs"
     _issue(ca, certs, "localhost", "--kind", "server", "--san", "DNS:localhost,IP:127.0.0.1")
@@ -214,23 +214,27 @@ class Client:
 
 
 @pytest.fixture
-def clients(broker: Broker) -> Iterator[list[Client]]:
+def clients(tls_broker: Broker) -> Iterator[list[Client]]:
     made: list[Client] = []
     yield made
     for c in made:
         c.close()
 
 
-def _client(broker: Broker, clients: list[Client], ident: str, cid: str | None = None) -> Client:
-    c = Client(broker, ident, cid)
+def _client(
+    tls_broker: Broker, clients: list[Client], ident: str, cid: str | None = None
+) -> Client:
+    c = Client(tls_broker, ident, cid)
     clients.append(c)
     return c
 
 
-def test_device_cannot_read_other_devices_commands(broker: Broker, clients: list[Client]) -> None:
-    a = _client(broker, clients, "devA")
-    b = _client(broker, clients, "devB")
-    ctl = _client(broker, clients, "controller")
+def test_device_cannot_read_other_devices_commands(
+    tls_broker: Broker, clients: list[Client]
+) -> None:
+    a = _client(tls_broker, clients, "devA")
+    b = _client(tls_broker, clients, "devB")
+    ctl = _client(tls_broker, clients, "controller")
     # Subscriptions outside A's tree are GRANTED (SUBACK 1): the ACL applies at delivery.
     assert a.subscribe("kiosk/devB/cmd") == [1]
     assert a.subscribe("kiosk/#") == [1]
@@ -243,17 +247,17 @@ def test_device_cannot_read_other_devices_commands(broker: Broker, clients: list
 
 
 def test_retained_config_of_other_device_not_delivered(
-    broker: Broker, clients: list[Client]
+    tls_broker: Broker, clients: list[Client]
 ) -> None:
-    ctl = _client(broker, clients, "controller")
+    ctl = _client(tls_broker, clients, "controller")
     assert ctl.publish("kiosk/devB/config/desired", b"cfg-B", retain=True) in OK
     assert ctl.publish("kiosk/devA/config/desired", b"cfg-A", retain=True) in OK
-    a = _client(broker, clients, "devA")
+    a = _client(tls_broker, clients, "devA")
     a.subscribe("kiosk/devB/config/desired")
     a.subscribe("kiosk/devA/config/desired")
     a.wait_for("kiosk/devA/config/desired", b"cfg-A")
     assert "kiosk/devB/config/desired" not in a.topics()
-    b = _client(broker, clients, "devB")
+    b = _client(tls_broker, clients, "devB")
     b.subscribe("kiosk/devB/config/desired")
     b.wait_for("kiosk/devB/config/desired", b"cfg-B")
     # Clean up the retained messages for other tests.
@@ -277,21 +281,21 @@ def test_retained_config_of_other_device_not_delivered(
     ],
 )
 def test_device_cannot_write_outside_its_tree(
-    broker: Broker, clients: list[Client], topic: str
+    tls_broker: Broker, clients: list[Client], topic: str
 ) -> None:
-    ctl = _client(broker, clients, "controller")
+    ctl = _client(tls_broker, clients, "controller")
     ctl.subscribe("kiosk/#")
-    a = _client(broker, clients, "devA")
+    a = _client(tls_broker, clients, "devA")
     assert a.publish(topic, b"forged") == NOT_AUTHORIZED
     assert a.publish("kiosk/devA/telemetry", b"marker") in OK
     ctl.wait_for("kiosk/devA/telemetry", b"marker")
     assert (topic, b"forged", False) not in ctl.received
 
 
-def test_device_uses_its_own_topics(broker: Broker, clients: list[Client]) -> None:
-    ctl = _client(broker, clients, "controller")
+def test_device_uses_its_own_topics(tls_broker: Broker, clients: list[Client]) -> None:
+    ctl = _client(tls_broker, clients, "controller")
     ctl.subscribe("kiosk/#")
-    a = _client(broker, clients, "devA")
+    a = _client(tls_broker, clients, "devA")
     for suffix in ("status", "telemetry", "events/fingerprint", "reply", "config/reported"):
         assert a.publish(f"kiosk/devA/{suffix}", suffix.encode()) in OK
         ctl.wait_for(f"kiosk/devA/{suffix}", suffix.encode())
@@ -305,10 +309,10 @@ def test_device_uses_its_own_topics(broker: Broker, clients: list[Client]) -> No
     a.wait_for("kiosk/claims/devA/response", b"welcome")
 
 
-def test_spoofed_client_id_gains_nothing(broker: Broker, clients: list[Client]) -> None:
+def test_spoofed_client_id_gains_nothing(tls_broker: Broker, clients: list[Client]) -> None:
     """devA's certificate with client id "devB": %u patterns still mean devA."""
-    spoof = _client(broker, clients, "devA", cid="devB")
-    ctl = _client(broker, clients, "controller")
+    spoof = _client(tls_broker, clients, "devA", cid="devB")
+    ctl = _client(tls_broker, clients, "controller")
     ctl.subscribe("kiosk/#")
     spoof.subscribe("kiosk/devB/cmd")
     spoof.subscribe("kiosk/devA/cmd")
@@ -319,18 +323,20 @@ def test_spoofed_client_id_gains_nothing(broker: Broker, clients: list[Client]) 
     assert spoof.publish("kiosk/devB/status", b"online") == NOT_AUTHORIZED
 
 
-def test_tls_client_certificate_required(broker: Broker, tmp_path: Path) -> None:
-    ca = broker.certs / "ca.crt"
+def test_tls_client_certificate_required(tls_broker: Broker, tmp_path: Path) -> None:
+    ca = tls_broker.certs / "ca.crt"
     # The probe itself works with a fleet certificate: CONNACK (0x20).
     assert (
-        _raw_connect(broker.port, ca, broker.certs / "devA.crt", broker.certs / "devA.key")[:1]
+        _raw_connect(
+            tls_broker.port, ca, tls_broker.certs / "devA.crt", tls_broker.certs / "devA.key"
+        )[:1]
         == b"\x20"
     )
     # No client certificate: the TLS session is torn down, no CONNACK.
-    assert _raw_connect(broker.port, ca, None, None)[:1] != b"\x20"
+    assert _raw_connect(tls_broker.port, ca, None, None)[:1] != b"\x20"
     # A certificate from another CA with the same CN: refused.
     _issue(tmp_path / "rogue-ca", tmp_path / "rogue", "devA")
     got = _raw_connect(
-        broker.port, ca, tmp_path / "rogue" / "devA.crt", tmp_path / "rogue" / "devA.key"
+        tls_broker.port, ca, tmp_path / "rogue" / "devA.crt", tmp_path / "rogue" / "devA.key"
     )
     assert got[:1] != b"\x20"
