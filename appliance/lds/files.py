@@ -48,8 +48,9 @@ class EfCom:
     data_groups: tuple[int, ...]
 
 
-def encode_ef_com(data_groups: list[int], lds_version: str = "0107",
-                  unicode_version: str = "040000") -> bytes:
+def encode_ef_com(
+    data_groups: list[int], lds_version: str = "0107", unicode_version: str = "040000"
+) -> bytes:
     """``60 { 5F01 LDS version, 5F36 Unicode version, 5C tag list }`` (Part 10 §4.6.1)."""
     if not re.fullmatch(r"\d{4}", lds_version) or not re.fullmatch(r"\d{6}", unicode_version):
         raise ValueError("LDS version is 4 digits and Unicode version 6 digits")
@@ -107,7 +108,7 @@ FACE_RECORD_MAGIC = b"FAC\x00"
 
 def encode_dg2(face_records: list[bytes]) -> bytes:
     """DG2 with one biometric information template per ISO/IEC 19794-5 record (Part 10 §4.7.2):
-    ``75 { 7F61 { 02 count, 7F60 { A1 { 80 version?, 81 type, 87 owner, 88 format }, 5F2E rec } } }``.
+    ``75 { 7F61 { 02 count, 7F60 { A1 { 81 type, 87 owner, 88 format }, 5F2E record } } }``.
     """
     if not face_records:
         raise ValueError("DG2 needs at least one face record")

@@ -47,7 +47,10 @@ class IssuancePackage(BaseModel):
 
     version: Literal[1] = Field(1, description="Package format version")
     package_id: str = Field(
-        ..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$",
+        ...,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._:-]+$",
         description="Issuer's identifier of this package (audit and replies)",
     )
     files: dict[FileName, Base64Bytes] = Field(
@@ -84,8 +87,12 @@ def _dg_number(name: str) -> int:
     return int(name[2:])
 
 
-def verify_package(pkg: IssuancePackage, trust_anchors: Sequence[x509.Certificate],
-                   *, now: dt.datetime | None = None) -> VerifiedPackage:
+def verify_package(
+    pkg: IssuancePackage,
+    trust_anchors: Sequence[x509.Certificate],
+    *,
+    now: dt.datetime | None = None,
+) -> VerifiedPackage:
     """Every check the kiosk makes before writing. Raises TrustError (signature, chain, hashes)
     or ProtocolError(lds_malformed) (a file that does not parse, EF.COM inconsistent)."""
     files = {str(k): bytes(v) for k, v in pkg.files.items()}
@@ -93,14 +100,21 @@ def verify_package(pkg: IssuancePackage, trust_anchors: Sequence[x509.Certificat
         # Each file must be exactly one TLV with the outer tag of its kind.
         hdr, length = header_size(data)
         if hdr + length != len(data):
-            raise ProtocolError(f"{name} length field does not match its size", device="card",
-                                code="lds_malformed", details={"file": name})
+            raise ProtocolError(
+                f"{name} length field does not match its size",
+                device="card",
+                code="lds_malformed",
+                details={"file": name},
+            )
     com = decode_ef_com(files["EF.COM"])
     dg_names = sorted((n for n in files if n.startswith("DG")), key=_dg_number)
     if sorted(com.data_groups) != [_dg_number(n) for n in dg_names]:
-        raise ProtocolError("EF.COM does not list exactly the data groups in the package",
-                            device="card", code="lds_malformed",
-                            details={"ef_com": list(com.data_groups), "package": dg_names})
+        raise ProtocolError(
+            "EF.COM does not list exactly the data groups in the package",
+            device="card",
+            code="lds_malformed",
+            details={"ef_com": list(com.data_groups), "package": dg_names},
+        )
     mrz = decode_dg1(files["DG1"])
     if "DG2" in files:
         decode_dg2(files["DG2"])
@@ -110,12 +124,18 @@ def verify_package(pkg: IssuancePackage, trust_anchors: Sequence[x509.Certificat
     sod = parse_sod(files["EF.SOD"])
     missing = sorted(set(dgs) - set(sod.dg_hashes))
     if missing:
-        raise TrustError("EF.SOD does not cover every data group",
-                         code="dg_hash_mismatch", details={"not_in_sod": missing})
+        raise TrustError(
+            "EF.SOD does not cover every data group",
+            code="dg_hash_mismatch",
+            details={"not_in_sod": missing},
+        )
     pa = passive_authentication(files["EF.SOD"], dgs, trust_anchors, now=now)
     pa.raise_for_failure()
-    ordered = {"EF.COM": files["EF.COM"], **{n: files[n] for n in dg_names},
-               "EF.SOD": files["EF.SOD"]}
+    ordered = {
+        "EF.COM": files["EF.COM"],
+        **{n: files[n] for n in dg_names},
+        "EF.SOD": files["EF.SOD"],
+    }
     return VerifiedPackage(pkg.package_id, ordered, mrz, pa)
 
 
@@ -139,8 +159,9 @@ def build_issuance_package(
     files: dict[str, bytes] = {"EF.COM": encode_ef_com(sorted(dgs))}
     files.update({f"DG{n}": b for n, b in sorted(dgs.items())})
     files["EF.SOD"] = sod
-    return IssuancePackage.model_validate({"package_id": package_id, "files": {
-        k: _b64(v) for k, v in files.items()}})
+    return IssuancePackage.model_validate(
+        {"package_id": package_id, "files": {k: _b64(v) for k, v in files.items()}}
+    )
 
 
 def _b64(data: bytes) -> str:
@@ -153,11 +174,9 @@ def package_digest(pkg: IssuancePackage) -> str:
     """A short SHA-256 over the package's files (for audit rows; never the content itself)."""
     h = hashlib.sha256()
     for name in sorted(pkg.files):
-        h.update(name.encode() + b"\0" + bytes(pkg.files[name]))  # type: ignore[index]
+        h.update(name.encode() + b"\0" + bytes(pkg.files[name]))
     return h.hexdigest()[:16]
 
 
 def fid_of(name: str) -> int:
     return FILE_FIDS[name]
-
-

@@ -43,8 +43,8 @@ def transliterate(name: str) -> str:
     """A Unicode name as MRZ characters: diacritics removed, ``Đ`` -> ``D`` (spec: Vietnamese
     names), upper case, spaces/hyphens/apostrophes -> ``<`` (Part 3 §6 recommended practice)."""
     out: list[str] = []
-    for ch in name:
-        ch = _SPECIAL.get(ch, ch)
+    for original in name:
+        ch = _SPECIAL.get(original, original)
         for base in unicodedata.normalize("NFD", ch):
             if unicodedata.combining(base):
                 continue

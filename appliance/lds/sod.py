@@ -308,8 +308,9 @@ class PaResult:
         )
 
 
-def _verify_signature(pub: Any, signature: bytes, data: bytes, sig_alg: str, digest: str,
-                      pss_salt: int | None) -> None:
+def _verify_signature(
+    pub: Any, signature: bytes, data: bytes, sig_alg: str, digest: str, pss_salt: int | None
+) -> None:
     hash_name = digest
     for name in _HASHES:
         if sig_alg.startswith(name + "_"):
@@ -353,8 +354,14 @@ def passive_authentication(
     else:
         res.ds_subject = ds.subject.rfc4514_string()
         try:
-            _verify_signature(ds.public_key(), sod.signature, sod.signed_bytes,
-                              sod.signature_algorithm, sod.digest_algorithm, sod.pss_salt)
+            _verify_signature(
+                ds.public_key(),
+                sod.signature,
+                sod.signed_bytes,
+                sod.signature_algorithm,
+                sod.digest_algorithm,
+                sod.pss_salt,
+            )
             ok = True
         except (InvalidSignature, ValueError, TypeError):
             ok = False
@@ -386,8 +393,9 @@ def passive_authentication(
     return res
 
 
-def _check_chain(ds: x509.Certificate, anchors: Sequence[x509.Certificate], now: dt.datetime,
-                 res: PaResult) -> bool:
+def _check_chain(
+    ds: x509.Certificate, anchors: Sequence[x509.Certificate], now: dt.datetime, res: PaResult
+) -> bool:
     if not (ds.not_valid_before_utc <= now <= ds.not_valid_after_utc):
         res.errors.append("Document Signer certificate is outside its validity period")
         return False

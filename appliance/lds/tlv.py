@@ -10,8 +10,9 @@ MAX_LENGTH = 0xFFFFFF
 
 def malformed(message: str, **details: object) -> ProtocolError:
     """The error every LDS decoder raises for bytes that do not parse."""
-    return ProtocolError(message, device="card", code="lds_malformed", retryable=False,
-                         details=dict(details))
+    return ProtocolError(
+        message, device="card", code="lds_malformed", retryable=False, details=dict(details)
+    )
 
 
 def encode_tag(tag: int) -> bytes:
@@ -83,9 +84,7 @@ def read_tlv(data: bytes, pos: int = 0) -> tuple[int, bytes, int]:
     length, pos = read_length(data, pos)
     end = pos + length
     if end > len(data):
-        raise malformed(
-            f"TLV {tag:X} claims {length} bytes, only {len(data) - pos} left", tag=tag
-        )
+        raise malformed(f"TLV {tag:X} claims {length} bytes, only {len(data) - pos} left", tag=tag)
     return tag, bytes(data[pos:end]), end
 
 

@@ -34,6 +34,8 @@ class CardConfig(BaseModel):
         "card profile allows them too",
     )
     card_wait_s: float = Field(
-        5.0, gt=0, le=120,
+        5.0,
+        gt=0,
+        le=120,
         description="How long card.read and card.encode wait for a card to be presented",
     )

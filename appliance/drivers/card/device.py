@@ -51,20 +51,21 @@ class EmrtdCard:
     def select_application(self) -> None:
         """SELECT by DF name ``00 A4 04 0C <AID>``: ends any secure messaging session."""
         self.sm = None
-        self._send(CommandApdu(0x00, 0xA4, 0x04, 0x0C, self.profile.aid_bytes),
-                   "SELECT application")
+        self._send(
+            CommandApdu(0x00, 0xA4, 0x04, 0x0C, self.profile.aid_bytes), "SELECT application"
+        )
 
     def select_file(self, fid: int) -> None:
         """SELECT EF ``00 A4 02 0C 02 <FID>``."""
-        self._send(CommandApdu(0x00, 0xA4, 0x02, 0x0C, fid.to_bytes(2, "big")),
-                   f"SELECT {fid:04X}")
+        self._send(CommandApdu(0x00, 0xA4, 0x02, 0x0C, fid.to_bytes(2, "big")), f"SELECT {fid:04X}")
 
     def read_binary(self, offset: int, length: int) -> bytes:
         """READ BINARY ``00 B0 <offset> Le``."""
         if not 0 <= offset <= 0x7FFF:
             raise ValueError(f"offset {offset} out of range for READ BINARY")
-        resp = self._send(CommandApdu(0x00, 0xB0, offset >> 8, offset & 0xFF, ne=length),
-                          "READ BINARY")
+        resp = self._send(
+            CommandApdu(0x00, 0xB0, offset >> 8, offset & 0xFF, ne=length), "READ BINARY"
+        )
         return resp.data
 
     def update_binary(self, offset: int, data: bytes) -> None:
@@ -82,8 +83,12 @@ class EmrtdCard:
         """PUT DATA ``00 DA 00 62 <62 {04 docNo}{04 birth}{04 expiry}>``."""
         bac_keys(document_number, birth, expiry)  # validates before sending
         p1, p2 = self.profile.p1p2("put_data_bac_seed")
-        seed = tlv(0x62, tlv(0x04, document_number.encode("ascii"))
-                   + tlv(0x04, birth.encode("ascii")) + tlv(0x04, expiry.encode("ascii")))
+        seed = tlv(
+            0x62,
+            tlv(0x04, document_number.encode("ascii"))
+            + tlv(0x04, birth.encode("ascii"))
+            + tlv(0x04, expiry.encode("ascii")),
+        )
         self._send(CommandApdu(0x00, 0xDA, p1, p2, seed), "PUT DATA (BAC seed)")
 
     def lock(self) -> None:
@@ -93,16 +98,18 @@ class EmrtdCard:
 
     def get_challenge(self) -> bytes:
         """GET CHALLENGE ``00 84 00 00 08``."""
-        data = self._send(CommandApdu(0x00, 0x84, 0x00, 0x00, ne=self.profile.challenge_length),
-                          "GET CHALLENGE").data
+        data = self._send(
+            CommandApdu(0x00, 0x84, 0x00, 0x00, ne=self.profile.challenge_length), "GET CHALLENGE"
+        ).data
         if len(data) != 8:
             raise ProtocolError(f"GET CHALLENGE returned {len(data)} bytes", device="card")
         return data
 
     def external_authenticate(self, data: bytes) -> bytes:
         """EXTERNAL AUTHENTICATE ``00 82 00 00 28 <E.IFD||M.IFD> 28``."""
-        return self._send(CommandApdu(0x00, 0x82, 0x00, 0x00, data, ne=0x28),
-                          "EXTERNAL AUTHENTICATE").data
+        return self._send(
+            CommandApdu(0x00, 0x82, 0x00, 0x00, data, ne=0x28), "EXTERNAL AUTHENTICATE"
+        ).data
 
     # -- procedures -----------------------------------------------------------------------------
 
@@ -114,11 +121,16 @@ class EmrtdCard:
         rnd_ifd, k_ifd = secrets.token_bytes(8), secrets.token_bytes(16)
         try:
             resp = self.external_authenticate(
-                ifd_authenticate_data(kenc, kmac, rnd_ic, rnd_ifd, k_ifd))
+                ifd_authenticate_data(kenc, kmac, rnd_ic, rnd_ifd, k_ifd)
+            )
         except DeviceError as exc:
-            raise DeviceError("BAC refused: the MRZ keys do not match this card", device="card",
-                              code="bac_failed", retryable=False,
-                              details={"cause": exc.code}) from exc
+            raise DeviceError(
+                "BAC refused: the MRZ keys do not match this card",
+                device="card",
+                code="bac_failed",
+                retryable=False,
+                details={"cause": exc.code},
+            ) from exc
         k_ic = ifd_check_response(kenc, kmac, resp, rnd_ic, rnd_ifd)
         self.sm = SecureMessaging(session_keys(k_ifd, k_ic, rnd_ic, rnd_ifd))
 
@@ -134,8 +146,11 @@ class EmrtdCard:
         try:
             hdr, length = header_size(first)
         except ProtocolError as exc:
-            raise ProtocolError(f"file {fid:04X} does not start with a TLV header",
-                                device="card", code="lds_malformed") from exc
+            raise ProtocolError(
+                f"file {fid:04X} does not start with a TLV header",
+                device="card",
+                code="lds_malformed",
+            ) from exc
         total = hdr + length
         data = bytearray(first[:total])
         chunk = self.read_chunk_limit()
@@ -182,9 +197,14 @@ class WriteReport:
     steps: list[str] = field(default_factory=list)
 
 
-def personalise(card: EmrtdCard, files: dict[str, bytes], bac: tuple[str, str, str],
-                *, progress: Callable[[str], None] | None = None,
-                cancelled: threading.Event | None = None) -> WriteReport:
+def personalise(
+    card: EmrtdCard,
+    files: dict[str, bytes],
+    bac: tuple[str, str, str],
+    *,
+    progress: Callable[[str], None] | None = None,
+    cancelled: threading.Event | None = None,
+) -> WriteReport:
     """Write every file (EF.SOD last), the BAC seed, then lock. Raises :class:`StepError`."""
     report = WriteReport()
     wrote = False
@@ -209,20 +229,33 @@ def personalise(card: EmrtdCard, files: dict[str, bytes], bac: tuple[str, str, s
     order = [n for n in card.profile.files if n in files]
     unknown = set(files) - set(order)
     if unknown:
-        raise StepError("plan", DeviceError(f"card profile cannot hold {sorted(unknown)}",
-                                            device="card", code="profile_mismatch"), False)
+        raise StepError(
+            "plan",
+            DeviceError(
+                f"card profile cannot hold {sorted(unknown)}",
+                device="card",
+                code="profile_mismatch",
+            ),
+            False,
+        )
     for name in order:
-        fid = FILE_FIDS[name]
-        data = files[name]
-        step(f"write:{name}", lambda fid=fid, data=data: card.write_file(fid, data, check), True)
+
+        def write(fid: int = FILE_FIDS[name], data: bytes = files[name]) -> None:
+            card.write_file(fid, data, check)
+
+        step(f"write:{name}", write, True)
     step("put_data:bac_seed", lambda: card.put_data_bac_seed(*bac), True)
     step("lock", card.lock, True)
     report.apdus = card.apdus
     return report
 
 
-def read_back(card: EmrtdCard, names: list[str], bac: tuple[str, str, str],
-              check: Callable[[], None] | None = None) -> dict[str, bytes]:
+def read_back(
+    card: EmrtdCard,
+    names: list[str],
+    bac: tuple[str, str, str],
+    check: Callable[[], None] | None = None,
+) -> dict[str, bytes]:
     """Select the applet, run BAC with ``bac`` and read ``names`` under secure messaging."""
     card.select_application()
     card.basic_access_control(*bac)

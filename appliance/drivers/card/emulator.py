@@ -13,6 +13,7 @@ UPDATE BINARY, and a slow card (a delay before every answer).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import socket
@@ -39,7 +40,9 @@ INS_GET_CHALLENGE = 0x84
 INS_EXTERNAL_AUTHENTICATE = 0x82
 
 
-class _Sw(Exception):  # noqa: N818 (internal control flow: "answer this status word")
+class _Sw(Exception):
+    """Internal control flow: answer this status word."""
+
     def __init__(self, sw: int) -> None:
         super().__init__(f"{sw:04X}")
         self.sw = sw
@@ -288,8 +291,13 @@ class Faults:
 class VpcdCardEmulator:
     """Connect to vpcd as its virtual ICC and serve an :class:`EmrtdApplet`."""
 
-    def __init__(self, applet: EmrtdApplet, host: str = "127.0.0.1", port: int = 35963,
-                 faults: Faults | None = None) -> None:
+    def __init__(
+        self,
+        applet: EmrtdApplet,
+        host: str = "127.0.0.1",
+        port: int = 35963,
+        faults: Faults | None = None,
+    ) -> None:
         self.applet = applet
         self.host = host
         self.port = port
@@ -335,10 +343,8 @@ class VpcdCardEmulator:
     def _close(self) -> None:
         s, self._sock = self._sock, None
         if s is not None:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             s.close()
             self.pulled.set()
 
@@ -408,5 +414,3 @@ class VpcdCardEmulator:
                 log.info("emulator: fault: 6581 on UPDATE BINARY #%d", self.updates_seen)
                 return A.SW_MEMORY_FAILURE.to_bytes(2, "big")
         return self.applet.process(msg)
-
-

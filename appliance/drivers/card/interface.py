@@ -27,12 +27,23 @@ class CardEncoder(Protocol):
     def status(self) -> dict[str, Any]:
         """Reader, card presence, ATR, profile, trust bundle (no card I/O)."""
 
-    def read(self, document_number: str, birth: str, expiry: str, *,
-             cancelled: threading.Event | None = None,
-             progress: Progress | None = None) -> dict[str, Any]:
+    def read(
+        self,
+        document_number: str,
+        birth: str,
+        expiry: str,
+        *,
+        cancelled: threading.Event | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
         """BAC read of the card in the reader, Passive Authentication, decoded DG1/DG13."""
 
-    def encode(self, package: IssuancePackage, *, cancelled: threading.Event | None = None,
-               progress: Progress | None = None) -> dict[str, Any]:
+    def encode(
+        self,
+        package: IssuancePackage,
+        *,
+        cancelled: threading.Event | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
         """Check, write, lock and verify one card; raise ``card_spoiled`` on a mid-write
         failure and the checking error (nothing written) when the package is refused."""

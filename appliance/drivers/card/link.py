@@ -10,6 +10,7 @@ their own :class:`PcscLink`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -57,8 +58,12 @@ def check(hresult: int, what: str) -> None:
         raise DeviceDisconnected(text, device="card", details=details)
     if code == scard.SCARD_E_TIMEOUT & _U32:
         raise DeviceTimeout(text, device="card", details=details)
-    if code in {scard.SCARD_E_COMM_DATA_LOST & _U32, scard.SCARD_F_COMM_ERROR & _U32,
-                scard.SCARD_E_NOT_TRANSACTED & _U32, scard.SCARD_W_UNRESPONSIVE_CARD & _U32}:
+    if code in {
+        scard.SCARD_E_COMM_DATA_LOST & _U32,
+        scard.SCARD_F_COMM_ERROR & _U32,
+        scard.SCARD_E_NOT_TRANSACTED & _U32,
+        scard.SCARD_W_UNRESPONSIVE_CARD & _U32,
+    }:
         # vpcd/pcscd report a card that went away mid-APDU as a transaction failure.
         raise DeviceDisconnected(text, device="card", code="card_removed", details=details)
     raise DeviceError(text, device="card", details=details)
@@ -105,8 +110,9 @@ class PcscLink:
             details={"readers": names, "wanted": substring},
         )
 
-    def card_state(self, reader: str, timeout_ms: int = 0,
-                   known: int = scard.SCARD_STATE_UNAWARE) -> tuple[int, bytes]:
+    def card_state(
+        self, reader: str, timeout_ms: int = 0, known: int = scard.SCARD_STATE_UNAWARE
+    ) -> tuple[int, bytes]:
         """(event state, ATR) of ``reader``; waits up to ``timeout_ms`` for a change from
         ``known``. Raises DeviceTimeout when nothing changed."""
         self.establish()
@@ -124,8 +130,9 @@ class PcscLink:
             try:
                 state, atr = self.card_state(reader, remaining, known)
             except DeviceTimeout:
-                raise DeviceTimeout(f"no card in {reader!r} within {timeout_s} s",
-                                    device="card", code="no_card") from None
+                raise DeviceTimeout(
+                    f"no card in {reader!r} within {timeout_s} s", device="card", code="no_card"
+                ) from None
             if state & scard.SCARD_STATE_PRESENT and not state & scard.SCARD_STATE_MUTE:
                 return atr
             if remaining <= 0:
@@ -143,7 +150,9 @@ class PcscLink:
         """Connect with T=0 or T=1 (whichever the card offers); return the ATR."""
         self.establish()
         hr, card, proto = scard.SCardConnect(
-            self._ctx, reader, scard.SCARD_SHARE_EXCLUSIVE,
+            self._ctx,
+            reader,
+            scard.SCARD_SHARE_EXCLUSIVE,
             scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1,
         )
         if hr & _U32 == scard.SCARD_E_NO_SMARTCARD & _U32:
@@ -153,14 +162,16 @@ class PcscLink:
         hr, _r, _s, _p, atr = scard.SCardStatus(card)
         check(hr, "SCardStatus")
         self.atr = bytes(atr)
-        log.info("card connected in %s, protocol %s, ATR %s", reader, self.protocol_name,
-                 self.atr.hex())
+        log.info(
+            "card connected in %s, protocol %s, ATR %s", reader, self.protocol_name, self.atr.hex()
+        )
         return self.atr
 
     @property
     def protocol_name(self) -> str:
         return {scard.SCARD_PROTOCOL_T0: "T=0", scard.SCARD_PROTOCOL_T1: "T=1"}.get(
-            self._proto, str(self._proto))
+            self._proto, str(self._proto)
+        )
 
     def transmit_raw(self, raw: bytes) -> bytes:
         if self._card is None:
@@ -169,6 +180,12 @@ class PcscLink:
         hr, resp = scard.SCardTransmit(self._card, pci, list(raw))
         self.apdu_count += 1
         check(hr, "SCardTransmit")
+        if len(resp) < 2:
+            # vpcd answers "success, 0 bytes" for the APDU during which the card went away; a
+            # real reader never returns a response without a status word either.
+            raise DeviceDisconnected(
+                "card returned no status word (removed or mute)", device="card", code="card_mute"
+            )
         return bytes(resp)
 
     def transmit(self, cmd: CommandApdu) -> ResponseApdu:
@@ -177,8 +194,9 @@ class PcscLink:
         resp = ResponseApdu.decode(self.transmit_raw(raw))
         if resp.sw >> 8 == 0x6C and cmd.ne is not None:
             # 7816-4 §5.3.4: wrong Le; SW2 gives the exact length. Resend once.
-            fixed = CommandApdu(cmd.cla, cmd.ins, cmd.p1, cmd.p2, cmd.data,
-                                ne=(resp.sw & 0xFF) or 256)
+            fixed = CommandApdu(
+                cmd.cla, cmd.ins, cmd.p1, cmd.p2, cmd.data, ne=(resp.sw & 0xFF) or 256
+            )
             resp = ResponseApdu.decode(self.transmit_raw(fixed.encode()))
         data = resp.data
         guard = 0
@@ -198,10 +216,8 @@ class PcscLink:
 
     def close(self) -> None:
         """Disconnect and release the context. Idempotent; never raises."""
-        try:
+        with contextlib.suppress(Exception):  # best effort on the way out
             self.disconnect()
-        except Exception:  # noqa: S110 - best effort on the way out
-            pass
         ctx, self._ctx = self._ctx, None
         if ctx is not None:
             scard.SCardReleaseContext(ctx)

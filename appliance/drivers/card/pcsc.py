@@ -8,6 +8,7 @@ its own PC/SC context and reported as ``card.inserted`` / ``card.removed`` event
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -102,10 +103,8 @@ class PcscEncoder:
         self._stop.set()
         link = self._mon_link
         if link is not None:
-            try:
+            with contextlib.suppress(Exception):  # the context may already be gone
                 link.cancel()
-            except Exception:  # noqa: S110 - the context may already be gone
-                pass
         t, self._thread = self._thread, None
         if t is not None:
             t.join(timeout=5)
@@ -144,8 +143,9 @@ class PcscEncoder:
                     continue
                 known = state & ~scard.SCARD_STATE_CHANGED
                 if state & (scard.SCARD_STATE_UNAVAILABLE | scard.SCARD_STATE_UNKNOWN):
-                    raise DeviceDisconnected(f"reader {reader} went away", device="card",
-                                             code="reader_absent")
+                    raise DeviceDisconnected(
+                        f"reader {reader} went away", device="card", code="reader_absent"
+                    )
                 self._set_health_ok(reader)
                 self._card_event(reader, bool(state & scard.SCARD_STATE_PRESENT), atr)
             except DeviceError as exc:
@@ -155,17 +155,19 @@ class PcscEncoder:
                 self._card_event(None, False, b"")
                 with self._state_lock:
                     self._reader = None
-                state_name = "disconnected" if isinstance(exc, DeviceDisconnected) else "error"
-                self._health.set(state_name, exc.message)
-                link = self._mon_link
+                if isinstance(exc, DeviceDisconnected):
+                    self._health.set("disconnected", exc.message)
+                else:
+                    self._health.set("error", exc.message)
+                gone = self._mon_link
                 self._mon_link = None
-                if link is not None:
-                    link.close()
+                if gone is not None:
+                    gone.close()
                 self._stop.wait(RETRY_S)
-        link = self._mon_link
+        last = self._mon_link
         self._mon_link = None
-        if link is not None:
-            link.close()
+        if last is not None:
+            last.close()
 
     def _card_event(self, reader: str | None, present: bool, atr: bytes) -> None:
         with self._state_lock:
@@ -192,16 +194,20 @@ class PcscEncoder:
             "card_present": present,
             "atr": atr or None,
             "profile": self.profile.name if self.profile else None,
-            "extended_apdu": bool(self.config.extended_apdu and self.profile
-                                  and self.profile.extended_length),
+            "extended_apdu": bool(
+                self.config.extended_apdu and self.profile and self.profile.extended_length
+            ),
             "trust_anchors": len(self.trust_anchors),
             "busy": self._op_lock.locked(),
         }
 
     def _require_profile(self) -> CardProfile:
         if self.profile is None:
-            raise DeviceError("card encoder is not configured: " + "; ".join(self._problems),
-                              device="card", code="device_not_ready")
+            raise DeviceError(
+                "card encoder is not configured: " + "; ".join(self._problems),
+                device="card",
+                code="device_not_ready",
+            )
         return self.profile
 
     def _connect(self, progress: Progress | None) -> tuple[PcscLink, EmrtdCard]:
@@ -220,20 +226,33 @@ class PcscEncoder:
 
     def _exclusive(self) -> None:
         if not self._op_lock.acquire(blocking=False):
-            raise Busy("the card encoder is busy with another card operation",
-                       details={"device": "card"})
+            raise Busy(
+                "the card encoder is busy with another card operation", details={"device": "card"}
+            )
 
-    def read(self, document_number: str, birth: str, expiry: str, *,
-             cancelled: threading.Event | None = None,
-             progress: Progress | None = None) -> dict[str, Any]:
+    def read(
+        self,
+        document_number: str,
+        birth: str,
+        expiry: str,
+        *,
+        cancelled: threading.Event | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
         self._exclusive()
         try:
             return self._read(document_number, birth, expiry, cancelled, progress)
         finally:
             self._op_lock.release()
 
-    def _read(self, doc: str, birth: str, expiry: str, cancelled: threading.Event | None,
-              progress: Progress | None) -> dict[str, Any]:
+    def _read(
+        self,
+        doc: str,
+        birth: str,
+        expiry: str,
+        cancelled: threading.Event | None,
+        progress: Progress | None,
+    ) -> dict[str, Any]:
         t0 = time.perf_counter()
         link, card = self._connect(progress)
         try:
@@ -278,16 +297,25 @@ class PcscEncoder:
         if "DG2" in files:
             records = decode_dg2(files["DG2"])
             # Never the image: its hash and size only (security rule).
-            out["dg2"] = {"sha256": _sha256(files["DG2"]), "size": len(files["DG2"]),
-                          "records": len(records)}
+            out["dg2"] = {
+                "sha256": _sha256(files["DG2"]),
+                "size": len(files["DG2"]),
+                "records": len(records),
+            }
         if "DG13" in files:
             d13 = decode_dg13(files["DG13"])
-            out["dg13"] = {k: v for k, v in d13.__dict__.items()
-                           if k != "unknown_fields" and v is not None}
+            out["dg13"] = {
+                k: v for k, v in d13.__dict__.items() if k != "unknown_fields" and v is not None
+            }
         return out
 
-    def encode(self, package: IssuancePackage, *, cancelled: threading.Event | None = None,
-               progress: Progress | None = None) -> dict[str, Any]:
+    def encode(
+        self,
+        package: IssuancePackage,
+        *,
+        cancelled: threading.Event | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
         self._exclusive()
         try:
             return self._encode(package, cancelled, progress)
@@ -297,25 +325,36 @@ class PcscEncoder:
     def _check_package(self, package: IssuancePackage) -> Any:
         profile = self._require_profile()
         if not self.trust_anchors:
-            raise TrustError("no CSCA trust bundle configured: refusing to write",
-                             code="trust_bundle_missing")
+            raise TrustError(
+                "no CSCA trust bundle configured: refusing to write", code="trust_bundle_missing"
+            )
         verified = verify_package(package, self.trust_anchors)
         total = 0
         for name, data in verified.files.items():
             if name not in profile.files:
-                raise DeviceError(f"card profile {profile.name} has no place for {name}",
-                                  device="card", code="profile_mismatch")
+                raise DeviceError(
+                    f"card profile {profile.name} has no place for {name}",
+                    device="card",
+                    code="profile_mismatch",
+                )
             if len(data) > profile.max_file_size:
-                raise DeviceError(f"{name} ({len(data)} bytes) exceeds the card's largest file",
-                                  device="card", code="profile_mismatch")
+                raise DeviceError(
+                    f"{name} ({len(data)} bytes) exceeds the card's largest file",
+                    device="card",
+                    code="profile_mismatch",
+                )
             total += len(data)
         if total > profile.memory:
-            raise DeviceError(f"package needs {total} bytes, card has {profile.memory}",
-                              device="card", code="profile_mismatch")
+            raise DeviceError(
+                f"package needs {total} bytes, card has {profile.memory}",
+                device="card",
+                code="profile_mismatch",
+            )
         return verified
 
-    def _encode(self, package: IssuancePackage, cancelled: threading.Event | None,
-                progress: Progress | None) -> dict[str, Any]:
+    def _encode(
+        self, package: IssuancePackage, cancelled: threading.Event | None, progress: Progress | None
+    ) -> dict[str, Any]:
         t0 = time.perf_counter()
         if progress:
             progress("check_package")
@@ -327,8 +366,9 @@ class PcscEncoder:
         try:
             self._require_blank(card)
             try:
-                report = personalise(card, verified.files, bac, progress=progress,
-                                     cancelled=cancelled)
+                report = personalise(
+                    card, verified.files, bac, progress=progress, cancelled=cancelled
+                )
             except StepError as exc:
                 if not exc.wrote:
                     raise exc.cause from exc
@@ -340,17 +380,21 @@ class PcscEncoder:
 
             def check() -> None:
                 if cancelled is not None and cancelled.is_set():
-                    raise DeviceTimeout("command deadline passed during verification",
-                                        device="card")
+                    raise DeviceTimeout(
+                        "command deadline passed during verification", device="card"
+                    )
 
             try:
                 back = read_back(card, names, bac, check)
                 step = "verify:compare"
                 diff = [n for n in names if back.get(n) != verified.files[n]]
                 if diff:
-                    raise DeviceError(f"read-back differs from the package in {diff}",
-                                      device="card", code="readback_mismatch",
-                                      details={"files": diff})
+                    raise DeviceError(
+                        f"read-back differs from the package in {diff}",
+                        device="card",
+                        code="readback_mismatch",
+                        details={"files": diff},
+                    )
                 step = "verify:passive_authentication"
                 dgs = {int(n[2:]): b for n, b in back.items() if n.startswith("DG")}
                 pa = passive_authentication(back["EF.SOD"], dgs, self.trust_anchors)
@@ -364,18 +408,20 @@ class PcscEncoder:
             "outcome": "issued",
             "package_id": package.package_id,
             "document_number": _masked(mrz.document_number),
-            "files": {n: {"size": len(b), "sha256": _sha256(b)}
-                      for n, b in verified.files.items()},
+            "files": {n: {"size": len(b), "sha256": _sha256(b)} for n, b in verified.files.items()},
             "apdus": self.last_apdu_count,
             "extended_apdu": card.extended,
             "write_steps": len(report.steps),
             "passive_authentication": pa.to_dict(),
             "duration_ms": round((time.perf_counter() - t0) * 1000, 1),
         }
-        log.info("card issued for package %s (%d APDUs, %.0f ms)", package.package_id,
-                 result["apdus"], result["duration_ms"])
-        self._sink("card.issued", {"package_id": package.package_id,
-                                   "apdus": result["apdus"]})
+        log.info(
+            "card issued for package %s (%d APDUs, %.0f ms)",
+            package.package_id,
+            result["apdus"],
+            result["duration_ms"],
+        )
+        self._sink("card.issued", {"package_id": package.package_id, "apdus": result["apdus"]})
         return result
 
     def _require_blank(self, card: EmrtdCard) -> None:
@@ -387,15 +433,15 @@ class PcscEncoder:
             if exc.status == SW_FILE_NOT_FOUND:
                 return
             if exc.status == SW_SECURITY_STATUS:
-                raise DeviceError("card is already locked (issued)", device="card",
-                                  code="card_not_blank") from exc
+                raise DeviceError(
+                    "card is already locked (issued)", device="card", code="card_not_blank"
+                ) from exc
             raise
         raise DeviceError("card already carries an EF.COM", device="card", code="card_not_blank")
 
     def _spoiled(self, package_id: str, step: str, cause: ApplianceError) -> None:
         log.warning("card spoiled at step %s for package %s: %s", step, package_id, cause.code)
-        self._sink("card.spoiled", {"package_id": package_id, "step": step,
-                                    "cause": cause.code})
+        self._sink("card.spoiled", {"package_id": package_id, "step": step, "cause": cause.code})
         raise DeviceError(
             f"card spoiled at step {step}: {cause.message}",
             device="card",

@@ -57,23 +57,31 @@ class CardProfile(BaseModel):
 def load_profile(name: str, directory: Path | None = None) -> CardProfile:
     """Load ``<directory>/<name>.toml``; a clear ConfigError naming the problem otherwise."""
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
-        raise ConfigError(f"bad card profile name {name!r}",
-                          [("hardware.card.card_profile", "letters, digits, . _ - only")])
+        raise ConfigError(
+            f"bad card profile name {name!r}",
+            [("hardware.card.card_profile", "letters, digits, . _ - only")],
+        )
     path = (directory or PROFILE_DIR) / f"{name}.toml"
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"card profile {name!r} not found at {path}",
-                          [("hardware.card.card_profile", f"no file {path}")]) from None
+        raise ConfigError(
+            f"card profile {name!r} not found at {path}",
+            [("hardware.card.card_profile", f"no file {path}")],
+        ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"card profile {path} is not valid TOML: {exc}",
-                          [("hardware.card.card_profile", str(exc))]) from exc
+        raise ConfigError(
+            f"card profile {path} is not valid TOML: {exc}",
+            [("hardware.card.card_profile", str(exc))],
+        ) from exc
     try:
         profile = CardProfile.model_validate(raw)
     except ValidationError as exc:
         problems = [(".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()]
         raise ConfigError(f"card profile {path} is invalid", problems) from exc
     if profile.name != name:
-        raise ConfigError(f"card profile {path} names itself {profile.name!r}",
-                          [("name", "must match the file name")])
+        raise ConfigError(
+            f"card profile {path} names itself {profile.name!r}",
+            [("name", "must match the file name")],
+        )
     return profile

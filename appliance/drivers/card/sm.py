@@ -27,8 +27,8 @@ ZERO_IV = bytes(8)
 def _adjust_parity(key: bytes) -> bytes:
     """DES odd parity on every byte (FIPS 46-3; Part 11 §9.7.1)."""
     out = bytearray()
-    for b in key:
-        b &= 0xFE
+    for byte in key:
+        b = byte & 0xFE
         out.append(b | (bin(b).count("1") + 1) % 2)
     return bytes(out)
 
@@ -85,9 +85,10 @@ def retail_mac(key16: bytes, data: bytes) -> bytes:
     ka, kb = key16[:8], key16[8:16]
     enc = Cipher(TripleDES(ka * 3), modes.CBC(ZERO_IV)).encryptor()  # K1=K2=K3: single DES
     h = (enc.update(data) + enc.finalize())[-8:]
-    dec = Cipher(TripleDES(kb * 3), modes.ECB()).decryptor()
+    # One block each: ECB is the definition of MAC algorithm 3's output transformation.
+    dec = Cipher(TripleDES(kb * 3), modes.ECB()).decryptor()  # noqa: S305
     h = dec.update(h) + dec.finalize()
-    enc2 = Cipher(TripleDES(ka * 3), modes.ECB()).encryptor()
+    enc2 = Cipher(TripleDES(ka * 3), modes.ECB()).encryptor()  # noqa: S305
     return enc2.update(h) + enc2.finalize()
 
 
@@ -109,32 +110,41 @@ def session_keys(k_ifd: bytes, k_ic: bytes, rnd_ic: bytes, rnd_ifd: bytes) -> Se
     return SessionKeys(derive_key(seed, 1), derive_key(seed, 2), ssc)
 
 
-def ifd_authenticate_data(kenc: bytes, kmac: bytes, rnd_ic: bytes, rnd_ifd: bytes,
-                          k_ifd: bytes) -> bytes:
+def ifd_authenticate_data(
+    kenc: bytes, kmac: bytes, rnd_ic: bytes, rnd_ifd: bytes, k_ifd: bytes
+) -> bytes:
     """EXTERNAL AUTHENTICATE data E.IFD || M.IFD (Part 11 §4.3.3.1 steps 1-3)."""
     e = tdes_encrypt(kenc, rnd_ifd + rnd_ic + k_ifd)
     return e + retail_mac(kmac, pad(e))
 
 
-def ifd_check_response(kenc: bytes, kmac: bytes, resp: bytes, rnd_ic: bytes,
-                       rnd_ifd: bytes) -> bytes:
+def ifd_check_response(
+    kenc: bytes, kmac: bytes, resp: bytes, rnd_ic: bytes, rnd_ifd: bytes
+) -> bytes:
     """Check the chip's E.IC || M.IC and return K.IC (Part 11 §4.3.3.1 step 4)."""
     if len(resp) != 40:
-        raise ProtocolError(f"EXTERNAL AUTHENTICATE answer of {len(resp)} bytes, expected 40",
-                            device="card")
+        raise ProtocolError(
+            f"EXTERNAL AUTHENTICATE answer of {len(resp)} bytes, expected 40", device="card"
+        )
     e, m = resp[:32], resp[32:]
     if not hmac.compare_digest(retail_mac(kmac, pad(e)), m):
-        raise ProtocolError("chip's authentication MAC is wrong", device="card",
-                            code="bac_failed", retryable=False)
+        raise ProtocolError(
+            "chip's authentication MAC is wrong", device="card", code="bac_failed", retryable=False
+        )
     plain = tdes_decrypt(kenc, e)
     if plain[:8] != rnd_ic or plain[8:16] != rnd_ifd:
-        raise ProtocolError("chip's authentication nonces do not match", device="card",
-                            code="bac_failed", retryable=False)
+        raise ProtocolError(
+            "chip's authentication nonces do not match",
+            device="card",
+            code="bac_failed",
+            retryable=False,
+        )
     return plain[16:32]
 
 
-def chip_authenticate(kenc: bytes, kmac: bytes, data: bytes, rnd_ic: bytes,
-                      k_ic: bytes) -> tuple[bytes, bytes, bytes]:
+def chip_authenticate(
+    kenc: bytes, kmac: bytes, data: bytes, rnd_ic: bytes, k_ic: bytes
+) -> tuple[bytes, bytes, bytes]:
     """Chip side of EXTERNAL AUTHENTICATE: check the IFD's cryptogram; return
     (response E.IC || M.IC, RND.IFD, K.IFD). Raises ProtocolError when it does not verify."""
     if len(data) != 40:
@@ -182,15 +192,20 @@ class SecureMessaging:
         body = do87 + do97 + do8e
         ext = len(body) > 255 or cmd.needs_extended()
         # Protected Le: 00 (short) / 0000 (extended) = "up to the maximum" (Part 11 §9.8.4).
-        return CommandApdu(cla, cmd.ins, cmd.p1, cmd.p2, body,
-                           ne=65536 if ext else 256, extended=ext)
+        return CommandApdu(
+            cla, cmd.ins, cmd.p1, cmd.p2, body, ne=65536 if ext else 256, extended=ext
+        )
 
     def unwrap(self, resp: ResponseApdu) -> ResponseApdu:
         """Verify DO8E over DO87/DO99, decrypt DO87; return the plain response."""
         if resp.sw != 0x9000 and not resp.data:
             # A chip that rejects SM itself answers a plain status (e.g. 6988); no MAC to check.
-            raise ProtocolError(f"chip refused a protected APDU with {resp.sw:04X}",
-                                device="card", code="sm_error", details={"sw": resp.sw})
+            raise ProtocolError(
+                f"chip refused a protected APDU with {resp.sw:04X}",
+                device="card",
+                code="sm_error",
+                details={"sw": resp.sw},
+            )
         ssc = self._next_ssc()
         pos = 0
         do87 = do99 = mac = None
@@ -210,16 +225,19 @@ class SecureMessaging:
             else:
                 raise ProtocolError(f"unexpected SM object {tag:X}", device="card", code="sm_error")
         if mac is None or do99 is None or len(do99) != 2:
-            raise ProtocolError("protected response lacks DO99 or DO8E", device="card",
-                                code="sm_error")
+            raise ProtocolError(
+                "protected response lacks DO99 or DO8E", device="card", code="sm_error"
+            )
         if not hmac.compare_digest(retail_mac(self.ks_mac, pad(ssc + mac_input)), mac):
-            raise ProtocolError("secure messaging MAC of the response is wrong", device="card",
-                                code="sm_error")
+            raise ProtocolError(
+                "secure messaging MAC of the response is wrong", device="card", code="sm_error"
+            )
         data = b""
         if do87 is not None:
             if not do87 or do87[0] != 0x01:
-                raise ProtocolError("DO87 padding indicator is not 01", device="card",
-                                    code="sm_error")
+                raise ProtocolError(
+                    "DO87 padding indicator is not 01", device="card", code="sm_error"
+                )
             data = unpad(tdes_decrypt(self.ks_enc, do87[1:]))
         return ResponseApdu(data, int.from_bytes(do99, "big"))
 
@@ -265,8 +283,9 @@ class ChipSecureMessaging:
         data = b""
         if do87 is not None:
             if not do87 or do87[0] != 0x01:
-                raise ProtocolError("DO87 padding indicator is not 01", device="card",
-                                    code="sm_error")
+                raise ProtocolError(
+                    "DO87 padding indicator is not 01", device="card", code="sm_error"
+                )
             data = unpad(tdes_decrypt(self.ks_enc, do87[1:]))
         ne: int | None = None
         if do97 is not None:
@@ -281,5 +300,3 @@ class ChipSecureMessaging:
         do99 = tlv(0x99, resp.sw.to_bytes(2, "big"))
         mac = retail_mac(self.ks_mac, pad(self._next_ssc() + do87 + do99))
         return ResponseApdu(do87 + do99 + tlv(0x8E, mac), resp.sw)
-
-

@@ -136,19 +136,22 @@ class PcscTestStack:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(str(self.socket_path))
         sock.listen(64)
-        os.chmod(self.socket_path, 0o666)
+        # pcscd's own socket is world-connectable too; a test stack run by root must accept
+        # a daemon under test that runs as another user.
+        os.chmod(self.socket_path, 0o666)  # noqa: S103
         self._sock = sock
         fd = sock.fileno()
         flags = "-f -d -a" if self._debug else "-f"
         # sd_listen_fds(3): the passed socket must be fd 3 and LISTEN_PID the daemon's own pid;
-        # `exec` keeps the shell's pid, and the redirection moves our fd to 3.
+        # `exec` keeps the shell's pid, and the redirection moves our fd to 3 (bash, because dash
+        # only parses single-digit descriptors in redirections).
         move = "" if fd == 3 else f" 3<&{fd} {fd}<&-"
         script = f'export LISTEN_PID=$$ LISTEN_FDS=1; exec {PCSCD} {flags} -c "$1"{move}'
         self._log_file = self._tmp / "pcscd.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
         with open(self._log_file, "wb") as logfh:
             self._proc = subprocess.Popen(
-                ["/bin/sh", "-c", script, "sh", str(conf)],
+                ["/bin/bash", "-c", script, "bash", str(conf)],
                 pass_fds=(fd,),
                 stdin=subprocess.DEVNULL,
                 stdout=logfh,

@@ -1,0 +1,65 @@
+"""Commands of the chip encoder: ``card.status``, ``card.read``, ``card.encode``.
+
+The lead wires :func:`register` into the daemon; the MQTT round trip is the agent's business.
+Replies never carry the portrait (DG2 is reported by hash and size) and logs never carry a full
+personal number.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ...commands import CommandContext, CommandRegistry
+from ...lds.issuance import IssuancePackage
+from ...lds.mrz import bac_mrz_information
+from .interface import CardEncoder
+
+
+class ReadArgs(BaseModel):
+    """The three MRZ fields BAC needs (what an officer types or an MRZ scanner reads)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    document_number: str = Field(
+        ...,
+        min_length=1,
+        max_length=22,
+        pattern=r"^[A-Za-z0-9<]+$",
+        description="Document number as in the MRZ (the 12-digit CCCD number)",
+    )
+    birth: str = Field(..., pattern=r"^\d{6}$", description="Date of birth, YYMMDD")
+    expiry: str = Field(..., pattern=r"^\d{6}$", description="Date of expiry, YYMMDD")
+
+    @model_validator(mode="after")
+    def _dates(self) -> ReadArgs:
+        self.document_number = self.document_number.upper()
+        bac_mrz_information(self.document_number, self.birth, self.expiry)  # ValueError if bad
+        return self
+
+
+def register(registry: CommandRegistry, device: CardEncoder) -> None:
+    """Register the card commands against ``device`` (a :class:`CardEncoder`)."""
+
+    def card_status(ctx: CommandContext, args: Any) -> dict[str, Any]:
+        """Reader, card presence, ATR, card profile and trust bundle of the chip encoder."""
+        return device.status()
+
+    def card_read(ctx: CommandContext, args: ReadArgs) -> dict[str, Any]:
+        """Read a chip with BAC: Passive Authentication, DG1 and DG13 decoded, DG2 hash."""
+        return device.read(
+            args.document_number,
+            args.birth,
+            args.expiry,
+            cancelled=ctx.cancelled,
+            progress=ctx.progress,
+        )
+
+    def card_encode(ctx: CommandContext, args: IssuancePackage) -> dict[str, Any]:
+        """Check an issuance package, write and lock a blank chip, verify it by read-back."""
+        return device.encode(args, cancelled=ctx.cancelled, progress=ctx.progress)
+
+    registry.add("card.status", card_status, timeout_s=5.0)
+    registry.add("card.read", card_read, args=ReadArgs, timeout_s=30.0)
+    registry.add("card.encode", card_encode, args=IssuancePackage, timeout_s=60.0)
