@@ -163,7 +163,11 @@ class CameraConfig(BaseModel):
     )
     sim_fault: SimFault = Field("none", description="sim: fault to inject into the scene")
     sim_fps: float = Field(
-        30.0, gt=0, le=240, description="sim: frames per second the simulator delivers"
+        30.0,
+        gt=0,
+        le=240,
+        description="Frames per second the simulator (and an opencv file or image-sequence "
+        "source) delivers",
     )
     sim_unplug_after: int | None = Field(
         None,

@@ -9,7 +9,7 @@ reopens it on hot-plug.
 ``device`` is a V4L2 index (``0``) or path (``/dev/video0``, ``/dev/v4l/by-id/...``); any other
 string is handed to
 OpenCV as is (a video file, or an image-sequence pattern such as ``frames/%03d.png``) and is
-then paced at the file's frame rate, which is how the tests drive this backend for real.
+then paced at ``sim_fps``, which is how the tests drive this backend for real.
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ class OpenCVCamera(CameraBase):
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
             pace = 0.0
         else:
-            fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-            pace = 1.0 / (fps if fps > 0 else self.config.sim_fps)
+            # Files are read as fast as the disk allows; pace them like a camera's frame clock.
+            pace = 1.0 / self.config.sim_fps
         self._cap = cap
         with self._cond:
             self._latest = None

@@ -108,10 +108,10 @@ class SimCamera(CameraBase):
                 raise DeviceDisconnected("simulated camera unplugged mid-stream", device=self.kind)
             self._delivered += 1
             fault = self._fault
-            index = self._index
+            upcoming = self._index + 1  # the number read() will give this frame
         if self._files:
-            return self._file_frame(index)
-        image, _truth = scene.render(self.config.width, self.config.height, fault, index)
+            return self._file_frame(upcoming - 1)
+        image, _truth = scene.render(self.config.width, self.config.height, fault, upcoming)
         return image
 
     def _file_frame(self, index: int) -> Image:
