@@ -116,6 +116,13 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_config_reference(_args: argparse.Namespace) -> int:
+    from .config import reference_markdown
+
+    print(reference_markdown(), end="")
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Local view (the store) plus the broker's retained status of this device."""
     from .store import DB_NAME, Store
@@ -296,6 +303,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     _add_common(p)
     p.set_defaults(func=cmd_config_show)
+    p = csub.add_parser(
+        "reference",
+        help="print every configuration key as Markdown",
+        description="Print the reference of every section and key with its "
+        "type, default and meaning (docs/configuration.md is this output).",
+    )
+    p.set_defaults(func=cmd_config_reference)
 
     p = sub.add_parser(
         "status",

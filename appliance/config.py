@@ -293,3 +293,70 @@ def check_file(path: Path) -> list[tuple[str, str]]:
     except ConfigError as exc:
         return exc.problems
     return []
+
+
+# --- reference documentation ------------------------------------------------------------------
+
+
+def _type_name(ann: Any) -> str:
+    import types
+    import typing
+
+    origin = typing.get_origin(ann)
+    args = typing.get_args(ann)
+    if origin is Literal:
+        return " or ".join(json.dumps(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is list:
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if ann is type(None):
+        return "none"
+    return getattr(ann, "__name__", str(ann))
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md's field table, generated from the models (kept current by a test)."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the pydantic models by `appliance config reference`; do not edit by hand.",
+        "Layers, lowest first: built-in defaults, the hardware kit profile",
+        "(`firmware_profiles/<device.profile>.toml`), the local file (`--config`, default",
+        "`/etc/appliance/appliance.toml`), `APPLIANCE_<SECTION>__<KEY>` environment variables",
+        "(e.g. `APPLIANCE_MQTT__PORT=1884`, values parsed as TOML), and the fleet's verified",
+        "desired configuration. Unknown keys are errors in every layer.",
+        "`appliance config check FILE` prints each problem as `path.to.field: reason` and exits 2.",
+        "",
+    ]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        rows = []
+        nested = []
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                nested.append((name, ann))
+                continue
+            default = field.get_default(call_default_factory=True)
+            type_name = _type_name(ann)
+            desc = (field.description or "").replace("|", "\\|")
+            rows.append(
+                f"| `{name}` | {type_name} | `{json.dumps(default, default=str)}` | {desc} |"
+            )
+        if rows:
+            lines.extend(
+                [
+                    f"## `[{prefix}]`" if prefix else "## top level",
+                    "",
+                    "| key | type | default | meaning |",
+                    "|---|---|---|---|",
+                    *rows,
+                    "",
+                ]
+            )
+        for name, sub in nested:
+            walk(sub, f"{prefix}.{name}" if prefix else name)
+
+    walk(AppConfig, "")
+    return "\n".join(lines)

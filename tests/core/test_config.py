@@ -132,3 +132,10 @@ def test_help_explains_each_command() -> None:
         assert r.returncode == 0, (args, r.stderr)
         assert "usage: appliance" in r.stdout
     assert "default" in run_cli("run", "--help").stdout
+
+
+def test_configuration_reference_doc_is_current() -> None:
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    assert doc == config.reference_markdown(), (
+        "docs/configuration.md is stale: run `appliance config reference > docs/configuration.md`"
+    )
