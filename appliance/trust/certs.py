@@ -230,6 +230,14 @@ def verify_certificate(
             code="untrusted_issuer",
             details={"issuer": cert.issuer, "key_id": cert.key_id},
         ) from None
+    check_validity(cert, now=now, skew_s=skew_s, check_not_before=check_not_before)
+    return cert
+
+
+def check_validity(
+    cert: OperatorCertificate, *, now: float, skew_s: float = 0.0, check_not_before: bool = True
+) -> None:
+    """The time checks of :func:`verify_certificate` alone (for an already verified chain)."""
     if now > cert.not_after + skew_s:
         raise TrustError(
             "operator certificate expired",
@@ -242,7 +250,6 @@ def verify_certificate(
             code="not_yet_valid",
             details={"key_id": cert.key_id, "issued_at": cert.issued_at, "part": "certificate"},
         )
-    return cert
 
 
 class FleetRoot:

@@ -58,7 +58,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import TrustError
-from .certs import ALL_DEVICES, NAME_RE, OperatorCertificate, OperatorKey, verify_certificate
+from .certs import (
+    ALL_DEVICES,
+    NAME_RE,
+    OperatorCertificate,
+    OperatorKey,
+    check_validity,
+    verify_certificate,
+)
 from .keys import CTX_COMMAND, b64decode, b64encode, sign_detached, verify_detached
 
 log = logging.getLogger(__name__)
@@ -67,6 +74,7 @@ ENVELOPE_TYPE = "appliance.command.v1"
 GROUP_PREFIX = "group:"
 COMMAND_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 NONCE_BYTES = 16
+CERT_CACHE_SIZE = 64
 
 #: Every refusal code the verifier produces (plus ``store_error`` if SQLite fails).
 ERROR_CODES = (
@@ -326,6 +334,8 @@ class CommandVerifier:
         self._conn = conn
         self._lock = lock
         self._clock = clock
+        self._cert_cache: dict[str, OperatorCertificate] = {}
+        self._cache_lock = threading.Lock()
         if allow_unsigned:
             log.warning("unsigned commands are ALLOWED (local development setting)")
 
@@ -413,22 +423,27 @@ class CommandVerifier:
         if not env.get("sig"):
             raise _Refused("unsigned", "envelope carries no signature")
 
-        # 1. certificate chain and validity.
+        # 1. certificate chain and validity. A chain verified once is cached by its exact
+        # token text (the same operator sends many commands); its validity period is still
+        # checked on every use.
+        token = env.get("cert")
+        cert = self._cert_cache.get(token) if isinstance(token, str) else None
         try:
-            cert = OperatorCertificate.from_token(env.get("cert"))
-        except TrustError as exc:
-            raise _Refused(
-                "malformed_envelope", f"certificate: {exc.message}", part="certificate"
-            ) from None
-        ctx.update(issuer=cert.key_id, issuer_name=cert.name, roles=cert.roles)
-        try:
-            verify_certificate(
-                cert,
-                self.roots,
-                now=now,
-                skew_s=self.policy.skew_s,
-                check_not_before=synced,
-            )
+            if cert is None:
+                try:
+                    cert = OperatorCertificate.from_token(token)
+                except TrustError as exc:
+                    raise _Refused(
+                        "malformed_envelope", f"certificate: {exc.message}", part="certificate"
+                    ) from None
+                ctx.update(issuer=cert.key_id, issuer_name=cert.name, roles=cert.roles)
+                verify_certificate(cert, self.roots, now=now, check_not_before=False)
+                with self._cache_lock:
+                    if len(self._cert_cache) >= CERT_CACHE_SIZE:
+                        self._cert_cache.pop(next(iter(self._cert_cache)))
+                    self._cert_cache[str(token)] = cert
+            ctx.update(issuer=cert.key_id, issuer_name=cert.name, roles=cert.roles)
+            check_validity(cert, now=now, skew_s=self.policy.skew_s, check_not_before=synced)
         except TrustError as exc:
             raise _Refused(exc.code, exc.message, **exc.details) from None
 

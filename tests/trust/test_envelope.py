@@ -431,3 +431,20 @@ def test_role_table_from_specs() -> None:
 def test_verifier_needs_a_root(conn: sqlite3.Connection) -> None:
     with pytest.raises(TrustError):
         CommandVerifier(roots=[], device_id="k", role_table={}, conn=conn, lock=threading.Lock())
+
+
+def test_cached_certificate_still_expires(fleet: Fleet, verifier: CommandVerifier) -> None:
+    op = fleet.operator(not_after=NOW + 600)
+    b = EnvelopeBuilder(op, clock=fleet.clock, lifetime_s=60)
+    assert verifier.check(b.build("enroll.start", PAYLOAD, "kiosk-001")).accepted
+    fleet.clock.now = NOW + 1000  # past not_after + 60 s skew; the chain is cached by now
+    assert verifier.check(b.build("enroll.start", PAYLOAD, "kiosk-001")).code == "cert_expired"
+
+
+def test_cache_is_bounded(fleet: Fleet, verifier: CommandVerifier) -> None:
+    from appliance.trust.envelope import CERT_CACHE_SIZE
+
+    for _ in range(CERT_CACHE_SIZE + 5):
+        b = _builder(fleet.operator(), fleet)
+        assert verifier.check(b.build("enroll.start", PAYLOAD, "kiosk-001")).accepted
+    assert len(verifier._cert_cache) == CERT_CACHE_SIZE
