@@ -10,6 +10,7 @@ arrived the forbidden one would have arrived before it.
 from __future__ import annotations
 
 import contextlib
+import json
 import queue
 import shutil
 import socket
@@ -25,8 +26,16 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from appliance.errors import TrustError
+from appliance.trust.certs import FleetRoot
+from appliance.trust.envelope import EnvelopeBuilder
+from appliance.trust.keys import DeviceIdentity, DeviceSignature, verify_device_message
+
+from .fleet import Fleet, make_verifier, open_db
 
 REPO = Path(__file__).resolve().parents[2]
 PROVISIONING = REPO / "provisioning"
@@ -139,6 +148,7 @@ class Client:
     def __init__(self, broker: Broker, identity: str, client_id: str | None = None) -> None:
         self.messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self.received: list[tuple[str, bytes, bool]] = []
+        self.user_properties: dict[bytes, list[tuple[str, str]]] = {}
         self._acks: dict[int, int] = {}
         self._ack_cv = threading.Condition()
         self._suback = threading.Event()
@@ -166,6 +176,7 @@ class Client:
             self._connected.set()
 
     def _on_message(self, c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
+        self.user_properties[msg.payload] = list(getattr(msg.properties, "UserProperty", []))
         self.messages.put((msg.topic, msg.payload, bool(msg.retain)))
 
     def _on_publish(
@@ -187,9 +198,21 @@ class Client:
         assert self._suback.wait(10)
         return self.granted
 
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        user_properties: list[tuple[str, str]] | None = None,
+    ) -> int:
         """Publish and return the PUBACK reason code (QoS 1)."""
-        info = self.c.publish(topic, payload, qos=qos, retain=retain)
+        props = None
+        if user_properties:
+            props = Properties(PacketTypes.PUBLISH)
+            props.UserProperty = user_properties
+        info = self.c.publish(topic, payload, qos=qos, retain=retain, properties=props)
         with self._ack_cv:
             assert self._ack_cv.wait_for(lambda: info.mid in self._acks, timeout=10)
             return self._acks[info.mid]
@@ -340,3 +363,48 @@ def test_tls_client_certificate_required(tls_broker: Broker, tmp_path: Path) -> 
         tls_broker.port, ca, tmp_path / "rogue" / "devA.crt", tmp_path / "rogue" / "devA.key"
     )
     assert got[:1] != b"\x20"
+
+
+def test_signed_command_and_signed_reply_through_tls_broker(
+    tls_broker: Broker, clients: list[Client], tmp_path: Path
+) -> None:
+    """The trust layer end to end over the real broker: the controller signs a command, the
+    device verifies it (replay state in a SQLite file) and answers with a signed reply that
+    the controller verifies; a replayed copy and a mis-targeted envelope are refused."""
+    fleet = Fleet(FleetRoot.create(tmp_path / "root"), tmp_path)
+    op = fleet.operator(roles=("operator",), devices=("devA",))
+    builder = EnvelopeBuilder(op, clock=fleet.clock)
+    device_key = DeviceIdentity.create(tmp_path / "devA-state")
+    conn = open_db(tmp_path / "devA.db")
+    verifier = make_verifier(fleet, conn, device_id="devA", groups=())
+
+    a = _client(tls_broker, clients, "devA")
+    ctl = _client(tls_broker, clients, "controller")
+    a.subscribe("kiosk/devA/cmd")
+    ctl.subscribe("kiosk/devA/reply")
+
+    envelope = builder.build("enroll.start", b'{"session": "s-42"}', "devA")
+    wrong = builder.build("enroll.start", b"{}", "devB")
+    for msg in (envelope, envelope, wrong):
+        assert ctl.publish("kiosk/devA/cmd", msg) in OK
+    codes = []
+    for _ in range(3):
+        topic, payload, _retain = a.messages.get(timeout=10)
+        assert topic == "kiosk/devA/cmd"
+        decision = verifier.check(payload)
+        codes.append(decision.code)
+        if decision.accepted:
+            assert decision.payload == b'{"session": "s-42"}'
+            reply = json.dumps({"ok": True, "nonce": decision.nonce}).encode()
+            header = device_key.sign(reply).to_header()
+            assert a.publish("kiosk/devA/reply", reply, user_properties=[("sig", header)]) in OK
+    assert codes == ["ok", "replayed", "wrong_target"]
+
+    topic, reply, _retain = ctl.messages.get(timeout=10)
+    props = dict(ctl.user_properties[reply])
+    verify_device_message(device_key.public_key, reply, DeviceSignature.from_header(props["sig"]))
+    with pytest.raises(TrustError):
+        verify_device_message(
+            device_key.public_key, reply + b" ", DeviceSignature.from_header(props["sig"])
+        )
+    conn.close()
