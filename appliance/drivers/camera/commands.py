@@ -74,7 +74,9 @@ def register(
 ) -> None:
     """Add the camera commands to ``registry`` for ``device``."""
     config = device.config
-    portraits = store or PortraitStore(config.records_kept, config.record_ttl_s)
+    portraits = (
+        store if store is not None else PortraitStore(config.records_kept, config.record_ttl_s)
+    )
     capture_lock = threading.Lock()
 
     def enrolling() -> bool:
