@@ -94,6 +94,7 @@ class _Faults:
     garbage: int = 0  # bytes of noise before the next reply
     drop_packets: int = 0  # next N outgoing packets vanish
     drop_data_index: int | None = None  # this data packet of the next stream vanishes
+    corrupt_data_index: int | None = None  # this data packet of the next stream is garbled
     corrupt_packets: int = 0  # next N outgoing packets get a flipped payload bit
     bad_checksum_packets: int = 0  # next N outgoing packets carry a wrong checksum
     byte_at_a_time: bool = False
@@ -317,6 +318,11 @@ class FingerprintEmulator:
         """The data packet number ``index`` (0-based) of the next data stream is lost."""
         with self._lock:
             self.faults.drop_data_index = index
+
+    def corrupt_data_packet(self, index: int) -> None:
+        """Flip a bit in data packet number ``index`` (0-based) of the next data stream."""
+        with self._lock:
+            self.faults.corrupt_data_index = index
 
     def corrupt_next_packets(self, count: int = 1) -> None:
         """Flip one payload bit in the next ``count`` packets (the checksum then disagrees)."""
@@ -574,6 +580,9 @@ class FingerprintEmulator:
         if is_data and f.drop_data_index is not None and f.drop_data_index == data_index:
             f.drop_data_index = None
             return None
+        if is_data and f.corrupt_data_index is not None and f.corrupt_data_index == data_index:
+            f.corrupt_data_index = None
+            f.corrupt_packets += 1
         if f.drop_packets:
             f.drop_packets -= 1
             return None

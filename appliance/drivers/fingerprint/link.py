@@ -73,10 +73,15 @@ class SerialLink:
     def close(self) -> None:
         port, self._port = self._port, None
         if port is not None:
+            # pyserial's socket:// close() skips socket.close() when shutdown() fails (the
+            # peer already went away), leaking the descriptor: close it here as well.
+            sock = getattr(port, "_socket", None)
             try:
                 port.close()
             except (serial.SerialException, OSError):  # closing a vanished port
                 log.debug("close of %s failed", self.url, exc_info=True)
+            if sock is not None:
+                sock.close()
 
     def set_baud(self, baud: int) -> None:
         """Change the host side's rate (after SetSysPara(4, N) was acknowledged)."""

@@ -100,7 +100,7 @@ def _finger_mask(
         # The finger touches the window's corner: a small part of the pad shows.
         cx = rng.choice([-0.05, 1.05]) * width
         cy = rng.uniform(0.75, 0.95) * height
-        ax, ay = width * 0.55, height * 0.45
+        ax, ay = width * 0.5, height * 0.38
     else:
         cx = width / 2 + rng.uniform(-8, 8)
         cy = height / 2 + rng.uniform(-8, 8)
