@@ -418,8 +418,10 @@ def assess(image: Image, config: QualityConfig | None = None) -> QualityReport:
         raise ValueError(f"expected 3 colour channels (BGR), got shape {image.shape}")
     if image.ndim in (2, 3) and min(image.shape[:2]) < 24:
         # Smaller than the detector's window: nothing to find, and nothing to crash on.
-        comps = {"face_count": Component("face_count", 0, False, 0.0, "frame too small", None)}
-        return QualityReport(comps, 0, False, None, 0, (image.shape[1], image.shape[0]))
+        tiny = Component("face_count", 0, False, 0.0, "frame too small", None)
+        return QualityReport(
+            {"face_count": tiny}, 0, False, None, 0, (image.shape[1], image.shape[0])
+        )
     if image.ndim == 3:
         grey: Image = np.asarray(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), dtype=np.uint8)
     elif image.ndim == 2:
