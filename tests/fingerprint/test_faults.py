@@ -19,20 +19,26 @@ MakeDev = Callable[..., tuple[FingerprintSensor, Events]]
 
 
 @pytest.fixture
-def pair(make_emulator: MakeEmu, make_sensor: MakeDev) -> tuple[FingerprintEmulator, FingerprintSensor]:
+def pair(
+    make_emulator: MakeEmu, make_sensor: MakeDev
+) -> tuple[FingerprintEmulator, FingerprintSensor]:
     emu = make_emulator("r307")
     dev, _ = make_sensor(emu.path, command_timeout_s=0.3)
     return emu, dev
 
 
-def test_garbage_before_a_reply_is_skipped(pair: tuple[FingerprintEmulator, FingerprintSensor]) -> None:
+def test_garbage_before_a_reply_is_skipped(
+    pair: tuple[FingerprintEmulator, FingerprintSensor],
+) -> None:
     emu, dev = pair
     emu.inject_garbage(300)
     assert dev.read_sys_para().library_size == 1000
     assert dev.stats["retries"] == 0
 
 
-def test_garbage_inside_an_image_upload(pair: tuple[FingerprintEmulator, FingerprintSensor]) -> None:
+def test_garbage_inside_an_image_upload(
+    pair: tuple[FingerprintEmulator, FingerprintSensor],
+) -> None:
     emu, dev = pair
     emu.present_finger(1, "good")
     assert dev.gen_img()
@@ -107,7 +113,9 @@ def test_busy_sensor_answers_late_within_the_deadline(
     assert dev.stats["retries"] == 0
 
 
-def test_busy_beyond_the_deadline_then_recovers(pair: tuple[FingerprintEmulator, FingerprintSensor]) -> None:
+def test_busy_beyond_the_deadline_then_recovers(
+    pair: tuple[FingerprintEmulator, FingerprintSensor],
+) -> None:
     emu, dev = pair
     emu.set_busy(0.5)  # > command_timeout_s: the first attempt times out
     assert dev.template_num() == 0

@@ -91,7 +91,9 @@ def test_tcp_unplug_and_replug(make_sensor: MakeDev) -> None:
         emu.stop()
 
 
-def test_stop_is_idempotent_and_reports_disabled(make_emulator: MakeEmu, make_sensor: MakeDev) -> None:
+def test_stop_is_idempotent_and_reports_disabled(
+    make_emulator: MakeEmu, make_sensor: MakeDev
+) -> None:
     emu = make_emulator("r307")
     dev, _ = make_sensor(emu.path)
     dev.stop()

@@ -20,9 +20,7 @@ def wire_image(seed: int, finger: int, variant: str) -> np.ndarray:
 @pytest.mark.parametrize("seed", [1, 2])
 def test_scores_rank_good_smudged_low_contrast_partial_empty(seed: int) -> None:
     fingers = range(1, 6)
-    scores = {
-        v: [quality.assess(wire_image(seed, f, v)).score for f in fingers] for v in ORDER
-    }
+    scores = {v: [quality.assess(wire_image(seed, f, v)).score for f in fingers] for v in ORDER}
     means = [float(np.mean(scores[v])) for v in ORDER]
     assert means == sorted(means, reverse=True), scores
     assert means[0] - means[-1] > 60, scores
