@@ -129,7 +129,7 @@ def test_capture_retries_poor_fingers_and_keeps_the_best(
     ]  # fmt: skip
     scores = [d["score"] for _, d, _ in emitted if d.get("step") == "quality"]
     assert scores[0] < scores[1] < scores[2] == result["quality"]
-    retry = [d for _, d, _ in emitted if d.get("step") == "retry"][0]
+    retry = next(d for _, d, _ in emitted if d.get("step") == "retry")
     assert "SufficientFingerprintForeground" in retry["feedback"]
     assert result["attempts_used"] == 3 and result["met_threshold"]
 
@@ -177,7 +177,7 @@ def test_capture_stops_when_cancelled(
 def test_status_reports_health_and_counts(
     setup: tuple[FingerprintEmulator, FingerprintSensor, CommandRegistry],
 ) -> None:
-    emu, dev, registry = setup
+    emu, _, registry = setup
     emu.library[0] = bytes(512)
     result, _ = run(registry, "fingerprint.status", {})
     assert result["health"]["state"] == "ok"
@@ -189,7 +189,7 @@ def test_status_reports_health_and_counts(
 def test_status_and_capture_while_unplugged(
     setup: tuple[FingerprintEmulator, FingerprintSensor, CommandRegistry],
 ) -> None:
-    emu, dev, registry = setup
+    emu, _, registry = setup
     emu.unplug()
     with pytest.raises(DeviceDisconnected):
         run(registry, "fingerprint.capture", {"position": 1, "timeout_s": 1})
