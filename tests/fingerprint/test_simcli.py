@@ -67,6 +67,6 @@ def test_serves_the_driver_on_a_pty_link_until_sigterm(
         dev.stop()
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert not link.exists()
