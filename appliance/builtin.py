@@ -114,8 +114,10 @@ def diagnostics(ctx: CommandContext, _args: NoArgs) -> dict[str, Any]:
 
 
 def register(registry: CommandRegistry) -> None:
-    registry.add("ping", ping, args=PingArgs, timeout_s=5, role="operator")
-    registry.add("status", status, timeout_s=5, role="operator")
-    registry.add("config.get", config_get, args=ConfigGetArgs, timeout_s=5, role="admin")
-    registry.add("diagnostics", diagnostics, timeout_s=10, role="admin")
+    registry.add("ping", ping, args=PingArgs, timeout_s=5, role="operator", readonly=True)
+    registry.add("status", status, timeout_s=5, role="operator", readonly=True)
+    registry.add(
+        "config.get", config_get, args=ConfigGetArgs, timeout_s=5, role="admin", readonly=True
+    )
+    registry.add("diagnostics", diagnostics, timeout_s=10, role="admin", readonly=True)
     registry.add("note", note, args=NoteArgs, timeout_s=10, role="technician")

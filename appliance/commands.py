@@ -70,6 +70,9 @@ class CommandSpec(Generic[ArgsT]):
     # Role needed when commands are signed (see the trust layer): operator, admin, technician.
     role: str = "operator"
     result_model: type[BaseModel] | None = None
+    # Read-only and fast (no device I/O, no effect): runs in the network thread and is
+    # recorded with its reply in one transaction (see Dispatcher._run_readonly).
+    readonly: bool = False
 
 
 def _first_line(doc: str | None) -> str:
@@ -92,6 +95,7 @@ class CommandRegistry:
         intrusive: bool = False,
         role: str = "operator",
         result: type[BaseModel] | None = None,
+        readonly: bool = False,
     ) -> None:
         if name in self._specs:
             raise ValueError(f"command {name!r} registered twice")
@@ -104,6 +108,7 @@ class CommandRegistry:
             intrusive=intrusive,
             role=role,
             result_model=result,
+            readonly=readonly,
         )
 
     def get(self, name: str) -> CommandSpec[Any]:

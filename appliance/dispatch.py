@@ -20,6 +20,7 @@ documented reply topic ``{prefix}/{device}/reply`` (MQTT 3.1.1 clients).
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import re
@@ -33,7 +34,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .agent.mqtt import Incoming
-from .commands import CommandContext, CommandRegistry
+from .commands import CommandContext, CommandRegistry, CommandSpec
 from .errors import ApplianceError, CommandError
 from .store import Store
 
@@ -92,6 +93,55 @@ class Verified:
 Verifier = Callable[[Incoming], Verified]
 
 
+class Deadlines:
+    """One thread that fires command timeouts (instead of a timer thread per command)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._cancelled: set[int] = set()
+        self._cond = threading.Condition()
+        self._counter = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="deadlines", daemon=True)
+        self._thread.start()
+
+    def add(self, when: float, fn: Callable[[], None]) -> int:
+        with self._cond:
+            self._counter += 1
+            heapq.heappush(self._heap, (when, self._counter, fn))
+            self._cond.notify()
+            return self._counter
+
+    def cancel(self, handle: object) -> None:
+        with self._cond:
+            if isinstance(handle, int):
+                self._cancelled.add(handle)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed:
+                    now = time.monotonic()
+                    if self._heap and self._heap[0][0] <= now:
+                        _when, handle, fn = heapq.heappop(self._heap)
+                        if handle in self._cancelled:
+                            self._cancelled.discard(handle)
+                            continue
+                        break
+                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
+                else:
+                    return
+            try:
+                fn()
+            except Exception:
+                log.exception("timeout handler failed")
+
+
 def _pydantic_problems(exc: ValidationError) -> list[str]:
     out = []
     for e in exc.errors():
@@ -126,12 +176,14 @@ class Dispatcher:
         self.verifier = verifier
         self.session_active = session_active
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cmd")
+        self._deadlines = Deadlines()
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
         self.executed = 0
         self.rejected = 0
 
     def close(self) -> None:
+        self._deadlines.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def mark_interrupted(self) -> int:
@@ -207,70 +259,114 @@ class Dispatcher:
             )
             return
 
+        if spec.readonly:
+            self._run_readonly(spec, request, args, actor, reply_to, msg.correlation_data, t0)
+            return
         claimed, stored, state = self.store.commands.begin(request.id, request.cmd, actor)
         if not claimed:
-            with self._running_lock:
-                running_here = request.id in self._running
-            if stored is not None:
-                log.info("command %s repeated: sending the stored reply", request.id)
-                self._send_raw(reply_to, msg.correlation_data, stored.encode())
-            else:
-                self._send(
-                    reply_to,
-                    msg.correlation_data,
-                    CommandReply(
-                        id=request.id,
-                        cmd=request.cmd,
-                        ok=False,
-                        error=ErrorBody(
-                            code="in_progress" if running_here else "interrupted",
-                            message=f"command id {request.id} is {state}",
-                        ),
-                    ),
-                )
+            self._answer_repeat(request, stored, state, reply_to, msg.correlation_data)
             return
         with self._running_lock:
             self._running.add(request.id)
-        ctx = CommandContext(
-            command_id=request.id,
-            name=spec.name,
-            deadline=time.monotonic() + spec.timeout_s,
+        ctx = self._context(request.id, spec.name, spec.timeout_s)
+        handle = self._deadlines.add(
+            ctx.deadline, lambda: self._on_timeout(ctx, reply_to, msg.correlation_data)
+        )
+        self._pool.submit(
+            self._execute, spec.handler, ctx, args, reply_to, msg.correlation_data, handle, t0
+        )
+
+    def _context(self, cid: str, name: str, timeout_s: float) -> CommandContext:
+        return CommandContext(
+            command_id=cid,
+            name=name,
+            deadline=time.monotonic() + timeout_s,
             emit=self.emit,
             services=self.services,
         )
-        timer = threading.Timer(
-            spec.timeout_s, self._on_timeout, (ctx, reply_to, msg.correlation_data)
+
+    def _answer_repeat(
+        self,
+        request: CommandRequest,
+        stored: str | None,
+        state: str,
+        reply_to: str,
+        corr: bytes | None,
+    ) -> None:
+        with self._running_lock:
+            running_here = request.id in self._running
+        if stored is not None:
+            log.info("command %s repeated: sending the stored reply", request.id)
+            self._send_raw(reply_to, corr, stored.encode())
+            return
+        self._send(
+            reply_to,
+            corr,
+            CommandReply(
+                id=request.id,
+                cmd=request.cmd,
+                ok=False,
+                error=ErrorBody(
+                    code="in_progress" if running_here else "interrupted",
+                    message=f"command id {request.id} is {state}",
+                ),
+            ),
         )
-        timer.daemon = True
-        timer.start()
-        self._pool.submit(
-            self._execute, spec.handler, ctx, args, reply_to, msg.correlation_data, timer, t0
+
+    def _run_readonly(
+        self,
+        spec: CommandSpec[Any],
+        request: CommandRequest,
+        args: Any,
+        actor: str,
+        reply_to: str,
+        corr: bytes | None,
+        t0: float,
+    ) -> None:
+        """Read-only commands (ping, status, ...) run at once in the network thread and are
+        recorded with their reply in one transaction afterwards: one fsync instead of two and no
+        thread hand-off. A crash between running and recording can only make a repeat run a
+        read-only command again, which changes nothing, so the at-most-once rule still holds
+        for every command with an effect."""
+        stored = self.store.commands.stored_reply(request.id)
+        if stored is not None:
+            self._answer_repeat(request, stored[0], stored[1], reply_to, corr)
+            return
+        ctx = self._context(request.id, spec.name, spec.timeout_s)
+        reply, outcome = self._call(spec.handler, ctx, args)
+        body = reply.to_json()
+        if self.store.commands.record(request.id, request.cmd, actor, body, outcome):
+            self._send_raw(reply_to, corr, body.encode())
+        else:  # the same id raced in twice: the first recorded reply is the reply
+            again = self.store.commands.stored_reply(request.id)
+            if again is not None:
+                self._answer_repeat(request, again[0], again[1], reply_to, corr)
+        self.executed += 1
+        log.debug(
+            "command %s (%s) %s in %.2f ms",
+            request.id,
+            spec.name,
+            outcome,
+            (time.perf_counter() - t0) * 1000,
         )
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _execute(
-        self,
-        handler: Callable[[CommandContext, Any], dict[str, Any]],
-        ctx: CommandContext,
-        args: Any,
-        reply_to: str,
-        corr: bytes | None,
-        timer: threading.Timer,
-        t0: float,
-    ) -> None:
+    @staticmethod
+    def _call(
+        handler: Callable[[CommandContext, Any], dict[str, Any]], ctx: CommandContext, args: Any
+    ) -> tuple[CommandReply, str]:
         try:
             result = handler(ctx, args)
-            reply = CommandReply(id=ctx.command_id, cmd=ctx.name, ok=True, result=result)
-            outcome = "ok"
+            return CommandReply(id=ctx.command_id, cmd=ctx.name, ok=True, result=result), "ok"
         except ApplianceError as exc:
-            reply = CommandReply(
-                id=ctx.command_id, cmd=ctx.name, ok=False, error=ErrorBody(**exc.to_dict())
-            )
-            outcome = exc.code
             log.warning(
                 "command %s (%s) failed: %s: %s", ctx.command_id, ctx.name, exc.code, exc.message
             )
+            reply = CommandReply(
+                id=ctx.command_id, cmd=ctx.name, ok=False, error=ErrorBody(**exc.to_dict())
+            )
+            return reply, exc.code
         except Exception as exc:  # a handler bug must not kill the worker or the daemon
             log.exception("command %s (%s) crashed", ctx.command_id, ctx.name)
             reply = CommandReply(
@@ -279,9 +375,22 @@ class Dispatcher:
                 ok=False,
                 error=ErrorBody(code="internal_error", message=f"{type(exc).__name__}: {exc}"),
             )
-            outcome = "internal_error"
+            return reply, "internal_error"
+
+    def _execute(
+        self,
+        handler: Callable[[CommandContext, Any], dict[str, Any]],
+        ctx: CommandContext,
+        args: Any,
+        reply_to: str,
+        corr: bytes | None,
+        deadline: object,
+        t0: float,
+    ) -> None:
+        try:
+            reply, outcome = self._call(handler, ctx, args)
         finally:
-            timer.cancel()
+            self._deadlines.cancel(deadline)
             with self._running_lock:
                 self._running.discard(ctx.command_id)
         self._finish(ctx, reply, outcome, reply_to, corr)

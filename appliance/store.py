@@ -385,6 +385,32 @@ class CommandLog:
             )
             return True
 
+    def stored_reply(self, cid: str) -> tuple[str | None, str] | None:
+        """(reply, state) of a known id, None for a new one."""
+        with self._s.lock:
+            row = self._s.conn.execute(
+                "SELECT reply, state FROM commands WHERE id=?", (cid,)
+            ).fetchone()
+        return None if row is None else (row[0], str(row[1]))
+
+    def record(self, cid: str, name: str, actor: str, reply: str, outcome: str) -> bool:
+        """Record a read-only command and its reply in one transaction; False if the id was
+        recorded meanwhile."""
+        now = time.time()
+        with self._s.transaction() as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO commands (id, name, state, received, finished, reply, "
+                "actor, outcome) VALUES (?,?,?,?,?,?,?,?)",
+                (cid, name, "done", now, now, reply, actor, outcome),
+            )
+            if cur.rowcount != 1:
+                return False
+            c.execute(
+                "INSERT INTO audit (ts, actor, action, outcome, details) VALUES (?,?,?,?,?)",
+                (now, actor, name, outcome, json.dumps({"id": cid})),
+            )
+            return True
+
     def interrupted(self) -> list[tuple[str, str]]:
         """Commands that were running when the daemon last stopped: (id, name)."""
         with self._s.lock:

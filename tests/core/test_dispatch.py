@@ -1,0 +1,131 @@
+"""The dispatcher with a real store and a custom registry (the MQTT side is covered by
+test_daemon_mqtt.py): timeouts, crashes, interrupted commands, intrusive commands."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from appliance.agent.mqtt import Incoming
+from appliance.commands import CommandContext, CommandRegistry
+from appliance.dispatch import Dispatcher
+from appliance.errors import DeviceTimeout
+from appliance.store import Store
+
+
+class SlowArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seconds: float = 0.0
+
+
+class Harness:
+    def __init__(self, tmp: Path, session: bool = False) -> None:
+        self.store = Store(tmp)
+        self.replies: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.release = threading.Event()
+        self.runs: list[str] = []
+        reg = CommandRegistry()
+
+        def slow(ctx: CommandContext, args: SlowArgs) -> dict[str, Any]:
+            self.runs.append(ctx.command_id)
+            self.release.wait(args.seconds)
+            return {"cancelled": ctx.cancelled.is_set()}
+
+        def boom(ctx: CommandContext, _a: Any) -> dict[str, Any]:
+            raise ZeroDivisionError("bug")
+
+        def device_fail(ctx: CommandContext, _a: Any) -> dict[str, Any]:
+            raise DeviceTimeout("sensor silent", device="fingerprint")
+
+        reg.add("slow", slow, args=SlowArgs, timeout_s=0.3)
+        reg.add("boom", boom)
+        reg.add("devfail", device_fail)
+        reg.add("restart.drivers", lambda _c, _a: {"ok": True}, intrusive=True, role="admin")
+
+        def publish(topic: str, body: bytes, **_kw: Any) -> bool:
+            self.replies.put(json.loads(body))
+            return True
+
+        self.d = Dispatcher(
+            reg,
+            self.store,
+            publish,
+            "kiosk/t/reply",
+            services=None,
+            emit=lambda *a, **k: None,
+            max_payload=10_000,
+            workers=2,
+            session_active=lambda: session,
+        )
+
+    def send(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.d.handle(Incoming("kiosk/t/cmd", json.dumps(obj).encode(), False))
+        return self.replies.get(timeout=10)
+
+    def close(self) -> None:
+        self.release.set()
+        self.d.close()
+        self.store.close()
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Any:
+    harness = Harness(tmp_path)
+    yield harness
+    harness.close()
+
+
+def test_timeout_reply_wins_and_late_result_is_discarded(h: Harness) -> None:
+    r = h.send({"id": "s1", "cmd": "slow", "args": {"seconds": 30}})
+    assert r["ok"] is False and r["error"]["code"] == "timeout"
+    h.release.set()  # the handler now finishes late
+    again = h.send({"id": "s1", "cmd": "slow", "args": {"seconds": 0}})
+    assert again == r, "a repeat gets the stored timeout reply, the late result is dropped"
+    assert h.runs == ["s1"]
+
+
+def test_handler_crash_is_internal_error_and_dispatch_goes_on(h: Harness) -> None:
+    r = h.send({"id": "b1", "cmd": "boom"})
+    assert r["error"]["code"] == "internal_error" and "ZeroDivisionError" in r["error"]["message"]
+    r = h.send({"id": "f1", "cmd": "devfail"})
+    assert r["error"]["code"] == "device_timeout"
+    assert r["error"]["details"]["device"] == "fingerprint"
+    assert h.send({"id": "s2", "cmd": "slow"})["ok"] is True
+
+
+def test_running_command_repeat_is_in_progress(h: Harness) -> None:
+    h.d.handle(Incoming("kiosk/t/cmd", b'{"id":"s3","cmd":"slow","args":{"seconds":0.25}}', False))
+    r = h.send({"id": "s3", "cmd": "slow"})
+    assert r["error"]["code"] == "in_progress"
+    first = h.replies.get(timeout=10)
+    assert first["id"] == "s3" and first["ok"] is True
+    assert h.runs == ["s3"]
+
+
+def test_commands_running_at_a_crash_are_marked_interrupted(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    s.commands.begin("lost-1", "slow")
+    s.close()
+    h = Harness(tmp_path)
+    try:
+        assert h.d.mark_interrupted() == 1
+        r = h.send({"id": "lost-1", "cmd": "slow"})
+        assert r["error"]["code"] == "interrupted"
+        assert h.runs == []
+    finally:
+        h.close()
+
+
+def test_intrusive_command_waits_for_the_enrollment_session(tmp_path: Path) -> None:
+    h = Harness(tmp_path, session=True)
+    try:
+        r = h.send({"id": "r1", "cmd": "restart.drivers"})
+        assert r["error"]["code"] == "busy"
+    finally:
+        h.close()
