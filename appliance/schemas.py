@@ -14,6 +14,8 @@ from typing import Any
 
 from . import builtin
 from .commands import CommandRegistry
+from .config import AppConfig
+from .drivers import create_device
 from .protocol import MESSAGES
 
 log = logging.getLogger(__name__)
@@ -22,16 +24,20 @@ CAPABILITIES = ("camera", "fingerprint", "card")
 
 
 def full_registry() -> CommandRegistry:
-    """Every command the daemon can serve, registered without hardware (handlers are not
-    called; only names and argument models are read)."""
+    """Every command the daemon can serve. Devices are constructed from the default
+    configuration but never started (construction does no I/O), so this needs no hardware;
+    handlers are not called, only names and argument models are read."""
     registry = CommandRegistry()
     builtin.register(registry)
+    defaults = AppConfig()
     for kind in CAPABILITIES:
         try:
             mod = importlib.import_module(f"appliance.drivers.{kind}.commands")
         except ModuleNotFoundError:
             continue
-        mod.register(registry, None)
+        section = getattr(defaults.hardware, kind)
+        device = create_device(kind, section.backend, section, lambda *_a: None)
+        mod.register(registry, device)
     for extra in ("appliance.trust.commands", "appliance.enrollment.commands"):
         try:
             mod = importlib.import_module(extra)
