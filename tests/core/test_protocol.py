@@ -24,4 +24,6 @@ def test_reply_shape() -> None:
     ok = CommandReply(id="a", cmd="ping", ok=True, result={"x": 1}).to_json()
     assert ok == '{"id":"a","cmd":"ping","ok":true,"result":{"x":1}}'
     bad = CommandReply(id=None, ok=False, error={"code": "invalid_json", "message": "m"}).to_json()
-    assert bad == '{"id":null,"ok":false,"error":{"code":"invalid_json","message":"m","details":{}}}'
+    assert bad == (
+        '{"id":null,"ok":false,"error":{"code":"invalid_json","message":"m","details":{}}}'
+    )
