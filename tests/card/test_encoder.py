@@ -300,3 +300,30 @@ def test_card_pulled_then_reinserted_keeps_its_content(
     wait_card_state(pcsc_stack, False)
     insert_card(applet=applet)
     assert enc.read(DOC, BIRTH, EXPIRY)["passive_authentication"]["passed"]
+
+
+T0_ATR = "3B09" + b"Appliance".hex().upper()  # T=0 only: no interface bytes, no TCK
+
+
+def test_t0_card_with_get_response_and_6cxx(make_encoder, insert_card, package, profile) -> None:
+    """A T=0 card that hands data out through 61xx/GET RESPONSE and corrects Le with 6Cxx."""
+    t0 = profile.model_copy(update={"atr": T0_ATR, "extended_length": False})
+    emu = insert_card(Faults(get_response=True, exact_le=True), applet=EmrtdApplet(t0))
+    link = PcscLink()
+    try:
+        link.connect(link.find_reader(""))
+        assert link.protocol_name == "T=0"
+        assert link.atr.hex().upper() == T0_ATR
+        assert link.transmit(CommandApdu(0, 0xA4, 4, 0x0C, t0.aid_bytes)).ok
+        assert link.transmit(CommandApdu(0, 0xE0, 0, 0, bytes.fromhex("63040005011E"))).ok
+        assert link.transmit(CommandApdu(0, 0xA4, 2, 0x0C, b"\x01\x1e")).ok
+        assert link.transmit(CommandApdu(0, 0xD6, 0, 0, b"\x60\x03abc")).ok
+        n = link.apdu_count
+        r = link.transmit(CommandApdu(0, 0xB0, 0, 0, ne=256))  # 6C05, then 61 05, GET RESPONSE
+        assert r.ok and r.data == b"\x60\x03abc"
+        assert link.apdu_count - n == 3
+    finally:
+        link.close()
+    emu.applet = EmrtdApplet(t0)  # a fresh blank card behind the same connection
+    result = make_encoder().encode(package)
+    assert result["outcome"] == "issued" and result["extended_apdu"] is False

@@ -286,6 +286,11 @@ class Faults:
     pull_on_update: int | None = None  # drop the connection instead of answering the N-th
     fail_on_update: int | None = None  # answer 6581 (memory failure) to the N-th
     delay_s: float = 0.0  # answer every APDU this much later (slow card)
+    # T=0 style transport (ISO/IEC 7816-3 §10.3.5 / 7816-4 §5.3.4): answer data as 61xx and
+    # hand it out through GET RESPONSE; answer a READ BINARY whose Le runs past the end of the
+    # file with 6Cxx (the exact length) instead of the shorter data.
+    get_response: bool = False
+    exact_le: bool = False
 
 
 class VpcdCardEmulator:
@@ -308,6 +313,7 @@ class VpcdCardEmulator:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._pending = b""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -413,4 +419,24 @@ class VpcdCardEmulator:
             if self.faults.fail_on_update == self.updates_seen:
                 log.info("emulator: fault: 6581 on UPDATE BINARY #%d", self.updates_seen)
                 return A.SW_MEMORY_FAILURE.to_bytes(2, "big")
-        return self.applet.process(msg)
+        if self.faults.get_response and msg[0] & 0x0C == 0 and msg[1] == 0xC0:
+            return self._get_response(msg)
+        resp = self.applet.process(msg)
+        if self.faults.exact_le and len(msg) == 5 and msg[1] == INS_READ_BINARY:
+            le = msg[4] or 256
+            if resp[-2:] == b"\x90\x00" and len(resp) - 2 < le:
+                return bytes((0x6C, len(resp) - 2))
+        if self.faults.get_response and len(resp) > 2 and resp[-2:] == b"\x90\x00":
+            self._pending = resp[:-2]
+            return bytes((0x61, len(self._pending) & 0xFF))
+        return resp
+
+    def _get_response(self, msg: bytes) -> bytes:
+        """GET RESPONSE ``00 C0 00 00 Le`` for data announced with 61xx."""
+        if not self._pending:
+            return A.SW_CONDITIONS.to_bytes(2, "big")
+        le = (msg[4] or 256) if len(msg) == 5 else 256
+        part, self._pending = self._pending[:le], self._pending[le:]
+        if self._pending:
+            return part + bytes((0x61, len(self._pending) & 0xFF))
+        return part + b"\x90\x00"

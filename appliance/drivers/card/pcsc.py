@@ -13,7 +13,7 @@ import hashlib
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from cryptography import x509
 from smartcard import scard
@@ -222,7 +222,10 @@ class PcscEncoder:
         except BaseException:
             link.close()
             raise
-        return link, EmrtdCard(link, profile, extended=self.config.extended_apdu)
+        # ISO/IEC 7816-3 §12.2: T=0 carries extended-length APDUs only through ENVELOPE, which
+        # the applet does not offer; extended length is used on T=1 only.
+        extended = self.config.extended_apdu and link.protocol_name == "T=1"
+        return link, EmrtdCard(link, profile, extended=extended)
 
     def _exclusive(self) -> None:
         if not self._op_lock.acquire(blocking=False):
@@ -439,7 +442,7 @@ class PcscEncoder:
             raise
         raise DeviceError("card already carries an EF.COM", device="card", code="card_not_blank")
 
-    def _spoiled(self, package_id: str, step: str, cause: ApplianceError) -> None:
+    def _spoiled(self, package_id: str, step: str, cause: ApplianceError) -> NoReturn:
         log.warning("card spoiled at step %s for package %s: %s", step, package_id, cause.code)
         self._sink("card.spoiled", {"package_id": package_id, "step": step, "cause": cause.code})
         raise DeviceError(
