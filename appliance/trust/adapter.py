@@ -10,7 +10,6 @@ signature for one command can never run another.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 
@@ -18,6 +17,7 @@ from ..dispatch import Verified, Verifier
 from ..errors import TrustError
 from .certs import ROLES
 from .envelope import CommandVerifier, TrustDecision
+from .keys import load_json
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def request_command(payload: bytes) -> str | None:
     """The ``cmd`` of a ``{id, cmd, args}`` request, or None if the payload is not one (the
     dispatcher then reports ``invalid_json`` / ``invalid_request`` itself)."""
     try:
-        obj = json.loads(payload)
+        obj = load_json(payload)
     except (UnicodeDecodeError, ValueError):
         return None
     cmd = obj.get("cmd") if isinstance(obj, dict) else None

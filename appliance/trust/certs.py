@@ -42,7 +42,15 @@ from nacl.signing import SigningKey
 
 from ..errors import TrustError
 from . import keys
-from .keys import CTX_CERTIFICATE, b64decode, b64encode, key_id, sign_detached, verify_detached
+from .keys import (
+    CTX_CERTIFICATE,
+    b64decode,
+    b64encode,
+    key_id,
+    load_json,
+    sign_detached,
+    verify_detached,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +163,7 @@ class OperatorCertificate:
     @classmethod
     def from_body(cls, body: bytes, signature: bytes) -> OperatorCertificate:
         try:
-            obj = json.loads(body)
+            obj = load_json(body)
         except (UnicodeDecodeError, ValueError):
             raise _malformed("certificate body is not JSON") from None
         if not isinstance(obj, dict) or obj.get("typ") != CERT_TYPE:

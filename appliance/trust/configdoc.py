@@ -37,7 +37,7 @@ from typing import Any
 from ..errors import TrustError
 from .certs import OperatorCertificate, OperatorKey, verify_certificate
 from .envelope import GROUP_PREFIX, ClockPolicy, validate_target
-from .keys import CTX_CONFIG, b64decode, b64encode, sign_detached, verify_detached
+from .keys import CTX_CONFIG, b64decode, b64encode, load_json, sign_detached, verify_detached
 
 CONFIG_TYPE = "appliance.config.v1"
 FORMATS = ("toml", "json")
@@ -73,7 +73,11 @@ def _check_content(content: bytes, fmt: str) -> None:
     """The content must parse as its declared format (semantics are the daemon's job)."""
     try:
         text = content.decode("utf-8")
-        parsed: Any = tomllib.loads(text) if fmt == "toml" else json.loads(text)
+        parsed: Any = tomllib.loads(text) if fmt == "toml" else load_json(text)
+    except RecursionError:
+        raise TrustError(
+            f"configuration content ({fmt}) is nested too deeply", code="malformed_envelope"
+        ) from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise TrustError(
             f"configuration content is not valid {fmt}: {exc}", code="malformed_envelope"
@@ -147,7 +151,7 @@ def verify_config(
     if not isinstance(doc, bytes | bytearray) or len(doc) > MAX_DOC_BYTES:
         raise TrustError("configuration document too large or not bytes", code="malformed_envelope")
     try:
-        env = json.loads(bytes(doc))
+        env = load_json(bytes(doc))
     except (UnicodeDecodeError, ValueError):
         raise TrustError("configuration document is not JSON", code="malformed_envelope") from None
     if not isinstance(env, dict):
@@ -171,7 +175,7 @@ def verify_config(
             details={"required": sorted(CONFIG_ROLES), "roles": list(cert.roles)},
         )
     try:
-        body = json.loads(body_bytes)
+        body = load_json(body_bytes)
     except (UnicodeDecodeError, ValueError):
         raise TrustError("configuration body is not JSON", code="malformed_envelope") from None
     if not isinstance(body, dict) or body.get("issuer") != cert.key_id:

@@ -66,7 +66,14 @@ from .certs import (
     check_validity,
     verify_certificate,
 )
-from .keys import CTX_COMMAND, b64decode, b64encode, sign_detached, verify_detached
+from .keys import (
+    CTX_COMMAND,
+    b64decode,
+    b64encode,
+    load_json,
+    sign_detached,
+    verify_detached,
+)
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +411,7 @@ class CommandVerifier:
                 f"message of {len(message)} bytes exceeds {self.max_message_bytes}",
             )
         try:
-            env = json.loads(message)
+            env = load_json(message)
         except (UnicodeDecodeError, ValueError):
             raise _Refused("malformed_envelope", "message is not UTF-8 JSON") from None
         if not isinstance(env, dict):
@@ -457,7 +464,7 @@ class CommandVerifier:
 
         # 3. body fields (authentic from here on).
         try:
-            body = json.loads(body_bytes)
+            body = load_json(body_bytes)
         except (UnicodeDecodeError, ValueError):
             raise _Refused("malformed_envelope", "envelope body is not JSON") from None
         if not isinstance(body, dict):

@@ -22,12 +22,14 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.signing import SigningKey, VerifyKey
@@ -73,6 +75,16 @@ def b64decode(text: object, *, what: str, code: str = "malformed_envelope") -> b
     if base64.b64encode(raw).decode("ascii") != text:
         raise TrustError(f"{what} is not canonical base64", code=code, details={"field": what})
     return raw
+
+
+def load_json(data: bytes | str) -> Any:
+    """``json.loads`` for untrusted input: a nesting deep enough to exhaust the parser's
+    recursion (``[[[[...``) raises ``ValueError`` like any other bad JSON, not
+    ``RecursionError``."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def key_id(public_key: bytes) -> str:

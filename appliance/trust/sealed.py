@@ -53,7 +53,7 @@ from nacl.public import PrivateKey, PublicKey, SealedBox
 from ..errors import TrustError
 from . import keys
 from .certs import OperatorCertificate, OperatorKey, verify_certificate
-from .keys import CTX_ACK, b64decode, b64encode, sign_detached, verify_detached
+from .keys import CTX_ACK, b64decode, b64encode, load_json, sign_detached, verify_detached
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def read_sealed_file(path: Path) -> tuple[dict[str, Any], bytes]:
     if hlen > MAX_HEADER or start + hlen > len(data):
         raise _bad("sealed_corrupt", f"{path} has a bad header length", path=str(path))
     try:
-        header = json.loads(data[start : start + hlen])
+        header = load_json(data[start : start + hlen])
     except (UnicodeDecodeError, ValueError):
         raise _bad("sealed_corrupt", f"{path} header is not JSON", path=str(path)) from None
     blob = data[start + hlen :]
@@ -391,7 +391,7 @@ def verify_ack(
     if not isinstance(ack, bytes | bytearray) or len(ack) > MAX_ACK_BYTES:
         raise _bad("malformed_envelope", "acknowledgement must be bytes of reasonable size")
     try:
-        env = json.loads(bytes(ack))
+        env = load_json(bytes(ack))
     except (UnicodeDecodeError, ValueError):
         raise _bad("malformed_envelope", "acknowledgement is not JSON") from None
     if not isinstance(env, dict) or env.get("typ") != ACK_TYPE:
@@ -412,7 +412,7 @@ def verify_ack(
     if not roles.intersection(cert.roles):
         raise _bad("forbidden_role", f"acknowledgements need role {sorted(roles)}")
     try:
-        body = json.loads(body_bytes)
+        body = load_json(body_bytes)
     except (UnicodeDecodeError, ValueError):
         raise _bad("malformed_envelope", "acknowledgement body is not JSON") from None
     if not isinstance(body, dict) or body.get("issuer") != cert.key_id:
