@@ -200,3 +200,20 @@ def test_bad_profile_or_trust_bundle_is_reported_as_health(make_encoder, tmp_pat
     enc = make_encoder(trust_bundle=bad)
     assert enc.trust_anchors == []
     assert any("trust bundle" in p for p in enc._problems)
+
+
+def test_simulated_card_kit_in_a_fresh_process() -> None:
+    """What the daemon's simulation mode uses: stack + blank card, env exported in-process."""
+    code = (
+        "from appliance.drivers.card.teststack import SimulatedCard\n"
+        "from appliance.drivers.card.link import PcscLink\n"
+        "sim = SimulatedCard().start()\n"
+        "link = PcscLink(); r = link.find_reader('')\n"
+        "atr = link.wait_for_card(r, 10); link.close()\n"
+        "sim.insert_blank(); print(atr.hex()); sim.stop()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().upper() == "3B8980014170706C69616E636545"

@@ -30,8 +30,12 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from ...errors import DeviceError, DeviceTimeout
+
+if TYPE_CHECKING:
+    from .emulator import VpcdCardEmulator
 
 log = logging.getLogger(__name__)
 
@@ -240,3 +244,48 @@ class PcscTestStack:
         if self._log_file is None or not self._log_file.exists():
             return ""
         return self._log_file.read_bytes()[-n:].decode("utf-8", "replace")
+
+
+class SimulatedCard:
+    """A private stack with the emulated blank card inserted: what ``[simulation] card = true``
+    and demos need in one object.
+
+    :meth:`start` exports ``PCSCLITE_CSOCK_NAME`` into this process, so call it before the
+    process's first pyscard call (before the daemon creates its devices). ``insert_blank()``
+    swaps in a fresh blank card (the next citizen's card) without a new connection.
+    """
+
+    def __init__(self, profile: str = "cccd-applet", profile_dir: Path | None = None) -> None:
+        self._profile_name = profile
+        self._profile_dir = profile_dir
+        self.stack = PcscTestStack()
+        self.emulator: VpcdCardEmulator | None = None
+
+    def start(self) -> SimulatedCard:
+        from .emulator import EmrtdApplet, VpcdCardEmulator
+        from .profile import load_profile
+
+        profile = load_profile(self._profile_name, self._profile_dir)
+        self.stack.start()
+        self.stack.export_env()
+        try:
+            self.emulator = VpcdCardEmulator(
+                EmrtdApplet(profile), port=self.stack.vpcd_port
+            ).start()
+        except BaseException:
+            self.stack.stop()
+            raise
+        return self
+
+    def insert_blank(self) -> None:
+        from .emulator import EmrtdApplet
+
+        if self.emulator is None:
+            raise DeviceError("simulated card not started", device="card")
+        self.emulator.applet = EmrtdApplet(self.emulator.applet.profile)
+
+    def stop(self) -> None:
+        if self.emulator is not None:
+            self.emulator.stop()
+            self.emulator = None
+        self.stack.stop()
