@@ -82,6 +82,8 @@ GROUP_PREFIX = "group:"
 COMMAND_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 NONCE_BYTES = 16
 CERT_CACHE_SIZE = 64
+#: Expired nonces are pruned on the first acceptance and then every this many acceptances.
+PRUNE_EVERY = 256
 
 #: Every refusal code the verifier produces (plus ``store_error`` if SQLite fails).
 ERROR_CODES = (
@@ -342,6 +344,8 @@ class CommandVerifier:
         self._lock = lock
         self._clock = clock
         self._cert_cache: dict[str, OperatorCertificate] = {}
+        self._floor: int | None = None
+        self._accepts_since_prune = PRUNE_EVERY
         self._cache_lock = threading.Lock()
         if allow_unsigned:
             log.warning("unsigned commands are ALLOWED (local development setting)")
@@ -353,13 +357,19 @@ class CommandVerifier:
     # -- time ---------------------------------------------------------------------------------
 
     def time_floor(self) -> int:
-        """The persisted time floor: newest accepted ``issued_at``, at least ``sane_after``."""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT max(last_issued_at) FROM trust_issuer_state"
-            ).fetchone()
-        stored = row[0] if row and row[0] is not None else 0
-        return max(int(stored), self.policy.sane_after)
+        """The time floor: newest accepted ``issued_at``, at least ``sane_after``.
+
+        Read from SQLite once, then kept in memory and raised on every acceptance (this
+        verifier is the only writer of its table).
+        """
+        if self._floor is None:
+            with self._lock:
+                row = self._conn.execute(
+                    "SELECT max(last_issued_at) FROM trust_issuer_state"
+                ).fetchone()
+            stored = row[0] if row and row[0] is not None else 0
+            self._floor = max(int(stored), self.policy.sane_after)
+        return self._floor
 
     # -- the check ----------------------------------------------------------------------------
 
@@ -578,38 +588,44 @@ class CommandVerifier:
             try:
                 conn.execute("SAVEPOINT trust_replay")
                 try:
-                    row = conn.execute(
-                        "SELECT last_counter FROM trust_issuer_state WHERE issuer = ?", (issuer,)
-                    ).fetchone()
-                    if row is not None and counter <= row[0]:
-                        raise _Refused(
-                            "replayed",
-                            "counter not above the last accepted for this issuer",
-                            last_counter=row[0],
-                        )
-                    if conn.execute(
-                        "SELECT 1 FROM trust_nonce WHERE nonce = ?", (nonce,)
-                    ).fetchone():
-                        raise _Refused("replayed", "nonce already seen")
-                    conn.execute(
-                        "INSERT INTO trust_nonce (nonce, issuer, expires_at) VALUES (?, ?, ?)",
-                        (nonce, issuer, expires_at),
-                    )
-                    conn.execute(
+                    # One statement checks and raises the counter: the UPDATE branch only runs
+                    # when the new counter is above the stored one, so no change means replay.
+                    cur = conn.execute(
                         "INSERT INTO trust_issuer_state"
                         " (issuer, last_counter, last_issued_at, updated_at)"
                         " VALUES (?, ?, ?, ?)"
                         " ON CONFLICT (issuer) DO UPDATE SET last_counter = excluded.last_counter,"
                         " last_issued_at = max(last_issued_at, excluded.last_issued_at),"
-                        " updated_at = excluded.updated_at",
+                        " updated_at = excluded.updated_at"
+                        " WHERE excluded.last_counter > trust_issuer_state.last_counter",
                         (issuer, counter, issued_at, time.time()),
                     )
-                    # A nonce is only needed while its envelope could still pass the expiry
-                    # check; the counter covers everything older.
-                    conn.execute(
-                        "DELETE FROM trust_nonce WHERE expires_at < ?",
-                        (int(now - self.policy.skew_s) - 1,),
-                    )
+                    if cur.rowcount == 0:
+                        row = conn.execute(
+                            "SELECT last_counter FROM trust_issuer_state WHERE issuer = ?",
+                            (issuer,),
+                        ).fetchone()
+                        raise _Refused(
+                            "replayed",
+                            "counter not above the last accepted for this issuer",
+                            last_counter=row[0] if row else None,
+                        )
+                    try:
+                        conn.execute(
+                            "INSERT INTO trust_nonce (nonce, issuer, expires_at) VALUES (?, ?, ?)",
+                            (nonce, issuer, expires_at),
+                        )
+                    except sqlite3.IntegrityError:
+                        raise _Refused("replayed", "nonce already seen") from None
+                    self._accepts_since_prune += 1
+                    if self._accepts_since_prune >= PRUNE_EVERY:
+                        # A nonce is only needed while its envelope could still pass the
+                        # expiry check; the counter covers everything older.
+                        conn.execute(
+                            "DELETE FROM trust_nonce WHERE expires_at < ?",
+                            (int(now - self.policy.skew_s) - 1,),
+                        )
+                        self._accepts_since_prune = 0
                 except BaseException:
                     conn.execute("ROLLBACK TO trust_replay")
                     conn.execute("RELEASE trust_replay")
@@ -618,6 +634,7 @@ class CommandVerifier:
             except sqlite3.Error as exc:
                 log.error("trust store write failed: %s", exc)
                 raise _Refused("store_error", f"replay store failed: {exc}") from None
+            self._floor = max(self._floor or 0, issued_at, self.policy.sane_after)
 
 
 def role_table_from_specs(specs: Iterable[Any]) -> dict[str, str]:

@@ -448,3 +448,15 @@ def test_cache_is_bounded(fleet: Fleet, verifier: CommandVerifier) -> None:
         b = _builder(fleet.operator(), fleet)
         assert verifier.check(b.build("enroll.start", PAYLOAD, "kiosk-001")).accepted
     assert len(verifier._cert_cache) == CERT_CACHE_SIZE
+
+
+def test_expired_nonces_are_pruned(fleet: Fleet, tmp_path: Path) -> None:
+    b = _builder(fleet.operator(), fleet)
+    conn = open_db(tmp_path / "prune.db")
+    assert make_verifier(fleet, conn).check(b.build("enroll.start", PAYLOAD, "kiosk-001")).accepted
+    fleet.clock.now = NOW + 1000  # the first envelope (120 s + 60 s skew) can no longer pass
+    v2 = make_verifier(fleet, conn)  # a fresh verifier prunes on its first acceptance
+    assert v2.check(b.build("enroll.start", PAYLOAD, "kiosk-001")).accepted
+    assert conn.execute("SELECT count(*) FROM trust_nonce").fetchone() == (1,)
+    assert conn.execute("SELECT count(*) FROM trust_issuer_state").fetchone() == (1,)
+    conn.close()
