@@ -18,11 +18,11 @@ from typing import Any, Literal
 from asn1crypto import algos, cms, core
 from asn1crypto import x509 as a_x509
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from ..errors import ConfigError, TrustError
+from ..errors import ConfigError, ProtocolError, TrustError
 from .tlv import malformed, parse_single, tlv
 
 LDS_SECURITY_OBJECT_OID = "2.23.136.1.1.1"  # id-icao-ldsSecurityObject
@@ -232,8 +232,10 @@ def parse_sod(data: bytes) -> Sod:
             content=bytes(content),
             pss_salt=salt,
         )
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise malformed(f"EF.SOD does not parse: {exc}") from exc
+    except ProtocolError:
+        raise
+    except Exception as exc:  # asn1crypto parses lazily and raises assorted types on bad DER
+        raise malformed(f"EF.SOD does not parse: {type(exc).__name__}: {exc}") from exc
 
 
 def _select_signer_cert(si: Any, certs: list[x509.Certificate]) -> x509.Certificate | None:
@@ -267,6 +269,9 @@ class PaResult:
     csca_subject: str | None = None
     data_groups: dict[int, DgStatus] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    # DGs hashed in EF.SOD that the reader could not read (DG3 behind EAC): not checked, and
+    # not counted as a failure when the caller said so (``require_all=False``).
+    not_read: list[int] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -286,6 +291,7 @@ class PaResult:
             "ds_subject": self.ds_subject,
             "csca_subject": self.csca_subject,
             "data_groups": {f"DG{n}": s for n, s in sorted(self.data_groups.items())},
+            "not_read": [f"DG{n}" for n in self.not_read],
             "errors": list(self.errors),
         }
 
@@ -340,7 +346,8 @@ def passive_authentication(
     require_all: bool = True,
 ) -> PaResult:
     """Check EF.SOD's signature, the DS certificate against the CSCA trust anchors, and every
-    DG hash. ``require_all``: a DG in the SOD that was not supplied counts as a failure.
+    DG hash. ``require_all``: a DG in the SOD that was not supplied counts as a failure;
+    otherwise it is listed in ``not_read`` (a relying party that cannot read DG3 without EAC).
 
     Never raises for a failed check (it is recorded); malformed EF.SOD raises ProtocolError.
     """
@@ -363,7 +370,7 @@ def passive_authentication(
                 sod.pss_salt,
             )
             ok = True
-        except (InvalidSignature, ValueError, TypeError):
+        except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
             ok = False
             res.errors.append("EF.SOD signature does not verify with the DS certificate")
         if ok:
@@ -381,6 +388,8 @@ def passive_authentication(
             if require_all:
                 res.data_groups[n] = "not_read"
                 res.errors.append(f"DG{n} is in EF.SOD but was not supplied")
+            else:
+                res.not_read.append(n)
             continue
         if dg_hash(dg_files[n], sod.hash_algorithm) == expected:
             res.data_groups[n] = "ok"
@@ -406,7 +415,7 @@ def _check_chain(
     for csca in candidates:
         try:
             ds.verify_directly_issued_by(csca)
-        except (InvalidSignature, ValueError, TypeError):
+        except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
             continue
         if not (csca.not_valid_before_utc <= now <= csca.not_valid_after_utc):
             res.errors.append("CSCA certificate is outside its validity period")

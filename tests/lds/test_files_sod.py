@@ -338,3 +338,78 @@ def test_malformed_package_payloads_are_refused(payload: dict[str, object]) -> N
 
     with pytest.raises(ValidationError):
         issuance.IssuancePackage.model_validate(payload)
+
+
+def test_pa_without_require_all_lists_unread_groups(pki: testpki.TestPki) -> None:
+    dgs = _dgs()
+    raw = sod.sign_sod(dgs, pki.ds_key, pki.ds_cert)
+    res = sod.passive_authentication(
+        raw, {1: dgs[1], 13: dgs[13]}, [pki.csca_cert], require_all=False
+    )
+    assert res.passed and res.not_read == [2]
+    assert res.to_dict()["not_read"] == ["DG2"]
+
+
+_SIGNED: dict[str, bytes] = {}
+
+
+def _signed_sod() -> bytes:
+    if "sod" not in _SIGNED:
+        p = testpki.make_test_pki()
+        _SIGNED["sod"] = sod.sign_sod(_dgs(), p.ds_key, p.ds_cert)
+        _SIGNED["csca"] = p.csca_cert.public_bytes(serialization.Encoding.DER)
+    return _SIGNED["sod"]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(pos=st.integers(0, 2000), value=st.integers(0, 255))
+def test_corrupted_sod_never_crashes_and_never_passes_unless_unsigned(pos: int, value: int) -> None:
+    raw = bytearray(_signed_sod())
+    pos %= len(raw)
+    if raw[pos] == value:
+        return
+    raw[pos] = value
+    anchors = [x509.load_der_x509_certificate(_SIGNED["csca"])]
+    try:
+        res = sod.passive_authentication(bytes(raw), _dgs(), anchors)
+    except ProtocolError as exc:
+        assert exc.code == "lds_malformed"
+        return
+    if res.passed:
+        # Only bytes outside what is signed or hashed may change without detection (e.g. the
+        # SignedData version field): the signed attributes, content and signature must not.
+        parsed = sod.parse_sod(bytes(raw))
+        original = sod.parse_sod(_signed_sod())
+        assert parsed.signed_bytes == original.signed_bytes
+        assert parsed.content == original.content
+        assert parsed.signature == original.signature
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    which=st.sampled_from(["com", "dg1", "dg2", "dg13"]),
+    pos=st.integers(0, 1500),
+    value=st.integers(0, 255),
+)
+def test_corrupted_files_give_a_clear_error_or_a_value(which: str, pos: int, value: int) -> None:
+    dgs = _dgs()
+    raw = bytearray(
+        {"com": files.encode_ef_com([1, 2, 13]), "dg1": dgs[1], "dg2": dgs[2], "dg13": dgs[13]}[
+            which
+        ]
+    )
+    raw[pos % len(raw)] = value
+    decode = {
+        "com": files.decode_ef_com,
+        "dg1": files.decode_dg1,
+        "dg2": files.decode_dg2,
+        "dg13": files.decode_dg13,
+    }[which]
+    try:
+        decode(bytes(raw))
+    except ProtocolError as exc:
+        assert exc.code == "lds_malformed"
