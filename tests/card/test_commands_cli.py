@@ -217,3 +217,30 @@ def test_simulated_card_kit_in_a_fresh_process() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().upper() == "3B8980014170706C69616E636545"
+
+
+def test_pcscd_going_away_is_reported_as_disconnected() -> None:
+    code = (
+        "import threading\n"
+        "from appliance.drivers.card.teststack import SimulatedCard\n"
+        "from appliance.drivers.card.config import CardConfig\n"
+        "from appliance.drivers.card.pcsc import PcscEncoder\n"
+        "sim = SimulatedCard().start()\n"
+        "states = []; cond = threading.Condition()\n"
+        "def sink(t, d):\n"
+        "    with cond:\n"
+        "        states.append((t, d.get('state'))); cond.notify_all()\n"
+        "def wait(item):\n"
+        "    with cond:\n"
+        "        assert cond.wait_for(lambda: item in states, 10), states\n"
+        "enc = PcscEncoder(CardConfig(), sink); enc.start()\n"
+        "wait(('card.inserted', None))\n"
+        "sim.stop()\n"
+        "wait(('device.health', 'disconnected'))\n"
+        "print(enc.status()['health'], enc.status()['card_present']); enc.stop()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["disconnected", "False"]
