@@ -413,3 +413,15 @@ def test_corrupted_files_give_a_clear_error_or_a_value(which: str, pos: int, val
         decode(bytes(raw))
     except ProtocolError as exc:
         assert exc.code == "lds_malformed"
+
+
+def test_dg2_carries_the_camera_face_record_and_ours_parses_there() -> None:
+    """Interop with the camera's ISO/IEC 19794-5 codec (appliance.biometrics.face_record)."""
+    from appliance.biometrics.face_record import FaceImage, FaceRecord
+
+    cam = FaceRecord((FaceImage(image=b"\xff\xd8" + bytes(300), width=480, height=640),)).encode()
+    assert files.decode_dg2(files.encode_dg2([cam])) == [cam]
+    ours = files.face_record_from_jpeg(b"\xff\xd8" + bytes(300), 480, 640)
+    parsed = FaceRecord.decode(ours)
+    assert (parsed.images[0].width, parsed.images[0].height) == (480, 640)
+    assert parsed.images[0].image == b"\xff\xd8" + bytes(300)
