@@ -109,7 +109,12 @@ class FingerprintSensor:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_io = 0.0
-        self.stats: dict[str, int] = {"retries": 0, "reconnects": 0, "timeouts": 0}
+        self.stats: dict[str, int] = {
+            "retries": 0,
+            "reconnects": 0,
+            "timeouts": 0,
+            "garbage_bytes": 0,
+        }
         # Captured records wait here, in memory only, until the trust layer seals them.
         self.records = FingerRecordStore(config.record_store_max, config.record_ttl_s)
 
@@ -162,7 +167,14 @@ class FingerprintSensor:
     def _close(self) -> None:
         link, self._link = self._link, None
         if link is not None:
+            self.stats["garbage_bytes"] += link.garbage_bytes
             link.close()
+
+    @property
+    def garbage_bytes(self) -> int:
+        """Bytes skipped while resynchronising, over every connection so far."""
+        link = self._link
+        return self.stats["garbage_bytes"] + (link.garbage_bytes if link is not None else 0)
 
     def _try_connect(self) -> bool:
         with self._lock:
@@ -580,6 +592,46 @@ class FingerprintSensor:
         ack, _ = self._exchange(Instruction.GetRandomCode)
         return int(struct.unpack(">I", ack.payload[1:5])[0])
 
+    def set_addr(self, address: int) -> None:
+        """SetAddr (0x15): give the module a new address.
+
+        The command goes to the old address; the acknowledge is expected from the new one, as
+        the emulator sends it (the spec does not say; check on hardware). Not retried.
+        """
+        if not 0 <= address <= 0xFFFFFFFF:
+            raise ValueError(f"address {address!r} outside 32 bits")
+        with self._lock:
+            link = self._link
+            if link is None:
+                raise DeviceDisconnected(
+                    "fingerprint sensor is not connected",
+                    device=DEVICE,
+                    details={"port": self.config.port},
+                )
+            old = link.address
+            try:
+                link.send_command(Instruction.SetAddr, struct.pack(">I", address))
+                link.address = address
+                ack = link.receive_ack(
+                    time.monotonic() + self.config.command_timeout_s + link.line_time(12),
+                    "SetAddr acknowledge",
+                )
+            except DeviceDisconnected as exc:
+                self._lost(exc)
+                raise
+            except DeviceError:
+                link.address = old
+                raise
+            if ack.confirm != Confirm.OK:
+                link.address = old
+                raise DeviceStatusError(
+                    f"SetAddr: {confirm_text(ack.confirm)}",
+                    device=DEVICE,
+                    status=ack.confirm,
+                    details={"instruction": "SetAddr"},
+                )
+        log.info("fingerprint module address changed; update hardware.fingerprint.address")
+
     def write_notepad(self, page: int, data: bytes) -> None:
         """WriteNotepad (0x18): 32 bytes into notepad page 0..15."""
         if not 0 <= page <= 15 or len(data) != 32:
@@ -666,6 +718,7 @@ class FingerprintSensor:
             "retries": self.stats["retries"],
             "timeouts": self.stats["timeouts"],
             "reconnects": self.stats["reconnects"],
+            "garbage_bytes": self.garbage_bytes,
         }
 
 

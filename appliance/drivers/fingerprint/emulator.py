@@ -240,6 +240,9 @@ class FingerprintEmulator:
         self._auto_wait = 0
         self._auto_finger = 0
         self._impressions: dict[int, int] = {}
+        self._busy_until = 0.0
+        # Seconds the current command takes on the sensor before its reply (GenImg's capture).
+        self._work_s = 0.0
         self._reset_volatile()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -452,6 +455,16 @@ class FingerprintEmulator:
             return self.path
         raise RuntimeError("emulator was never started")
 
+    def power_cycle(self) -> None:
+        """Reboot the module while the port stays open: RAM state (buffers, the password
+        verification) is lost, the flash library stays, and models with the power-up quirk
+        send their 0x55 handshake byte."""
+        with self._lock:
+            self._reset_volatile()
+            channel = self._channel
+        if channel is not None and self.profile.quirks.power_up_handshake:
+            self._write(channel, b"\x55")
+
     def stop(self) -> None:
         """Stop serving and release everything; idempotent."""
         self.unplug()
@@ -521,7 +534,11 @@ class FingerprintEmulator:
                 return
             self._rx = None
             self.stats["commands"] += 1
+            self._work_s = 0.0
             out, after = self._command(pkt.payload[0], pkt.payload[1:])
+            work, self._work_s = self._work_s, 0.0
+        if work:
+            self._stop.wait(work)
         self._reply(channel, out)
         if after is not None:
             after()
@@ -631,8 +648,6 @@ class FingerprintEmulator:
     def _data(self, payload: bytes) -> list[bytes]:
         return split_data(payload, self.packet_size, self.address)
 
-    _busy_until = 0.0
-
     def _command(self, code: int, p: bytes) -> _Result:
         """Answer one command; returns the packets and an optional action run after them."""
         try:
@@ -697,7 +712,8 @@ class FingerprintEmulator:
         self.image = (img & 0xF0).astype(np.uint8)
         self.image_finger = (pres.finger_id, pres.variant)
         if self.pace:
-            self._stop.wait(self.profile.timing.capture_ms / 1000)
+            # The capture takes time on a real sensor; waited out without holding the lock.
+            self._work_s = self.profile.timing.capture_ms / 1000
         return self._ack(Confirm.OK), None
 
     def _do_UpImage(self, p: bytes) -> _Result:

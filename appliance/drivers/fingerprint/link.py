@@ -45,6 +45,7 @@ class SerialLink:
         self._timeout: float | None = None
         self.bytes_in = 0
         self.bytes_out = 0
+        self.garbage_bytes = 0  # skipped while resynchronising (noise, 0x55 handshakes)
 
     # --- lifetime ---------------------------------------------------------------------------
 
@@ -174,6 +175,7 @@ class SerialLink:
             if pkt is not None:
                 if self._parser.skipped:
                     log.debug("skipped %d garbage bytes on %s", self._parser.skipped, self.url)
+                    self.garbage_bytes += self._parser.skipped
                     self._parser.skipped = 0
                 if pkt.address != self.address:
                     log.warning("ignored a packet for address 0x%08X on %s", pkt.address, self.url)
