@@ -217,3 +217,35 @@ def test_record_store_bounds_and_wipes() -> None:
     assert old is not None
     old.created_at -= 61  # as if captured a minute ago
     assert expired.get(rid) is None and old.data == b"\x00"
+
+
+def test_a_second_capture_is_refused_while_one_runs_and_status_stays_quick(
+    setup: tuple[FingerprintEmulator, FingerprintSensor, CommandRegistry],
+) -> None:
+    from appliance.errors import Busy
+    from tests.helpers import wait_for
+
+    emu, dev, registry = setup
+    spec = registry.get("fingerprint.capture")
+    ctx, _ = make_ctx("fingerprint.capture")
+    outcome: dict[str, Any] = {}
+
+    def first() -> None:
+        outcome["result"] = spec.handler(ctx, commands.CaptureArgs(position=1, timeout_s=20))
+
+    worker = threading.Thread(target=first)
+    worker.start()
+    try:
+        wait_for(lambda: dev.busy, 5, "the first capture to hold the sensor")
+        with pytest.raises(Busy) as err:
+            run(registry, "fingerprint.capture", {"position": 2, "timeout_s": 1})
+        assert err.value.retryable
+        t0 = time.monotonic()
+        status, _ = run(registry, "fingerprint.status", {})
+        assert time.monotonic() - t0 < 1.0
+        assert status["sensor"]["busy"] is True and status["templates"] is None
+        emu.present_finger(1, "good")
+    finally:
+        worker.join(timeout=20)
+    assert outcome["result"]["met_threshold"] is True
+    assert not dev.busy

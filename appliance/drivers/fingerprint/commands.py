@@ -87,47 +87,48 @@ def register(registry: CommandRegistry, device: FingerprintScanner) -> None:
             args.min_quality if args.min_quality is not None else device.config.quality.min_quality
         )
         deadline = min(time.monotonic() + args.timeout_s, ctx.deadline)
-        best: tuple[QualityReport, Any] | None = None
-        used = 0
-        processing_ms = 0.0
-        for attempt in range(1, args.attempts + 1):
-            ctx.progress(
-                "waiting_for_finger",
-                attempt=attempt,
-                attempts=args.attempts,
-                position=args.position,
-            )
-            try:
-                captured = device.capture(deadline, ctx.cancelled)
-            except DeviceTimeout:
-                if best is None:
-                    raise
-                break  # out of time: return the best so far, saying it fell short
-            used = attempt
-            ctx.progress("captured", attempt=attempt)
-            report = assess(captured.image, device.config.quality)
-            processing_ms = (time.monotonic() - captured.received_at) * 1000
-            accepted = report.score >= min_quality
-            ctx.progress(
-                "quality",
-                attempt=attempt,
-                score=report.score,
-                feedback=report.feedback,
-                accepted=accepted,
-            )
-            if best is None or report.score > best[0].score:
-                best = (report, captured.image)
-            if accepted or attempt == args.attempts:
-                break
-            ctx.progress(
-                "retry",
-                attempt=attempt,
-                score=report.score,
-                feedback=report.feedback,
-                reason="below_min_quality",
-            )
-            # Ask for the finger to be lifted so the next capture is a new impression.
-            device.wait_finger_removed(deadline, ctx.cancelled)
+        with device.exclusive():
+            best: tuple[QualityReport, Any] | None = None
+            used = 0
+            processing_ms = 0.0
+            for attempt in range(1, args.attempts + 1):
+                ctx.progress(
+                    "waiting_for_finger",
+                    attempt=attempt,
+                    attempts=args.attempts,
+                    position=args.position,
+                )
+                try:
+                    captured = device.capture(deadline, ctx.cancelled)
+                except DeviceTimeout:
+                    if best is None:
+                        raise
+                    break  # out of time: return the best so far, saying it fell short
+                used = attempt
+                ctx.progress("captured", attempt=attempt)
+                report = assess(captured.image, device.config.quality)
+                processing_ms = (time.monotonic() - captured.received_at) * 1000
+                accepted = report.score >= min_quality
+                ctx.progress(
+                    "quality",
+                    attempt=attempt,
+                    score=report.score,
+                    feedback=report.feedback,
+                    accepted=accepted,
+                )
+                if best is None or report.score > best[0].score:
+                    best = (report, captured.image)
+                if accepted or attempt == args.attempts:
+                    break
+                ctx.progress(
+                    "retry",
+                    attempt=attempt,
+                    score=report.score,
+                    feedback=report.feedback,
+                    reason="below_min_quality",
+                )
+                # Ask for the finger to be lifted so the next capture is a new impression.
+                device.wait_finger_removed(deadline, ctx.cancelled)
         assert best is not None
         report, image = best
         t0 = time.monotonic()
@@ -160,7 +161,7 @@ def register(registry: CommandRegistry, device: FingerprintScanner) -> None:
         health = device.health()
         templates: int | None = None
         error: dict[str, Any] | None = None
-        if health.state == "ok":
+        if health.state == "ok" and not device.busy:
             try:
                 templates = device.template_num()
             except DeviceError as exc:

@@ -9,10 +9,12 @@ shows up in health even when no command runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import numpy.typing as npt
 
 from ...devices import DeviceHealth, EventSink, HealthTracker
 from ...errors import (
+    Busy,
     ConfigError,
     DeviceDisconnected,
     DeviceError,
@@ -101,6 +104,7 @@ class FingerprintSensor:
             raise ConfigError(str(exc), [("hardware.fingerprint.baud", str(exc))]) from None
         self._health = HealthTracker(self.kind, "serial", sink)
         self._lock = threading.RLock()
+        self._session = threading.RLock()
         self._link: SerialLink | None = None
         self._baud = config.baud
         self._sys: SystemParameters | None = None
@@ -673,20 +677,51 @@ class FingerprintSensor:
     def capture(self, deadline: float, cancelled: threading.Event | None = None) -> CapturedImage:
         """Poll GenImg until a finger is captured (or ``deadline``), then UpImage it."""
         stop = cancelled or threading.Event()
-        while True:
-            if stop.is_set():
-                raise DeviceTimeout("capture cancelled", device=DEVICE, code="cancelled")
-            if time.monotonic() >= deadline:
-                raise DeviceTimeout(
-                    "no finger on the sensor before the deadline", device=DEVICE, code="no_finger"
-                )
-            if self.gen_img():
-                break
-            stop.wait(self.config.capture_poll_s)
-        data, wire_s = self.up_image_raw()
+        with self.exclusive():
+            while True:
+                if stop.is_set():
+                    raise DeviceTimeout("capture cancelled", device=DEVICE, code="cancelled")
+                if time.monotonic() >= deadline:
+                    raise DeviceTimeout(
+                        "no finger on the sensor before the deadline",
+                        device=DEVICE,
+                        code="no_finger",
+                    )
+                # GenImg and UpImage back to back under the link lock: nothing may touch the
+                # image buffer in between.
+                with self._lock:
+                    if self.gen_img():
+                        data, wire_s = self.up_image_raw()
+                        break
+                stop.wait(self.config.capture_poll_s)
         received = time.monotonic()
         image = unpack_image(data, self.profile.image.width, self.profile.image.height)
         return CapturedImage(image=image, wire_s=wire_s, received_at=received)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the sensor for one capture session (re-entrant in the holding thread).
+
+        A second session from another thread is refused at once with :class:`Busy`, instead
+        of two captures interleaving their GenImg/UpImage on one image buffer.
+        """
+        if not self._session.acquire(blocking=False):
+            raise Busy(
+                "a fingerprint capture is already running",
+                details={"device": DEVICE},
+            )
+        try:
+            yield
+        finally:
+            self._session.release()
+
+    @property
+    def busy(self) -> bool:
+        """True while a capture session holds the sensor."""
+        if self._session.acquire(blocking=False):
+            self._session.release()
+            return False
+        return True
 
     def wait_finger_removed(
         self, deadline: float, cancelled: threading.Event | None = None
@@ -719,6 +754,7 @@ class FingerprintSensor:
             "timeouts": self.stats["timeouts"],
             "reconnects": self.stats["reconnects"],
             "garbage_bytes": self.garbage_bytes,
+            "busy": self.busy,
         }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
 from ...devices import DeviceHealth
@@ -33,6 +34,15 @@ class FingerprintScanner(Protocol):
         self, deadline: float, cancelled: threading.Event | None = None
     ) -> bool:
         """Wait until the finger is lifted; False if the deadline passed first."""
+        ...
+
+    def exclusive(self) -> AbstractContextManager[None]:
+        """Hold the sensor for a capture session; raises Busy if another session holds it."""
+        ...
+
+    @property
+    def busy(self) -> bool:
+        """True while a capture session holds the sensor."""
         ...
 
     def template_num(self) -> int: ...
