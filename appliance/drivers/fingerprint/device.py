@@ -211,11 +211,13 @@ class FingerprintSensor:
                 if baud_from_n(n) != self._baud
             ]
         last: DeviceError | None = None
-        for rate in rates:
+        for i, rate in enumerate(rates):
             link.set_baud(rate)
             self._baud = rate
             try:
-                self._handshake()
+                # A 12-byte ack arrives within milliseconds at any rate: probe the other rates
+                # with a short deadline so a silent sensor costs seconds, not a minute.
+                self._handshake(None if i == 0 else min(self.config.command_timeout_s, 0.3))
                 break
             except DeviceTimeout as exc:
                 last = exc
@@ -247,10 +249,11 @@ class FingerprintSensor:
             self._packet_size,
         )
 
-    def _handshake(self) -> None:
+    def _handshake(self, timeout_s: float | None = None) -> None:
         # Hosts send VfyPwd even with the default password (spec, "Packet"); it also proves
         # the rate is right before anything else is said.
-        self.vfy_pwd(self.config.password, retries=0)
+        pwd = struct.pack(">I", self.config.password)
+        self._exchange(Instruction.VfyPwd, pwd, retries=0, timeout_s=timeout_s)
         self.read_sys_para(retries=0)
 
     def _supervise(self) -> None:
