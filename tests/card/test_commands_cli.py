@@ -244,3 +244,35 @@ def test_pcscd_going_away_is_reported_as_disconnected() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["disconnected", "False"]
+
+
+def test_sim_card_cli_fault_option_takes_effect(pcsc_stack, make_encoder, package) -> None:
+    env = {**os.environ, **pcsc_stack.env}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "appliance.drivers.card.simcli",
+            "--port",
+            str(pcsc_stack.vpcd_port),
+            "--fail-on-update",
+            "2",
+            "--log-level",
+            "WARNING",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_card_state(pcsc_stack, True)
+        with pytest.raises(ApplianceError) as ei:
+            make_encoder().encode(package)
+        assert ei.value.code == "card_spoiled"
+        assert ei.value.details["cause"]["details"]["status"] == 0x6581
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    wait_card_state(pcsc_stack, False)

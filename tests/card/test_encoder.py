@@ -327,3 +327,17 @@ def test_t0_card_with_get_response_and_6cxx(make_encoder, insert_card, package, 
     emu.applet = EmrtdApplet(t0)  # a fresh blank card behind the same connection
     result = make_encoder().encode(package)
     assert result["outcome"] == "issued" and result["extended_apdu"] is False
+
+
+def test_silent_write_error_is_caught_by_the_read_back(
+    make_encoder, insert_card, package, events
+) -> None:
+    """The card answers 9000 but stores a flipped byte: never reported as issued."""
+    emu = insert_card(Faults(corrupt_on_update=4))
+    with pytest.raises(DeviceError) as ei:
+        make_encoder().encode(package)
+    d = _spoiled(ei.value)
+    assert d["step"] == "verify:compare"
+    assert d["cause"]["code"] == "readback_mismatch" and d["cause"]["details"]["files"]
+    assert emu.applet.locked  # written and locked, yet spoiled: the chip is wrong
+    assert "card.issued" not in events.types()

@@ -285,6 +285,7 @@ class Faults:
 
     pull_on_update: int | None = None  # drop the connection instead of answering the N-th
     fail_on_update: int | None = None  # answer 6581 (memory failure) to the N-th
+    corrupt_on_update: int | None = None  # silently store the N-th with its last byte flipped
     delay_s: float = 0.0  # answer every APDU this much later (slow card)
     # T=0 style transport (ISO/IEC 7816-3 §10.3.5 / 7816-4 §5.3.4): answer data as 61xx and
     # hand it out through GET RESPONSE; answer a READ BINARY whose Le runs past the end of the
@@ -419,6 +420,10 @@ class VpcdCardEmulator:
             if self.faults.fail_on_update == self.updates_seen:
                 log.info("emulator: fault: 6581 on UPDATE BINARY #%d", self.updates_seen)
                 return A.SW_MEMORY_FAILURE.to_bytes(2, "big")
+            if self.faults.corrupt_on_update == self.updates_seen and msg[0] == 0x00:
+                # A plain UPDATE BINARY (case 3) ends with its data: a weak EEPROM cell.
+                log.info("emulator: fault: corrupting UPDATE BINARY #%d", self.updates_seen)
+                msg = msg[:-1] + bytes((msg[-1] ^ 0x01,))
         if self.faults.get_response and msg[0] & 0x0C == 0 and msg[1] == 0xC0:
             return self._get_response(msg)
         resp = self.applet.process(msg)

@@ -22,6 +22,7 @@ from ...devices import DeviceHealth, EventSink, HealthTracker
 from ...errors import (
     ApplianceError,
     Busy,
+    CommandTimeout,
     ConfigError,
     DeviceDisconnected,
     DeviceError,
@@ -30,8 +31,9 @@ from ...errors import (
     TrustError,
 )
 from ...lds.files import FILE_FIDS, decode_dg1, decode_dg2, decode_dg13, decode_ef_com
-from ...lds.issuance import IssuancePackage, verify_package
+from ...lds.issuance import IssuancePackage, VerifiedPackage, verify_package
 from ...lds.sod import PaResult, load_trust_bundle, passive_authentication
+from ...lds.tlv import malformed
 from .apdu import SW_FILE_NOT_FOUND, SW_SECURITY_STATUS
 from .config import CardConfig
 from .device import EmrtdCard, StepError, personalise, read_back
@@ -257,6 +259,11 @@ class PcscEncoder:
         progress: Progress | None,
     ) -> dict[str, Any]:
         t0 = time.perf_counter()
+
+        def check() -> None:
+            if cancelled is not None and cancelled.is_set():
+                raise CommandTimeout("command deadline passed while reading the card")
+
         link, card = self._connect(progress)
         try:
             if progress:
@@ -266,10 +273,12 @@ class PcscEncoder:
             log.info("BAC established for document %s", _masked(doc))
             if progress:
                 progress("read")
-            com = decode_ef_com(card.read_file(FILE_FIDS["EF.COM"]))
+            com = decode_ef_com(card.read_file(FILE_FIDS["EF.COM"], check))
+            if 1 not in com.data_groups:
+                raise malformed("EF.COM does not list DG1")
             names = [f"DG{n}" for n in com.data_groups if n != 3]  # DG3 needs EAC
-            files = {n: card.read_file(FILE_FIDS[n]) for n in names}
-            sod = card.read_file(FILE_FIDS["EF.SOD"])
+            files = {n: card.read_file(FILE_FIDS[n], check) for n in names}
+            sod = card.read_file(FILE_FIDS["EF.SOD"], check)
         finally:
             self.last_apdu_count = link.apdu_count
             link.close()
@@ -326,7 +335,7 @@ class PcscEncoder:
         finally:
             self._op_lock.release()
 
-    def _check_package(self, package: IssuancePackage) -> Any:
+    def _check_package(self, package: IssuancePackage) -> VerifiedPackage:
         profile = self._require_profile()
         if not self.trust_anchors:
             raise TrustError(
@@ -366,7 +375,6 @@ class PcscEncoder:
         mrz = verified.mrz
         bac = (mrz.document_number, mrz.birth, mrz.expiry)
         link, card = self._connect(progress)
-        step = "blank_check"
         try:
             self._require_blank(card)
             try:
@@ -384,9 +392,7 @@ class PcscEncoder:
 
             def check() -> None:
                 if cancelled is not None and cancelled.is_set():
-                    raise DeviceTimeout(
-                        "command deadline passed during verification", device="card"
-                    )
+                    raise CommandTimeout("command deadline passed during verification")
 
             try:
                 back = read_back(card, names, bac, check)

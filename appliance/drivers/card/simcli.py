@@ -75,6 +75,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="fault: answer 6581 (memory failure) to the N-th UPDATE BINARY (default: never)",
     )
     p.add_argument(
+        "--corrupt-on-update",
+        type=int,
+        default=None,
+        metavar="N",
+        help="fault: store the N-th UPDATE BINARY with its last byte flipped and answer 9000 "
+        "(a silent write error) (default: never)",
+    )
+    p.add_argument(
         "--delay-ms",
         type=float,
         default=0.0,
@@ -94,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     for name, v in (
         ("--pull-on-update", args.pull_on_update),
         ("--fail-on-update", args.fail_on_update),
+        ("--corrupt-on-update", args.corrupt_on_update),
     ):
         if v is not None and v < 1:
             print(f"error: {name} must be 1 or more", file=sys.stderr)
@@ -107,7 +116,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
     applet = EmrtdApplet(profile)
-    faults = Faults(args.pull_on_update, args.fail_on_update, args.delay_ms / 1000.0)
+    faults = Faults(
+        pull_on_update=args.pull_on_update,
+        fail_on_update=args.fail_on_update,
+        corrupt_on_update=args.corrupt_on_update,
+        delay_s=args.delay_ms / 1000.0,
+    )
     stop = threading.Event()
     current: list[VpcdCardEmulator] = []
 
