@@ -33,7 +33,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,13 +213,15 @@ def verify_certificate(
     now: float,
     skew_s: float = 0.0,
     check_not_before: bool = True,
+    revoked: Collection[str] = (),
 ) -> OperatorCertificate:
     """Check a certificate against the trusted root public key(s) at time ``now``.
 
     Raises ``TrustError`` with ``malformed_certificate``, ``untrusted_issuer`` (not signed by a
-    trusted root), ``cert_expired`` (``now > not_after + skew_s``) or ``not_yet_valid``
-    (``issued_at > now + skew_s``, only when ``check_not_before``: a kiosk whose clock is not
-    set cannot judge that, see docs/trust.md).
+    trusted root), ``cert_revoked`` (key id in ``revoked``), ``cert_expired``
+    (``now > not_after + skew_s``) or ``not_yet_valid`` (``issued_at > now + skew_s``, only
+    when ``check_not_before``: a kiosk whose clock is not set cannot judge that, see
+    docs/trust.md).
     """
     if isinstance(cert, str):
         cert = OperatorCertificate.from_token(cert)
@@ -238,14 +240,27 @@ def verify_certificate(
             code="untrusted_issuer",
             details={"issuer": cert.issuer, "key_id": cert.key_id},
         ) from None
-    check_validity(cert, now=now, skew_s=skew_s, check_not_before=check_not_before)
+    check_validity(cert, now=now, skew_s=skew_s, check_not_before=check_not_before, revoked=revoked)
     return cert
 
 
 def check_validity(
-    cert: OperatorCertificate, *, now: float, skew_s: float = 0.0, check_not_before: bool = True
+    cert: OperatorCertificate,
+    *,
+    now: float,
+    skew_s: float = 0.0,
+    check_not_before: bool = True,
+    revoked: Collection[str] = (),
 ) -> None:
-    """The time checks of :func:`verify_certificate` alone (for an already verified chain)."""
+    """The revocation and time checks of :func:`verify_certificate` alone (for an already
+    verified chain). ``revoked`` holds key ids whose certificates are withdrawn
+    (``cert_revoked``), e.g. after an operator's key was lost."""
+    if cert.key_id in revoked:
+        raise TrustError(
+            "operator certificate revoked",
+            code="cert_revoked",
+            details={"key_id": cert.key_id},
+        )
     if now > cert.not_after + skew_s:
         raise TrustError(
             "operator certificate expired",

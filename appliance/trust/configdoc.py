@@ -15,9 +15,10 @@ Wire form (UTF-8 JSON)::
 
 Checks, with the same codes as command envelopes: ``malformed_envelope`` (shape, or content
 that does not parse as its declared format), ``unsigned``, ``untrusted_issuer``,
-``cert_expired``, ``not_yet_valid`` (certificate or document from the future, only with a
-synced clock), ``bad_signature``, ``forbidden_role`` (the certificate lacks ``admin``),
-``wrong_target``, and ``replayed`` when ``newer_than`` is given and the version is not above it.
+``cert_expired``, ``cert_revoked``, ``not_yet_valid`` (certificate or document from the
+future, only with a synced clock), ``bad_signature``, ``forbidden_role`` (the certificate
+lacks ``admin``), ``wrong_target``, and ``replayed`` when ``newer_than`` is given and the
+version is not above it.
 
 A desired configuration has no expiry: it is retained and a kiosk may come online months later.
 Versions, not timestamps, order documents. A retained document that re-arrives after the
@@ -30,7 +31,7 @@ from __future__ import annotations
 import json
 import time
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +138,7 @@ def verify_config(
     newer_than: int | None = None,
     policy: ClockPolicy | None = None,
     time_floor: float | None = None,
+    revoked: Collection[str] = (),
 ) -> VerifiedConfig:
     """Device side: verify a desired-configuration document; raises ``TrustError``.
 
@@ -165,7 +167,9 @@ def verify_config(
         cert = OperatorCertificate.from_token(env.get("cert"))
     except TrustError as exc:
         raise TrustError(f"certificate: {exc.message}", code="malformed_envelope") from None
-    verify_certificate(cert, roots, now=t, skew_s=pol.skew_s, check_not_before=synced)
+    verify_certificate(
+        cert, roots, now=t, skew_s=pol.skew_s, check_not_before=synced, revoked=revoked
+    )
     body_bytes = b64decode(env.get("body"), what="body")
     verify_detached(cert.public_key, CTX_CONFIG, body_bytes, b64decode(env.get("sig"), what="sig"))
     if not CONFIG_ROLES.intersection(cert.roles):

@@ -91,6 +91,7 @@ ERROR_CODES = (
     "bad_signature",
     "untrusted_issuer",
     "cert_expired",
+    "cert_revoked",
     "expired",
     "not_yet_valid",
     "wrong_target",
@@ -330,12 +331,14 @@ class CommandVerifier:
         clock: Callable[[], float] = time.time,
         allow_unsigned: bool = False,
         max_message_bytes: int = 256 * 1024,
+        revoked: Iterable[str] = (),
     ) -> None:
         if not roots:
             raise TrustError("no trusted root key configured", code="untrusted_issuer")
         self.roots = list(roots)
         self.device_id = device_id
         self.groups: frozenset[str] = frozenset(groups)
+        self.revoked: frozenset[str] = frozenset(revoked)
         self.role_table = role_table
         self.policy = policy or ClockPolicy()
         self.allow_unsigned = allow_unsigned
@@ -353,6 +356,10 @@ class CommandVerifier:
     def set_groups(self, groups: Iterable[str]) -> None:
         """Update the device's group membership (after a configuration change)."""
         self.groups = frozenset(groups)
+
+    def set_revoked(self, key_ids: Iterable[str]) -> None:
+        """Replace the list of revoked certificate key ids (from a signed configuration)."""
+        self.revoked = frozenset(key_ids)
 
     # -- time ---------------------------------------------------------------------------------
 
@@ -460,7 +467,13 @@ class CommandVerifier:
                         self._cert_cache.pop(next(iter(self._cert_cache)))
                     self._cert_cache[str(token)] = cert
             ctx.update(issuer=cert.key_id, issuer_name=cert.name, roles=cert.roles)
-            check_validity(cert, now=now, skew_s=self.policy.skew_s, check_not_before=synced)
+            check_validity(
+                cert,
+                now=now,
+                skew_s=self.policy.skew_s,
+                check_not_before=synced,
+                revoked=self.revoked,
+            )
         except TrustError as exc:
             raise _Refused(exc.code, exc.message, **exc.details) from None
 

@@ -42,7 +42,7 @@ import os
 import re
 import struct
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -304,13 +304,15 @@ class SealedStore:
         finally:
             os.close(dir_fd)
 
-    def apply_ack(self, ack: bytes, roots: Sequence[bytes], *, now: float) -> AckResult:
+    def apply_ack(
+        self, ack: bytes, roots: Sequence[bytes], *, now: float, revoked: Collection[str] = ()
+    ) -> AckResult:
         """Verify a signed acknowledgement and shred the records it confirms.
 
         Raises ``TrustError`` (codes as in :func:`verify_ack`) if the acknowledgement itself
         is not acceptable; then nothing is deleted.
         """
-        verified = verify_ack(ack, roots, device_id=self.device_id, now=now)
+        verified = verify_ack(ack, roots, device_id=self.device_id, now=now, revoked=revoked)
         result = AckResult(issuer=verified.issuer)
         for record_id, digest in verified.records:
             try:
@@ -384,8 +386,10 @@ def verify_ack(
     device_id: str,
     now: float,
     allowed_roles: Iterable[str] = ACK_ROLES,
+    revoked: Collection[str] = (),
 ) -> VerifiedAck:
-    """Check an acknowledgement: chain (``untrusted_issuer``, ``cert_expired``), signature
+    """Check an acknowledgement: chain (``untrusted_issuer``, ``cert_expired``,
+    ``cert_revoked``), signature
     (``bad_signature``), role (``forbidden_role``), device (``wrong_target``), and shape
     (``malformed_envelope``). Returns the acknowledged ``(id, sha256)`` pairs."""
     if not isinstance(ack, bytes | bytearray) or len(ack) > MAX_ACK_BYTES:
@@ -404,7 +408,7 @@ def verify_ack(
         raise _bad("malformed_envelope", f"certificate: {exc.message}") from None
     # An acknowledgement is not time-critical: only the certificate's expiry matters, and a
     # kiosk without a clock cannot judge "not yet valid".
-    verify_certificate(cert, roots, now=now, check_not_before=False)
+    verify_certificate(cert, roots, now=now, check_not_before=False, revoked=revoked)
     body_bytes = b64decode(env.get("body"), what="body")
     sig = b64decode(env.get("sig"), what="sig")
     verify_detached(cert.public_key, CTX_ACK, body_bytes, sig)

@@ -130,3 +130,9 @@ def test_content_must_parse(fleet: Fleet) -> None:
         "sig": b64encode(sign_detached(admin.signing_key, CTX_CONFIG, raw)),
     }
     assert _code(fleet, json.dumps(doc).encode()) == "malformed_envelope"
+
+
+def test_revoked_admin(fleet: Fleet) -> None:
+    admin = fleet.operator(roles=("admin",), devices=("*",))
+    doc = sign_config(TOML, key=admin, version=2, target="kiosk-001", issued_at=NOW)
+    assert _code(fleet, doc, revoked={admin.key_id}) == "cert_revoked"

@@ -460,3 +460,14 @@ def test_expired_nonces_are_pruned(fleet: Fleet, tmp_path: Path) -> None:
     assert conn.execute("SELECT count(*) FROM trust_nonce").fetchone() == (1,)
     assert conn.execute("SELECT count(*) FROM trust_issuer_state").fetchone() == (1,)
     conn.close()
+
+
+def test_revoked_issuer(fleet: Fleet, verifier: CommandVerifier) -> None:
+    lost = fleet.operator()
+    b = _builder(lost, fleet)
+    assert verifier.check(b.build("enroll.start", PAYLOAD, "kiosk-001")).accepted  # now cached
+    verifier.set_revoked([lost.key_id])
+    d = verifier.check(b.build("enroll.start", PAYLOAD, "kiosk-001"))
+    assert (d.accepted, d.code) == (False, "cert_revoked")
+    other = _builder(fleet.operator(), fleet)
+    assert verifier.check(other.build("enroll.start", PAYLOAD, "kiosk-001")).accepted

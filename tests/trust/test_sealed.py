@@ -175,6 +175,15 @@ def test_ack_refusals_delete_nothing(store: SealedStore, fleet: Fleet) -> None:
         roles=("ingest",), devices=("*",), issued_at=NOW - 7200, not_after=NOW - 3600
     )
     _assert_refused(store, fleet, build_ack(expired, "kiosk-001", pairs), "cert_expired")
+    with pytest.raises(TrustError) as err:
+        store.apply_ack(
+            build_ack(ingest, "kiosk-001", pairs),
+            [fleet.root.public_key],
+            now=NOW,
+            revoked={ingest.key_id},
+        )
+    assert err.value.code == "cert_revoked"
+    assert (store.directory / "a.sealed").exists()
     # Tampered body (another record list) under the original signature.
     env = json.loads(build_ack(ingest, "kiosk-001", [("x", "0" * 64)]))
     body = json.loads(b64decode(env["body"], what="b"))
