@@ -35,7 +35,7 @@ from appliance.trust.certs import FleetRoot
 from appliance.trust.envelope import EnvelopeBuilder
 from appliance.trust.keys import DeviceIdentity, DeviceSignature, verify_device_message
 
-from .fleet import Fleet, make_verifier, open_db
+from .fleet import NOW, Fleet, make_verifier, open_db
 
 REPO = Path(__file__).resolve().parents[2]
 PROVISIONING = REPO / "provisioning"
@@ -369,7 +369,8 @@ def test_signed_command_and_signed_reply_through_tls_broker(
 ) -> None:
     """The trust layer end to end over the real broker: the controller signs a command, the
     device verifies it (replay state in a SQLite file) and answers with a signed reply that
-    the controller verifies; a replayed copy and a mis-targeted envelope are refused."""
+    the controller verifies; replayed, mis-targeted, unsigned, forged, expired and wrong-role
+    commands are refused with their codes."""
     fleet = Fleet(FleetRoot.create(tmp_path / "root"), tmp_path)
     op = fleet.operator(roles=("operator",), devices=("devA",))
     builder = EnvelopeBuilder(op, clock=fleet.clock)
@@ -383,11 +384,21 @@ def test_signed_command_and_signed_reply_through_tls_broker(
     ctl.subscribe("kiosk/devA/reply")
 
     envelope = builder.build("enroll.start", b'{"session": "s-42"}', "devA")
-    wrong = builder.build("enroll.start", b"{}", "devB")
-    for msg in (envelope, envelope, wrong):
+    forged = json.loads(builder.build("enroll.start", b"{}", "devA"))
+    forged["body"] = json.loads(envelope)["body"]  # another envelope's body under this signature
+    batch = [
+        envelope,
+        envelope,  # replayed
+        builder.build("enroll.start", b"{}", "devB"),  # wrong target
+        b'{"id": "c1", "cmd": "enroll.start", "args": {}}',  # unsigned
+        json.dumps(forged).encode(),  # forged
+        builder.build("enroll.start", b"{}", "devA", issued_at=NOW - 3600),  # expired
+        builder.build("config.set", b"{}", "devA"),  # operator may not configure
+    ]
+    for msg in batch:
         assert ctl.publish("kiosk/devA/cmd", msg) in OK
     codes = []
-    for _ in range(3):
+    for _ in batch:
         topic, payload, _retain = a.messages.get(timeout=10)
         assert topic == "kiosk/devA/cmd"
         decision = verifier.check(payload)
@@ -397,7 +408,15 @@ def test_signed_command_and_signed_reply_through_tls_broker(
             reply = json.dumps({"ok": True, "nonce": decision.nonce}).encode()
             header = device_key.sign(reply).to_header()
             assert a.publish("kiosk/devA/reply", reply, user_properties=[("sig", header)]) in OK
-    assert codes == ["ok", "replayed", "wrong_target"]
+    assert codes == [
+        "ok",
+        "replayed",
+        "wrong_target",
+        "unsigned",
+        "bad_signature",
+        "expired",
+        "forbidden_role",
+    ]
 
     topic, reply, _retain = ctl.messages.get(timeout=10)
     props = dict(ctl.user_properties[reply])
