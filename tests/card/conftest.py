@@ -6,6 +6,7 @@ portrait, and an emulated blank card per test. No fixed sleeps: every wait is a 
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +18,7 @@ import pytest
 from appliance.drivers.card.config import CardConfig
 from appliance.drivers.card.emulator import EmrtdApplet, Faults, VpcdCardEmulator
 from appliance.drivers.card.profile import CardProfile, load_profile
-from appliance.drivers.card.teststack import PcscTestStack
+from appliance.drivers.card.teststack import SOCKET_ENV, PcscTestStack
 from appliance.lds import files, issuance, mrz, testpki
 
 DOC = "079090001234"
@@ -28,8 +29,19 @@ EXPIRY = "350101"
 @pytest.fixture(scope="session")
 def pcsc_stack() -> Iterator[PcscTestStack]:
     stack = PcscTestStack().start()
-    # libpcsclite reads the socket path once per process, before its first call.
+    # libpcsclite reads the socket path once per process, at its first call: prime it, then
+    # take the variable out again so other suites' subprocesses do not inherit our stack.
+    saved = os.environ.get(SOCKET_ENV)
     stack.export_env()
+    from appliance.drivers.card.link import PcscLink
+
+    link = PcscLink()
+    link.establish()
+    link.close()
+    if saved is None:
+        os.environ.pop(SOCKET_ENV, None)
+    else:
+        os.environ[SOCKET_ENV] = saved
     yield stack
     stack.stop()
 
