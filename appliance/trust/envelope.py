@@ -249,6 +249,7 @@ class EnvelopeBuilder:
         lifetime_s: int = 120,
     ) -> None:
         self.key = key
+        self._cert_token = key.certificate.to_token()
         self._clock = clock
         self._counter = counter or MonotonicCounter(clock)
         self.lifetime_s = lifetime_s
@@ -284,7 +285,7 @@ class EnvelopeBuilder:
         sig = sign_detached(self.key.signing_key, CTX_COMMAND, body)
         env = {
             "typ": ENVELOPE_TYPE,
-            "cert": self.key.certificate.to_token(),
+            "cert": self._cert_token,
             "body": b64encode(body),
             "sig": b64encode(sig),
         }
