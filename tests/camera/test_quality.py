@@ -68,7 +68,8 @@ def test_roll_of_rotated_photograph(astronaut: np.ndarray, angle: float) -> None
     report = assess(rotated)
     assert report.face is not None
     # OpenCV's positive angle turns the picture anticlockwise: the image-right eye rises.
-    assert abs(report.face.roll_deg - (ASTRO_ROLL - angle)) < 2.5
+    # 42 px between the eyes: about +/-3 degrees is what eye centres to a pixel give.
+    assert abs(report.face.roll_deg - (ASTRO_ROLL - angle)) < 3.0
     true_roll = abs(ASTRO_ROLL - angle)
     if true_roll <= 5.5:
         assert report.components["roll"].passed

@@ -83,7 +83,7 @@ class QualityConfig(BaseModel):
         "frame before the position fails",
     )
     detection_width: int = Field(
-        256,
+        192,
         ge=96,
         le=1024,
         description="Width the frame is scaled to for face detection (smaller is faster)",

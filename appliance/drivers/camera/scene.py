@@ -132,14 +132,14 @@ def render(
             eyes.append(_paste(canvas, (cx + sway, 0.42 * height), 0.10 * height, 0.0))
     elif fault != "no_face":
         if fault == "too_far":
-            ied = 0.07 * height
+            ied = 0.08 * height
         elif fault == "off_centre":
             mid = (0.16 * width + sway, 0.45 * height)
         elif fault == "tilted":
             roll = 13.0
         eyes.append(_paste(canvas, mid, ied, roll))
     if fault == "blurred":
-        canvas = np.asarray(cv2.GaussianBlur(canvas, (0, 0), 0.012 * height), dtype=np.float32)
+        canvas = np.asarray(cv2.GaussianBlur(canvas, (0, 0), 0.008 * height), dtype=np.float32)
     elif fault == "too_dark":
         canvas *= 0.22
     elif fault == "over_exposed":
