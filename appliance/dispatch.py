@@ -446,7 +446,7 @@ class Dispatcher:
         """Best effort id/cmd for an error reply to a request that fails validation."""
         try:
             obj = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return None, None
         if not isinstance(obj, dict):
             return None, None
@@ -461,6 +461,9 @@ class Dispatcher:
             obj = json.loads(payload)
         except (ValueError, UnicodeDecodeError) as exc:
             raise CommandError(f"payload is not valid JSON: {exc}", code="invalid_json") from None
+        except RecursionError:
+            # json.loads recurses per nesting level: "[[[[..." is hostile, not a command.
+            raise CommandError("payload is nested too deeply", code="invalid_json") from None
         if not isinstance(obj, dict):
             raise CommandError("payload must be a JSON object", code="invalid_request")
         try:

@@ -87,6 +87,7 @@ MALFORMED = [
     (b"not json at all", "invalid_json"),
     (b"\xff\xfe\x00garbage", "invalid_json"),
     (b"[1, 2, 3]", "invalid_request"),
+    (b"[" * 3000, "invalid_json"),  # hostile nesting: RecursionError inside json.loads
     (b'{"cmd": "ping"}', "invalid_request"),
     (b'{"id": "has space", "cmd": "ping"}', "invalid_request"),
     (b'{"id": "m1", "cmd": "ping", "extra": 1}', "invalid_request"),
