@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +31,7 @@ from .errors import ConfigError
 DEFAULT_CONFIG_PATH = Path("/etc/appliance/appliance.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/appliance")
 ENV_PREFIX = "APPLIANCE_"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def profiles_dir() -> Path:
@@ -62,10 +64,14 @@ class DeviceSection(Strict):
 
     @field_validator("groups")
     @classmethod
-    def _groups_are_topic_safe(cls, v: list[str]) -> list[str]:
+    def _groups_are_names(cls, v: list[str]) -> list[str]:
+        # Same rule as device ids and the names in operator certificates (trust/certs.py).
         for g in v:
-            if not g or any(c in g for c in "/+#") or len(g) > 64:
-                raise ValueError(f"group {g!r} must be 1-64 characters without / + #")
+            if not NAME_PATTERN.match(g):
+                raise ValueError(
+                    f"group {g!r} must be 1-64 letters, digits, _ . - (starting with a letter "
+                    "or digit)"
+                )
         return v
 
 
