@@ -1,0 +1,246 @@
+"""Controller-side ingest: what arrives from the fleet, how late, and what is missing or repeated.
+
+One ``Ingest`` is one MQTT client (paho, MQTT 5, its own network thread). With ``share_group``
+it subscribes through MQTT 5 shared subscriptions (``$share/{group}/{filter}``, MQTT 5.0
+§4.8.2), so several ingest instances split the fleet's messages between them; their
+``IngestStats`` merge into one (``IngestStats.merge``), which is where gaps must be judged: a
+single instance of a shared group sees only a part of every kiosk's ``seq`` range.
+
+Latency is ``arrival time - ts`` of the message, both wall clock (``time.time()``); it is only
+meaningful when the kiosks and the ingest share a clock (one machine, or NTP-disciplined hosts:
+then add the clocks' offset to the error bars).
+
+Per kiosk, durable events are checked as docs/protocol.md prescribes: an ``id`` seen before is a
+duplicate (at-least-once re-send), a ``seq`` never seen between 1 and the highest seen is a gap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from ..agent.topics import validate_segment
+from ..errors import DeviceTimeout
+
+log = logging.getLogger(__name__)
+
+
+def _pct(samples: list[float], p: float) -> float | None:
+    if not samples:
+        return None
+    s = sorted(samples)
+    return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
+
+
+def latency_summary(samples: list[float]) -> dict[str, Any]:
+    """n, p50, p99 and max in milliseconds (None when there are no samples)."""
+
+    def ms(v: float | None) -> float | None:
+        return None if v is None else round(v * 1000, 2)
+
+    return {
+        "n": len(samples),
+        "p50_ms": ms(_pct(samples, 50)),
+        "p99_ms": ms(_pct(samples, 99)),
+        "max_ms": ms(max(samples) if samples else None),
+    }
+
+
+@dataclass
+class IngestStats:
+    """Everything one ingest (or a merged group of them) observed."""
+
+    telemetry_latency: list[float] = field(default_factory=list)
+    event_latency: list[float] = field(default_factory=list)
+    births: list[tuple[str, float]] = field(default_factory=list)  # (device, arrival time)
+    deaths: list[tuple[str, str]] = field(default_factory=list)  # (device, reason)
+    seqs: dict[str, set[int]] = field(default_factory=dict)  # device -> seqs seen
+    ids: set[str] = field(default_factory=set)
+    duplicates: int = 0
+    malformed: int = 0
+    messages: int = 0
+    devices_seen: set[str] = field(default_factory=set)
+
+    def merge(self, other: IngestStats) -> IngestStats:
+        """Combine two instances' observations (shared subscriptions split the stream)."""
+        out = IngestStats(
+            telemetry_latency=self.telemetry_latency + other.telemetry_latency,
+            event_latency=self.event_latency + other.event_latency,
+            births=self.births + other.births,
+            deaths=self.deaths + other.deaths,
+            duplicates=self.duplicates + other.duplicates + len(self.ids & other.ids),
+            malformed=self.malformed + other.malformed,
+            messages=self.messages + other.messages,
+            devices_seen=self.devices_seen | other.devices_seen,
+            ids=self.ids | other.ids,
+        )
+        for src in (self.seqs, other.seqs):
+            for dev, seqs in src.items():
+                out.seqs.setdefault(dev, set()).update(seqs)
+        return out
+
+    def gaps(self) -> dict[str, list[int]]:
+        """Per device, the seqs missing between 1 and the highest seen."""
+        out: dict[str, list[int]] = {}
+        for dev, seqs in self.seqs.items():
+            if seqs:
+                missing = sorted(set(range(1, max(seqs) + 1)) - seqs)
+                if missing:
+                    out[dev] = missing
+        return out
+
+    def events(self) -> int:
+        return sum(len(s) for s in self.seqs.values())
+
+    def summary(self) -> dict[str, Any]:
+        gaps = self.gaps()
+        return {
+            "messages": self.messages,
+            "devices_seen": len(self.devices_seen),
+            "telemetry_latency": latency_summary(self.telemetry_latency),
+            "event_latency": latency_summary(self.event_latency),
+            "events_unique": self.events(),
+            "duplicates": self.duplicates,
+            "gaps": sum(len(v) for v in gaps.values()),
+            "devices_with_gaps": len(gaps),
+            "malformed": self.malformed,
+            "births": len(self.births),
+            "deaths": len(self.deaths),
+        }
+
+
+class Ingest:
+    """Subscribe to the fleet's telemetry, events and status and keep ``IngestStats``."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        prefix: str = "kiosk",
+        share_group: str | None = None,
+        client_id: str | None = None,
+        protocol: str = "5",
+    ) -> None:
+        validate_segment(prefix, "topic prefix")
+        if share_group is not None:
+            validate_segment(share_group, "share group")
+            if protocol != "5":
+                raise ValueError("shared subscriptions need MQTT 5")
+        self.host, self.port, self.prefix, self.share_group = host, port, prefix, share_group
+        self.client_id = client_id or f"ingest-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.v5 = protocol == "5"
+        self.stats = IngestStats()
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._subscribed = threading.Event()
+        self.client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if self.v5 else MQTTProtocolVersion.MQTTv311,
+        )
+        self.client.on_socket_open = _nodelay
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *_a: self._subscribed.set()
+        self.client.on_message = self._on_message
+
+    def filters(self) -> list[str]:
+        base = [
+            f"{self.prefix}/+/telemetry",
+            f"{self.prefix}/+/events/#",
+            f"{self.prefix}/+/status",
+        ]
+        if self.share_group is None:
+            return base
+        return [f"$share/{self.share_group}/{f}" for f in base]
+
+    def start(self, timeout: float = 10.0) -> Ingest:
+        self.client.connect(self.host, self.port, 30)
+        self.client.loop_start()
+        if not self._subscribed.wait(timeout):
+            self.client.loop_stop()
+            raise DeviceTimeout(f"ingest: no SUBACK from {self.host}:{self.port}", device="ingest")
+        return self
+
+    def stop(self) -> IngestStats:
+        self.client.disconnect()
+        self.client.loop_stop()
+        return self.stats
+
+    def snapshot(self) -> IngestStats:
+        """A consistent copy of the statistics so far."""
+        with self._lock:
+            return IngestStats().merge(self.stats)
+
+    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            log.error("ingest: broker refused the connection: %s", rc)
+            return
+        self._connected.set()
+        opts = SubscribeOptions(qos=1) if self.v5 else None
+        if opts is not None:
+            client.subscribe([(f, opts) for f in self.filters()])
+        else:
+            client.subscribe([(f, 1) for f in self.filters()])
+
+    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        now = time.time()
+        parts = msg.topic.split("/")
+        if len(parts) < 3:
+            return
+        device, kind = parts[1], parts[2]
+        try:
+            obj = json.loads(msg.payload)
+            if not isinstance(obj, dict):
+                raise ValueError("not an object")
+        except (ValueError, UnicodeDecodeError):
+            with self._lock:
+                self.stats.malformed += 1
+            return
+        with self._lock:
+            self._record(now, device, kind, obj, bool(msg.retain))
+
+    def _record(
+        self, now: float, device: str, kind: str, obj: dict[str, Any], retained: bool
+    ) -> None:
+        st = self.stats
+        st.messages += 1
+        st.devices_seen.add(device)
+        ts = obj.get("ts")
+        late = now - ts if isinstance(ts, int | float) else None
+        if kind == "telemetry":
+            if late is not None:
+                st.telemetry_latency.append(late)
+        elif kind == "events":
+            eid, seq = obj.get("id"), obj.get("seq")
+            if not isinstance(eid, str) or not isinstance(seq, int):
+                if seq is not None or not isinstance(eid, str):
+                    st.malformed += 1
+                return  # progress events carry no seq: transient by design
+            if eid in st.ids:
+                st.duplicates += 1
+                return
+            st.ids.add(eid)
+            st.seqs.setdefault(device, set()).add(seq)
+            if late is not None:
+                st.event_latency.append(late)
+        elif kind == "status" and not retained:
+            if obj.get("online") is True:
+                st.births.append((device, now))
+            else:
+                st.deaths.append((device, str(obj.get("reason"))))
+
+
+def _nodelay(_c: Any, _u: Any, sock: Any) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
