@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from .config import QualityConfig
 from .quality import assess
@@ -71,12 +72,12 @@ def run(args: argparse.Namespace) -> int:
     if args.image:
         status = 0
         for path in args.image:
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
+            loaded = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if loaded is None:
                 print(f"cannot read picture {path}", file=sys.stderr)
                 status = 2
                 continue
-            report = assess(image, config).to_dict()
+            report = assess(np.asarray(loaded, dtype=np.uint8), config).to_dict()
             print(json.dumps({"image": str(path), **report}))
         return status
     if args.out is not None:
