@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.errors import ProtocolError
@@ -27,6 +27,7 @@ def test_length_encoding(n: int, encoded: str) -> None:
     assert tlv.read_length(bytes.fromhex(encoded), 0) == (n, len(encoded) // 2)
 
 
+@settings(deadline=None)
 @given(
     tag=st.sampled_from([0x01, 0x04, 0x30, 0x5C, 0x5F01, 0x5F1F, 0x7F61, 0x7F2E]),
     value=st.binary(max_size=70000),
@@ -37,6 +38,7 @@ def test_tlv_round_trip(tag: int, value: bytes) -> None:
     assert tlv.parse_all(enc + enc) == [(tag, value), (tag, value)]
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=64))
 def test_garbage_never_crashes_the_parser(data: bytes) -> None:
     try:
@@ -162,6 +164,7 @@ def test_untransliterable_name_is_refused() -> None:
         mrz.transliterate("李小龍")
 
 
+@settings(deadline=None)
 @given(
     doc=st.from_regex(r"[A-Z0-9]{1,9}|[0-9]{12}", fullmatch=True),
     birth=st.dates().map(lambda d: d.strftime("%y%m%d")),
