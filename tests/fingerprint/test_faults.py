@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +154,17 @@ def test_tcp_transport(make_sensor: MakeDev) -> None:
         assert dev.template_num() == 0
     finally:
         emu.stop()
+
+
+def test_spy_url_traces_the_line(
+    make_emulator: MakeEmu, make_sensor: MakeDev, tmp_path: Path
+) -> None:
+    emu = make_emulator("r307")
+    trace = tmp_path / "trace.txt"
+    dev, _ = make_sensor(f"spy://{emu.path}?file={trace}")
+    assert dev.health().state == "ok"
+    assert dev.template_num() == 0
+    dev.stop()
+    text = " ".join(trace.read_text().upper().split())
+    # pyserial's hex dump of our TemplateNum command.
+    assert "TX 0000 EF 01 FF FF FF FF 01 00 03 1D 00 21" in text

@@ -9,6 +9,7 @@ the codec's :class:`~.frames.FrameError` are converted into the appliance error 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
@@ -83,6 +84,10 @@ class SerialLink:
                 log.debug("close of %s failed", self.url, exc_info=True)
             if sock is not None:
                 sock.close()
+            # pyserial's spy:// never closes the trace file it opened (?file=...).
+            output = getattr(getattr(port, "formatter", None), "output", None)
+            if output is not None and output not in (sys.stderr, sys.stdout):
+                output.close()
 
     def set_baud(self, baud: int) -> None:
         """Change the host side's rate (after SetSysPara(4, N) was acknowledged)."""
