@@ -202,3 +202,19 @@ def test_opencv_read_times_out_when_no_new_frame(tmp_path: Path, events: Events)
         assert cam.health().state == "ok"  # a timeout alone does not drop the camera
     finally:
         cam.stop()
+
+
+def test_capture_rides_out_late_frames(tmp_path: Path, events: Events) -> None:
+    from appliance.drivers.camera.autocapture import auto_capture
+
+    _write_sequence(tmp_path, 3)
+    # One frame every 5 s, reads give up after 0.1 s: after the first frame every read is late.
+    cam = _opencv(events, str(tmp_path / "f%03d.png"), sim_fps=0.2, read_timeout_s=0.1)
+    cam.start()
+    try:
+        outcome = auto_capture(cam, timeout_s=0.8, min_quality=101)
+    finally:
+        cam.stop()
+    assert outcome.frames == 1
+    assert outcome.portrait.met is False
+    assert cam.stats()["failures"] >= 2

@@ -32,7 +32,7 @@ from ...biometrics.face_record import (
     FeaturePoint,
     ImageDataType,
 )
-from ...errors import CommandError, CommandTimeout
+from ...errors import CommandError, CommandTimeout, DeviceTimeout
 from .config import CameraConfig
 from .interface import Camera, Frame, Image
 from .quality import TOKEN_EYE_DISTANCE, TOKEN_EYE_Y, QualityReport, assess, crop_token
@@ -163,7 +163,12 @@ def auto_capture(
         remaining = deadline - clock()
         if remaining <= 0 or (cancelled is not None and cancelled.is_set()):
             break
-        frame = camera.read(timeout_s=min(remaining, config.read_timeout_s))
+        try:
+            frame = camera.read(timeout_s=min(remaining, config.read_timeout_s))
+        except DeviceTimeout:
+            # A late frame is not a lost camera: keep trying until the deadline. A pulled
+            # cable (DeviceDisconnected) ends the capture with that error.
+            continue
         report = assess(frame.image, config.quality)
         frames += 1
         if report.face is not None:
