@@ -177,6 +177,7 @@ class Dispatcher:
         self.session_active = session_active
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cmd")
         self._deadlines = Deadlines()
+        self._local = threading.local()
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
         self.executed = 0
@@ -208,8 +209,34 @@ class Dispatcher:
     # -- entry point (runs in the MQTT network thread: keep it short) -------------------------
 
     def handle(self, msg: Incoming) -> None:
+        """Admit one message. Everything it writes (the trust layer's replay state, the
+        command-id claim or a read-only command's reply, audit rows) goes into ONE transaction,
+        so a command costs one fsync; replies and the hand-off to a worker happen only after
+        that transaction committed, so nothing runs on a claim that is not yet durable."""
         t0 = time.perf_counter()
         reply_to = self._reply_destination(msg)
+        deferred: list[Callable[[], object]] = []
+        self._local.deferred = deferred
+        try:
+            with self.store.transaction():
+                self._admit(msg, reply_to, t0)
+        except ApplianceError as exc:  # the store itself failed: nothing was recorded
+            log.error("command not admitted, store failure: %s", exc.message)
+            failure = CommandReply(id=None, ok=False, error=ErrorBody(**exc.to_dict()))
+            deferred[:] = [lambda: self._send(reply_to, msg.correlation_data, failure)]
+        finally:
+            self._local.deferred = None
+        for action in deferred:
+            action()
+
+    def _defer(self, action: Callable[[], object]) -> None:
+        deferred = getattr(self._local, "deferred", None)
+        if deferred is None:
+            action()
+        else:
+            deferred.append(action)
+
+    def _admit(self, msg: Incoming, reply_to: str, t0: float) -> None:
         actor = "anonymous"
         cid: str | None = None
         name: str | None = None
@@ -272,8 +299,10 @@ class Dispatcher:
         handle = self._deadlines.add(
             ctx.deadline, lambda: self._on_timeout(ctx, reply_to, msg.correlation_data)
         )
-        self._pool.submit(
-            self._execute, spec.handler, ctx, args, reply_to, msg.correlation_data, handle, t0
+        self._defer(
+            lambda: self._pool.submit(
+                self._execute, spec.handler, ctx, args, reply_to, msg.correlation_data, handle, t0
+            )
         )
 
     def _context(self, cid: str, name: str, timeout_s: float) -> CommandContext:
@@ -479,6 +508,9 @@ class Dispatcher:
         self._send_raw(topic, corr, reply.to_json().encode())
 
     def _send_raw(self, topic: str, corr: bytes | None, body: bytes) -> None:
+        self._defer(lambda: self._publish_reply(topic, corr, body))
+
+    def _publish_reply(self, topic: str, corr: bytes | None, body: bytes) -> None:
         if not self._publish(topic, body, qos=1, correlation_data=corr):
             log.info("reply to %s not sent (offline); a repeat of the command gets it", topic)
 

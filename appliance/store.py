@@ -89,8 +89,16 @@ def _m1_core(db: sqlite_utils.Database) -> None:
     db.table("kv").create({"key": str, "value": str}, pk="key")
 
 
+def _m2_trust(db: sqlite_utils.Database) -> None:
+    # Replay state of signed commands (appliance/trust/envelope.py, docs/trust.md).
+    from .trust.envelope import TRUST_SCHEMA_SQL
+
+    for statement in TRUST_SCHEMA_SQL:
+        db.execute(statement)
+
+
 # Each entry moves the schema from version i to i + 1. Append only; never edit a shipped one.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_core]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_core, _m2_trust]
 
 
 def register_migration(fn: Callable[[sqlite_utils.Database], None]) -> None:
@@ -125,6 +133,7 @@ class Store:
             ) from exc
         self.path = state_dir / DB_NAME
         self.lock = threading.RLock()
+        self._depth = 0
         try:
             self.conn = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None, timeout=10
@@ -174,15 +183,44 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One durable transaction. Re-entrant: a transaction opened inside another (in the
+        same thread, which holds ``lock``) joins it, so several steps can share one fsync."""
         with self.lock:
-            self.conn.execute("BEGIN IMMEDIATE")
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self.conn
+                finally:
+                    self._depth -= 1
+                return
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"store unavailable: {exc}", retryable=True) from exc
+            self._depth = 1
             try:
                 yield self.conn
+            except sqlite3.Error as exc:
+                # Disk full, I/O error, a locked file: the caller gets our error type.
+                self._depth = 0
+                self._rollback()
+                raise StoreError(f"store write failed: {exc}", retryable=True) from exc
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                self._depth = 0
+                self._rollback()
                 raise
-            else:
+            self._depth = 0
+            try:
                 self.conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StoreError(f"store commit failed: {exc}", retryable=True) from exc
+
+    def _rollback(self) -> None:
+        try:
+            self.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.debug("rollback after a failed transaction failed", exc_info=True)
 
     # -- small things -----------------------------------------------------------------------
 
