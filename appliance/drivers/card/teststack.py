@@ -20,6 +20,7 @@ first call. Export :attr:`PcscTestStack.env` into ``os.environ`` before the firs
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -163,6 +164,9 @@ class PcscTestStack:
                 env=env,
                 start_new_session=True,
             )
+        # pcscd runs in its own session (a test's Ctrl-C must not reach it first): make sure
+        # an interpreter that exits on an exception still stops it.
+        atexit.register(self.stop)
         try:
             self.wait_listening(timeout)
         except BaseException:
@@ -189,6 +193,7 @@ class PcscTestStack:
 
     def stop(self) -> None:
         """Stop pcscd, close and unlink the socket, remove the work directory. Idempotent."""
+        atexit.unregister(self.stop)
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.terminate()
