@@ -28,6 +28,8 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..agent.topics import validate_segment
@@ -132,6 +134,7 @@ class Ingest:
         share_group: str | None = None,
         client_id: str | None = None,
         protocol: str = "5",
+        session_expiry_s: int = 3600,
     ) -> None:
         validate_segment(prefix, "topic prefix")
         if share_group is not None:
@@ -149,11 +152,15 @@ class Ingest:
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=MQTTProtocolVersion.MQTTv5 if self.v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if self.v5 else False,
         )
         self.client.on_socket_open = _nodelay
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *_a: self._subscribed.set()
         self.client.on_message = self._on_message
+        # paho reconnects by itself (loop_start); keep the pauses short for a controller.
+        self.client.reconnect_delay_set(1, 2)
+        self.session_expiry_s = session_expiry_s
 
     def filters(self) -> list[str]:
         base = [
@@ -166,15 +173,28 @@ class Ingest:
         return [f"$share/{self.share_group}/{f}" for f in base]
 
     def start(self, timeout: float = 10.0) -> Ingest:
-        self.client.connect(self.host, self.port, 30)
+        # A persistent session, so durable events published while the ingest is away (its
+        # own reconnect after a broker restart) are queued by the broker, not lost to it.
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = self.session_expiry_s
+            self.client.connect(self.host, self.port, 30, clean_start=False, properties=props)
+        else:
+            self.client.connect(self.host, self.port, 30)
         self.client.loop_start()
         if not self._subscribed.wait(timeout):
             self.client.loop_stop()
             raise DeviceTimeout(f"ingest: no SUBACK from {self.host}:{self.port}", device="ingest")
         return self
 
-    def stop(self) -> IngestStats:
-        self.client.disconnect()
+    def stop(self, *, end_session: bool = True) -> IngestStats:
+        """Disconnect; by default also end the persistent session on the broker."""
+        if self.v5 and end_session:
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+            self.client.disconnect(properties=props)
+        else:
+            self.client.disconnect()
         self.client.loop_stop()
         return self.stats
 

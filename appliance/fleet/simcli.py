@@ -177,6 +177,13 @@ def run(args: argparse.Namespace) -> int:
         "peak_connects_per_s": peak_rate(stats.connect_times),
     }
     if ingest is not None:
+        # Give the last acknowledged events (and the shutdown statuses) a moment to arrive.
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            seen = ingest.snapshot()
+            if seen.events() >= stats.events_acked and len(seen.deaths) >= cfg.devices:
+                break
+            time.sleep(0.02)
         out["ingest"] = ingest.stop().summary()
     print(json.dumps(out, indent=2))
     return 0
