@@ -9,7 +9,8 @@ quality assessment, and the ISO/IEC 19794-4 record (PNG) put in the record store
   baseline   unpacking plus PNG-encoding the same image (what any record path pays anyway;
              a machine-speed yardstick)
   latency    last byte received -> score computed and record stored
-ratio = latency / baseline. Target (issue 3): latency <= 50 ms.
+ratio = latency / baseline. Target (issue 3): latency <= 50 ms (judged on p99). One warm-up
+capture is not counted.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, summary_ms
+from _common import emit, pct, summary_ms
 from PIL import Image
 
 from appliance.biometrics.finger_record import (
@@ -59,6 +60,10 @@ def main() -> None:
     wire: list[float] = []
     scores: dict[str, list[int]] = {v: [] for v in VARIANTS}
     try:
+        # One warm-up capture (first-call allocations, lazy imports) is not counted.
+        emu.present_finger(1, "good")
+        warm = dev.capture(time.monotonic() + 10)
+        assess(warm.image, dev.config.quality)
         for i in range(args.captures):
             variant = VARIANTS[i % len(VARIANTS)]
             emu.present_finger(i % 10 + 1, variant)
@@ -90,6 +95,7 @@ def main() -> None:
             "ratio_p50": round(lat["p50_ms"] / base["p50_ms"], 2),
             "unpaced_wire": summary_ms(wire),
             "target_ms": 50,
+            "latency_p95_ms": round(pct(latency, 95) * 1000, 3),
             "met": lat["p99_ms"] <= 50,
             "mean_score": {v: round(sum(s) / len(s), 1) for v, s in scores.items() if s},
         },
