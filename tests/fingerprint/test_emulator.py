@@ -145,3 +145,35 @@ def test_profiles_load_and_refuse_bad_files(tmp_path: Path) -> None:
     bad.write_text(wrong)
     with pytest.raises(ConfigError, match="unknown instruction"):
         load_profile(str(bad))
+
+
+def test_commands_written_one_byte_at_a_time_are_reassembled(make_emulator: MakeEmu) -> None:
+    emu = make_emulator("r307")
+    with serial.Serial(emu.path, 57600, timeout=0.05) as port:
+        for byte in f.build_command(f.Instruction.ReadSysPara):
+            port.write(bytes([byte]))
+            port.flush()
+        pkt = f.parse_packet(read_packet(port))
+    assert pkt.confirm == f.Confirm.OK and len(pkt.payload) == 17
+
+
+def test_backend_factory_builds_the_driver_and_it_satisfies_the_interfaces(
+    make_emulator: MakeEmu,
+) -> None:
+    from appliance.devices import Device
+    from appliance.drivers import create_device
+    from appliance.drivers.fingerprint.config import FingerprintConfig
+    from appliance.drivers.fingerprint.interface import FingerprintScanner
+
+    emu = make_emulator("r307")
+    events = Events()
+    dev = create_device("fingerprint", "serial", FingerprintConfig(port=emu.path), events)
+    try:
+        assert isinstance(dev, FingerprintSensor)
+        assert isinstance(dev, Device) and isinstance(dev, FingerprintScanner)
+        assert dev.kind == "fingerprint" and dev.health().state == "starting"
+        dev.start()
+        assert dev.health().state == "ok"
+        assert events.health_states() == ["ok"]
+    finally:
+        dev.stop()
