@@ -100,3 +100,16 @@ def test_stop_is_idempotent_and_reports_disabled(
     dev.stop()
     assert dev.health().state == "disabled"
     assert not dev.connected
+
+
+def test_a_dead_sensor_behind_a_live_port_turns_health_to_error_and_back(
+    make_emulator: MakeEmu, make_sensor: MakeDev
+) -> None:
+    emu = make_emulator("r307")
+    dev, events = make_sensor(emu.path, health_probe_s=0.05, command_timeout_s=0.1)
+    emu.set_silent(True)
+    wait_for(lambda: dev.health().state == "error", 5, "error health")
+    assert "not answering" in (dev.health().detail or "")
+    emu.set_silent(False)
+    wait_for(lambda: dev.health().state == "ok", 5, "ok health again")
+    assert events.health_states() == ["ok", "error", "ok"]

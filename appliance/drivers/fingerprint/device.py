@@ -278,8 +278,14 @@ class FingerprintSensor:
                 try:
                     if self.connected:
                         self.read_sys_para(retries=0)
-                except DeviceError:
-                    log.debug("fingerprint probe failed", exc_info=True)
+                except DeviceDisconnected:
+                    pass  # _exchange already reported it and woke us up to reconnect
+                except DeviceError as exc:
+                    # The port is there but the module does not answer (unpowered sensor
+                    # behind a live USB-UART adapter, wrong rate): say so in health; the
+                    # next successful exchange turns it back to ok.
+                    log.warning("fingerprint sensor not answering: %s", exc.message)
+                    self._health.set("error", f"sensor not answering: {exc.message}")
                 finally:
                     self._lock.release()
 
