@@ -128,9 +128,34 @@ class CommandsSection(Strict):
     )
     workers: int = Field(4, ge=1, le=64, description="Threads executing commands")
     allow_unsigned: bool = Field(
+        False,
+        description="Accept unsigned commands: for local development only (the sim profile "
+        "sets it); a provisioned kiosk accepts only commands signed by a fleet operator",
+    )
+
+
+class TrustSection(Strict):
+    """Fleet trust anchors (docs/trust.md). Key files hold public keys only."""
+
+    root_keys: list[Path] = Field(
+        default_factory=list,
+        description="Fleet root public key files (ed25519-pub:...); two during a root rotation",
+    )
+    enrollment_key: Path | None = Field(
+        None,
+        description="Central enrollment service's public key (x25519-pub:...): biometric "
+        "records are sealed to it at capture",
+    )
+    skew_s: float = Field(300.0, ge=0, le=86400, description="Tolerated clock difference, s")
+    max_lifetime_s: int = Field(
+        3600, ge=10, le=7 * 86400, description="Longest accepted signed-command lifetime, s"
+    )
+    revoked_keys: list[str] = Field(
+        default_factory=list, description="Operator certificate key ids to refuse"
+    )
+    sign_messages: bool = Field(
         True,
-        description="Accept unsigned commands (local development). The trust layer sets this "
-        "false in provisioned kiosks",
+        description="Sign replies and events with the device key (MQTT 5 user property 'sig')",
     )
 
 
@@ -171,6 +196,7 @@ class AppConfig(Strict):
     mqtt: MqttSection = Field(default_factory=MqttSection)
     store: StoreSection = Field(default_factory=StoreSection)
     commands: CommandsSection = Field(default_factory=CommandsSection)
+    trust: TrustSection = Field(default_factory=TrustSection)
     telemetry: TelemetrySection = Field(default_factory=TelemetrySection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     hardware: HardwareSection = Field(default_factory=HardwareSection)

@@ -26,11 +26,12 @@ from .agent.topics import Topics
 from .commands import CommandRegistry
 from .config import AppConfig
 from .devices import Device, DeviceHealth, HealthState
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, Verified, Verifier
 from .drivers import create_device
-from .errors import ApplianceError
+from .errors import ApplianceError, TrustError
 from .sdnotify import Notifier
 from .store import Store
+from .trust.keys import DeviceIdentity
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,48 @@ class _FailedDevice:
         return self._health
 
 
+def build_verifier(cfg: AppConfig, store: Store, registry: CommandRegistry) -> Verifier | None:
+    """The dispatcher's trust hook (docs/trust.md): signed envelopes checked against the fleet
+    root keys; unsigned requests accepted only with ``commands.allow_unsigned``."""
+    from .trust.adapter import actor_of, make_dispatch_verifier
+    from .trust.envelope import ClockPolicy, CommandVerifier, role_table_from_specs
+    from .trust.keys import load_public_key
+
+    roots = [load_public_key(p) for p in cfg.trust.root_keys]
+    if not roots:
+        if cfg.commands.allow_unsigned:
+            log.warning("no fleet root key: accepting unsigned commands only (development)")
+            return None
+
+        def refuse(_msg: Incoming) -> Verified:
+            raise TrustError(
+                "this kiosk has no fleet root key and refuses every command: provision it "
+                "(appliance provision) or set commands.allow_unsigned for development",
+                code="untrusted_issuer",
+            )
+
+        return refuse
+    verifier = CommandVerifier(
+        roots=roots,
+        device_id=cfg.device.id,
+        groups=cfg.device.groups,
+        role_table=role_table_from_specs(registry.specs()),
+        conn=store.conn,
+        lock=store.lock,
+        policy=ClockPolicy(skew_s=cfg.trust.skew_s, max_lifetime_s=cfg.trust.max_lifetime_s),
+        allow_unsigned=cfg.commands.allow_unsigned,
+        max_message_bytes=cfg.commands.max_payload_bytes,
+        revoked=cfg.trust.revoked_keys,
+    )
+
+    def audit(decision: Any) -> None:
+        store.audit(
+            actor_of(decision), decision.command or "?", decision.code, **decision.to_audit()
+        )
+
+    return make_dispatch_verifier(verifier, audit=audit)
+
+
 class Services:
     """What command handlers see through ``ctx.services``."""
 
@@ -69,6 +112,7 @@ class Services:
         self.started = time.time()
         self.session_active: Callable[[], bool] = lambda: False
         self.extras: dict[str, Any] = {}  # capability-owned state (record stores, sessions)
+        self.identity: DeviceIdentity | None = None
 
     # -- events -----------------------------------------------------------------------------
 
@@ -208,6 +252,9 @@ class Daemon:
         registry = CommandRegistry()
         builtin.register(registry)
         self._start_devices(registry)
+        identity = DeviceIdentity.load_or_create(self.state_dir)
+        svc.identity = identity
+        signer = (lambda body: identity.sign(body).to_header()) if cfg.trust.sign_messages else None
         agent_box: list[MqttAgent] = []
 
         def publish(
@@ -224,6 +271,7 @@ class Daemon:
             emit=svc.emit,
             max_payload=cfg.commands.max_payload_bytes,
             workers=cfg.commands.workers,
+            verifier=build_verifier(cfg, store, registry),
             session_active=lambda: svc.session_active(),  # noqa: PLW0108 - late-bound on purpose
         )
         svc.dispatcher = dispatcher
@@ -231,7 +279,12 @@ class Daemon:
         if interrupted:
             log.warning("%d command(s) were interrupted by the last stop", interrupted)
         agent = MqttAgent(
-            cfg, store, on_message=self._route, birth=svc.birth, on_state=self._on_mqtt_state
+            cfg,
+            store,
+            on_message=self._route,
+            birth=svc.birth,
+            on_state=self._on_mqtt_state,
+            signer=signer,
         )
         agent_box.append(agent)
         svc.agent = agent

@@ -86,6 +86,7 @@ class MqttAgent:
         on_message: Callable[[Incoming], None],
         birth: Callable[[], dict[str, Any]],
         on_state: Callable[[str], None] | None = None,
+        signer: Callable[[bytes], str] | None = None,
     ) -> None:
         self.cfg = config.mqtt
         self.device_id = config.device.id
@@ -95,6 +96,8 @@ class MqttAgent:
         self._on_message_cb = on_message
         self._birth = birth
         self._on_state = on_state or (lambda _s: None)
+        # Device signature of a payload (MQTT 5 user property "sig"); None: unsigned.
+        self._signer = signer if self.cfg.protocol == "5" else None
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._client: paho.Client | None = None
@@ -155,16 +158,26 @@ class MqttAgent:
         retain: bool = False,
         correlation_data: bytes | None = None,
     ) -> bool:
-        """Publish now if connected (no durability: for replies, telemetry, progress)."""
+        """Publish now if connected (no durability: for replies, telemetry, progress). On MQTT 5
+        the payload carries the device's signature in the user property ``sig``."""
         client = self._client
         if client is None or not self.connected:
             return False
-        props = None
-        if correlation_data is not None and self.cfg.protocol == "5":
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.CorrelationData = correlation_data
-        info = client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        body = payload.encode() if isinstance(payload, str) else payload
+        info = client.publish(
+            topic, body, qos=qos, retain=retain, properties=self._properties(body, correlation_data)
+        )
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _properties(self, body: bytes, correlation_data: bytes | None = None) -> Any:
+        if self.cfg.protocol != "5" or (correlation_data is None and self._signer is None):
+            return None
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if correlation_data is not None:
+            props.CorrelationData = correlation_data
+        if self._signer is not None:
+            props.UserProperty = [("sig", self._signer(body))]
+        return props
 
     def kick(self) -> None:
         """Tell the drainer that the outbox has new rows."""
@@ -273,7 +286,10 @@ class MqttAgent:
         subs += [(self.topics.group_cmd(g), 1) for g in self.groups]
         client.subscribe(subs)
         birth = {"online": True, "device": self.device_id, "ts": time.time(), **self._birth()}
-        client.publish(self.topics.status, json.dumps(birth), qos=1, retain=True)
+        body = json.dumps(birth).encode()
+        client.publish(
+            self.topics.status, body, qos=1, retain=True, properties=self._properties(body)
+        )
         log.info(
             "mqtt: connected to %s:%d (session present: %s)",
             self.cfg.host,
@@ -372,11 +388,13 @@ class MqttAgent:
             sent = 0
             if room > 0:
                 for row in self.store.outbox.pending(last_seq, min(room, 500)):
+                    body = self._render(row)
                     info = client.publish(
-                        self.topics.event(row.type) if not row.topic else row.topic,
-                        self._render(row),
+                        row.topic or self.topics.event(row.type),
+                        body,
                         qos=row.qos,
                         retain=row.retain,
+                        properties=self._properties(body),
                     )
                     if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                         return  # connection went away; the next epoch starts over
