@@ -18,11 +18,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from appliance.devtools.broker import Mosquitto
+from appliance.devtools.controller import Controller
 from appliance.store import Store
 from appliance.trust.certs import ROOT_PUB_FILE, FleetRoot, OperatorKey
 from appliance.trust.envelope import EnvelopeBuilder
 from appliance.trust.keys import DeviceSignature, load_public_key, verify_device_message
-from appliance.devtools.controller import Controller
 from tests.helpers import DaemonProcess, wait_for, wait_online
 
 DEV = "kiosk-signed"
@@ -32,8 +32,9 @@ class SignedClient:
     """Publishes raw payloads with a response topic and collects replies with their 'sig'."""
 
     def __init__(self, broker: Mosquitto) -> None:
-        self.c = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                             protocol=MQTTProtocolVersion.MQTTv5)
+        self.c = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5
+        )
         self.replies: dict[bytes, tuple[bytes, str | None]] = {}
         self.topic = f"ctl/{uuid.uuid4().hex}/reply"
         self.c.on_message = self._on_message
@@ -65,13 +66,23 @@ def fleet(tmp_path: Path) -> FleetRoot:
     return FleetRoot.create(tmp_path / "fleet")
 
 
-def operator(root: FleetRoot, roles: tuple[str, ...], devices: tuple[str, ...] = (DEV,),
-             not_after: float | None = None) -> EnvelopeBuilder:
+def operator(
+    root: FleetRoot,
+    roles: tuple[str, ...],
+    devices: tuple[str, ...] = (DEV,),
+    not_after: float | None = None,
+) -> EnvelopeBuilder:
     sk = SigningKey.generate()
     now = int(time.time())
     end = int(not_after or now + 3600)
-    cert = root.issue(bytes(sk.verify_key), roles=roles, devices=devices,
-                      not_after=end, issued_at=min(now - 60, end - 3600), name="t")
+    cert = root.issue(
+        bytes(sk.verify_key),
+        roles=roles,
+        devices=devices,
+        not_after=end,
+        issued_at=min(now - 60, end - 3600),
+        name="t",
+    )
     return EnvelopeBuilder(OperatorKey(sk, cert))
 
 
@@ -80,8 +91,11 @@ def request(cmd: str, cid: str, args: dict[str, Any] | None = None) -> bytes:
 
 
 def test_signed_commands_accepted_and_every_refusal_has_its_code(
-    broker: Mosquitto, daemon_factory: Callable[..., DaemonProcess], fleet: FleetRoot,
-    tmp_path: Path, controller: Controller,
+    broker: Mosquitto,
+    daemon_factory: Callable[..., DaemonProcess],
+    fleet: FleetRoot,
+    tmp_path: Path,
+    controller: Controller,
 ) -> None:
     d = daemon_factory(broker, DEV)
     root_pub = tmp_path / "fleet" / ROOT_PUB_FILE
@@ -96,7 +110,7 @@ def test_signed_commands_accepted_and_every_refusal_has_its_code(
     try:
         op = operator(fleet, ("operator",))
         admin = operator(fleet, ("admin",))
-        wait_for(lambda: (d.state_dir / "device.pub").exists(), 15, "the device key")
+        wait_for((d.state_dir / "device.pub").exists, 15, "the device key")
         device_pub = load_public_key(d.state_dir / "device.pub")
 
         # accepted, and the reply is signed by the device
@@ -108,8 +122,16 @@ def test_signed_commands_accepted_and_every_refusal_has_its_code(
             (request("ping", "u1"), "unsigned"),
             (op.build("ping", request("ping", "w1"), "kiosk-other"), "wrong_target"),
             (op.build("diagnostics", request("diagnostics", "r1"), DEV), "forbidden_role"),
-            (op.build("ping", request("ping", "e1"), DEV, issued_at=int(time.time()) - 4000,
-                      lifetime_s=60), "expired"),
+            (
+                op.build(
+                    "ping",
+                    request("ping", "e1"),
+                    DEV,
+                    issued_at=int(time.time()) - 4000,
+                    lifetime_s=60,
+                ),
+                "expired",
+            ),
             (op.build("ping", request("status", "m1"), DEV), "malformed_envelope"),
         ]
         # a forged envelope: the signature of one body over another
@@ -119,8 +141,12 @@ def test_signed_commands_accepted_and_every_refusal_has_its_code(
         cases.append((json.dumps(env).encode(), "bad_signature"))
         # an untrusted root
         stranger = FleetRoot.create(tmp_path / "stranger")
-        cases.append((operator(stranger, ("operator",)).build("ping", request("ping", "x1"),
-                                                             DEV), "untrusted_issuer"))
+        cases.append(
+            (
+                operator(stranger, ("operator",)).build("ping", request("ping", "x1"), DEV),
+                "untrusted_issuer",
+            )
+        )
         # an expired certificate
         old = operator(fleet, ("operator",), not_after=time.time() - 3600)
         cases.append((old.build("ping", request("ping", "c1"), DEV), "cert_expired"))
@@ -140,8 +166,16 @@ def test_signed_commands_accepted_and_every_refusal_has_its_code(
     store = Store(d.state_dir)
     audited = {r["outcome"] for r in store.audit_tail(200)}
     store.close()
-    for code in ("unsigned", "wrong_target", "forbidden_role", "expired", "bad_signature",
-                 "untrusted_issuer", "cert_expired", "replayed"):
+    for code in (
+        "unsigned",
+        "wrong_target",
+        "forbidden_role",
+        "expired",
+        "bad_signature",
+        "untrusted_issuer",
+        "cert_expired",
+        "replayed",
+    ):
         assert code in audited, code
 
 
