@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from ...devices import DeviceHealth, EventSink, HealthTracker
 from ...errors import (
+    ApplianceError,
     Busy,
     ConfigError,
     DeviceDisconnected,
@@ -115,7 +116,7 @@ class FingerprintSensor:
         self._last_io = 0.0
         self.stats: dict[str, int] = {
             "retries": 0,
-            "reconnects": 0,
+            "connects": 0,
             "timeouts": 0,
             "garbage_bytes": 0,
         }
@@ -181,6 +182,8 @@ class FingerprintSensor:
         return self.stats["garbage_bytes"] + (link.garbage_bytes if link is not None else 0)
 
     def _try_connect(self) -> bool:
+        """One connection attempt; reports the outcome through health and never raises."""
+        first_baud = self._baud
         with self._lock:
             try:
                 self._connect()
@@ -188,11 +191,18 @@ class FingerprintSensor:
                 self._close()
                 self._health.set("disconnected", exc.message, port=self.config.port)
                 return False
-            except DeviceError as exc:
+            except ApplianceError as exc:
                 self._close()
+                self._baud = first_baud
                 self._health.set("error", exc.message, port=self.config.port)
                 return False
-        self.stats["reconnects"] += 1
+            except Exception as exc:  # a bug must not kill start() or the supervisor
+                log.exception("fingerprint connect failed unexpectedly")
+                self._close()
+                self._baud = first_baud
+                self._health.set("error", f"internal error: {exc!r}", port=self.config.port)
+                return False
+        self.stats["connects"] += 1
         return True
 
     def _connect(self) -> None:
@@ -284,8 +294,11 @@ class FingerprintSensor:
                     # The port is there but the module does not answer (unpowered sensor
                     # behind a live USB-UART adapter, wrong rate): say so in health; the
                     # next successful exchange turns it back to ok.
-                    log.warning("fingerprint sensor not answering: %s", exc.message)
-                    self._health.set("error", f"sensor not answering: {exc.message}")
+                    if self._health.current.state != "error":
+                        log.warning("fingerprint sensor not answering: %s", exc.message)
+                    self._health.set("error", f"sensor not answering: {exc.code}")
+                except Exception:  # keep supervising whatever happens
+                    log.exception("fingerprint health probe failed unexpectedly")
                 finally:
                     self._lock.release()
 
@@ -761,7 +774,7 @@ class FingerprintSensor:
             "security_level": sp.security_level if sp else None,
             "retries": self.stats["retries"],
             "timeouts": self.stats["timeouts"],
-            "reconnects": self.stats["reconnects"],
+            "connects": self.stats["connects"],
             "garbage_bytes": self.garbage_bytes,
             "busy": self.busy,
         }
