@@ -42,6 +42,7 @@ import numpy.typing as npt
 from .frames import (
     BITS_PER_UART_BYTE,
     DEFAULT_ADDRESS,
+    MIN_PACKET_LEN,
     PID,
     Confirm,
     FrameError,
@@ -629,7 +630,7 @@ class FingerprintEmulator:
             self._write(channel, bytes(self._rng.randrange(256) for _ in range(garbage)))
         data_index = 0
         for raw in packets:
-            if len(raw) < 12:  # the bare 0x55 handshake byte is not a packet
+            if len(raw) < MIN_PACKET_LEN:  # the bare 0x55 handshake byte is not a packet
                 self._write(channel, raw)
                 continue
             is_data = raw[6] in (PID.DATA, PID.END)
