@@ -1,37 +1,152 @@
-"""Emulators the simulated kit starts inside the daemon (``[simulation]`` in the config).
+"""Emulators the simulated kit starts for the daemon (``[simulation]`` in the config).
 
-The production drivers are not told they are simulated: the fingerprint emulator gets a real
-pty and the serial driver opens its path; the card emulator sits behind a private pcscd + vpcd
-stack and the PC/SC driver talks to pcscd as usual.
+The production drivers are not told they are simulated:
+
+* the fingerprint emulator runs as a child process (``appliance sim fingerprint``) on a pty
+  whose stable symlink ``<state>/sim/fingerprint.tty`` becomes the serial driver's port;
+* the card emulator runs as a child process (``appliance sim card``) behind a private
+  pcscd + vpcd stack, and the PC/SC driver talks to that pcscd as usual
+  (``PCSCLITE_CSOCK_NAME`` is exported before the first pyscard call). Without a configured
+  trust bundle a throw-away test CSCA/DS pair is made in ``<state>/sim/pki`` (never a real key:
+  the simulated kit is for development and demos only).
+
+Children are separate processes, as the real devices are, so the daemon's own memory and
+threads are what a real kiosk would see; they die with the daemon even on ``kill -9``.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from .config import AppConfig
+from .devtools.procs import die_with_parent
+from .errors import DeviceError
 
 log = logging.getLogger(__name__)
 
 
+def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "appliance", "sim", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - started from the main thread
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> Callable[[], None]:
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    return stop
+
+
 def start(config: AppConfig, state_dir: Path) -> tuple[AppConfig, list[Callable[[], None]]]:
+    """Start the configured emulators; returns the configuration pointing at them and the
+    clean-up functions (in start order)."""
     cleanups: list[Callable[[], None]] = []
     cfg = config.model_copy(deep=True)
-    if config.simulation.fingerprint:
-        try:
-            from .drivers.fingerprint.emulator import FingerprintEmulator
-        except ImportError as exc:
-            log.error("fingerprint emulator unavailable: %s", exc)
-        else:
-            emu = FingerprintEmulator(
-                seed=config.simulation.seed, baud=config.hardware.fingerprint.baud
-            )
-            path = emu.start_pty()
-            cfg.hardware.fingerprint.port = path
-            cleanups.append(emu.stop)
-            log.info("simulation: fingerprint emulator on %s", path)
-    if config.simulation.card:
-        log.warning("simulation: card emulator not wired yet")
+    simdir = state_dir / "sim"
+    simdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        if config.simulation.fingerprint:
+            cfg.hardware.fingerprint.port = _start_fingerprint(cfg, simdir, cleanups)
+        if config.simulation.card:
+            _start_card(cfg, simdir, cleanups)
+    except BaseException:
+        for fn in reversed(cleanups):
+            fn()
+        raise
     return cfg, cleanups
+
+
+def _start_fingerprint(cfg: AppConfig, simdir: Path, cleanups: list[Callable[[], None]]) -> str:
+    fp = cfg.hardware.fingerprint
+    link = simdir / "fingerprint.tty"
+    link.unlink(missing_ok=True)
+    proc = _spawn(
+        [
+            "fingerprint",
+            "--link",
+            str(link),
+            "--seed",
+            str(cfg.simulation.seed),
+            "--baud",
+            str(fp.baud),
+            "--profile",
+            fp.model,
+        ],
+        simdir / "fingerprint-emulator.log",
+    )
+    cleanups.append(_stop(proc))
+    deadline = time.monotonic() + 15
+    while not link.exists():
+        if proc.poll() is not None:
+            raise DeviceError(
+                f"fingerprint emulator exited with {proc.returncode}; see "
+                f"{simdir / 'fingerprint-emulator.log'}",
+                device="fingerprint",
+            )
+        if time.monotonic() > deadline:
+            raise DeviceError("fingerprint emulator did not create its pty", device="fingerprint")
+        time.sleep(0.01)
+    log.info("simulation: fingerprint emulator (pid %d) on %s", proc.pid, link)
+    return str(link)
+
+
+def _start_card(cfg: AppConfig, simdir: Path, cleanups: list[Callable[[], None]]) -> None:
+    from .drivers.card.teststack import PcscTestStack
+
+    for stale in simdir.glob("pcscstack-*"):  # left by a daemon that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    stack = PcscTestStack(workdir=simdir, die_with_parent=True).start()
+    cleanups.append(stack.stop)
+    stack.export_env()  # before this process's first pyscard call
+    proc = _spawn(
+        [
+            "card",
+            "--port",
+            str(stack.vpcd_port),
+            "--reconnect",
+            "--profile",
+            cfg.hardware.card.card_profile,
+            "--log-level",
+            "WARNING",
+        ],
+        simdir / "card-emulator.log",
+    )
+    cleanups.append(_stop(proc))
+    if cfg.hardware.card.trust_bundle is None:
+        cfg.hardware.card.trust_bundle = sim_pki(simdir / "pki")
+    log.info(
+        "simulation: pcscd + vpcd on port %d, card emulator pid %d, CSCA %s",
+        stack.vpcd_port,
+        proc.pid,
+        cfg.hardware.card.trust_bundle,
+    )
+
+
+def sim_pki(directory: Path) -> Path:
+    """The simulated kit's test CSCA (made once per state directory). The DS key beside it is
+    what `appliance fleet issue` uses against a simulated kiosk."""
+    csca = directory / "csca.pem"
+    if csca.exists():
+        return csca
+    from .lds.testpki import make_test_pki, write_test_pki
+
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return write_test_pki(make_test_pki("SIMULATED CSCA VN"), directory)["csca_cert"]

@@ -33,6 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from ...devtools.procs import die_with_parent
 from ...errors import DeviceError, DeviceTimeout
 
 if TYPE_CHECKING:
@@ -102,8 +103,16 @@ class PcscTestStack:
     """
 
     def __init__(
-        self, *, vpcd_port: int | None = None, workdir: Path | None = None, debug: bool = False
+        self,
+        *,
+        vpcd_port: int | None = None,
+        workdir: Path | None = None,
+        debug: bool = False,
+        die_with_parent: bool = False,
     ) -> None:
+        # die_with_parent: pcscd gets SIGTERM when the starting thread dies, even by kill -9
+        # (the daemon's simulated kit uses it; tests stop the stack themselves).
+        self._die_with_parent = die_with_parent
         self._requested_port = vpcd_port
         self._workdir_arg = workdir
         self._debug = debug
@@ -163,6 +172,7 @@ class PcscTestStack:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                preexec_fn=die_with_parent if self._die_with_parent else None,  # noqa: PLW1509
             )
         # pcscd runs in its own session (a test's Ctrl-C must not reach it first): make sure
         # an interpreter that exits on an exception still stops it.
