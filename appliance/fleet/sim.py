@@ -160,6 +160,9 @@ def decode_properties(data: bytes, pos: int) -> tuple[dict[int, Any], int]:
         if kind is None:
             raise ProtocolError(f"unknown MQTT 5 property 0x{pid:02x}", device="mqtt")
         value: Any
+        width = {"byte": 1, "u16": 2, "u32": 4}.get(kind, 0)
+        if pos + width > end:
+            raise ProtocolError(f"property 0x{pid:02x} runs past its block", device="mqtt")
         if kind == "byte":
             value, pos = data[pos], pos + 1
         elif kind == "u16":
