@@ -312,3 +312,35 @@ def test_portrait_store_bounds_and_expiry() -> None:
     assert store.get("c") is None and len(store) == 0
     with pytest.raises(ValueError):
         PortraitStore(capacity=0)
+
+
+def test_daemon_services_give_session_state_and_receive_the_store(
+    make_sim: Callable[..., SimCamera], events: Events
+) -> None:
+    """With a plain register(registry, device), as the daemon calls it, the handlers use the
+    daemon's Services: session_active() for the snapshot refusal, extras for the store."""
+    from types import SimpleNamespace
+
+    from appliance.drivers.camera.commands import EXTRAS_KEY
+
+    cam = make_sim()
+    cam.start()
+    registry = CommandRegistry()
+    register(registry, cam)
+    active = {"now": False}
+    services = SimpleNamespace(session_active=lambda: active["now"], extras={})
+
+    def call(name: str, **args: Any) -> dict[str, Any]:
+        spec = registry.get(name)
+        ctx = CommandContext(f"c-{name}", name, time.monotonic() + 60, events.emit, services)
+        return spec.handler(ctx, spec.args_model(**args))
+
+    reply = call("camera.capture", timeout_s=10)
+    store = services.extras[EXTRAS_KEY]
+    assert isinstance(store, PortraitStore)
+    assert store.get(reply["record_id"]) is not None
+    call("camera.snapshot", assess=False)
+    active["now"] = True
+    with pytest.raises(Busy, match="enrollment"):
+        call("camera.snapshot")
+    assert call("camera.status")["enrollment_active"] is True

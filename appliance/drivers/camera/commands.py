@@ -3,11 +3,14 @@
 The lead wires them with ``register(registry, device, store=..., enrollment_active=...)``:
 
 - ``store``: the :class:`~appliance.drivers.camera.records.PortraitStore` shared with the
-  enrollment flow (it takes the record for DG2 by ``record_id``); without one the commands
-  keep a private store, which nothing else can read: pass one in production.
+  enrollment flow (it takes the record for DG2 by ``record_id``); one is made if omitted.
 - ``enrollment_active``: a callable answering whether an enrollment session is active;
-  ``camera.snapshot`` refuses while it is. Without it, the device's ``enrollment_active``
-  flag is used (the daemon may set it).
+  ``camera.snapshot`` refuses while it is. Without it, the daemon's
+  ``services.session_active()`` (reached through the command context) and the device's
+  ``enrollment_active`` flag are used.
+
+The store is also published in the daemon's ``services.extras["camera.portraits"]`` on the
+first capture or status, so the plain ``register(registry, device)`` works end to end.
 
 Replies carry scores, reasons, sizes and a SHA-256 digest, never portrait pixels. The
 technician's snapshot is the one exception by design: a low-resolution JPEG (``snapshot_width``
@@ -35,6 +38,8 @@ from .records import PortraitStore
 # camera.capture's timeout_s may be up to this; the command's own timeout adds a margin for
 # encoding and the reply.
 MAX_CAPTURE_S = 120.0
+# Key of the portrait store in the daemon's Services.extras.
+EXTRAS_KEY = "camera.portraits"
 
 
 class CaptureArgs(BaseModel):
@@ -79,10 +84,21 @@ def register(
     )
     capture_lock = threading.Lock()
 
-    def enrolling() -> bool:
+    def enrolling(ctx: CommandContext) -> bool:
         if enrollment_active is not None:
             return bool(enrollment_active())
+        # The daemon's Services carries session_active(); the dispatcher uses the same.
+        session_active = getattr(ctx.services, "session_active", None)
+        if callable(session_active) and session_active():
+            return True
         return bool(getattr(device, "enrollment_active", False))
+
+    def share_store(ctx: CommandContext) -> None:
+        # Services.extras holds capability-owned state: the enrollment flow finds the
+        # portraits under "camera.portraits" even when register() was given no store.
+        extras = getattr(ctx.services, "extras", None)
+        if isinstance(extras, dict):
+            extras.setdefault(EXTRAS_KEY, portraits)
 
     def capture(ctx: CommandContext, args: CaptureArgs) -> dict[str, Any]:
         """Auto-capture an ICAO portrait; guidance events while it runs; best frame kept."""
@@ -108,6 +124,7 @@ def register(
                 cancelled=ctx.cancelled,
             )
             portraits.put(outcome.portrait)
+            share_store(ctx)
             quality = outcome.report.to_dict()
             quality.pop("eyes", None)
             return {
@@ -122,6 +139,7 @@ def register(
 
     def status(ctx: CommandContext, args: NoArgs) -> dict[str, Any]:
         """Camera health, backend, counters and the portraits held in memory."""
+        share_store(ctx)
         health = device.health()
         return {
             "health": health.model_dump(),
@@ -129,14 +147,14 @@ def register(
             "resolution": {"width": config.width, "height": config.height},
             "stats": device.stats(),
             "capturing": capture_lock.locked(),
-            "enrollment_active": enrolling(),
+            "enrollment_active": enrolling(ctx),
             "jpeg2000": bool(config.jpeg2000 and jpeg2000_available()),
             "portraits": portraits.describe(),
         }
 
     def snapshot(ctx: CommandContext, args: SnapshotArgs) -> dict[str, Any]:
         """Technician's low-resolution frame to aim the camera; refused during enrollment."""
-        if enrolling():
+        if enrolling(ctx):
             raise Busy(
                 "camera.snapshot is refused while an enrollment is active",
                 details={"reason": "enrollment_active"},
