@@ -217,4 +217,4 @@ def test_capture_rides_out_late_frames(tmp_path: Path, events: Events) -> None:
         cam.stop()
     assert outcome.frames == 1
     assert outcome.portrait.met is False
-    assert cam.stats()["failures"] >= 2
+    assert cam.stats()["failures"] >= 1  # late reads happened and were ridden out

@@ -144,7 +144,7 @@ def test_capture_times_out_with_best_frame_and_rate_limited_guidance(
     guidance = events.of("camera.guidance")
     assert 1 <= len(guidance) <= elapsed / 0.2 + 1
     assert all("move_right" in g["hints"] for g in guidance)
-    assert reply["frames"] > len(guidance)
+    assert reply["frames"] >= len(guidance)
 
 
 def test_capture_without_any_face_is_a_clear_error(
