@@ -1,0 +1,184 @@
+"""A private RabbitMQ node with the MQTT plugin, on loopback, without systemd.
+
+Debian's ``rabbitmq-server`` package is meant for a system service; here the node runs from
+``/usr/lib/rabbitmq/bin/rabbitmq-server`` with everything private to one directory: its Mnesia
+database and logs, its enabled-plugins file (``rabbitmq_mqtt`` enabled offline), its Erlang
+cookie (``HOME``), its own epmd port, node name and listener ports. Readiness is an MQTT
+CONNECT/CONNACK, never a sleep. ``stop()`` ends the node and then the epmd it started (the
+node leaves epmd running; ../shared/specs/mqtt-systemd-notes.md, "Other brokers").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance.devtools.broker import free_port, mqtt_connack
+from appliance.errors import ApplianceError
+
+SBIN = Path("/usr/lib/rabbitmq/bin")
+
+
+def available() -> bool:
+    return (SBIN / "rabbitmq-server").exists() and shutil.which("epmd") is not None
+
+
+@dataclass
+class RabbitMQ:
+    workdir: Path
+    host: str = "127.0.0.1"
+    port: int = 0  # MQTT
+    amqp_port: int = 0
+    dist_port: int = 0
+    epmd_port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    node: str = field(default_factory=lambda: f"appl{uuid.uuid4().hex[:8]}@localhost")
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for name in ("port", "amqp_port", "dist_port", "epmd_port"):
+            if not getattr(self, name):
+                setattr(self, name, free_port(self.host))
+        self.log_path = self.workdir / "server.out"
+
+    @property
+    def env(self) -> dict[str, str]:
+        w = self.workdir
+        return {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "HOME": str(w),  # the Erlang cookie lives here: private to this node
+            "LANG": "C.UTF-8",
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_MNESIA_BASE": str(w / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(w / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(w / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(w / "rabbitmq"),  # .conf is appended
+            "RABBITMQ_CONF_ENV_FILE": str(w / "rabbitmq-env.conf"),
+            "RABBITMQ_PID_FILE": str(w / "rabbit.pid"),
+            "RABBITMQ_NODE_IP_ADDRESS": self.host,
+            "RABBITMQ_NODE_PORT": str(self.amqp_port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "ERL_EPMD_ADDRESS": self.host,
+        }
+
+    def _configure(self) -> None:
+        w = self.workdir
+        (w / "rabbitmq-env.conf").write_text("")
+        (w / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = {self.host}:{self.amqp_port}\n"
+            f"mqtt.listeners.tcp.default = {self.host}:{self.port}\n"
+            "mqtt.allow_anonymous = true\n"
+            "mqtt.default_user = guest\n"
+            "mqtt.default_pass = guest\n"
+            "mqtt.vhost = /\n"
+            "mqtt.exchange = amq.topic\n"
+            "loopback_users = none\n"
+            # Nagle off, as on mosquitto (specs: ~88 ms per round trip otherwise).
+            "mqtt.tcp_listen_options.nodelay = true\n"
+            "tcp_listen_options.nodelay = true\n"
+            "log.console = false\n"
+            "log.file.level = warning\n"
+        )
+        if not (w / "enabled_plugins").exists():
+            out = subprocess.run(
+                [str(SBIN / "rabbitmq-plugins"), "--offline", "enable", "rabbitmq_mqtt"],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if out.returncode != 0:
+                raise ApplianceError(
+                    f"rabbitmq-plugins failed: {out.stdout[-1000:]} {out.stderr[-1000:]}",
+                    code="broker_failed",
+                )
+
+    def start(self, timeout: float = 60.0) -> RabbitMQ:
+        if not available():
+            raise ApplianceError(
+                "rabbitmq-server is not installed (apt-get install rabbitmq-server)",
+                code="missing_broker",
+            )
+        self._configure()
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(SBIN / "rabbitmq-server")],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            cwd=self.workdir,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not mqtt_connack(self.host, self.port):
+            if self.proc.poll() is not None:
+                raise ApplianceError(
+                    f"rabbitmq-server exited with {self.proc.returncode}: "
+                    f"{self.log_path.read_text(errors='replace')[-2000:]}",
+                    code="broker_failed",
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ApplianceError(
+                    "RabbitMQ MQTT listener not ready in time", code="broker_failed"
+                )
+            time.sleep(0.05)
+        return self
+
+    def _signal_group(self, sig: int) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        """Stop the node (SIGTERM to its process group: the shell wrapper and beam.smp)."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self._signal_group(signal.SIGTERM)
+                try:
+                    self.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    self._signal_group(signal.SIGKILL)
+                    self.proc.wait(10)
+            # beam may outlive the wrapper shell for a moment: wait for the group to be gone.
+            self._wait_group_gone(self.proc.pid, 30)
+            self.proc = None
+
+    def kill(self) -> None:
+        """``kill -9`` of the whole node: no clean shutdown, the Will of every client fires."""
+        if self.proc is not None:
+            self._signal_group(signal.SIGKILL)
+            self.proc.wait(10)
+            self._wait_group_gone(self.proc.pid, 10)
+            self.proc = None
+
+    @staticmethod
+    def _wait_group_gone(pgid: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        os.killpg(pgid, signal.SIGKILL)
+
+    def stop_epmd(self) -> None:
+        """Stop the epmd our node started on its private port."""
+        subprocess.run(
+            ["epmd", "-port", str(self.epmd_port), "-kill"],
+            env=self.env,
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
