@@ -84,18 +84,44 @@ def _load_or_exit(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import logs
+    from . import configpush, logs
     from .daemon import Daemon
 
-    cfg = _load_or_exit(args)
+    base = _load_or_exit(args)  # the local layers alone must be valid
+    startup = configpush.at_startup(args.state_dir)
+    cfg = base
+    if startup.desired is not None:
+        try:
+            cfg = load(
+                args.config,
+                desired=startup.desired,
+                require_file=args.config != DEFAULT_CONFIG_PATH,
+            )
+        except ConfigError as exc:
+            # The local file changed under a committed fleet layer: serve with the local
+            # layers and say why; the fleet sees the version it has in config/reported.
+            print(
+                f"appliance: fleet configuration v{startup.version} no longer validates over "
+                f"the local file, ignored: {exc.problems}",
+                file=sys.stderr,
+            )
+            startup = configpush.Startup(None, None, None)
     if args.log_level:
         cfg.logging.level = args.log_level
     logs.setup(cfg.logging.level, cfg.logging.target)
+    daemon = Daemon(cfg, args.state_dir, config_path=args.config, startup=startup)
     try:
-        return Daemon(cfg, args.state_dir).run()
+        rc = daemon.run()
     except ApplianceError as exc:
         print(f"appliance: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_FAILURE
+    if daemon.restart_reason:
+        # Apply or roll back a configuration atomically: a fresh process image with the new
+        # layers. Same PID, so systemd (Type=notify, RELOADING=1 sent) keeps supervising.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "appliance", *sys.argv[1:]])  # noqa: S606
+    return rc
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:

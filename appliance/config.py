@@ -159,6 +159,18 @@ class TrustSection(Strict):
     )
 
 
+class ConfigPushSection(Strict):
+    """How the fleet's desired configuration is applied (docs/trust.md)."""
+
+    trial_timeout_s: float = Field(
+        30.0,
+        ge=1.0,
+        le=600.0,
+        description="After applying a pushed configuration: seconds for the broker to be "
+        "reachable and the devices that were healthy to be healthy again, else roll back",
+    )
+
+
 class TelemetrySection(Strict):
     heartbeat_s: float = Field(30.0, ge=1.0, description="Seconds between heartbeats")
 
@@ -197,6 +209,7 @@ class AppConfig(Strict):
     store: StoreSection = Field(default_factory=StoreSection)
     commands: CommandsSection = Field(default_factory=CommandsSection)
     trust: TrustSection = Field(default_factory=TrustSection)
+    config_push: ConfigPushSection = Field(default_factory=ConfigPushSection)
     telemetry: TelemetrySection = Field(default_factory=TelemetrySection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     hardware: HardwareSection = Field(default_factory=HardwareSection)

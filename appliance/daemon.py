@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -25,6 +26,7 @@ from .agent.mqtt import Incoming, MqttAgent
 from .agent.topics import Topics
 from .commands import CommandRegistry
 from .config import AppConfig
+from .configpush import ConfigPush, Startup
 from .devices import Device, DeviceHealth, HealthState
 from .dispatch import Dispatcher, Verified, Verifier
 from .drivers import create_device
@@ -209,10 +211,21 @@ class Services:
 
 class Daemon:
     def __init__(
-        self, config: AppConfig, state_dir: Path, notifier: Notifier | None = None
+        self,
+        config: AppConfig,
+        state_dir: Path,
+        notifier: Notifier | None = None,
+        *,
+        config_path: Path | None = None,
+        startup: Startup | None = None,
     ) -> None:
         self.config = config
         self.state_dir = state_dir
+        self.config_path = config_path
+        self.startup = startup or Startup(None, None, None)
+        self.restart_reason: str | None = None
+        self.configpush: ConfigPush | None = None
+        self._trial_deadline: float | None = None
         self.notifier = notifier or Notifier()
         self._stop = threading.Event()
         self._state = "starting"
@@ -275,6 +288,19 @@ class Daemon:
             session_active=lambda: svc.session_active(),  # noqa: PLW0108 - late-bound on purpose
         )
         svc.dispatcher = dispatcher
+        self.configpush = ConfigPush(
+            config=cfg,
+            config_path=self.config_path,
+            state_dir=self.state_dir,
+            store=store,
+            startup=self.startup,
+            publish_reported=self._publish_reported,
+            request_restart=self.request_restart,
+            session_active=lambda: svc.session_active(),  # noqa: PLW0108 - late-bound
+        )
+        self._config_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="config")
+        if self.startup.trial is not None:
+            self._trial_deadline = time.monotonic() + cfg.config_push.trial_timeout_s
         interrupted = dispatcher.mark_interrupted()
         if interrupted:
             log.warning("%d command(s) were interrupted by the last stop", interrupted)
@@ -309,11 +335,9 @@ class Daemon:
         svc = self.services
         assert svc is not None and svc.dispatcher is not None
         if msg.topic == svc.topics.config_desired:
-            handler = svc.extras.get("config_desired")
-            if handler is None:
-                log.info("desired configuration received but no trust layer is configured; ignored")
-                return
-            handler(msg)
+            push = self.configpush
+            if push is not None:
+                self._config_worker.submit(self._guarded, push.on_document, msg.payload)
             return
         svc.dispatcher.handle(msg)
 
@@ -358,9 +382,30 @@ class Daemon:
                 continue
             commands.register(registry, dev)
 
+    @staticmethod
+    def _guarded(fn: Callable[[bytes], None], payload: bytes) -> None:
+        try:
+            fn(payload)
+        except Exception:
+            log.exception("desired configuration handler failed")
+
+    def request_restart(self, reason: str) -> None:
+        """Stop, then re-execute (``appliance run`` does the exec): used to apply or roll back
+        a configuration atomically."""
+        log.info("restart requested: %s", reason)
+        self.restart_reason = reason
+        self._stop.set()
+
+    def _publish_reported(self, body: dict[str, Any]) -> None:
+        svc = self.services
+        if svc is not None and svc.agent is not None:
+            svc.agent.publish(svc.topics.config_reported, json.dumps(body), qos=1, retain=True)
+
     def _on_mqtt_state(self, state: str) -> None:
         self._state = state
         self.notifier.status(self._status_line())
+        if state == "connected" and self.configpush is not None:
+            self.configpush.republish()
 
     def _status_line(self) -> str:
         svc = self.services
@@ -393,8 +438,11 @@ class Daemon:
         next_hb = time.monotonic()
         wd = self.notifier.watchdog_interval
         next_wd = time.monotonic()
+        if self.configpush is not None:
+            self.configpush.after_start()
         while not self._stop.is_set():
             now = time.monotonic()
+            self._config_tick(now)
             if now >= next_hb:
                 self._heartbeat()
                 next_hb = now + hb_every
@@ -404,6 +452,32 @@ class Daemon:
                 next_wd = now + wd
             wait = min(next_hb, next_wd if wd else next_hb) - time.monotonic()
             self._stop.wait(max(0.05, min(wait, 1.0)))
+
+    def _config_tick(self, now: float) -> None:
+        push = self.configpush
+        svc = self.services
+        if push is None or svc is None:
+            return
+        if self._trial_deadline is not None:
+            trial = self.startup.trial or {}
+            baseline: dict[str, str] = trial.get("baseline", {})
+            health = {k: d.health().state for k, d in svc.devices.items()}
+            worse = [k for k, was in baseline.items() if was == "ok" and health.get(k) != "ok"]
+            connected = bool(svc.agent and svc.agent.connected)
+            if connected and not worse:
+                self._trial_deadline = None
+                push.trial_verdict(True, "broker reachable, devices healthy")
+            elif now > self._trial_deadline:
+                self._trial_deadline = None
+                reasons = (
+                    []
+                    if connected
+                    else [f"broker {self.config.mqtt.host}:{self.config.mqtt.port} unreachable"]
+                )
+                reasons += [f"{k} {health.get(k)} (was ok)" for k in worse]
+                push.trial_verdict(False, "; ".join(reasons))
+        elif push.waiting:
+            push.poll({k: d.health().state for k, d in svc.devices.items()})
 
     def _heartbeat(self) -> None:
         svc = self.services
@@ -420,11 +494,17 @@ class Daemon:
         svc.agent.publish(svc.topics.telemetry, json.dumps(body), qos=0)
 
     def _shutdown(self) -> None:
-        self.notifier.stopping()
+        if self.restart_reason:
+            self.notifier.notify("RELOADING=1", f"STATUS={self.restart_reason}")
+        else:
+            self.notifier.stopping()
+        worker = getattr(self, "_config_worker", None)
+        if worker is not None:
+            worker.shutdown(wait=True, cancel_futures=True)
         svc = self.services
         if svc is not None:
             if svc.agent is not None:
-                svc.agent.stop()
+                svc.agent.stop("restart" if self.restart_reason else "shutdown")
             if svc.dispatcher is not None:
                 svc.dispatcher.close()
             for dev in svc.devices.values():
