@@ -155,6 +155,8 @@ def test_opencv_reads_frames_then_reports_the_end_as_unplugged(
     cam.start()
     try:
         assert cam.health().state == "ok"
+        # The size the source delivers, not the 640x480 asked for in the configuration.
+        assert cam.health().info == {"width": 320, "height": 240}
         first = cam.read(timeout_s=5)
         assert any(np.array_equal(first.image, f) for f in frames)
         with pytest.raises(DeviceDisconnected, match="stopped delivering"):

@@ -93,6 +93,10 @@ class CameraBase:
     def _close(self) -> None:
         raise NotImplementedError
 
+    def _opened_size(self) -> tuple[int, int]:
+        """The frame size the open device delivers (backends that can ask the driver do)."""
+        return self.config.width, self.config.height
+
     # --- Device ---------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -181,7 +185,8 @@ class CameraBase:
                 return False
             self._opened = True
             self._stats["opens"] += 1
-            self._tracker.set("ok", None, width=self.config.width, height=self.config.height)
+            width, height = self._opened_size()
+            self._tracker.set("ok", None, width=width, height=height)
             log.info("camera %s opened", self.backend_name)
             return True
 

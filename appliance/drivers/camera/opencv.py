@@ -123,6 +123,17 @@ class OpenCVCamera(CameraBase):
                 next_due += pace
                 self._grab_stop.wait(max(0.0, next_due - time.monotonic()))
 
+    def _opened_size(self) -> tuple[int, int]:
+        # A webcam may not support the requested size and silently picks another one.
+        cap = self._cap
+        if cap is None:
+            return self.config.width, self.config.height
+        width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+        height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        if width <= 0 or height <= 0:
+            return self.config.width, self.config.height
+        return width, height
+
     def _read(self, timeout_s: float) -> Image:
         deadline = time.monotonic() + timeout_s
         with self._cond:
