@@ -263,3 +263,25 @@ def test_face_detector_on_labelled_lfw_photographs() -> None:
     # Measured: 96 of 100 faces and 0 of 100 non-faces over the whole subset.
     assert found >= 0.9 * len(faces), found
     assert false <= 1, false
+
+
+@pytest.mark.parametrize("fault", ["none", "tilted"])
+def test_stored_portrait_is_itself_a_compliant_token(fault: str) -> None:
+    """Decode the 19794-5 record's JPEG and score it again: one face, eyes where the token
+    geometry puts them (the warp levelled the tilted head), every component passing."""
+    from appliance.biometrics.face_record import FaceRecord
+    from appliance.drivers.camera.autocapture import build_portrait
+    from appliance.drivers.camera.config import CameraConfig
+
+    frame, _ = scene.render(640, 480, fault, 3)
+    report = assess(frame)
+    portrait = build_portrait(frame, report, CameraConfig(), report.passed)
+    (face,) = FaceRecord.decode(portrait.record).images
+    token = cv2.imdecode(np.frombuffer(face.image, np.uint8), cv2.IMREAD_COLOR)
+    assert token.shape == (face.height, face.width, 3)
+    again = assess(token)
+    assert again.passed, again.to_dict()
+    assert again.face is not None
+    w = face.width
+    assert math.dist(again.face.right_eye, (0.375 * w, TOKEN_EYE_Y * w)) < 3
+    assert math.dist(again.face.left_eye, (0.625 * w, TOKEN_EYE_Y * w)) < 3
