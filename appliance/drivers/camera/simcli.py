@@ -28,7 +28,10 @@ from .scene import FAULTS, render
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     """Add this command's options to ``p``."""
-    p.description = __doc__.split("\n\n")[0] if __doc__ else None
+    p.description = (
+        "Render simulated camera frames with a fault and print their quality reports "
+        "(JSON lines, no pixels), or score existing pictures with the same rules."
+    )
     p.add_argument(
         "--fault",
         choices=[f for f in FAULTS if f != "unplugged"],
