@@ -73,6 +73,10 @@ class CommandSpec(Generic[ArgsT]):
     # Read-only and fast (no device I/O, no effect): runs in the network thread and is
     # recorded with its reply in one transaction (see Dispatcher._run_readonly).
     readonly: bool = False
+    # Result fields sent in the reply but never written to the command log (a technician's
+    # snapshot image): biometrics never reach the disk unencrypted. A repeat of the command
+    # id gets the stored reply, with these fields marked as not stored.
+    unstored: frozenset[str] = frozenset()
 
 
 def _first_line(doc: str | None) -> str:
@@ -96,6 +100,7 @@ class CommandRegistry:
         role: str = "operator",
         result: type[BaseModel] | None = None,
         readonly: bool = False,
+        unstored: tuple[str, ...] = (),
     ) -> None:
         if name in self._specs:
             raise ValueError(f"command {name!r} registered twice")
@@ -109,6 +114,7 @@ class CommandRegistry:
             role=role,
             result_model=result,
             readonly=readonly,
+            unstored=frozenset(unstored),
         )
 
     def get(self, name: str) -> CommandSpec[Any]:

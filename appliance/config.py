@@ -193,6 +193,11 @@ class SimulationSection(Strict):
         False, description="Start a private pcscd + vpcd stack with the card emulator behind it"
     )
     seed: int = Field(1, description="Seed of the emulators' synthetic citizens")
+    line_rate: bool = Field(
+        True,
+        description="Pace the fingerprint emulator at the configured baud like a real UART "
+        "(false: as fast as the pty allows, for tests)",
+    )
 
 
 class HardwareSection(Strict):

@@ -451,8 +451,13 @@ class Dispatcher:
         corr: bytes | None,
     ) -> None:
         body = reply.to_json()
+        stored = body
+        unstored = self.registry.get(ctx.name).unstored
+        if unstored and reply.result:
+            kept = {k: ("(not stored)" if k in unstored else v) for k, v in reply.result.items()}
+            stored = reply.model_copy(update={"result": kept}).to_json()
         try:
-            first = self.store.commands.finish(ctx.command_id, body, outcome)
+            first = self.store.commands.finish(ctx.command_id, stored, outcome)
         except ApplianceError:
             log.exception("command %s: storing the reply failed", ctx.command_id)
             first = True

@@ -197,4 +197,5 @@ def register(
         timeout_s=10.0,
         role="technician",
         intrusive=True,
+        unstored=("jpeg_base64",),  # the picture goes to the technician, never to disk
     )
