@@ -43,17 +43,21 @@ def daemon_config(workdir: Path, port: int, device: str, *, sim: bool = False) -
     cfg.write_text(
         f'[device]\nid = "{device}"\n[mqtt]\nport = {port}\n'
         "reconnect_min_s = 0.05\nreconnect_max_s = 0.5\n"
-        "[telemetry]\nheartbeat_s = 3600\n[logging]\nlevel = \"WARNING\"\n" + hw
+        '[telemetry]\nheartbeat_s = 3600\n[logging]\nlevel = "WARNING"\n' + hw
     )
     return cfg
 
 
-def start_daemon(cfg: Path, state: Path, env: dict[str, str] | None = None,
-                 log: Path | None = None) -> subprocess.Popen[bytes]:
+def start_daemon(
+    cfg: Path, state: Path, env: dict[str, str] | None = None, log: Path | None = None
+) -> subprocess.Popen[bytes]:
     out = (log or cfg.parent / "daemon.log").open("ab")
     p = subprocess.Popen(
         [sys.executable, "-m", "appliance", "run", "--config", str(cfg), "--state-dir", str(state)],
-        stdout=out, stderr=out, env={**os.environ, **(env or {})}, cwd=ROOT,
+        stdout=out,
+        stderr=out,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
     )
     out.close()
     return p

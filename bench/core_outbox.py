@@ -60,10 +60,14 @@ class Sub:
         self.topic = topic
         self.done = threading.Event()
         self.want = 0
-        self.c = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                             client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
+        self.c = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
         self.c.on_socket_open = lambda _c, _u, s: s.setsockopt(
-            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+        )
         self.c.on_message = self.on_message
         self.c.on_connect = lambda cl, *_: cl.subscribe(topic, qos=1)
         self.port = port
@@ -127,8 +131,11 @@ def main() -> None:
             broker.stop()  # the outage
             for i in range(0, n, 1000):
                 store.outbox.put_many(
-                    [("bench", "kiosk/bench-ob/events/bench", {**PAYLOAD, "n": k})
-                     for k in range(i, min(n, i + 1000))])
+                    [
+                        ("bench", "kiosk/bench-ob/events/bench", {**PAYLOAD, "n": k})
+                        for k in range(i, min(n, i + 1000))
+                    ]
+                )
             depth = store.outbox.depth()
             store.close()
             broker.start()
@@ -140,16 +147,23 @@ def main() -> None:
             broker.stop()
     rate = len(sub.ids) / (sub.last - sub.first) if sub.last > sub.first else 0.0
     in_order = sub.seqs == sorted(sub.seqs)
-    emit("core_outbox", {
-        "events": n, "queued_during_outage": depth,
-        "raw_paho_qos1_msgs_per_s": round(raw_rate),
-        "daemon_drain_msgs_per_s": round(rate),
-        "ratio_vs_raw": round(rate / raw_rate, 2),
-        "received_unique": len(sub.ids), "duplicates": sub.dups,
-        "lost": n - len(sub.ids), "in_order": in_order,
-        "broker_up_to_last_event_s": round(sub.last - t_up, 3),
-        "target": ">= 5000 msg/s, zero loss", "met": rate >= 5000 and len(sub.ids) == n,
-    })
+    emit(
+        "core_outbox",
+        {
+            "events": n,
+            "queued_during_outage": depth,
+            "raw_paho_qos1_msgs_per_s": round(raw_rate),
+            "daemon_drain_msgs_per_s": round(rate),
+            "ratio_vs_raw": round(rate / raw_rate, 2),
+            "received_unique": len(sub.ids),
+            "duplicates": sub.dups,
+            "lost": n - len(sub.ids),
+            "in_order": in_order,
+            "broker_up_to_last_event_s": round(sub.last - t_up, 3),
+            "target": ">= 5000 msg/s, zero loss",
+            "met": rate >= 5000 and len(sub.ids) == n,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -65,8 +65,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         broker = Mosquitto(work / "broker").start()
-        echo = subprocess.Popen([sys.executable, "-c", ECHO, str(broker.port)],
-                                stdout=subprocess.PIPE, text=True)
+        echo = subprocess.Popen(
+            [sys.executable, "-c", ECHO, str(broker.port)], stdout=subprocess.PIPE, text=True
+        )
         assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
         cfg = daemon_config(work / "d", broker.port, "bench-rt")
         daemon = start_daemon(cfg, work / "d" / "state")
@@ -89,11 +90,17 @@ def main() -> None:
             broker.stop()
     b, d = summary_ms(bare), summary_ms(dmn)
     ratio = d["p50_ms"] / b["p50_ms"]
-    emit("core_roundtrip", {
-        "bare_echo": b, "daemon_ping": d,
-        "ratio_p50": round(ratio, 2), "ratio_p99": round(d["p99_ms"] / b["p99_ms"], 2),
-        "target": "daemon p50 <= 4x bare echo p50", "met": ratio <= 4.0,
-    })
+    emit(
+        "core_roundtrip",
+        {
+            "bare_echo": b,
+            "daemon_ping": d,
+            "ratio_p50": round(ratio, 2),
+            "ratio_p99": round(d["p99_ms"] / b["p99_ms"], 2),
+            "target": "daemon p50 <= 4x bare echo p50",
+            "met": ratio <= 4.0,
+        },
+    )
 
 
 if __name__ == "__main__":

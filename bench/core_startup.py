@@ -82,9 +82,12 @@ def main() -> None:
             # which load sqlite-utils); the measured boots are ordinary ones.
             one(lambda: start_daemon(cfg, state, env), sock)
             for _ in range(args.runs):
-                r, m = one(lambda: subprocess.Popen(
-                    [sys.executable, "-c", BARE, str(broker.port)],
-                    env={**os.environ, **env}), sock)
+                r, m = one(
+                    lambda: subprocess.Popen(
+                        [sys.executable, "-c", BARE, str(broker.port)], env={**os.environ, **env}
+                    ),
+                    sock,
+                )
                 bare_r.append(r)
                 bare_m.append(m)
                 r, m = one(lambda: start_daemon(cfg, state, env), sock)
@@ -94,15 +97,21 @@ def main() -> None:
             sock.close()
             broker.stop()
     med = statistics.median
-    emit(f"core_startup_{args.kit}", {
-        "kit": args.kit, "runs": args.runs,
-        "bare_ready_s": round(med(bare_r), 3), "bare_rss_mb": round(med(bare_m) / 1024, 1),
-        "daemon_ready_s": round(med(d_r), 3), "daemon_rss_mb": round(med(d_m) / 1024, 1),
-        "ratio_ready": round(med(d_r) / med(bare_r), 2),
-        "ratio_rss": round(med(d_m) / med(bare_m), 2),
-        "target": "READY <= 1.5 s, idle RSS <= 45 MB",
-        "met": med(d_r) <= 1.5 and med(d_m) / 1024 <= 45,
-    })
+    emit(
+        f"core_startup_{args.kit}",
+        {
+            "kit": args.kit,
+            "runs": args.runs,
+            "bare_ready_s": round(med(bare_r), 3),
+            "bare_rss_mb": round(med(bare_m) / 1024, 1),
+            "daemon_ready_s": round(med(d_r), 3),
+            "daemon_rss_mb": round(med(d_m) / 1024, 1),
+            "ratio_ready": round(med(d_r) / med(bare_r), 2),
+            "ratio_rss": round(med(d_m) / med(bare_m), 2),
+            "target": "READY <= 1.5 s, idle RSS <= 45 MB",
+            "met": med(d_r) <= 1.5 and med(d_m) / 1024 <= 45,
+        },
+    )
 
 
 if __name__ == "__main__":
