@@ -1,0 +1,385 @@
+"""The fleet tools' MQTT connection: broker options (flags and ``<home>/fleet.toml``) and a
+small paho MQTT 5 client that waits for what it needs (CONNACK, SUBACK, PUBACK) with deadlines.
+
+Every fleet tool (``approve``, ``devices``, ``send``, ``push-config``, ``watch``,
+``controller``) talks to the real broker through :class:`FleetMqtt`. With the broker of
+``provisioning/`` (mutual TLS, ACLs keyed on the certificate CN) the tools connect with the
+``controller`` certificate; ``--ca``/``--cert``/``--key`` name its files.
+
+``<home>/fleet.toml`` (optional) holds the defaults so an administrator does not repeat them::
+
+    [broker]
+    host = "mqtt.fleet.example"
+    port = 8883
+    prefix = "kiosk"
+    ca_file = "/etc/fleet/ca.crt"
+    cert_file = "/etc/fleet/controller.crt"
+    key_file = "/etc/fleet/controller.key"
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import socket
+import ssl
+import threading
+import tomllib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ..agent.topics import validate_segment
+from ..errors import ApplianceError, ConfigError
+
+log = logging.getLogger(__name__)
+
+FLEET_CONFIG = "fleet.toml"
+DEFAULT_HOME = "~/.appliance-fleet"
+
+
+class FleetConnectionError(ApplianceError):
+    """The broker could not be reached, refused the connection, or did not answer in time."""
+
+    code = "broker_unreachable"
+    retryable = True
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("APPLIANCE_FLEET_HOME", DEFAULT_HOME)).expanduser()
+
+
+@dataclass(frozen=True)
+class BrokerOptions:
+    """Where and how a fleet tool connects."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    prefix: str = "kiosk"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False
+
+    @property
+    def tls(self) -> bool:
+        return self.ca_file is not None or self.cert_file is not None
+
+    def describe(self) -> str:
+        return f"{self.host}:{self.port}{' (TLS)' if self.tls else ''}"
+
+
+def add_home_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--home",
+        type=Path,
+        default=None,
+        help="fleet home directory: root key, approved devices, claim tokens, fleet.toml "
+        "(default: $APPLIANCE_FLEET_HOME or ~/.appliance-fleet)",
+    )
+
+
+def add_broker_args(p: argparse.ArgumentParser) -> None:
+    """Broker flags shared by every fleet tool; unset flags fall back to ``fleet.toml``."""
+    g = p.add_argument_group("broker (defaults from <home>/fleet.toml [broker], else shown)")
+    g.add_argument("--host", help="broker host name or address (default 127.0.0.1)")
+    g.add_argument("--port", type=int, help="broker port (default 1883; 8883 is usual with TLS)")
+    g.add_argument("--prefix", help="topic prefix of the fleet (default kiosk)")
+    g.add_argument("--ca", type=Path, metavar="FILE", help="CA certificate: enables TLS")
+    g.add_argument(
+        "--cert", type=Path, metavar="FILE", help="client certificate (the 'controller' one)"
+    )
+    g.add_argument("--key", type=Path, metavar="FILE", help="client certificate's key (0600)")
+    g.add_argument(
+        "--insecure",
+        action="store_true",
+        help="skip the broker host name check (testing only)",
+    )
+
+
+def home_of(args: argparse.Namespace) -> Path:
+    home = getattr(args, "home", None)
+    return Path(home).expanduser() if home else default_home()
+
+
+def read_fleet_config(home: Path) -> dict[str, Any]:
+    path = home / FLEET_CONFIG
+    if not path.exists():
+        return {}
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path} unreadable", [(str(path), str(exc))]) from None
+    return data
+
+
+def broker_options(args: argparse.Namespace) -> BrokerOptions:
+    """Flags over ``<home>/fleet.toml`` over built-in defaults; a bad value is a ConfigError."""
+    cfg = read_fleet_config(home_of(args)).get("broker", {})
+    if not isinstance(cfg, dict):
+        raise ConfigError("fleet.toml: [broker] must be a table", [("broker", "not a table")])
+    known = {"host", "port", "prefix", "ca_file", "cert_file", "key_file", "insecure"}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ConfigError(
+            "fleet.toml: unknown keys", [(f"broker.{k}", "unknown key") for k in unknown]
+        )
+
+    def pick(flag: str, key: str, default: Any) -> Any:
+        value = getattr(args, flag, None)
+        return value if value not in (None, False) else cfg.get(key, default)
+
+    def path(flag: str, key: str) -> Path | None:
+        v = pick(flag, key, None)
+        return Path(v).expanduser() if v else None
+
+    port = pick("port", "port", 1883)
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError("bad broker port", [("broker.port", f"{port!r} is not 1-65535")])
+    prefix = str(pick("prefix", "prefix", "kiosk"))
+    try:
+        validate_segment(prefix, "topic prefix")
+    except ValueError as exc:
+        raise ConfigError("bad topic prefix", [("broker.prefix", str(exc))]) from None
+    return BrokerOptions(
+        host=str(pick("host", "host", "127.0.0.1")),
+        port=port,
+        prefix=prefix,
+        ca_file=path("ca", "ca_file"),
+        cert_file=path("cert", "cert_file"),
+        key_file=path("key", "key_file"),
+        insecure=bool(pick("insecure", "insecure", False)),
+    )
+
+
+@dataclass(frozen=True)
+class Message:
+    """One delivered message with what the fleet tools need of its MQTT 5 properties."""
+
+    topic: str
+    payload: bytes
+    retained: bool
+    user_properties: dict[str, str]
+    correlation_data: bytes | None
+
+
+def _nodelay(_c: Any, _u: Any, sock: Any) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        log.debug("TCP_NODELAY not available")
+
+
+class FleetMqtt:
+    """A paho MQTT 5 client for the fleet tools (one network thread, thread-safe calls).
+
+    ``on_message`` receives every delivered :class:`Message`; :meth:`collector` gives a queue
+    of the messages matching a filter. Subscriptions are made again after a reconnect.
+    """
+
+    def __init__(
+        self,
+        opts: BrokerOptions,
+        *,
+        client_id: str | None = None,
+        clean_start: bool = True,
+        session_expiry_s: int = 0,
+    ) -> None:
+        self.opts = opts
+        self.client_id = client_id or f"fleet-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._clean_start = clean_start
+        self._session_expiry_s = session_expiry_s
+        self.client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        self.client.on_socket_open = _nodelay
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_publish = self._on_publish
+        if opts.tls:
+            try:
+                self.client.tls_set(
+                    ca_certs=str(opts.ca_file) if opts.ca_file else None,
+                    certfile=str(opts.cert_file) if opts.cert_file else None,
+                    keyfile=str(opts.key_file) if opts.key_file else None,
+                )
+            except (OSError, ssl.SSLError) as exc:
+                raise FleetConnectionError(
+                    f"cannot load the TLS files ({opts.ca_file}, {opts.cert_file}, "
+                    f"{opts.key_file}): {exc}",
+                    code="tls_files",
+                    retryable=False,
+                ) from None
+            if opts.insecure:
+                self.client.tls_insecure_set(True)
+        self._cv = threading.Condition()
+        self._connack: Any = None
+        self._subacks: dict[int, list[int]] = {}
+        self._pubacks: dict[int, int] = {}
+        self._subs: list[tuple[str, int]] = []
+        self._collectors: list[tuple[str, queue.Queue[Message]]] = []
+        self.on_message: Callable[[Message], None] | None = None
+
+    # -- connection ----------------------------------------------------------------------------
+
+    def connect(self, timeout: float = 10.0) -> FleetMqtt:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        if self._session_expiry_s:
+            props.SessionExpiryInterval = self._session_expiry_s
+        try:
+            self.client.connect(
+                self.opts.host,
+                self.opts.port,
+                keepalive=30,
+                clean_start=self._clean_start,
+                properties=props,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise FleetConnectionError(
+                f"cannot connect to the broker {self.opts.describe()}: {exc}"
+            ) from None
+        self.client.loop_start()
+        with self._cv:
+            ok = self._cv.wait_for(lambda: self._connack is not None, timeout)
+        if not ok:
+            self.close()
+            raise FleetConnectionError(
+                f"no answer (CONNACK) from {self.opts.describe()} within {timeout:g} s: "
+                "is the port right, and does the broker accept this certificate?"
+            )
+        if self._connack.is_failure:
+            rc = self._connack
+            self.close()
+            raise FleetConnectionError(
+                f"the broker {self.opts.describe()} refused the connection: {rc}",
+                retryable=False,
+            )
+        return self
+
+    def close(self) -> None:
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+
+    def __enter__(self) -> FleetMqtt:
+        return self.connect()
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        with self._cv:
+            first = self._connack is None
+            self._connack = rc
+            self._cv.notify_all()
+        if not rc.is_failure and not first and self._subs:
+            client.subscribe(list(self._subs))  # resubscribe after a reconnect
+
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, rcs: list[Any], _p: Any) -> None:
+        with self._cv:
+            self._subacks[mid] = [r.value for r in rcs]
+            self._cv.notify_all()
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, rc: Any, _p: Any) -> None:
+        with self._cv:
+            self._pubacks[mid] = rc.value
+            self._cv.notify_all()
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        props = getattr(msg, "properties", None)
+        user = dict(getattr(props, "UserProperty", None) or []) if props else {}
+        corr = getattr(props, "CorrelationData", None) if props else None
+        m = Message(
+            topic=msg.topic,
+            payload=bytes(msg.payload),
+            retained=bool(msg.retain),
+            user_properties={str(k): str(v) for k, v in user.items()},
+            correlation_data=bytes(corr) if corr else None,
+        )
+        with self._cv:
+            collectors = list(self._collectors)
+        for pattern, q in collectors:
+            if paho.topic_matches_sub(pattern, m.topic):
+                q.put(m)
+        cb = self.on_message
+        if cb is not None:
+            try:
+                cb(m)
+            except Exception:  # a tool's handler must not kill the network thread
+                log.exception("message handler failed on %s", m.topic)
+
+    def collector(self, pattern: str) -> queue.Queue[Message]:
+        """A queue receiving every later message whose topic matches ``pattern`` (a filter
+        without ``$share``); subscribe separately."""
+        q: queue.Queue[Message] = queue.Queue()
+        with self._cv:
+            self._collectors.append((pattern, q))
+        return q
+
+    def subscribe(self, topics: list[str], qos: int = 1, timeout: float = 10.0) -> None:
+        """Subscribe and wait for the SUBACK; a refused filter raises."""
+        pairs = [(t, qos) for t in topics]
+        rc, mid = self.client.subscribe(pairs)
+        if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+            raise FleetConnectionError(f"subscribe failed (rc {rc})")
+        with self._cv:
+            ok = self._cv.wait_for(lambda: mid in self._subacks, timeout)
+            codes = self._subacks.pop(mid, [])
+        if not ok:
+            raise FleetConnectionError(f"no SUBACK for {topics} within {timeout:g} s")
+        bad = [t for t, c in zip(topics, codes, strict=False) if c >= 0x80]
+        if bad:
+            raise FleetConnectionError(f"the broker refused the subscription to {bad}")
+        with self._cv:
+            self._subs.extend(pairs)
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+        expiry_s: int | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        """Publish at QoS 1 and wait for the PUBACK; a refusal (e.g. 0x87 not authorised by
+        the ACL) raises with the reason."""
+        props = None
+        if response_topic or correlation_data or expiry_s:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            if response_topic:
+                props.ResponseTopic = response_topic
+            if correlation_data:
+                props.CorrelationData = correlation_data
+            if expiry_s:
+                props.MessageExpiryInterval = expiry_s
+        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=props)
+        with self._cv:
+            ok = self._cv.wait_for(lambda: info.mid in self._pubacks, timeout)
+            code = self._pubacks.pop(info.mid, None)
+        if not ok or code is None:
+            raise FleetConnectionError(f"no PUBACK for {topic} within {timeout:g} s")
+        # 0x00 success, 0x10 no matching subscribers (MQTT 5.0 section 3.4.2.1)
+        if code not in (0x00, 0x10):
+            what = "not authorised by the broker's ACL" if code == 0x87 else f"reason {code:#x}"
+            raise FleetConnectionError(
+                f"the broker refused the publish on {topic}: {what}", retryable=False
+            )
