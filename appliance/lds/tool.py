@@ -27,8 +27,9 @@ from pydantic import ValidationError
 
 from ..errors import ApplianceError
 from .files import Dg13
-from .issuance import IssuancePackage, build_issuance_package, verify_package
+from .issuance import build_issuance_package, verify_package
 from .mrz import Td1
+from .package import IssuancePackage
 from .sod import load_trust_bundle
 from .testpki import make_test_pki, write_test_pki
 

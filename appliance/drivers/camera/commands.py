@@ -24,15 +24,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import cv2
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...commands import CommandContext, CommandRegistry, NoArgs
 from ...errors import Busy
-from .autocapture import auto_capture, encode_jpeg, jpeg2000_available
 from .interface import Camera
-from .quality import assess
 from .records import PortraitStore
 
 # camera.capture's timeout_s may be up to this; the command's own timeout adds a margin for
@@ -68,6 +64,12 @@ class SnapshotArgs(BaseModel):
         None, ge=80, le=640, description="Image width; never above snapshot_width"
     )
     assess: bool = Field(True, description="Also report the quality components of the frame")
+
+
+def _jpeg2000_available() -> bool:
+    from .autocapture import jpeg2000_available
+
+    return jpeg2000_available()
 
 
 def register(
@@ -116,6 +118,8 @@ def register(
                     "camera.guidance", {"command_id": ctx.command_id, **payload}, durable=False
                 )
 
+            from .autocapture import auto_capture  # OpenCV and Pillow load on first use
+
             outcome = auto_capture(
                 device,
                 timeout_s=budget,
@@ -148,7 +152,7 @@ def register(
             "stats": device.stats(),
             "capturing": capture_lock.locked(),
             "enrollment_active": enrolling(ctx),
-            "jpeg2000": bool(config.jpeg2000 and jpeg2000_available()),
+            "jpeg2000": bool(config.jpeg2000 and _jpeg2000_available()),
             "portraits": portraits.describe(),
         }
 
@@ -167,6 +171,12 @@ def register(
         width = min(args.width or config.snapshot_width, config.snapshot_width)
         h, w = frame.image.shape[:2]
         height = max(1, round(h * width / w))
+        import cv2
+        import numpy as np
+
+        from .autocapture import encode_jpeg
+        from .quality import assess
+
         small = np.asarray(
             cv2.resize(frame.image, (width, height), interpolation=cv2.INTER_AREA), dtype=np.uint8
         )

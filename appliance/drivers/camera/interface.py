@@ -14,10 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 from ...devices import DeviceHealth, EventSink, HealthState, HealthTracker
 from ...errors import DeviceDisconnected, DeviceError, DeviceTimeout
@@ -25,7 +22,14 @@ from .config import CameraConfig
 
 log = logging.getLogger(__name__)
 
-Image = npt.NDArray[np.uint8]
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    Image: TypeAlias = npt.NDArray[np.uint8]
+else:
+    # numpy is not needed until the first frame: an idle kiosk does not pay for it.
+    Image = Any
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,8 @@ import logging
 import threading
 import time
 
-import cv2
-
 from ...devices import EventSink
 from ...errors import ConfigError, DeviceDisconnected
-from . import scene
 from .config import CameraConfig
 from .interface import CameraBase, Image
 
@@ -56,6 +53,8 @@ class SimCamera(CameraBase):
 
     def set_fault(self, fault: str) -> None:
         """Switch the injected fault; ``unplugged`` pulls the cable, anything else plugs it."""
+        from . import scene  # numpy and OpenCV load with the first frame, not at start
+
         if fault not in scene.FAULTS:
             raise ConfigError(
                 f"unknown simulator fault {fault!r}",
@@ -111,6 +110,8 @@ class SimCamera(CameraBase):
             upcoming = self._index + 1  # the number read() will give this frame
         if self._files:
             return self._file_frame(upcoming - 1)
+        from . import scene
+
         image, _truth = scene.render(self.config.width, self.config.height, fault, upcoming)
         return image
 
@@ -118,6 +119,8 @@ class SimCamera(CameraBase):
         path = self._files[index % len(self._files)]
         image = self._file_images.get(path)
         if image is None:
+            import cv2
+
             loaded = cv2.imread(path, cv2.IMREAD_COLOR)
             if loaded is None:
                 raise ConfigError(

@@ -12,8 +12,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ...commands import CommandContext, CommandRegistry
-from ...lds.issuance import IssuancePackage
 from ...lds.mrz import bac_mrz_information
+from ...lds.package import IssuancePackage
 from .interface import CardEncoder
 
 

@@ -12,14 +12,16 @@ import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ...errors import ApplianceError, CommandTimeout, DeviceError, ProtocolError
 from ...lds.files import FILE_FIDS
 from ...lds.tlv import header_size, tlv
 from .apdu import CommandApdu, ResponseApdu
 from .profile import CardProfile
-from .sm import SecureMessaging, bac_keys, ifd_authenticate_data, ifd_check_response, session_keys
+
+if TYPE_CHECKING:  # 3DES (cryptography) loads with the first BAC, not at start
+    from .sm import SecureMessaging
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,8 @@ class EmrtdCard:
 
     def put_data_bac_seed(self, document_number: str, birth: str, expiry: str) -> None:
         """PUT DATA ``00 DA 00 62 <62 {04 docNo}{04 birth}{04 expiry}>``."""
+        from .sm import bac_keys
+
         bac_keys(document_number, birth, expiry)  # validates before sending
         p1, p2 = self.profile.p1p2("put_data_bac_seed")
         seed = tlv(
@@ -115,6 +119,14 @@ class EmrtdCard:
 
     def basic_access_control(self, document_number: str, birth: str, expiry: str) -> None:
         """BAC mutual authentication (Part 11 §4.3); secure messaging from here on."""
+        from .sm import (
+            SecureMessaging,
+            bac_keys,
+            ifd_authenticate_data,
+            ifd_check_response,
+            session_keys,
+        )
+
         kenc, kmac = bac_keys(document_number, birth, expiry)
         self.sm = None
         rnd_ic = self.get_challenge()

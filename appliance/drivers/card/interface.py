@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from ...devices import DeviceHealth
-from ...lds.issuance import IssuancePackage
+from ...lds.package import IssuancePackage
 
 Progress = Callable[[str], None]
 

@@ -13,9 +13,8 @@ import hashlib
 import logging
 import threading
 import time
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from cryptography import x509
 from smartcard import scard
 
 from ...devices import DeviceHealth, EventSink, HealthTracker
@@ -30,9 +29,7 @@ from ...errors import (
     DeviceTimeout,
     TrustError,
 )
-from ...lds.files import FILE_FIDS, decode_dg1, decode_dg2, decode_dg13, decode_ef_com
-from ...lds.issuance import IssuancePackage, VerifiedPackage, verify_package
-from ...lds.sod import PaResult, load_trust_bundle, passive_authentication
+from ...lds.files import FILE_FIDS
 from ...lds.tlv import malformed
 from .apdu import SW_FILE_NOT_FOUND, SW_SECURITY_STATUS
 from .config import CardConfig
@@ -40,6 +37,12 @@ from .device import EmrtdCard, StepError, personalise, read_back
 from .interface import Progress
 from .link import PcscLink
 from .profile import CardProfile, load_profile
+
+if TYPE_CHECKING:  # the LDS crypto loads with the first card operation (see trust_anchors)
+    from cryptography import x509
+
+    from ...lds.issuance import VerifiedPackage
+    from ...lds.package import IssuancePackage
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ class PcscEncoder:
         self._present = False
         self._atr = ""
         self.profile: CardProfile | None = None
-        self.trust_anchors: list[x509.Certificate] = []
+        self._anchors: list[x509.Certificate] | None = None
         self._problems: list[str] = []
         self.last_apdu_count = 0
 
@@ -87,11 +90,9 @@ class PcscEncoder:
             self.profile = load_profile(self.config.card_profile, self.config.profile_dir)
         except ConfigError as exc:
             self._problems.append(f"card profile: {exc.message}")
-        if self.config.trust_bundle is not None:
-            try:
-                self.trust_anchors = load_trust_bundle(self.config.trust_bundle)
-            except ConfigError as exc:
-                self._problems.append(f"trust bundle: {exc.message}")
+        bundle = self.config.trust_bundle
+        if bundle is not None and not bundle.exists():
+            self._problems.append(f"trust bundle: {bundle} does not exist")
         if self.profile is None:
             self._health.set("error", "; ".join(self._problems))
             return
@@ -100,6 +101,26 @@ class PcscEncoder:
         self._stop.clear()
         self._thread = threading.Thread(target=self._monitor, name="card-monitor", daemon=True)
         self._thread.start()
+
+    @property
+    def trust_anchors(self) -> list[x509.Certificate]:
+        """The CSCA certificates, parsed on first use: cryptography and asn1crypto (~10 MB)
+        load when a card is first read or written, not when an idle kiosk starts."""
+        if self._anchors is None:
+            from ...lds.sod import load_trust_bundle
+
+            anchors: list[x509.Certificate] = []
+            if self.config.trust_bundle is not None:
+                try:
+                    anchors = load_trust_bundle(self.config.trust_bundle)
+                except ConfigError as exc:
+                    self._problems.append(f"trust bundle: {exc.message}")
+            self._anchors = anchors
+        return self._anchors
+
+    @trust_anchors.setter
+    def trust_anchors(self, value: list[x509.Certificate]) -> None:
+        self._anchors = list(value)
 
     def stop(self) -> None:
         self._stop.set()
@@ -258,6 +279,9 @@ class PcscEncoder:
         cancelled: threading.Event | None,
         progress: Progress | None,
     ) -> dict[str, Any]:
+        from ...lds.files import decode_dg1, decode_dg2, decode_dg13, decode_ef_com
+        from ...lds.sod import PaResult, passive_authentication
+
         t0 = time.perf_counter()
 
         def check() -> None:
@@ -336,6 +360,8 @@ class PcscEncoder:
             self._op_lock.release()
 
     def _check_package(self, package: IssuancePackage) -> VerifiedPackage:
+        from ...lds.issuance import verify_package
+
         profile = self._require_profile()
         if not self.trust_anchors:
             raise TrustError(
@@ -368,6 +394,8 @@ class PcscEncoder:
     def _encode(
         self, package: IssuancePackage, cancelled: threading.Event | None, progress: Progress | None
     ) -> dict[str, Any]:
+        from ...lds.sod import passive_authentication
+
         t0 = time.perf_counter()
         if progress:
             progress("check_package")

@@ -8,22 +8,21 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...biometrics.finger_record import Compression, FingerRecord, FingerView, encode
 from ...commands import CommandContext, CommandRegistry, NoArgs
 from ...errors import DeviceError, DeviceTimeout
 from .interface import FingerprintScanner
-from .quality import QualityReport, assess
+
+if TYPE_CHECKING:
+    from .quality import QualityReport
 
 log = logging.getLogger(__name__)
 
 # Longest capture a request may ask for; the command's own timeout adds a margin to it.
 MAX_CAPTURE_S = 120.0
-
-_COMPRESSION = {"raw": Compression.RAW, "png": Compression.PNG, "wsq": Compression.WSQ}
 
 
 class CaptureArgs(BaseModel):
@@ -65,11 +64,15 @@ class CaptureResult(BaseModel):
 def _record(
     device: FingerprintScanner, image: Any, position: int, report: QualityReport
 ) -> tuple[str, str]:
+    # numpy, Pillow and the record codec load with the first capture, not at start.
+    from ...biometrics.finger_record import Compression, FingerRecord, FingerView, encode
+
     compression = device.config.record_compression
+    codec = {"raw": Compression.RAW, "png": Compression.PNG, "wsq": Compression.WSQ}
     data = encode(
         FingerRecord(
             views=[FingerView(image=image, position=position, quality=report.score)],
-            compression=_COMPRESSION[compression],
+            compression=codec[compression],
         )
     )
     record_id = device.records.put(
@@ -106,6 +109,8 @@ def register(registry: CommandRegistry, device: FingerprintScanner) -> None:
                     break  # out of time: return the best so far, saying it fell short
                 used = attempt
                 ctx.progress("captured", attempt=attempt)
+                from .quality import assess
+
                 report = assess(captured.image, device.config.quality)
                 processing_ms = (time.monotonic() - captured.received_at) * 1000
                 accepted = report.score >= min_quality

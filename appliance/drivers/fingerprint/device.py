@@ -17,12 +17,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any
 
 from ...devices import DeviceHealth, EventSink, HealthTracker
+
+if TYPE_CHECKING:  # numpy loads with the first image, not at start
+    import numpy as np
+    import numpy.typing as npt
 from ...errors import (
     ApplianceError,
     Busy,

@@ -18,9 +18,12 @@ import enum
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:  # numpy loads with the first image (pack/unpack), not with the codec
+    import numpy as np
+    import numpy.typing as npt
+
 
 HEADER = b"\xef\x01"
 DEFAULT_ADDRESS = 0xFFFFFFFF
@@ -401,6 +404,8 @@ def pack_image(image: npt.NDArray[np.uint8]) -> bytes:
 
     Only the upper 4 bits of each pixel travel, two pixels per byte, high nibble first.
     """
+    import numpy as np
+
     if image.dtype != np.uint8 or image.ndim != 2 or image.shape[1] % 2:
         raise FrameError(f"image must be 2-D uint8 with an even width, got {image.shape}")
     hi = image[:, 0::2] & 0xF0
@@ -415,6 +420,8 @@ def unpack_image(
     0 stays black and 15 becomes full white 255."""
     if len(data) != width * height // 2:
         raise FrameError(f"image data has {len(data)} bytes, expected {width * height // 2}")
+    import numpy as np
+
     raw = np.frombuffer(data, dtype=np.uint8).reshape(height, width // 2)
     out = np.empty((height, width), dtype=np.uint8)
     out[:, 0::2] = (raw >> 4) * 17
