@@ -1,0 +1,189 @@
+"""``appliance fleet devices``: the fleet at a glance, from the broker's retained status.
+
+One row per kiosk that has a retained status on ``{prefix}/+/status`` or is approved in the
+fleet home: online / offline (clean shutdown) / lost (the broker sent its Last Will) / never
+seen, software version, device health, last seen (the status message's time), outbox depth,
+site, and whether the status carries a valid signature of the device's approved key.
+
+The retained status does not carry the outbox depth; it is filled from heartbeats seen while
+listening, or, with ``--query``, from a signed ``status`` command to every online kiosk
+(needs an operator key, ``--signer``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from typing import Any
+
+from ..errors import ApplianceError
+from ..trust.envelope import EnvelopeBuilder
+from .conn import FleetMqtt, add_broker_args, add_home_arg, broker_options
+from .tools import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_signer_arg,
+    ago,
+    collect_retained,
+    device_of,
+    load_signer,
+    registry,
+    verify_from,
+)
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    add_home_arg(p)
+    p.add_argument(
+        "--listen",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds to collect retained status and heartbeats (default %(default)s)",
+    )
+    p.add_argument(
+        "--query",
+        action="store_true",
+        help="ask every online kiosk for its status (outbox depth) with a signed command",
+    )
+    add_signer_arg(p, "operator")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_broker_args(p)
+
+
+def _health(devices: Any) -> str:
+    if not isinstance(devices, dict) or not devices:
+        return "-"
+    bad = [f"{k}:{v}" for k, v in devices.items() if v not in ("ok", "disabled")]
+    return "ok" if not bad else " ".join(bad)
+
+
+def collect(args: argparse.Namespace, mqtt: FleetMqtt, prefix: str) -> list[dict[str, Any]]:
+    reg = registry(args)
+    keys = reg.device_keys()
+    msgs = collect_retained(mqtt, [f"{prefix}/+/status", f"{prefix}/+/telemetry"], args.listen)
+    rows: dict[str, dict[str, Any]] = {}
+    for rec in reg.devices():
+        rows[rec.device_id] = {
+            "device": rec.device_id,
+            "state": "never seen",
+            "site": rec.site,
+            "approved": True,
+        }
+    for topic, msg in msgs.items():
+        dev = device_of(topic, prefix)
+        if dev is None:
+            continue
+        try:
+            body = json.loads(msg.payload)
+        except ValueError:
+            continue
+        if not isinstance(body, dict):
+            continue
+        row = rows.setdefault(dev, {"device": dev, "state": "never seen", "approved": False})
+        if topic.endswith("/status"):
+            online = body.get("online") is True
+            row["state"] = (
+                "online" if online else ("lost" if body.get("reason") == "lost" else "offline")
+            )
+            row["version"] = body.get("version", row.get("version"))
+            row["site"] = body.get("site", row.get("site", ""))
+            row["health"] = _health(body.get("devices")) if online else "-"
+            row["last_seen"] = body.get("ts")
+            row["signature"] = verify_from(keys, dev, msg).status
+        elif "outbox_depth" in body:
+            row["outbox_depth"] = body["outbox_depth"]
+            row["last_seen"] = max(row.get("last_seen") or 0, body.get("ts") or 0)
+    if args.query:
+        _query(args, mqtt, prefix, [r for r in rows.values() if r["state"] == "online"])
+    return sorted(rows.values(), key=lambda r: r["device"])
+
+
+def _query(
+    args: argparse.Namespace, mqtt: FleetMqtt, prefix: str, rows: list[dict[str, Any]]
+) -> None:
+    if not rows:
+        return
+    builder = EnvelopeBuilder(load_signer(args, "operator"), lifetime_s=60)
+    pending: dict[str, dict[str, Any]] = {}
+    q = mqtt.collector(f"{prefix}/+/reply")
+    mqtt.subscribe([f"{prefix}/+/reply"])
+    for row in rows:
+        dev = row["device"]
+        cid = f"fleet-status-{uuid.uuid4().hex[:12]}"
+        req = json.dumps({"id": cid, "cmd": "status", "args": {}}).encode()
+        mqtt.publish(
+            f"{prefix}/{dev}/cmd",
+            builder.build("status", req, dev),
+            response_topic=f"{prefix}/{dev}/reply",
+            correlation_data=cid.encode(),
+            expiry_s=60,
+        )
+        pending[cid] = row
+    deadline = time.monotonic() + 10
+    while pending and time.monotonic() < deadline:
+        try:
+            msg = q.get(timeout=max(0.0, deadline - time.monotonic()))
+        except Exception:  # noqa: S112 - queue.Empty: the deadline decides
+            continue
+        try:
+            reply = json.loads(msg.payload)
+        except ValueError:
+            continue
+        found: dict[str, Any] | None = pending.pop(str(reply.get("id")), None)
+        if found is None:
+            continue
+        row = found
+        if reply.get("ok"):
+            row["outbox_depth"] = reply["result"].get("outbox_depth")
+            row["last_seen"] = time.time()
+        else:
+            row["query_error"] = (reply.get("error") or {}).get("code")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        opts = broker_options(args)
+        with FleetMqtt(opts) as mqtt:
+            rows = collect(args, mqtt, opts.prefix)
+    except ApplianceError as exc:
+        print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    hdr = ("DEVICE", "STATE", "VERSION", "HEALTH", "LAST SEEN", "OUTBOX", "SIG", "SITE")
+    table = [hdr] + [
+        (
+            r["device"],
+            r["state"],
+            str(r.get("version") or "-"),
+            r.get("health", "-"),
+            ago(r.get("last_seen")),
+            str(r.get("outbox_depth", "-") if r.get("outbox_depth") is not None else "-"),
+            r.get("signature", "-"),
+            r.get("site") or "-",
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(hdr))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    online = sum(1 for r in rows if r["state"] == "online")
+    print(f"{len(rows)} device(s), {online} online")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="appliance fleet devices")
+    configure_parser(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

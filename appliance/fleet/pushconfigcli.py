@@ -1,0 +1,206 @@
+"""``appliance fleet push-config TARGET FILE``: sign a configuration with an admin key, publish
+it retained on each kiosk's ``{prefix}/DEVICE/config/desired``, and wait for each kiosk's
+retained report on ``{prefix}/DEVICE/config/reported``.
+
+TARGET is a device id or ``group:NAME``; a group is sent to every member known from the fleet
+home (approved devices and their groups) or from the members' retained status. FILE is TOML or
+JSON (by its extension, or ``--format``) holding only the keys to change, e.g.::
+
+    [telemetry]
+    heartbeat_s = 10
+
+The kiosk verifies the document (admin role, its target), validates it over its local
+configuration, applies it by restarting itself, checks its health and commits, or rolls back
+by itself (docs/trust.md). The version defaults to one above the highest version the kiosks
+report or hold; reports are verified with the kiosks' approved keys.
+
+Exit status: 0 applied everywhere; 1 rejected or rolled back somewhere (the reasons are
+shown); 2 bad usage; 3 a report's signature did not verify; 4 no final report in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import sys
+import time
+from pathlib import Path
+
+from ..configpush import peek_version
+from ..errors import ApplianceError
+from ..trust.certs import OperatorKey
+from ..trust.configdoc import sign_config
+from ..trust.envelope import GROUP_PREFIX, validate_target
+from .conn import FleetMqtt, add_broker_args, add_home_arg, broker_options
+from .registry import FleetRegistry
+from .tools import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_UNVERIFIED,
+    EXIT_USAGE,
+    add_signer_arg,
+    collect_retained,
+    device_of,
+    load_signer,
+    registry,
+    verify_from,
+)
+
+FINAL = ("applied", "rejected", "rolled_back")
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("target", metavar="TARGET", help="device id or group:NAME")
+    p.add_argument("file", type=Path, metavar="FILE", help="configuration fragment (TOML/JSON)")
+    add_home_arg(p)
+    add_signer_arg(p, "admin")
+    p.add_argument("--version", type=int, help="version number (default: next after the known)")
+    p.add_argument("--format", choices=("toml", "json"), help="default: from FILE's extension")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="seconds to wait for every kiosk's final report (default %(default)s)",
+    )
+    p.add_argument(
+        "--no-wait", action="store_true", help="publish and exit without waiting for reports"
+    )
+    p.add_argument(
+        "--listen",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds to collect the retained state first (default %(default)s)",
+    )
+    add_broker_args(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        validate_target(args.target)
+        content = args.file.read_bytes()
+        fmt = args.format or ("json" if args.file.suffix.lower() == ".json" else "toml")
+        opts = broker_options(args)
+        signer = load_signer(args, "admin")
+        reg = registry(args)
+    except OSError as exc:
+        print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    except ApplianceError as exc:
+        print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    prefix = opts.prefix
+    try:
+        with FleetMqtt(opts) as mqtt:
+            return _push(args, mqtt, prefix, reg, signer, content, fmt)
+    except ApplianceError as exc:
+        print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _push(
+    args: argparse.Namespace,
+    mqtt: FleetMqtt,
+    prefix: str,
+    reg: FleetRegistry,
+    signer: OperatorKey,
+    content: bytes,
+    fmt: str,
+) -> int:
+    keys = reg.device_keys()
+    group = args.target[len(GROUP_PREFIX) :] if args.target.startswith(GROUP_PREFIX) else None
+    state = collect_retained(
+        mqtt,
+        [f"{prefix}/+/status", f"{prefix}/+/config/desired", f"{prefix}/+/config/reported"],
+        args.listen,
+    )
+    if group is None:
+        devices = [args.target]
+    else:
+        members = set(reg.members(group))
+        for topic, msg in state.items():
+            if topic.endswith("/status"):
+                try:
+                    if group in (json.loads(msg.payload).get("groups") or []):
+                        members.add(str(device_of(topic, prefix)))
+                except (ValueError, AttributeError):
+                    continue
+        devices = sorted(members)
+        if not devices:
+            print(f"error: no known member of group {group}", file=sys.stderr)
+            return EXIT_USAGE
+    version = args.version
+    if version is None:
+        known = [0]
+        for dev in devices:
+            d = state.get(f"{prefix}/{dev}/config/desired")
+            if d is not None:
+                known.append(peek_version(d.payload) or 0)
+            r = state.get(f"{prefix}/{dev}/config/reported")
+            if r is not None:
+                try:
+                    rep = json.loads(r.payload)
+                    known += [int(rep.get("version") or 0), int(rep.get("applied_version") or 0)]
+                except (ValueError, TypeError, AttributeError):
+                    pass
+        version = max(known) + 1
+    doc = sign_config(content, key=signer, version=version, target=args.target, fmt=fmt)
+    reported = mqtt.collector(f"{prefix}/+/config/reported")
+    for dev in devices:
+        mqtt.publish(f"{prefix}/{dev}/config/desired", doc, retain=True)
+    print(f"published configuration v{version} for {args.target} to {', '.join(devices)}")
+    if args.no_wait:
+        return EXIT_OK
+    final: dict[str, dict[str, object]] = {}
+    unverified = False
+    deadline = time.monotonic() + args.timeout
+    while set(final) != set(devices):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            waiting = sorted(set(devices) - set(final))
+            print(
+                f"no final report from {', '.join(waiting)} within {args.timeout:g} s (offline? "
+                "a kiosk applies it when it comes back; an active enrollment session delays it)",
+                file=sys.stderr,
+            )
+            return EXIT_TIMEOUT
+        try:
+            msg = reported.get(timeout=left)
+        except queue.Empty:
+            continue
+        dev = device_of(msg.topic, prefix)
+        if dev not in devices or not msg.payload:
+            continue
+        try:
+            rep = json.loads(msg.payload)
+        except ValueError:
+            continue
+        if rep.get("version") != version:
+            continue
+        v = verify_from(keys, str(dev), msg)
+        if v.status == "bad":
+            unverified = True
+            print(f"{dev}: report signature INVALID ({v.detail})", file=sys.stderr)
+        status = rep.get("status")
+        print(f"{dev}: v{version} {status}: {rep.get('reason', '')}", flush=True)
+        for problem in rep.get("problems") or []:
+            print(f"    {problem}")
+        if status in FINAL:
+            final[str(dev)] = rep
+    if unverified:
+        return EXIT_UNVERIFIED
+    return EXIT_OK if all(r.get("status") == "applied" for r in final.values()) else EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="appliance fleet push-config")
+    configure_parser(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

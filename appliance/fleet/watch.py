@@ -1,0 +1,164 @@
+"""Live event streams for ``appliance fleet watch`` and ``appliance fleet controller``.
+
+:class:`EventStream` subscribes to the fleet's events (and optionally status and telemetry),
+filters them by device and type (shell patterns), verifies each message's device signature
+with the approved key, and hands :class:`Seen` records to a callback.
+
+With ``share_group`` the subscriptions are MQTT 5 shared subscriptions
+(``$share/{group}/{filter}``, MQTT 5.0 section 4.8.2): the broker delivers each message to
+exactly one member of the group, so several controller instances split the load. A
+controller keeps a persistent session (``clean_start=False``) so events published while it
+restarts wait for it on the broker.
+"""
+
+from __future__ import annotations
+
+import collections
+import fnmatch
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .conn import BrokerOptions, FleetMqtt, Message
+from .tools import Verification, device_of, verify_from
+
+DEDUP = 50_000
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One message as the tools show it."""
+
+    kind: str  # event / status / telemetry
+    device: str
+    type: str  # event type, or "status" / "telemetry"
+    topic: str
+    body: dict[str, Any]
+    verified: Verification
+    received_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "device": self.device,
+            "type": self.type,
+            "id": self.body.get("id"),
+            "seq": self.body.get("seq"),
+            "ts": self.body.get("ts"),
+            "data": self.body.get("data") if self.kind == "event" else self.body,
+            "verified": self.verified.status,
+            "received_at": self.received_at,
+        }
+
+    def line(self) -> str:
+        ts = self.body.get("ts")
+        when = time.strftime("%H:%M:%S", time.localtime(ts)) if isinstance(ts, int | float) else "?"
+        mark = {"ok": "", "bad": " [SIGNATURE INVALID]", "unknown": " [unverified]"}[
+            self.verified.status
+        ]
+        if self.kind == "event":
+            data = json.dumps(self.body.get("data"), ensure_ascii=False, separators=(",", ":"))
+            return f"{when} {self.device} {self.type} #{self.body.get('seq')} {data}{mark}"
+        return f"{when} {self.device} {self.type} {json.dumps(self.body)}{mark}"
+
+
+class EventStream:
+    def __init__(
+        self,
+        opts: BrokerOptions,
+        keys: dict[str, bytes],
+        on_seen: Callable[[Seen], None],
+        *,
+        devices: list[str] | None = None,
+        types: list[str] | None = None,
+        status: bool = False,
+        telemetry: bool = False,
+        share_group: str | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        self.opts = opts
+        self.keys = keys
+        self.on_seen = on_seen
+        self.devices = devices or []
+        self.types = types or []
+        self.status = status
+        self.telemetry = telemetry
+        self.share_group = share_group
+        persistent = share_group is not None and client_id is not None
+        self.mqtt = FleetMqtt(
+            opts,
+            client_id=client_id,
+            clean_start=not persistent,
+            session_expiry_s=3600 if persistent else 0,
+        )
+        self.mqtt.on_message = self._on_message
+        self._ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.count = 0
+        self.duplicates = 0
+
+    def filters(self) -> list[str]:
+        p = self.opts.prefix
+        exact = [d for d in self.devices if not any(c in d for c in "*?[")]
+        heads = exact if exact and len(exact) == len(self.devices) else ["+"]
+        out = [f"{p}/{h}/events/#" for h in heads]
+        if self.status:
+            out += [f"{p}/{h}/status" for h in heads]
+        if self.telemetry:
+            out += [f"{p}/{h}/telemetry" for h in heads]
+        if self.share_group:
+            out = [f"$share/{self.share_group}/{f}" for f in out]
+        return out
+
+    def start(self, timeout: float = 10.0) -> EventStream:
+        self.mqtt.connect(timeout)
+        self.mqtt.subscribe(self.filters(), timeout=timeout)
+        return self
+
+    def stop(self) -> None:
+        self.mqtt.close()
+
+    def _wanted(self, device: str, type_: str) -> bool:
+        if self.devices and not any(fnmatch.fnmatchcase(device, d) for d in self.devices):
+            return False
+        return not self.types or any(fnmatch.fnmatchcase(type_, t) for t in self.types)
+
+    def _on_message(self, msg: Message) -> None:
+        prefix = self.opts.prefix
+        device = device_of(msg.topic, prefix)
+        if device is None or not msg.payload:
+            return
+        rest = msg.topic.split("/")[2:]
+        if rest[0] == "events" and len(rest) >= 2:
+            kind, type_ = "event", "/".join(rest[1:])
+        elif rest == ["status"]:
+            kind = type_ = "status"
+        elif rest == ["telemetry"]:
+            kind = type_ = "telemetry"
+        else:
+            return
+        if not self._wanted(device, type_):
+            return
+        try:
+            body = json.loads(msg.payload)
+        except ValueError:
+            body = {"unparseable": msg.payload[:200].decode(errors="replace")}
+        if not isinstance(body, dict):
+            body = {"value": body}
+        eid = body.get("id") if kind == "event" else None
+        with self._lock:
+            if isinstance(eid, str):
+                # At-least-once delivery (docs/protocol.md): a re-sent event keeps its id.
+                if eid in self._ids:
+                    self.duplicates += 1
+                    return
+                self._ids[eid] = None
+                if len(self._ids) > DEDUP:
+                    self._ids.popitem(last=False)
+            self.count += 1
+        self.on_seen(
+            Seen(kind, device, type_, msg.topic, body, verify_from(self.keys, device, msg))
+        )

@@ -1,0 +1,92 @@
+"""``appliance fleet watch``: stream the fleet's events live, filtered.
+
+Every event a kiosk publishes on ``{prefix}/DEVICE/events/TYPE`` is printed as
+``time device type #seq data``, marked when its device signature is invalid or the device is
+not approved in the fleet home. Duplicates of at-least-once delivery (same event id) are
+dropped. ``--device`` and ``--type`` take shell patterns (``kiosk-hn-*``, ``card.*``) and may
+be repeated; ``--status`` and ``--telemetry`` add those streams.
+
+Runs until Ctrl-C, or until ``--count`` messages were shown or ``--timeout`` passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+
+from ..errors import ApplianceError
+from .conn import add_broker_args, add_home_arg, broker_options
+from .tools import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, registry
+from .watch import EventStream, Seen
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    add_home_arg(p)
+    p.add_argument("--device", action="append", default=[], metavar="PATTERN")
+    p.add_argument("--type", action="append", default=[], metavar="PATTERN", help="event type")
+    p.add_argument("--status", action="store_true", help="also show status (online/offline)")
+    p.add_argument("--telemetry", action="store_true", help="also show heartbeats")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--count", type=int, metavar="N", help="stop after N messages")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument(
+        "--share",
+        metavar="GROUP",
+        help="join the MQTT 5 shared subscription GROUP: watchers in one group split the "
+        "stream (each message goes to one of them)",
+    )
+    add_broker_args(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    done = threading.Event()
+    shown = [0]
+    lock = threading.Lock()
+
+    def show(seen: Seen) -> None:
+        with lock:
+            if done.is_set():
+                return
+            print(json.dumps(seen.to_json()) if args.json else seen.line(), flush=True)
+            shown[0] += 1
+            if args.count is not None and shown[0] >= args.count:
+                done.set()
+
+    try:
+        stream = EventStream(
+            broker_options(args),
+            registry(args).device_keys(),
+            show,
+            devices=args.device,
+            types=args.type,
+            status=args.status,
+            telemetry=args.telemetry,
+            share_group=args.share,
+        ).start()
+    except ApplianceError as exc:
+        print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"watching {', '.join(stream.filters())}", file=sys.stderr, flush=True)
+    try:
+        finished = done.wait(args.timeout)
+    except KeyboardInterrupt:
+        finished = True
+    finally:
+        stream.stop()
+    if args.count is not None and not finished:
+        return EXIT_TIMEOUT
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="appliance fleet watch")
+    configure_parser(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
