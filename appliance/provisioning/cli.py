@@ -167,8 +167,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"FAILED at step {exc.step}: {exc.message}", file=sys.stderr, flush=True)
         print(f"next: {exc.next_step}", file=sys.stderr, flush=True)
         return EXIT_USAGE if exc.code == "usage" else EXIT_FAILED
-    except ApplianceError as exc:
-        print(f"FAILED: {exc.code}: {exc.message}", file=sys.stderr, flush=True)
+    except (ApplianceError, OSError) as exc:
+        what = f"{exc.code}: {exc.message}" if isinstance(exc, ApplianceError) else str(exc)
+        print(f"FAILED: {what}", file=sys.stderr, flush=True)
         print(
             "next: fix the cause named, then re-run 'appliance provision' (completed steps "
             "are kept)",

@@ -523,6 +523,7 @@ class Provisioner:
                     return answer.bundle
                 self.state.request = None  # the next run builds a new request
                 self._save_state()
+                self._clear_request(mqtt, req_topic)  # nobody should approve it any more
                 how = "" if answer.authenticated else " (unauthenticated answer)"
                 raise ProvisionError(
                     "claim",

@@ -338,6 +338,17 @@ def run_checks(
                 devcfg, cleanups = simulation.start(cfg, state_dir)
             except ApplianceError as exc:
                 add(Check("simulation", "fail", exc.message, "see the emulator logs named"))
+            except OSError as exc:  # e.g. a state dir so deep that pcscd's socket path is
+                # longer than AF_UNIX allows (108 bytes)
+                add(
+                    Check(
+                        "simulation",
+                        "fail",
+                        f"the simulated kit did not start: {exc}",
+                        f"use a shorter --state-dir than {state_dir} (socket paths are "
+                        "limited to 108 bytes)",
+                    )
+                )
         for kind in ("camera", "fingerprint", "card"):
             add(_timed(kind, lambda k=kind: check_device(k, devcfg, device_timeout_s)))  # type: ignore[misc]
     finally:
