@@ -73,6 +73,7 @@ class IngestStats:
     malformed: int = 0
     messages: int = 0
     devices_seen: set[str] = field(default_factory=set)
+    payloads: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> event (optional)
 
     def merge(self, other: IngestStats) -> IngestStats:
         """Combine two instances' observations (shared subscriptions split the stream)."""
@@ -86,6 +87,7 @@ class IngestStats:
             messages=self.messages + other.messages,
             devices_seen=self.devices_seen | other.devices_seen,
             ids=self.ids | other.ids,
+            payloads={**self.payloads, **other.payloads},
         )
         for src in (self.seqs, other.seqs):
             for dev, seqs in src.items():
@@ -135,6 +137,7 @@ class Ingest:
         client_id: str | None = None,
         protocol: str = "5",
         session_expiry_s: int = 3600,
+        keep_payloads: bool = False,
     ) -> None:
         validate_segment(prefix, "topic prefix")
         if share_group is not None:
@@ -145,6 +148,8 @@ class Ingest:
         self.client_id = client_id or f"ingest-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.v5 = protocol == "5"
         self.stats = IngestStats()
+        self.keep_payloads = keep_payloads
+        self.subacks = 0  # one per (re)subscription: a test can wait for a resubscribe
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._subscribed = threading.Event()
@@ -156,7 +161,7 @@ class Ingest:
         )
         self.client.on_socket_open = _nodelay
         self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *_a: self._subscribed.set()
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         # paho reconnects by itself (loop_start); keep the pauses short for a controller.
         self.client.reconnect_delay_set(1, 2)
@@ -202,6 +207,10 @@ class Ingest:
         """A consistent copy of the statistics so far."""
         with self._lock:
             return IngestStats().merge(self.stats)
+
+    def _on_subscribe(self, *_a: Any) -> None:
+        self.subacks += 1
+        self._subscribed.set()
 
     def _on_connect(self, client: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
@@ -253,6 +262,8 @@ class Ingest:
                 return
             st.ids.add(eid)
             st.seqs.setdefault(device, set()).add(seq)
+            if self.keep_payloads:
+                st.payloads[eid] = obj
             if late is not None:
                 st.event_latency.append(late)
         elif kind == "status" and not retained:

@@ -813,6 +813,11 @@ class FleetSim:
         self._done = threading.Event()
         self.error: BaseException | None = None
 
+    def request_stop(self) -> None:
+        """Ask ``run()`` to finish (call from inside the loop, e.g. a signal handler)."""
+        if self._stop_event is not None:
+            self._stop_event.set()
+
     def is_stopping(self) -> bool:
         return self.stopping
 

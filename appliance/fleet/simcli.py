@@ -13,13 +13,15 @@ import asyncio
 import json
 import logging
 import resource
+import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from ..errors import ApplianceError
 from .ingest import Ingest
-from .sim import FleetConfig, FleetSim, peak_rate
+from .sim import FleetConfig, FleetSim, FleetStats, peak_rate
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="do not run the controller-side ingest in this process (default: run it)",
     )
     p.add_argument(
+        "--stats-out",
+        default=None,
+        help="also write the fleet's counters and the wall-clock time of every CONNACK to "
+        "this JSON file (for reconnect-storm analysis; default: none)",
+    )
+    p.add_argument(
         "--share-group",
         default=None,
         help="subscribe the ingest through $share/GROUP/... (MQTT 5 shared subscriptions; "
@@ -124,6 +132,14 @@ def _raise_fd_limit(need: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
         if new < need:
             log.warning("open-file limit %d is below the %d sockets needed", new, need)
+
+
+async def _run_until_signal(sim: FleetSim, duration: float) -> FleetStats:
+    """Run for ``duration`` or until SIGTERM/SIGINT, then stop the kiosks cleanly."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, sim.request_stop)
+    return await sim.run(duration)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -168,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: ingest cannot start: {exc}", file=sys.stderr)
             return 1
     t0 = time.time()
-    stats = asyncio.run(sim.run(args.duration))
+    stats = asyncio.run(_run_until_signal(sim, args.duration))
     out: dict[str, Any] = {
         "devices": cfg.devices,
         "heartbeat_s": cfg.heartbeat_s,
@@ -185,7 +201,11 @@ def run(args: argparse.Namespace) -> int:
                 break
             time.sleep(0.02)
         out["ingest"] = ingest.stop().summary()
-    print(json.dumps(out, indent=2))
+    if args.stats_out:
+        Path(args.stats_out).write_text(
+            json.dumps({**out, "connect_times": stats.connect_times}, separators=(",", ":"))
+        )
+    print(json.dumps(out, indent=2), flush=True)
     return 0
 
 
