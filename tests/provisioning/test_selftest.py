@@ -1,0 +1,103 @@
+"""``appliance selftest`` on the simulated kit (emulators on a real pty and a private pcscd +
+vpcd stack, the production drivers unchanged) and a real mosquitto; failing checks exit 1
+with the next step to take."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.config import load
+from appliance.devtools.broker import Mosquitto, free_port
+from appliance.provisioning.selftest import check_clock, check_identity
+from appliance.trust.keys import DeviceIdentity
+
+from .tlsbroker import REPO
+
+
+@pytest.fixture
+def kit() -> Iterator[Path]:
+    # Short path: pcscd's socket lives in the state dir (AF_UNIX paths <= 108 bytes).
+    d = Path(tempfile.mkdtemp(prefix="st-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def selftest(cfg: Path, state: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "appliance.provisioning.selftest", "--config", str(cfg),
+         "--state-dir", str(state), *extra],
+        check=False, capture_output=True, text=True, cwd=REPO, timeout=110,
+    )  # fmt: skip
+
+
+def test_selftest_passes_on_the_simulated_kit(broker: Mosquitto, kit: Path) -> None:
+    cfg = kit / "a.toml"
+    cfg.write_text(f'[device]\nid = "kiosk-st"\nprofile = "sim"\n[mqtt]\nport = {broker.port}\n')
+    DeviceIdentity.create(kit / "state")
+    r = selftest(cfg, kit / "state", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    status = {c["name"]: c["status"] for c in doc["checks"]}
+    assert doc["ok"] is True and doc["failed"] == []
+    assert status == {
+        "clock": "ok",
+        "identity": "ok",
+        "trust": "skip",  # not provisioned: no fleet root key
+        "camera": "ok",
+        "fingerprint": "ok",
+        "card": "ok",
+        "broker": "ok",
+    }
+    detail = {c["name"]: c["detail"] for c in doc["checks"]}
+    assert "frame 640x480" in detail["camera"]
+    assert "r307 answers" in detail["fingerprint"]
+    assert "Virtual PCD" in detail["card"]
+    # The emulators were stopped with the check: nothing of theirs is left running.
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    assert str(kit) not in ps.stdout
+
+
+def test_failing_checks_exit_1_with_next_steps(kit: Path) -> None:
+    cfg = kit / "a.toml"
+    cfg.write_text(
+        f'[device]\nid = "kiosk-st"\nprofile = "sim"\n[mqtt]\nport = {free_port()}\n'
+        "[simulation]\nfingerprint = false\ncard = false\n"
+        '[hardware.camera]\nsim_fault = "unplugged"\n'
+        '[hardware.fingerprint]\nport = "/dev/null-no-such-sensor"\n'
+        "[hardware.card]\nenabled = false\n"
+    )
+    r = selftest(cfg, kit / "state", "--device-timeout", "2", "--broker-timeout", "2")
+    assert r.returncode == 1, r.stdout + r.stderr
+    out = r.stdout
+    assert "[FAIL] camera" in out and "[FAIL] fingerprint" in out and "[FAIL] broker" in out
+    assert "[skip] card" in out and "disabled in the configuration" in out
+    assert out.count("next: ") == 3
+    assert "FAILED: camera, fingerprint, broker" in out
+    # An invalid configuration: exit 2 naming the field.
+    cfg.write_text('[device]\nid = "kiosk-st"\nprofile = "sim"\n[mqtt]\nport = "x"\n')
+    r = selftest(cfg, kit / "state")
+    assert r.returncode == 2 and "mqtt.port" in r.stderr
+
+
+def test_clock_and_identity_checks(tmp_path: Path) -> None:
+    cfg = load(None, environ={})
+    assert check_clock(cfg, tmp_path, now=0).status == "fail"  # 1970: no RTC, no NTP
+    assert "before this software existed" in check_clock(cfg, tmp_path, now=0).detail
+    assert check_clock(cfg, tmp_path, now=4_000_000_000).status == "fail"  # decades ahead
+    assert check_clock(cfg, tmp_path, now=1_800_000_000).status == "ok"
+    assert check_identity(tmp_path).status == "skip"
+    DeviceIdentity.create(tmp_path)
+    assert check_identity(tmp_path).status == "ok"
+    (tmp_path / "device.key").chmod(0o644)
+    from appliance.provisioning.selftest import _timed
+
+    chk = _timed("identity", lambda: check_identity(tmp_path))
+    assert chk.status == "fail" and "key_permissions" in chk.detail and "chmod 600" in chk.next_step
