@@ -1,0 +1,1 @@
+"""Enrollment: the kiosk's main job (session, sealed records, package, upload)."""

@@ -1,0 +1,70 @@
+"""The package codec: chain, container, chunks."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from appliance.enrollment import package as pk
+from appliance.errors import ProtocolError
+
+
+def test_chain_follows_mosip_rule_over_raw_digests() -> None:
+    assert hashlib.sha256(b"").hexdigest().upper() == pk.CHAIN_START
+    d1 = pk.record_digest(b"record one")
+    h1 = pk.chain_next(pk.CHAIN_START, d1)
+    assert (
+        h1
+        == hashlib.sha256(hashlib.sha256(b"").digest() + hashlib.sha256(b"record one").digest())
+        .hexdigest()
+        .upper()
+    )
+    d2 = pk.record_digest(b"record two")
+    assert pk.chain_over([d1, d2]) == [h1, pk.chain_next(h1, d2)]
+
+
+def test_chain_detects_swapped_and_dropped_records() -> None:
+    digests = [pk.record_digest(bytes([i]) * 10) for i in range(4)]
+    hashes = pk.chain_over(digests)
+    recs = [{"sha256": d, "hash": h} for d, h in zip(digests, hashes, strict=True)]
+    pk.verify_chain(recs, hashes[-1])
+    swapped = [recs[1], recs[0], *recs[2:]]
+    with pytest.raises(ProtocolError, match="chain broken"):
+        pk.verify_chain(swapped, hashes[-1])
+    with pytest.raises(ProtocolError):
+        pk.verify_chain(recs[:-1], hashes[-1])  # the last one dropped
+    with pytest.raises(ProtocolError):
+        pk.verify_chain(recs[1:], hashes[-1])  # the first one dropped
+
+
+def test_container_round_trip_and_truncation() -> None:
+    data = pk.encode_container(b'{"a":1}', "ed25519;k;sig", [b"x" * 100, b"", b"y"])
+    c = pk.decode_container(data)
+    assert c.manifest == {"a": 1} and c.signature == "ed25519;k;sig"
+    assert c.sealed == [b"x" * 100, b"", b"y"]
+    for cut in (3, len(pk.MAGIC) + 2, len(data) - 1):
+        with pytest.raises(ProtocolError):
+            pk.decode_container(data[:cut])
+
+
+@settings(max_examples=200, derandomize=True)
+@given(st.binary(max_size=300))
+def test_garbage_never_crashes_the_decoders(blob: bytes) -> None:
+    for fn in (pk.decode_container, pk.decode_chunk):
+        try:
+            fn(blob)
+        except ProtocolError:
+            pass
+
+
+def test_chunks_carry_their_checksum() -> None:
+    payload = b"z" * 1000
+    raw = pk.encode_chunk({"index": 0, "sha256": hashlib.sha256(payload).hexdigest()}, payload)
+    header, body = pk.decode_chunk(raw)
+    assert header["index"] == 0 and body == payload
+    with pytest.raises(ProtocolError, match="checksum"):
+        pk.decode_chunk(raw[:-1] + b"Z")
+    assert b"".join(pk.split(b"abcdefg", 3)) == b"abcdefg"
