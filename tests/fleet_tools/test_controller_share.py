@@ -1,0 +1,71 @@
+"""Two ``appliance fleet controller`` instances (real processes) in one MQTT 5 shared
+subscription group on a real mosquitto: every event reaches exactly one of them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from appliance.devtools.broker import Mosquitto
+from tests.helpers import ROOT, wait_for
+
+N = 200
+
+
+def start(broker: Mosquitto, home: Path, name: str, out: Path) -> subprocess.Popen[str]:
+    p = subprocess.Popen(
+        [sys.executable, "-m", "appliance.fleet.controllercli", "--home", str(home),
+         "--host", broker.host, "--port", str(broker.port), "--group", "g-test",
+         "--instance", name, "--out", str(out), "--no-status", "--timeout", "60"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert p.stderr is not None
+    line = p.stderr.readline()  # printed once the shared subscriptions are acknowledged
+    assert line.startswith(f"controller {name} in group g-test: $share/g-test/"), line
+    return p
+
+
+def lines(path: Path) -> list[dict[str, object]]:
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.endswith("}")]
+
+
+def test_two_controllers_split_a_shared_subscription(broker: Mosquitto, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    a_out, b_out = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a = start(broker, home, "a", a_out)
+    b = start(broker, home, "b", b_out)
+    pub = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5
+    )
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    ids = [uuid.uuid4().hex for _ in range(N)]
+    try:
+        for i, eid in enumerate(ids):
+            body = {"id": eid, "seq": i + 1, "device": "kiosk-sh", "type": "note", "ts": 1.0,
+                    "data": {"n": i}}  # fmt: skip
+            pub.publish("kiosk/kiosk-sh/events/note", json.dumps(body), qos=1).wait_for_publish(5)
+        # Every event lands in exactly one of the two files.
+        wait_for(lambda: len(lines(a_out)) + len(lines(b_out)) >= N, 30, "all events recorded")
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        for p in (a, b):
+            p.terminate()
+            p.communicate(timeout=20)
+    got_a = [r["id"] for r in lines(a_out)]
+    got_b = [r["id"] for r in lines(b_out)]
+    assert len(got_a) + len(got_b) == N
+    assert set(got_a).isdisjoint(got_b)
+    assert set(got_a) | set(got_b) == set(ids)
+    assert got_a and got_b  # the load was shared, not all on one instance
+    rec = lines(a_out)[0]
+    assert rec["instance"] == "a" and rec["type"] == "note" and rec["verified"] == "unknown"
