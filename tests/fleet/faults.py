@@ -4,11 +4,16 @@ local producer writing into a daemon's outbox, and the delivery check at the con
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.devtools.broker import Mosquitto
 from appliance.fleet.ingest import Ingest
 from appliance.store import Store
+from tests.helpers import DaemonProcess, wait_for
+
+from .faultproxy import FaultProxy
 
 
 class Producer:
@@ -67,3 +72,60 @@ def check_delivery(stored: dict[str, tuple[int, int]], ingest: Ingest) -> dict[s
         "resent_copies_dropped_by_id": seen.duplicates,
         "unknown": len(set(seen.payloads) - set(stored)),
     }
+
+
+@dataclass
+class Rig:
+    broker: Mosquitto
+    proxy: FaultProxy
+    ingest: Ingest
+    daemon: DaemonProcess
+    producer: Producer
+
+    def delivered(self) -> int:
+        return len(self.ingest.snapshot().payloads)
+
+    def inject(self, fault: str) -> None:
+        """One fault, held while the producer writes 50 more events."""
+        progress = self.delivered()
+        wait_for(lambda: self.delivered() >= progress + 50, 20, f"delivery before {fault}")
+        written = len(self.producer.stored)
+        if fault in ("broker_kill", "broker_restart"):
+            subacks = self.ingest.subacks
+            if fault == "broker_kill":
+                self.broker.kill()
+            else:
+                self.broker.stop()
+            # Keep the daemon away until the controller is subscribed again, else events
+            # published meanwhile would reach a broker with no subscriber for them.
+            self.proxy.set_mode("refuse")
+            self.broker.start()
+            wait_for(lambda: self.ingest.subacks > subacks, 20, "the ingest resubscribed")
+        else:
+            self.proxy.set_mode("refuse" if fault == "cut" else "blackhole")
+        wait_for(lambda: len(self.producer.stored) >= written + 50, 20, "writes meanwhile")
+        self.proxy.heal()
+
+    def finish(self, *, expect_all: bool) -> dict[str, object]:
+        self.producer.stop()
+        if expect_all:
+            wait_for(
+                lambda: check_delivery(self.producer.stored, self.ingest)["lost"] == 0,
+                30,
+                "every stored event delivered",
+            )
+        store = Store(self.daemon.state_dir)
+        try:
+            wait_for(lambda: store.outbox.depth() == 0, 30, "the outbox drained")
+            assert store.integrity_check() == "ok"
+        finally:
+            store.close()
+        # The last event is delivered: whatever is missing now is missing for good.
+        last = max(seq for seq, _n in self.producer.stored.values())
+        wait_for(
+            lambda: last in self.ingest.snapshot().seqs.get(self.daemon.device_id, set()),
+            30,
+            "the last event",
+        )
+        assert self.daemon.proc is not None and self.daemon.proc.poll() is None
+        return check_delivery(self.producer.stored, self.ingest)

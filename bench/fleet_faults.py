@@ -1,0 +1,197 @@
+"""Fault injection, the long loop (issue 8 item 2, the parts that need no enrollment flow):
+
+A. the network and the broker: random faults through a TCP proxy between the daemon and
+   mosquitto (RST cut, short blackhole, a blackhole longer than the keepalive, broker restart,
+   broker ``kill -9``) while a local producer writes events into the daemon's SQLite outbox;
+B. the daemon: ``kill -9`` at random points while it executes ``note`` commands (each one an
+   outbox write), restarted each time.
+
+After each part: events lost, duplicated after id de-duplication and corrupted; whether every
+loss is a visible ``seq`` gap; ``PRAGMA integrity_check``.
+
+    .venv/bin/python bench/fleet_faults.py [--rounds 20] [--daemon-kills 100] [--seed 8]
+
+Every fault is drawn from a seeded generator, so a run repeats exactly with the same seed
+(timings differ, so the byte-level interleavings do not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+import types
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from _common import ROOT, emit
+
+sys.path.insert(0, str(ROOT))
+
+from appliance.devtools.broker import Mosquitto
+from appliance.devtools.controller import Controller
+from appliance.fleet.ingest import Ingest
+from appliance.store import Store
+from tests.fleet.faultproxy import FaultProxy
+from tests.fleet.faults import Producer, Rig
+from tests.helpers import DaemonProcess, wait_for
+
+FAULTS = ["cut", "blackhole", "long_blackhole", "broker_restart", "broker_kill"]
+
+
+def part_a(work: Path, rounds: int, rnd: random.Random) -> dict[str, Any]:
+    broker = Mosquitto(work / "broker-a").start()
+    proxy = FaultProxy(broker.host, broker.port).start()
+    ingest = Ingest(broker.host, broker.port, client_id="faults-a", keep_payloads=True).start()
+    via = types.SimpleNamespace(host=proxy.host, port=proxy.port)
+    d = DaemonProcess(work / "daemon-a", via, "kiosk-faults-a",  # type: ignore[arg-type]
+                      env={"APPLIANCE_MQTT__KEEPALIVE_S": "5"}).start()  # fmt: skip
+    wait_for(lambda: d.device_id in ingest.snapshot().devices_seen, 20, "birth")
+    producer = Producer(d.state_dir, d.device_id).start()
+    rig = Rig(broker, proxy, ingest, d, producer)
+    done: Counter[str] = Counter()
+    kills_at: list[int] = []
+    noticed: list[float] = []  # seconds until a long blackhole was noticed
+    t0 = time.monotonic()
+    for _ in range(rounds):
+        fault = rnd.choice(FAULTS)
+        done[fault] += 1
+        if fault == "long_blackhole":
+            # Longer than 1.5 x keepalive (5 s): only the keepalive can notice the dead link.
+            before = d.log().count("mqtt: disconnected")
+            proxy.set_mode("blackhole")
+            t_hole = time.monotonic()
+            wait_for(lambda b=before: d.log().count("mqtt: disconnected") > b, 60, "dead link")
+            noticed.append(round(time.monotonic() - t_hole, 1))
+            proxy.heal()
+            continue
+        if fault == "broker_kill":
+            kills_at.append(max((s for s, _n in producer.stored.values()), default=0))
+        rig.inject(fault)
+    report = rig.finish(expect_all=False)
+    seen = ingest.snapshot()
+    gaps = set(seen.gaps().get(d.device_id, []))
+    lost = {s for eid, (s, _n) in producer.stored.items() if eid not in seen.payloads}
+    reconnects = d.log().count("mqtt: connected to") - 1
+    d.terminate()
+    store = Store(d.state_dir)
+    integrity = store.integrity_check()
+    store.close()
+    ingest.stop()
+    proxy.close()
+    broker.stop()
+    return {
+        "rounds": rounds,
+        "faults": dict(done),
+        "duration_s": round(time.monotonic() - t0, 1),
+        "daemon_reconnects": reconnects,
+        "long_blackhole_noticed_after_s": noticed,
+        **report,
+        "losses_all_visible_as_seq_gaps": lost == gaps,
+        "lost_per_broker_kill": round(len(lost) / max(1, done["broker_kill"]), 1),
+        "integrity_check": integrity,
+    }
+
+
+def part_b(work: Path, kills: int, rnd: random.Random) -> dict[str, Any]:
+    broker = Mosquitto(work / "broker-b").start()
+    ingest = Ingest(broker.host, broker.port, client_id="faults-b", keep_payloads=True).start()
+    ctl = Controller(broker.host, broker.port).connect()
+    d = DaemonProcess(work / "daemon-b", broker, "kiosk-faults-b")
+    sent: dict[str, str] = {}  # command id -> note text
+    replies: dict[str, dict[str, Any]] = {}
+    pending: dict[str, Any] = {}
+    t0 = time.monotonic()
+    integrity_failures = 0
+
+    def collect() -> None:
+        for cid, q in list(pending.items()):
+            if not q.empty():
+                replies[cid] = q.get_nowait()
+                del pending[cid]
+
+    for k in range(kills):
+        births = len(ingest.snapshot().births)
+        d.start()
+        wait_for(lambda b=births: len(ingest.snapshot().births) > b, 30, "the daemon online")
+        for j in range(rnd.randint(5, 40)):
+            cid = f"k{k}-{j}"
+            sent[cid] = f"note {k}/{j}"
+            pending[cid] = ctl.send(d.device_id, "note", {"text": sent[cid]}, cid=cid)
+        time.sleep(rnd.uniform(0, 0.25))  # a random point in the stream of outbox writes
+        d.kill9()
+        collect()
+        if k % 10 == 9:
+            store = Store(d.state_dir)
+            integrity_failures += store.integrity_check() != "ok"
+            store.close()
+    # Last start: queued commands run; every unanswered id is asked again (same id): it gets
+    # the stored reply or "interrupted", and is never executed twice.
+    d.start()
+    for cid in list(pending):
+        pending[cid] = ctl.send(d.device_id, "note", {"text": sent[cid]}, cid=cid)
+    deadline = time.monotonic() + 60
+    while pending and time.monotonic() < deadline:
+        collect()
+        time.sleep(0.05)
+    ok = {cid: r["result"]["event_id"] for cid, r in replies.items() if r.get("ok")}
+    wait_for(lambda: set(ok.values()) <= set(ingest.snapshot().payloads), 60, "stored notes")
+    seen = ingest.snapshot()
+    events_by_cid: Counter[str] = Counter()
+    corrupted = 0
+    for ev in seen.payloads.values():
+        if ev.get("type") != "note":
+            continue
+        cid = ev["data"].get("command_id")
+        events_by_cid[cid] += 1
+        corrupted += ev["data"].get("text") != sent.get(cid)
+    outcomes = Counter(
+        "ok" if r.get("ok") else r.get("error", {}).get("code") for r in replies.values()
+    )
+    d.terminate()
+    store = Store(d.state_dir)
+    integrity = store.integrity_check()
+    store.close()
+    ctl.close()
+    ingest.stop()
+    broker.stop()
+    return {
+        "daemon_kills": kills,
+        "duration_s": round(time.monotonic() - t0, 1),
+        "commands": len(sent),
+        "unanswered": len(pending),
+        "reply_outcomes": dict(outcomes),
+        "stored_notes_lost": len(set(ok.values()) - set(seen.payloads)),
+        "commands_executed_twice": sum(1 for n in events_by_cid.values() if n > 1),
+        "corrupted": corrupted,
+        "duplicates_dropped_by_id": seen.duplicates,
+        "seq_gaps": sum(len(v) for v in seen.gaps().values()),
+        "integrity_check": integrity,
+        "integrity_failures_during_loop": integrity_failures,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=20, help="network/broker faults in part A")
+    ap.add_argument("--daemon-kills", type=int, default=100, help="kill -9 of the daemon (B)")
+    ap.add_argument("--seed", type=int, default=8)
+    args = ap.parse_args()
+    rnd = random.Random(args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        result: dict[str, Any] = {"seed": args.seed}
+        if args.rounds:
+            result["network_and_broker"] = part_a(work, args.rounds, rnd)
+        if args.daemon_kills:
+            result["daemon_kill9"] = part_b(work, args.daemon_kills, rnd)
+    emit("fleet_faults", result)
+    print(json.dumps({"done": True}))
+
+
+if __name__ == "__main__":
+    main()
