@@ -16,7 +16,9 @@ synchronous=FULL) on one loopback mosquitto with TCP_NODELAY everywhere:
              replay state (appliance/dispatch.py)
 
 Requests go one at a time (QoS 1, MQTT 5 response topic + correlation data), interleaved in
-rounds so machine noise hits both alike. Writes bench/results/trust_signed_roundtrip.json.
+rounds so machine noise hits both alike. Also reports the requester's own share (signing the
+envelope and verifying the reply, measured alone). Writes
+bench/results/trust_signed_roundtrip.json.
 """
 
 from __future__ import annotations
@@ -161,6 +163,18 @@ def main() -> None:
                     samples["unsigned"].append(unsigned())
                 for _k in range(args.n // rounds):
                     samples["signed"].append(signed())
+            # Where the difference goes, part 1: the requester's own trust work (sign the
+            # envelope, verify the reply's signature), measured alone on a sample reply.
+            reply, props = req.request(
+                "bench-signed",
+                builder.build("ping", b'{"id": "probe", "cmd": "ping"}', "bench-signed"),
+            )
+            sig = DeviceSignature.from_header(props["sig"])
+            t0 = time.perf_counter()
+            for k in range(args.n):
+                builder.build("ping", json.dumps({"id": f"x{k}", "cmd": "ping"}).encode(), "x")
+                verify_device_message(device_pub, reply, sig)
+            client_us = (time.perf_counter() - t0) / args.n * 1e6
             req.close()
         finally:
             for p in procs:
@@ -175,6 +189,7 @@ def main() -> None:
             "signed_daemon": s,
             "ratio_p50": ratio,
             "ratio_mean": round(s["mean_ms"] / u["mean_ms"], 3),
+            "requester_sign_and_verify_us": round(client_us, 1),
             "target_ratio_p50": TARGET,
             "met": ratio <= TARGET,
         },
