@@ -593,6 +593,30 @@ class Provisioner:
 
     def step_verify(self) -> str:
         cfg = self._cfg()
+        cert_file = cfg.mqtt.tls.cert_file if cfg.mqtt.tls.enabled else None
+        if cert_file is not None:
+            # The broker's ACLs key on the certificate's CN (provisioning/acl.template): a
+            # kiosk still holding the shared claimant certificate would connect fine and then
+            # be allowed nothing.
+            from cryptography import x509
+            from cryptography.x509.oid import NameOID
+
+            try:
+                cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise ProvisionError(
+                    "verify", f"cannot read {cert_file}: {exc}", "re-run 'appliance provision'"
+                ) from None
+            cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+            if cns != [cfg.device.id]:
+                raise ProvisionError(
+                    "verify",
+                    f"the broker certificate {cert_file} is for {cns}, not {cfg.device.id}: the "
+                    "broker's ACLs would give this kiosk none of its topics",
+                    "ask the administrator to approve with --ca-dir (the fleet issues the "
+                    "kiosk's certificate), or install the kiosk's own certificate and re-run "
+                    "'appliance provision --reset ... --cert kiosk.crt --key kiosk.key'",
+                )
         chk = check_broker(cfg, self.o.broker_timeout_s)
         if chk.failed:
             raise ProvisionError(

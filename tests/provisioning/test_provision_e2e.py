@@ -257,13 +257,14 @@ def test_reused_and_unknown_tokens_are_refused(
         wait_request(broker, device, p)
         return p, kiosk
 
+    ca = ("--ca-dir", str(broker.ca_dir))
     p1, _k1 = claim("kiosk-r1", shared)
-    assert approve(broker, home, "kiosk-r1", "--yes").returncode == 0
+    assert approve(broker, home, "kiosk-r1", "--yes", *ca).returncode == 0
     assert finish(p1)[0] == 0
 
     # The same token again, from another kiosk: refused, and the kiosk is told why.
     p2, k2 = claim("kiosk-r2", shared)
-    a = approve(broker, home, "kiosk-r2", "--yes")
+    a = approve(broker, home, "kiosk-r2", "--yes", *ca)
     assert a.returncode == 1 and "token_used" in a.stderr
     rc, out, err = finish(p2)
     assert rc == 1, out + err
@@ -281,7 +282,7 @@ def test_reused_and_unknown_tokens_are_refused(
     fresh = token_for(home, "--device", "kiosk-r2")
     p2 = provision(k2, broker, e, "--claim-token", fresh, "--wait", "60", first=False)
     wait_request(broker, "kiosk-r2", p2, fresh)
-    assert approve(broker, home, "kiosk-r2", "--yes").returncode == 0
+    assert approve(broker, home, "kiosk-r2", "--yes", *ca).returncode == 0
     rc, out, err = finish(p2)
     assert rc == 0, out + err
     assert "done earlier" in out
@@ -289,6 +290,22 @@ def test_reused_and_unknown_tokens_are_refused(
     assert {d.device_id for d in reg.devices()} == {"kiosk-r1", "kiosk-r2"}
     used = [t for t in reg.tokens() if t.used_by]
     assert sorted(t.used_by or "" for t in used) == ["kiosk-r1", "kiosk-r2"]
+
+
+def test_claimant_certificate_left_in_place_fails_verify(
+    broker: TlsBroker, home: Path, tmp_path: Path, bare_profiles: Path
+) -> None:
+    """Approved without a kiosk certificate, the kiosk would keep the shared claimant
+    certificate, which the ACLs allow nothing: the verify step says so and what to do."""
+    e = env(home, bare_profiles)
+    p = provision(tmp_path / "k", broker, e, "--device-id", "kiosk-v1", "--profile", "bare",
+                  "--claim-token", token_for(home), "--wait", "60")  # fmt: skip
+    wait_request(broker, "kiosk-v1", p)
+    assert approve(broker, home, "kiosk-v1", "--yes").returncode == 0
+    rc, out, err = finish(p)
+    assert rc == 1, out + err
+    assert "FAILED at step verify" in err and "['claimant'], not kiosk-v1" in err
+    assert "--ca-dir" in err
 
 
 def test_waiting_for_approval_exits_3_and_explains(
