@@ -1,0 +1,334 @@
+"""Pure codecs of the enrollment package and its upload (docs/enrollment.md); no I/O.
+
+Container (``<package_id>.pkg``, docs/enrollment.md "The package")::
+
+    b"APPKG1\\n"
+    u32 BE manifest length,  manifest (UTF-8 JSON)
+    u32 BE signature length, signature ("ed25519;<device key id>;<base64>", the device key's
+           detached signature over the exact manifest bytes, context appliance/device-message/v1)
+    then per record, in manifest order: u32 BE length, the sealed record file as SealedStore
+           stores it (b"APSEAL1\\n" | u32 BE header length | header JSON | SealedBox ciphertext)
+
+Hash chain (docs/enrollment.md "Records, sealing and the hash chain", MOSIP SBI's chain over raw
+digests): ``hash_0 = SHA-256("")``, ``hash_i = SHA-256(hash_{i-1} || SHA-256(record_i))``, written
+as uppercase hex, in capture order.
+
+Upload chunk (docs/enrollment.md "Upload"): ``u16 BE header length``, header JSON
+``{package_id, index, count, total_bytes, sha256, package_sha256}``, then the chunk bytes.
+
+Every decoder raises :class:`~appliance.errors.TrustError` with a stable code (the reason a
+package is ``rejected``): ``package_malformed``, ``chunk_malformed``, ``sealed_malformed``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import TrustError
+from ..trust.keys import load_json
+from ..trust.sealed import FILE_MAGIC as SEALED_MAGIC
+from ..trust.sealed import MAX_HEADER as SEALED_MAX_HEADER
+
+MAGIC = b"APPKG1\n"
+PACKAGE_TYPE = "appliance.enrollment-package.v1"
+MAX_MANIFEST = 1024 * 1024
+MAX_SIGNATURE = 1024
+MAX_RECORDS = 64
+MAX_PACKAGE_BYTES = 64 * 1024 * 1024
+MAX_CHUNK_HEADER = 4096
+MAX_CHUNKS = 65536
+
+#: A package id is a topic segment and a file name: no separators, no wildcards, no dot-dot;
+#: ``ack`` and ``receipt`` are the centre's own topics under ``upload/``.
+PACKAGE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+RESERVED_IDS = frozenset({"ack", "receipt"})
+CITIZEN_REF_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+RECORD_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+HEX64 = r"^[0-9A-Fa-f]{64}$"
+
+HASH_0 = hashlib.sha256(b"").hexdigest().upper()
+
+FACE_FORMAT = "ISO/IEC 19794-5:2005"
+FINGER_FORMAT = "ISO/IEC 19794-4:2005"
+
+
+def _bad(code: str, message: str, **details: Any) -> TrustError:
+    return TrustError(message, code=code, details=details)
+
+
+def valid_package_id(package_id: object) -> bool:
+    return (
+        isinstance(package_id, str)
+        and PACKAGE_ID_RE.match(package_id) is not None
+        and package_id not in RESERVED_IDS
+    )
+
+
+# --- hash chain ---------------------------------------------------------------------------------
+
+
+def chain_next(previous_hex: str, record_sha256_hex: str) -> str:
+    """``SHA-256(bytes(previous) || bytes(record sha256))`` as uppercase hex."""
+    try:
+        prev = bytes.fromhex(previous_hex)
+        cur = bytes.fromhex(record_sha256_hex)
+    except ValueError:
+        raise _bad("chain_broken", "hash chain value is not hex") from None
+    if len(prev) != 32 or len(cur) != 32:
+        raise _bad("chain_broken", "hash chain values must be 32-byte digests")
+    return hashlib.sha256(prev + cur).hexdigest().upper()
+
+
+def chain(record_sha256s: Iterable[str]) -> list[str]:
+    """The chain values ``hash_1 .. hash_n`` over the records' SHA-256 digests (hex)."""
+    out: list[str] = []
+    prev = HASH_0
+    for digest in record_sha256s:
+        prev = chain_next(prev, digest)
+        out.append(prev)
+    return out
+
+
+# --- manifest -------------------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    # Unknown fields are tolerated (a newer kiosk may add metadata); every field the centre
+    # relies on is typed and checked.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class RecordEntry(_Model):
+    """One captured record as the manifest lists it."""
+
+    seq: int = Field(..., ge=1, le=MAX_RECORDS)
+    record_id: str = Field(..., pattern=RECORD_ID_RE.pattern)
+    kind: Literal["face", "finger"]
+    position: int = Field(..., ge=0, le=10)
+    format: str
+    quality: int | None = None
+    met: bool | None = None
+    attempts: int | None = None
+    captured_at: float | None = None
+    timings: dict[str, float] = Field(default_factory=dict)
+    sha256: str = Field(..., pattern=HEX64)
+    hash: str = Field(..., pattern=HEX64)
+    sealed_sha256: str = Field(..., pattern=HEX64)
+    sealed_size: int = Field(..., ge=0)
+
+
+class ExceptionEntry(_Model):
+    """A finger not captured, with its reason (missing, bandaged, unreadable, other)."""
+
+    position: int = Field(..., ge=1, le=10)
+    reason: str = Field(..., min_length=1, max_length=32)
+    detail: str = ""
+    attempts: int = 0
+
+
+class Manifest(_Model):
+    """The signed description of a package (docs/enrollment.md "Manifest")."""
+
+    typ: Literal["appliance.enrollment-package.v1"]
+    package_id: str = Field(..., pattern=PACKAGE_ID_RE.pattern)
+    session_id: str = Field(..., min_length=1, max_length=128)
+    device: str = Field(..., min_length=1, max_length=64)
+    software: str = ""
+    citizen_ref: str = Field(..., pattern=CITIZEN_REF_RE.pattern)
+    policy: Any = None
+    issuance: bool = False
+    started_at: float | None = None
+    finished_at: float | None = None
+    records: list[RecordEntry] = Field(..., max_length=MAX_RECORDS)
+    exceptions: list[ExceptionEntry] = Field(default_factory=list)
+    chain_head: str = Field(..., pattern=HEX64)
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Parse and validate manifest bytes (call only after the signature over them held)."""
+    try:
+        obj = load_json(data)
+    except (UnicodeDecodeError, ValueError):
+        raise _bad("package_malformed", "manifest is not UTF-8 JSON") from None
+    if not isinstance(obj, dict):
+        raise _bad("package_malformed", "manifest must be a JSON object")
+    try:
+        return Manifest.model_validate(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise _bad(
+            "package_malformed", f"manifest field {where}: {first['msg']}", field=where
+        ) from None
+
+
+# --- container ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Container:
+    """A decoded container: the exact manifest bytes, the signature header, the sealed files."""
+
+    manifest_bytes: bytes
+    signature: str
+    sealed_files: tuple[bytes, ...]
+
+
+def encode_container(manifest_bytes: bytes, signature: str, sealed_files: Sequence[bytes]) -> bytes:
+    """Serialise a container (the kiosk's job; also used by tests and benchmarks)."""
+    sig = signature.encode("ascii")
+    parts = [MAGIC, struct.pack(">I", len(manifest_bytes)), manifest_bytes]
+    parts += [struct.pack(">I", len(sig)), sig]
+    for blob in sealed_files:
+        parts += [struct.pack(">I", len(blob)), blob]
+    return b"".join(parts)
+
+
+def decode_container(data: bytes) -> Container:
+    """Split a container; every length is checked, trailing bytes are an error."""
+    if len(data) > MAX_PACKAGE_BYTES:
+        raise _bad("package_malformed", f"package larger than {MAX_PACKAGE_BYTES} bytes")
+    if not data.startswith(MAGIC):
+        raise _bad("package_malformed", "not an enrollment package (no APPKG1 magic)")
+    pos = len(MAGIC)
+
+    def take(limit: int, what: str) -> bytes:
+        nonlocal pos
+        if pos + 4 > len(data):
+            raise _bad("package_malformed", f"package truncated before the {what} length")
+        (n,) = struct.unpack_from(">I", data, pos)
+        pos += 4
+        if n > limit or pos + n > len(data):
+            raise _bad("package_malformed", f"{what} length {n} is impossible", length=n)
+        chunk = data[pos : pos + n]
+        pos += n
+        return chunk
+
+    manifest = take(MAX_MANIFEST, "manifest")
+    sig_raw = take(MAX_SIGNATURE, "signature")
+    try:
+        signature = sig_raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise _bad("package_malformed", "signature is not ASCII") from None
+    files: list[bytes] = []
+    while pos < len(data):
+        if len(files) >= MAX_RECORDS:
+            raise _bad("package_malformed", f"more than {MAX_RECORDS} records")
+        files.append(take(MAX_PACKAGE_BYTES, f"record {len(files) + 1}"))
+    return Container(manifest, signature, tuple(files))
+
+
+# --- sealed record files --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SealedFile:
+    """A sealed record file's header and ciphertext (format of appliance.trust.sealed)."""
+
+    header: dict[str, Any]
+    ciphertext: bytes
+
+    @property
+    def record_id(self) -> str:
+        return str(self.header.get("id"))
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.ciphertext).hexdigest()
+
+
+def decode_sealed_file(data: bytes, *, what: str = "sealed record") -> SealedFile:
+    """Parse ``APSEAL1`` bytes; the header's ``sha256`` must be the ciphertext's."""
+    if not data.startswith(SEALED_MAGIC) or len(data) < len(SEALED_MAGIC) + 4:
+        raise _bad("sealed_malformed", f"{what} is not a sealed record file")
+    (hlen,) = struct.unpack_from(">I", data, len(SEALED_MAGIC))
+    start = len(SEALED_MAGIC) + 4
+    if hlen > SEALED_MAX_HEADER or start + hlen > len(data):
+        raise _bad("sealed_malformed", f"{what} has an impossible header length")
+    try:
+        header = load_json(data[start : start + hlen])
+    except (UnicodeDecodeError, ValueError):
+        raise _bad("sealed_malformed", f"{what} header is not JSON") from None
+    if not isinstance(header, dict):
+        raise _bad("sealed_malformed", f"{what} header is not an object")
+    sealed = SealedFile(header, data[start + hlen :])
+    if header.get("sha256") != sealed.sha256:
+        raise _bad("sealed_mismatch", f"{what}: ciphertext does not match its header's SHA-256")
+    return sealed
+
+
+def encode_sealed_file(header: dict[str, Any], ciphertext: bytes) -> bytes:
+    """The ``APSEAL1`` file bytes (tests build packages with it)."""
+    hdr = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    return SEALED_MAGIC + struct.pack(">I", len(hdr)) + hdr + ciphertext
+
+
+# --- upload chunks --------------------------------------------------------------------------------
+
+
+class ChunkHeader(BaseModel):
+    """The header of one upload chunk."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    package_id: str = Field(..., pattern=PACKAGE_ID_RE.pattern)
+    index: int = Field(..., ge=0, lt=MAX_CHUNKS)
+    count: int = Field(..., ge=1, le=MAX_CHUNKS)
+    total_bytes: int = Field(..., ge=1, le=MAX_PACKAGE_BYTES)
+    sha256: str = Field(..., pattern=HEX64)
+    package_sha256: str = Field(..., pattern=HEX64)
+
+
+def decode_chunk(payload: bytes) -> tuple[ChunkHeader, bytes]:
+    """Split a chunk message and check its own SHA-256 and index range."""
+    if len(payload) < 2:
+        raise _bad("chunk_malformed", "chunk shorter than its header length")
+    (hlen,) = struct.unpack_from(">H", payload, 0)
+    if hlen > MAX_CHUNK_HEADER or 2 + hlen > len(payload):
+        raise _bad("chunk_malformed", f"chunk header length {hlen} is impossible")
+    try:
+        obj = load_json(payload[2 : 2 + hlen])
+        header = ChunkHeader.model_validate(obj)
+    except (UnicodeDecodeError, ValueError) as exc:  # ValidationError is a ValueError
+        raise _bad("chunk_malformed", f"chunk header invalid: {str(exc)[:200]}") from None
+    if header.index >= header.count:
+        raise _bad("chunk_malformed", f"chunk index {header.index} not below {header.count}")
+    data = payload[2 + hlen :]
+    if hashlib.sha256(data).hexdigest() != header.sha256.lower():
+        raise _bad("chunk_malformed", f"chunk {header.index} does not match its SHA-256")
+    return header, data
+
+
+def encode_chunk(header: dict[str, Any], data: bytes) -> bytes:
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    return struct.pack(">H", len(raw)) + raw + data
+
+
+def split_package(package_id: str, data: bytes, chunk_bytes: int = 32 * 1024) -> list[bytes]:
+    """Chunk messages for a whole package, index order (the kiosk's job; tests use it)."""
+    if chunk_bytes < 1:
+        raise ValueError("chunk_bytes must be positive")
+    total = hashlib.sha256(data).hexdigest()
+    pieces = [data[i : i + chunk_bytes] for i in range(0, len(data), chunk_bytes)] or [b""]
+    return [
+        encode_chunk(
+            {
+                "package_id": package_id,
+                "index": i,
+                "count": len(pieces),
+                "total_bytes": len(data),
+                "sha256": hashlib.sha256(p).hexdigest(),
+                "package_sha256": total,
+            },
+            p,
+        )
+        for i, p in enumerate(pieces)
+    ]

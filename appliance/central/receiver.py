@@ -1,0 +1,425 @@
+"""The central enrollment receiver: chunks in, verified packages and signed receipts out.
+
+Protocol (docs/enrollment.md "Upload"):
+
+* subscribes to ``{prefix}/+/upload/+`` (QoS 1; optionally through an MQTT 5 shared
+  subscription ``$share/{group}/...`` so several receivers split the fleet);
+* stores every chunk idempotently (:class:`~appliance.central.store.PackageStore`) before the
+  MQTT PUBACK leaves (the store runs inside the message callback, paho acknowledges after it
+  returns) and acknowledges it on ``{prefix}/{device}/upload/ack`` with
+  ``{"package_id", "received": [index]}``; duplicates are acknowledged again, never stored twice;
+* when every chunk is in, assembles and verifies the package (:func:`verify_package`) on a
+  worker thread, keeps it with its plaintext records, and publishes
+  ``{"package_id", "status": "complete"}`` and the signed receipt
+  (``{prefix}/{device}/upload/receipt``, :func:`~appliance.trust.sealed.build_ack` with an
+  ``ingest`` certificate) - or ``{"package_id", "status": "rejected", "code", "reason"}``;
+* survives its own restart: the MQTT session is persistent (the broker queues chunks while the
+  receiver is away), uploads with every chunk but no verdict are verified at start, and verdicts
+  whose announcement was not confirmed by a PUBACK are announced again. A kiosk that re-sends a
+  chunk of a finished package gets the verdict (and the receipt) again, at most every
+  ``reannounce_s`` seconds per package.
+
+A package from a device without a registered key is refused with ``unknown_device`` but this
+verdict is not stored: once the device is approved, its next retry is verified.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from ..agent.topics import validate_segment
+from ..errors import ApplianceError, DeviceTimeout, TrustError
+from ..trust.certs import OperatorKey
+from ..trust.sealed import EnrollmentKeyPair, build_ack
+from .package import RESERVED_IDS, decode_chunk, valid_package_id
+from .store import PackageStore
+from .verify import verify_package
+
+log = logging.getLogger(__name__)
+
+DeviceKeys = Callable[[str], bytes | None]
+Publish = Callable[[str, bytes], bool]
+
+
+def registry_device_keys(home: Path) -> DeviceKeys:
+    """Device id -> its approved Ed25519 key from the fleet home's ``devices/`` (read on every
+    lookup, so a device approved while the receiver runs is known at once)."""
+    from ..fleet.registry import FleetRegistry
+
+    reg = FleetRegistry(home)
+
+    def lookup(device: str) -> bytes | None:
+        try:
+            rec = reg.device(device)
+        except TrustError as exc:
+            log.error("device registry: %s", exc.message)
+            return None
+        return None if rec is None else rec.public_key_bytes
+
+    return lookup
+
+
+class ReceiverCore:
+    """The receiver's logic without the network: feed it messages, it calls ``publish``.
+
+    ``publish(topic, payload) -> bool`` returns True once the broker confirmed (PUBACK).
+    With ``background=False`` verification runs inline (unit tests); otherwise on one worker
+    thread started by :meth:`start_worker`.
+    """
+
+    def __init__(
+        self,
+        store: PackageStore,
+        enrollment_key: EnrollmentKeyPair,
+        ingest_key: OperatorKey,
+        device_keys: DeviceKeys,
+        publish: Publish,
+        *,
+        prefix: str = "kiosk",
+        reannounce_s: float = 2.0,
+        background: bool = True,
+        on_result: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        validate_segment(prefix, "topic prefix")
+        self.store = store
+        self.enrollment_key = enrollment_key
+        self.ingest_key = ingest_key
+        self.device_keys = device_keys
+        self.publish = publish
+        self.prefix = prefix
+        self.reannounce_s = reannounce_s
+        self.background = background
+        self.on_result = on_result
+        self._jobs: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self._busy: set[tuple[str, str]] = set()
+        self._announced: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self._worker: threading.Thread | None = None
+        self.stats = {"chunks": 0, "duplicates": 0, "malformed": 0, "complete": 0, "rejected": 0}
+
+    # -- topics ------------------------------------------------------------------------------------
+
+    def filter(self) -> str:
+        return f"{self.prefix}/+/upload/+"
+
+    def _topic(self, device: str, leaf: str) -> str:
+        return f"{self.prefix}/{device}/upload/{leaf}"
+
+    def _send(self, device: str, leaf: str, obj: dict[str, Any] | bytes) -> bool:
+        payload = obj if isinstance(obj, bytes) else json.dumps(obj).encode("utf-8")
+        try:
+            return self.publish(self._topic(device, leaf), payload)
+        except Exception:  # a broken link must not kill the worker; the verdict is re-sent
+            log.exception("publish on %s failed", self._topic(device, leaf))
+            return False
+
+    # -- messages --------------------------------------------------------------------------
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """One message on ``{prefix}/{device}/upload/{package_id}``."""
+        parts = topic.split("/")
+        if len(parts) != 4 or parts[0] != self.prefix or parts[2] != "upload":
+            return
+        device, leaf = parts[1], parts[3]
+        if leaf in RESERVED_IDS:
+            return  # our own acks and receipts
+        if not valid_package_id(leaf):
+            self.stats["malformed"] += 1
+            log.warning("upload from %s on an invalid package id topic", device)
+            return
+        try:
+            header, data = decode_chunk(payload)
+            if header.package_id != leaf:
+                raise TrustError("chunk names another package", code="chunk_malformed")
+            outcome = self.store.put_chunk(device, header, data)
+        except TrustError as exc:
+            # A damaged chunk is not acknowledged: the kiosk sends it again.
+            self.stats["malformed"] += 1
+            log.warning("chunk from %s for %s refused: %s", device, leaf, exc.message)
+            return
+        except ApplianceError as exc:
+            log.error("chunk from %s for %s not stored: %s", device, leaf, exc.message)
+            return
+        key = (device, leaf)
+        if outcome.state == "conflict":
+            log.warning("%s re-used package id %s for other content", device, leaf)
+            self._send(
+                device,
+                "ack",
+                {
+                    "package_id": leaf,
+                    "status": "rejected",
+                    "code": "package_id_reused",
+                    "reason": "this package id was already received with other content",
+                },
+            )
+            return
+        self._send(device, "ack", {"package_id": leaf, "received": [header.index]})
+        if outcome.state == "finished":
+            self.stats["duplicates"] += 1
+            now = time.monotonic()
+            with self._lock:
+                last = self._announced.get(key, -1e9)
+                due = now - last >= self.reannounce_s
+                if due:
+                    self._announced[key] = now
+            if due and outcome.result is not None:
+                self._announce(outcome.result)
+            return
+        self.stats["chunks"] += 1
+        if not outcome.new:
+            self.stats["duplicates"] += 1
+        if outcome.upload_complete:
+            self.submit(device, leaf)
+
+    # -- verification ------------------------------------------------------------------------------
+
+    def submit(self, device: str, package_id: str) -> None:
+        """Verify an upload whose chunks are all here (once at a time per package)."""
+        key = (device, package_id)
+        with self._lock:
+            if key in self._busy:
+                return
+            self._busy.add(key)
+        if self.background:
+            self._jobs.put(key)
+        else:
+            self._run(key)
+
+    def _run(self, key: tuple[str, str]) -> None:
+        try:
+            self.verify_upload(*key)
+        except Exception:
+            log.exception("verification of %s/%s failed unexpectedly", *key)
+        finally:
+            with self._cv:
+                self._busy.discard(key)
+                self._cv.notify_all()
+
+    def verify_upload(self, device: str, package_id: str) -> dict[str, Any] | None:
+        """Assemble, verify, store and announce one upload; returns the stored result."""
+        info = self.store.upload_info(device, package_id) or {}
+        package_sha256 = str(info.get("package_sha256", ""))
+        data: bytes | None = None
+        t0 = time.perf_counter()
+        try:
+            data = self.store.assemble(device, package_id)
+            public_key = self.device_keys(device)
+            if public_key is None:
+                reason = f"{device} has no registered device key (approve the device first)"
+                log.error("package %s refused: %s", package_id, reason)
+                self._send(
+                    device,
+                    "ack",
+                    {
+                        "package_id": package_id,
+                        "status": "rejected",
+                        "code": "unknown_device",
+                        "reason": reason,
+                    },
+                )
+                return None
+            verified = verify_package(
+                data,
+                device_id=device,
+                device_public_key=public_key,
+                enrollment_key=self.enrollment_key,
+                package_id=package_id,
+            )
+        except TrustError as exc:
+            self.stats["rejected"] += 1
+            log.warning("package %s from %s rejected: %s (%s)", package_id, device, exc.code, exc)
+            result = self.store.finish_rejected(
+                device,
+                package_id,
+                code=exc.code,
+                reason=exc.message,
+                package_sha256=package_sha256,
+                data=data,
+            )
+        else:
+            self.stats["complete"] += 1
+            result = self.store.finish_complete(
+                device, package_id, data, verified, package_sha256=package_sha256
+            )
+            result["verify_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        with self._lock:
+            self._announced[(device, package_id)] = time.monotonic()
+        self._announce(result)
+        if self.on_result is not None:
+            self.on_result(result)
+        return result
+
+    def _announce(self, result: dict[str, Any]) -> None:
+        device, package_id = result["device"], result["package_id"]
+        if result["status"] == "complete":
+            ok = self._send(device, "ack", {"package_id": package_id, "status": "complete"})
+            receipt = build_ack(
+                self.ingest_key, device, [(r["id"], r["sha256"]) for r in result["receipt"]]
+            )
+            ok = self._send(device, "receipt", receipt) and ok
+        else:
+            ok = self._send(
+                device,
+                "ack",
+                {
+                    "package_id": package_id,
+                    "status": "rejected",
+                    "code": result.get("code"),
+                    "reason": result.get("reason"),
+                },
+            )
+        if ok and not result.get("announced_at"):
+            self.store.mark_announced(device, package_id)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def resume(self) -> tuple[int, int]:
+        """After a (re)start: verify complete uploads without a verdict, and announce verdicts
+        that were never confirmed. Returns ``(verifications, announcements)`` queued."""
+        pending = self.store.pending()
+        for device, package_id in pending:
+            log.info("resuming verification of %s/%s", device, package_id)
+            self.submit(device, package_id)
+        unannounced = [r for r in self.store.results() if not r.get("announced_at")]
+        for res in unannounced:
+            log.info("announcing the verdict on %s/%s again", res["device"], res["package_id"])
+            self._announce(res)
+        return len(pending), len(unannounced)
+
+    def start_worker(self) -> None:
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._loop, name="central-verify", daemon=True)
+            self._worker.start()
+
+    def stop_worker(self, timeout: float = 30.0) -> None:
+        if self._worker is not None:
+            self._jobs.put(None)
+            self._worker.join(timeout)
+            self._worker = None
+
+    def _loop(self) -> None:
+        while True:
+            key = self._jobs.get()
+            if key is None:
+                return
+            self._run(key)
+
+    def idle(self, timeout: float) -> bool:
+        """Wait until no verification is queued or running."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._busy, timeout)
+
+
+class Receiver:
+    """:class:`ReceiverCore` on a paho MQTT 5 client with a persistent session."""
+
+    def __init__(
+        self,
+        core: ReceiverCore,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        client_id: str = "central-receiver",
+        session_expiry_s: int = 24 * 3600,
+        share_group: str | None = None,
+        tls: dict[str, Any] | None = None,
+        publish_timeout_s: float = 10.0,
+    ) -> None:
+        self.core = core
+        self.host, self.port = host, port
+        self.share_group = share_group
+        if share_group is not None:
+            validate_segment(share_group, "share group")
+        self.session_expiry_s = session_expiry_s
+        self.publish_timeout_s = publish_timeout_s
+        self.client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        if tls:
+            self.client.tls_set(**tls)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(1, 5)
+        self._subscribed = threading.Event()
+        self.subacks = 0
+        core.publish = self._publish
+
+    def _filter(self) -> str:
+        f = self.core.filter()
+        return f if self.share_group is None else f"$share/{self.share_group}/{f}"
+
+    def start(self, timeout: float = 10.0) -> Receiver:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.session_expiry_s
+        try:
+            self.client.connect(self.host, self.port, 30, clean_start=False, properties=props)
+        except OSError as exc:
+            raise DeviceTimeout(
+                f"receiver: cannot connect to {self.host}:{self.port}: {exc}", device="central"
+            ) from None
+        self.client.loop_start()
+        if not self._subscribed.wait(timeout):
+            self.client.loop_stop()
+            raise DeviceTimeout(
+                f"receiver: no SUBACK from {self.host}:{self.port}", device="central"
+            )
+        self.core.start_worker()
+        self.core.resume()
+        log.info("receiver on %s:%d subscribed to %s", self.host, self.port, self._filter())
+        return self
+
+    def stop(self, *, end_session: bool = False) -> None:
+        """Disconnect; the broker keeps the session (queued chunks) unless ``end_session``."""
+        self.core.stop_worker()
+        if end_session:
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+            self.client.disconnect(properties=props)
+        else:
+            self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            log.error("receiver: broker refused the connection: %s", rc)
+            return
+        client.subscribe([(self._filter(), SubscribeOptions(qos=1))])
+
+    def _on_subscribe(self, *_a: Any) -> None:
+        self.subacks += 1
+        self._subscribed.set()
+
+    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        # Runs on the network thread; the chunk is on disk before paho sends the PUBACK.
+        try:
+            self.core.handle(msg.topic, bytes(msg.payload))
+        except Exception:
+            log.exception("receiver: message on %s not handled", msg.topic)
+
+    def _publish(self, topic: str, payload: bytes) -> bool:
+        info = self.client.publish(topic, payload, qos=1)
+        if threading.current_thread() is getattr(self.client, "_thread", None):
+            return False  # on the network thread: cannot wait for our own PUBACK
+        try:
+            info.wait_for_publish(self.publish_timeout_s)
+        except (RuntimeError, ValueError):
+            return False
+        return info.is_published()
