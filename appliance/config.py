@@ -171,6 +171,26 @@ class ConfigPushSection(Strict):
     )
 
 
+class EnrollmentSection(Strict):
+    """Enrollment sessions and the package upload (docs/enrollment.md)."""
+
+    chunk_bytes: int = Field(
+        32 * 1024, ge=1024, le=256 * 1024, description="Upload chunk size in bytes"
+    )
+    upload_window: int = Field(
+        8, ge=1, le=256, description="Chunks sent ahead of the central acknowledgements"
+    )
+    chunk_timeout_s: float = Field(
+        10.0, ge=0.5, le=600, description="Send a chunk again after this without its ack"
+    )
+    resume_s: float = Field(
+        900.0,
+        ge=0,
+        description="After a restart, resume a session idle at most this long; "
+        "older ones are aborted and their sealed records shredded",
+    )
+
+
 class TelemetrySection(Strict):
     heartbeat_s: float = Field(30.0, ge=1.0, description="Seconds between heartbeats")
 
@@ -215,6 +235,7 @@ class AppConfig(Strict):
     commands: CommandsSection = Field(default_factory=CommandsSection)
     trust: TrustSection = Field(default_factory=TrustSection)
     config_push: ConfigPushSection = Field(default_factory=ConfigPushSection)
+    enrollment: EnrollmentSection = Field(default_factory=EnrollmentSection)
     telemetry: TelemetrySection = Field(default_factory=TelemetrySection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     hardware: HardwareSection = Field(default_factory=HardwareSection)

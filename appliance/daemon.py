@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, builtin, telemetry
 from .agent.mqtt import Incoming, MqttAgent
@@ -34,6 +34,9 @@ from .errors import ApplianceError, TrustError
 from .sdnotify import Notifier
 from .store import Store
 from .trust.keys import DeviceIdentity
+
+if TYPE_CHECKING:
+    from .enrollment.upload import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +229,7 @@ class Daemon:
         self.restart_reason: str | None = None
         self.configpush: ConfigPush | None = None
         self._trial_deadline: float | None = None
+        self.uploader: Uploader | None = None
         self.notifier = notifier or Notifier()
         self._stop = threading.Event()
         self._state = "starting"
@@ -304,6 +308,7 @@ class Daemon:
         interrupted = dispatcher.mark_interrupted()
         if interrupted:
             log.warning("%d command(s) were interrupted by the last stop", interrupted)
+        self._start_enrollment(registry, identity)
         agent = MqttAgent(
             cfg,
             store,
@@ -311,10 +316,13 @@ class Daemon:
             birth=svc.birth,
             on_state=self._on_mqtt_state,
             signer=signer,
+            extra_subscriptions=[svc.topics.upload_ack, svc.topics.upload_receipt],
         )
         agent_box.append(agent)
         svc.agent = agent
         agent.start()
+        if self.uploader is not None:
+            self.uploader.start()
         store.audit("daemon", "start", "ok", version=__version__, profile=cfg.device.profile)
         # READY once we serve: connected, or running offline with the outbox. A short wait
         # lets the first status say "connected" in the common case without delaying start-up.
@@ -334,12 +342,75 @@ class Daemon:
     def _route(self, msg: Incoming) -> None:
         svc = self.services
         assert svc is not None and svc.dispatcher is not None
+        if msg.topic in (svc.topics.upload_ack, svc.topics.upload_receipt):
+            if self.uploader is not None:
+                self.uploader.on_message(msg.topic, msg.payload)
+            return
         if msg.topic == svc.topics.config_desired:
             push = self.configpush
             if push is not None:
                 self._config_worker.submit(self._guarded, push.on_document, msg.payload)
             return
         svc.dispatcher.handle(msg)
+
+    def _start_enrollment(self, registry: CommandRegistry, identity: DeviceIdentity) -> None:
+        """The session manager and the upload queue (docs/enrollment.md)."""
+        from .enrollment.session import EnrollmentManager
+        from .enrollment.session import register as register_enrollment
+        from .enrollment.upload import Uploader
+        from .trust.keys import load_public_key
+        from .trust.sealed import load_enrollment_public_key
+
+        svc = self.services
+        assert svc is not None and self.store is not None
+        cfg = self.config
+        key = None
+        if cfg.trust.enrollment_key is not None:
+            try:
+                key = load_enrollment_public_key(cfg.trust.enrollment_key)
+            except ApplianceError as exc:
+                log.error("enrollment key unusable, enrollment disabled: %s", exc.message)
+        manager = EnrollmentManager(
+            store=self.store,
+            state_dir=self.state_dir,
+            device_id=cfg.device.id,
+            identity=identity,
+            registry=registry,
+            enrollment_key=key,
+            emit=svc.emit,
+            resume_s=cfg.enrollment.resume_s,
+            on_package=lambda _pid: self._kick_uploader(),
+        )
+        register_enrollment(registry, manager)
+        svc.session_active = manager.is_active
+        svc.extras["enrollment"] = manager
+        manager.recover()
+
+        def connected() -> int:
+            agent = svc.agent
+            return agent.connects if agent is not None and agent.connected else 0
+
+        def publish(topic: str, body: bytes, *, qos: int = 1) -> bool:
+            agent = svc.agent
+            return bool(agent and agent.publish(topic, body, qos=qos))
+
+        self.uploader = Uploader(
+            store=self.store,
+            topics=svc.topics,
+            publish=publish,
+            connected=connected,
+            sealed=manager.sealed,
+            roots=[load_public_key(p) for p in cfg.trust.root_keys],
+            revoked=list(cfg.trust.revoked_keys),
+            emit=svc.emit,
+            chunk_bytes=cfg.enrollment.chunk_bytes,
+            window=cfg.enrollment.upload_window,
+            chunk_timeout_s=cfg.enrollment.chunk_timeout_s,
+        )
+
+    def _kick_uploader(self) -> None:
+        if self.uploader is not None:
+            self.uploader.kick()
 
     def _start_simulators(self) -> None:
         """Emulators of the simulated kit (see appliance/simulation.py)."""
@@ -404,6 +475,8 @@ class Daemon:
     def _on_mqtt_state(self, state: str) -> None:
         self._state = state
         self.notifier.status(self._status_line())
+        if state == "connected":
+            self._kick_uploader()
         if state == "connected" and self.configpush is not None:
             self.configpush.republish()
 
@@ -503,6 +576,8 @@ class Daemon:
             worker.shutdown(wait=True, cancel_futures=True)
         svc = self.services
         if svc is not None:
+            if self.uploader is not None:
+                self.uploader.stop()
             if svc.agent is not None:
                 svc.agent.stop("restart" if self.restart_reason else "shutdown")
             if svc.dispatcher is not None:

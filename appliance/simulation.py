@@ -89,6 +89,8 @@ def _start_fingerprint(cfg: AppConfig, simdir: Path, cleanups: list[Callable[[],
             str(fp.baud),
             "--profile",
             fp.model,
+            # A real UART paces every byte; tests may skip the wait (simulation.line_rate).
+            *([] if cfg.simulation.line_rate else ["--no-pace"]),
         ],
         simdir / "fingerprint-emulator.log",
     )

@@ -97,8 +97,38 @@ def _m2_trust(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+def _m3_enrollment(db: sqlite_utils.Database) -> None:
+    # Enrollment sessions, their records (hashes and sealed-file digests, never biometric
+    # bytes) and the upload queue (docs/enrollment.md).
+    db.execute(
+        "CREATE TABLE enrollment_sessions (id TEXT PRIMARY KEY, citizen_ref TEXT NOT NULL, "
+        "policy TEXT NOT NULL, plan TEXT NOT NULL, issuance INTEGER NOT NULL, "
+        "started_at REAL NOT NULL, updated REAL NOT NULL, chain_head TEXT NOT NULL, "
+        "state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '')"
+    )
+    db.execute("CREATE INDEX enrollment_sessions_state ON enrollment_sessions (state)")
+    db.execute(
+        "CREATE TABLE enrollment_records (session_id TEXT NOT NULL, seq INTEGER NOT NULL, "
+        "record_id TEXT, kind TEXT NOT NULL, position INTEGER NOT NULL, status TEXT NOT NULL, "
+        "reason TEXT, detail TEXT, quality INTEGER, met INTEGER, attempts INTEGER, "
+        "sha256 TEXT, hash TEXT, sealed_sha256 TEXT, sealed_size INTEGER, captured_at REAL, "
+        "timings TEXT, PRIMARY KEY (session_id, seq))"
+    )
+    db.execute(
+        "CREATE TABLE enrollment_uploads (package_id TEXT PRIMARY KEY, session_id TEXT NOT NULL, "
+        "path TEXT NOT NULL, total_bytes INTEGER NOT NULL, state TEXT NOT NULL, "
+        "created REAL NOT NULL, records TEXT NOT NULL, chunks INTEGER, "
+        "acked TEXT NOT NULL DEFAULT '[]', acked_chunks INTEGER NOT NULL DEFAULT 0, "
+        "reason TEXT NOT NULL DEFAULT '')"
+    )
+
+
 # Each entry moves the schema from version i to i + 1. Append only; never edit a shipped one.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_core, _m2_trust]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _m1_core,
+    _m2_trust,
+    _m3_enrollment,
+]
 
 
 def register_migration(fn: Callable[[sqlite_utils.Database], None]) -> None:

@@ -87,6 +87,7 @@ class MqttAgent:
         birth: Callable[[], dict[str, Any]],
         on_state: Callable[[str], None] | None = None,
         signer: Callable[[bytes], str] | None = None,
+        extra_subscriptions: list[str] | None = None,
     ) -> None:
         self.cfg = config.mqtt
         self.device_id = config.device.id
@@ -96,6 +97,7 @@ class MqttAgent:
         self._on_message_cb = on_message
         self._birth = birth
         self._on_state = on_state or (lambda _s: None)
+        self._extra_subs = list(extra_subscriptions or [])
         # Device signature of a payload (MQTT 5 user property "sig"); None: unsigned.
         self._signer = signer if self.cfg.protocol == "5" else None
         self._stop = threading.Event()
@@ -284,6 +286,7 @@ class MqttAgent:
         self.last_error = None
         subs = [(self.topics.cmd, 1), (self.topics.config_desired, 1)]
         subs += [(self.topics.group_cmd(g), 1) for g in self.groups]
+        subs += [(t, 1) for t in self._extra_subs]
         client.subscribe(subs)
         birth = {"online": True, "device": self.device_id, "ts": time.time(), **self._birth()}
         body = json.dumps(birth).encode()

@@ -69,5 +69,16 @@ class Topics:
     def config_reported(self) -> str:
         return f"{self.base}/config/reported"
 
+    def upload(self, package_id: str) -> str:
+        return f"{self.base}/upload/{validate_segment(package_id, 'package id')}"
+
+    @property
+    def upload_ack(self) -> str:
+        return f"{self.base}/upload/ack"
+
+    @property
+    def upload_receipt(self) -> str:
+        return f"{self.base}/upload/receipt"
+
     def all_status(self) -> str:
         return f"{self.prefix}/+/status"

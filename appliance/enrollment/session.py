@@ -1,0 +1,743 @@
+"""The enrollment session on the kiosk: plan, captures, sealing, package (docs/enrollment.md).
+
+State lives in SQLite (tables ``enrollment_sessions``, ``enrollment_records``) and is updated
+at every step in one transaction; biometric bytes never do: each record is hashed, chained,
+sealed to the central key into the sealed store and wiped at the moment of capture. The
+captures themselves are the capabilities' own command handlers (``camera.capture``,
+``fingerprint.capture``), so the session adds orchestration, not a second capture path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .. import __version__
+from ..commands import CommandContext, CommandRegistry
+from ..errors import Busy, CommandError, DeviceTimeout
+from ..store import Store
+from ..trust.keys import DeviceIdentity
+from ..trust.sealed import SealedStore
+from . import package as pk
+
+log = logging.getLogger(__name__)
+
+POSITIONS = range(1, 11)
+POLICIES: dict[str, list[int]] = {
+    # cccd-dg13.md "Fingerprint capture order": slaps 4-4-2, finger by finger.
+    "4-4-2": [2, 3, 4, 5, 7, 8, 9, 10, 1, 6],
+    "all": list(range(1, 11)),
+}
+SkipReason = Literal["missing", "bandaged", "unreadable", "other"]
+
+
+def plan_for(policy: str | list[int], exceptions: list[int]) -> list[int]:
+    base = POLICIES[policy] if isinstance(policy, str) else list(policy)
+    return [p for p in base if p not in set(exceptions)]
+
+
+# --- command arguments ---------------------------------------------------------------------
+
+
+class ExceptionArg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    position: int = Field(ge=1, le=10, description="ISO/IEC 19794-4 finger position")
+    reason: SkipReason = Field(description="missing, bandaged, unreadable or other")
+    detail: str = Field("", max_length=200, description="Free text for the operator")
+
+
+class StartArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    citizen_ref: str = Field(
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="The citizen's reference from the lookup"
+    )
+    finger_policy: Literal["4-4-2", "all"] | list[int] = Field(
+        "4-4-2", description="'4-4-2' (slap order finger by finger), 'all', or positions"
+    )
+    exceptions: list[ExceptionArg] = Field(
+        default_factory=list, description="Fingers known not to be capturable (not asked for)"
+    )
+    issuance: bool = Field(False, description="Instant card issuance after the upload")
+
+    @field_validator("finger_policy")
+    @classmethod
+    def _positions(cls, v: str | list[int]) -> str | list[int]:
+        bad = isinstance(v, list) and (
+            not v or len(set(v)) != len(v) or any(p not in POSITIONS for p in v)
+        )
+        if bad:
+            raise ValueError("a list policy needs distinct positions 1-10")
+        return v
+
+
+class PortraitArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    timeout_s: float = Field(30.0, gt=0, le=120, description="Auto-capture time limit")
+    min_quality: int | None = Field(None, ge=0, le=100, description="Overall score to reach")
+
+
+class FingerArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    position: int | None = Field(None, ge=1, le=10, description="Default: next in the plan")
+    timeout_s: float = Field(40.0, gt=0, le=120, description="Wait for the finger at most")
+    min_quality: int | None = Field(None, ge=0, le=100, description="NFIQ 2-style score")
+    attempts: int = Field(3, ge=1, le=10, description="Captures before the best is kept")
+
+
+class SkipArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    position: int = Field(ge=1, le=10, description="Finger position to skip")
+    reason: SkipReason = Field(description="missing, bandaged, unreadable or other")
+    detail: str = Field("", max_length=200, description="Free text")
+
+
+class CancelArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field("cancelled by the operator", max_length=200, description="Why")
+
+
+class NoArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- the manager -----------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    id: str
+    citizen_ref: str
+    policy: str
+    plan: list[int]
+    issuance: bool
+    started_at: float
+    chain_head: str
+    state: str
+
+
+class EnrollmentManager:
+    """One active session at a time; all state in SQLite; records sealed at capture."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        state_dir: Path,
+        device_id: str,
+        identity: DeviceIdentity,
+        registry: CommandRegistry,
+        enrollment_key: bytes | None,
+        emit: Callable[..., object],
+        resume_s: float,
+        on_package: Callable[[str], None],
+    ) -> None:
+        self.store = store
+        self.state_dir = state_dir
+        self.device_id = device_id
+        self.identity = identity
+        self.registry = registry
+        self.emit = emit
+        self.resume_s = resume_s
+        self.on_package = on_package
+        self.sealed = (
+            SealedStore(state_dir / "sealed", enrollment_key, device_id=device_id)
+            if enrollment_key is not None
+            else None
+        )
+        self.outgoing = state_dir / "outgoing"
+        self.outgoing.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock = threading.RLock()
+        self._capturing = threading.Lock()
+
+    # -- state -------------------------------------------------------------------------------
+
+    def active(self) -> Session | None:
+        with self.store.lock:
+            row = self.store.conn.execute(
+                "SELECT id, citizen_ref, policy, plan, issuance, started_at, chain_head, state "
+                "FROM enrollment_sessions WHERE state='active' ORDER BY started_at DESC LIMIT 1"
+            ).fetchone()
+        if row is None:
+            return None
+        return Session(
+            row[0], row[1], row[2], json.loads(row[3]), bool(row[4]), row[5], row[6], row[7]
+        )
+
+    def is_active(self) -> bool:
+        return self.active() is not None
+
+    def _records(self, sid: str) -> list[dict[str, Any]]:
+        with self.store.lock:
+            rows = self.store.conn.execute(
+                "SELECT seq, record_id, kind, position, status, reason, detail, quality, met, "
+                "attempts, sha256, hash, sealed_sha256, sealed_size, captured_at, timings "
+                "FROM enrollment_records WHERE session_id=? ORDER BY seq",
+                (sid,),
+            ).fetchall()
+        keys = (
+            "seq",
+            "record_id",
+            "kind",
+            "position",
+            "status",
+            "reason",
+            "detail",
+            "quality",
+            "met",
+            "attempts",
+            "sha256",
+            "hash",
+            "sealed_sha256",
+            "sealed_size",
+            "captured_at",
+            "timings",
+        )
+        out = []
+        for r in rows:
+            d = dict(zip(keys, r, strict=True))
+            d["met"] = bool(d["met"]) if d["met"] is not None else None
+            d["timings"] = json.loads(d["timings"]) if d["timings"] else {}
+            out.append(d)
+        return out
+
+    def _require(self) -> Session:
+        s = self.active()
+        if s is None:
+            raise CommandError("no active enrollment session", code="no_session")
+        return s
+
+    def _progress(self, s: Session, step: str, **data: Any) -> None:
+        self.emit(
+            "enrollment.progress",
+            {"session_id": s.id, "step": step, "remaining": self._remaining(s), **data},
+            durable=False,
+        )
+
+    def _remaining(self, s: Session) -> list[int]:
+        done = {r["position"] for r in self._records(s.id) if r["kind"] == "finger"}
+        return [p for p in s.plan if p not in done]
+
+    # -- start-up -----------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """After a crash or power cut: resume a recent session, abort an old one."""
+        s = self.active()
+        if s is None:
+            return
+        with self.store.lock:
+            (updated,) = self.store.conn.execute(
+                "SELECT updated FROM enrollment_sessions WHERE id=?", (s.id,)
+            ).fetchone()
+        age = time.time() - float(updated)
+        if age <= self.resume_s:
+            log.info("enrollment %s resumed after a restart (%.0f s old)", s.id, age)
+            self.emit(
+                "enrollment.resumed",
+                {"session_id": s.id, "idle_s": round(age, 1), "remaining": self._remaining(s)},
+            )
+        else:
+            self._close(s, "aborted", f"daemon restarted and the session was idle {age:.0f} s")
+
+    # -- commands -------------------------------------------------------------------------------
+
+    def start(self, ctx: CommandContext, args: StartArgs) -> dict[str, Any]:
+        """Open a session for a citizen: the capture plan comes from the finger policy."""
+        if self.sealed is None:
+            raise CommandError(
+                "no enrollment key configured (trust.enrollment_key): records could not be "
+                "sealed, so no enrollment can start",
+                code="not_provisioned",
+            )
+        with self._lock:
+            if self.active() is not None:
+                raise Busy("an enrollment session is already active")
+            exceptions = [e.position for e in args.exceptions]
+            policy = args.finger_policy
+            plan = plan_for(policy, exceptions)
+            sid = uuid.uuid4().hex
+            now = time.time()
+            with self.store.transaction() as c:
+                c.execute(
+                    "INSERT INTO enrollment_sessions (id, citizen_ref, policy, plan, issuance, "
+                    "started_at, updated, chain_head, state, reason) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        sid,
+                        args.citizen_ref,
+                        json.dumps(policy),
+                        json.dumps(plan),
+                        int(args.issuance),
+                        now,
+                        now,
+                        pk.CHAIN_START,
+                        "active",
+                        "",
+                    ),
+                )
+                for i, e in enumerate(args.exceptions):
+                    c.execute(
+                        "INSERT INTO enrollment_records (session_id, seq, kind, position, status, "
+                        "reason, detail, attempts, captured_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                        (
+                            sid,
+                            -1 - i,
+                            "finger",
+                            e.position,
+                            "exception",
+                            e.reason,
+                            e.detail,
+                            0,
+                            now,
+                        ),
+                    )
+            s = self.active()
+            assert s is not None
+        self.emit(
+            "enrollment.started",
+            {
+                "session_id": sid,
+                "citizen_ref": args.citizen_ref,
+                "plan": plan,
+                "exceptions": exceptions,
+            },
+        )
+        self._progress(s, "started")
+        return {"session_id": sid, "plan": plan, "exceptions": exceptions}
+
+    def portrait(self, ctx: CommandContext, args: PortraitArgs) -> dict[str, Any]:
+        """Auto-capture the portrait, then seal it."""
+        s = self._require()
+        with self._capture_slot():
+            self._progress(s, "portrait")
+            spec = self.registry.get("camera.capture")
+            t0 = time.perf_counter()
+            result = spec.handler(
+                ctx,
+                spec.args_model.model_validate(
+                    {"timeout_s": args.timeout_s, "min_quality": args.min_quality}
+                ),
+            )
+            capture_s = time.perf_counter() - t0
+            from ..drivers.camera.commands import EXTRAS_KEY
+
+            portraits = ctx.services.extras.get(EXTRAS_KEY)
+            portrait = portraits.take(result["record_id"]) if portraits else None
+            if portrait is None:
+                raise CommandError("the captured portrait is no longer held", code="lost_record")
+            record = bytearray(portrait.record)
+            info = self._seal_and_record(
+                s,
+                kind="face",
+                position=0,
+                record=record,
+                quality=int(result["score"]),
+                met=bool(result["met"]),
+                attempts=int(result.get("frames", 1)),
+                timings={"capture_s": round(capture_s, 3)},
+            )
+            # Drop the last reference to the portrait's bytes now (immutable bytes cannot be
+            # zeroed; the record's copy above was, by the sealed store).
+            del portrait
+        self._progress(s, "portrait_sealed", quality=info["quality"])
+        return info
+
+    def finger(self, ctx: CommandContext, args: FingerArgs) -> dict[str, Any]:
+        """Capture one finger (best of N attempts), then seal it."""
+        s = self._require()
+        remaining = self._remaining(s)
+        position = (
+            args.position if args.position is not None else (remaining[0] if remaining else None)
+        )
+        if position is None:
+            raise CommandError("every planned finger is done", code="nothing_to_capture")
+        if position not in remaining:
+            raise CommandError(
+                f"finger {position} is not to do in this session",
+                code="invalid_args",
+                details={"remaining": remaining},
+            )
+        with self._capture_slot():
+            self._progress(s, "finger", position=position)
+            spec = self.registry.get("fingerprint.capture")
+            t0 = time.perf_counter()
+            try:
+                result = spec.handler(
+                    ctx,
+                    spec.args_model.model_validate(
+                        {
+                            "position": position,
+                            "timeout_s": args.timeout_s,
+                            "min_quality": args.min_quality,
+                            "attempts": args.attempts,
+                        }
+                    ),
+                )
+            except DeviceTimeout:
+                self._touch(s)
+                self._progress(s, "finger_timeout", position=position)
+                raise
+            capture_s = time.perf_counter() - t0
+            sensor = ctx.services.devices["fingerprint"]
+            held = sensor.records.take(result["record_id"])
+            if held is None:
+                raise CommandError("the captured finger is no longer held", code="lost_record")
+            try:
+                record = bytearray(held.data)
+            finally:
+                held.wipe()
+            info = self._seal_and_record(
+                s,
+                kind="finger",
+                position=position,
+                record=record,
+                quality=int(result["quality"]),
+                met=bool(result.get("met_threshold", True)),
+                attempts=int(result.get("attempts", 1)),
+                timings={
+                    "capture_s": round(capture_s, 3),
+                    "processing_ms": result.get("processing_ms"),
+                },
+            )
+        self._progress(s, "finger_sealed", position=position, quality=info["quality"])
+        return info
+
+    def skip(self, ctx: CommandContext, args: SkipArgs) -> dict[str, Any]:
+        """Record a finger as not captured, with the reason."""
+        s = self._require()
+        if args.position not in self._remaining(s):
+            raise CommandError(
+                f"finger {args.position} is not to do in this session", code="invalid_args"
+            )
+        with self.store.transaction() as c:
+            (n,) = c.execute(
+                "SELECT count(*) FROM enrollment_records WHERE session_id=?", (s.id,)
+            ).fetchone()
+            c.execute(
+                "INSERT INTO enrollment_records (session_id, seq, kind, position, status, reason, "
+                "detail, attempts, captured_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    s.id,
+                    -100 - n,
+                    "finger",
+                    args.position,
+                    "skipped",
+                    args.reason,
+                    args.detail,
+                    0,
+                    time.time(),
+                ),
+            )
+            self._touch(s)
+        self.emit(
+            "enrollment.skipped",
+            {"session_id": s.id, "position": args.position, "reason": args.reason},
+        )
+        self._progress(s, "skipped", position=args.position)
+        return {"position": args.position, "reason": args.reason, "remaining": self._remaining(s)}
+
+    def review(self, ctx: CommandContext, _args: NoArgs) -> dict[str, Any]:
+        """What is captured, skipped and still to do."""
+        s = self._require()
+        recs = self._records(s.id)
+        portrait = [r for r in recs if r["kind"] == "face"]
+        return {
+            "session_id": s.id,
+            "citizen_ref": s.citizen_ref,
+            "portrait": {"quality": portrait[-1]["quality"], "met": portrait[-1]["met"]}
+            if portrait
+            else None,
+            "fingers": [
+                {k: r[k] for k in ("position", "status", "reason", "quality", "met", "attempts")}
+                for r in recs
+                if r["kind"] == "finger"
+            ],
+            "remaining": self._remaining(s),
+            "complete": bool(portrait) and not self._remaining(s),
+        }
+
+    def finish(self, ctx: CommandContext, _args: NoArgs) -> dict[str, Any]:
+        """Build, sign and queue the package; the session ends."""
+        s = self._require()
+        with self._lock:
+            recs = self._records(s.id)
+            captured = [r for r in recs if r["status"] == "captured"]
+            if not any(r["kind"] == "face" for r in captured):
+                raise CommandError("the portrait is not captured yet", code="incomplete")
+            remaining = self._remaining(s)
+            if remaining:
+                raise CommandError(
+                    f"fingers still to capture or skip: {remaining}",
+                    code="incomplete",
+                    details={"remaining": remaining},
+                )
+            package_id = s.id
+            manifest = {
+                "typ": pk.MANIFEST_TYPE,
+                "package_id": package_id,
+                "session_id": s.id,
+                "device": self.device_id,
+                "software": __version__,
+                "citizen_ref": s.citizen_ref,
+                "policy": json.loads(s.policy),
+                "issuance": s.issuance,
+                "started_at": s.started_at,
+                "finished_at": time.time(),
+                "records": [
+                    {
+                        "seq": i + 1,
+                        "record_id": r["record_id"],
+                        "kind": r["kind"],
+                        "position": r["position"],
+                        "format": pk.FACE_FORMAT if r["kind"] == "face" else pk.FINGER_FORMAT,
+                        "quality": r["quality"],
+                        "met": r["met"],
+                        "attempts": r["attempts"],
+                        "captured_at": r["captured_at"],
+                        "timings": r["timings"],
+                        "sha256": r["sha256"],
+                        "hash": r["hash"],
+                        "sealed_sha256": r["sealed_sha256"],
+                        "sealed_size": r["sealed_size"],
+                    }
+                    for i, r in enumerate(captured)
+                ],
+                "exceptions": [
+                    {
+                        "position": r["position"],
+                        "reason": r["reason"],
+                        "detail": r["detail"],
+                        "attempts": r["attempts"],
+                    }
+                    for r in recs
+                    if r["status"] in ("skipped", "exception")
+                ],
+                "chain_head": s.chain_head,
+            }
+            manifest_bytes = json.dumps(
+                manifest, separators=(",", ":"), ensure_ascii=False
+            ).encode()
+            signature = self.identity.sign(manifest_bytes).to_header()
+            assert self.sealed is not None
+            blobs = [self._sealed_file(r["record_id"]) for r in captured]
+            container = pk.encode_container(manifest_bytes, signature, blobs)
+            path = self.outgoing / f"{package_id}.pkg"
+            from ..trust.keys import atomic_write
+
+            atomic_write(path, container, mode=0o600)
+            with self.store.transaction() as c:
+                c.execute(
+                    "UPDATE enrollment_sessions SET state='finished', updated=? WHERE id=?",
+                    (time.time(), s.id),
+                )
+                c.execute(
+                    "INSERT INTO enrollment_uploads (package_id, session_id, path, total_bytes, "
+                    "state, created, records) VALUES (?,?,?,?,?,?,?)",
+                    (
+                        package_id,
+                        s.id,
+                        str(path),
+                        len(container),
+                        "pending",
+                        time.time(),
+                        json.dumps([[r["record_id"], r["sealed_sha256"]] for r in captured]),
+                    ),
+                )
+        self.emit(
+            "enrollment.finished",
+            {
+                "session_id": s.id,
+                "package_id": package_id,
+                "records": len(captured),
+                "bytes": len(container),
+            },
+        )
+        self._progress(s, "finished")
+        self.on_package(package_id)
+        return {
+            "package_id": package_id,
+            "records": len(captured),
+            "bytes": len(container),
+            "exceptions": manifest["exceptions"],
+            "chain_head": s.chain_head,
+        }
+
+    def cancel(self, ctx: CommandContext, args: CancelArgs) -> dict[str, Any]:
+        """End the session without a package; its sealed records are shredded."""
+        s = self._require()
+        shredded = self._close(s, "cancelled", args.reason)
+        return {"session_id": s.id, "shredded": shredded}
+
+    def status(self, ctx: CommandContext, _args: NoArgs) -> dict[str, Any]:
+        """The active session and the upload queue."""
+        s = self.active()
+        with self.store.lock:
+            uploads = self.store.conn.execute(
+                "SELECT package_id, state, total_bytes, acked_chunks, chunks FROM "
+                "enrollment_uploads WHERE state NOT IN ('purged') ORDER BY created"
+            ).fetchall()
+        return {
+            "active": None
+            if s is None
+            else {
+                "session_id": s.id,
+                "citizen_ref": s.citizen_ref,
+                "plan": s.plan,
+                "remaining": self._remaining(s),
+            },
+            "uploads": [
+                {
+                    "package_id": u[0],
+                    "state": u[1],
+                    "bytes": u[2],
+                    "acked_chunks": u[3],
+                    "chunks": u[4],
+                }
+                for u in uploads
+            ],
+        }
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _capture_slot(self) -> Any:
+        if not self._capturing.acquire(blocking=False):
+            raise Busy("a capture is already running in this session")
+        lock = self._capturing
+
+        class _Slot:
+            def __enter__(self) -> None:
+                return None
+
+            def __exit__(self, *_: object) -> None:
+                lock.release()
+
+        return _Slot()
+
+    def _touch(self, s: Session) -> None:
+        with self.store.transaction() as c:
+            c.execute("UPDATE enrollment_sessions SET updated=? WHERE id=?", (time.time(), s.id))
+
+    def _seal_and_record(
+        self,
+        s: Session,
+        *,
+        kind: str,
+        position: int,
+        record: bytearray,
+        quality: int,
+        met: bool,
+        attempts: int,
+        timings: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Hash, chain, seal (wiping ``record``), then record the step in one transaction."""
+        assert self.sealed is not None
+        digest = pk.record_digest(bytes(record))
+        with self._lock:
+            current = self.active()
+            if current is None or current.id != s.id:
+                raise CommandError("the session ended during the capture", code="no_session")
+            chain = pk.chain_next(current.chain_head, digest)
+            record_id = f"{s.id[:12]}-{uuid.uuid4().hex[:12]}"
+            sealed = self.sealed.put(record_id, record, kind=kind)  # zeroes `record`
+            with self.store.transaction() as c:
+                (n,) = c.execute(
+                    "SELECT count(*) FROM enrollment_records WHERE session_id=? AND status="
+                    "'captured'",
+                    (s.id,),
+                ).fetchone()
+                c.execute(
+                    "INSERT INTO enrollment_records (session_id, seq, record_id, kind, position, "
+                    "status, quality, met, attempts, sha256, hash, sealed_sha256, sealed_size, "
+                    "captured_at, timings) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        s.id,
+                        n + 1,
+                        record_id,
+                        kind,
+                        position,
+                        "captured",
+                        quality,
+                        int(met),
+                        attempts,
+                        digest,
+                        chain,
+                        sealed.sha256,
+                        sealed.size,
+                        time.time(),
+                        json.dumps(timings),
+                    ),
+                )
+                c.execute(
+                    "UPDATE enrollment_sessions SET chain_head=?, updated=? WHERE id=?",
+                    (chain, time.time(), s.id),
+                )
+        self.emit(
+            "enrollment.record_sealed",
+            {
+                "session_id": s.id,
+                "record_id": record_id,
+                "kind": kind,
+                "position": position,
+                "quality": quality,
+                "hash": chain,
+            },
+        )
+        return {
+            "record_id": record_id,
+            "kind": kind,
+            "position": position,
+            "quality": quality,
+            "met": met,
+            "attempts": attempts,
+            "hash": chain,
+            "timings": timings,
+        }
+
+    def _sealed_file(self, record_id: str) -> bytes:
+        assert self.sealed is not None
+        path = self.sealed.directory / f"{record_id}.sealed"
+        return path.read_bytes()
+
+    def _close(self, s: Session, state: str, reason: str) -> int:
+        shredded = 0
+        if self.sealed is not None:
+            for r in self._records(s.id):
+                if r["record_id"]:
+                    path = self.sealed.directory / f"{r['record_id']}.sealed"
+                    if path.exists():
+                        self.sealed._shred(path)
+                        shredded += 1
+        with self.store.transaction() as c:
+            c.execute(
+                "UPDATE enrollment_sessions SET state=?, reason=?, updated=? WHERE id=?",
+                (state, reason, time.time(), s.id),
+            )
+        self.emit(
+            f"enrollment.{state}", {"session_id": s.id, "reason": reason, "shredded": shredded}
+        )
+        log.info("enrollment %s %s: %s (%d sealed records shredded)", s.id, state, reason, shredded)
+        return shredded
+
+
+def register(registry: CommandRegistry, manager: EnrollmentManager) -> None:
+    registry.add("enrollment.start", manager.start, args=StartArgs, timeout_s=10)
+    registry.add("enrollment.portrait", manager.portrait, args=PortraitArgs, timeout_s=150)
+    registry.add("enrollment.finger", manager.finger, args=FingerArgs, timeout_s=150)
+    registry.add("enrollment.skip", manager.skip, args=SkipArgs, timeout_s=10)
+    registry.add("enrollment.review", manager.review, timeout_s=10, args=NoArgs)
+    registry.add("enrollment.finish", manager.finish, timeout_s=60, args=NoArgs)
+    registry.add("enrollment.cancel", manager.cancel, args=CancelArgs, timeout_s=30)
+    registry.add("enrollment.status", manager.status, timeout_s=10, args=NoArgs)
