@@ -53,8 +53,7 @@ class Central:
     ack: bool = True
     chunks: dict[str, dict[int, bytes]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
-    done: queue.Queue[tuple[str, dict[str, Any], list[bytes]]] = field(
-        default_factory=queue.Queue)
+    done: queue.Queue[tuple[str, dict[str, Any], list[bytes]]] = field(default_factory=queue.Queue)
 
     def __post_init__(self) -> None:
         self.q = self.ctl.subscribe(f"kiosk/{DEV}/upload/+")
@@ -75,8 +74,10 @@ class Central:
             self.chunks.setdefault(pid, {})[header["index"]] = body
             self.counts[pid] = header["count"]
             if self.ack:
-                self.ctl.publish(f"kiosk/{DEV}/upload/ack",
-                                 json.dumps({"package_id": pid, "received": [header["index"]]}))
+                self.ctl.publish(
+                    f"kiosk/{DEV}/upload/ack",
+                    json.dumps({"package_id": pid, "received": [header["index"]]}),
+                )
             if len(self.chunks[pid]) == header["count"] and self.ack:
                 data = b"".join(self.chunks[pid][i] for i in range(header["count"]))
                 assert hashlib.sha256(data).hexdigest() == header["package_sha256"]
@@ -96,13 +97,24 @@ class Central:
             assert pk.record_digest(plain) == rec["sha256"]
             records.append(plain)
         pk.verify_chain(manifest["records"], manifest["chain_head"])
-        self.ctl.publish(f"kiosk/{DEV}/upload/ack",
-                         json.dumps({"package_id": pid, "status": "complete"}))
-        receipt = build_ack(self.ingest, DEV,
-                            [(r["record_id"], r["sealed_sha256"]) for r in manifest["records"]])
+        self.ctl.publish(
+            f"kiosk/{DEV}/upload/ack", json.dumps({"package_id": pid, "status": "complete"})
+        )
+        receipt = build_ack(
+            self.ingest, DEV, [(r["record_id"], r["sealed_sha256"]) for r in manifest["records"]]
+        )
         self.ctl.publish(f"kiosk/{DEV}/upload/receipt", receipt)
-        self.done.put((pid, {"manifest": manifest, "signature": c.signature,
-                             "manifest_bytes": c.manifest_bytes}, records))
+        self.done.put(
+            (
+                pid,
+                {
+                    "manifest": manifest,
+                    "signature": c.signature,
+                    "manifest_bytes": c.manifest_bytes,
+                },
+                records,
+            )
+        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -116,13 +128,25 @@ def fleet(tmp_path: Path) -> tuple[FleetRoot, EnrollmentKeyPair, OperatorKey, Pa
     enr.save(home)
     sk = SigningKey.generate()
     now = int(time.time())
-    cert = root.issue(bytes(sk.verify_key), roles=("ingest",), devices=(DEV,),
-                      not_after=now + 3600, issued_at=now - 60, name="central")
+    cert = root.issue(
+        bytes(sk.verify_key),
+        roles=("ingest",),
+        devices=(DEV,),
+        not_after=now + 3600,
+        issued_at=now - 60,
+        name="central",
+    )
     return root, enr, OperatorKey(sk, cert), home
 
 
-def make_kiosk(daemon_factory: Callable[..., DaemonProcess], broker: Mosquitto, home: Path,
-               *, line_rate: bool = False, extra: str = "") -> DaemonProcess:
+def make_kiosk(
+    daemon_factory: Callable[..., DaemonProcess],
+    broker: Mosquitto,
+    home: Path,
+    *,
+    line_rate: bool = False,
+    extra: str = "",
+) -> DaemonProcess:
     d = daemon_factory(broker, DEV)
     text = d.config_path.read_text()
     for kind in ("camera", "fingerprint", "card"):
@@ -132,8 +156,10 @@ def make_kiosk(daemon_factory: Callable[..., DaemonProcess], broker: Mosquitto, 
         f"[simulation]\nfingerprint = true\ncard = false\nline_rate = {str(line_rate).lower()}\n",
     )
     text = text.replace("[hardware.card]\n", "[hardware.card]\nenabled = false\n")
-    text += (f'[trust]\nroot_keys = ["{home / ROOT_PUB_FILE}"]\n'
-             f'enrollment_key = "{home / ENROLLMENT_PUB_FILE}"\n' + extra)
+    text += (
+        f'[trust]\nroot_keys = ["{home / ROOT_PUB_FILE}"]\n'
+        f'enrollment_key = "{home / ENROLLMENT_PUB_FILE}"\n' + extra
+    )
     d.config_path.write_text(text)
     return d
 
@@ -142,8 +168,11 @@ def start(d: DaemonProcess, ctl: Controller) -> None:
     t0 = time.time()
     d.start()
     wait_online(ctl, DEV, after=t0)
-    wait_for(lambda: ctl.request(DEV, "status")["result"]["devices"]["fingerprint"]["state"]
-             == "ok", 30, "the fingerprint sensor")
+    wait_for(
+        lambda: ctl.request(DEV, "status")["result"]["devices"]["fingerprint"]["state"] == "ok",
+        30,
+        "the fingerprint sensor",
+    )
 
 
 def ok(reply: dict[str, Any]) -> dict[str, Any]:
@@ -166,25 +195,40 @@ def central(controller: Controller, fleet: Any) -> Iterator[Central]:
 
 
 def test_full_enrollment_is_sealed_signed_uploaded_and_purged(
-    broker: Mosquitto, controller: Controller, daemon_factory: Callable[..., DaemonProcess],
-    fleet: Any, central: Central,
+    broker: Mosquitto,
+    controller: Controller,
+    daemon_factory: Callable[..., DaemonProcess],
+    fleet: Any,
+    central: Central,
 ) -> None:
     _root, _enr, _ingest, home = fleet
     d = make_kiosk(daemon_factory, broker, home)
     start(d, controller)
     events = controller.subscribe(f"kiosk/{DEV}/events/#")
-    s = ok(controller.request(DEV, "enrollment.start", {
-        "citizen_ref": "CIT-0001", "finger_policy": "4-4-2",
-        "exceptions": [{"position": 10, "reason": "missing"}]}))
+    s = ok(
+        controller.request(
+            DEV,
+            "enrollment.start",
+            {
+                "citizen_ref": "CIT-0001",
+                "finger_policy": "4-4-2",
+                "exceptions": [{"position": 10, "reason": "missing"}],
+            },
+        )
+    )
     assert s["plan"] == [2, 3, 4, 5, 7, 8, 9, 1, 6]
     # one session at a time; intrusive commands wait
-    assert controller.request(DEV, "enrollment.start", {"citizen_ref": "X"})["error"][
-        "code"] == "busy"
+    assert (
+        controller.request(DEV, "enrollment.start", {"citizen_ref": "X"})["error"]["code"] == "busy"
+    )
     assert controller.request(DEV, "camera.snapshot", {})["error"]["code"] == "busy"
     ok(controller.request(DEV, "enrollment.portrait", {"timeout_s": 20}, timeout=60))
     for _ in range(8):
-        r = ok(controller.request(DEV, "enrollment.finger", {"min_quality": 20, "attempts": 1},
-                                  timeout=60))
+        r = ok(
+            controller.request(
+                DEV, "enrollment.finger", {"min_quality": 20, "attempts": 1}, timeout=60
+            )
+        )
         assert 0 <= r["quality"] <= 100
     ok(controller.request(DEV, "enrollment.skip", {"position": 6, "reason": "bandaged"}))
     review = ok(controller.request(DEV, "enrollment.review"))
@@ -195,13 +239,17 @@ def test_full_enrollment_is_sealed_signed_uploaded_and_purged(
     manifest = info["manifest"]
     assert [r["kind"] for r in manifest["records"]] == ["face"] + ["finger"] * 8
     assert {e["position"]: e["reason"] for e in manifest["exceptions"]} == {
-        10: "missing", 6: "bandaged"}
+        10: "missing",
+        6: "bandaged",
+    }
     assert records[0][:4] == b"FAC\x00" and all(r[:4] == b"FIR\x00" for r in records[1:])
     device_pub = load_public_key(d.state_dir / "device.pub")
-    verify_device_message(device_pub, info["manifest_bytes"],
-                          DeviceSignature.from_header(info["signature"]))
-    get_json(events, 60, lambda m: m["type"] == "enrollment.purged"
-             and m["data"]["package_id"] == pid)
+    verify_device_message(
+        device_pub, info["manifest_bytes"], DeviceSignature.from_header(info["signature"])
+    )
+    get_json(
+        events, 60, lambda m: m["type"] == "enrollment.purged" and m["data"]["package_id"] == pid
+    )
     assert list((d.state_dir / "sealed").glob("*")) == []
     assert list((d.state_dir / "outgoing").glob("*")) == []
     assert_no_plaintext(d.state_dir, Path(tempfile.gettempdir()) / "appliance")
@@ -210,20 +258,29 @@ def test_full_enrollment_is_sealed_signed_uploaded_and_purged(
 
 
 def test_kill9_mid_capture_resumes_the_session_without_plaintext(
-    broker: Mosquitto, controller: Controller, daemon_factory: Callable[..., DaemonProcess],
-    fleet: Any, central: Central,
+    broker: Mosquitto,
+    controller: Controller,
+    daemon_factory: Callable[..., DaemonProcess],
+    fleet: Any,
+    central: Central,
 ) -> None:
     _root, _enr, _ingest, home = fleet
     d = make_kiosk(daemon_factory, broker, home, line_rate=True)
     start(d, controller)
-    ok(controller.request(DEV, "enrollment.start", {"citizen_ref": "CIT-2",
-                                                    "finger_policy": [2, 7]}))
+    ok(
+        controller.request(
+            DEV, "enrollment.start", {"citizen_ref": "CIT-2", "finger_policy": [2, 7]}
+        )
+    )
     ok(controller.request(DEV, "enrollment.portrait", {"timeout_s": 20}, timeout=60))
     progress = controller.subscribe(f"kiosk/{DEV}/events/command.progress")
     controller.send(DEV, "enrollment.finger", {"attempts": 1})
     # The image is on the wire (UpImage at 57,600 baud takes seconds): kill now.
-    get_json(progress, 30, lambda m: m["data"]["step"] == "captured"
-             or m["data"]["step"] == "waiting_for_finger")
+    get_json(
+        progress,
+        30,
+        lambda m: m["data"]["step"] == "captured" or m["data"]["step"] == "waiting_for_finger",
+    )
     d.kill9()
     assert_no_plaintext(d.state_dir)
     events = controller.subscribe(f"kiosk/{DEV}/events/#")
@@ -231,8 +288,11 @@ def test_kill9_mid_capture_resumes_the_session_without_plaintext(
     resumed = get_json(events, 30, lambda m: m["type"] == "enrollment.resumed")
     assert resumed["data"]["remaining"] == [2, 7]
     for _ in range(2):
-        ok(controller.request(DEV, "enrollment.finger", {"attempts": 1, "min_quality": 10},
-                              timeout=90))
+        ok(
+            controller.request(
+                DEV, "enrollment.finger", {"attempts": 1, "min_quality": 10}, timeout=90
+            )
+        )
     fin = ok(controller.request(DEV, "enrollment.finish", timeout=60))
     pid, info, _records = central.done.get(timeout=60)
     assert pid == fin["package_id"] and len(info["manifest"]["records"]) == 3
@@ -241,18 +301,22 @@ def test_kill9_mid_capture_resumes_the_session_without_plaintext(
 
 
 def test_upload_survives_kill9_and_a_broker_outage(
-    make_broker: Callable[..., Mosquitto], daemon_factory: Callable[..., DaemonProcess],
+    make_broker: Callable[..., Mosquitto],
+    daemon_factory: Callable[..., DaemonProcess],
     fleet: Any,
 ) -> None:
     _root, enr, ingest, home = fleet
     b = make_broker()
-    d = make_kiosk(daemon_factory, b, home, extra="[enrollment]\nchunk_bytes = 2048\n"
-                   "upload_window = 4\nchunk_timeout_s = 1\n")
+    d = make_kiosk(
+        daemon_factory,
+        b,
+        home,
+        extra="[enrollment]\nchunk_bytes = 2048\nupload_window = 4\nchunk_timeout_s = 1\n",
+    )
     with Controller(b.host, b.port) as ctl:
         central = Central(ctl, enr, ingest, ack=False)  # receives, acknowledges nothing yet
         start(d, ctl)
-        ok(ctl.request(DEV, "enrollment.start", {"citizen_ref": "CIT-3",
-                                                 "finger_policy": [2]}))
+        ok(ctl.request(DEV, "enrollment.start", {"citizen_ref": "CIT-3", "finger_policy": [2]}))
         ok(ctl.request(DEV, "enrollment.portrait", {"timeout_s": 20}, timeout=60))
         ok(ctl.request(DEV, "enrollment.finger", {"attempts": 1, "min_quality": 10}, timeout=60))
         fin = ok(ctl.request(DEV, "enrollment.finish", timeout=60))
@@ -267,7 +331,7 @@ def test_upload_survives_kill9_and_a_broker_outage(
     with Controller(b.host, b.port) as ctl:
         central = Central(ctl, enr, ingest, ack=True)
         events = ctl.subscribe(f"kiosk/{DEV}/events/#")
-        got_pid, info, records = central.done.get(timeout=90)
+        got_pid, _info, records = central.done.get(timeout=90)
         assert got_pid == pid and len(records) == 2
         get_json(events, 60, lambda m: m["type"] == "enrollment.purged")
         central.stop()
@@ -277,7 +341,9 @@ def test_upload_survives_kill9_and_a_broker_outage(
 
 
 def test_enrollment_refused_without_an_enrollment_key(
-    broker: Mosquitto, controller: Controller, daemon_factory: Callable[..., DaemonProcess],
+    broker: Mosquitto,
+    controller: Controller,
+    daemon_factory: Callable[..., DaemonProcess],
 ) -> None:
     d = daemon_factory(broker, DEV)
     t0 = time.time()
