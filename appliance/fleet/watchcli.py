@@ -26,13 +26,25 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.description = __doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     add_home_arg(p)
-    p.add_argument("--device", action="append", default=[], metavar="PATTERN")
-    p.add_argument("--type", action="append", default=[], metavar="PATTERN", help="event type")
+    p.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="device id or shell pattern, e.g. 'kiosk-hn-*' (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--type",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="event type or shell pattern, e.g. 'card.*' (repeatable; default: all)",
+    )
     p.add_argument("--status", action="store_true", help="also show status (online/offline)")
     p.add_argument("--telemetry", action="store_true", help="also show heartbeats")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--count", type=int, metavar="N", help="stop after N messages")
-    p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("--json", action="store_true", help="one JSON object per line (default: text)")
+    p.add_argument("--count", type=int, metavar="N", help="stop after N messages (default: never)")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds (default: never)")
     p.add_argument(
         "--share",
         metavar="GROUP",

@@ -1,0 +1,149 @@
+"""Resumability at every step boundary, in-process against a real mosquitto: a run that dies
+after the claim was answered but before the trust bundle was installed (a power cut, here a
+raised SystemExit at that point) is completed by the next run from the answer retained on the
+broker; ``approve --deny`` refuses; configuration problems and foreign files are explained."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from appliance.devtools.broker import Mosquitto
+from appliance.fleet import approvecli, claimtokencli
+from appliance.fleet.registry import FleetRegistry
+from appliance.provisioning import cli as provcli
+from appliance.provisioning.flow import Options, Params, Provisioner, ProvisionError
+from appliance.trust.certs import FleetRoot
+
+from .tlsbroker import REPO
+
+
+@pytest.fixture
+def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    for name in os.listdir(REPO / "firmware_profiles"):
+        if name.endswith(".toml"):
+            (profiles / name).write_text((REPO / "firmware_profiles" / name).read_text())
+    (profiles / "bare.toml").write_text(
+        "[simulation]\nfingerprint = false\ncard = false\n"
+        "[hardware.camera]\nenabled = false\n[hardware.fingerprint]\nenabled = false\n"
+        "[hardware.card]\nenabled = false\n"
+    )
+    monkeypatch.setenv("APPLIANCE_PROFILES_DIR", str(profiles))
+    FleetRoot.create(tmp_path / "home")
+    return tmp_path
+
+
+def token(home: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
+    assert claimtokencli.main(["--home", str(home), *extra]) == 0
+    return capsys.readouterr().out.strip()
+
+
+def opts(tmp: Path, broker: Mosquitto, device: str, tok: str | None, lines: list[str]) -> Options:
+    return Options(
+        config_path=tmp / f"{device}.toml",
+        state_dir=tmp / device,
+        params=Params(device_id=device, profile="bare", host=broker.host, port=broker.port),
+        token=tok,
+        wait_s=0.3,
+        out=lines.append,
+    )
+
+
+def test_crash_between_claim_and_install_resumes_from_the_retained_answer(
+    setup: Path, broker: Mosquitto, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = setup / "home"
+    tok = token(home, capsys, "--device", "kiosk-c1", "--group", "g1")
+    lines: list[str] = []
+    o = opts(setup, broker, "kiosk-c1", tok, lines)
+    with pytest.raises(Exception, match="no answer yet"):
+        Provisioner(o).run()  # the request is on the broker, nobody approved yet
+    broker_flags = ["--home", str(home), "--host", broker.host, "--port", str(broker.port)]
+    assert approvecli.main(["kiosk-c1", "--yes", *broker_flags]) == 0
+    capsys.readouterr()
+
+    class PowerCut(BaseException):
+        pass
+
+    def cut(_self: Provisioner) -> str:
+        raise PowerCut
+
+    o2 = opts(setup, broker, "kiosk-c1", None, lines)
+    o2.wait_s = 10
+    p = Provisioner(o2)
+    p.step_install = cut.__get__(p)  # type: ignore[method-assign]
+    with pytest.raises(PowerCut):
+        p.run()
+    state = json.loads((setup / "kiosk-c1" / "provision" / "state.json").read_text())
+    assert "claim" in state["done"] and "install" not in state["done"]
+    assert not (setup / "kiosk-c1" / "trust").exists()
+
+    lines.clear()
+    assert Provisioner(o2).run() == 0
+    assert any("[4/6] claim     done earlier" in x for x in lines), lines
+    assert any("Kiosk kiosk-c1 is provisioned." in x for x in lines)
+    assert (setup / "kiosk-c1" / "trust" / "root-0.pub").read_text() == (
+        home / "root.pub"
+    ).read_text()
+    # A finished provisioning re-run changes nothing and says so.
+    lines.clear()
+    assert Provisioner(o2).run() == 0
+    assert all("done earlier" in x for x in lines[:6]), lines
+
+
+def test_deny_and_explanations(
+    setup: Path, broker: Mosquitto, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = setup / "home"
+    tok = token(home, capsys)
+    lines: list[str] = []
+    with pytest.raises(Exception, match="no answer yet"):
+        Provisioner(opts(setup, broker, "kiosk-d1", tok, lines)).run()
+    flags = ["--home", str(home), "--host", broker.host, "--port", str(broker.port)]
+    assert approvecli.main(["kiosk-d1", "--deny", "unknown site", *flags]) == 1
+    assert "denied" in capsys.readouterr().err
+    o = opts(setup, broker, "kiosk-d1", None, lines)
+    o.wait_s = 10
+    with pytest.raises(ProvisionError) as err:
+        Provisioner(o).run()
+    assert err.value.code == "denied" and "unknown site" in err.value.message
+    assert FleetRegistry(home).device("kiosk-d1") is None
+    # No request on the broker (the kiosk cleared its refused one): approve explains.
+    assert approvecli.main(["kiosk-d1", "--yes", "--timeout", "0.3", *flags]) == 1
+    assert "no claim request from kiosk-d1" in capsys.readouterr().err
+    # The token list shows the token unused (a denial does not burn it).
+    assert claimtokencli.main(["--home", str(home), "--list"]) == 0
+    assert "unused" in capsys.readouterr().out
+
+
+def test_configuration_problems_are_explained(
+    setup: Path, broker: Mosquitto, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--state-dir", str(setup / "s"), "--device-id", "kiosk-x1",
+            "--broker", f"{broker.host}:{broker.port}"]  # fmt: skip
+    cfg = setup / "x.toml"
+    # An unknown kit profile: the config step names the field and what to do.
+    assert provcli.main(["--config", str(cfg), *base, "--profile", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED at step config" in err and "device.profile" in err and "next:" in err
+    # A configuration file somebody else wrote is not overwritten without --force-config.
+    cfg.write_text("# hand-made\n")
+    assert provcli.main(["--config", str(cfg), *base, "--profile", "bare"]) == 1
+    assert "--force-config" in capsys.readouterr().err
+    assert cfg.read_text() == "# hand-made\n"
+    # The same identity cannot be re-provisioned under another device id.
+    assert provcli.main(["--config", str(cfg), *base, "--profile", "bare", "--force-config",
+                         "--claim-token", "bad"]) == 1  # fmt: skip
+    assert "a claim token looks like" in capsys.readouterr().err
+    other = ["--state-dir", str(setup / "s"), "--device-id", "kiosk-x2"]
+    assert provcli.main(["--config", str(cfg), *other]) == 2
+    assert "provisioned as kiosk-x1" in capsys.readouterr().err
+    # A bad --broker is a usage error of argparse (exit 2), never a traceback.
+    with pytest.raises(SystemExit) as ex:
+        provcli.main(["--broker", "host:notaport"])
+    assert ex.value.code == 2
