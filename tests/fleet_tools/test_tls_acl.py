@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.fleet.conn import FleetMqtt
+from appliance.fleet.conn import FleetConnectionError, FleetMqtt
 from appliance.fleet.watch import EventStream, Seen
 from tests.provisioning.tlsbroker import TlsBroker, issue, tls_broker
 
@@ -66,5 +66,9 @@ def test_shared_controllers_and_acl(broker: TlsBroker, tmp_path: Path) -> None:
         spy.close()
         for s in streams:
             s.stop()
+    # A refused publish is an error naming the ACL, not a silent loss.
+    with FleetMqtt(broker.opts("kiosk-b1")) as dev_b, pytest.raises(FleetConnectionError) as err:
+        dev_b.publish("kiosk/kiosk-a1/cmd", b"forged")
+    assert "not authorised by the broker's ACL" in err.value.message
     ids = got["c1"] + got["c2"]
     assert sorted(ids) == sorted(f"e{i}" for i in range(40)) and got["c1"] and got["c2"]
