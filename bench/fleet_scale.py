@@ -216,7 +216,7 @@ def main() -> None:
         "p99_ms_lt_500": {"value": p99, "met": p99 is not None and p99 < 500},
         "all_back_lt_60_s": {"value": all_back, "met": all_back is not None and all_back < 60},
     }
-    emit(f"fleet_scale_{args.devices}", result)
+    emit(f"fleet_scale_{args.devices}_hb{args.heartbeat:g}", result)
 
 
 if __name__ == "__main__":
