@@ -42,9 +42,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--status", action="store_true", help="also show status (online/offline)")
     p.add_argument("--telemetry", action="store_true", help="also show heartbeats")
-    p.add_argument("--json", action="store_true", help="one JSON object per line (default: text)")
-    p.add_argument("--count", type=int, metavar="N", help="stop after N messages (default: never)")
-    p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds (default: never)")
+    p.add_argument("--json", action="store_true", help="JSON lines (default: text)")
+    p.add_argument("--count", type=int, metavar="N", help="stop after N messages (default: no)")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds (default: no)")
     p.add_argument(
         "--share",
         metavar="GROUP",

@@ -164,6 +164,25 @@ class Provisioner:
         self.state = self._load_state()
         self.params = self.state.params.merged(opts.params)
         self.total = len(STEPS)
+        self.notes: list[str] = []
+        changed = sorted(
+            k
+            for k, v in self.params.__dict__.items()
+            if k != "device_id" and v != getattr(self.state.params, k)
+        )
+        if changed and "config" in self.state.done:
+            if "install" in self.state.done:
+                self.notes.append(
+                    f"already provisioned: {', '.join(changed)} ignored (use --reset to "
+                    "provision again with new settings)"
+                )
+                self.params = self.state.params
+            else:
+                # New settings (a corrected --broker after a failed self-test...): write the
+                # configuration again and test it again.
+                for step in ("config", "selftest"):
+                    self.state.done.pop(step, None)
+                self.notes.append(f"changed {', '.join(changed)}: configuration rewritten")
 
     # -- state -----------------------------------------------------------------------------
 
@@ -175,17 +194,25 @@ class Provisioner:
             return State()
         except (OSError, ValueError) as exc:
             raise ProvisionError(
-                "state",
+                "start",
                 f"{path} is unreadable ({exc})",
                 f"move it away and re-run 'appliance provision' with all options "
                 f"(completed steps are idempotent): mv {path} {path}.bad",
             ) from None
-        return State(
-            params=Params(**raw.get("params", {})),
-            done=raw.get("done", {}),
-            request=raw.get("request"),
-            token_id=raw.get("token_id"),
-        )
+        try:
+            return State(
+                params=Params(**raw.get("params", {})),
+                done=dict(raw.get("done", {})),
+                request=raw.get("request"),
+                token_id=raw.get("token_id"),
+            )
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ProvisionError(
+                "start",
+                f"{path} does not hold provisioning progress ({exc})",
+                f"move it away and re-run 'appliance provision' with all options: "
+                f"mv {path} {path}.bad",
+            ) from None
 
     def _save_state(self) -> None:
         self.pdir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -211,6 +238,8 @@ class Provisioner:
     def run(self) -> int:
         self._require()
         self._save_state()
+        for note in self.notes:
+            self.o.out(f"note: {note}")
         for step in STEPS:
             if step in self.state.done:
                 self._say(step, f"done earlier: {self.state.done[step]['detail']}")

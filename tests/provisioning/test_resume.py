@@ -147,3 +147,27 @@ def test_configuration_problems_are_explained(
     with pytest.raises(SystemExit) as ex:
         provcli.main(["--broker", "host:notaport"])
     assert ex.value.code == 2
+
+
+def test_corrected_broker_after_a_failed_selftest(
+    setup: Path, broker: Mosquitto, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from appliance.devtools.broker import free_port
+
+    cfg, state = setup / "b.toml", setup / "b"
+    first = ["--config", str(cfg), "--state-dir", str(state), "--device-id", "kiosk-b9",
+             "--profile", "bare", "--broker", f"127.0.0.1:{free_port()}",
+             "--broker-timeout", "1"]  # fmt: skip
+    assert provcli.main(first) == 1
+    err = capsys.readouterr()
+    assert "FAILED at step selftest: failed: broker" in err.err and "[FAIL] broker" in err.out
+    # The technician corrects the broker: the configuration is written and tested again,
+    # the key is kept, and the claim starts.
+    again = ["--config", str(cfg), "--state-dir", str(state),
+             "--broker", f"{broker.host}:{broker.port}", "--claim-token",
+             token(setup / "home", capsys), "--wait", "0.2"]  # fmt: skip
+    assert provcli.main(again) == 3
+    out = capsys.readouterr().out
+    assert "note: changed port: configuration rewritten" in out
+    assert "[1/6] keys      done earlier" in out and "[2/6] config    " in out
+    assert f"port = {broker.port}" in cfg.read_text()
