@@ -48,7 +48,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.description = __doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("target", metavar="TARGET", help="device id or group:NAME")
-    p.add_argument("command", metavar="CMD", help="command name, e.g. ping, status, note")
+    p.add_argument("command_name", metavar="CMD", help="command name, e.g. ping, status, note")
     p.add_argument("args", nargs="*", metavar="ARGS", help="JSON object or key=value words")
     add_home_arg(p)
     add_signer_arg(p, "operator")
@@ -88,14 +88,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     cid = args.cid or f"fleet-{uuid.uuid4().hex[:16]}"
-    request = json.dumps({"id": cid, "cmd": args.command, "args": cmd_args}).encode()
+    request = json.dumps({"id": cid, "cmd": args.command_name, "args": cmd_args}).encode()
     group = args.target[len(GROUP_PREFIX) :] if args.target.startswith(GROUP_PREFIX) else None
     try:
         payload = (
             request
             if signer is None
             else EnvelopeBuilder(signer, lifetime_s=args.lifetime).build(
-                args.command, request, args.target
+                args.command_name, request, args.target
             )
         )
         mqtt = FleetMqtt(opts).connect()
