@@ -71,7 +71,16 @@ class ChunkOutcome:
 
 
 def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Create ``path`` and any missing parent with mode 0700 (``mkdir(parents=True)`` would
+    give the parents the umask's default)."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for q in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            q.mkdir(mode=0o700)
     return path
 
 

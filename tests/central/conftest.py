@@ -1,15 +1,15 @@
-"""Keys of a small fleet for the central-side tests: a root, an ingest operator, the central
-enrollment key pair and a kiosk identity registered in a fleet home."""
+"""Keys of a small fleet for the central-side tests: a fleet home made by the production helper
+(root, central enrollment key pair, ingest key and certificate) and a kiosk identity registered
+in it."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from nacl.signing import SigningKey
 
+from appliance.central.keys import ensure_central_keys
 from appliance.central.store import PackageStore
 from appliance.fleet.registry import DeviceRecord, FleetRegistry
 from appliance.trust.certs import FleetRoot, OperatorKey
@@ -40,21 +40,11 @@ class Fleet:
 
 def make_fleet(base: Path) -> Fleet:
     home = base / "fleet"
-    root = FleetRoot.create(home)
-    sk = SigningKey.generate()
-    cert = root.issue(
-        bytes(sk.verify_key),
-        roles=["ingest"],
-        devices=["*"],
-        not_after=int(time.time()) + 3600,
-        name="central",
-    )
-    enrollment = EnrollmentKeyPair.generate()
-    enrollment.save(home)
+    keys = ensure_central_keys(home, validity_s=3600)
+    root = FleetRoot.load(home)
+    assert keys.root_public_key == root.public_key
     kiosk = DeviceIdentity.create(base / "kiosk")
-    fleet = Fleet(
-        home, root, OperatorKey(sk, cert), enrollment, kiosk, PackageStore(base / "central")
-    )
+    fleet = Fleet(home, root, keys.ingest, keys.enrollment, kiosk, PackageStore(home / "central"))
     fleet.register(DEVICE, kiosk)
     return fleet
 

@@ -1,0 +1,184 @@
+"""``appliance fleet receive``: the central enrollment receiver, running until stopped.
+
+Subscribes to ``{prefix}/+/upload/+`` on the fleet broker with a persistent MQTT 5 session,
+stores each chunk of an enrollment package (idempotently, files 0600), acknowledges it,
+verifies the whole package when it is in (device signature with the key approved for the
+device in <home>/devices/, sealed hashes, unsealing with the enrollment key, record hashes and
+the hash chain, record parsing), keeps the verified records in the store, and publishes
+``complete`` plus the signed receipt, or ``rejected`` with the reason (docs/enrollment.md).
+
+Keys (docs/central.md): <home>/enrollment.key, <home>/ingest.key + ingest.cert;
+``--create-keys`` makes whatever is missing (and the fleet root if there is none).
+
+Stop it with Ctrl-C or SIGTERM; a restart resumes every unfinished upload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from ..errors import ApplianceError
+from ..fleet.conn import add_broker_args, add_home_arg, broker_options, home_of
+from .keys import ensure_central_keys, load_central_keys
+from .receiver import Receiver, ReceiverCore, registry_device_keys
+from .store import PackageStore
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def add_store_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="the central store: chunks, verified packages and plaintext records, 0600 "
+        "(default: <home>/central)",
+    )
+
+
+def store_of(args: argparse.Namespace) -> PackageStore:
+    return PackageStore(args.store or home_of(args) / "central")
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    add_home_arg(p)
+    add_store_arg(p)
+    p.add_argument(
+        "--enrollment-key",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="directory holding enrollment.key (0600) (default: <home>)",
+    )
+    p.add_argument(
+        "--signer",
+        type=Path,
+        default=None,
+        metavar="PREFIX",
+        help="ingest signing key PREFIX.key and certificate PREFIX.cert (role ingest) that "
+        "sign receipts (default: <home>/ingest)",
+    )
+    p.add_argument(
+        "--create-keys",
+        action="store_true",
+        help="create the fleet root, the enrollment key pair and the ingest key and "
+        "certificate in <home> when missing (never replaces a key) (default: off)",
+    )
+    p.add_argument(
+        "--client-id",
+        default="central-receiver",
+        help="MQTT client id; keep it stable so the broker keeps the session (and queues "
+        "chunks) while the receiver is away (default: %(default)s)",
+    )
+    p.add_argument(
+        "--session-expiry",
+        type=int,
+        default=86400,
+        metavar="S",
+        help="seconds the broker keeps the session after a disconnect (default: %(default)s)",
+    )
+    p.add_argument(
+        "--share-group",
+        default=None,
+        help="subscribe through $share/GROUP/ so several receivers (with one shared --store) "
+        "split the fleet (default: no sharing)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level on stderr (default: %(default)s)",
+    )
+    add_broker_args(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    home = home_of(args)
+    try:
+        opts = broker_options(args)
+        keys = (
+            ensure_central_keys(home)
+            if args.create_keys
+            else load_central_keys(home, enrollment_dir=args.enrollment_key, signer=args.signer)
+        )
+        store = store_of(args)
+    except ApplianceError as exc:
+        print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    core = ReceiverCore(
+        store,
+        keys.enrollment,
+        keys.ingest,
+        registry_device_keys(home),
+        lambda _t, _p: False,
+        prefix=opts.prefix,
+    )
+    tls = None
+    if opts.tls:
+        tls = {
+            "ca_certs": str(opts.ca_file) if opts.ca_file else None,
+            "certfile": str(opts.cert_file) if opts.cert_file else None,
+            "keyfile": str(opts.key_file) if opts.key_file else None,
+        }
+    receiver = Receiver(
+        core,
+        host=opts.host,
+        port=opts.port,
+        client_id=args.client_id,
+        session_expiry_s=args.session_expiry,
+        share_group=args.share_group,
+        tls=tls,
+    )
+    if tls and opts.insecure:
+        receiver.client.tls_insecure_set(True)
+    stop = threading.Event()
+
+    def _stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        receiver.start()
+    except ApplianceError as exc:
+        print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"receiving enrollment uploads on {opts.describe()} ({opts.prefix}/+/upload/+), "
+        f"store {store.root}",
+        flush=True,
+    )
+    try:
+        stop.wait()
+    finally:
+        receiver.stop()
+    s = core.stats
+    print(
+        f"stopped: {s['complete']} complete, {s['rejected']} rejected, {s['chunks']} chunks, "
+        f"{s['duplicates']} duplicates, {s['malformed']} malformed",
+        flush=True,
+    )
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="appliance fleet receive")
+    configure_parser(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

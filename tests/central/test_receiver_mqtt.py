@@ -1,0 +1,152 @@
+"""``appliance fleet receive`` as a real process on a real mosquitto: a kiosk-side uploader
+publishes chunks, the receiver is killed with SIGKILL mid-upload, the rest of the chunks are
+published while it is away (its persistent session queues them), and after its restart the
+package completes with a valid receipt."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from appliance.central.package import split_package
+from appliance.central.testkit import build_package, standard_records
+from appliance.devtools.broker import Mosquitto
+from appliance.fleet.conn import BrokerOptions, FleetMqtt, Message
+from appliance.trust.sealed import verify_ack
+from tests.central.conftest import DEVICE, Fleet
+from tests.helpers import ROOT, wait_for
+
+
+class ReceiverProc:
+    def __init__(self, fleet: Fleet, broker: Mosquitto, log: Path) -> None:
+        self.args = [
+            sys.executable,
+            "-m",
+            "appliance.central.receivecli",
+            "--home",
+            str(fleet.home),
+            "--port",
+            str(broker.port),
+            "--client-id",
+            f"central-test-{broker.port}",
+        ]
+        self.log = log
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: queue.Queue[str] = queue.Queue()
+
+    def start(self, timeout: float = 20.0) -> None:
+        err = self.log.open("a")
+        self.proc = subprocess.Popen(
+            self.args, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT
+        )
+        err.close()
+        assert self.proc.stdout is not None
+        self.pump = threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True)
+        self.pump.start()
+        line = self.lines.get(timeout=timeout)  # printed once subscribed
+        assert line.startswith("receiving"), line
+
+    def _pump(self, out: IO[str]) -> None:
+        with out:
+            for line in out:
+                self.lines.put(line)
+
+    def _reap(self) -> None:
+        assert self.proc is not None
+        self.proc.wait(15)
+        self.pump.join(10)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self._reap()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self._reap()
+
+
+@pytest.fixture
+def receiver(fleet: Fleet, broker: Mosquitto, tmp_path: Path) -> Iterator[ReceiverProc]:
+    r = ReceiverProc(fleet, broker, tmp_path / "receiver.log")
+    yield r
+    if r.proc is not None and r.proc.poll() is None:
+        r.kill9()
+
+
+def _next(q: queue.Queue[Message], pred: Any, timeout: float = 20.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, "no matching message in time"
+        try:
+            msg = q.get(timeout=left)
+        except queue.Empty:
+            continue
+        obj = json.loads(msg.payload)
+        if pred(obj):
+            return obj  # type: ignore[no-any-return]
+
+
+def test_receiver_killed_mid_upload_resumes(
+    fleet: Fleet, broker: Mosquitto, receiver: ReceiverProc
+) -> None:
+    built = build_package(
+        fleet.kiosk, fleet.enrollment.public_key, device=DEVICE, records=standard_records()
+    )
+    chunks = split_package(built.package_id, built.data, 16 * 1024)
+    assert len(chunks) >= 6
+    kiosk = FleetMqtt(BrokerOptions(host=broker.host, port=broker.port)).connect()
+    try:
+        acks = kiosk.collector(f"kiosk/{DEVICE}/upload/ack")
+        receipts = kiosk.collector(f"kiosk/{DEVICE}/upload/receipt")
+        kiosk.subscribe([f"kiosk/{DEVICE}/upload/ack", f"kiosk/{DEVICE}/upload/receipt"])
+        receiver.start()
+        topic = f"kiosk/{DEVICE}/upload/{built.package_id}"
+        half = len(chunks) // 2
+        for c in chunks[:half]:
+            kiosk.publish(topic, c)
+        seen: set[int] = set()
+        while len(seen) < half:
+            seen.update(_next(acks, lambda a: "received" in a)["received"])
+        receiver.kill9()
+        for c in chunks[half:]:
+            kiosk.publish(topic, c)  # queued by the broker for the receiver's session
+        receiver.start()
+        status = _next(acks, lambda a: "status" in a, timeout=30)
+        assert status == {"package_id": built.package_id, "status": "complete"}
+        receipt = receipts.get(timeout=20)
+        ack = verify_ack(receipt.payload, [fleet.root.public_key], device_id=DEVICE, now=1e9)
+        assert {i for i, _s in ack.records} == {r["record_id"] for r in built.manifest["records"]}
+        res = fleet.store.result(DEVICE, built.package_id)
+        assert res is not None and res["status"] == "complete"
+        # Marked once the broker confirmed both messages (a restart announces it otherwise).
+        wait_for(
+            lambda: (fleet.store.result(DEVICE, built.package_id) or {}).get("announced_at"),
+            10,
+            "verdict marked as announced",
+        )
+        # A kiosk that missed the verdict re-sends a chunk and gets it again (the receiver
+        # answers a finished package at most every 2 s: re-send as a kiosk would).
+        again: dict[str, Any] = {}
+        deadline = time.monotonic() + 20
+        while not again and time.monotonic() < deadline:
+            kiosk.publish(topic, chunks[0])
+            try:
+                again = _next(acks, lambda a: "status" in a, timeout=1.0)
+            except AssertionError:
+                continue
+        assert again.get("status") == "complete"
+        receiver.stop()
+    finally:
+        kiosk.close()
