@@ -101,3 +101,21 @@ def test_clock_and_identity_checks(tmp_path: Path) -> None:
 
     chk = _timed("identity", lambda: check_identity(tmp_path))
     assert chk.status == "fail" and "key_permissions" in chk.detail and "chmod 600" in chk.next_step
+
+
+def test_clock_behind_the_newest_accepted_command_fails(tmp_path: Path) -> None:
+    """A kiosk whose clock fell behind what it already accepted (the trust layer's time floor,
+    read from its real store) is told so."""
+    from appliance.store import Store
+    from appliance.trust.envelope import TRUST_SCHEMA_SQL
+
+    store = Store(tmp_path)
+    with store.lock:
+        for stmt in TRUST_SCHEMA_SQL:
+            store.conn.execute(stmt)
+        store.conn.execute("INSERT INTO trust_issuer_state VALUES ('k1', 5, 1900000000, 0)")
+    store.close()
+    cfg = load(None, environ={})
+    chk = check_clock(cfg, tmp_path, now=1_899_000_000)
+    assert chk.status == "fail" and "behind the newest accepted signed command" in chk.detail
+    assert check_clock(cfg, tmp_path, now=1_900_000_100).status == "ok"
