@@ -1,4 +1,7 @@
-"""Pure codecs of the enrollment package and its upload (docs/enrollment.md); no I/O.
+"""The centre's strict decoders of the enrollment package and its upload (docs/enrollment.md);
+no I/O. The kiosk's encoders and chain function (appliance/enrollment/package.py) are reused;
+what this module adds is what a receiver of untrusted bytes needs: bounded lengths, typed and
+validated manifest and chunk headers, and refusal codes.
 
 Container (``<package_id>.pkg``, docs/enrollment.md "The package")::
 
@@ -26,19 +29,25 @@ import hashlib
 import json
 import re
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import TrustError
+from ..enrollment import package as kiosk_codec
+from ..enrollment.package import (
+    CHAIN_START,
+    MAGIC,
+    MANIFEST_TYPE,
+    encode_chunk,
+)
+from ..errors import ProtocolError, TrustError
 from ..trust.keys import load_json
 from ..trust.sealed import FILE_MAGIC as SEALED_MAGIC
 from ..trust.sealed import MAX_HEADER as SEALED_MAX_HEADER
 
-MAGIC = b"APPKG1\n"
-PACKAGE_TYPE = "appliance.enrollment-package.v1"
+PACKAGE_TYPE = MANIFEST_TYPE
 MAX_MANIFEST = 1024 * 1024
 MAX_SIGNATURE = 1024
 MAX_RECORDS = 64
@@ -54,10 +63,7 @@ CITIZEN_REF_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 RECORD_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 HEX64 = r"^[0-9A-Fa-f]{64}$"
 
-HASH_0 = hashlib.sha256(b"").hexdigest().upper()
-
-FACE_FORMAT = "ISO/IEC 19794-5:2005"
-FINGER_FORMAT = "ISO/IEC 19794-4:2005"
+HASH_0 = CHAIN_START
 
 
 def _bad(code: str, message: str, **details: Any) -> TrustError:
@@ -76,15 +82,12 @@ def valid_package_id(package_id: object) -> bool:
 
 
 def chain_next(previous_hex: str, record_sha256_hex: str) -> str:
-    """``SHA-256(bytes(previous) || bytes(record sha256))`` as uppercase hex."""
+    """``SHA-256(bytes(previous) || bytes(record sha256))`` as uppercase hex (the kiosk's own
+    function, appliance.enrollment.package, so both ends compute one chain)."""
     try:
-        prev = bytes.fromhex(previous_hex)
-        cur = bytes.fromhex(record_sha256_hex)
-    except ValueError:
-        raise _bad("chain_broken", "hash chain value is not hex") from None
-    if len(prev) != 32 or len(cur) != 32:
-        raise _bad("chain_broken", "hash chain values must be 32-byte digests")
-    return hashlib.sha256(prev + cur).hexdigest().upper()
+        return kiosk_codec.chain_next(previous_hex, record_sha256_hex)
+    except ProtocolError as exc:
+        raise _bad("chain_broken", exc.message) from None
 
 
 def chain(record_sha256s: Iterable[str]) -> list[str]:
@@ -118,7 +121,7 @@ class RecordEntry(_Model):
     met: bool | None = None
     attempts: int | None = None
     captured_at: float | None = None
-    timings: dict[str, float] = Field(default_factory=dict)
+    timings: dict[str, Any] = Field(default_factory=dict)
     sha256: str = Field(..., pattern=HEX64)
     hash: str = Field(..., pattern=HEX64)
     sealed_sha256: str = Field(..., pattern=HEX64)
@@ -129,9 +132,9 @@ class ExceptionEntry(_Model):
     """A finger not captured, with its reason (missing, bandaged, unreadable, other)."""
 
     position: int = Field(..., ge=1, le=10)
-    reason: str = Field(..., min_length=1, max_length=32)
-    detail: str = ""
-    attempts: int = 0
+    reason: str = Field(..., min_length=1, max_length=64)
+    detail: str | None = ""
+    attempts: int | None = 0
 
 
 class Manifest(_Model):
@@ -180,16 +183,6 @@ class Container:
     manifest_bytes: bytes
     signature: str
     sealed_files: tuple[bytes, ...]
-
-
-def encode_container(manifest_bytes: bytes, signature: str, sealed_files: Sequence[bytes]) -> bytes:
-    """Serialise a container (the kiosk's job; also used by tests and benchmarks)."""
-    sig = signature.encode("ascii")
-    parts = [MAGIC, struct.pack(">I", len(manifest_bytes)), manifest_bytes]
-    parts += [struct.pack(">I", len(sig)), sig]
-    for blob in sealed_files:
-        parts += [struct.pack(">I", len(blob)), blob]
-    return b"".join(parts)
 
 
 def decode_container(data: bytes) -> Container:
@@ -305,11 +298,6 @@ def decode_chunk(payload: bytes) -> tuple[ChunkHeader, bytes]:
     if hashlib.sha256(data).hexdigest() != header.sha256.lower():
         raise _bad("chunk_malformed", f"chunk {header.index} does not match its SHA-256")
     return header, data
-
-
-def encode_chunk(header: dict[str, Any], data: bytes) -> bytes:
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    return struct.pack(">H", len(raw)) + raw + data
 
 
 def split_package(package_id: str, data: bytes, chunk_bytes: int = 32 * 1024) -> list[bytes]:

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..enrollment.package import FACE_FORMAT, FINGER_FORMAT, encode_container
 from ..trust.keys import DeviceIdentity
 from ..trust.sealed import SealedStore
-from .package import FACE_FORMAT, FINGER_FORMAT, HASH_0, chain_next, encode_container
+from .package import HASH_0, chain_next
 
 POLICY_4_4_2 = (2, 3, 4, 5, 7, 8, 9, 10, 1, 6)
 

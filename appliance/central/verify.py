@@ -18,12 +18,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..enrollment.package import FACE_FORMAT, FINGER_FORMAT
 from ..errors import ApplianceError, TrustError
 from ..trust.keys import DeviceSignature, verify_device_message
 from ..trust.sealed import EnrollmentKeyPair
 from .package import (
-    FACE_FORMAT,
-    FINGER_FORMAT,
     HASH_0,
     Manifest,
     RecordEntry,

@@ -14,10 +14,10 @@ from appliance.central.package import (
     chain,
     decode_container,
     decode_sealed_file,
-    encode_container,
 )
 from appliance.central.testkit import build_package, finger_record, standard_records
 from appliance.central.verify import verify_package
+from appliance.enrollment.package import encode_container
 from appliance.errors import TrustError
 from appliance.trust.keys import DeviceIdentity
 from tests.central.conftest import DEVICE, Fleet
