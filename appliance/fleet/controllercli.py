@@ -5,8 +5,10 @@ Instances started with the same ``--group`` join the MQTT 5 shared subscriptions
 ``$share/GROUP/{prefix}/+/events/#`` and ``$share/GROUP/{prefix}/+/status``: the broker hands
 each message to exactly one of them, so adding instances adds capacity. Each instance keeps a
 persistent session under its ``--instance`` name, so messages published while it restarts
-wait on the broker. Every message is written as one JSON line (``--out`` file, appended, or
-standard output) with its device-signature verdict; at-least-once duplicates (same event id)
+wait on the broker (mosquitto keeps routing that instance's share to it while it is away:
+delayed, not lost; ``--session-expiry 0`` for immediate fail-over instead). Every message is
+written as one JSON line (``--out`` file, appended, or standard output) with its
+device-signature verdict; at-least-once duplicates (same event id)
 seen by this instance are dropped. On a broker that enforces ACLs, connect with the
 ``controller`` certificate (all instances may share it).
 
@@ -50,6 +52,16 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", type=Path, metavar="FILE", help="append JSON lines here (default stdout)"
     )
+    p.add_argument(
+        "--session-expiry",
+        type=int,
+        default=3600,
+        metavar="S",
+        help="seconds the broker keeps this instance's session while it is away (default "
+        "%(default)s): its share of the messages waits for it (no loss, but delayed); 0 = no "
+        "persistent session: the other instances take everything at once, and messages "
+        "published while no instance runs are lost",
+    )
     p.add_argument("--no-status", action="store_true", help="record events only")
     p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
     add_broker_args(p)
@@ -79,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             status=not args.no_status,
             share_group=args.group,
             client_id=f"ctl-{args.instance}",
+            session_expiry_s=args.session_expiry,
         ).start()
     except ApplianceError as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
