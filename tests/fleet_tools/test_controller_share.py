@@ -18,16 +18,18 @@ from tests.helpers import ROOT, wait_for
 N = 200
 
 
-def start(broker: Mosquitto, home: Path, name: str, out: Path) -> subprocess.Popen[str]:
+def start(broker: Mosquitto, home: Path, name: str, out: Path, group: str) -> subprocess.Popen[str]:
+    # One group per test: a stopped instance's persistent session stays a member of its
+    # group on the broker (see test_a_killed_instance_loses_nothing).
     p = subprocess.Popen(
         [sys.executable, "-m", "appliance.fleet.controllercli", "--home", str(home),
-         "--host", broker.host, "--port", str(broker.port), "--group", "g-test",
+         "--host", broker.host, "--port", str(broker.port), "--group", group,
          "--instance", name, "--out", str(out), "--no-status", "--timeout", "60"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )  # fmt: skip
     assert p.stderr is not None
     line = p.stderr.readline()  # printed once the shared subscriptions are acknowledged
-    assert line.startswith(f"controller {name} in group g-test: $share/g-test/"), line
+    assert line.startswith(f"controller {name} in group {group}: $share/{group}/"), line
     return p
 
 
@@ -40,8 +42,8 @@ def lines(path: Path) -> list[dict[str, object]]:
 def test_two_controllers_split_a_shared_subscription(broker: Mosquitto, tmp_path: Path) -> None:
     home = tmp_path / "home"
     a_out, b_out = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    a = start(broker, home, "a", a_out)
-    b = start(broker, home, "b", b_out)
+    a = start(broker, home, "a", a_out, "g-split")
+    b = start(broker, home, "b", b_out, "g-split")
     pub = paho.Client(
         callback_api_version=CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5
     )
@@ -69,3 +71,43 @@ def test_two_controllers_split_a_shared_subscription(broker: Mosquitto, tmp_path
     assert got_a and got_b  # the load was shared, not all on one instance
     rec = lines(a_out)[0]
     assert rec["instance"] == "a" and rec["type"] == "note" and rec["verified"] == "unknown"
+
+
+def test_a_killed_instance_loses_nothing(broker: Mosquitto, tmp_path: Path) -> None:
+    """kill -9 of one instance: the events the broker routes to its persistent session while
+    it is away arrive when it is back; together the instances still see every event once."""
+    home = tmp_path / "home"
+    a_out, b_out = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a = start(broker, home, "ka", a_out, "g-kill")
+    b = start(broker, home, "kb", b_out, "g-kill")
+    pub = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5
+    )
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    ids = [uuid.uuid4().hex for _ in range(40)]
+
+    def send(chunk: list[str]) -> None:
+        for eid in chunk:
+            body = {"id": eid, "seq": 1, "device": "kiosk-k9", "type": "note", "ts": 1.0}
+            pub.publish("kiosk/kiosk-k9/events/note", json.dumps(body), qos=1).wait_for_publish(5)
+
+    def seen() -> list[object]:
+        return [r["id"] for r in lines(a_out) + lines(b_out)]
+
+    try:
+        send(ids[:10])
+        wait_for(lambda: len(seen()) >= 10, 30, "the first events")
+        a.kill()
+        a.communicate(timeout=10)
+        send(ids[10:])
+        a = start(broker, home, "ka", a_out, "g-kill")
+        wait_for(lambda: len(seen()) >= len(ids), 30, "every event after the restart")
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        for p in (a, b):
+            if p.poll() is None:
+                p.terminate()
+            p.communicate(timeout=20)
+    assert sorted(map(str, seen())) == sorted(ids)  # each exactly once, none lost
