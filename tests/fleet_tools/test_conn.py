@@ -94,3 +94,11 @@ def test_devices_offline_and_lost(
             c.publish(f"kiosk/{dev}/status", b"", qos=1, retain=True).wait_for_publish(5)
         c.loop_stop()
         c.disconnect()
+
+
+def test_the_shipped_example_is_valid(tmp_path: Path) -> None:
+    from tests.helpers import ROOT
+
+    (tmp_path / "fleet.toml").write_text((ROOT / "provisioning" / "fleet.toml.example").read_text())
+    o = broker_options(parse("--home", str(tmp_path)))
+    assert (o.host, o.port, o.prefix, o.tls) == ("mqtt.fleet.example", 8883, "kiosk", True)
