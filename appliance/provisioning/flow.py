@@ -316,6 +316,9 @@ class Provisioner:
                 try:
                     data = Path(src).read_bytes()
                 except OSError as exc:
+                    if dest.exists():  # copied on an earlier run; the original is gone
+                        out[key] = str(dest)
+                        continue
                     raise ProvisionError(
                         "config",
                         f"cannot read {src}: {exc.strerror}",

@@ -171,3 +171,33 @@ def test_corrected_broker_after_a_failed_selftest(
     assert "note: changed port: configuration rewritten" in out
     assert "[1/6] keys      done earlier" in out and "[2/6] config    " in out
     assert f"port = {broker.port}" in cfg.read_text()
+
+
+def test_tls_files_copied_once_survive_the_removed_originals(tmp_path: Path) -> None:
+    """The technician's USB stick with the claimant certificate is gone when provisioning
+    resumes the next day: the copies made on the first run are used."""
+    stick = tmp_path / "usb"
+    stick.mkdir()
+    for name in ("ca.crt", "claimant.crt", "claimant.key"):
+        (stick / name).write_text(f"-----{name}-----\n")
+    p = Provisioner(
+        Options(
+            config_path=tmp_path / "c.toml",
+            state_dir=tmp_path / "state",
+            params=Params(
+                device_id="kiosk-u1",
+                profile="bare",
+                host="h",
+                ca_file=str(stick / "ca.crt"),
+                cert_file=str(stick / "claimant.crt"),
+                key_file=str(stick / "claimant.key"),
+            ),
+        )
+    )
+    first = p._copy_tls()
+    key_copy = Path(first["key_file"])
+    assert key_copy.stat().st_mode & 0o777 == 0o600
+    for f in stick.iterdir():
+        f.unlink()
+    assert p._copy_tls() == first
+    assert key_copy.read_text() == "-----claimant.key-----\n"
