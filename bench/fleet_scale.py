@@ -31,7 +31,8 @@ from typing import Any
 
 from _common import ROOT, emit
 
-from appliance.devtools.broker import Mosquitto
+from appliance.devtools.broker import Mosquitto, free_port
+from appliance.devtools.pki import TestCA
 from appliance.fleet.ingest import Ingest, latency_summary
 from appliance.fleet.sim import peak_rate
 
@@ -88,8 +89,9 @@ def phase_fleet(
     work: Path,
     steady: float,
     extra: list[str],
+    sim_port: int | None = None,
 ) -> tuple[SimProcess, dict[str, Any]]:
-    sim = SimProcess(broker.port, devices, prefix, work / f"{prefix}.json", extra)
+    sim = SimProcess(sim_port or broker.port, devices, prefix, work / f"{prefix}.json", extra)
     t0 = time.monotonic()
     births = lambda: sum(1 for d, _t in ingest.snapshot().births if d.startswith("sim-"))  # noqa: E731
     wait(lambda: births() >= devices, 300, f"{devices} births")
@@ -123,6 +125,12 @@ def main() -> None:
     ap.add_argument(
         "--down", type=float, default=5.0, help="seconds the broker stays down in the restart"
     )
+    ap.add_argument(
+        "--tls",
+        action="store_true",
+        help="kiosks connect with mutual TLS (EC P-256, one shared client certificate) to a "
+        "second listener; the ingest stays on the plain one",
+    )
     ap.add_argument("--baseline-devices", type=int, default=50)
     ap.add_argument("--baseline-steady", type=float, default=20.0)
     args = ap.parse_args()
@@ -146,14 +154,28 @@ def main() -> None:
         result["baseline"] = base
 
         # -- the fleet -------------------------------------------------------------------------
-        broker = Mosquitto(work / "broker").start()
+        conf, sim_port, tls_args = "", None, []
+        if args.tls:
+            ca = TestCA(work / "pki")
+            server, client = ca.issue("broker", server=True), ca.issue("sim-kiosk")
+            sim_port = free_port()
+            conf = (
+                f"listener {sim_port} 127.0.0.1\ncafile {ca.cert_path}\n"
+                f"certfile {server.cert}\nkeyfile {server.key}\nrequire_certificate true\n"
+            )
+            tls_args = ["--tls-ca", str(ca.cert_path), "--tls-cert", str(client.cert),
+                        "--tls-key", str(client.key)]  # fmt: skip
+        result["tls"] = args.tls
+        broker = Mosquitto(work / "broker", extra_conf=conf).start()
         ingest = Ingest(broker.host, broker.port, prefix="fleet", client_id="bench-ingest").start()
-        extra = [
+        extra = [*tls_args,
             "--heartbeat", str(args.heartbeat), "--event-rate", str(args.event_rate),
             "--connect-rate", str(args.connect_rate),
             "--reconnect-min", str(args.reconnect_min), "--reconnect-max", str(args.reconnect_max),
         ]  # fmt: skip
-        sim, fleet = phase_fleet(broker, ingest, args.devices, "fleet", work, args.steady, extra)
+        sim, fleet = phase_fleet(
+            broker, ingest, args.devices, "fleet", work, args.steady, extra, sim_port
+        )
         result["fleet"] = fleet
 
         # -- reconnect storm: broker restart (SIGTERM, persistence kept, start again) ---------
@@ -216,7 +238,8 @@ def main() -> None:
         "p99_ms_lt_500": {"value": p99, "met": p99 is not None and p99 < 500},
         "all_back_lt_60_s": {"value": all_back, "met": all_back is not None and all_back < 60},
     }
-    emit(f"fleet_scale_{args.devices}_hb{args.heartbeat:g}", result)
+    tls = "_tls" if args.tls else ""
+    emit(f"fleet_scale_{args.devices}_hb{args.heartbeat:g}{tls}", result)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import json
 import logging
 import random
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -340,6 +341,9 @@ class FleetConfig:
     max_inflight: int = 20
     connect_timeout_s: float = 10.0
     seed: int = 1
+    tls_ca: str | None = None  # CA bundle of the broker certificate: TLS when set
+    tls_cert: str | None = None  # client certificate (mutual TLS), shared by every kiosk
+    tls_key: str | None = None
 
     def validate(self) -> FleetConfig:
         problems: list[tuple[str, str]] = []
@@ -359,6 +363,10 @@ class FleetConfig:
             problems.append(("connect_rate", "must be positive"))
         if self.max_inflight < 1:
             problems.append(("max_inflight", "must be at least 1"))
+        if (self.tls_cert is None) != (self.tls_key is None):
+            problems.append(("tls_cert/tls_key", "give both or neither"))
+        if self.tls_cert is not None and self.tls_ca is None:
+            problems.append(("tls_ca", "needed with a client certificate"))
         try:
             Topics(self.topic_prefix, f"{self.id_prefix}-0")
         except ValueError as exc:
@@ -521,7 +529,13 @@ class VirtualKiosk:
         cfg = self.cfg
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(cfg.host, cfg.port), cfg.connect_timeout_s
+                asyncio.open_connection(
+                    cfg.host,
+                    cfg.port,
+                    ssl=self.fleet.ssl_context,
+                    server_hostname=cfg.host if self.fleet.ssl_context else None,
+                ),
+                cfg.connect_timeout_s,
             )
         except (TimeoutError, OSError):
             self.fleet.stats.connect_failures += 1
@@ -545,7 +559,9 @@ class VirtualKiosk:
         )
         try:
             ptype, _flags, body = await asyncio.wait_for(read_packet(reader), cfg.connect_timeout_s)
-        except TimeoutError:
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            # No CONNACK: the broker is swamped, or refused us (with TLS 1.3 a rejected client
+            # certificate shows here, on the first read, not in the handshake).
             self.fleet.stats.connect_failures += 1
             raise _Lost("no CONNACK") from None
         if ptype != CONNACK:
@@ -798,6 +814,21 @@ def _error(cid: Any, name: Any, code: str, message: str) -> dict[str, Any]:
 # --- the fleet -----------------------------------------------------------------------------------
 
 
+def _ssl_context(cfg: FleetConfig) -> ssl.SSLContext | None:
+    """One client TLS context for the whole fleet (a handshake per kiosk, as in the field)."""
+    if cfg.tls_ca is None:
+        return None
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.tls_ca)
+        if cfg.tls_cert is not None and cfg.tls_key is not None:
+            ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"fleet simulator TLS material unusable: {exc}", [("tls", str(exc))]
+        ) from None
+    return ctx
+
+
 class FleetSim:
     """N virtual kiosks on one asyncio loop. ``run()`` in a loop, or ``start()`` in a thread."""
 
@@ -806,6 +837,7 @@ class FleetSim:
         self.stats = FleetStats()
         self.kiosks = [VirtualKiosk(self, cfg.first_index + i) for i in range(cfg.devices)]
         self.stopping = False
+        self.ssl_context = _ssl_context(cfg)
         self._stop_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

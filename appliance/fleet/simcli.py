@@ -112,6 +112,24 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="do not run the controller-side ingest in this process (default: run it)",
     )
     p.add_argument(
+        "--tls-ca",
+        default=None,
+        help="CA file of the broker's certificate: connect with TLS (default: plain TCP)",
+    )
+    p.add_argument(
+        "--tls-cert",
+        default=None,
+        help="client certificate for mutual TLS, shared by every kiosk (default: none)",
+    )
+    p.add_argument("--tls-key", default=None, help="private key of --tls-cert (default: none)")
+    p.add_argument(
+        "--ingest-port",
+        type=int,
+        default=None,
+        help="port of a plain listener for the ingest when the kiosks use TLS "
+        "(default: --port, plain)",
+    )
+    p.add_argument(
         "--stats-out",
         default=None,
         help="also write the fleet's counters and the wall-clock time of every CONNACK to "
@@ -158,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
         reconnect_max_s=args.reconnect_max,
         connect_rate=args.connect_rate,
         seed=args.seed,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     if args.duration <= 0:
         print("error: --duration must be positive", file=sys.stderr)
@@ -175,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             ingest = Ingest(
                 cfg.host,
-                cfg.port,
+                args.ingest_port or cfg.port,
                 prefix=cfg.topic_prefix,
                 share_group=args.share_group,
                 protocol="5" if args.share_group or cfg.protocol == "5" else "3.1.1",

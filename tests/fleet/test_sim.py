@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import time
+import types
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from appliance.devtools.broker import Mosquitto
+from appliance.devtools.broker import Mosquitto, free_port
 from appliance.devtools.controller import Controller
+from appliance.devtools.pki import TestCA
 from appliance.fleet.ingest import Ingest
 from appliance.fleet.sim import FleetConfig, FleetSim
 from tests.helpers import get_json, wait_for
@@ -216,3 +219,38 @@ def test_ingest_counts_duplicates_and_gaps(broker: Mosquitto) -> None:
         ingest.stop()
     assert seen.duplicates == 1
     assert seen.gaps() == {"k": [3]}
+
+
+def test_mutual_tls_kiosks(
+    make_broker: Callable[..., Mosquitto], fleet_factory: Callable[..., FleetSim], tmp_path: Path
+) -> None:
+    ca = TestCA(tmp_path / "pki")
+    server = ca.issue("broker", server=True)
+    client = ca.issue("sim-kiosk")
+    tls_port = free_port()
+    broker = make_broker(
+        extra_conf=f"listener {tls_port} 127.0.0.1\ncafile {ca.cert_path}\n"
+        f"certfile {server.cert}\nkeyfile {server.key}\nrequire_certificate true\n"
+    )
+    prefix = _prefix()
+    ingest = _ingest(broker, prefix)  # the controller on the plain listener
+    tls_broker = types.SimpleNamespace(host=broker.host, port=tls_port)
+    try:
+        sim = fleet_factory(
+            tls_broker,
+            devices=5,
+            topic_prefix=prefix,
+            tls_ca=str(ca.cert_path),
+            tls_cert=str(client.cert),
+            tls_key=str(client.key),
+        )
+        wait_for(lambda: len(ingest.snapshot().births) == 5, 15, "5 births over mutual TLS")
+        # Without a client certificate the broker refuses the handshake: nobody gets in.
+        anon = fleet_factory(
+            tls_broker, devices=2, topic_prefix=prefix, id_prefix="anon", tls_ca=str(ca.cert_path)
+        )
+        wait_for(lambda: anon.stats.connect_failures >= 2, 15, "refused handshakes")
+        assert anon.stats.connects == 0
+        assert sim.stats.connects == 5
+    finally:
+        ingest.stop()
