@@ -1,0 +1,231 @@
+"""Citizens' details for issuance: a JSON file keyed by ``citizen_ref``, and a synthetic
+generator for demos and tests (clearly fictitious people; never real personal data).
+
+JSON file (``--citizens FILE``)::
+
+    {"CIT-0001": {"personal_id": "001099012345", "full_name": "Nguyễn Thị Mai",
+                  "date_of_birth": "1990-02-15", "sex": "F",
+                  "date_of_issue": "2026-11-22", "date_of_expiry": "2035-02-15",
+                  "place_of_origin": "...", "permanent_residence": "...", ...}, ...}
+
+The 12-digit personal number follows the CCCD layout (Decree 137/2015 art. 7): 3 digits of
+the province of birth registration, 1 digit of century and sex (0/1 men/women born 1900-1999,
+2/3 born 2000-2099), 2 digits of the birth year, 6 digits of sequence. DG1 uses the whole
+number as the TD1 document number (more than 9 characters: ICAO 9303 Part 5 §4.2.2 note j,
+overflow into the optional data; spec icao9303-td1.md "Line layout"); DG13 follows
+cccd-dg13.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import random
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import ApplianceError, ConfigError
+from ..lds.files import Dg13
+from ..lds.mrz import Td1
+
+PERSONAL_ID_RE = re.compile(r"^\d{12}$")
+
+
+class CitizenUnknown(ApplianceError):
+    code = "citizen_unknown"
+
+
+class Citizen(BaseModel):
+    """What the issuer knows about a citizen (from the population database lookup)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    citizen_ref: str = Field("", description="The lookup reference used at enrollment")
+    personal_id: str = Field(..., pattern=PERSONAL_ID_RE.pattern, description="12 digits")
+    full_name: str = Field(..., min_length=1, max_length=120, description="With diacritics")
+    date_of_birth: dt.date
+    sex: Literal["M", "F"]
+    nationality: str = "Việt Nam"
+    ethnicity: str | None = "Kinh"
+    religion: str | None = "Không"
+    place_of_origin: str | None = None
+    permanent_residence: str | None = None
+    identifying_marks: str | None = None
+    date_of_issue: dt.date | None = None
+    date_of_expiry: dt.date | None = None
+    father: str | None = None
+    mother: str | None = None
+    spouse: str | None = None
+    old_id_number: str | None = None
+
+    @field_validator("full_name")
+    @classmethod
+    def _two_words(cls, v: str) -> str:
+        if len(v.split()) < 2:
+            raise ValueError("full name needs a family name and a given name")
+        return v
+
+    @property
+    def family_name(self) -> str:
+        return self.full_name.split()[0]
+
+    @property
+    def given_names(self) -> str:
+        return " ".join(self.full_name.split()[1:])
+
+    def td1(self) -> Td1:
+        """The TD1 MRZ of DG1 (document number = the 12-digit personal number)."""
+        if self.date_of_expiry is None:
+            raise ApplianceError(
+                f"citizen {self.citizen_ref!r} has no date_of_expiry: the MRZ needs one",
+                code="citizen_incomplete",
+            )
+        return Td1(
+            document_number=self.personal_id,
+            birth=self.date_of_birth.strftime("%y%m%d"),
+            sex=self.sex,
+            expiry=self.date_of_expiry.strftime("%y%m%d"),
+            primary=self.family_name,
+            secondary=self.given_names,
+        )
+
+    def dg13(self) -> Dg13:
+        """DG13 (cccd-dg13.md): dates as ddMMyyyy text, sex as Nam / Nữ."""
+
+        def d(v: dt.date | None) -> str | None:
+            return None if v is None else v.strftime("%d%m%Y")
+
+        return Dg13(
+            personal_id=self.personal_id,
+            full_name=self.full_name,
+            date_of_birth=d(self.date_of_birth),
+            sex="Nam" if self.sex == "M" else "Nữ",
+            nationality=self.nationality,
+            ethnicity=self.ethnicity,
+            religion=self.religion,
+            place_of_origin=self.place_of_origin,
+            permanent_residence=self.permanent_residence,
+            identifying_marks=self.identifying_marks,
+            date_of_issue=d(self.date_of_issue),
+            date_of_expiry=d(self.date_of_expiry),
+            father=self.father,
+            mother=self.mother,
+            spouse=self.spouse,
+            old_id_number=self.old_id_number,
+        )
+
+    def masked_id(self) -> str:
+        return "*" * 8 + self.personal_id[-4:]
+
+
+# --- synthetic citizens ---------------------------------------------------------------------------
+
+_PROVINCES = {
+    "001": "Hà Nội",
+    "031": "Hải Phòng",
+    "048": "Đà Nẵng",
+    "079": "Thành phố Hồ Chí Minh",
+    "092": "Cần Thơ",
+    "038": "Thanh Hóa",
+    "040": "Nghệ An",
+}
+_FAMILY = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Võ", "Đặng", "Bùi"]
+_MIDDLE = {"M": ["Văn", "Đức", "Minh", "Quang", "Hữu"], "F": ["Thị", "Ngọc", "Thu", "Minh"]}
+_GIVEN = {
+    "M": ["Anh", "Bình", "Dũng", "Hải", "Hùng", "Khoa", "Nam", "Quân", "Tuấn", "Việt"],
+    "F": ["Anh", "Châu", "Hà", "Hạnh", "Lan", "Linh", "Mai", "Phương", "Thảo", "Trang", "Yến"],
+}
+_STREETS = ["Trần Hưng Đạo", "Lê Lợi", "Nguyễn Huệ", "Hai Bà Trưng", "Lý Thường Kiệt"]
+
+
+def _expiry(birth: dt.date, issued: dt.date) -> dt.date | None:
+    """CCCD validity: renewed at 25, 40 and 60 years of age (Law on Identification 2023,
+    art. 21); issued within two years before a milestone, it runs to the next one."""
+    for age in (25, 40, 60):
+        due = birth.replace(year=birth.year + age)
+        if due - issued > dt.timedelta(days=730):
+            return due
+    return None
+
+
+def synthetic_citizen(citizen_ref: str, *, today: dt.date | None = None) -> Citizen:
+    """A fictitious, self-consistent citizen derived from ``citizen_ref`` (same ref, same
+    person): aged 14 to 55 so the card has an expiry date."""
+    seed = int.from_bytes(hashlib.sha256(citizen_ref.encode("utf-8")).digest()[:8], "big")
+    rng = random.Random(seed)  # noqa: S311 - fictitious demo data, not security
+    issued = today or dt.date.today()
+    sex: Literal["M", "F"] = rng.choice(["M", "F"])
+    age = rng.randint(14, 55)
+    birth = dt.date(issued.year - age, rng.randint(1, 12), rng.randint(1, 28))
+    province = rng.choice(sorted(_PROVINCES))
+    century = 0 if birth.year < 2000 else 2
+    digit = century + (0 if sex == "M" else 1)
+    personal_id = f"{province}{digit}{birth.year % 100:02d}{rng.randint(0, 999999):06d}"
+    name = f"{rng.choice(_FAMILY)} {rng.choice(_MIDDLE[sex])} {rng.choice(_GIVEN[sex])}"
+    place = _PROVINCES[province]
+    return Citizen(
+        citizen_ref=citizen_ref,
+        personal_id=personal_id,
+        full_name=name,
+        date_of_birth=birth,
+        sex=sex,
+        place_of_origin=place,
+        permanent_residence=f"{rng.randint(1, 300)} {rng.choice(_STREETS)}, {place}",
+        date_of_issue=issued,
+        date_of_expiry=_expiry(birth, issued),
+        father=f"{name.split(maxsplit=1)[0]} Văn {rng.choice(_GIVEN['M'])}",
+        mother=f"{rng.choice(_FAMILY)} Thị {rng.choice(_GIVEN['F'])}",
+    )
+
+
+class CitizenDirectory:
+    """Citizens from a JSON file, falling back to synthetic ones when allowed."""
+
+    def __init__(self, path: Path | None = None, *, synthetic: bool = False) -> None:
+        self.path = path
+        self.synthetic = synthetic
+        self._entries: dict[str, Citizen] = {}
+        if path is not None:
+            self._entries = load_citizens(path)
+
+    def get(self, citizen_ref: str) -> Citizen:
+        found = self._entries.get(citizen_ref)
+        if found is not None:
+            return found
+        if self.synthetic:
+            return synthetic_citizen(citizen_ref)
+        where = f"in {self.path}" if self.path else "(no --citizens file given)"
+        raise CitizenUnknown(
+            f"citizen {citizen_ref!r} not found {where}; use --synthetic for a demo citizen",
+            details={"citizen_ref": citizen_ref},
+        )
+
+
+def load_citizens(path: Path) -> dict[str, Citizen]:
+    """Read the JSON file; every bad entry is reported by its key and field."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"cannot read citizens file {path}", [(str(path), str(exc))]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path} must be a JSON object keyed by citizen_ref", [(str(path), "not an object")]
+        )
+    out: dict[str, Citizen] = {}
+    problems: list[tuple[str, str]] = []
+    for ref, entry in raw.items():
+        if not isinstance(entry, dict):
+            problems.append((ref, "entry is not an object"))
+            continue
+        try:
+            out[ref] = Citizen.model_validate({**entry, "citizen_ref": ref})
+        except ValidationError as exc:
+            for err in exc.errors():
+                problems.append((f"{ref}.{'.'.join(str(p) for p in err['loc'])}", err["msg"]))
+    if problems:
+        raise ConfigError(f"{path}: {len(problems)} problem(s)", problems)
+    return out
