@@ -150,3 +150,48 @@ def test_receiver_killed_mid_upload_resumes(
         receiver.stop()
     finally:
         kiosk.close()
+
+
+def test_multi_megabyte_package_through_the_broker(fleet: Fleet, broker: Mosquitto) -> None:
+    """A several-megabyte package (a large portrait) in 32 KiB chunks, receiver in-process."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from appliance.central.receiver import Receiver, ReceiverCore, registry_device_keys
+    from appliance.central.testkit import finger_record
+    from appliance.lds.files import face_record_from_jpeg
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, size=(1600, 1200, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=95)
+    portrait = face_record_from_jpeg(buf.getvalue(), 1200, 1600)
+    records = [("face", 0, portrait), ("finger", 2, finger_record(2))]
+    built = build_package(fleet.kiosk, fleet.enrollment.public_key, device=DEVICE, records=records)
+    assert len(built.data) > 2_000_000
+    chunks = split_package(built.package_id, built.data, 32 * 1024)
+    core = ReceiverCore(
+        fleet.store,
+        fleet.enrollment,
+        fleet.ingest,
+        registry_device_keys(fleet.home),
+        lambda *_: False,
+    )
+    receiver = Receiver(
+        core, host=broker.host, port=broker.port, client_id="central-big", session_expiry_s=0
+    ).start()
+    kiosk = FleetMqtt(BrokerOptions(host=broker.host, port=broker.port)).connect()
+    try:
+        acks = kiosk.collector(f"kiosk/{DEVICE}/upload/ack")
+        kiosk.subscribe([f"kiosk/{DEVICE}/upload/ack"])
+        for c in chunks:
+            kiosk.publish(f"kiosk/{DEVICE}/upload/{built.package_id}", c)
+        status = _next(acks, lambda a: "status" in a, timeout=60)
+        assert status["status"] == "complete", status
+        stored = fleet.store.record(DEVICE, built.package_id, "01-face-00.iso")
+        assert stored == portrait
+    finally:
+        kiosk.close()
+        receiver.stop(end_session=True)
