@@ -42,8 +42,12 @@ def create_device(capability: str, backend: str, config: Any, sink: EventSink) -
     except KeyError:
         raise ConfigError(
             f"unknown {capability} backend {backend!r}",
-            [(f"hardware.{capability}.backend",
-              f"unknown backend {backend!r}; choose one of {backend_names(capability)}")],
+            [
+                (
+                    f"hardware.{capability}.backend",
+                    f"unknown backend {backend!r}; choose one of {backend_names(capability)}",
+                )
+            ],
         ) from None
     module_name, class_name = target.split(":")
     try:
