@@ -162,6 +162,17 @@ def broker_options(args: argparse.Namespace) -> BrokerOptions:
     )
 
 
+def release(client: paho.Client) -> None:
+    """Stop a client's network thread and close its sockets now. paho 2.x closes the socket
+    pair that ``loop_start`` made only in ``Client.__del__``; a client in a reference cycle
+    (its callbacks are bound methods) is freed by the cyclic collector, which may finalise
+    the sockets first and raise ResourceWarning (an error under filterwarnings=error)."""
+    client.loop_stop()
+    reset = getattr(client, "_reset_sockets", None)
+    if callable(reset):
+        reset()
+
+
 @dataclass(frozen=True)
 class Message:
     """One delivered message with what the fleet tools need of its MQTT 5 properties."""
@@ -273,7 +284,7 @@ class FleetMqtt:
         try:
             self.client.disconnect()
         finally:
-            self.client.loop_stop()
+            release(self.client)
 
     def __enter__(self) -> FleetMqtt:
         return self.connect()

@@ -246,6 +246,8 @@ def probe_broker(
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+    from ..fleet.conn import release
+
     c = paho.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
@@ -287,7 +289,7 @@ def probe_broker(
         return True, f"{host}:{port} accepted the connection{tls} in {ms:.0f} ms"
     finally:
         c.disconnect()
-        c.loop_stop()
+        release(c)
 
 
 def check_broker(cfg: AppConfig, timeout_s: float, creds: BrokerCredentials | None = None) -> Check:

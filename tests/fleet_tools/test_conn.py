@@ -22,6 +22,7 @@ from appliance.fleet.conn import (
     add_broker_args,
     add_home_arg,
     broker_options,
+    release,
 )
 
 
@@ -92,8 +93,8 @@ def test_devices_offline_and_lost(
     finally:
         for dev in ("kiosk-off", "kiosk-lost", "kiosk-on"):
             c.publish(f"kiosk/{dev}/status", b"", qos=1, retain=True).wait_for_publish(5)
-        c.loop_stop()
         c.disconnect()
+        release(c)
 
 
 def test_the_shipped_example_is_valid(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from appliance.devtools.broker import Mosquitto
+from appliance.fleet.conn import release
 from tests.helpers import ROOT, wait_for
 
 N = 200
@@ -58,8 +59,8 @@ def test_two_controllers_split_a_shared_subscription(broker: Mosquitto, tmp_path
         # Every event lands in exactly one of the two files.
         wait_for(lambda: len(lines(a_out)) + len(lines(b_out)) >= N, 30, "all events recorded")
     finally:
-        pub.loop_stop()
         pub.disconnect()
+        release(pub)
         for p in (a, b):
             p.terminate()
             p.communicate(timeout=20)
@@ -104,8 +105,8 @@ def test_a_killed_instance_loses_nothing(broker: Mosquitto, tmp_path: Path) -> N
         a = start(broker, home, "ka", a_out, "g-kill")
         wait_for(lambda: len(seen()) >= len(ids), 30, "every event after the restart")
     finally:
-        pub.loop_stop()
         pub.disconnect()
+        release(pub)
         for p in (a, b):
             if p.poll() is None:
                 p.terminate()
