@@ -365,7 +365,7 @@ def format_report(report: EnrollmentReport) -> str:
         lines.append(
             f"WARNING: {report.unverified_replies} replies without a valid device signature"
         )
-    lines.append(f"Total {report.total_s:.1f} s")
+    lines.append(f"Enrollment total {report.total_s:.1f} s")
     return "\n".join(lines)
 
 
