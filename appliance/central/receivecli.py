@@ -92,6 +92,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "split the fleet (default: no sharing)",
     )
     p.add_argument(
+        "--retry",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds between retries of uploads held for a device without an approved key "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -125,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         registry_device_keys(home),
         lambda _t, _p: False,
         prefix=opts.prefix,
+        retry_s=args.retry,
     )
     tls = None
     if opts.tls:

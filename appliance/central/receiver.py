@@ -19,8 +19,10 @@ Protocol (docs/enrollment.md "Upload"):
   chunk of a finished package gets the verdict (and the receipt) again, at most every
   ``reannounce_s`` seconds per package.
 
-A package from a device without a registered key is refused with ``unknown_device`` but this
-verdict is not stored: once the device is approved, its next retry is verified.
+A package from a device without an approved key is *held*, not judged: the receiver answers
+``{"status": "held", "code": "unknown_device"}`` (informational; the kiosk keeps waiting), keeps
+the chunks, and verifies the package once the device is approved (:meth:`ReceiverCore.
+retry_pending`, every ``retry_s`` seconds, and at every start).
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class ReceiverCore:
         *,
         prefix: str = "kiosk",
         reannounce_s: float = 2.0,
+        retry_s: float = 30.0,
         background: bool = True,
         on_result: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
@@ -101,6 +104,7 @@ class ReceiverCore:
         self.publish = publish
         self.prefix = prefix
         self.reannounce_s = reannounce_s
+        self.retry_s = retry_s
         self.background = background
         self.on_result = on_result
         self._jobs: queue.Queue[tuple[str, str] | None] = queue.Queue()
@@ -220,14 +224,17 @@ class ReceiverCore:
             data = self.store.assemble(device, package_id)
             public_key = self.device_keys(device)
             if public_key is None:
-                reason = f"{device} has no registered device key (approve the device first)"
-                log.error("package %s refused: %s", package_id, reason)
+                # Not a verdict: the package waits (its chunks stay) and is verified as soon
+                # as the device is approved (retry_pending). "held" is informational; the
+                # kiosk keeps waiting for complete/rejected.
+                reason = f"{device} has no approved device key (approve the device)"
+                log.error("package %s held: %s", package_id, reason)
                 self._send(
                     device,
                     "ack",
                     {
                         "package_id": package_id,
-                        "status": "rejected",
+                        "status": "held",
                         "code": "unknown_device",
                         "reason": reason,
                     },
@@ -301,6 +308,14 @@ class ReceiverCore:
             self._announce(res)
         return len(pending), len(unannounced)
 
+    def retry_pending(self) -> int:
+        """Submit every complete upload still without a verdict (e.g. held for a device that
+        has been approved since). Returns how many were submitted."""
+        pending = self.store.pending()
+        for device, package_id in pending:
+            self.submit(device, package_id)
+        return len(pending)
+
     def start_worker(self) -> None:
         if self._worker is None:
             self._worker = threading.Thread(target=self._loop, name="central-verify", daemon=True)
@@ -313,11 +328,22 @@ class ReceiverCore:
             self._worker = None
 
     def _loop(self) -> None:
+        last_retry = time.monotonic()
         while True:
-            key = self._jobs.get()
+            try:
+                key = self._jobs.get(timeout=max(0.1, self.retry_s))
+            except queue.Empty:
+                key = ("", "")
             if key is None:
                 return
-            self._run(key)
+            if key != ("", ""):
+                self._run(key)
+            if time.monotonic() - last_retry >= self.retry_s:
+                last_retry = time.monotonic()
+                try:
+                    self.retry_pending()
+                except Exception:
+                    log.exception("retrying held uploads failed")
 
     def idle(self, timeout: float) -> bool:
         """Wait until no verification is queued or running."""

@@ -131,7 +131,7 @@ def test_tampered_package_is_rejected_and_the_verdict_kept(fleet: Fleet) -> None
     assert core.stats["rejected"] == 1
 
 
-def test_unknown_device_is_refused_but_not_remembered(fleet: Fleet) -> None:
+def test_unknown_device_is_held_until_approved(fleet: Fleet) -> None:
     from appliance.trust.keys import DeviceIdentity
 
     stranger = DeviceIdentity.create(fleet.home / "stranger")
@@ -143,12 +143,16 @@ def test_unknown_device_is_refused_but_not_remembered(fleet: Fleet) -> None:
     chunks = split_package(built.package_id, built.data)
     for c in chunks:
         core.handle(_topic(built.package_id, "kiosk-new"), c)
-    assert wire.statuses()[-1]["code"] == "unknown_device"
+    held = wire.statuses()[-1]
+    assert held["status"] == "held" and held["code"] == "unknown_device"
     assert fleet.store.result("kiosk-new", built.package_id) is None
-    # Once approved, the kiosk's next re-send is verified.
+    assert core.retry_pending() == 1  # still unknown: held again, nothing stored
+    assert fleet.store.result("kiosk-new", built.package_id) is None
+    # Once approved, the next retry verifies it (without any re-send from the kiosk).
     fleet.register("kiosk-new", stranger)
-    core.handle(_topic(built.package_id, "kiosk-new"), chunks[-1])
+    assert core.retry_pending() == 1
     assert wire.statuses()[-1]["status"] == "complete"
+    assert core.retry_pending() == 0
 
 
 def test_receiver_restart_resumes_a_half_received_upload(fleet: Fleet) -> None:
