@@ -35,6 +35,30 @@ SIMULATORS = {
 # `appliance fleet NAME` -> module providing configure_parser(p) and run(args)
 FLEET_TOOLS = {
     "keys": ("appliance.fleet.keyscli", "fleet root and operator keys and certificates"),
+    "claim-token": ("appliance.fleet.claimtokencli", "one-time claim tokens for new kiosks"),
+    "approve": ("appliance.fleet.approvecli", "approve or refuse a kiosk's claim"),
+    "devices": ("appliance.fleet.devicescli", "the fleet at a glance, from retained status"),
+    "send": ("appliance.fleet.sendcli", "send a signed command, verify the signed reply"),
+    "push-config": (
+        "appliance.fleet.pushconfigcli",
+        "push a signed desired configuration, wait for the reports",
+    ),
+    "watch": ("appliance.fleet.watchcli", "live events, filtered, signatures checked"),
+    "controller": (
+        "appliance.fleet.controllercli",
+        "event recorder sharing the load with others via $share subscriptions",
+    ),
+}
+# Top-level commands served by plugin modules (configure_parser(p), run(args)).
+TOP_LEVEL = {
+    "provision": (
+        "appliance.provisioning.cli",
+        "provision this kiosk: keys, config, self-test, fleet claim (resumable)",
+    ),
+    "selftest": (
+        "appliance.provisioning.selftest",
+        "check camera, sensor, reader, broker, clock and keys",
+    ),
 }
 
 
@@ -296,6 +320,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"appliance {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    words = [w for w in (sys.argv[1:] if argv is None else argv) if not w.startswith("-")]
 
     p = sub.add_parser(
         "run",
@@ -384,9 +409,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     demo.configure_parser(p)
     p.set_defaults(func=demo.run)
 
+    for name, (module, summary) in TOP_LEVEL.items():
+        if words[:1] == [name]:
+            mod = importlib.import_module(module)
+            p = sub.add_parser(name, help=summary, description=(mod.__doc__ or summary))
+            mod.configure_parser(p)
+            p.set_defaults(func=mod.run)
+        else:
+            sub.add_parser(name, help=summary, description=summary, add_help=False)
+
     ps = sub.add_parser("sim", help="hardware simulators speaking the real wire protocols")
     ssub = ps.add_subparsers(dest="sim_command", required=True, metavar="DEVICE")
-    words = list(sys.argv[1:] if argv is None else argv)
     _add_plugins(ssub, SIMULATORS, _selected(words, "sim"))
 
     pf = sub.add_parser("fleet", help="tools for fleet administrators")

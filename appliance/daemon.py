@@ -167,6 +167,7 @@ class Services:
             "site": self.config.device.site,
             "groups": self.config.device.groups,
             "devices": {k: d.health().state for k, d in self.devices.items()},
+            "outbox_depth": self.store.outbox.depth(),
         }
 
     def status(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ class StatusMessage(BaseModel):
     site: str | None = None
     groups: list[str] | None = None
     devices: dict[str, HealthName] | None = Field(None, description="Health per capability")
+    outbox_depth: int | None = Field(None, description="Events waiting for the broker")
 
 
 class EventMessage(BaseModel):

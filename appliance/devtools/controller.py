@@ -74,6 +74,11 @@ class Controller:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        # paho closes loop_start's socket pair only in __del__; a client in a reference cycle
+        # is finalised by the cyclic collector, which may warn (ResourceWarning) first.
+        reset = getattr(self.client, "_reset_sockets", None)
+        if callable(reset):
+            reset()
 
     def __enter__(self) -> Controller:
         return self.connect()

@@ -146,7 +146,10 @@ class PcscTestStack:
         )
         # Every pcscd instance writes /run/pcscd/pcscd.pid, so the directory must exist.
         Path("/run/pcscd").mkdir(parents=True, exist_ok=True)
-        self.socket_path = self._tmp / "pcscd.comm"
+        # AF_UNIX paths are limited to 107 bytes (unix(7)): a deep work directory (a kiosk's
+        # state dir, pytest's tmp) would not fit, so the socket lives in its own short dir.
+        self._sock_dir = Path(tempfile.mkdtemp(prefix="pcsc-"))
+        self.socket_path = self._sock_dir / "pcscd.comm"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(str(self.socket_path))
         sock.listen(64)
@@ -220,6 +223,9 @@ class PcscTestStack:
                 self.socket_path.unlink()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
+        sock_dir = getattr(self, "_sock_dir", None)
+        if sock_dir is not None:
+            shutil.rmtree(sock_dir, ignore_errors=True)
             self._tmp = None
 
     def __enter__(self) -> PcscTestStack:
