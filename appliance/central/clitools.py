@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import TrustError
 from ..fleet.conn import FleetMqtt, add_broker_args, add_home_arg, broker_options, home_of
 from ..fleet.registry import DeviceRecord, FleetRegistry
 from ..fleet.tools import add_signer_arg, load_signer
@@ -43,8 +44,15 @@ def register_device_key(home: Path, device: str, pub_path: Path) -> None:
     reg = FleetRegistry(home)
     public = load_public_key(pub_path)
     existing = reg.device(device)
-    if existing is not None and existing.public_key_bytes == public:
-        return
+    if existing is not None:
+        if existing.public_key_bytes == public:
+            return
+        raise TrustError(
+            f"{device} is already approved with another key ({existing.key_id}); a kiosk's "
+            f"key is never replaced silently: remove {home / 'devices' / (device + '.json')} "
+            "first if the kiosk really was re-keyed",
+            code="key_exists",
+        )
     text = pub_path.read_text(encoding="ascii").strip()
     reg.save_device(
         DeviceRecord(

@@ -28,6 +28,10 @@ class Fleet:
     kiosk: DeviceIdentity
     store: PackageStore
 
+    @property
+    def kiosk_pub(self) -> Path:
+        return self.home.parent / "kiosk" / "device.pub"
+
     def register(self, device: str, identity: DeviceIdentity) -> None:
         FleetRegistry(self.home).save_device(
             DeviceRecord(

@@ -172,3 +172,19 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
         for action in p._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, (module.__name__, action.option_strings)
+
+
+def test_register_device_key_never_replaces_an_approved_key(fleet: Fleet, tmp_path: Path) -> None:
+    from appliance.central.clitools import register_device_key
+    from appliance.trust.keys import DeviceIdentity
+
+    register_device_key(fleet.home, DEVICE, fleet.kiosk_pub)  # the same key: a no-op
+    other = DeviceIdentity.create(tmp_path / "other")
+    with pytest.raises(TrustError) as info:
+        register_device_key(fleet.home, DEVICE, tmp_path / "other" / "device.pub")
+    assert info.value.code == "key_exists"
+    register_device_key(fleet.home, "kiosk-fresh", tmp_path / "other" / "device.pub")
+    from appliance.fleet.registry import FleetRegistry
+
+    rec = FleetRegistry(fleet.home).device("kiosk-fresh")
+    assert rec is not None and rec.key_id == other.key_id
