@@ -265,7 +265,11 @@ class ReceiverCore:
             )
             result["verify_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         with self._lock:
-            self._announced[(device, package_id)] = time.monotonic()
+            now = time.monotonic()
+            if len(self._announced) > 10_000:  # a long-running receiver: forget old packages
+                cutoff = now - 3600
+                self._announced = {k: t for k, t in self._announced.items() if t > cutoff}
+            self._announced[(device, package_id)] = now
         self._announce(result)
         if self.on_result is not None:
             self.on_result(result)
