@@ -26,7 +26,7 @@ from appliance.lds.files import encode_dg2
 from appliance.trust.certs import ROOT_PUB_FILE
 from appliance.trust.keys import DeviceIdentity
 from appliance.trust.sealed import ENROLLMENT_PUB_FILE, scan_for_plaintext_biometrics
-from tests.helpers import ROOT, DaemonProcess, wait_for, wait_online
+from tests.helpers import ROOT, DaemonProcess, get_json, wait_for, wait_online
 
 DEV = "kiosk-e2e"
 
@@ -217,3 +217,84 @@ def test_package_signed_by_another_key_is_refused_and_kept_on_the_kiosk(
     assert len(sealed) == 3
     assert scan_for_plaintext_biometrics([kiosk.state_dir]) == []
     assert not (home / "central" / DEV / report["package_id"] / "records").exists()
+
+
+def test_receiver_killed_while_the_real_kiosk_uploads(
+    broker: Mosquitto,
+    controller: Controller,
+    daemon_factory: Callable[..., DaemonProcess],
+    home: Path,
+    tmp_path: Path,
+) -> None:
+    """The kiosk's own uploader against the receiver process: SIGSTOP at the first ack (the
+    upload is then certainly unfinished), SIGKILL, restart; the kiosk's re-sends and the
+    broker's queued chunks complete the package and the kiosk purges it."""
+    import os
+    import signal
+
+    from tests.central.procs import ReceiverProc
+
+    d = daemon_factory(broker, DEV)
+    text = d.config_path.read_text()
+    for kind in ("camera", "fingerprint"):
+        text = text.replace(f"[hardware.{kind}]\nenabled = false\n", f"[hardware.{kind}]\n")
+    text = text.replace(
+        "[simulation]\nfingerprint = false\ncard = false\n",
+        "[simulation]\nfingerprint = true\ncard = false\nline_rate = false\n",
+    )
+    text += (
+        f'[trust]\nroot_keys = ["{home / ROOT_PUB_FILE}"]\n'
+        f'enrollment_key = "{home / ENROLLMENT_PUB_FILE}"\n'
+        "[enrollment]\nchunk_bytes = 1024\nupload_window = 4\nchunk_timeout_s = 1\n"
+    )
+    d.config_path.write_text(text)
+    t0 = time.time()
+    d.start()
+    wait_online(controller, DEV, after=t0, timeout=30)
+    wait_for(
+        lambda: (
+            controller.request(DEV, "status")["result"]["devices"]["fingerprint"]["state"] == "ok"
+        ),
+        30,
+        "fingerprint healthy",
+    )
+    from appliance.central.clitools import register_device_key
+
+    register_device_key(home, DEV, d.state_dir / "device.pub")
+    receiver = ReceiverProc(home, broker, tmp_path / "receiver.log")
+    receiver.start()
+    try:
+        acks = controller.subscribe(f"kiosk/{DEV}/upload/ack")
+        events = controller.subscribe(f"kiosk/{DEV}/events/enrollment.purged")
+
+        def ok(reply: dict[str, Any]) -> dict[str, Any]:
+            assert reply["ok"] is True, reply
+            result: dict[str, Any] = reply["result"]
+            return result
+
+        ok(
+            controller.request(
+                DEV, "enrollment.start", {"citizen_ref": "CIT-K9", "finger_policy": [2]}
+            )
+        )
+        ok(controller.request(DEV, "enrollment.portrait", {"timeout_s": 20}, timeout=60))
+        ok(controller.request(DEV, "enrollment.finger", {"attempts": 1}, timeout=60))
+        fin = ok(controller.request(DEV, "enrollment.finish", timeout=60))
+        assert fin["bytes"] > 20 * 1024  # dozens of 1 KiB chunks
+        pid = fin["package_id"]
+        get_json(acks, 30, lambda a: a.get("package_id") == pid and "received" in a)
+        assert receiver.proc is not None
+        os.kill(receiver.proc.pid, signal.SIGSTOP)
+        store = PackageStore(home / "central")
+        assert store.result(DEV, pid) is None  # stopped mid-upload
+        receiver.kill9()
+        receiver.start()
+        purged = get_json(events, 60, lambda m: m["data"].get("package_id") == pid)
+        assert purged["type"] == "enrollment.purged"
+        res = store.result(DEV, pid)
+        assert res is not None and res["status"] == "complete"
+        assert list((d.state_dir / "sealed").glob("*.sealed")) == []
+        assert scan_for_plaintext_biometrics([d.state_dir]) == []
+    finally:
+        receiver.stop()
+        d.terminate()

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import json
 import queue
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
@@ -23,62 +20,13 @@ from appliance.devtools.broker import Mosquitto
 from appliance.fleet.conn import BrokerOptions, FleetMqtt, Message
 from appliance.trust.sealed import verify_ack
 from tests.central.conftest import DEVICE, Fleet
-from tests.helpers import ROOT, wait_for
-
-
-class ReceiverProc:
-    def __init__(self, fleet: Fleet, broker: Mosquitto, log: Path) -> None:
-        self.args = [
-            sys.executable,
-            "-m",
-            "appliance.central.receivecli",
-            "--home",
-            str(fleet.home),
-            "--port",
-            str(broker.port),
-            "--client-id",
-            f"central-test-{broker.port}",
-        ]
-        self.log = log
-        self.proc: subprocess.Popen[str] | None = None
-        self.lines: queue.Queue[str] = queue.Queue()
-
-    def start(self, timeout: float = 20.0) -> None:
-        err = self.log.open("a")
-        self.proc = subprocess.Popen(
-            self.args, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT
-        )
-        err.close()
-        assert self.proc.stdout is not None
-        self.pump = threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True)
-        self.pump.start()
-        line = self.lines.get(timeout=timeout)  # printed once subscribed
-        assert line.startswith("receiving"), line
-
-    def _pump(self, out: IO[str]) -> None:
-        with out:
-            for line in out:
-                self.lines.put(line)
-
-    def _reap(self) -> None:
-        assert self.proc is not None
-        self.proc.wait(15)
-        self.pump.join(10)
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self._reap()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self._reap()
+from tests.central.procs import ReceiverProc
+from tests.helpers import wait_for
 
 
 @pytest.fixture
 def receiver(fleet: Fleet, broker: Mosquitto, tmp_path: Path) -> Iterator[ReceiverProc]:
-    r = ReceiverProc(fleet, broker, tmp_path / "receiver.log")
+    r = ReceiverProc(fleet.home, broker, tmp_path / "receiver.log")
     yield r
     if r.proc is not None and r.proc.poll() is None:
         r.kill9()
