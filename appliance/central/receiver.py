@@ -408,6 +408,9 @@ class Receiver:
         self.client.loop_start()
         if not self._subscribed.wait(timeout):
             self.client.loop_stop()
+            reset = getattr(self.client, "_reset_sockets", None)
+            if callable(reset):
+                reset()
             raise DeviceTimeout(
                 f"receiver: no SUBACK from {self.host}:{self.port}", device="central"
             )
@@ -426,6 +429,11 @@ class Receiver:
         else:
             self.client.disconnect()
         self.client.loop_stop()
+        # paho closes loop_start's socket pair only in __del__; a client in a reference cycle
+        # (ours is: callbacks are bound methods) may be finalised with a ResourceWarning.
+        reset = getattr(self.client, "_reset_sockets", None)
+        if callable(reset):
+            reset()
 
     def _on_connect(self, client: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
