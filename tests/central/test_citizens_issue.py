@@ -188,3 +188,28 @@ def test_register_device_key_never_replaces_an_approved_key(fleet: Fleet, tmp_pa
 
     rec = FleetRegistry(fleet.home).device("kiosk-fresh")
     assert rec is not None and rec.key_id == other.key_id
+
+
+def test_tools_parse_when_mounted_like_the_fleet_plugins() -> None:
+    """As appliance/cli.py mounts fleet tools: sub-parsers with dests command/fleet_command."""
+    import argparse
+
+    root = argparse.ArgumentParser(prog="appliance")
+    sub = root.add_subparsers(dest="command", required=True)
+    fsub = sub.add_parser("fleet").add_subparsers(dest="fleet_command", required=True)
+    for name, module in (("enroll", enrollcli), ("issue", issuecli), ("receive", receivecli)):
+        p = fsub.add_parser(name)
+        module.configure_parser(p)
+        p.set_defaults(func=module.run)
+    a = root.parse_args(["fleet", "enroll", "kiosk-1", "--skip", "6:bandaged", "--issue"])
+    assert (a.command, a.fleet_command, a.device, a.skip, a.issue) == (
+        "fleet",
+        "enroll",
+        "kiosk-1",
+        ["6:bandaged"],
+        True,
+    )
+    a = root.parse_args(["fleet", "issue", "kiosk-1", "--package-id", "p1", "--synthetic"])
+    assert a.func is issuecli.run and a.package_id == "p1"
+    a = root.parse_args(["fleet", "receive", "--share-group", "central", "--port", "1884"])
+    assert a.func is receivecli.run and a.share_group == "central" and a.port == 1884
