@@ -14,11 +14,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import start_daemon, stop
 
-from appliance.central.keys import ensure_central_keys
+from appliance.central.demo import prepare
 from appliance.devtools.broker import Mosquitto
 from appliance.devtools.controller import Controller
-from appliance.trust.certs import ROOT_PUB_FILE
-from appliance.trust.sealed import ENROLLMENT_PUB_FILE
 
 DEV = "kiosk-bench"
 
@@ -48,7 +46,7 @@ def start_kit(work: Path, *, line_rate: bool, card: bool = True) -> Kit:
     work.mkdir(parents=True, exist_ok=True)
     broker = Mosquitto(work / "broker").start()
     home = work / "fleet"
-    ensure_central_keys(home)
+    trust_toml = prepare(home)
     cfg = work / "appliance.toml"
     cfg.write_text(
         f'[device]\nid = "{DEV}"\nprofile = "sim"\n'
@@ -58,8 +56,7 @@ def start_kit(work: Path, *, line_rate: bool, card: bool = True) -> Kit:
         f"[simulation]\nfingerprint = true\ncard = {str(card).lower()}\n"
         f"line_rate = {str(line_rate).lower()}\n"
         + ("" if card else "[hardware.card]\nenabled = false\n")
-        + f'[trust]\nroot_keys = ["{home / ROOT_PUB_FILE}"]\n'
-        f'enrollment_key = "{home / ENROLLMENT_PUB_FILE}"\n'
+        + trust_toml
     )
     state = work / "state"
     proc = start_daemon(cfg, state, env={"PYTHONUNBUFFERED": "1"}, log=work / "daemon.log")

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from appliance.central.citizens import synthetic_citizen
+from appliance.central.demo import enroll_and_issue, prepare
 from appliance.central.keys import ensure_central_keys
 from appliance.central.store import PackageStore
 from appliance.devtools.broker import Mosquitto
@@ -39,11 +40,16 @@ def home(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def trust_toml(home: Path) -> str:
+    return prepare(home)  # the demo's helper: keys exist already, so it only reads them
+
+
+@pytest.fixture
 def kiosk(
     broker: Mosquitto,
     controller: Controller,
     daemon_factory: Callable[..., DaemonProcess],
-    home: Path,
+    trust_toml: str,
 ) -> Iterator[DaemonProcess]:
     d = daemon_factory(broker, DEV)
     text = d.config_path.read_text()
@@ -53,11 +59,7 @@ def kiosk(
         "[simulation]\nfingerprint = false\ncard = false\n",
         "[simulation]\nfingerprint = true\ncard = true\nline_rate = false\n",
     )
-    text += (
-        f'[trust]\nroot_keys = ["{home / ROOT_PUB_FILE}"]\n'
-        f'enrollment_key = "{home / ENROLLMENT_PUB_FILE}"\n'
-    )
-    d.config_path.write_text(text)
+    d.config_path.write_text(text + trust_toml)
     t0 = time.time()
     d.start()
     wait_online(controller, DEV, after=t0, timeout=30)
@@ -298,3 +300,16 @@ def test_receiver_killed_while_the_real_kiosk_uploads(
     finally:
         receiver.stop()
         d.terminate()
+
+
+def test_demo_helper_runs_the_flow_and_prints_the_summary(
+    kiosk: DaemonProcess, broker: Mosquitto, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = enroll_and_issue(home, device=DEV, state_dir=kiosk.state_dir, port=broker.port)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "finger 6 (left thumb)" in out and "skipped: bandaged" in out
+    assert "Package verified by the centre: device signature ok" in out
+    assert "exceptions 6:bandaged, 10:missing" in out
+    assert "the kiosk purged its sealed copy" in out
+    assert "Card issued and verified" in out and "passive authentication ok" in out
