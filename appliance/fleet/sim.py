@@ -610,22 +610,33 @@ class VirtualKiosk:
                 await ticker
 
     async def _tick(self) -> None:
-        """Heartbeats, keepalive PINGREQs, and the dead-broker check (1.5 x keepalive)."""
+        """Heartbeats and keepalive, the way paho (hence the daemon) keeps it: a PINGREQ when
+        nothing was sent *or nothing was received* for ``keepalive`` seconds, and the broker
+        declared dead when that PINGREQ is unanswered for another ``keepalive`` (so a silent
+        link is noticed within 2 x keepalive; MQTT 3.1.1 §3.1.2.10)."""
         cfg = self.cfg
+        ka = float(cfg.keepalive_s)
         next_beat = time.monotonic() + self.rnd.uniform(0, cfg.heartbeat_s)
+        ping_sent = 0.0  # monotonic time of the unanswered PINGREQ, 0 when none
         while True:
             now = time.monotonic()
-            if now - self.last_received > 1.5 * cfg.keepalive_s:
-                log.info("%s: broker silent for 1.5 x keepalive, reconnecting", self.id)
+            if ping_sent and self.last_received >= ping_sent:
+                ping_sent = 0.0  # PINGRESP (or anything) arrived after it
+            if ping_sent and now - ping_sent >= ka:
+                log.info("%s: no PINGRESP within the keepalive, reconnecting", self.id)
                 self._close()
                 return
             if now >= next_beat:
                 self._heartbeat()
                 next_beat = now + cfg.heartbeat_s
-            elif now - self.last_sent >= cfg.keepalive_s * 0.75:
+            if not ping_sent and (now - self.last_sent >= ka or now - self.last_received >= ka):
                 self._send(PINGREQ_BYTES)
-            wake = min(next_beat, self.last_sent + cfg.keepalive_s * 0.75)
-            await asyncio.sleep(max(0.0, min(wake - time.monotonic(), 5.0)))
+                ping_sent = now
+            if ping_sent:
+                wake = min(next_beat, ping_sent + ka)
+            else:
+                wake = min(next_beat, min(self.last_sent, self.last_received) + ka)
+            await asyncio.sleep(min(max(wake - time.monotonic(), 0.01), 5.0))
 
     def _heartbeat(self) -> None:
         self._publish(

@@ -15,13 +15,13 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.devtools.broker import free_port, mqtt_connack
 from appliance.errors import ApplianceError
+from tests.helpers import wait_for
 
 SBIN = Path("/usr/lib/rabbitmq/bin")
 
@@ -119,20 +119,21 @@ class RabbitMQ:
             cwd=self.workdir,
         )
         log.close()
-        deadline = time.monotonic() + timeout
-        while not mqtt_connack(self.host, self.port):
-            if self.proc.poll() is not None:
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
                 raise ApplianceError(
                     f"rabbitmq-server exited with {self.proc.returncode}: "
                     f"{self.log_path.read_text(errors='replace')[-2000:]}",
                     code="broker_failed",
                 )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ApplianceError(
-                    "RabbitMQ MQTT listener not ready in time", code="broker_failed"
-                )
-            time.sleep(0.05)
+            return mqtt_connack(self.host, self.port)
+
+        try:
+            wait_for(ready, timeout, "RabbitMQ's MQTT listener")
+        except AssertionError:
+            self.stop()
+            raise
         return self
 
     def _signal_group(self, sig: int) -> None:
@@ -164,14 +165,17 @@ class RabbitMQ:
 
     @staticmethod
     def _wait_group_gone(pgid: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def gone() -> bool:
             try:
                 os.killpg(pgid, 0)
             except ProcessLookupError:
-                return
-            time.sleep(0.05)
-        os.killpg(pgid, signal.SIGKILL)
+                return True
+            return False
+
+        try:
+            wait_for(gone, timeout, "the node's processes to exit")
+        except AssertionError:
+            os.killpg(pgid, signal.SIGKILL)
 
     def stop_epmd(self) -> None:
         """Stop the epmd our node started on its private port."""
