@@ -1,8 +1,12 @@
-"""``appliance demo``: the kiosk on its embedded default, end to end, on this machine.
+"""``appliance demo``: the kiosk's main job on its embedded default, end to end, on this machine.
 
-Starts a private mosquitto on loopback, runs the daemon (a real subprocess) on the simulated
-hardware kit, talks to it as the fleet controller would, prints a summary, and tells you how to
-watch and command it yourself with mosquitto_sub / mosquitto_pub.
+Starts a private mosquitto on loopback, the central enrollment receiver, and the daemon (a real
+subprocess) on the simulated hardware kit: the fingerprint emulator on a pty, the generated
+camera scene, and the card emulator behind a private pcscd + vpcd. Then it enrolls a synthetic
+citizen as the fleet would (portrait, fingers in the 4-4-2 order, a missing finger recorded as
+such), waits for the sealed, signed package to be verified centrally and purged from the kiosk,
+issues the citizen's card and verifies it, prints a summary, and tells you how to watch and
+command the kiosk yourself with mosquitto_sub / mosquitto_pub.
 """
 
 from __future__ import annotations
@@ -45,6 +49,18 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="delete the previous demo state (store, keys) before starting",
     )
+    p.add_argument(
+        "--no-enroll",
+        action="store_true",
+        help="only start the kiosk and check it; skip the enrollment and the card",
+    )
+    p.add_argument("--no-card", action="store_true", help="enroll, but do not issue a card")
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="do not pace the fingerprint emulator at the real 57,600 baud "
+        "(each finger image takes ~7 s on the real serial line)",
+    )
 
 
 def _step(msg: str) -> None:
@@ -64,11 +80,17 @@ def run(args: argparse.Namespace) -> int:
     _step(f"starting mosquitto on 127.0.0.1:{port} (config and log in {work / 'broker'})")
     broker = Mosquitto(work / "broker", port=port).start()
     cfg = work / "appliance.toml"
+    trust = ""
+    if not args.no_enroll:
+        from ..central.demo import prepare
+
+        trust = prepare(work / "fleet")  # fleet root, enrollment and ingest keys (throw-away)
     cfg.write_text(
         "# Written by `appliance demo`: the simulated kit against the local broker.\n"
         f'[device]\nid = "{args.device_id}"\nsite = "demo"\nprofile = "sim"\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n'
         "[telemetry]\nheartbeat_s = 10\n"
+        f"[simulation]\nline_rate = {'false' if args.fast else 'true'}\n" + trust
     )
     log_path = work / "daemon.log"
     _step(f"starting the daemon on the simulated kit (log: {log_path})")
@@ -97,8 +119,24 @@ def run(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             pong = ctl.request(args.device_id, "ping", timeout=10)
             rtt = (time.perf_counter() - t0) * 1000
-            status = ctl.request(args.device_id, "status", timeout=10)["result"]
+            status = _wait_devices(ctl, args.device_id, 60)
             _summary(args.device_id, port, birth, status, pong, rtt)
+        if not args.no_enroll:
+            from ..central.demo import enroll_and_issue
+
+            _step("enrolling a synthetic citizen as the fleet would (fleet enroll + issue)")
+            rc = enroll_and_issue(
+                work / "fleet",
+                device=args.device_id,
+                state_dir=work / "state",
+                port=port,
+                issue=not args.no_card,
+            )
+            if rc != 0:
+                print(
+                    f"demo: the enrollment ended with status {rc}; daemon log: {log_path}",
+                    file=sys.stderr,
+                )
         if not args.once:
             print("\nRunning. Ctrl-C stops the daemon and the broker.", flush=True)
             daemon.wait()
@@ -146,6 +184,17 @@ def _wait_online(q: Any, daemon: subprocess.Popen[bytes], timeout: float) -> dic
         if msg.get("online"):
             return msg
     raise RuntimeError("the daemon did not come online in time")
+
+
+def _wait_devices(ctl: Controller, device: str, timeout: float) -> dict[str, Any]:
+    """The kiosk's status once every simulated device has come up (or the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status: dict[str, Any] = ctl.request(device, "status", timeout=10)["result"]
+        states = {k: v["state"] for k, v in status["devices"].items()}
+        if all(s in ("ok", "disabled") for s in states.values()) or time.monotonic() > deadline:
+            return status
+        time.sleep(0.2)
 
 
 def _summary(
