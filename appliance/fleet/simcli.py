@@ -101,7 +101,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--duration",
         type=float,
         default=30.0,
-        help="seconds to run after the start of the ramp (default 30)",
+        help="seconds to run after the start of the ramp; SIGTERM or Ctrl-C end the run "
+        "early with the same clean stop and summary (default 30)",
     )
     p.add_argument(
         "--seed", type=int, default=d.seed, help=f"seed of jitter and event ids (default {d.seed})"
