@@ -270,6 +270,11 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
         raise ConfigError(f"{what} {path} not found", [(str(path), "file not found")]) from None
     except PermissionError:
         raise ConfigError(f"{what} {path} unreadable", [(str(path), "permission denied")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text",
+            [(str(path), f"is not UTF-8 text (byte {exc.start}): TOML files are UTF-8")],
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
             f"{what} {path} is not valid TOML", [(str(path), f"is not valid TOML: {exc}")]
