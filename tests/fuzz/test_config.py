@@ -92,16 +92,6 @@ def test_plausible_documents_are_validated_not_crashed(tmp_path: Path, doc: str)
         assert problems, "unknown keys must never be accepted silently"
 
 
-# Known bug, found by this test (reported to the lead; appliance/config.py is not ours):
-# read_toml() catches TOMLDecodeError but not UnicodeDecodeError, so a file that is not UTF-8
-# (minimal input: b"\x80") escapes as a traceback instead of a ConfigError problem.
-# strict=True: once read_toml is fixed these tests pass, xfail then fails, and the marker goes.
-NON_UTF8_BUG = pytest.mark.xfail(
-    raises=UnicodeDecodeError, strict=True, reason="config.read_toml: non-UTF-8 file crashes"
-)
-
-
-@NON_UTF8_BUG
 @FUZZ
 @given(raw=st.binary(max_size=400) | st.text(max_size=400).map(str.encode))
 def test_arbitrary_bytes_are_a_clear_problem(tmp_path: Path, raw: bytes) -> None:
@@ -126,7 +116,6 @@ def test_single_field_values(tmp_path: Path, key: str, value: Any) -> None:
     assert all(" " not in where for where, _ in problems)
 
 
-@pytest.mark.xfail(strict=True, reason="config.read_toml: non-UTF-8 file crashes the CLI")
 def test_cli_check_reports_and_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_bytes(b'[mqtt]\nport = "\xff\xfe"\n[device]\nid = 7\n')
