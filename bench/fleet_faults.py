@@ -41,15 +41,19 @@ from tests.fleet.faults import Producer, Rig
 from tests.helpers import DaemonProcess, wait_for
 
 FAULTS = ["cut", "blackhole", "long_blackhole", "broker_restart", "broker_kill"]
+# Everything started, so that a failing run leaves no broker or daemon behind.
+STARTED: list[Mosquitto | DaemonProcess] = []
 
 
 def part_a(work: Path, rounds: int, rnd: random.Random) -> dict[str, Any]:
     broker = Mosquitto(work / "broker-a").start()
+    STARTED.append(broker)
     proxy = FaultProxy(broker.host, broker.port).start()
     ingest = Ingest(broker.host, broker.port, client_id="faults-a", keep_payloads=True).start()
     via = types.SimpleNamespace(host=proxy.host, port=proxy.port)
     d = DaemonProcess(work / "daemon-a", via, "kiosk-faults-a",  # type: ignore[arg-type]
                       env={"APPLIANCE_MQTT__KEEPALIVE_S": "5"}).start()  # fmt: skip
+    STARTED.append(d)
     wait_for(lambda: d.device_id in ingest.snapshot().devices_seen, 20, "birth")
     producer = Producer(d.state_dir, d.device_id).start()
     rig = Rig(broker, proxy, ingest, d, producer)
@@ -99,9 +103,11 @@ def part_a(work: Path, rounds: int, rnd: random.Random) -> dict[str, Any]:
 
 def part_b(work: Path, kills: int, rnd: random.Random) -> dict[str, Any]:
     broker = Mosquitto(work / "broker-b").start()
+    STARTED.append(broker)
     ingest = Ingest(broker.host, broker.port, client_id="faults-b", keep_payloads=True).start()
     ctl = Controller(broker.host, broker.port).connect()
     d = DaemonProcess(work / "daemon-b", broker, "kiosk-faults-b")
+    STARTED.append(d)
     sent: dict[str, str] = {}  # command id -> note text
     replies: dict[str, dict[str, Any]] = {}
     pending: dict[str, Any] = {}
@@ -185,10 +191,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         result: dict[str, Any] = {"seed": args.seed}
-        if args.rounds:
-            result["network_and_broker"] = part_a(work, args.rounds, rnd)
-        if args.daemon_kills:
-            result["daemon_kill9"] = part_b(work, args.daemon_kills, rnd)
+        try:
+            if args.rounds:
+                result["network_and_broker"] = part_a(work, args.rounds, rnd)
+            if args.daemon_kills:
+                result["daemon_kill9"] = part_b(work, args.daemon_kills, rnd)
+        finally:
+            for thing in STARTED:
+                if isinstance(thing, Mosquitto):
+                    thing.stop()
+                elif thing.proc is not None and thing.proc.poll() is None:
+                    thing.proc.kill()
+                    thing.proc.wait(10)
     emit("fleet_faults", result)
     print(json.dumps({"done": True}))
 
