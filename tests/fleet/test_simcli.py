@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from appliance.devtools.broker import Mosquitto
-from tests.helpers import ROOT
+from appliance.fleet.ingest import Ingest
+from tests.helpers import ROOT, wait_for
 
 
 def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -54,3 +57,31 @@ def test_short_run_prints_a_summary(broker: Mosquitto) -> None:
     assert summary["ingest"]["duplicates"] == 0
     assert summary["ingest"]["gaps"] == 0
     assert summary["ingest"]["events_unique"] == summary["fleet"]["events_acked"]
+
+
+def test_sigterm_ends_the_run_cleanly_with_stats(broker: Mosquitto, tmp_path: Path) -> None:
+    stats = tmp_path / "stats.json"
+    ingest = Ingest(broker.host, broker.port, prefix="simterm").start()
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "appliance.fleet.simcli", "--port", str(broker.port),
+            "--devices", "8", "--duration", "600", "--topic-prefix", "simterm",
+            "--no-ingest", "--stats-out", str(stats),
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: len(ingest.snapshot().births) == 8, 30, "8 births")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        wait_for(lambda: len(ingest.snapshot().deaths) == 8, 10, "8 clean offline statuses")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        ingest.stop()
+    assert proc.returncode == 0, err
+    assert json.loads(out)["fleet"]["connects"] == 8
+    saved = json.loads(stats.read_text())
+    assert len(saved["connect_times"]) == 8
+    assert {reason for _d, reason in ingest.stats.deaths} == {"shutdown"}
