@@ -102,7 +102,12 @@ class MqttSection(Strict):
     )
     topic_prefix: str = Field("kiosk", pattern=r"^[A-Za-z0-9_-]+$", description="Topic root")
     reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect backoff ceiling")
-    reconnect_max_s: float = Field(60.0, gt=0, description="Largest reconnect backoff ceiling")
+    reconnect_max_s: float = Field(
+        30.0,
+        gt=0,
+        description="Largest reconnect backoff ceiling; with full jitter a fleet is back "
+        "within about this long after a broker outage (docs/scaling.md)",
+    )
     max_inflight: int = Field(
         200, ge=1, le=65535, description="QoS 1 messages in flight while the outbox drains"
     )

@@ -253,6 +253,14 @@ class MqttAgent:
                         break
                 if self._had_connack:
                     attempt = 0  # a session that got as far as CONNACK resets the backoff
+                elif self.cfg.protocol == "5":
+                    log.warning(
+                        "mqtt: %s:%d closed the connection before accepting it; a broker that "
+                        "speaks only MQTT 3.1.1 (e.g. RabbitMQ's plugin) needs mqtt.protocol = "
+                        '"3.1.1"',
+                        self.cfg.host,
+                        self.cfg.port,
+                    )
             was = self._connected.is_set()
             self._connected.clear()
             self._kick()
@@ -277,6 +285,11 @@ class MqttAgent:
     def _on_connect(self, client: paho.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
             self.last_error = f"broker refused the connection: {rc}"
+            if self.cfg.protocol == "5":
+                self.last_error += (
+                    " (if this broker speaks only MQTT 3.1.1, e.g. RabbitMQ's "
+                    'plugin, set mqtt.protocol = "3.1.1")'
+                )
             log.error("mqtt: %s", self.last_error)
             self._had_connack = False
             client.disconnect()
