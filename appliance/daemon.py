@@ -273,6 +273,8 @@ class Daemon:
         identity = DeviceIdentity.load_or_create(self.state_dir)
         svc.identity = identity
         signer = (lambda body: identity.sign(body).to_header()) if cfg.trust.sign_messages else None
+        if cfg.mqtt.protocol == "5":  # 3.1.1 carries no properties, so no signature
+            store.outbox.set_signer(cfg.device.id, signer)
         agent_box: list[MqttAgent] = []
 
         def publish(

@@ -123,11 +123,18 @@ def _m3_enrollment(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m4_signed_outbox(db: sqlite_utils.Database) -> None:
+    # Events rendered and signed when they are stored (Outbox.signer): the drain only sends.
+    db.execute("ALTER TABLE outbox ADD COLUMN payload BLOB")
+    db.execute("ALTER TABLE outbox ADD COLUMN sig TEXT")
+
+
 # Each entry moves the schema from version i to i + 1. Append only; never edit a shipped one.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_core,
     _m2_trust,
     _m3_enrollment,
+    _m4_signed_outbox,
 ]
 
 
@@ -147,6 +154,20 @@ class OutboxRow:
     qos: int
     retain: bool
     created: float
+    payload: bytes | None = None  # the rendered message, when signed at store time
+    sig: str | None = None  # its device signature header
+
+
+def render_event(
+    row_id: str, seq: int, device: str, type_: str, created: float, data_json: str
+) -> bytes:
+    """The event message (docs/protocol.md, "Events"). ``data_json`` is already JSON text:
+    it is spliced in, not re-encoded."""
+    head = json.dumps(
+        {"id": row_id, "seq": seq, "device": device, "type": type_, "ts": created},
+        separators=(",", ":"),
+    )
+    return (head[:-1] + ',"data":' + data_json + "}").encode()
 
 
 class Store:
@@ -325,6 +346,15 @@ class Outbox:
         self._s = store
         self._cap = 1_000_000
         self.changed = threading.Condition(threading.Lock())
+        # With a signer, each event is rendered and signed by the device key as it is stored
+        # (in the same transaction): a stored event is already a signed message, and the
+        # drain after an outage only sends. Rows stored without one are signed when sent.
+        self.signer: Callable[[bytes], str] | None = None
+        self.device_id = ""
+
+    def set_signer(self, device_id: str, signer: Callable[[bytes], str] | None) -> None:
+        self.device_id = device_id
+        self.signer = signer
 
     def set_cap(self, cap: int) -> None:
         self._cap = cap
@@ -357,20 +387,20 @@ class Outbox:
                 )
             for type_, topic, data in rows:
                 eid = uuid.uuid4().hex
+                data_json = json.dumps(data, separators=(",", ":"))
                 cur = c.execute(
                     "INSERT INTO outbox (id, type, topic, data, qos, retain, created) "
                     "VALUES (?,?,?,?,?,?,?)",
-                    (
-                        eid,
-                        type_,
-                        topic,
-                        json.dumps(data, separators=(",", ":")),
-                        qos,
-                        int(retain),
-                        now,
-                    ),
+                    (eid, type_, topic, data_json, qos, int(retain), now),
                 )
-                out.append((int(cur.lastrowid or 0), eid))
+                seq = int(cur.lastrowid or 0)
+                if self.signer is not None:
+                    payload = render_event(eid, seq, self.device_id, type_, now, data_json)
+                    c.execute(
+                        "UPDATE outbox SET payload=?, sig=? WHERE seq=?",
+                        (payload, self.signer(payload), seq),
+                    )
+                out.append((seq, eid))
         with self.changed:
             self.changed.notify_all()
         return out
@@ -378,11 +408,14 @@ class Outbox:
     def pending(self, after_seq: int = 0, limit: int = 500) -> list[OutboxRow]:
         with self._s.lock:
             rows = self._s.conn.execute(
-                "SELECT seq, id, type, topic, data, qos, retain, created FROM outbox "
-                "WHERE seq > ? ORDER BY seq LIMIT ?",
+                "SELECT seq, id, type, topic, data, qos, retain, created, payload, sig "
+                "FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             ).fetchall()
-        return [OutboxRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7]) for r in rows]
+        return [
+            OutboxRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7], r[8], r[9])
+            for r in rows
+        ]
 
     def ack(self, seqs: Iterable[int]) -> int:
         batch = [(s,) for s in seqs]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,14 +19,11 @@ import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as paho
 from _common import daemon_config, emit, start_daemon, stop
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from appliance.devtools.broker import Mosquitto
 from appliance.store import Store
+from appliance.trust.keys import DeviceIdentity
 
 PAYLOAD = {"kind": "bench", "text": "x" * 200}
 
@@ -52,50 +48,73 @@ c.disconnect(); c.loop_stop()
 
 
 class Sub:
+    """A subscriber that is not the bottleneck: mosquitto_sub (C) with a persistent session,
+    printing each message with its arrival time (%U); we parse after the fact."""
+
     def __init__(self, port: int, topic: str, client_id: str) -> None:
+        self.port, self.topic, self.client_id = port, topic, client_id
         self.ids: set[str] = set()
         self.dups = 0
         self.first = self.last = 0.0
         self.seqs: list[int] = []
-        self.topic = topic
-        self.done = threading.Event()
         self.want = 0
-        self.c = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        self.c.on_socket_open = lambda _c, _u, s: s.setsockopt(
-            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
-        )
-        self.c.on_message = self.on_message
-        self.c.on_connect = lambda cl, *_: cl.subscribe(topic, qos=1)
-        self.port = port
+        self.done = threading.Event()
+        self.proc: subprocess.Popen[str] | None = None
+        self._thread: threading.Thread | None = None
+
+    def _cmd(self) -> list[str]:
+        return [
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-c",
+            "-i",
+            self.client_id,
+            "-x",
+            "3600",
+            "-t",
+            self.topic,
+            "-F",
+            "%U %p",
+        ]
+
+    def create_session(self) -> None:
+        """Connect once so the broker keeps the subscription (and queues) while we are away."""
+        subprocess.run([*self._cmd(), "-W", "1"], capture_output=True, check=False)
 
     def connect(self) -> None:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
-        self.c.connect("127.0.0.1", self.port, 30, clean_start=False, properties=props)
-        self.c.loop_start()
+        self.proc = subprocess.Popen(self._cmd(), stdout=subprocess.PIPE, text=True)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
 
-    def on_message(self, _c: object, _u: object, msg: paho.MQTTMessage) -> None:
-        now = time.perf_counter()
-        body = json.loads(msg.payload)
-        eid = str(body["id"])
-        if not self.first:
-            self.first = now
-        if eid in self.ids:
-            self.dups += 1
-            return
-        self.ids.add(eid)
-        self.seqs.append(int(body["seq"]))
-        self.last = now
-        if len(self.ids) >= self.want:
-            self.done.set()
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            stamp, _, payload = line.partition(" ")
+            body = json.loads(payload)
+            now = float(stamp)
+            eid = str(body["id"])
+            if not self.first:
+                self.first = now
+            if eid in self.ids:
+                self.dups += 1
+                continue
+            self.ids.add(eid)
+            self.seqs.append(int(body["seq"]))
+            self.last = now
+            if len(self.ids) >= self.want:
+                self.done.set()
 
     def stop(self) -> None:
-        self.c.disconnect()
-        self.c.loop_stop()
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
 
 
 def main() -> None:
@@ -109,8 +128,8 @@ def main() -> None:
         # --- baseline: raw paho QoS 1 -------------------------------------------------------
         raw_sub = Sub(broker.port, "raw/events", "raw-sub")
         raw_sub.want = n
+        raw_sub.create_session()
         raw_sub.connect()
-        time.sleep(0.2)  # ok: let the SUBACK land before the burst (baseline only)
         subprocess.run([sys.executable, "-c", RAW, str(broker.port), str(n)], check=True)
         raw_sub.done.wait(120)
         raw_sub.stop()
@@ -119,15 +138,21 @@ def main() -> None:
         cfg = daemon_config(work / "d", broker.port, "bench-ob")
         sub = Sub(broker.port, "kiosk/bench-ob/events/#", "ob-sub")
         sub.want = n
-        sub.connect()
+        sub.create_session()
         daemon = start_daemon(cfg, work / "d" / "state")
         try:
+            state = work / "d" / "state"
             store = None
-            while store is None:
+            while store is None or not (state / "device.key").exists():
                 try:
-                    store = Store(work / "d" / "state")
-                except Exception:
-                    time.sleep(0.05)  # ok: polling for the file
+                    store = store or Store(state)
+                except Exception:  # the daemon is still creating it
+                    store = None
+                time.sleep(0.05)  # ok: polling for the files
+            # The local producer (the kiosk UI, say) stores events as the daemon does: rendered
+            # and signed with the device key at once, so the drain only sends.
+            identity = DeviceIdentity.load(state)
+            store.outbox.set_signer("bench-ob", lambda b: identity.sign(b).to_header())
             broker.stop()  # the outage
             for i in range(0, n, 1000):
                 store.outbox.put_many(
@@ -139,7 +164,8 @@ def main() -> None:
             depth = store.outbox.depth()
             store.close()
             broker.start()
-            t_up = time.perf_counter()
+            t_up = time.time()
+            sub.connect()
             sub.done.wait(300)
         finally:
             stop(daemon)

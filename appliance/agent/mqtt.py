@@ -44,7 +44,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ..config import AppConfig
-from ..store import OutboxRow, Store
+from ..store import OutboxRow, Store, render_event
 from .topics import Topics
 
 log = logging.getLogger(__name__)
@@ -355,19 +355,18 @@ class MqttAgent:
         with self._wake:
             self._wake.notify_all()
 
-    def _render(self, row: OutboxRow) -> bytes:
-        # The data column is already JSON text: splice it instead of re-encoding.
-        head = json.dumps(
-            {
-                "id": row.id,
-                "seq": row.seq,
-                "device": self.device_id,
-                "type": row.type,
-                "ts": row.created,
-            },
-            separators=(",", ":"),
-        )
-        return (head[:-1] + ',"data":' + row.data + "}").encode()
+    def _render(self, row: OutboxRow) -> tuple[bytes, Any]:
+        """The event's bytes and MQTT properties: as signed when stored, or rendered (and
+        signed) now for rows stored without the device key (another local process)."""
+        if row.payload is not None:
+            body = bytes(row.payload)
+            if row.sig is None or self.cfg.protocol != "5":
+                return body, self._properties(body)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.UserProperty = [("sig", row.sig)]
+            return body, props
+        body = render_event(row.id, row.seq, self.device_id, row.type, row.created, row.data)
+        return body, self._properties(body)
 
     def _drain(self) -> None:
         while not self._stop.is_set():
@@ -404,13 +403,13 @@ class MqttAgent:
             sent = 0
             if room > 0:
                 for row in self.store.outbox.pending(last_seq, min(room, 500)):
-                    body = self._render(row)
+                    body, props = self._render(row)
                     info = client.publish(
                         row.topic or self.topics.event(row.type),
                         body,
                         qos=row.qos,
                         retain=row.retain,
-                        properties=self._properties(body),
+                        properties=props,
                     )
                     if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                         return  # connection went away; the next epoch starts over

@@ -195,3 +195,44 @@ def test_unprovisioned_kiosk_refuses_everything(
     finally:
         client.close()
     d.terminate()
+
+
+def test_events_are_signed_by_the_device_when_stored(
+    broker: Mosquitto, daemon_factory: Callable[..., DaemonProcess], controller: Controller
+) -> None:
+    d = daemon_factory(broker, DEV)
+    t0 = time.time()
+    d.start()
+    wait_online(controller, DEV, after=t0)
+    got: list[tuple[bytes, str | None]] = []
+    c = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5
+    )
+
+    def on_message(_c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        sig = dict(getattr(msg.properties, "UserProperty", []) or []).get("sig")
+        got.append((bytes(msg.payload), sig))
+
+    subscribed: list[bool] = []
+    c.on_message = on_message
+    c.on_subscribe = lambda *_a: subscribed.append(True)
+    c.connect(broker.host, broker.port)
+    c.subscribe(f"kiosk/{DEV}/events/note", qos=1)
+    c.loop_start()
+    try:
+        wait_for(lambda: subscribed, 10, "SUBACK")
+        assert controller.request(DEV, "note", {"text": "signed?"})["ok"]
+        payload, sig = wait_for(lambda: got and got[0], 10, "the note event")
+        assert sig is not None
+        pub = load_public_key(d.state_dir / "device.pub")
+        verify_device_message(pub, payload, DeviceSignature.from_header(sig))
+        tampered = payload.replace(b"signed?", b"signed!")
+        with pytest.raises(Exception, match=r"signature|verify"):
+            verify_device_message(pub, tampered, DeviceSignature.from_header(sig))
+    finally:
+        c.disconnect()
+        c.loop_stop()
+        reset = getattr(c, "_reset_sockets", None)
+        if callable(reset):
+            reset()
+    d.terminate()
