@@ -11,7 +11,7 @@ the verified portrait, encoded through pcscd + vpcd, read back and passively aut
 
   e2e        wall time of the whole command
   baseline   the serial line floor of this run's captures: 40,044 bytes per UpImage
-             (docs/performance-fingerprint.md) x 10 bits / 57,600 baud x the fingers
+             (docs/performance.md) x 10 bits / 57,600 baud x the fingers
              captured (computed, not timed: nothing can be faster on this line)
 ratio = e2e / baseline; the rest is the citizen's simulated waits, the camera, the centre and
 the card. There is no target for this figure in issue 7 beyond "minutes"; it is reported.
