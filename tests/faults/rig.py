@@ -1,0 +1,271 @@
+"""The enrollment fault rig shared by tests/faults/test_enrollment_faults.py (a few kills, CI)
+and bench/enrollment_faults.py (the long seeded loop).
+
+Real components only: mosquitto, the daemon as a process on the simulated kit (fingerprint
+emulator on a pty, generated camera scene), and the real central receiver
+(:class:`appliance.central.receiver.Receiver` with its :class:`PackageStore`) in this process.
+A scripted driver runs enrollment sessions (start, portrait, fingers, finish) through the
+controller; the daemon is killed with SIGKILL at a random point of a capture, of the finish,
+or of the upload, and restarted; the driver then carries on with whatever session the kiosk
+resumed. :meth:`EnrollmentFaultRig.check` counts the invariants of issue 8.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import random
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from appliance.central.demo import prepare
+from appliance.central.keys import ensure_central_keys
+from appliance.central.receiver import Receiver, ReceiverCore, registry_device_keys
+from appliance.central.store import PackageStore
+from appliance.devtools.broker import Mosquitto
+from appliance.devtools.controller import Controller
+from appliance.fleet.registry import DeviceRecord, FleetRegistry
+from appliance.store import Store
+from appliance.trust.keys import DeviceIdentity, encode_public_key
+from appliance.trust.sealed import scan_for_plaintext_biometrics
+from tests.helpers import DaemonProcess, wait_for
+
+PHASES = ("capture", "finish", "upload")
+# Small chunks and a short re-send timer: an upload spans many chunks, so a kill lands in it.
+ENROLLMENT_TOML = "[enrollment]\nchunk_bytes = 4096\nupload_window = 4\nchunk_timeout_s = 1\n"
+
+
+class EnrollmentFaultRig:
+    """One kiosk, one receiver, one controller on one broker; see the module docstring."""
+
+    def __init__(self, work: Path, broker: Mosquitto, device: str = "kiosk-enr-faults") -> None:
+        self.work = work
+        self.broker = broker
+        self.device = device
+        self.home = work / "fleet"
+        keys = ensure_central_keys(self.home, validity_s=6 * 3600)
+        self.store = PackageStore(self.home / "central")
+        self.daemon = DaemonProcess(work / "kiosk", broker, device)
+        text = self.daemon.config_path.read_text()
+        for kind in ("camera", "fingerprint"):
+            text = text.replace(f"[hardware.{kind}]\nenabled = false\n", f"[hardware.{kind}]\n")
+        text = text.replace(
+            "[simulation]\nfingerprint = false\ncard = false\n",
+            "[simulation]\nfingerprint = true\ncard = false\nline_rate = false\n",
+        )
+        self.daemon.config_path.write_text(text + prepare(self.home) + ENROLLMENT_TOML)
+        self.ctl = Controller(broker.host, broker.port).connect()
+        self.core = ReceiverCore(
+            self.store,
+            keys.enrollment,
+            keys.ingest,
+            registry_device_keys(self.home),
+            lambda _t, _p: False,
+        )
+        self.receiver = Receiver(
+            self.core, host=broker.host, port=broker.port, client_id=f"central-{device}"
+        )
+        self.finished_events = self.ctl.subscribe(f"kiosk/{device}/events/enrollment.finished")
+        self.reported: set[str] = set()  # package ids the kiosk reported finished
+        self.kills: Counter[str] = Counter()  # phase the driver was in at each kill
+        self.sessions_started = 0
+        self.abort = threading.Event()
+        self.phase = "idle"
+        self._registered = False
+        self._citizen = 0
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def start(self) -> EnrollmentFaultRig:
+        self.receiver.start()
+        self.ensure_running()
+        return self
+
+    def running(self) -> bool:
+        return self.daemon.proc is not None and self.daemon.proc.poll() is None
+
+    def ensure_running(self, timeout: float = 40.0) -> None:
+        """Start the daemon if it is down; wait until it answers with a healthy sensor."""
+        self.abort.clear()
+        if not self.running():
+            self.daemon.start()
+        wait_for((self.daemon.state_dir / "device.pub").exists, timeout, "device key")
+        if not self._registered:
+            ident = DeviceIdentity.load(self.daemon.state_dir)
+            FleetRegistry(self.home).save_device(
+                DeviceRecord(
+                    device_id=self.device,
+                    public_key=encode_public_key(ident.public_key).decode().strip(),
+                    key_id=ident.key_id,
+                )
+            )
+            self._registered = True
+        wait_for(self._sensor_ok, timeout, "the daemon online with its fingerprint sensor")
+
+    def _sensor_ok(self) -> bool:
+        r = self._req("status", {}, 2.0)
+        return bool(r and r.get("ok") and r["result"]["devices"]["fingerprint"]["state"] == "ok")
+
+    def kill9(self) -> None:
+        self.daemon.kill9()
+
+    def close(self) -> None:
+        self.abort.set()
+        if self.running():
+            self.daemon.terminate()
+        self.receiver.stop()
+        self.ctl.close()
+
+    # -- the scripted driver -----------------------------------------------------------------
+
+    def _req(self, cmd: str, args: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        """A command's reply, or None if the rig aborted (the daemon was killed) or timed out."""
+        q = self.ctl.send(self.device, cmd, args)
+        deadline = time.monotonic() + timeout
+        while not self.abort.is_set() and time.monotonic() < deadline:
+            try:
+                return q.get(timeout=0.05)
+            except queue.Empty:
+                continue
+        return None
+
+    def drive(self) -> str | None:
+        """Carry the active session (or a new one) to ``finish``; the package id or None."""
+        st = self._req("enrollment.status", {}, 10)
+        if st is None or not st.get("ok"):
+            return None
+        if st["result"]["active"] is None:
+            self._citizen += 1
+            self.phase = "start"
+            r = self._req(
+                "enrollment.start",
+                {"citizen_ref": f"CIT-F-{self._citizen:04d}", "finger_policy": [2, 7]},
+                10,
+            )
+            if r is None or not r.get("ok"):
+                return None
+            self.sessions_started += 1
+        while not self.abort.is_set():
+            rv = self._req("enrollment.review", {}, 10)
+            if rv is None or not rv.get("ok"):
+                return None  # no session: it was finished or aborted meanwhile
+            res = rv["result"]
+            if res["portrait"] is None:
+                self.phase = "capture"
+                self._req("enrollment.portrait", {"timeout_s": 20}, 60)
+            elif res["remaining"]:
+                pos = res["remaining"][0]
+                self.phase = "capture"
+                r = self._req(
+                    "enrollment.finger",
+                    {"position": pos, "attempts": 1, "min_quality": 10},
+                    60,
+                )
+                code = (r or {}).get("error", {}).get("code")
+                if code in ("quality_not_met", "device_timeout"):
+                    self._req("enrollment.skip", {"position": pos, "reason": "unreadable"}, 10)
+            else:
+                self.phase = "finish"
+                r = self._req("enrollment.finish", {}, 60)
+                if r is None or not r.get("ok"):
+                    return None
+                pid = str(r["result"]["package_id"])
+                self.reported.add(pid)
+                self.phase = "upload"
+                return pid
+        return None
+
+    def round_with_kill(self, rnd: random.Random) -> str:
+        """Run the driver and kill -9 the daemon at a random point of a random phase;
+        returns the phase the driver was in when the signal went."""
+        return self.round_with_kill_in(rnd.choice(PHASES), rnd)
+
+    def round_with_kill_in(self, target: str, rnd: random.Random) -> str:
+        """As :meth:`round_with_kill`, in the given phase (``capture``, ``finish``, ``upload``)."""
+        self.ensure_running()
+        delay = rnd.uniform(0, {"capture": 0.5, "finish": 0.15, "upload": 0.6}[target])
+        self.phase = "idle"
+        self.abort.clear()
+        worker = threading.Thread(target=self.drive, name="enroll-driver", daemon=True)
+        worker.start()
+        deadline = time.monotonic() + 60
+        while self.phase != target and worker.is_alive() and time.monotonic() < deadline:
+            self.abort.wait(0.005)
+        # A random point inside the phase (an injection point, not a wait for a condition).
+        threading.Event().wait(delay)
+        hit = self.phase
+        self.kill9()
+        self.abort.set()
+        worker.join(30)
+        self.kills[hit] += 1
+        return hit
+
+    def settle(self, timeout: float = 120.0) -> None:
+        """Restart, finish any resumed session, and wait until every upload is purged."""
+        self.ensure_running()
+        self.abort.clear()
+        for _ in range(5):
+            st = self._req("enrollment.status", {}, 10)
+            if st is not None and st.get("ok") and st["result"]["active"] is None:
+                break
+            self.drive()
+
+        def drained() -> bool:
+            st = self._req("enrollment.status", {}, 5)
+            return bool(st and st.get("ok") and st["result"]["uploads"] == [])
+
+        wait_for(drained, timeout, "every package uploaded, receipted and purged")
+
+    # -- the invariants ----------------------------------------------------------------------
+
+    def check(self) -> dict[str, Any]:
+        """Stop the daemon and count: lost, duplicated, corrupted, integrity, plaintext."""
+        while True:
+            try:
+                _t, payload, _r = self.finished_events.get_nowait()
+            except queue.Empty:
+                break
+            self.reported.add(str(json.loads(payload)["data"]["package_id"]))
+        if self.running():
+            self.daemon.terminate()
+        state = self.daemon.state_dir
+        store = Store(state)
+        integrity = store.integrity_check()
+        with store.lock:
+            uploads = store.conn.execute(
+                "SELECT package_id, state FROM enrollment_uploads"
+            ).fetchall()
+            active = store.conn.execute(
+                "SELECT COUNT(*) FROM enrollment_sessions WHERE state='active'"
+            ).fetchone()[0]
+        store.close()
+        self.reported |= {str(u[0]) for u in uploads}
+        results = {r["package_id"]: r for r in self.store.results(self.device)}
+        complete = {pid for pid, r in results.items() if r["status"] == "complete"}
+        citizens = Counter(results[pid]["summary"].get("citizen_ref") for pid in complete)
+        sealed_left = sorted(p.name for p in (state / "sealed").glob("*"))
+        outgoing_left = sorted(p.name for p in (state / "outgoing").glob("*"))
+        tmp_appliance = Path(tempfile.gettempdir()) / "appliance"
+        plaintext = scan_for_plaintext_biometrics([p for p in (state, tmp_appliance) if p.exists()])
+        return {
+            "kills": sum(self.kills.values()),
+            "kills_by_phase": dict(self.kills),
+            "sessions_started": self.sessions_started,
+            "packages_reported_finished": len(self.reported),
+            "packages_verified": len(complete),
+            "lost": len(self.reported - complete),
+            "duplicated": sum(n - 1 for n in citizens.values() if n > 1),
+            "unexpected_at_central": len(complete - self.reported),
+            "corrupted": sum(1 for r in results.values() if r["status"] != "complete"),
+            "uploads_not_purged": sum(1 for u in uploads if u[1] != "purged"),
+            "sessions_left_active": int(active),
+            "receiver_stats": dict(self.core.stats),
+            "integrity_check": integrity,
+            "sealed_left": sealed_left,
+            "outgoing_left": outgoing_left,
+            "plaintext_files": [str(p) for p, _kind in plaintext],
+        }
