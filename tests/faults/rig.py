@@ -28,6 +28,7 @@ from appliance.central.receiver import Receiver, ReceiverCore, registry_device_k
 from appliance.central.store import PackageStore
 from appliance.devtools.broker import Mosquitto
 from appliance.devtools.controller import Controller
+from appliance.drivers.fingerprint.emulator import FingerprintEmulator
 from appliance.fleet.registry import DeviceRecord, FleetRegistry
 from appliance.store import Store
 from appliance.trust.keys import DeviceIdentity, encode_public_key
@@ -42,7 +43,17 @@ ENROLLMENT_TOML = "[enrollment]\nchunk_bytes = 4096\nupload_window = 4\nchunk_ti
 class EnrollmentFaultRig:
     """One kiosk, one receiver, one controller on one broker; see the module docstring."""
 
-    def __init__(self, work: Path, broker: Mosquitto, device: str = "kiosk-enr-faults") -> None:
+    def __init__(
+        self,
+        work: Path,
+        broker: Mosquitto,
+        device: str = "kiosk-enr-faults",
+        *,
+        external_sensor: bool = False,
+    ) -> None:
+        """``external_sensor``: run the fingerprint emulator here (paced at the line rate, so
+        an image takes seconds on the wire) behind a stable link, instead of the sim kit's
+        child process, so the test can unplug and replug it (:attr:`sensor`)."""
         self.work = work
         self.broker = broker
         self.device = device
@@ -51,12 +62,25 @@ class EnrollmentFaultRig:
         self.store = PackageStore(self.home / "central")
         self.daemon = DaemonProcess(work / "kiosk", broker, device)
         text = self.daemon.config_path.read_text()
-        for kind in ("camera", "fingerprint"):
-            text = text.replace(f"[hardware.{kind}]\nenabled = false\n", f"[hardware.{kind}]\n")
-        text = text.replace(
-            "[simulation]\nfingerprint = false\ncard = false\n",
-            "[simulation]\nfingerprint = true\ncard = false\nline_rate = false\n",
-        )
+        text = text.replace("[hardware.camera]\nenabled = false\n", "[hardware.camera]\n")
+        self.sensor: FingerprintEmulator | None = None
+        if external_sensor:
+            link = work / "ttyFP"
+            self.sensor = FingerprintEmulator("r307", seed=1, pace=True)
+            self.sensor.set_auto_finger("good", 10)
+            self.sensor.start_pty(link)
+            text = text.replace(
+                "[hardware.fingerprint]\nenabled = false\n",
+                f'[hardware.fingerprint]\nport = "{link}"\n',
+            )
+        else:
+            text = text.replace(
+                "[hardware.fingerprint]\nenabled = false\n", "[hardware.fingerprint]\n"
+            )
+            text = text.replace(
+                "[simulation]\nfingerprint = false\ncard = false\n",
+                "[simulation]\nfingerprint = true\ncard = false\nline_rate = false\n",
+            )
         self.daemon.config_path.write_text(text + prepare(self.home) + ENROLLMENT_TOML)
         self.ctl = Controller(broker.host, broker.port).connect()
         self.core = ReceiverCore(
@@ -119,6 +143,8 @@ class EnrollmentFaultRig:
             self.daemon.terminate()
         self.receiver.stop()
         self.ctl.close()
+        if self.sensor is not None:
+            self.sensor.stop()
 
     # -- the scripted driver -----------------------------------------------------------------
 

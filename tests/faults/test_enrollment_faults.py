@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from appliance.devtools.broker import Mosquitto
+from tests.helpers import get_json
 
 from .rig import PHASES, EnrollmentFaultRig
 
@@ -53,3 +54,55 @@ def test_kill9_during_captures_finish_and_uploads_loses_nothing(
     assert report["integrity_check"] == "ok"
     assert report["sealed_left"] == [] and report["outgoing_left"] == [], report
     assert report["plaintext_files"] == [], report
+
+
+def test_sensor_unplugged_during_a_capture_is_a_clear_error_and_the_kiosk_keeps_serving(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    rig = EnrollmentFaultRig(tmp_path, broker, device="kiosk-enr-unplug", external_sensor=True)
+    try:
+        rig.start()
+        sensor = rig.sensor
+        assert sensor is not None
+        dev = rig.device
+        health = rig.ctl.subscribe(f"kiosk/{dev}/events/device.health")
+        progress = rig.ctl.subscribe(f"kiosk/{dev}/events/command.progress")
+        ok = rig.ctl.request(
+            dev, "enrollment.start", {"citizen_ref": "CIT-U-1", "finger_policy": [2, 7]}
+        )
+        assert ok["ok"], ok
+        assert rig.ctl.request(dev, "enrollment.portrait", {"timeout_s": 20}, timeout=60)["ok"]
+        replies = rig.ctl.send(dev, "enrollment.finger", {"position": 2, "attempts": 1})
+        # The capture has begun (GenImg polling, then the image paced at 57,600 baud).
+        get_json(progress, 30, lambda m: m["data"]["step"] == "waiting_for_finger")
+        sensor.unplug()
+        reply = replies.get(timeout=60)  # an answer, never a hang
+        assert reply["ok"] is False, reply
+        assert reply["error"]["code"] in ("device_disconnected", "device_timeout"), reply
+        assert reply["error"]["message"], reply
+        get_json(
+            health,
+            30,
+            lambda m: m["data"]["device"] == "fingerprint" and m["data"]["state"] != "ok",
+        )
+        # The daemon keeps serving while the sensor is away, and says so.
+        st = rig.ctl.request(dev, "status")
+        assert st["ok"] and st["result"]["devices"]["fingerprint"]["state"] != "ok", st
+        review = rig.ctl.request(dev, "enrollment.review")["result"]
+        assert review["remaining"] == [2, 7]  # nothing half-recorded
+        sensor.replug()
+        get_json(
+            health,
+            30,
+            lambda m: m["data"]["device"] == "fingerprint" and m["data"]["state"] == "ok",
+        )
+        # The session carries on to a verified package.
+        pid = rig.drive()
+        assert pid is not None
+        rig.settle()
+        report = rig.check()
+        assert report["packages_verified"] == 1 and report["lost"] == 0, report
+        assert report["corrupted"] == 0 and report["integrity_check"] == "ok", report
+        assert report["sealed_left"] == [] and report["plaintext_files"] == [], report
+    finally:
+        rig.close()
