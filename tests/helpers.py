@@ -28,7 +28,7 @@ def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condit
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
+        time.sleep(0.01)  # ok: the poll interval of a condition wait, not a fixed wait
 
 
 def get_json(
