@@ -167,6 +167,30 @@ def _do97(ne: int) -> bytes:
     return tlv(0x97, (ne & 0xFFFF).to_bytes(2, "big"))
 
 
+def _split_protected(
+    raw: bytes, second_tag: int
+) -> tuple[bytes | None, bytes | None, bytes | None, bytes]:
+    """Split a protected body into DO87 (data), the second object (DO97 Le in a command, DO99
+    status in a response), DO8E (MAC), and the bytes the MAC covers (Part 11 §9.8.6-9.8.7)."""
+    pos = 0
+    do87 = second = mac = None
+    mac_input = b""
+    while pos < len(raw):
+        start = pos
+        tag, value, pos = read_tlv(raw, pos)
+        if tag == 0x87:
+            do87 = value
+            mac_input += raw[start:pos]
+        elif tag == second_tag:
+            second = value
+            mac_input += raw[start:pos]
+        elif tag == 0x8E:
+            mac = value
+        else:
+            raise ProtocolError(f"unexpected SM object {tag:X}", device="card", code="sm_error")
+    return do87, second, mac, mac_input
+
+
 class SecureMessaging:
     """Reader side: protect command APDUs and verify/decrypt responses (Part 11 §9.8)."""
 
@@ -207,23 +231,7 @@ class SecureMessaging:
                 details={"sw": resp.sw},
             )
         ssc = self._next_ssc()
-        pos = 0
-        do87 = do99 = mac = None
-        mac_input = b""
-        raw = resp.data
-        while pos < len(raw):
-            start = pos
-            tag, value, pos = read_tlv(raw, pos)
-            if tag == 0x87:
-                do87 = value
-                mac_input += raw[start:pos]
-            elif tag == 0x99:
-                do99 = value
-                mac_input += raw[start:pos]
-            elif tag == 0x8E:
-                mac = value
-            else:
-                raise ProtocolError(f"unexpected SM object {tag:X}", device="card", code="sm_error")
+        do87, do99, mac, mac_input = _split_protected(resp.data, 0x99)
         if mac is None or do99 is None or len(do99) != 2:
             raise ProtocolError(
                 "protected response lacks DO99 or DO8E", device="card", code="sm_error"
@@ -258,23 +266,7 @@ class ChipSecureMessaging:
         if cmd.cla & 0x0C != 0x0C:
             raise ProtocolError("command is not protected", device="card", code="sm_error")
         ssc = self._next_ssc()
-        pos = 0
-        do87 = do97 = mac = None
-        mac_input = b""
-        raw = cmd.data
-        while pos < len(raw):
-            start = pos
-            tag, value, pos = read_tlv(raw, pos)
-            if tag == 0x87:
-                do87 = value
-                mac_input += raw[start:pos]
-            elif tag == 0x97:
-                do97 = value
-                mac_input += raw[start:pos]
-            elif tag == 0x8E:
-                mac = value
-            else:
-                raise ProtocolError(f"unexpected SM object {tag:X}", device="card", code="sm_error")
+        do87, do97, mac, mac_input = _split_protected(cmd.data, 0x97)
         if mac is None:
             raise ProtocolError("protected command lacks DO8E", device="card", code="sm_error")
         n = pad(ssc + pad(cmd.header()) + mac_input)
