@@ -50,10 +50,13 @@ class EnrollmentFaultRig:
         device: str = "kiosk-enr-faults",
         *,
         external_sensor: bool = False,
+        card: bool = False,
     ) -> None:
         """``external_sensor``: run the fingerprint emulator here (paced at the line rate, so
         an image takes seconds on the wire) behind a stable link, instead of the sim kit's
-        child process, so the test can unplug and replug it (:attr:`sensor`)."""
+        child process, so the test can unplug and replug it (:attr:`sensor`). ``card``: the
+        sim kit's card stack too (private pcscd + vpcd, the card emulator a child process of
+        the daemon)."""
         self.work = work
         self.broker = broker
         self.device = device
@@ -78,9 +81,13 @@ class EnrollmentFaultRig:
                 "[hardware.fingerprint]\nenabled = false\n", "[hardware.fingerprint]\n"
             )
             text = text.replace(
-                "[simulation]\nfingerprint = false\ncard = false\n",
-                "[simulation]\nfingerprint = true\ncard = false\nline_rate = false\n",
+                "[simulation]\nfingerprint = false\n",
+                "[simulation]\nfingerprint = true\nline_rate = false\n",
             )
+        if card:
+            text = text.replace("[hardware.card]\nenabled = false\n", "[hardware.card]\n")
+            text = text.replace("card = false\n", "card = true\n", 1)
+        self.card = card
         self.daemon.config_path.write_text(text + prepare(self.home) + ENROLLMENT_TOML)
         self.ctl = Controller(broker.host, broker.port).connect()
         self.core = ReceiverCore(
@@ -132,7 +139,11 @@ class EnrollmentFaultRig:
 
     def _sensor_ok(self) -> bool:
         r = self._req("status", {}, 2.0)
-        return bool(r and r.get("ok") and r["result"]["devices"]["fingerprint"]["state"] == "ok")
+        if not (r and r.get("ok")):
+            return False
+        devices = r["result"]["devices"]
+        kinds = ("fingerprint", "card") if self.card else ("fingerprint",)
+        return all(devices[k]["state"] == "ok" for k in kinds)
 
     def kill9(self) -> None:
         self.daemon.kill9()

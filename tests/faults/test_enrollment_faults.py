@@ -4,18 +4,29 @@ receiver, scripted enrollments, and ``kill -9`` of the daemon at seeded random p
 capture, of ``enrollment.finish`` and of the upload. Afterwards every package the kiosk
 reported finished is verified exactly once at the centre, nothing is corrupted, the kiosk's
 SQLite passes ``PRAGMA integrity_check``, no sealed record or package is left after the
-receipts, and no plaintext biometric is on disk."""
+receipts, and no plaintext biometric is on disk.
+
+Also: the fingerprint sensor unplugged in the middle of an enrollment capture (a clear error,
+a health change, the daemon keeps serving, the session carries on after the replug), and the
+card pulled in the middle of ``card.encode`` (reported as a spoiled card at the step where the
+write broke off, never as issued)."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import re
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from appliance.devtools.broker import Mosquitto
-from tests.helpers import get_json
+from tests.helpers import ROOT, get_json
 
 from .rig import PHASES, EnrollmentFaultRig
 
@@ -104,5 +115,80 @@ def test_sensor_unplugged_during_a_capture_is_a_clear_error_and_the_kiosk_keeps_
         assert report["packages_verified"] == 1 and report["lost"] == 0, report
         assert report["corrupted"] == 0 and report["integrity_check"] == "ok", report
         assert report["sealed_left"] == [] and report["plaintext_files"] == [], report
+    finally:
+        rig.close()
+
+
+def _card_emulator_pid(rig: EnrollmentFaultRig) -> int:
+    """The sim kit's card emulator (a child of the daemon), from the daemon's log line."""
+    found = re.findall(r"card emulator pid (\d+)", rig.daemon.log())
+    assert found, "the daemon did not start the card emulator"
+    return int(found[-1])
+
+
+def test_card_pulled_during_encode_is_never_reported_issued(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    rig = EnrollmentFaultRig(tmp_path, broker, device="kiosk-enr-pull", card=True)
+    try:
+        rig.start()
+        dev = rig.device
+        assert rig.drive() is not None
+        rig.settle()
+        progress = rig.ctl.subscribe(f"kiosk/{dev}/events/command.progress")
+        issue = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "appliance.central.issuecli",
+                dev,
+                "--citizen-ref",
+                "CIT-F-0001",
+                "--synthetic",
+                "--ds-dir",
+                str(rig.daemon.state_dir / "sim" / "pki"),
+                "--home",
+                str(rig.home),
+                "--port",
+                str(broker.port),
+                "--unsigned",
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        try:
+            # The first file is being written: the citizen pulls the card out now (the
+            # emulator's vpcd connection ends, as when the card leaves the field).
+            get_json(
+                progress,
+                60,
+                lambda m: (
+                    m["data"]["command"] == "card.encode" and m["data"]["step"].startswith("write:")
+                ),
+            )
+            os.kill(_card_emulator_pid(rig), signal.SIGKILL)
+            out, err = issue.communicate(timeout=90)  # an answer, never a hang
+        finally:
+            if issue.poll() is None:
+                issue.kill()
+                issue.communicate()
+        assert issue.returncode == 1, out + err
+        result = json.loads(out)
+        assert result["outcome"] != "issued", result
+        assert result["error"]["code"] and result["error"]["message"], result
+        # The write broke off mid-card: reported as a spoiled card naming the step, so the
+        # operator takes a new blank; the reader itself stays healthy (nothing is wrong with
+        # it), and the daemon keeps answering.
+        assert result["outcome"] == "failed", result
+        assert result["error"]["code"] == "card_spoiled", result
+        assert result["error"]["details"]["step"].startswith("write:"), result
+        st = rig.ctl.request(dev, "status")
+        assert st["ok"] and st["result"]["devices"]["card"]["state"] == "ok", st
+        assert rig.ctl.request(dev, "card.status")["ok"]
+        report = rig.check()
+        assert report["plaintext_files"] == [] and report["integrity_check"] == "ok", report
     finally:
         rig.close()
