@@ -148,6 +148,10 @@ def make_kiosk(
     extra: str = "",
 ) -> DaemonProcess:
     d = daemon_factory(broker, DEV)
+    # The daemon's (and its emulators') temporary files go to a directory the test can scan.
+    tmp = d.workdir / "tmp"
+    tmp.mkdir()
+    d.extra_env["TMPDIR"] = str(tmp)
     text = d.config_path.read_text()
     for kind in ("camera", "fingerprint", "card"):
         text = text.replace(f"[hardware.{kind}]\nenabled = false\n", f"[hardware.{kind}]\n")
@@ -181,8 +185,12 @@ def ok(reply: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def assert_no_plaintext(*roots: Path) -> None:
-    found = scan_for_plaintext_biometrics([r for r in roots if r.exists()])
+def assert_no_plaintext(d: DaemonProcess) -> None:
+    """Nothing with an image or biometric-record magic number in the state dir or in the
+    daemon's temporary directory (its TMPDIR)."""
+    roots = [d.state_dir, d.workdir / "tmp"]
+    assert all(r.exists() for r in roots)
+    found = scan_for_plaintext_biometrics(roots)
     assert found == [], found
 
 
@@ -252,8 +260,7 @@ def test_full_enrollment_is_sealed_signed_uploaded_and_purged(
     )
     assert list((d.state_dir / "sealed").glob("*")) == []
     assert list((d.state_dir / "outgoing").glob("*")) == []
-    assert_no_plaintext(d.state_dir, Path(tempfile.gettempdir()) / "appliance")
-    assert_no_plaintext(d.state_dir)
+    assert_no_plaintext(d)
     d.terminate()
 
 
@@ -282,7 +289,7 @@ def test_kill9_mid_capture_resumes_the_session_without_plaintext(
         lambda m: m["data"]["step"] == "captured" or m["data"]["step"] == "waiting_for_finger",
     )
     d.kill9()
-    assert_no_plaintext(d.state_dir)
+    assert_no_plaintext(d)
     events = controller.subscribe(f"kiosk/{DEV}/events/#")
     start(d, controller)
     resumed = get_json(events, 30, lambda m: m["type"] == "enrollment.resumed")
@@ -296,7 +303,7 @@ def test_kill9_mid_capture_resumes_the_session_without_plaintext(
     fin = ok(controller.request(DEV, "enrollment.finish", timeout=60))
     pid, info, _records = central.done.get(timeout=60)
     assert pid == fin["package_id"] and len(info["manifest"]["records"]) == 3
-    assert_no_plaintext(d.state_dir)
+    assert_no_plaintext(d)
     d.terminate()
 
 
@@ -323,7 +330,7 @@ def test_upload_survives_kill9_and_a_broker_outage(
         pid = fin["package_id"]
         wait_for(lambda: len(central.chunks.get(pid, {})) >= 2, 30, "chunks on the wire")
         d.kill9()  # mid-upload
-        assert_no_plaintext(d.state_dir)
+        assert_no_plaintext(d)
         central.stop()
     b.stop()  # and the broker goes down too
     d.start()  # the kiosk restarts while the broker is down
@@ -336,7 +343,7 @@ def test_upload_survives_kill9_and_a_broker_outage(
         get_json(events, 60, lambda m: m["type"] == "enrollment.purged")
         central.stop()
     assert list((d.state_dir / "sealed").glob("*")) == []
-    assert_no_plaintext(d.state_dir)
+    assert_no_plaintext(d)
     d.terminate()
 
 

@@ -19,6 +19,7 @@ from appliance.devtools.controller import Controller
 from appliance.lds import issuance
 from appliance.lds.files import Dg13
 from appliance.lds.mrz import Td1
+from appliance.trust.sealed import scan_for_plaintext_biometrics
 from tests.helpers import DaemonProcess, get_json, wait_for, wait_online
 
 DEV = "kiosk-simkit"
@@ -29,6 +30,9 @@ def simkit(
     broker: Mosquitto, controller: Controller, daemon_factory: Callable[..., DaemonProcess]
 ) -> Iterator[DaemonProcess]:
     d = daemon_factory(broker, DEV)
+    tmp = d.workdir / "tmp"  # the daemon's and emulators' TMPDIR, scanned after captures
+    tmp.mkdir()
+    d.extra_env["TMPDIR"] = str(tmp)
     text = d.config_path.read_text()
     for kind in ("camera", "fingerprint", "card"):
         text = text.replace(f"[hardware.{kind}]\nenabled = false\n", f"[hardware.{kind}]\n")
@@ -74,6 +78,7 @@ def test_fingerprint_capture_over_mqtt(simkit: DaemonProcess, controller: Contro
     assert len(json.dumps(reply)) < 4000
     status = controller.request(DEV, "fingerprint.status")["result"]
     assert status
+    assert scan_for_plaintext_biometrics([simkit.state_dir, simkit.workdir / "tmp"]) == []
 
 
 def test_card_encode_and_read_over_mqtt(simkit: DaemonProcess, controller: Controller) -> None:
@@ -137,6 +142,7 @@ def test_camera_capture_over_mqtt(simkit: DaemonProcess, controller: Controller)
     assert len(json.dumps(reply)) < 8000  # metadata only, never the image
     status = controller.request(DEV, "camera.status")["result"]
     assert status["health"]["state"] == "ok"
+    assert scan_for_plaintext_biometrics([simkit.state_dir, simkit.workdir / "tmp"]) == []
     # A technician's snapshot is refused while an enrollment is active; none is now.
     snap = controller.request(DEV, "camera.snapshot", {"width": 160})
     assert snap["ok"] is True, snap
