@@ -12,9 +12,12 @@ resumed. :meth:`EnrollmentFaultRig.check` counts the invariants of issue 8.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import queue
 import random
+import signal
 import tempfile
 import threading
 import time
@@ -148,6 +151,23 @@ class EnrollmentFaultRig:
     def kill9(self) -> None:
         self.daemon.kill9()
 
+    def leftover_processes(self) -> list[int]:
+        """Processes still running from this rig's state directory other than the daemon:
+        emulators the sim kit started that outlived a killed daemon."""
+        mine = str(self.daemon.state_dir)
+        daemon_pid = self.daemon.proc.pid if self.running() and self.daemon.proc else None
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == daemon_pid:
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if mine in cmdline and " sim " in cmdline:
+                pids.append(int(proc.name))
+        return pids
+
     def close(self) -> None:
         self.abort.set()
         if self.running():
@@ -156,6 +176,9 @@ class EnrollmentFaultRig:
         self.ctl.close()
         if self.sensor is not None:
             self.sensor.stop()
+        for pid in self.leftover_processes():  # started (indirectly) by this rig: end them
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
     # -- the scripted driver -----------------------------------------------------------------
 
@@ -270,6 +293,7 @@ class EnrollmentFaultRig:
         if self.running():
             self.daemon.terminate()
         state = self.daemon.state_dir
+        leftovers = self.leftover_processes()
         store = Store(state)
         integrity = store.integrity_check()
         with store.lock:
@@ -299,8 +323,10 @@ class EnrollmentFaultRig:
             "unexpected_at_central": len(complete - self.reported),
             "corrupted": sum(1 for r in results.values() if r["status"] != "complete"),
             "uploads_not_purged": sum(1 for u in uploads if u[1] != "purged"),
+            "stuck_uploads": [(str(u[0]), str(u[1])) for u in uploads if u[1] != "purged"],
             "sessions_left_active": int(active),
             "receiver_stats": dict(self.core.stats),
+            "orphaned_emulators": len(leftovers),
             "integrity_check": integrity,
             "sealed_left": sealed_left,
             "outgoing_left": outgoing_left,
