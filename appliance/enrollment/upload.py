@@ -58,6 +58,7 @@ class Uploader:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._sent: dict[str, dict[int, tuple[float, int]]] = {}  # package -> index -> (t, epoch)
+        self._announced: dict[str, float] = {}  # package -> when its first chunk was re-sent
         self._thread = threading.Thread(target=self._run, name="uploader", daemon=True)
 
     def start(self) -> None:
@@ -72,7 +73,17 @@ class Uploader:
         self._wake.set()
 
     def on_message(self, topic: str, payload: bytes) -> None:
-        """From the network thread: queue an ack or a receipt for the uploader thread."""
+        """From the network thread. A receipt is applied here, before this returns: paho sends
+        the PUBACK only after the callback, so a crash mid-purge leaves the receipt unacknowledged
+        and the broker delivers it again (a half-applied receipt is finished by the repeat).
+        Chunk acknowledgements are queued for the uploader thread: losing one only costs a
+        re-sent chunk."""
+        if topic == self.topics.upload_receipt:
+            try:
+                self._on_receipt(payload)
+            except ApplianceError as exc:
+                log.error("uploader: receipt not applied: %s", exc.message)
+            return
         self._inbox.append((topic, payload))
         self._wake.set()
 
@@ -84,13 +95,11 @@ class Uploader:
             self._wake.clear()
             try:
                 while self._inbox:
-                    topic, payload = self._inbox.popleft()
-                    if topic == self.topics.upload_receipt:
-                        self._on_receipt(payload)
-                    else:
-                        self._on_ack(payload)
+                    _topic, payload = self._inbox.popleft()
+                    self._on_ack(payload)
                 if self._connected():
                     self._send_pending()
+                    self._reannounce()
             except ApplianceError as exc:
                 log.error("uploader: %s", exc.message)
             except Exception:
@@ -153,6 +162,42 @@ class Uploader:
                     "WHERE package_id=? AND state='pending'",
                     (count, package_id),
                 )
+
+    def _reannounce(self) -> None:
+        """A package the centre has whole (every chunk acknowledged, or ``complete``) but whose
+        receipt never came (lost in a crash, or the verdict lost) is announced again: its first
+        chunk is re-sent, and the receiver answers a finished package with its verdict and
+        receipt again (docs/enrollment.md). Once per ``4 x chunk_timeout_s``, and at start."""
+        now = time.monotonic()
+        with self.store.lock:
+            rows = self.store.conn.execute(
+                "SELECT package_id, path, chunks, acked_chunks, state FROM enrollment_uploads "
+                "WHERE state IN ('uploading', 'uploaded')"
+            ).fetchall()
+        for package_id, path, chunks, acked, state in rows:
+            whole = state == "uploaded" or (chunks is not None and acked >= chunks)
+            if not whole:
+                continue
+            last = self._announced.get(package_id)
+            if last is not None and now - last < 4 * self.chunk_timeout_s:
+                continue
+            self._announced[package_id] = now
+            try:
+                data = Path(path).read_bytes()
+            except OSError:
+                continue
+            first = pk.split(data, self.chunk_bytes)[0]
+            header = {
+                "package_id": package_id,
+                "index": 0,
+                "count": len(pk.split(data, self.chunk_bytes)),
+                "total_bytes": len(data),
+                "sha256": hashlib.sha256(first).hexdigest(),
+                "package_sha256": hashlib.sha256(data).hexdigest(),
+            }
+            if last is not None:
+                log.info("uploader: no receipt yet for %s; announcing it again", package_id)
+            self._publish(self.topics.upload(package_id), pk.encode_chunk(header, first), qos=1)
 
     # -- acknowledgements -----------------------------------------------------------------------
 
