@@ -212,3 +212,14 @@ def test_central_key_files(tmp_path: Path, central: EnrollmentKeyPair) -> None:
         central.unseal(b"not a sealed box at all" * 3)
     with pytest.raises(TrustError):
         load_enrollment_public_key(tmp_path / "missing.pub")
+
+
+def test_ack_finishes_a_shred_interrupted_by_a_crash(store: SealedStore, fleet: Fleet) -> None:
+    a = store.put("a", _fir(), kind="finger")
+    path = store.directory / "a.sealed"
+    path.write_bytes(bytes(path.stat().st_size))  # zeros written, the unlink never happened
+    ingest = fleet.operator(roles=("ingest",), devices=("*",))
+    ack = build_ack(ingest, "kiosk-001", [("a", a.sha256)], issued_at=NOW)
+    result = store.apply_ack(ack, [fleet.root.public_key], now=NOW)
+    assert result.shredded == ["a"] and result.mismatched == []
+    assert not path.exists()
