@@ -194,6 +194,11 @@ class EnrollmentSection(Strict):
         description="After a restart, resume a session idle at most this long; "
         "older ones are aborted and their sealed records shredded",
     )
+    instant_issuance: bool = Field(
+        True,
+        description="Offer instant card issuance: sessions may ask for it (enrollment.start "
+        "issuance=true); false refuses such sessions (issuance_disabled)",
+    )
 
 
 class TelemetrySection(Strict):

@@ -382,6 +382,7 @@ class Daemon:
             enrollment_key=key,
             emit=svc.emit,
             resume_s=cfg.enrollment.resume_s,
+            instant_issuance=cfg.enrollment.instant_issuance,
             on_package=lambda _pid: self._kick_uploader(),
         )
         register_enrollment(registry, manager)

@@ -145,7 +145,9 @@ class EnrollmentManager:
         emit: Callable[..., object],
         resume_s: float,
         on_package: Callable[[str], None],
+        instant_issuance: bool = True,
     ) -> None:
+        self.instant_issuance = instant_issuance
         self.store = store
         self.state_dir = state_dir
         self.device_id = device_id
@@ -262,6 +264,11 @@ class EnrollmentManager:
                 "no enrollment key configured (trust.enrollment_key): records could not be "
                 "sealed, so no enrollment can start",
                 code="not_provisioned",
+            )
+        if args.issuance and not self.instant_issuance:
+            raise CommandError(
+                "instant card issuance is disabled on this kiosk (enrollment.instant_issuance)",
+                code="issuance_disabled",
             )
         with self._lock:
             if self.active() is not None:

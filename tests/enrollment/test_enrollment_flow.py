@@ -359,3 +359,19 @@ def test_enrollment_refused_without_an_enrollment_key(
     reply = controller.request(DEV, "enrollment.start", {"citizen_ref": "CIT-9"})
     assert reply["error"]["code"] == "not_provisioned"
     d.terminate()
+
+
+def test_instant_issuance_can_be_disabled_per_kiosk(
+    broker: Mosquitto,
+    controller: Controller,
+    daemon_factory: Callable[..., DaemonProcess],
+    fleet: Any,
+) -> None:
+    _root, _enr, _ingest, home = fleet
+    d = make_kiosk(daemon_factory, broker, home, extra="[enrollment]\ninstant_issuance = false\n")
+    start(d, controller)
+    reply = controller.request(DEV, "enrollment.start", {"citizen_ref": "CIT-7", "issuance": True})
+    assert reply["error"]["code"] == "issuance_disabled"
+    ok(controller.request(DEV, "enrollment.start", {"citizen_ref": "CIT-7"}))
+    ok(controller.request(DEV, "enrollment.cancel", {"reason": "test"}))
+    d.terminate()
