@@ -54,6 +54,7 @@ class Central:
     chunks: dict[str, dict[int, bytes]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     done: queue.Queue[tuple[str, dict[str, Any], list[bytes]]] = field(default_factory=queue.Queue)
+    completed: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.q = self.ctl.subscribe(f"kiosk/{DEV}/upload/+")
@@ -78,7 +79,10 @@ class Central:
                     f"kiosk/{DEV}/upload/ack",
                     json.dumps({"package_id": pid, "received": [header["index"]]}),
                 )
+            if pid in self.completed:
+                continue  # a re-announcement of a package already answered
             if len(self.chunks[pid]) == header["count"] and self.ack:
+                self.completed.add(pid)
                 data = b"".join(self.chunks[pid][i] for i in range(header["count"]))
                 assert hashlib.sha256(data).hexdigest() == header["package_sha256"]
                 self._complete(pid, data)
@@ -118,6 +122,7 @@ class Central:
 
     def stop(self) -> None:
         self._stop.set()
+        self.thread.join(timeout=10)
 
 
 @pytest.fixture
