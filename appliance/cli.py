@@ -409,14 +409,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     demo.configure_parser(p)
     p.set_defaults(func=demo.run)
 
-    for name, (module, summary) in TOP_LEVEL.items():
-        if words[:1] == [name]:
-            mod = importlib.import_module(module)
-            p = sub.add_parser(name, help=summary, description=(mod.__doc__ or summary))
-            mod.configure_parser(p)
-            p.set_defaults(func=mod.run)
-        else:
-            sub.add_parser(name, help=summary, description=summary, add_help=False)
+    _add_plugins(sub, TOP_LEVEL, words[0] if words else None)
 
     ps = sub.add_parser("sim", help="hardware simulators speaking the real wire protocols")
     ssub = ps.add_subparsers(dest="sim_command", required=True, metavar="DEVICE")
