@@ -52,8 +52,9 @@ from nacl.public import PrivateKey, PublicKey, SealedBox
 
 from ..errors import TrustError
 from . import keys
-from .certs import OperatorCertificate, OperatorKey, verify_certificate
-from .keys import CTX_ACK, b64decode, b64encode, load_json, sign_detached, verify_detached
+from .certs import OperatorKey
+from .keys import CTX_ACK, b64decode, b64encode, load_json
+from .signeddoc import sign_document, verify_document
 
 log = logging.getLogger(__name__)
 
@@ -369,20 +370,8 @@ def build_ack(
     issued_at: int | None = None,
 ) -> bytes:
     """Central side: acknowledge receipt of ``(record id, ciphertext sha256)`` pairs."""
-    body_obj = {
-        "device": device_id,
-        "issued_at": int(time.time()) if issued_at is None else int(issued_at),
-        "issuer": key.key_id,
-        "records": [{"id": rid, "sha256": digest} for rid, digest in records],
-    }
-    body = json.dumps(body_obj, separators=(",", ":")).encode("utf-8")
-    env = {
-        "typ": ACK_TYPE,
-        "cert": key.certificate.to_token(),
-        "body": b64encode(body),
-        "sig": b64encode(sign_detached(key.signing_key, CTX_ACK, body)),
-    }
-    return json.dumps(env, separators=(",", ":")).encode("utf-8")
+    fields = {"records": [{"id": rid, "sha256": digest} for rid, digest in records]}
+    return sign_document(key, ACK_TYPE, CTX_ACK, device_id, fields, issued_at=issued_at)
 
 
 def verify_ack(
@@ -398,40 +387,19 @@ def verify_ack(
     ``cert_revoked``), signature
     (``bad_signature``), role (``forbidden_role``), device (``wrong_target``), and shape
     (``malformed_envelope``). Returns the acknowledged ``(id, sha256)`` pairs."""
-    if not isinstance(ack, bytes | bytearray) or len(ack) > MAX_ACK_BYTES:
-        raise _bad("malformed_envelope", "acknowledgement must be bytes of reasonable size")
-    try:
-        env = load_json(bytes(ack))
-    except (UnicodeDecodeError, ValueError):
-        raise _bad("malformed_envelope", "acknowledgement is not JSON") from None
-    if not isinstance(env, dict) or env.get("typ") != ACK_TYPE:
-        raise _bad("malformed_envelope", f"acknowledgement typ must be {ACK_TYPE!r}")
-    if not env.get("sig"):
-        raise _bad("unsigned", "acknowledgement carries no signature")
-    try:
-        cert = OperatorCertificate.from_token(env.get("cert"))
-    except TrustError as exc:
-        raise _bad("malformed_envelope", f"certificate: {exc.message}") from None
-    # An acknowledgement is not time-critical: only the certificate's expiry matters, and a
-    # kiosk without a clock cannot judge "not yet valid".
-    verify_certificate(cert, roots, now=now, check_not_before=False, revoked=revoked)
-    body_bytes = b64decode(env.get("body"), what="body")
-    sig = b64decode(env.get("sig"), what="sig")
-    verify_detached(cert.public_key, CTX_ACK, body_bytes, sig)
-    roles = set(allowed_roles)
-    if not roles.intersection(cert.roles):
-        raise _bad("forbidden_role", f"acknowledgements need role {sorted(roles)}")
-    try:
-        body = load_json(body_bytes)
-    except (UnicodeDecodeError, ValueError):
-        raise _bad("malformed_envelope", "acknowledgement body is not JSON") from None
-    if not isinstance(body, dict) or body.get("issuer") != cert.key_id:
-        raise _bad("malformed_envelope", "acknowledgement body/issuer invalid")
-    if body.get("device") != device_id or not cert.covers(device_id, ()):
-        raise _bad(
-            "wrong_target", "acknowledgement is for another device", device=body.get("device")
-        )
-    items = body.get("records")
+    doc = verify_document(
+        ack,
+        roots,
+        typ=ACK_TYPE,
+        context=CTX_ACK,
+        device_id=device_id,
+        roles=allowed_roles,
+        now=now,
+        revoked=revoked,
+        max_bytes=MAX_ACK_BYTES,
+        what="acknowledgement",
+    )
+    items = doc.body.get("records")
     if not isinstance(items, list):
         raise _bad("malformed_envelope", "acknowledgement records must be a list")
     pairs: list[tuple[str, str]] = []
@@ -443,10 +411,10 @@ def verify_ack(
         ):
             raise _bad("malformed_envelope", "each acknowledged record needs id and sha256")
         pairs.append((item["id"], item["sha256"]))
-    issued = body.get("issued_at")
+    issued = doc.body.get("issued_at")
     return VerifiedAck(
         device=device_id,
-        issuer=cert.key_id,
+        issuer=doc.issuer,
         issued_at=issued if isinstance(issued, int) else 0,
         records=tuple(pairs),
     )
