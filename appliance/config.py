@@ -111,6 +111,21 @@ class MqttSection(Strict):
     max_inflight: int = Field(
         200, ge=1, le=65535, description="QoS 1 messages in flight while the outbox drains"
     )
+    delivery: Literal["broker", "end_to_end"] = Field(
+        "broker",
+        description="When an outbox event may be deleted: 'broker' on the broker's PUBACK "
+        "(QoS 1); 'end_to_end' only when the fleet's ingest acknowledges it on "
+        "{prefix}/{device}/outbox/ack, which survives a broker crash but needs an ingest that "
+        "acknowledges (appliance fleet controller --ack; docs/reliability.md)",
+    )
+    delivery_resend_s: float = Field(
+        30.0,
+        ge=1.0,
+        le=3600.0,
+        description="end_to_end: events published but not acknowledged are sent again after "
+        "this many seconds without an acknowledgement (the pause doubles, up to 16 x, while "
+        "none comes) and on every reconnect",
+    )
     tls: TlsSection = Field(default_factory=TlsSection)
 
 

@@ -61,6 +61,33 @@ class _FailedDevice:
         return self._health
 
 
+def build_outbox_ack_verifier(cfg: AppConfig) -> Callable[[bytes], list[tuple[int, int, str]]]:
+    """Checks the ingest's outbox acknowledgements (``mqtt.delivery = "end_to_end"``): signed by
+    an ``ingest`` certificate of the fleet root; unsigned only in development mode."""
+    from .trust.keys import load_public_key
+    from .trust.outboxack import verify_outbox_ack
+
+    roots = [load_public_key(p) for p in cfg.trust.root_keys]
+    if cfg.mqtt.delivery == "end_to_end" and not roots and not cfg.commands.allow_unsigned:
+        log.warning(
+            "mqtt.delivery is end_to_end but this kiosk has no fleet root key: every outbox "
+            "acknowledgement will be refused and the outbox will grow until it is provisioned"
+        )
+
+    def verify(payload: bytes) -> list[tuple[int, int, str]]:
+        _issuer, ranges = verify_outbox_ack(
+            payload,
+            roots,
+            device_id=cfg.device.id,
+            now=time.time(),
+            revoked=cfg.trust.revoked_keys,
+            allow_unsigned=cfg.commands.allow_unsigned,
+        )
+        return ranges
+
+    return verify
+
+
 def build_verifier(cfg: AppConfig, store: Store, registry: CommandRegistry) -> Verifier | None:
     """The dispatcher's trust hook (docs/trust.md): signed envelopes checked against the fleet
     root keys; unsigned requests accepted only with ``commands.allow_unsigned``."""
@@ -201,6 +228,9 @@ class Services:
                 "connects": agent.connects if agent else 0,
                 "last_error": agent.last_error if agent else None,
                 "events_published": agent.published_events if agent else 0,
+                "delivery": self.config.mqtt.delivery,
+                "events_acknowledged_end_to_end": agent.acked_events if agent else 0,
+                "outbox_acks_refused": agent.refused_acks if agent else 0,
                 "broker": f"{self.config.mqtt.host}:{self.config.mqtt.port}",
                 "protocol": self.config.mqtt.protocol,
             },
@@ -320,6 +350,7 @@ class Daemon:
             on_state=self._on_mqtt_state,
             signer=signer,
             extra_subscriptions=[svc.topics.upload_ack, svc.topics.upload_receipt],
+            ack_verifier=build_outbox_ack_verifier(cfg),
         )
         agent_box.append(agent)
         svc.agent = agent

@@ -61,10 +61,41 @@ class TelemetryMessage(BaseModel):
     devices: dict[str, HealthName]
 
 
+class OutboxAckMessage(BaseModel):
+    """``{prefix}/{device}/outbox/ack``, QoS 1, from the fleet's ingest (``mqtt.delivery =
+    "end_to_end"``): the events it stored. A signed document (trust/signeddoc.py); ``body`` is
+    the base64 of an ``outbox-ack-body`` JSON object."""
+
+    typ: Literal["appliance.outbox-ack.v1"]
+    cert: str | None = Field(None, description="Operator certificate token (role ingest)")
+    body: str = Field(description="base64 of the body bytes (outbox-ack-body)")
+    sig: str | None = Field(
+        None,
+        description="base64 Ed25519 signature of the body bytes, context "
+        "appliance/outbox-ack/v1; absent only for kiosks in development mode",
+    )
+
+
+class OutboxAckBody(BaseModel):
+    """The signed content of an outbox acknowledgement. The kiosk deletes ``first..last`` of a
+    range only if its row ``last`` carries the named event id."""
+
+    device: str
+    issued_at: int
+    issuer: str = Field(description="Key id of the signing certificate, or 'unsigned'")
+    ranges: list[tuple[int, int, str]] = Field(
+        min_length=1,
+        max_length=1000,
+        description="[first_seq, last_seq, event id of last_seq]: events stored by the ingest",
+    )
+
+
 MESSAGES: dict[str, type[BaseModel]] = {
     "command-request": CommandRequest,
     "command-reply": CommandReply,
     "status": StatusMessage,
     "event": EventMessage,
     "telemetry": TelemetryMessage,
+    "outbox-ack": OutboxAckMessage,
+    "outbox-ack-body": OutboxAckBody,
 }

@@ -340,7 +340,8 @@ class Store:
 
 class Outbox:
     """Store-and-forward queue. ``put`` returns once the event is durable; the agent publishes
-    rows in ``seq`` order and deletes them when the broker acknowledged them (QoS 1)."""
+    rows in ``seq`` order and deletes them when the broker acknowledged them (QoS 1, ``ack``)
+    or, with ``mqtt.delivery = "end_to_end"``, when the fleet's ingest did (``ack_ranges``)."""
 
     def __init__(self, store: Store) -> None:
         self._s = store
@@ -424,6 +425,26 @@ class Outbox:
         with self._s.transaction() as c:
             c.executemany("DELETE FROM outbox WHERE seq = ?", batch)
         return len(batch)
+
+    def ack_ranges(self, ranges: Iterable[tuple[int, int, str]]) -> int:
+        """Delete the rows of end-to-end acknowledged ranges (``first, last, id of last``); a
+        range is applied only if the row ``last`` exists and carries that id (so a stale or
+        foreign acknowledgement deletes nothing). Returns the rows deleted."""
+        deleted = 0
+        with self._s.transaction() as c:
+            for first, last, eid in ranges:
+                row = c.execute("SELECT id FROM outbox WHERE seq = ?", (last,)).fetchone()
+                if row is None or row[0] != eid:
+                    continue
+                cur = c.execute("DELETE FROM outbox WHERE seq BETWEEN ? AND ?", (first, last))
+                deleted += cur.rowcount
+        return deleted
+
+    def oldest_seq(self) -> int:
+        """The oldest row's seq, 0 when the outbox is empty."""
+        with self._s.lock:
+            (n,) = self._s.conn.execute("SELECT min(seq) FROM outbox").fetchone()
+        return int(n or 0)
 
     def depth(self) -> int:
         with self._s.lock:

@@ -22,6 +22,12 @@ Design (after aiomqtt's explicit supervisor, ../shared/STYLE.md):
   in flight; rows are deleted only after the broker's PUBACK. A row published but not
   acknowledged before a disconnect is sent again (at-least-once): the controller drops
   duplicates by ``id`` and detects gaps by ``seq``.
+* ``mqtt.delivery = "end_to_end"``: a broker acknowledges QoS 1 before the message is on disk
+  (a broker crash loses what only it held; docs/reliability.md section 1), so rows are kept
+  after the PUBACK until the fleet's ingest acknowledges them on ``{prefix}/{device}/outbox/ack``
+  (a signed document, ``trust/outboxack.py``). Every connection starts the drain from the
+  oldest unacknowledged row, and so does a pause of ``delivery_resend_s`` without an
+  acknowledgement (doubling while none comes): what a broker lost is sent again.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ..config import AppConfig
+from ..errors import ApplianceError
 from ..store import OutboxRow, Store, render_event
 from .topics import Topics
 
@@ -88,6 +95,7 @@ class MqttAgent:
         on_state: Callable[[str], None] | None = None,
         signer: Callable[[bytes], str] | None = None,
         extra_subscriptions: list[str] | None = None,
+        ack_verifier: Callable[[bytes], list[tuple[int, int, str]]] | None = None,
     ) -> None:
         self.cfg = config.mqtt
         self.device_id = config.device.id
@@ -111,7 +119,14 @@ class MqttAgent:
         self._drain_thread: threading.Thread | None = None
         self.connects = 0
         self.last_error: str | None = None
-        self.published_events = 0
+        self.published_events = 0  # acknowledged by the broker (PUBACK)
+        # End-to-end delivery: rows stay until the ingest's acknowledgement (verified by
+        # ack_verifier, which raises TrustError on a refused document).
+        self.end_to_end = self.cfg.delivery == "end_to_end"
+        self._ack_verifier = ack_verifier
+        self._ack_progress = time.monotonic()
+        self.acked_events = 0  # deleted on the ingest's acknowledgement
+        self.refused_acks = 0
         self._rnd = random.Random()  # noqa: S311 - jitter, not cryptography
 
     # -- public ---------------------------------------------------------------------------
@@ -300,6 +315,8 @@ class MqttAgent:
         subs = [(self.topics.cmd, 1), (self.topics.config_desired, 1)]
         subs += [(self.topics.group_cmd(g), 1) for g in self.groups]
         subs += [(t, 1) for t in self._extra_subs]
+        if self.end_to_end:
+            subs.append((self.topics.outbox_ack, 1))
         client.subscribe(subs)
         birth = {"online": True, "device": self.device_id, "ts": time.time(), **self._birth()}
         body = json.dumps(birth).encode()
@@ -324,6 +341,9 @@ class MqttAgent:
             log.warning("mqtt: %s", self.last_error)
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        if self.end_to_end and msg.topic == self.topics.outbox_ack:
+            self._on_outbox_ack(bytes(msg.payload))
+            return
         props = getattr(msg, "properties", None)
         response_topic = getattr(props, "ResponseTopic", None) if props else None
         correlation = getattr(props, "CorrelationData", None) if props else None
@@ -342,6 +362,24 @@ class MqttAgent:
             # The daemon never dies of input: the dispatcher answers errors itself; anything
             # reaching here is a bug, logged with its traceback, and the loop goes on.
             log.exception("mqtt: message handler failed on %s", msg.topic)
+
+    def _on_outbox_ack(self, payload: bytes) -> None:
+        """The ingest's acknowledgement, applied before this callback returns (so before its
+        PUBACK: a crash here gets the acknowledgement delivered again)."""
+        if self._ack_verifier is None:
+            log.warning("mqtt: outbox acknowledgement ignored: no verifier configured")
+            return
+        try:
+            ranges = self._ack_verifier(payload)
+            deleted = self.store.outbox.ack_ranges(ranges)
+        except ApplianceError as exc:
+            self.refused_acks += 1
+            log.warning("mqtt: outbox acknowledgement refused (%s): %s", exc.code, exc.message)
+            return
+        if deleted:
+            self.acked_events += deleted
+            self._ack_progress = time.monotonic()
+            self._kick()
 
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
         # Runs in the network thread with paho's message lock held: never take a lock that
@@ -384,10 +422,14 @@ class MqttAgent:
 
     def _drain_connection(self, client: paho.Client, epoch: int) -> None:
         inflight: dict[int, int] = {}  # mid -> seq
-        last_seq = 0
+        last_seq = 0  # every connection starts from the oldest row still in the outbox
         limit = self.cfg.max_inflight
         acked: list[int] = []
         last_flush = time.monotonic()
+        # end_to_end: the oldest row, since when it is the oldest, and the resend pause.
+        resend_base = self.cfg.delivery_resend_s
+        resend_after = resend_base
+        oldest, oldest_since, next_check = 0, time.monotonic(), 0.0
         while not self._stop.is_set() and self._connected.is_set() and self._epoch == epoch:
             while self._acks:
                 seq = inflight.pop(self._acks.popleft(), None)
@@ -395,10 +437,35 @@ class MqttAgent:
                     acked.append(seq)
             now = time.monotonic()
             if acked and (len(acked) >= 256 or now - last_flush > 0.02 or not inflight):
-                self.store.outbox.ack(acked)
+                if not self.end_to_end:
+                    self.store.outbox.ack(acked)
                 self.published_events += len(acked)
                 acked = []
                 last_flush = now
+            if self.end_to_end and now >= next_check:
+                # A row the broker accepted but the ingest never acknowledges (lost by a broker
+                # crash, or by an ingest that was away) stays the oldest row: send it again,
+                # with everything after it that is still waiting.
+                next_check = now + 1.0
+                head = self.store.outbox.oldest_seq()
+                if head != oldest:
+                    oldest, oldest_since, resend_after = head, now, resend_base
+                elif (
+                    head
+                    and head <= last_seq
+                    and head not in inflight.values()
+                    and now - oldest_since > resend_after
+                ):
+                    log.warning(
+                        "mqtt: event seq %d published %.0f s ago and not acknowledged by the "
+                        "ingest; sending the %d waiting event(s) again",
+                        head,
+                        now - oldest_since,
+                        self.store.outbox.depth(),
+                    )
+                    last_seq = head - 1
+                    oldest_since = now
+                    resend_after = min(resend_after * 2, resend_base * 16)
             room = limit - len(inflight)
             sent = 0
             if room > 0:
@@ -421,5 +488,6 @@ class MqttAgent:
                     if not self._acks:
                         self._wake.wait(0.02 if acked else 0.5)
         if acked:
-            self.store.outbox.ack(acked)
+            if not self.end_to_end:
+                self.store.outbox.ack(acked)
             self.published_events += len(acked)

@@ -8,6 +8,7 @@
 {prefix}/{device}/reply             QoS 1: replies when the request had no response topic
 {prefix}/{device}/config/desired    retained: the fleet's signed desired configuration
 {prefix}/{device}/config/reported   retained: what the device applied, rejected, rolled back
+{prefix}/{device}/outbox/ack        QoS 1: the ingest's delivery acknowledgement (end_to_end)
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ class Topics:
     @property
     def upload_receipt(self) -> str:
         return f"{self.base}/upload/receipt"
+
+    @property
+    def outbox_ack(self) -> str:
+        return f"{self.base}/outbox/ack"
 
     def all_status(self) -> str:
         return f"{self.prefix}/+/status"

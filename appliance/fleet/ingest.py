@@ -12,6 +12,10 @@ then add the clocks' offset to the error bars).
 
 Per kiosk, durable events are checked as docs/protocol.md prescribes: an ``id`` seen before is a
 duplicate (at-least-once re-send), a ``seq`` never seen between 1 and the highest seen is a gap.
+
+With ``ack=True`` the ingest acknowledges every durable event it recorded (fleet/acker.py) to
+kiosks running ``mqtt.delivery = "end_to_end"``, signed with ``ack_key`` (an ``ingest``
+certificate) or unsigned for kiosks in development mode.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..agent.topics import validate_segment
 from ..errors import DeviceTimeout
+from ..trust.certs import OperatorKey
+from .acker import OutboxAcker
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +76,10 @@ class IngestStats:
     seqs: dict[str, set[int]] = field(default_factory=dict)  # device -> seqs seen
     ids: set[str] = field(default_factory=set)
     duplicates: int = 0
+    # New events whose seq is below one already seen from the device: a gap filled later
+    # (end-to-end delivery re-sending what a broker lost), or shared subscriptions interleaving.
+    late: int = 0
+    top_seq: dict[str, int] = field(default_factory=dict)
     malformed: int = 0
     messages: int = 0
     devices_seen: set[str] = field(default_factory=set)
@@ -83,6 +93,7 @@ class IngestStats:
             births=self.births + other.births,
             deaths=self.deaths + other.deaths,
             duplicates=self.duplicates + other.duplicates + len(self.ids & other.ids),
+            late=self.late + other.late,
             malformed=self.malformed + other.malformed,
             messages=self.messages + other.messages,
             devices_seen=self.devices_seen | other.devices_seen,
@@ -92,6 +103,9 @@ class IngestStats:
         for src in (self.seqs, other.seqs):
             for dev, seqs in src.items():
                 out.seqs.setdefault(dev, set()).update(seqs)
+        for tops in (self.top_seq, other.top_seq):
+            for dev, top in tops.items():
+                out.top_seq[dev] = max(top, out.top_seq.get(dev, 0))
         return out
 
     def gaps(self) -> dict[str, list[int]]:
@@ -116,6 +130,7 @@ class IngestStats:
             "event_latency": latency_summary(self.event_latency),
             "events_unique": self.events(),
             "duplicates": self.duplicates,
+            "arrived_after_a_higher_seq": self.late,
             "gaps": sum(len(v) for v in gaps.values()),
             "devices_with_gaps": len(gaps),
             "malformed": self.malformed,
@@ -138,6 +153,8 @@ class Ingest:
         protocol: str = "5",
         session_expiry_s: int = 3600,
         keep_payloads: bool = False,
+        ack: bool = False,
+        ack_key: OperatorKey | None = None,
     ) -> None:
         validate_segment(prefix, "topic prefix")
         if share_group is not None:
@@ -166,6 +183,11 @@ class Ingest:
         # paho reconnects by itself (loop_start); keep the pauses short for a controller.
         self.client.reconnect_delay_set(1, 2)
         self.session_expiry_s = session_expiry_s
+        self.acker = OutboxAcker(self._publish_ack, key=ack_key, prefix=prefix) if ack else None
+
+    def _publish_ack(self, topic: str, payload: bytes) -> bool:
+        info = self.client.publish(topic, payload, qos=1)
+        return info.rc == paho.MQTT_ERR_SUCCESS
 
     def filters(self) -> list[str]:
         base = [
@@ -187,6 +209,8 @@ class Ingest:
         else:
             self.client.connect(self.host, self.port, 30)
         self.client.loop_start()
+        if self.acker is not None:
+            self.acker.start()
         if not self._subscribed.wait(timeout):
             self.client.loop_stop()
             raise DeviceTimeout(f"ingest: no SUBACK from {self.host}:{self.port}", device="ingest")
@@ -194,6 +218,8 @@ class Ingest:
 
     def stop(self, *, end_session: bool = True) -> IngestStats:
         """Disconnect; by default also end the persistent session on the broker."""
+        if self.acker is not None:
+            self.acker.stop()
         if self.v5 and end_session:
             props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = 0
@@ -257,15 +283,23 @@ class Ingest:
                 if seq is not None or not isinstance(eid, str):
                     st.malformed += 1
                 return  # progress events carry no seq: transient by design
-            if eid in st.ids:
+            duplicate = eid in st.ids
+            if duplicate:
                 st.duplicates += 1
-                return
-            st.ids.add(eid)
-            st.seqs.setdefault(device, set()).add(seq)
-            if self.keep_payloads:
-                st.payloads[eid] = obj
-            if late is not None:
-                st.event_latency.append(late)
+            else:
+                st.ids.add(eid)
+                st.seqs.setdefault(device, set()).add(seq)
+                top = st.top_seq.get(device, 0)
+                if seq < top:
+                    st.late += 1
+                else:
+                    st.top_seq[device] = seq
+                if self.keep_payloads:
+                    st.payloads[eid] = obj
+                if late is not None:
+                    st.event_latency.append(late)
+            if self.acker is not None:  # recorded now or before: acknowledge it
+                self.acker.stored(device, seq, eid)
         elif kind == "status" and not retained:
             if obj.get("online") is True:
                 st.births.append((device, now))
