@@ -12,6 +12,14 @@ device-signature verdict; at-least-once duplicates (same event id)
 seen by this instance are dropped. On a broker that enforces ACLs, connect with the
 ``controller`` certificate (all instances may share it).
 
+With ``--ack`` the instance also acknowledges every event it recorded to the kiosks that keep
+their events until then (``mqtt.delivery = "end_to_end"`` in the kiosk's configuration; what a
+crashed broker lost is then sent again): with ``--out`` the file is fsync'd first, then one
+acknowledgement per kiosk every 0.2 s is published on ``{prefix}/DEVICE/outbox/ack``, signed
+with an ``ingest`` certificate (``--signer``, default ``<home>/ingest``), or unsigned with
+``--ack-unsigned`` for kiosks in development mode. The broker's ACL must let this identity write
+those topics (provisioning/acl.template does for ``controller``).
+
 Runs until SIGTERM or Ctrl-C; ``--timeout`` stops it earlier (tests).
 """
 
@@ -24,13 +32,16 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import Any, TextIO
 
 from ..errors import ApplianceError
-from .conn import add_broker_args, add_home_arg, broker_options
-from .tools import EXIT_FAILED, EXIT_OK, registry
+from ..trust.certs import OperatorKey
+from .acker import OutboxAcker
+from .conn import FleetMqtt, add_broker_args, add_home_arg, broker_options
+from .tools import EXIT_FAILED, EXIT_OK, add_signer_arg, load_signer, registry
 from .watch import EventStream, Seen
 
 
@@ -64,19 +75,77 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-status", action="store_true", help="record events only")
     p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
+    ack = p.add_argument_group("end-to-end delivery acknowledgements")
+    ack.add_argument(
+        "--ack",
+        action="store_true",
+        help="acknowledge every recorded event to kiosks with mqtt.delivery = end_to_end, "
+        "signed with an ingest certificate (--signer)",
+    )
+    ack.add_argument(
+        "--ack-unsigned",
+        action="store_true",
+        help="with --ack: send unsigned acknowledgements (kiosks in development mode only; "
+        "a provisioned kiosk refuses them)",
+    )
+    add_signer_arg(p, "ingest")
     add_broker_args(p)
+
+
+def _ack_publisher(stream: list[EventStream]) -> Callable[[str, bytes], bool]:
+    def publish(topic: str, payload: bytes) -> bool:
+        mqtt: FleetMqtt = stream[0].mqtt
+        try:
+            mqtt.publish(topic, payload, timeout=5.0)
+        except ApplianceError as exc:
+            print(f"acknowledgement not sent ({exc.code}): {exc.message}", file=sys.stderr)
+            return False
+        return True
+
+    return publish
 
 
 def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     lock = threading.Lock()
+    key: OperatorKey | None = None
+    if args.ack and not args.ack_unsigned:
+        try:
+            key = load_signer(args, "ingest")
+        except ApplianceError as exc:
+            print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
+            return EXIT_FAILED
     out: TextIO = args.out.open("a", encoding="utf-8") if args.out else sys.stdout
+    streams: list[EventStream] = []
+
+    def make_durable() -> None:
+        if args.out:
+            with lock:
+                os.fsync(out.fileno())
+
+    acker = (
+        OutboxAcker(
+            _ack_publisher(streams),
+            key=key,
+            prefix=broker_options(args).prefix,
+            before_flush=make_durable,
+        )
+        if args.ack
+        else None
+    )
+
+    def acknowledge(device: str, body: dict[str, Any]) -> None:
+        eid, seq = body.get("id"), body.get("seq")
+        if acker is not None and isinstance(eid, str) and type(seq) is int:
+            acker.stored(device, seq, eid)
 
     def record(seen: Seen) -> None:
         rec = {"instance": args.instance, **seen.to_json()}
         with lock:
             out.write(json.dumps(rec, ensure_ascii=False) + "\n")
             out.flush()
+        if seen.kind == "event":
+            acknowledge(seen.device, seen.body)
 
     def on_signal(_n: int, _f: FrameType | None) -> None:
         stop.set()
@@ -92,7 +161,10 @@ def run(args: argparse.Namespace) -> int:
             share_group=args.group,
             client_id=f"ctl-{args.instance}",
             session_expiry_s=args.session_expiry,
-        ).start()
+            on_duplicate=acknowledge,
+        )
+        streams.append(stream)
+        stream.start()
     except ApplianceError as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
         return EXIT_FAILED
@@ -101,16 +173,21 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    if acker is not None:
+        acker.start()
     try:
         stop.wait(args.timeout)
     except KeyboardInterrupt:
         pass
     finally:
+        if acker is not None:
+            acker.stop()
         stream.stop()
         if args.out:
             out.close()
     print(
-        f"controller {args.instance}: {stream.count} recorded, {stream.duplicates} duplicates",
+        f"controller {args.instance}: {stream.count} recorded, {stream.duplicates} duplicates"
+        + (f", {acker.acked} acknowledged in {acker.sent} messages" if acker else ""),
         file=sys.stderr,
     )
     return EXIT_OK

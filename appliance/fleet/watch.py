@@ -82,8 +82,10 @@ class EventStream:
         share_group: str | None = None,
         client_id: str | None = None,
         session_expiry_s: int = 3600,
+        on_duplicate: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.opts = opts
+        self.on_duplicate = on_duplicate  # (device, event body) of a re-sent event dropped
         self.keys = keys
         self.on_seen = on_seen
         self.devices = devices or []
@@ -154,15 +156,20 @@ class EventStream:
             body = {"value": body}
         eid = body.get("id") if kind == "event" else None
         with self._lock:
-            if isinstance(eid, str):
-                # At-least-once delivery (docs/protocol.md): a re-sent event keeps its id.
-                if eid in self._ids:
-                    self.duplicates += 1
-                    return
-                self._ids[eid] = None
-                if len(self._ids) > DEDUP:
-                    self._ids.popitem(last=False)
-            self.count += 1
+            # At-least-once delivery (docs/protocol.md): a re-sent event keeps its id.
+            duplicate = isinstance(eid, str) and eid in self._ids
+            if duplicate:
+                self.duplicates += 1
+            else:
+                if isinstance(eid, str):
+                    self._ids[eid] = None
+                    if len(self._ids) > DEDUP:
+                        self._ids.popitem(last=False)
+                self.count += 1
+        if duplicate:
+            if self.on_duplicate is not None:
+                self.on_duplicate(device, body)
+            return
         self.on_seen(
             Seen(kind, device, type_, msg.topic, body, verify_from(self.keys, device, msg))
         )
