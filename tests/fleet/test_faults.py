@@ -6,11 +6,14 @@ What holds, and is asserted:
 
 * partitions and broker restarts: events lost, duplicated (after id de-duplication) and
   corrupted are all zero; ``PRAGMA integrity_check`` is ok; the outbox drains to empty;
-* broker ``kill -9``: mosquitto acknowledges a QoS 1 PUBLISH before the message is on disk or
-  at the subscriber, so the events it held for the controller at the instant of the kill are
-  lost *after* the kiosk deleted them. None is corrupted or duplicated, and every one of them
-  is a gap in the device's ``seq`` that the controller sees (docs/reliability.md says what
-  closes that gap: an end-to-end acknowledgement from the controller).
+* broker ``kill -9`` with ``mqtt.delivery = "broker"`` (the default): mosquitto acknowledges a
+  QoS 1 PUBLISH before the message is on disk or at the subscriber, so the events it held for
+  the controller at the instant of the kill are lost *after* the kiosk deleted them. None is
+  corrupted or duplicated, and every one of them is a gap in the device's ``seq`` that the
+  controller sees;
+* broker ``kill -9`` with ``mqtt.delivery = "end_to_end"`` and an acknowledging ingest: the
+  kiosk keeps each row until the ingest acknowledged it and sends again what the broker lost:
+  nothing lost, nothing duplicated after id de-duplication, no gap.
 
 This is the short CI version; bench/fleet_faults.py runs the long loop and counts."""
 
@@ -77,3 +80,46 @@ def test_broker_kill9_losses_are_all_visible_as_seq_gaps(rig: Rig) -> None:
     gaps = set(seen.gaps().get(rig.daemon.device_id, []))
     lost = {seq for eid, (seq, _n) in rig.producer.stored.items() if eid not in seen.payloads}
     assert lost == gaps, "every lost event must show as a gap in seq, and nothing else"
+
+
+@pytest.fixture
+def e2e_rig(
+    make_broker: Callable[..., Mosquitto], daemon_factory: Callable[..., DaemonProcess]
+) -> Iterator[Rig]:
+    """The same rig with end-to-end delivery: the kiosk keeps each event until the ingest
+    acknowledges it (development mode: the sim profile accepts unsigned acknowledgements)."""
+    broker = make_broker()
+    proxy = FaultProxy(broker.host, broker.port).start()
+    ingest = Ingest(
+        broker.host, broker.port, client_id="faults-e2e", keep_payloads=True, ack=True
+    ).start()
+    via_proxy = types.SimpleNamespace(host=proxy.host, port=proxy.port)
+    env = {
+        "APPLIANCE_MQTT__KEEPALIVE_S": "5",
+        "APPLIANCE_MQTT__DELIVERY": "end_to_end",
+        "APPLIANCE_MQTT__DELIVERY_RESEND_S": "2",
+    }
+    d = daemon_factory(via_proxy, "kiosk-e2e", env=env)
+    d.start()
+    producer = Producer(d.state_dir, d.device_id)
+    try:
+        wait_for(lambda: d.device_id in ingest.snapshot().devices_seen, 20, "the birth")
+        producer.start()
+        yield Rig(broker, proxy, ingest, d, producer)
+    finally:
+        producer.stop()
+        d.terminate()
+        ingest.stop()
+        proxy.close()
+
+
+def test_broker_kill9_loses_nothing_with_end_to_end_delivery(e2e_rig: Rig) -> None:
+    for fault in ["broker_kill", "cut", "broker_kill", "broker_restart"]:
+        e2e_rig.inject(fault)
+    report = e2e_rig.finish(expect_all=True)
+    assert report["lost"] == 0, report
+    assert report["corrupted"] == 0
+    assert report["duplicated_after_dedupe"] == 0
+    assert report["unknown"] == 0
+    assert e2e_rig.ingest.snapshot().gaps() == {}
+    assert e2e_rig.ingest.acker is not None and e2e_rig.ingest.acker.sent > 0
