@@ -11,7 +11,7 @@ from appliance.drivers.card.apdu import CommandApdu, ResponseApdu, decode_comman
 from appliance.drivers.card.device import EmrtdCard, personalise, read_back
 from appliance.drivers.card.emulator import EmrtdApplet
 from appliance.drivers.card.profile import CardProfile
-from appliance.errors import DeviceError, DeviceStatusError, ProtocolError
+from appliance.errors import DeviceDisconnected, DeviceError, DeviceStatusError, ProtocolError
 
 
 @pytest.mark.parametrize(
@@ -127,6 +127,25 @@ def test_applet_limits(profile: CardProfile) -> None:
             CommandApdu(0, 0xDA, 0, 0x62, b"\x62\x03\x04\x01A"), "PUT DATA"
         )
     assert ei.value.status == A.SW_WRONG_DATA
+
+
+class _PulledOnExternalAuthenticate(AppletTransport):
+    """The card leaves the reader during BAC's EXTERNAL AUTHENTICATE (what vpcd reports)."""
+
+    def transmit(self, cmd: CommandApdu) -> ResponseApdu:
+        if cmd.ins == 0x82:
+            raise DeviceDisconnected("no status word", device="card", code="card_mute")
+        return super().transmit(cmd)
+
+
+def test_a_card_pulled_during_bac_is_not_a_wrong_key(profile: CardProfile) -> None:
+    applet = EmrtdApplet(profile)
+    personalise(EmrtdCard(AppletTransport(applet), profile, extended=False), _files(), BAC)
+    card = EmrtdCard(_PulledOnExternalAuthenticate(applet), profile, extended=False)
+    card.select_application()
+    with pytest.raises(DeviceError) as ei:
+        card.basic_access_control(*BAC)
+    assert ei.value.code == "card_mute"
 
 
 def test_bac_with_wrong_keys_fails_and_sm_errors_end_the_session(profile: CardProfile) -> None:

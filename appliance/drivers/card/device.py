@@ -14,7 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from ...errors import ApplianceError, CommandTimeout, DeviceError, ProtocolError
+from ...errors import (
+    ApplianceError,
+    CommandTimeout,
+    DeviceError,
+    DeviceStatusError,
+    ProtocolError,
+)
 from ...lds.files import FILE_FIDS
 from ...lds.tlv import header_size, tlv
 from .apdu import CommandApdu, ResponseApdu
@@ -135,7 +141,9 @@ class EmrtdCard:
             resp = self.external_authenticate(
                 ifd_authenticate_data(kenc, kmac, rnd_ic, rnd_ifd, k_ifd)
             )
-        except DeviceError as exc:
+        except DeviceStatusError as exc:
+            # Only the card's refusal (a status word) means wrong keys; a card that left the
+            # reader mid-BAC stays card_removed / card_mute (found by the card pull bench).
             raise DeviceError(
                 "BAC refused: the MRZ keys do not match this card",
                 device="card",
