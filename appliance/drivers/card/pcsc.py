@@ -13,6 +13,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from smartcard import scard
@@ -57,6 +58,17 @@ def _sha256(data: bytes) -> str:
 def _masked(number: str) -> str:
     """A personal/document number for logs: last 3 characters only."""
     return "*" * max(0, len(number) - 3) + number[-3:]
+
+
+@contextlib.contextmanager
+def _at_step(step: str) -> Iterator[None]:
+    """Errors raised inside carry ``details.step`` (where ``card.encode`` stopped), as a
+    spoiled card's error does; the error itself is unchanged otherwise."""
+    try:
+        yield
+    except ApplianceError as exc:
+        exc.details.setdefault("step", step)
+        raise
 
 
 class PcscEncoder:
@@ -402,15 +414,22 @@ class PcscEncoder:
         verified = self._check_package(package)  # raises before any card I/O
         mrz = verified.mrz
         bac = (mrz.document_number, mrz.birth, mrz.expiry)
-        link, card = self._connect(progress)
+        with _at_step("wait_card"):
+            link, card = self._connect(progress)
         try:
-            self._require_blank(card)
+            if progress:
+                progress("check_blank")
+            with _at_step("check_blank"):
+                self._require_blank(card)
             try:
                 report = personalise(
                     card, verified.files, bac, progress=progress, cancelled=cancelled
                 )
             except StepError as exc:
                 if not exc.wrote:
+                    # Nothing reached the card (pulled before the first write, say): the card
+                    # is not spoiled; the cause is the answer, still naming the step.
+                    exc.cause.details.setdefault("step", exc.step)
                     raise exc.cause from exc
                 self._spoiled(package.package_id, exc.step, exc.cause)
             step = "verify:read"
