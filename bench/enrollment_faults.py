@@ -25,9 +25,23 @@ bench/results/enrollment_faults.json.
 ``--pull-sensor N`` (with ``--kills 0`` alone: bench/results/enrollment_sensor_pulls.json)
 runs the fingerprint emulator in this process behind a stable link, unplugs it at a random
 point of N enrollment captures and replugs it: every capture must get an answer, the daemon
-must answer ``status`` meanwhile, and the packages must still arrive verified. Pulling the card
-at random points (``--pull-card``) is NOT implemented here; tests/faults has one card pull
-during ``card.encode``.
+must answer ``status`` meanwhile, and the packages must still arrive verified.
+
+``--pull-card N`` (with ``--kills 0`` alone: bench/results/enrollment_card_pulls.json) runs the
+sim kit's card stack (private pcscd + vpcd, the card emulator a child of the daemon), verifies
+one enrollment, then issues cards from it as ``appliance fleet issue`` does (``card.encode``
+through the controller, tests/faults/cardpull.py). The encode is timed once at the start (one
+warm-up encode, then one measured with its progress steps); in each of N rounds the card is
+pulled (``kill -9`` of the emulator: its vpcd connection ends) at a seeded random point, either
+0-125 % of the measured duration after the send or 0-1 step-length after a random step's
+progress event; the sim kit then inserts a new blank card. Counted: every encode answers
+(reply time after the pull); a refusal is ``card_spoiled`` (something was written) or
+``card_removed``/``card_mute``/``no_card`` and names the step; an ``issued`` reply passes
+Passive Authentication, and a relying party's ``card.read`` when the card is still in the
+reader (issued before the pull, or onto the re-inserted card); after each re-insert ``status``
+and ``card.status`` answer and the reader is ``ok`` with a card; a last clean encode is issued
+and read back; and the rig's invariants (integrity_check, no plaintext, no orphaned emulator,
+nothing lost or corrupted).
 """
 
 from __future__ import annotations
@@ -47,6 +61,14 @@ from _common import ROOT, emit
 sys.path.insert(0, str(ROOT))
 
 from appliance.devtools.broker import Mosquitto
+from tests.faults.cardpull import (
+    HUNG,
+    ISSUED_AFTER_LAST_APDU,
+    PULL_ERRORS,
+    CardPuller,
+    PullOutcome,
+    PullPoint,
+)
 from tests.faults.rig import EnrollmentFaultRig
 from tests.helpers import get_json
 
@@ -181,6 +203,129 @@ def run_sensor_pulls(work: Path, pulls: int, seed: int) -> dict[str, Any]:
     return report
 
 
+def run_card_pulls(work: Path, pulls: int, seed: int) -> dict[str, Any]:
+    """Pull the card at a seeded random point of ``card.encode``, ``pulls`` times, on the sim
+    kit's real card stack (tests/faults/cardpull.py): every encode answers; a card pulled
+    before the encode finished is never reported issued; every re-insert leaves a kiosk that
+    answers with a healthy reader; a clean encode at the end is issued and verified."""
+    rnd = random.Random(seed)
+    broker = Mosquitto(work / "broker-card").start()
+    rig = EnrollmentFaultRig(work / "card", broker, "kiosk-enr-card", card=True)
+    outcomes: list[PullOutcome] = []
+    t0 = time.monotonic()
+    try:
+        rig.start()
+        puller = CardPuller(rig)
+        puller.prepare()
+        # The encode's duration and steps, measured once at the start (after one warm-up
+        # encode: the first loads the LDS crypto), each followed by the citizen taking the card.
+        warm, _reply = puller.timeline()
+        puller.pull()
+        assert puller.wait_reinserted(), "no card re-inserted after the warm-up encode"
+        line, calib = puller.timeline()
+        calibration_verified = bool(calib.get("ok")) and puller.read_back()
+        puller.pull()
+        assert puller.wait_reinserted(), "no card re-inserted after the calibration encode"
+        durations = line.step_durations()
+        step_names = [name for name, _t in line.steps]
+        for k in range(pulls):
+            if rnd.random() < 0.5:
+                # anywhere from the send to a quarter past the measured end of the encode
+                point = PullPoint(None, rnd.uniform(0, line.total_s * 1.25))
+            else:
+                step = rnd.choice(step_names)
+                point = PullPoint(step, rnd.uniform(0, durations[step]))
+            out = puller.encode_with_pull(point)
+            outcomes.append(out)
+            print(
+                f"{k + 1}/{pulls} {point}: {out.outcome}"
+                + (f" at {out.step} ({out.cause})" if out.step else ""),
+                flush=True,
+            )
+        # One clean encode onto a fresh blank card, verified by a relying party's read.
+        _final_line, final = puller.timeline()
+        final_ok = bool(
+            final.get("ok")
+            and final["result"].get("outcome") == "issued"
+            and final["result"]["passive_authentication"]["passed"] is True
+        )
+        final_readback = puller.read_back()
+        report = rig.check()
+    finally:
+        rig.close()
+        broker.stop()
+    report.pop("stuck_uploads")
+    before = [o for o in outcomes if o.pulled_before_reply]
+    refused = [o for o in outcomes if not o.issued and o.outcome != HUNG]
+    # An issued card must pass Passive Authentication on the kiosk's own read-back, and, when
+    # it is still in the reader, on a relying party's card.read too.
+    issued_wrongly = [
+        o
+        for o in outcomes
+        if o.issued
+        and not (o.reply_pa_passed and (o.readback_passed or o.outcome == ISSUED_AFTER_LAST_APDU))
+    ]
+    unexpected_errors = [o for o in refused if o.outcome not in PULL_ERRORS]
+    report.update(
+        {
+            "pulls": pulls,
+            "seed": seed,
+            "encode_measured_s": round(line.total_s, 4),
+            "encode_steps_measured_s": {n: round(t, 4) for n, t in line.steps},
+            "warm_up_encode_s": round(warm.total_s, 4),
+            "calibration_encode_issued_and_verified": calibration_verified,
+            "rounds": [
+                {
+                    "point": str(o.point),
+                    "outcome": o.outcome,
+                    "step": o.step,
+                    "cause": o.cause,
+                    "reply_after_pull_s": o.reply_after_pull_s,
+                }
+                for o in outcomes
+            ],
+            "outcomes": dict(Counter(o.outcome for o in outcomes)),
+            "pulled_before_the_reply": len(before),
+            "refused_by_step": dict(Counter(str(o.step) for o in refused)),
+            "refused_by_cause": dict(Counter(str(o.cause) for o in refused)),
+            "refused_naming_the_step": sum(1 for o in refused if o.names_step),
+            "refused_with_other_codes": [o.outcome for o in unexpected_errors],
+            "hung": sum(1 for o in outcomes if o.outcome == HUNG),
+            "reply_after_pull_s_max": max(
+                (o.reply_after_pull_s for o in before if o.reply_after_pull_s is not None),
+                default=None,
+            ),
+            "issued_readback_passed": sum(1 for o in outcomes if o.readback_passed),
+            "issued_wrongly": len(issued_wrongly),
+            "reinserted": sum(1 for o in outcomes if o.reinserted),
+            "status_answered_after_reinsert": sum(1 for o in outcomes if o.status_ok),
+            "card_status_answered_after_reinsert": sum(1 for o in outcomes if o.card_status_ok),
+            "reader_health_ok_after_reinsert": sum(1 for o in outcomes if o.health_ok),
+            "final_clean_encode_issued": final_ok,
+            "final_clean_encode_readback_passed": final_readback,
+            "duration_s": round(time.monotonic() - t0, 1),
+        }
+    )
+    report["all_invariants_hold"] = bool(
+        report["hung"] == 0
+        and report["issued_wrongly"] == 0
+        and report["refused_naming_the_step"] == len(refused)
+        and not unexpected_errors
+        and report["reinserted"] == pulls
+        and report["status_answered_after_reinsert"] == pulls
+        and report["card_status_answered_after_reinsert"] == pulls
+        and report["reader_health_ok_after_reinsert"] == pulls
+        and final_ok
+        and final_readback
+        and report["integrity_check"] == "ok"
+        and not report["plaintext_files"]
+        and report["orphaned_emulators"] == 0
+        and report["lost"] == 0
+        and report["corrupted"] == 0
+    )
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--kills", type=int, default=100, help="kill -9 of the daemon (default 100)")
@@ -203,6 +348,12 @@ def main() -> None:
         default=0,
         help="then unplug/replug the serial sensor during this many captures (default 0)",
     )
+    ap.add_argument(
+        "--pull-card",
+        type=int,
+        default=0,
+        help="then pull the card at a random point of this many card.encode (default 0)",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result: dict[str, Any] = {}
@@ -215,7 +366,13 @@ def main() -> None:
             result["sensor_pulls"] = pulls
             ok = ok and pulls["lost"] == 0 and pulls["corrupted"] == 0
             ok = ok and pulls["status_answered_while_unplugged"] == args.pull_sensor
-    name = "enrollment_faults" if args.kills else "enrollment_sensor_pulls"
+        if args.pull_card:
+            cards = run_card_pulls(Path(tmp), args.pull_card, args.seed)
+            result["card_pulls"] = cards
+            ok = ok and cards["all_invariants_hold"]
+    name = "enrollment_faults"
+    if not args.kills:
+        name = "enrollment_card_pulls" if args.pull_card else "enrollment_sensor_pulls"
     emit(name, result)
     print(json.dumps({"done": True, "all_invariants_hold": ok}))
     sys.exit(0 if ok else 1)

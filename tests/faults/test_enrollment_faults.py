@@ -9,7 +9,9 @@ receipts, and no plaintext biometric is on disk.
 Also: the fingerprint sensor unplugged in the middle of an enrollment capture (a clear error,
 a health change, the daemon keeps serving, the session carries on after the replug), and the
 card pulled in the middle of ``card.encode`` (reported as a spoiled card at the step where the
-write broke off, never as issued)."""
+write broke off, never as issued), once through ``appliance fleet issue`` and then at three
+points in a row (before the first write, during a write, during the read-back), each followed by
+the sim kit inserting a new blank card."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import pytest
 from appliance.devtools.broker import Mosquitto
 from tests.helpers import ROOT, get_json
 
+from .cardpull import PULL_ERRORS, CardPuller, PullPoint
 from .rig import PHASES, EnrollmentFaultRig
 
 
@@ -190,5 +193,51 @@ def test_card_pulled_during_encode_is_never_reported_issued(
         assert rig.ctl.request(dev, "card.status")["ok"]
         report = rig.check()
         assert report["plaintext_files"] == [] and report["integrity_check"] == "ok", report
+    finally:
+        rig.close()
+
+
+# Steps of card.encode before anything is written to the card (docs/card.md).
+BEFORE_THE_FIRST_WRITE = ("wait_card", "check_blank", "select_application")
+
+
+def test_card_pulled_at_three_points_then_reinserted_is_never_issued_and_the_kiosk_recovers(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    rig = EnrollmentFaultRig(tmp_path, broker, device="kiosk-enr-pulls", card=True)
+    try:
+        rig.start()
+        puller = CardPuller(rig)
+        puller.prepare()
+        points = [
+            PullPoint(None, 0.0),  # as the command leaves: before the encode's first APDU
+            PullPoint("write:DG2", 0.0),  # the portrait is being written
+            PullPoint("verify:read", 0.0),  # the read-back
+        ]
+        for point in points:
+            out = puller.encode_with_pull(point)
+            assert out.outcome != "hung", out
+            if out.issued:  # the encode finished before the card left: verified, then
+                assert out.reply_pa_passed, out
+                assert out.readback_passed or out.outcome == "issued_pull_after_last_apdu", out
+            else:
+                assert out.outcome in PULL_ERRORS, out
+                assert out.step, out  # the error names where the encode stopped
+                # spoiled exactly when something had been written
+                assert (out.outcome == "card_spoiled") == (
+                    out.step not in BEFORE_THE_FIRST_WRITE
+                ), out
+            # The sim kit inserted the next blank card; the kiosk answers, the reader is fine.
+            assert out.reinserted, out
+            assert out.status_ok and out.card_status_ok and out.health_ok, out
+        # A clean encode onto the fresh card is issued, and a relying party's read verifies it.
+        _line, reply = puller.timeline()
+        assert reply["ok"] and reply["result"]["outcome"] == "issued", reply
+        assert reply["result"]["passive_authentication"]["passed"] is True, reply
+        assert puller.read_back()
+        report = rig.check()
+        assert report["integrity_check"] == "ok" and report["plaintext_files"] == [], report
+        assert report["orphaned_emulators"] == 0, report
+        assert report["lost"] == 0 and report["corrupted"] == 0, report
     finally:
         rig.close()
