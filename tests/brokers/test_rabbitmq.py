@@ -177,6 +177,37 @@ def test_outbox_drains_in_order_after_broker_kill9(
     store.close()
 
 
+def test_end_to_end_delivery_over_311(rabbit: RabbitMQ, daemon_factory: DaemonFactory) -> None:
+    """mqtt.delivery = "end_to_end" needs no MQTT 5 feature: the ingest's acknowledgement is a
+    payload, so on RabbitMQ the rows leave the outbox when the ingest acknowledges them."""
+    _ensure_running(rabbit)
+    env = {**V311, "APPLIANCE_MQTT__DELIVERY": "end_to_end"}
+    d = daemon_factory(rabbit, "rmq-e2e", env=env)  # type: ignore[arg-type]
+    ingest = Ingest(
+        rabbit.host, rabbit.port, protocol="3.1.1", client_id="rmq-e2e-ctl", ack=True,
+        keep_payloads=True,
+    ).start()  # fmt: skip
+    try:
+        with _ctl(rabbit) as ctl:
+            t0 = time.time()
+            d.start()
+            wait_online(ctl, "rmq-e2e", after=t0, timeout=30)
+        store = Store(d.state_dir)
+        try:
+            stored = store.outbox.put_many(
+                [("ui.tap", "kiosk/rmq-e2e/events/ui.tap", {"n": n}) for n in range(200)]
+            )
+            want = {eid for _s, eid in stored}
+            wait_for(lambda: want <= set(ingest.snapshot().payloads), 60, "the 200 events")
+            wait_for(lambda: store.outbox.depth() == 0, 30, "every row acknowledged")
+        finally:
+            store.close()
+    finally:
+        ingest.stop()
+    assert "outbox acknowledgement refused" not in d.log()
+    d.terminate()
+
+
 def test_mqtt5_daemon_is_refused_and_keeps_retrying(
     rabbit: RabbitMQ, daemon_factory: DaemonFactory
 ) -> None:
