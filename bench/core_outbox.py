@@ -2,7 +2,13 @@
 by the daemon after it returns, against raw paho QoS 1 publishing of the same number of
 messages measured in the same run (issue: >= 5,000 messages/s, zero loss).
 
-    .venv/bin/python bench/core_outbox.py [--n 10000]
+    .venv/bin/python bench/core_outbox.py [--n 10000] [--delivery end_to_end]
+
+``--delivery end_to_end``: the daemon keeps every row until the fleet's ingest acknowledges it
+(a real ``appliance.fleet.ingest.Ingest`` in this process, signing with an ``ingest``
+certificate of a fleet root the daemon trusts); also reported: the time from the broker's
+return until the outbox is empty, i.e. every event acknowledged end to end
+(bench/results/core_outbox_end_to_end.json).
 
 The subscriber holds a persistent session on the (persistent) broker so nothing published
 while it reconnects is lost. Rates are measured from the first to the last message received.
@@ -20,9 +26,12 @@ import time
 from pathlib import Path
 
 from _common import daemon_config, emit, start_daemon, stop
+from nacl.signing import SigningKey
 
 from appliance.devtools.broker import Mosquitto
+from appliance.fleet.ingest import Ingest
 from appliance.store import Store
+from appliance.trust.certs import ROOT_PUB_FILE, FleetRoot, OperatorKey
 from appliance.trust.keys import DeviceIdentity
 
 PAYLOAD = {"kind": "bench", "text": "x" * 200}
@@ -120,8 +129,11 @@ class Sub:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--delivery", choices=["broker", "end_to_end"], default="broker")
     args = ap.parse_args()
     n = args.n
+    e2e = args.delivery == "end_to_end"
+    t_empty = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         broker = Mosquitto(work / "broker").start()
@@ -139,7 +151,28 @@ def main() -> None:
         sub = Sub(broker.port, "kiosk/bench-ob/events/#", "ob-sub")
         sub.want = n
         sub.create_session()
-        daemon = start_daemon(cfg, work / "d" / "state")
+        ingest = None
+        env = None
+        if e2e:
+            root = FleetRoot.create(work / "fleet")
+            cfg.write_text(
+                cfg.read_text() + f'[trust]\nroot_keys = ["{work / "fleet" / ROOT_PUB_FILE}"]\n'
+            )
+            env = {"APPLIANCE_MQTT__DELIVERY": "end_to_end"}
+            sk = SigningKey.generate()
+            now = int(time.time())
+            cert = root.issue(
+                bytes(sk.verify_key),
+                roles=("ingest",),
+                devices=("bench-ob",),
+                not_after=now + 3600,
+                issued_at=now - 60,
+                name="bench ingest",
+            )
+            key = OperatorKey(sk, cert)
+            ingest = Ingest(broker.host, broker.port, client_id="ob-ingest", ack=True, ack_key=key)
+            ingest.start()
+        daemon = start_daemon(cfg, work / "d" / "state", env=env)
         try:
             state = work / "d" / "state"
             store = None
@@ -167,15 +200,32 @@ def main() -> None:
             t_up = time.time()
             sub.connect()
             sub.done.wait(300)
+            if e2e:
+                check = Store(state)
+                deadline = time.time() + 120
+                while check.outbox.depth() and time.time() < deadline:
+                    time.sleep(0.01)  # ok: polling the outbox until it is empty
+                t_empty = time.time() if not check.outbox.depth() else 0.0
+                check.close()
         finally:
             stop(daemon)
             sub.stop()
+            if ingest is not None:
+                ingest.stop()
             broker.stop()
     rate = len(sub.ids) / (sub.last - sub.first) if sub.last > sub.first else 0.0
     in_order = sub.seqs == sorted(sub.seqs)
+    extra = {}
+    if e2e:
+        extra = {
+            "delivery": "end_to_end",
+            "broker_up_to_outbox_empty_s": round(t_empty - t_up, 3) if t_empty else None,
+            "acknowledged_end_to_end_msgs_per_s": round(n / (t_empty - t_up)) if t_empty else 0,
+        }
     emit(
-        "core_outbox",
+        "core_outbox" + ("_end_to_end" if e2e else ""),
         {
+            **extra,
             "events": n,
             "queued_during_outage": depth,
             "raw_paho_qos1_msgs_per_s": round(raw_rate),

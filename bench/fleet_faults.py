@@ -10,6 +10,12 @@ After each part: events lost, duplicated after id de-duplication and corrupted; 
 loss is a visible ``seq`` gap; ``PRAGMA integrity_check``.
 
     .venv/bin/python bench/fleet_faults.py [--rounds 20] [--daemon-kills 100] [--seed 8]
+        [--delivery end_to_end]
+
+``--delivery end_to_end`` runs the daemon with ``mqtt.delivery = "end_to_end"`` and the ingest
+acknowledging what it recorded (appliance/fleet/acker.py): outbox rows are deleted only on the
+ingest's acknowledgement, so a broker ``kill -9`` must lose nothing either (writes
+bench/results/fleet_faults_end_to_end.json).
 
 Every fault is drawn from a seeded generator, so a run repeats exactly with the same seed
 (timings differ, so the byte-level interleavings do not).
@@ -45,14 +51,24 @@ FAULTS = ["cut", "blackhole", "long_blackhole", "broker_restart", "broker_kill"]
 STARTED: list[Mosquitto | DaemonProcess] = []
 
 
-def part_a(work: Path, rounds: int, rnd: random.Random) -> dict[str, Any]:
+def delivery_env(delivery: str) -> dict[str, str]:
+    if delivery == "broker":
+        return {}
+    return {"APPLIANCE_MQTT__DELIVERY": delivery, "APPLIANCE_MQTT__DELIVERY_RESEND_S": "5"}
+
+
+def part_a(work: Path, rounds: int, rnd: random.Random, delivery: str) -> dict[str, Any]:
     broker = Mosquitto(work / "broker-a").start()
     STARTED.append(broker)
     proxy = FaultProxy(broker.host, broker.port).start()
-    ingest = Ingest(broker.host, broker.port, client_id="faults-a", keep_payloads=True).start()
+    e2e = delivery == "end_to_end"
+    ingest = Ingest(
+        broker.host, broker.port, client_id="faults-a", keep_payloads=True, ack=e2e
+    ).start()
     via = types.SimpleNamespace(host=proxy.host, port=proxy.port)
     d = DaemonProcess(work / "daemon-a", via, "kiosk-faults-a",  # type: ignore[arg-type]
-                      env={"APPLIANCE_MQTT__KEEPALIVE_S": "5"}).start()  # fmt: skip
+                      env={"APPLIANCE_MQTT__KEEPALIVE_S": "5",
+                           **delivery_env(delivery)}).start()  # fmt: skip
     STARTED.append(d)
     wait_for(lambda: d.device_id in ingest.snapshot().devices_seen, 20, "birth")
     producer = Producer(d.state_dir, d.device_id).start()
@@ -74,9 +90,9 @@ def part_a(work: Path, rounds: int, rnd: random.Random) -> dict[str, Any]:
             proxy.heal()
             continue
         if fault == "broker_kill":
-            kills_at.append(max((s for s, _n in producer.stored.values()), default=0))
+            kills_at.append(max((s for s, _n in list(producer.stored.values())), default=0))
         rig.inject(fault)
-    report = rig.finish(expect_all=False)
+    report = rig.finish(expect_all=e2e)
     seen = ingest.snapshot()
     gaps = set(seen.gaps().get(d.device_id, []))
     lost = {s for eid, (s, _n) in producer.stored.items() if eid not in seen.payloads}
@@ -89,6 +105,7 @@ def part_a(work: Path, rounds: int, rnd: random.Random) -> dict[str, Any]:
     proxy.close()
     broker.stop()
     return {
+        "delivery": delivery,
         "rounds": rounds,
         "faults": dict(done),
         "duration_s": round(time.monotonic() - t0, 1),
@@ -101,12 +118,18 @@ def part_a(work: Path, rounds: int, rnd: random.Random) -> dict[str, Any]:
     }
 
 
-def part_b(work: Path, kills: int, rnd: random.Random) -> dict[str, Any]:
+def part_b(work: Path, kills: int, rnd: random.Random, delivery: str) -> dict[str, Any]:
     broker = Mosquitto(work / "broker-b").start()
     STARTED.append(broker)
-    ingest = Ingest(broker.host, broker.port, client_id="faults-b", keep_payloads=True).start()
+    ingest = Ingest(
+        broker.host,
+        broker.port,
+        client_id="faults-b",
+        keep_payloads=True,
+        ack=delivery == "end_to_end",
+    ).start()
     ctl = Controller(broker.host, broker.port).connect()
-    d = DaemonProcess(work / "daemon-b", broker, "kiosk-faults-b")
+    d = DaemonProcess(work / "daemon-b", broker, "kiosk-faults-b", env=delivery_env(delivery))
     STARTED.append(d)
     sent: dict[str, str] = {}  # command id -> note text
     replies: dict[str, dict[str, Any]] = {}
@@ -166,6 +189,7 @@ def part_b(work: Path, kills: int, rnd: random.Random) -> dict[str, Any]:
     ingest.stop()
     broker.stop()
     return {
+        "delivery": delivery,
         "daemon_kills": kills,
         "duration_s": round(time.monotonic() - t0, 1),
         "commands": len(sent),
@@ -186,6 +210,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20, help="network/broker faults in part A")
     ap.add_argument("--daemon-kills", type=int, default=100, help="kill -9 of the daemon (B)")
     ap.add_argument("--seed", type=int, default=8)
+    ap.add_argument(
+        "--delivery",
+        choices=["broker", "end_to_end"],
+        default="broker",
+        help="the daemon's mqtt.delivery (default broker: rows deleted on the broker's PUBACK)",
+    )
     args = ap.parse_args()
     rnd = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -193,9 +223,9 @@ def main() -> None:
         result: dict[str, Any] = {"seed": args.seed}
         try:
             if args.rounds:
-                result["network_and_broker"] = part_a(work, args.rounds, rnd)
+                result["network_and_broker"] = part_a(work, args.rounds, rnd, args.delivery)
             if args.daemon_kills:
-                result["daemon_kill9"] = part_b(work, args.daemon_kills, rnd)
+                result["daemon_kill9"] = part_b(work, args.daemon_kills, rnd, args.delivery)
         finally:
             for thing in STARTED:
                 if isinstance(thing, Mosquitto):
@@ -203,7 +233,8 @@ def main() -> None:
                 elif thing.proc is not None and thing.proc.poll() is None:
                     thing.proc.kill()
                     thing.proc.wait(10)
-    emit("fleet_faults", result)
+    suffix = "" if args.delivery == "broker" else f"_{args.delivery}"
+    emit(f"fleet_faults{suffix}", result)
     print(json.dumps({"done": True}))
 
 
