@@ -27,7 +27,11 @@ class StatusMessage(BaseModel):
     site: str | None = None
     groups: list[str] | None = None
     devices: dict[str, HealthName] | None = Field(None, description="Health per capability")
-    outbox_depth: int | None = Field(None, description="Events waiting for the broker")
+    outbox_depth: int | None = Field(
+        None,
+        description="Events not yet acknowledged: by the broker, or with mqtt.delivery = "
+        "end_to_end by the fleet's ingest",
+    )
 
 
 class EventMessage(BaseModel):

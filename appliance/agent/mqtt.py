@@ -26,8 +26,8 @@ Design (after aiomqtt's explicit supervisor, ../shared/STYLE.md):
   (a broker crash loses what only it held; docs/reliability.md section 1), so rows are kept
   after the PUBACK until the fleet's ingest acknowledges them on ``{prefix}/{device}/outbox/ack``
   (a signed document, ``trust/outboxack.py``). Every connection starts the drain from the
-  oldest unacknowledged row, and so does a pause of ``delivery_resend_s`` without an
-  acknowledgement (doubling while none comes): what a broker lost is sent again.
+  oldest unacknowledged row, and so does a row that stays the oldest for ``delivery_resend_s``
+  (the pause doubling while it stays): what a broker lost is sent again.
 """
 
 from __future__ import annotations
@@ -124,7 +124,6 @@ class MqttAgent:
         # ack_verifier, which raises TrustError on a refused document).
         self.end_to_end = self.cfg.delivery == "end_to_end"
         self._ack_verifier = ack_verifier
-        self._ack_progress = time.monotonic()
         self.acked_events = 0  # deleted on the ingest's acknowledgement
         self.refused_acks = 0
         self._rnd = random.Random()  # noqa: S311 - jitter, not cryptography
@@ -378,7 +377,6 @@ class MqttAgent:
             return
         if deleted:
             self.acked_events += deleted
-            self._ack_progress = time.monotonic()
             self._kick()
 
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
@@ -457,8 +455,8 @@ class MqttAgent:
                     and now - oldest_since > resend_after
                 ):
                     log.warning(
-                        "mqtt: event seq %d published %.0f s ago and not acknowledged by the "
-                        "ingest; sending the %d waiting event(s) again",
+                        "mqtt: event seq %d not acknowledged by the ingest %.0f s after it was "
+                        "published; sending the %d waiting event(s) again",
                         head,
                         now - oldest_since,
                         self.store.outbox.depth(),

@@ -71,7 +71,7 @@ def test_events_the_broker_dropped_are_sent_again_and_deleted_only_when_acknowle
         ingest.stop()
     log = d.log()
     assert log.count("mqtt: connected to") == 1, "re-sent by the timer, not by a reconnect"
-    assert "not acknowledged by the ingest; sending the" in log
+    assert "not acknowledged by the ingest" in log and "sending the" in log
     d.terminate()
 
 
