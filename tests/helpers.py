@@ -51,6 +51,17 @@ def get_json(
             return msg
 
 
+def drain_json(q: queue.Queue[tuple[str, bytes, bool]]) -> list[dict[str, Any]]:
+    """Every JSON message already waiting on a subscription queue, without waiting."""
+    out: list[dict[str, Any]] = []
+    while True:
+        try:
+            _topic, payload, _retained = q.get_nowait()
+        except queue.Empty:
+            return out
+        out.append(json.loads(payload))
+
+
 class DaemonProcess:
     """The daemon as a real subprocess (``python -m appliance run``)."""
 

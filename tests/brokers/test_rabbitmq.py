@@ -7,11 +7,9 @@ One node for the whole module (start ~5-15 s); the tests that stop it start it a
 from __future__ import annotations
 
 import json
-import queue
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,7 +17,7 @@ from appliance.devtools.controller import Controller
 from appliance.fleet.ingest import Ingest
 from appliance.fleet.sim import FleetConfig, FleetSim
 from appliance.store import Store
-from tests.helpers import DaemonProcess, get_json, wait_for, wait_online
+from tests.helpers import DaemonProcess, drain_json, get_json, wait_for, wait_online
 
 from .rabbit import RabbitMQ
 
@@ -38,16 +36,6 @@ def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
 
 def _ctl(rabbit: RabbitMQ) -> Controller:
     return Controller(rabbit.host, rabbit.port, protocol="3.1.1").connect()
-
-
-def _drain(q: queue.Queue[tuple[str, bytes, bool]]) -> list[dict[str, Any]]:
-    out = []
-    while True:
-        try:
-            _t, payload, _r = q.get_nowait()
-        except queue.Empty:
-            return out
-        out.append(json.loads(payload))
 
 
 def _ensure_running(rabbit: RabbitMQ) -> None:
@@ -105,7 +93,7 @@ def test_events_once_per_id_and_will_on_kill9(
         note = get_json(events, 10)
         assert (note["id"], note["seq"]) == (first["result"]["event_id"], first["result"]["seq"])
         assert ctl.request("rmq-events", "ping", timeout=10)["ok"]
-        assert _drain(events) == [], "the repeated id must not raise a second event"
+        assert drain_json(events) == [], "the repeated id must not raise a second event"
         d.kill9()
         will = get_json(status, 15, lambda m: m["online"] is False)
         assert will["reason"] == "lost"

@@ -12,7 +12,7 @@ import pytest
 from appliance.devtools.broker import Mosquitto
 from appliance.devtools.controller import Controller
 from appliance.store import Store
-from tests.helpers import DaemonProcess, get_json, wait_for, wait_online
+from tests.helpers import DaemonProcess, drain_json, get_json, wait_for, wait_online
 
 DaemonFactory = Callable[..., DaemonProcess]
 
@@ -164,22 +164,9 @@ def test_command_sent_while_daemon_down_runs_once_after_restart(
     # Exactly one note event for the id: the duplicate got the stored reply.
     ping = controller.request("kiosk-away", "ping")
     assert ping["ok"]
-    extra = [m for m in _drain(events) if m["data"].get("command_id") == "away-1"]
+    extra = [m for m in drain_json(events) if m["data"].get("command_id") == "away-1"]
     assert extra == []
     d.terminate()
-
-
-def _drain(q: object) -> list[dict[str, object]]:
-    import queue as _q
-
-    out = []
-    assert isinstance(q, _q.Queue)
-    while True:
-        try:
-            _t, payload, _r = q.get_nowait()
-        except _q.Empty:
-            return out
-        out.append(json.loads(payload))
 
 
 def test_outbox_survives_broker_outage_and_drains_in_order(

@@ -26,7 +26,7 @@ from typing import Any
 
 from appliance.central.citizens import Citizen, CitizenDirectory
 from appliance.central.issue import DocumentSigner, build_for_enrollment
-from tests.helpers import get_json
+from tests.helpers import drain_json, get_json
 
 from .rig import EnrollmentFaultRig
 
@@ -327,12 +327,6 @@ def _next_step(q: queue.Queue[tuple[str, bytes, bool]], timeout: float) -> str |
 
 
 def _steps_left(q: queue.Queue[tuple[str, bytes, bool]]) -> list[str]:
-    out = []
-    while True:
-        try:
-            _t, payload, _r = q.get_nowait()
-        except queue.Empty:
-            return out
-        data = json.loads(payload)["data"]
-        if data.get("command") == "card.encode":
-            out.append(str(data["step"]))
+    return [
+        str(m["data"]["step"]) for m in drain_json(q) if m["data"].get("command") == "card.encode"
+    ]

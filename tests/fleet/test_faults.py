@@ -19,6 +19,7 @@ This is the short CI version; bench/fleet_faults.py runs the long loop and count
 
 from __future__ import annotations
 
+import contextlib
 import types
 from collections.abc import Callable, Iterator
 
@@ -32,16 +33,27 @@ from .faultproxy import FaultProxy
 from .faults import Producer, Rig
 
 
-@pytest.fixture
-def rig(
-    make_broker: Callable[..., Mosquitto], daemon_factory: Callable[..., DaemonProcess]
+@contextlib.contextmanager
+def _rig(
+    make_broker: Callable[..., Mosquitto],
+    daemon_factory: Callable[..., DaemonProcess],
+    device: str,
+    *,
+    end_to_end: bool = False,
 ) -> Iterator[Rig]:
+    """Broker, fault proxy, daemon behind it, a controller-side ingest and the producer. With
+    ``end_to_end`` the daemon keeps each event until the ingest acknowledges it (development
+    mode: the sim profile accepts unsigned acknowledgements)."""
     broker = make_broker()
     proxy = FaultProxy(broker.host, broker.port).start()
-    ingest = Ingest(broker.host, broker.port, client_id="faults-ingest", keep_payloads=True)
-    ingest.start()
+    ingest = Ingest(
+        broker.host, broker.port, client_id=f"ing-{device}", keep_payloads=True, ack=end_to_end
+    ).start()
     via_proxy = types.SimpleNamespace(host=proxy.host, port=proxy.port)
-    d = daemon_factory(via_proxy, "kiosk-faults", env={"APPLIANCE_MQTT__KEEPALIVE_S": "5"})
+    env = {"APPLIANCE_MQTT__KEEPALIVE_S": "5"}
+    if end_to_end:
+        env |= {"APPLIANCE_MQTT__DELIVERY": "end_to_end", "APPLIANCE_MQTT__DELIVERY_RESEND_S": "2"}
+    d = daemon_factory(via_proxy, device, env=env)
     d.start()
     producer = Producer(d.state_dir, d.device_id)
     try:
@@ -53,6 +65,22 @@ def rig(
         d.terminate()
         ingest.stop()
         proxy.close()
+
+
+@pytest.fixture
+def rig(
+    make_broker: Callable[..., Mosquitto], daemon_factory: Callable[..., DaemonProcess]
+) -> Iterator[Rig]:
+    with _rig(make_broker, daemon_factory, "kiosk-faults") as r:
+        yield r
+
+
+@pytest.fixture
+def e2e_rig(
+    make_broker: Callable[..., Mosquitto], daemon_factory: Callable[..., DaemonProcess]
+) -> Iterator[Rig]:
+    with _rig(make_broker, daemon_factory, "kiosk-e2e", end_to_end=True) as r:
+        yield r
 
 
 def test_partitions_and_broker_restarts_lose_nothing(rig: Rig) -> None:
@@ -80,37 +108,6 @@ def test_broker_kill9_losses_are_all_visible_as_seq_gaps(rig: Rig) -> None:
     gaps = set(seen.gaps().get(rig.daemon.device_id, []))
     lost = {seq for eid, (seq, _n) in rig.producer.stored.items() if eid not in seen.payloads}
     assert lost == gaps, "every lost event must show as a gap in seq, and nothing else"
-
-
-@pytest.fixture
-def e2e_rig(
-    make_broker: Callable[..., Mosquitto], daemon_factory: Callable[..., DaemonProcess]
-) -> Iterator[Rig]:
-    """The same rig with end-to-end delivery: the kiosk keeps each event until the ingest
-    acknowledges it (development mode: the sim profile accepts unsigned acknowledgements)."""
-    broker = make_broker()
-    proxy = FaultProxy(broker.host, broker.port).start()
-    ingest = Ingest(
-        broker.host, broker.port, client_id="faults-e2e", keep_payloads=True, ack=True
-    ).start()
-    via_proxy = types.SimpleNamespace(host=proxy.host, port=proxy.port)
-    env = {
-        "APPLIANCE_MQTT__KEEPALIVE_S": "5",
-        "APPLIANCE_MQTT__DELIVERY": "end_to_end",
-        "APPLIANCE_MQTT__DELIVERY_RESEND_S": "2",
-    }
-    d = daemon_factory(via_proxy, "kiosk-e2e", env=env)
-    d.start()
-    producer = Producer(d.state_dir, d.device_id)
-    try:
-        wait_for(lambda: d.device_id in ingest.snapshot().devices_seen, 20, "the birth")
-        producer.start()
-        yield Rig(broker, proxy, ingest, d, producer)
-    finally:
-        producer.stop()
-        d.terminate()
-        ingest.stop()
-        proxy.close()
 
 
 def test_broker_kill9_loses_nothing_with_end_to_end_delivery(e2e_rig: Rig) -> None:
