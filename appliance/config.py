@@ -27,19 +27,12 @@ from .drivers.camera.config import CameraConfig
 from .drivers.card.config import CardConfig
 from .drivers.fingerprint.config import FingerprintConfig
 from .errors import ConfigError
+from .resources import profiles_dir
 
 DEFAULT_CONFIG_PATH = Path("/etc/appliance/appliance.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/appliance")
 ENV_PREFIX = "APPLIANCE_"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def profiles_dir() -> Path:
-    """Where hardware kit profiles live: ``APPLIANCE_PROFILES_DIR`` or the source tree's."""
-    env = os.environ.get("APPLIANCE_PROFILES_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "firmware_profiles"
 
 
 class Strict(BaseModel):

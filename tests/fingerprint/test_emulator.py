@@ -13,7 +13,7 @@ import serial
 from appliance.drivers.fingerprint import frames as f
 from appliance.drivers.fingerprint.device import FingerprintSensor
 from appliance.drivers.fingerprint.emulator import FingerprintEmulator
-from appliance.drivers.fingerprint.profiles import DEFAULT_PROFILE_DIR, load_profile
+from appliance.drivers.fingerprint.profiles import default_profile_dir, load_profile
 from appliance.errors import ConfigError
 
 from .conftest import Events
@@ -91,7 +91,7 @@ def test_random_commands_and_noise_never_kill_the_emulator(make_emulator: MakeEm
 def test_power_up_handshake_byte_is_skipped_by_the_driver(
     tmp_path: Path, make_emulator: MakeEmu, make_sensor: MakeDev
 ) -> None:
-    text = (DEFAULT_PROFILE_DIR / "r503.toml").read_text()
+    text = (default_profile_dir() / "r503.toml").read_text()
     custom = tmp_path / "zfm70.toml"
     custom.write_text(
         text.replace('model = "r503"', 'model = "zfm70"').replace(
@@ -133,7 +133,7 @@ def test_profiles_load_and_refuse_bad_files(tmp_path: Path) -> None:
     assert load_profile("r503").max_baud == 115200
     assert load_profile("r307").quirks.downchar_max_packet_size == 32
     bad = tmp_path / "bad.toml"
-    bad.write_text((DEFAULT_PROFILE_DIR / "r307.toml").read_text() + "\ncolour = 1\n")
+    bad.write_text((default_profile_dir() / "r307.toml").read_text() + "\ncolour = 1\n")
     with pytest.raises(ConfigError, match="colour"):
         load_profile(str(bad))
     bad.write_text("model = [")
@@ -141,7 +141,7 @@ def test_profiles_load_and_refuse_bad_files(tmp_path: Path) -> None:
         load_profile(str(bad))
     with pytest.raises(ConfigError):
         load_profile("../etc/passwd")
-    wrong = (DEFAULT_PROFILE_DIR / "r307.toml").read_text().replace('"GenImg"', '"GenImage"')
+    wrong = (default_profile_dir() / "r307.toml").read_text().replace('"GenImg"', '"GenImage"')
     bad.write_text(wrong)
     with pytest.raises(ConfigError, match="unknown instruction"):
         load_profile(str(bad))

@@ -9,8 +9,12 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ...errors import ConfigError
+from ...resources import profiles_dir
 
-PROFILE_DIR = Path(__file__).resolve().parents[3] / "firmware_profiles" / "cards"
+
+def default_profile_dir() -> Path:
+    """``firmware_profiles/cards`` of this installation (appliance/resources.py)."""
+    return profiles_dir() / "cards"
 
 
 class CardProfile(BaseModel):
@@ -61,7 +65,7 @@ def load_profile(name: str, directory: Path | None = None) -> CardProfile:
             f"bad card profile name {name!r}",
             [("hardware.card.card_profile", "letters, digits, . _ - only")],
         )
-    path = (directory or PROFILE_DIR) / f"{name}.toml"
+    path = (directory or default_profile_dir()) / f"{name}.toml"
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -12,11 +12,13 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ...errors import ConfigError
+from ...resources import profiles_dir
 from .frames import PACKET_SIZES, Instruction, baud_from_n
 
-# firmware_profiles/ lives at the project root, beside the package (appliance/drivers/fingerprint
-# is three levels below it).
-DEFAULT_PROFILE_DIR = Path(__file__).resolve().parents[3] / "firmware_profiles" / "sensors"
+
+def default_profile_dir() -> Path:
+    """``firmware_profiles/sensors`` of this installation (appliance/resources.py)."""
+    return profiles_dir() / "sensors"
 
 
 class _Strict(BaseModel):
@@ -125,12 +127,12 @@ def load_profile(model: str, profile_dir: Path | None = None) -> SensorProfile:
                 f"bad sensor model name {model!r}",
                 [("hardware.fingerprint.model", "letters, digits, '-' and '_' only")],
             )
-        path = (profile_dir or DEFAULT_PROFILE_DIR) / f"{model}.toml"
+        path = (profile_dir or default_profile_dir()) / f"{model}.toml"
     try:
         with path.open("rb") as fh:
             raw = tomllib.load(fh)
     except FileNotFoundError:
-        known = sorted(p.stem for p in (profile_dir or DEFAULT_PROFILE_DIR).glob("*.toml"))
+        known = sorted(p.stem for p in (profile_dir or default_profile_dir()).glob("*.toml"))
         raise ConfigError(
             f"unknown sensor model {model!r}: no profile {str(path)!r}; known: {known}",
             [("hardware.fingerprint.model", f"unknown model {model!r}; known: {known}")],
