@@ -41,9 +41,14 @@ def test_a_wheel_install_carries_and_finds_the_kit_profiles(tmp_path: Path) -> N
             n.endswith(f".data/data/share/appliance/firmware_profiles/{profile}") for n in names
         )
 
+    own = sorted(Path(sysconfig.get_paths()["purelib"]).glob("*appliance*"))  # this venv's install
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    subprocess.run([*pip, "install", "--no-deps", "--prefix", str(venv), str(wheel)], check=True)
+    # --ignore-installed: without it pip first uninstalls the running venv's own (editable)
+    # appliance, although the target is another prefix.
+    install = [*pip, "install", "--no-deps", "--ignore-installed", "--prefix", str(venv)]
+    subprocess.run([*install, str(wheel)], check=True)
+    assert sorted(Path(sysconfig.get_paths()["purelib"]).glob("*appliance*")) == own
     env = {
         **os.environ,
         "PYTHONPATH": sysconfig.get_paths()["purelib"],  # the dependencies, not this checkout
