@@ -522,7 +522,11 @@ class VirtualKiosk:
         self.inflight.clear()
         w, self.writer = self.writer, None
         if w is not None:
-            w.close()
+            # abort, not close: the session is over (a clean stop drained its DISCONNECT
+            # first). close() would wait to flush a buffer a dead or blackholed broker never
+            # takes, and the transport and its socket would outlive the event loop (leaked,
+            # a ResourceWarning when collected).
+            w.transport.abort()
 
     async def _session(self) -> None:
         """One connection, from TCP connect to its end (always by an exception)."""
@@ -891,6 +895,7 @@ class FleetSim:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             for k in self.kiosks:
                 k._close()
+            await asyncio.sleep(0)  # the transports' connection_lost callbacks close the sockets
             self.stats.events_pending = sum(len(k.outbox) for k in self.kiosks)
         return self.stats
 
