@@ -147,6 +147,11 @@ class ConfigPush:
         self._session_active = session_active
         self._lock = threading.Lock()
         self._waiting: dict[str, Any] | None = None  # validated, waiting for the session to end
+        # Orders a document's handling (config worker) against the trial's verdict (main loop):
+        # both read and change applied_version and startup.trial. Without it the retained
+        # document re-delivered at the trial's connect could be checked half before, half after
+        # the verdict and be reported "rejected: not newer" instead of ignored.
+        self._verdict = threading.RLock()
         self.applied_version = startup.version or 0
 
     # -- reporting -------------------------------------------------------------------------
@@ -217,6 +222,10 @@ class ConfigPush:
 
     def trial_verdict(self, healthy: bool, reason: str) -> None:
         """End of a trial: commit the pending document or roll back to the previous one."""
+        with self._verdict:
+            self._trial_verdict(healthy, reason)
+
+    def _trial_verdict(self, healthy: bool, reason: str) -> None:
         trial = self.startup.trial
         if trial is None:
             return
@@ -241,6 +250,10 @@ class ConfigPush:
         """Handle a retained/live desired document (called off the network thread)."""
         if not doc:
             return  # a cleared retained message
+        with self._verdict:
+            self._on_document(doc)
+
+    def _on_document(self, doc: bytes) -> None:
         version = peek_version(doc)
         if version is not None and (
             version <= self.applied_version
