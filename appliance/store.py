@@ -227,8 +227,13 @@ class Store:
                 details={"schema": current, "supported": len(MIGRATIONS)},
             )
         for version in range(current, len(MIGRATIONS)):
-            log.info("store: migrating schema %d -> %d", version, version + 1)
             with self.transaction():
+                # Re-read under the write lock (BEGIN IMMEDIATE): another process opening the
+                # same new store at the same moment (the daemon starting while a local tool
+                # writes its first event) may have run this step already.
+                if self.schema_version > version:
+                    continue
+                log.info("store: migrating schema %d -> %d", version, version + 1)
                 MIGRATIONS[version](self.db)
                 self.conn.execute(f"PRAGMA user_version={version + 1}")
 

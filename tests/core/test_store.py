@@ -28,6 +28,28 @@ def test_schema_is_created_and_versioned(tmp_path: Path) -> None:
     s.close()
 
 
+def test_a_migration_another_process_just_ran_is_not_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes opening a new store at once (the daemon starting while a local tool
+    writes) both read schema 0 before either takes the write lock; the second must not run the
+    migrations the first committed meanwhile ("table outbox already exists")."""
+    Store(tmp_path).close()  # the other process won the race: the store is complete
+    real = Store.schema_version
+    reads = {"n": 0}
+
+    def stale_first(self: Store) -> int:
+        reads["n"] += 1
+        return 0 if reads["n"] == 1 else real.fget(self)  # type: ignore[misc]
+
+    monkeypatch.setattr(Store, "schema_version", property(stale_first))
+    s = Store(tmp_path)  # read 0 before the lock, as the loser of the race did
+    monkeypatch.undo()
+    assert s.schema_version == len(store_mod.MIGRATIONS)
+    assert s.integrity_check() == "ok"
+    s.close()
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     Store(tmp_path).close()
     conn = sqlite3.connect(tmp_path / store_mod.DB_NAME)
