@@ -15,6 +15,7 @@ from nacl.signing import SigningKey
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from appliance.devtools.broker import Mosquitto
+from appliance.devtools.controller import Controller
 from appliance.fleet.ingest import Ingest
 from appliance.store import Store
 from appliance.trust.certs import ROOT_PUB_FILE, FleetRoot, OperatorKey
@@ -43,8 +44,15 @@ def _depth(state_dir: Path) -> int:
         store.close()
 
 
+def _pubacked(controller: Controller, device: str) -> int:
+    """Events the daemon's broker acknowledged (PUBACK), from its diagnostics."""
+    reply = controller.request(device, "diagnostics")
+    assert reply["ok"], reply
+    return int(reply["result"]["mqtt"]["events_published"])
+
+
 def test_events_the_broker_dropped_are_sent_again_and_deleted_only_when_acknowledged(
-    broker: Mosquitto, daemon_factory: Callable[..., DaemonProcess]
+    broker: Mosquitto, controller: Controller, daemon_factory: Callable[..., DaemonProcess]
 ) -> None:
     d = daemon_factory(broker, "kiosk-e2e-1", env=ENV).start()
     watcher = Ingest(broker.host, broker.port, client_id="e2e-watch", keep_payloads=True).start()
@@ -54,12 +62,13 @@ def test_events_the_broker_dropped_are_sent_again_and_deleted_only_when_acknowle
         # Published and PUBACKed by the broker, seen by an ingest that does not acknowledge:
         # the kiosk keeps every row.
         wait_for(lambda: set(stored.values()) <= set(watcher.snapshot().payloads), 20, "events")
-        time.sleep(0.5)
+        wait_for(lambda: _pubacked(controller, d.device_id) >= 20, 20, "the 20 PUBACKs")
         assert _depth(d.state_dir) == 20
     finally:
         watcher.stop()  # ends its session: from now on the broker drops the kiosk's events
     more = _put(d.state_dir, d.device_id, 5)
-    time.sleep(0.5)  # published to a broker with no subscriber: dropped there
+    # PUBACKed by a broker with no subscriber for them: dropped there.
+    wait_for(lambda: _pubacked(controller, d.device_id) >= 25, 20, "the 5 PUBACKs")
     ingest = Ingest(
         broker.host, broker.port, client_id="e2e-ack", keep_payloads=True, ack=True
     ).start()

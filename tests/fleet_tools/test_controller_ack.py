@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from appliance.devtools.broker import Mosquitto
+from appliance.fleet.ingest import Ingest
 from appliance.store import Store
 from appliance.trust.certs import ROOT_PUB_FILE, FleetRoot
 from tests.fleet_tools.test_tools_daemon import issue
@@ -83,9 +83,14 @@ def test_controller_acknowledges_what_it_recorded(broker: Mosquitto, tmp_path: P
         p.terminate()
         _o, err = p.communicate(timeout=20)
     assert "acknowledged" in err, err
-    # While no acknowledging controller runs, the kiosk keeps its events.
-    second = put(d, 10)
-    time.sleep(1.5)
+    # While no acknowledging controller runs, the kiosk keeps its events: delivered to a
+    # watcher that does not acknowledge, still in the outbox.
+    watcher = Ingest(broker.host, broker.port, client_id="ack-watch", keep_payloads=True).start()
+    try:
+        second = put(d, 10)
+        wait_for(lambda: second <= set(watcher.snapshot().payloads), 30, "the events delivered")
+    finally:
+        watcher.stop()
     assert depth(d) == 10
     p = controller(broker, home, out, "--ack")
     try:
