@@ -25,14 +25,16 @@ import threading
 import time
 from pathlib import Path
 
-from _common import daemon_config, emit, start_daemon, stop
-from nacl.signing import SigningKey
+from _common import ROOT, daemon_config, emit, start_daemon, stop
+
+sys.path.insert(0, str(ROOT))
 
 from appliance.devtools.broker import Mosquitto
 from appliance.fleet.ingest import Ingest
 from appliance.store import Store
-from appliance.trust.certs import ROOT_PUB_FILE, FleetRoot, OperatorKey
+from appliance.trust.certs import ROOT_PUB_FILE, FleetRoot
 from appliance.trust.keys import DeviceIdentity
+from tests.trust.fleet import live_key
 
 PAYLOAD = {"kind": "bench", "text": "x" * 200}
 
@@ -159,17 +161,7 @@ def main() -> None:
                 cfg.read_text() + f'[trust]\nroot_keys = ["{work / "fleet" / ROOT_PUB_FILE}"]\n'
             )
             env = {"APPLIANCE_MQTT__DELIVERY": "end_to_end"}
-            sk = SigningKey.generate()
-            now = int(time.time())
-            cert = root.issue(
-                bytes(sk.verify_key),
-                roles=("ingest",),
-                devices=("bench-ob",),
-                not_after=now + 3600,
-                issued_at=now - 60,
-                name="bench ingest",
-            )
-            key = OperatorKey(sk, cert)
+            key = live_key(root, ("ingest",), "bench-ob")
             ingest = Ingest(broker.host, broker.port, client_id="ob-ingest", ack=True, ack_key=key)
             ingest.start()
         daemon = start_daemon(cfg, work / "d" / "state", env=env)

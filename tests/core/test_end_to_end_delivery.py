@@ -6,21 +6,20 @@ provisioned kiosk. (Broker crashes: tests/fleet/test_faults.py.)"""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as paho
-from nacl.signing import SigningKey
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from appliance.devtools.broker import Mosquitto
 from appliance.devtools.controller import Controller
 from appliance.fleet.ingest import Ingest
 from appliance.store import Store
-from appliance.trust.certs import ROOT_PUB_FILE, FleetRoot, OperatorKey
+from appliance.trust.certs import ROOT_PUB_FILE, FleetRoot
 from appliance.trust.outboxack import build_outbox_ack
 from tests.helpers import DaemonProcess, wait_for
+from tests.trust.fleet import live_key
 
 ENV = {"APPLIANCE_MQTT__DELIVERY": "end_to_end", "APPLIANCE_MQTT__DELIVERY_RESEND_S": "1"}
 
@@ -84,20 +83,6 @@ def test_events_the_broker_dropped_are_sent_again_and_deleted_only_when_acknowle
     d.terminate()
 
 
-def _ingest_key(root: FleetRoot, roles: tuple[str, ...], device: str) -> OperatorKey:
-    sk = SigningKey.generate()
-    now = int(time.time())
-    cert = root.issue(
-        bytes(sk.verify_key),
-        roles=roles,
-        devices=(device,),
-        not_after=now + 3600,
-        issued_at=now - 60,
-        name="ingest",
-    )
-    return OperatorKey(sk, cert)
-
-
 def test_a_provisioned_kiosk_deletes_only_on_an_ingest_signed_acknowledgement(
     broker: Mosquitto, daemon_factory: Callable[..., DaemonProcess], tmp_path: Path
 ) -> None:
@@ -124,9 +109,9 @@ def test_a_provisioned_kiosk_deletes_only_on_an_ingest_signed_acknowledgement(
         topic = f"kiosk/{dev}/outbox/ack"
         forged = [
             build_outbox_ack(None, dev, [(1, last, stored[last])]),  # unsigned
-            build_outbox_ack(_ingest_key(root, ("operator",), dev), dev, [(1, last, stored[last])]),
+            build_outbox_ack(live_key(root, ("operator",), dev), dev, [(1, last, stored[last])]),
             build_outbox_ack(
-                _ingest_key(FleetRoot.create(tmp_path / "other"), ("ingest",), dev),
+                live_key(FleetRoot.create(tmp_path / "other"), ("ingest",), dev),
                 dev,
                 [(1, last, stored[last])],
             ),
@@ -139,7 +124,7 @@ def test_a_provisioned_kiosk_deletes_only_on_an_ingest_signed_acknowledgement(
             assert f"outbox acknowledgement refused ({code})" in log
         assert _depth(d.state_dir) == 10
         # A signed acknowledgement of a part deletes exactly that part.
-        key = _ingest_key(root, ("ingest",), dev)
+        key = live_key(root, ("ingest",), dev)
         raw.publish(topic, build_outbox_ack(key, dev, [(1, 4, stored[4])]), qos=1)
         wait_for(lambda: _depth(d.state_dir) == 6, 20, "the acknowledged part deleted")
         # The real ingest with the same certificate acknowledges the rest.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,22 @@ class Fleet:
             name="test operator",
         )
         return OperatorKey(sk, cert)
+
+
+def live_key(root: FleetRoot, roles: tuple[str, ...], device: str) -> OperatorKey:
+    """A fresh operator key and certificate valid now (wall clock) for an hour, for tests that
+    talk to a real daemon (whose clock is the machine's)."""
+    sk = SigningKey.generate()
+    now = int(time.time())
+    cert = root.issue(
+        bytes(sk.verify_key),
+        roles=roles,
+        devices=(device,),
+        not_after=now + 3600,
+        issued_at=now - 60,
+        name="test key",
+    )
+    return OperatorKey(sk, cert)
 
 
 def open_db(path: Path, *, isolation_level: str | None = None) -> sqlite3.Connection:

@@ -8,30 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nacl.signing import SigningKey
-
 from appliance.devtools.broker import Mosquitto, free_port
 from appliance.devtools.controller import Controller
 from appliance.store import Store
-from appliance.trust.certs import ROOT_PUB_FILE, FleetRoot, OperatorKey
+from appliance.trust.certs import ROOT_PUB_FILE, FleetRoot
 from appliance.trust.configdoc import sign_config
 from tests.helpers import DaemonProcess, get_json, wait_online
+from tests.trust.fleet import live_key
 
 DEV = "kiosk-cfg"
-
-
-def key(root: FleetRoot, roles: tuple[str, ...]) -> OperatorKey:
-    sk = SigningKey.generate()
-    now = int(time.time())
-    cert = root.issue(
-        bytes(sk.verify_key),
-        roles=roles,
-        devices=(DEV,),
-        not_after=now + 3600,
-        issued_at=now - 60,
-        name="admin",
-    )
-    return OperatorKey(sk, cert)
 
 
 def test_push_apply_reject_and_roll_back(
@@ -41,7 +26,7 @@ def test_push_apply_reject_and_roll_back(
     tmp_path: Path,
 ) -> None:
     root = FleetRoot.create(tmp_path / "fleet")
-    admin, operator = key(root, ("admin",)), key(root, ("operator",))
+    admin, operator = live_key(root, ("admin",), DEV), live_key(root, ("operator",), DEV)
     d = daemon_factory(broker, DEV)
     d.config_path.write_text(
         d.config_path.read_text()
