@@ -28,7 +28,6 @@ with the one it already applied first and ignore an equal version without re-ver
 
 from __future__ import annotations
 
-import json
 import time
 import tomllib
 from collections.abc import Collection, Iterable, Sequence
@@ -38,7 +37,8 @@ from typing import Any
 from ..errors import TrustError
 from .certs import OperatorCertificate, OperatorKey, verify_certificate
 from .envelope import GROUP_PREFIX, ClockPolicy, validate_target
-from .keys import CTX_CONFIG, b64decode, b64encode, load_json, sign_detached, verify_detached
+from .keys import CTX_CONFIG, b64decode, b64encode, load_json, verify_detached
+from .signeddoc import envelope
 
 CONFIG_TYPE = "appliance.config.v1"
 FORMATS = ("toml", "json")
@@ -111,14 +111,7 @@ def sign_config(
         "issued_at": int(time.time()) if issued_at is None else int(issued_at),
         "issuer": key.key_id,
     }
-    body = json.dumps(body_obj, separators=(",", ":")).encode("utf-8")
-    doc = {
-        "typ": CONFIG_TYPE,
-        "cert": key.certificate.to_token(),
-        "body": b64encode(body),
-        "sig": b64encode(sign_detached(key.signing_key, CTX_CONFIG, body)),
-    }
-    return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    return envelope(key, CONFIG_TYPE, CTX_CONFIG, body_obj)
 
 
 def _int(body: dict[str, Any], name: str, minimum: int) -> int:

@@ -55,6 +55,12 @@ def sign_document(
         "issuer": key.key_id,
         **fields,
     }
+    return envelope(key, typ, context, body_obj)
+
+
+def envelope(key: OperatorKey, typ: str, context: bytes, body_obj: dict[str, Any]) -> bytes:
+    """The signed envelope every fleet document shares (also the configuration document's):
+    ``{"typ", "cert", "body": base64 JSON, "sig": Ed25519 over the body bytes under context}``."""
     body = json.dumps(body_obj, separators=(",", ":")).encode("utf-8")
     env = {
         "typ": typ,
