@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -128,3 +128,22 @@ class CommandRegistry:
 
     def specs(self) -> list[CommandSpec[Any]]:
         return [self._specs[n] for n in self.names()]
+
+    def roles(self) -> Mapping[str, str]:
+        """A live view ``command name -> role`` for the trust layer: a command registered after
+        the verifier was built (the enrollment commands are) is covered all the same."""
+        return _RoleView(self._specs)
+
+
+class _RoleView(Mapping[str, str]):
+    def __init__(self, specs: dict[str, CommandSpec[Any]]) -> None:
+        self._specs = specs
+
+    def __getitem__(self, name: str) -> str:
+        return self._specs[name].role
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)

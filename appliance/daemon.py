@@ -92,7 +92,7 @@ def build_verifier(cfg: AppConfig, store: Store, registry: CommandRegistry) -> V
     """The dispatcher's trust hook (docs/trust.md): signed envelopes checked against the fleet
     root keys; unsigned requests accepted only with ``commands.allow_unsigned``."""
     from .trust.adapter import actor_of, make_dispatch_verifier
-    from .trust.envelope import ClockPolicy, CommandVerifier, role_table_from_specs
+    from .trust.envelope import ClockPolicy, CommandVerifier
     from .trust.keys import load_public_key
 
     roots = [load_public_key(p) for p in cfg.trust.root_keys]
@@ -113,7 +113,7 @@ def build_verifier(cfg: AppConfig, store: Store, registry: CommandRegistry) -> V
         roots=roots,
         device_id=cfg.device.id,
         groups=cfg.device.groups,
-        role_table=role_table_from_specs(registry.specs()),
+        role_table=registry.roles(),
         conn=store.conn,
         lock=store.lock,
         policy=ClockPolicy(skew_s=cfg.trust.skew_s, max_lifetime_s=cfg.trust.max_lifetime_s),

@@ -21,7 +21,6 @@ from appliance.trust.envelope import (
     CommandVerifier,
     EnvelopeBuilder,
     TrustDecision,
-    role_table_from_specs,
 )
 
 from .fleet import Fleet
@@ -61,7 +60,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[Fleet, Dispatcher, Replies, list[Tru
     verifier = CommandVerifier(
         roots=[fleet.root.public_key],
         device_id="kiosk-001",
-        role_table=role_table_from_specs(registry.specs()),
+        role_table=registry.roles(),
         conn=store.conn,
         lock=store.lock,
         clock=fleet.clock,
@@ -118,3 +117,19 @@ def test_signed_command_runs_and_refusals_reply_with_codes(
         "unsigned",
     ]
     assert audit[0].issuer == op.key_id
+
+
+def test_command_registered_after_the_verifier_is_covered(
+    setup: tuple[Fleet, Dispatcher, Replies, list[TrustDecision]],
+) -> None:
+    """The enrollment commands register after the verifier is built: the role table is a live
+    view of the registry, so they are not refused as ``forbidden_role``."""
+    fleet, dispatcher, replies, _audit = setup
+    dispatcher.registry.add("late.cmd", lambda ctx, args: {"late": True}, role="operator")
+    b = EnvelopeBuilder(fleet.operator(roles=("operator",)), clock=fleet.clock)
+    dispatcher.handle(
+        _incoming(b.build("late.cmd", b'{"id": "l1", "cmd": "late.cmd"}', "kiosk-001"))
+    )
+    (reply,) = replies.wait(1)
+    assert reply["ok"] is True, reply
+    assert reply["result"] == {"late": True}
