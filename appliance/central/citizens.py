@@ -3,9 +3,9 @@ generator for demos and tests (clearly fictitious people; never real personal da
 
 JSON file (``--citizens FILE``)::
 
-    {"CIT-0001": {"personal_id": "001099012345", "full_name": "Nguyễn Thị Mai",
+    {"CIT-0001": {"personal_id": "001190012345", "full_name": "Nguyễn Thị Mai",
                   "date_of_birth": "1990-02-15", "sex": "F",
-                  "date_of_issue": "2026-11-22", "date_of_expiry": "2035-02-15",
+                  "date_of_issue": "2026-11-22", "date_of_expiry": "2030-02-15",
                   "place_of_origin": "...", "permanent_residence": "...", ...}, ...}
 
 The 12-digit personal number follows the CCCD layout (Decree 137/2015 art. 7): 3 digits of
@@ -13,7 +13,8 @@ the province of birth registration, 1 digit of century and sex (0/1 men/women bo
 2/3 born 2000-2099), 2 digits of the birth year, 6 digits of sequence. DG1 uses the whole
 number as the TD1 document number (more than 9 characters: ICAO 9303 Part 5 §4.2.2 note j,
 overflow into the optional data; spec icao9303-td1.md "Line layout"); DG13 follows
-cccd-dg13.md.
+cccd-dg13.md. Every entry passes :func:`appliance.citizen.validate_citizen` when loaded
+(docs/citizen-data.md), and again, with the card's dates, before issuance.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..citizen.validation import CitizenDataInvalid, Stage, card_expiry, validate_citizen
 from ..errors import ApplianceError, ConfigError
 from ..lds.files import Dg13
 from ..lds.mrz import Td1
@@ -144,12 +146,9 @@ _STREETS = ["Trần Hưng Đạo", "Lê Lợi", "Nguyễn Huệ", "Hai Bà Trưn
 
 def _expiry(birth: dt.date, issued: dt.date) -> dt.date | None:
     """CCCD validity: renewed at 25, 40 and 60 years of age (Law on Identification 2023,
-    art. 21); issued within two years before a milestone, it runs to the next one."""
-    for age in (25, 40, 60):
-        due = birth.replace(year=birth.year + age)
-        if due - issued > dt.timedelta(days=730):
-            return due
-    return None
+    art. 21); issued within two years before a milestone, it runs to the next one. The one
+    rule the validation checks (29 February births included)."""
+    return card_expiry(birth, issued)
 
 
 def synthetic_citizen(citizen_ref: str, *, today: dt.date | None = None) -> Citizen:
@@ -159,7 +158,9 @@ def synthetic_citizen(citizen_ref: str, *, today: dt.date | None = None) -> Citi
     rng = random.Random(seed)  # noqa: S311 - fictitious demo data, not security
     issued = today or dt.date.today()
     sex: Literal["M", "F"] = rng.choice(["M", "F"])
-    age = rng.randint(14, 55)
+    # The age reached this year: 15..55 years means 14..55 on the issue date, whatever the
+    # birthday (14 this year could still be 13 today, which the validation refuses).
+    age = rng.randint(15, 55)
     birth = dt.date(issued.year - age, rng.randint(1, 12), rng.randint(1, 28))
     province = rng.choice(sorted(_PROVINCES))
     century = 0 if birth.year < 2000 else 2
@@ -222,7 +223,14 @@ def load_citizens(path: Path) -> dict[str, Citizen]:
             problems.append((ref, "entry is not an object"))
             continue
         try:
-            out[ref] = Citizen.model_validate({**entry, "citizen_ref": ref})
+            record = validate_citizen({**entry, "citizen_ref": ref}, stage=Stage.DIRECTORY)
+        except CitizenDataInvalid as exc:
+            problems.extend((f"{ref}.{p.field}", f"{p.message} [{p.rule}]") for p in exc.problems)
+            continue
+        # The normalised values (NFC names, collapsed spaces) of the fields the entry gave.
+        clean = {k: v for k, v in record.as_dict().items() if k in entry}
+        try:
+            out[ref] = Citizen.model_validate({**clean, "citizen_ref": ref})
         except ValidationError as exc:
             for err in exc.errors():
                 problems.append((f"{ref}.{'.'.join(str(p) for p in err['loc'])}", err["msg"]))

@@ -73,6 +73,7 @@ class Rule(StrEnum):
     NAME_WORDS = "name_words"  # a full name without a family name and a given name
     TEXT_CHARACTERS = "text_characters"  # a control character in a text field
     TOO_LONG = "too_long"  # longer than the field allows
+    MRZ_MISMATCH = "mrz_mismatch"  # DG1's MRZ says something else than the record (DG13)
 
 
 @dataclass(frozen=True, slots=True)
