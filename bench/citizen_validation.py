@@ -8,12 +8,16 @@ names and addresses with Vietnamese diacritics, one in ten in NFD as some keyboa
 a share ``--bad`` of them broken in one of the issue's ways (a number contradicting sex and
 birth year, province 999, a birth date in 2099, a six-year-old, an expiry before the issue).
 
-Measured, pinned to one CPU (sched_setaffinity), best of 3 passes over the whole batch:
+Measured, pinned to one CPU (sched_setaffinity), passes over the whole batch alternating
+between the two (so a busy moment of the shared machine hits both), best of ``--passes``:
   baseline   ``Citizen.model_validate`` (appliance/central/citizens.py, pydantic v2) of every
              record: types and shapes only, none of the citizen rules
   validate   ``validate_many`` (appliance/citizen/validation.py): every rule, stage issuance,
              problems collected for the bad records
-The target is the issue's: >= 20,000 records/s for a batch of 100,000.
+The target is the issue's: >= 20,000 records/s for a batch of 100,000. Two clocks: CPU time
+of the process (``time.process_time``: records per second of one core's work, what the target
+means; the time the process waits for the CPU while other jobs run is not counted) and wall
+time (includes that wait on a loaded machine).
 """
 
 from __future__ import annotations
@@ -89,13 +93,11 @@ def make_batch(n: int, bad_share: float, seed: int = 7) -> list[tuple[str, dict[
     return out
 
 
-def best_rate(n: int, fn: Callable[[], object]) -> float:
-    best = 0.0
-    for _ in range(3):
-        t0 = time.perf_counter()
-        fn()
-        best = max(best, n / (time.perf_counter() - t0))
-    return best
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of one call."""
+    c0, w0 = time.process_time(), time.perf_counter()
+    fn()
+    return time.process_time() - c0, time.perf_counter() - w0
 
 
 def main() -> None:
@@ -103,6 +105,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000, help="records in the batch (100000)")
     ap.add_argument("--cpu", type=int, default=0, help="CPU to pin to (default 0)")
     ap.add_argument("--bad", type=float, default=0.02, help="share of broken records (0.02)")
+    ap.add_argument("--passes", type=int, default=3, help="passes of each (default 3)")
     args = ap.parse_args()
     os.sched_setaffinity(0, {args.cpu})
 
@@ -119,8 +122,13 @@ def main() -> None:
         good, bad = validate_many(batch, today=TODAY)
         counts["valid"], counts["refused"] = len(good), len(bad)
 
-    base = best_rate(args.n, baseline)
-    ours = best_rate(args.n, validate)
+    base_cpu = base_wall = ours_cpu = ours_wall = float("inf")
+    for _ in range(args.passes):
+        c, w = timed(baseline)
+        base_cpu, base_wall = min(base_cpu, c), min(base_wall, w)
+        c, w = timed(validate)
+        ours_cpu, ours_wall = min(ours_cpu, c), min(ours_wall, w)
+    base, ours = args.n / base_cpu, args.n / ours_cpu
     emit(
         "citizen_validation",
         {
@@ -129,10 +137,13 @@ def main() -> None:
             "bad_share": args.bad,
             "valid": counts["valid"],
             "refused": counts["refused"],
-            "baseline_pydantic_parse_per_s": round(base),
-            "validate_per_s": round(ours),
+            "load_average_1min": os.getloadavg()[0],
+            "baseline_pydantic_parse_per_cpu_s": round(base),
+            "validate_per_cpu_s": round(ours),
             "ratio_baseline_over_validate": round(base / ours, 2),
-            "target_validate_per_s": 20_000,
+            "baseline_per_wall_s": round(args.n / base_wall),
+            "validate_per_wall_s": round(args.n / ours_wall),
+            "target_validate_per_cpu_s": 20_000,
             "target_met": ours >= 20_000,
         },
     )

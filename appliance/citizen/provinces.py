@@ -1,9 +1,9 @@
 """Province codes of the 12-digit personal identification number (its first three digits).
 
-Data, not logic: the 63 codes of the provinces and centrally-run cities listed in the annex of
+Data, not logic: the 63 codes of the provinces and centrally-run cities listed in Annex 1 of
 Circular 07/2016/TT-BCA (Ministry of Public Security, 1 February 2016) on the personal
-identification number. Codes follow the administrative-unit codes of the General Statistics
-Office, hence the gaps (003, 005, ... are not provinces). The 2025 merger of provinces did not
+identification number. They are the provinces' two-digit administrative-unit codes with a
+leading 0, hence the gaps (003, 005, ... are no province). The 2025 merger of provinces did not
 renumber issued numbers, so the pre-merger list stays the one that numbers are checked against.
 docs/citizen-data.md gives the source and how to update the list.
 """

@@ -7,7 +7,7 @@ problem at once, each naming the field and the rule (:class:`Rule`). docs/citize
 every rule with its source.
 
 Sources of the rules (cited at each rule below):
-- Circular 07/2016/TT-BCA art. 7 (replaced in part by Circular 59/2021/TT-BCA): the 12-digit
+- Circular 07/2016/TT-BCA and its Annex 1, restated by Circular 59/2021/TT-BCA art. 4: the 12-digit
   personal identification number ``PPP G YY NNNNNN``: province of birth registration, century
   and sex, last two digits of the birth year, random part (no check digit).
 - Law on Citizen Identification 2014 art. 19 and 21 / Law on Identification 2023 art. 19
@@ -31,7 +31,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from ..errors import ApplianceError
 from .provinces import PROVINCES
@@ -114,9 +114,11 @@ class CitizenDataInvalid(ApplianceError):
         return {(p.field, p.rule) for p in self.problems}
 
 
-@dataclass(frozen=True, slots=True)
-class CitizenRecord:
-    """A citizen's details after validation: names and texts in NFC with collapsed spaces."""
+class CitizenRecord(NamedTuple):
+    """A citizen's details after validation: names and texts in NFC with collapsed spaces.
+
+    A named tuple (immutable, and built at C speed: the centre makes 100,000 of them in a batch).
+    """
 
     personal_id: str
     full_name: str
@@ -138,12 +140,13 @@ class CitizenRecord:
 
     def as_dict(self) -> dict[str, Any]:
         """Field name -> value (dates as :class:`datetime.date`), for a model to take."""
-        return {name: getattr(self, name) for name in self.__slots__}
+        return self._asdict()
 
 
 # --- tables -----------------------------------------------------------------------------------
 
-# Circular 07/2016/TT-BCA art. 7(2)(b): the 4th digit codes century of birth and sex.
+# Circular 07/2016/TT-BCA (Circular 59/2021/TT-BCA art. 4): the 4th digit codes century of
+# birth and sex.
 # (first year of the century, male digit); female = male + 1.
 _CENTURY_DIGIT: Final = {1900: 0, 2000: 2, 2100: 4, 2200: 6, 2300: 8}
 
@@ -452,7 +455,7 @@ def _check(
                 Problem("date_of_birth", Rule.BIRTH_TOO_EARLY, f"{birth} is before 1900-01-01")
             )
 
-    # The 12-digit number against sex and birth year (Circular 07/2016/TT-BCA art. 7).
+    # The 12-digit number against sex and birth year (Circular 59/2021/TT-BCA art. 4).
     if pid is not None:
         if pid[:3] not in PROVINCES:
             problems.append(
