@@ -162,7 +162,8 @@ EARLIEST_BIRTH: Final = dt.date(1900, 1, 1)
 _DIGITS12 = re.compile(r"[0-9]{12}")
 _DIGITS9 = re.compile(r"[0-9]{9}")
 _ISO_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
-_DMY_DATE = re.compile(r"([0-9]{2})/?([0-9]{2})/?([0-9]{4})")  # DG13: dd/MM/yyyy or ddMMyyyy
+# DG13 dates: dd/MM/yyyy (what public readers parse) or ddMMyyyy (the kiosk's first encoder).
+_DMY_DATE = re.compile(r"([0-9]{2})(/?)([0-9]{2})\2([0-9]{4})")
 # C0/C1 control characters, except tab, line feed and carriage return: white space, collapsed.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f]")
 
@@ -302,7 +303,7 @@ def _date(value: object, field: str, problems: list[Problem]) -> dt.date | None:
                 Problem(field, Rule.DATE_FORMAT, f"{value!r} is not YYYY-MM-DD or dd/MM/yyyy")
             )
             return None
-        d, mo, y = int(m[1]), int(m[2]), int(m[3])
+        d, mo, y = int(m[1]), int(m[3]), int(m[4])
     try:
         return dt.date(y, mo, d)
     except ValueError:

@@ -265,6 +265,8 @@ def test_date_forms_accepted(birth: object) -> None:
         ("30/02/1990", Rule.DATE_FORMAT),
         ("1990/02/15", Rule.DATE_FORMAT),
         ("19900215", Rule.DATE_FORMAT),
+        ("15/021990", Rule.DATE_FORMAT),
+        ("1502/1990", Rule.DATE_FORMAT),
         ("soon", Rule.DATE_FORMAT),
         (19900215, Rule.TYPE),
         (dt.datetime(1990, 2, 15, 8, 0), Rule.TYPE),
