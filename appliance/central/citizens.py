@@ -235,5 +235,7 @@ def load_citizens(path: Path) -> dict[str, Citizen]:
             for err in exc.errors():
                 problems.append((f"{ref}.{'.'.join(str(p) for p in err['loc'])}", err["msg"]))
     if problems:
-        raise ConfigError(f"{path}: {len(problems)} problem(s)", problems)
+        # Every problem in the message too: the CLIs print the message, not the details.
+        listed = "".join(f"\n  {where}: {reason}" for where, reason in problems)
+        raise ConfigError(f"{path}: {len(problems)} problem(s):{listed}", problems)
     return out

@@ -60,6 +60,8 @@ def test_citizens_file_refuses_the_issues_examples_all_at_once(tmp_path: Path) -
     for rule in ("id_century_sex", "id_birth_year", "id_province", "birth_future", "age_minimum"):
         assert f"[{rule}]" in reasons
     assert "[expiry_before_issue]" in reasons
+    # The message a CLI prints lists them, one per line, naming entry, field and rule.
+    assert "\n  P999.personal_id: province code 999 is not in the official list" in str(info.value)
 
     # The good entries alone load, the NFD name in NFC with its spaces collapsed.
     ok = {k: entries[k] for k in ("OK", "NFD")}
