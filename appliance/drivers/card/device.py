@@ -88,14 +88,20 @@ class EmrtdCard:
         self._send(CommandApdu(0x00, 0xE0, 0x00, 0x00, body), f"CREATE FILE {fid:04X}")
 
     def put_data_bac_seed(self, document_number: str, birth: str, expiry: str) -> None:
-        """PUT DATA ``00 DA 00 62 <62 {04 docNo}{04 birth}{04 expiry}>``."""
+        """PUT DATA ``00 DA 00 62 <62 {04 docNo}{04 birth}{04 expiry}>``.
+
+        The applet derives its BAC keys from these bytes as they come (check digits computed
+        over them), so the document number goes as the MRZ prints it: padded with ``<`` to 9
+        characters when shorter (ICAO 9303-11 §9.7.1, Appendix D), which is what every ICAO
+        reader feeds its own key derivation with."""
+        from ...lds.mrz import bac_document_number
         from .sm import bac_keys
 
         bac_keys(document_number, birth, expiry)  # validates before sending
         p1, p2 = self.profile.p1p2("put_data_bac_seed")
         seed = tlv(
             0x62,
-            tlv(0x04, document_number.encode("ascii"))
+            tlv(0x04, bac_document_number(document_number).encode("ascii"))
             + tlv(0x04, birth.encode("ascii"))
             + tlv(0x04, expiry.encode("ascii")),
         )
