@@ -79,3 +79,32 @@ def test_short_document_number_through_pcsc(make_encoder, insert_card, pki) -> N
     transport = AppletTransport(emu.applet)
     session = reader_bac(transport, emu.applet.profile.aid_bytes, mrz_information_as_read(m.text()))
     assert read_ef_com_head(transport, session) == bytes(pkg.files["EF.COM"])[:4]
+
+
+def test_a_citizen_over_60_is_issued_and_read_without_expiry(
+    make_encoder, insert_card, pki
+) -> None:
+    """cccd-number.md: from 60 the card has no expiry; the MRZ carries fillers and BAC works."""
+    import datetime as dt
+
+    from appliance.central.citizens import synthetic_citizen
+
+    p, _ = pki
+    c = synthetic_citizen("CIT-ELDER-1", today=dt.date(2026, 11, 22), age=72)
+    pkg = issuance.build_issuance_package(
+        package_id="pkg-elder",
+        mrz=c.td1(),
+        dg13=c.dg13(),
+        face_records=None,
+        ds_key=p.ds_key,
+        ds_cert=p.ds_cert,
+    )
+    emu = insert_card()
+    enc = make_encoder()
+    assert enc.encode(pkg)["outcome"] == "issued"
+    birth = c.date_of_birth.strftime("%y%m%d")
+    read = enc.read(c.personal_id, birth, mrz.NO_EXPIRY)
+    assert read["passive_authentication"]["passed"] is True
+    assert read["dg1"]["expiry"] == mrz.NO_EXPIRY
+    assert read["dg13"]["date_of_expiry"] == files.NO_EXPIRY_TEXT
+    assert emu.applet.bac_seed == (c.personal_id, birth, mrz.NO_EXPIRY)
