@@ -66,6 +66,7 @@ class EmrtdApplet:
         self.bac_seed: tuple[str, str, str] | None = None
         self.aa_key: bytes | None = None
         self.locked = False
+        self.refused_extended = 0  # extended-length APDUs refused (profile without them)
         self._allowed_fids = {FILE_FIDS[n] for n in profile.files if n in FILE_FIDS}
         self.reset()
 
@@ -78,7 +79,8 @@ class EmrtdApplet:
 
     @property
     def used_memory(self) -> int:
-        return sum(len(f) for f in self.files.values())
+        """EEPROM taken by files: contents plus the profile's per-file overhead."""
+        return sum(len(f) + self.profile.file_overhead for f in self.files.values())
 
     def process(self, raw: bytes) -> bytes:
         """One APDU in, one response out. Never raises."""
@@ -93,6 +95,10 @@ class EmrtdApplet:
         try:
             cmd = A.decode_command(raw)
         except ProtocolError:
+            return A.SW_WRONG_LENGTH.to_bytes(2, "big")
+        if cmd.extended and not self.profile.extended_length:
+            # A card stock without extended Lc/Le (ISO/IEC 7816-4 §5.1) rejects the encoding.
+            self.refused_extended += 1
             return A.SW_WRONG_LENGTH.to_bytes(2, "big")
         if cmd.cla & 0x0C == 0x0C:
             sm = self._sm
@@ -215,7 +221,7 @@ class EmrtdApplet:
             raise _Sw(A.SW_FILE_EXISTS)
         if size == 0 or size > self.profile.max_file_size:
             raise _Sw(A.SW_WRONG_DATA)
-        if self.used_memory + size > self.profile.memory:
+        if self.used_memory + size + self.profile.file_overhead > self.profile.memory:
             raise _Sw(A.SW_NOT_ENOUGH_MEMORY)
         self.files[fid] = bytearray(size)
         return b""
