@@ -107,16 +107,12 @@ def test_the_javascript_reader_reads_every_field_and_the_old_id_from_16(name: st
 def test_the_python_short_form_reader_drops_nothing(name: str) -> None:
     d = CASES[name]
     got = python_short_form_reader(files.encode_dg13(d))
-    want = _expected(d)
-    want[14] = tuple(x for x in want[14])  # type: ignore[arg-type]
-    assert got == want
+    assert got == _expected(d)
 
 
 def test_dates_are_dd_mm_yyyy_printable_and_expiry_utf8() -> None:
     raw = files.encode_dg13(FULL)
-    assert tlv(0x30, b"\x02\x01\x01" + tlv(0x13, b"001099012345"))[:7] == bytes.fromhex(
-        "3011020101130C"
-    )
+    assert bytes.fromhex("3011020101130C") + b"001099012345" in raw  # the Swift prefix
     assert tlv(0x30, b"\x02\x01\x03" + tlv(0x13, b"15/03/1999")) in raw
     assert tlv(0x30, b"\x02\x01\x0b" + tlv(0x13, b"10/05/2021")) in raw
     assert tlv(0x30, b"\x02\x01\x0c" + tlv(0x0C, b"15/03/2039")) in raw
@@ -128,7 +124,6 @@ def test_dates_are_dd_mm_yyyy_printable_and_expiry_utf8() -> None:
 
 def test_absent_values_are_empty_fields_in_order() -> None:
     raw = files.encode_dg13(SPARSE)
-    assert bytes.fromhex("3003020116") not in raw  # (sanity: no field 22)
     assert bytes.fromhex("30050201070C00") in raw  # religion: present, empty
     assert bytes.fromhex("300502010A0C00") in raw  # identifying marks: present, empty
     assert bytes.fromhex("300302010E") in raw  # no spouse: 30 03 02 01 0E
