@@ -230,19 +230,21 @@ DEFAULT_NATIONALITY: Final = "Việt Nam"
 def anniversary(birth: dt.date, years: int) -> dt.date:
     """The day the holder born on ``birth`` reaches ``years`` of age.
 
-    A 29 February birth reaches it on 1 March in a common year (the day after 28 February,
-    when the years are complete): the same reading :func:`age_on` uses, so that a card's
-    milestone and the age check agree.
+    A 29 February birth reaches it on 28 February in a common year: a period counted in years
+    ends on the last day of the month when its day does not exist (Civil Code 2015 art. 148,
+    as docs/card.md records for the card's milestones). :func:`age_on` counts the same way.
     """
     try:
         return birth.replace(year=birth.year + years)
     except ValueError:  # 29 February, common year
-        return dt.date(birth.year + years, 3, 1)
+        return dt.date(birth.year + years, 2, 28)
 
 
 def age_on(birth: dt.date, day: dt.date) -> int:
-    """Completed years of age on ``day``."""
-    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
+    """Completed years of age on ``day`` (a 29 February birth completes one on 28 February of
+    a common year, as :func:`anniversary`)."""
+    years = day.year - birth.year
+    return years if day >= anniversary(birth, years) else years - 1
 
 
 def card_expiry(birth: dt.date, issued: dt.date) -> dt.date | None:
@@ -261,12 +263,12 @@ def card_expiry(birth: dt.date, issued: dt.date) -> dt.date | None:
 
 def accepted_expiries(birth: dt.date, issued: dt.date) -> tuple[dt.date | None, ...]:
     """Expiries accepted for a card issued on ``issued``: :func:`card_expiry`, and for a
-    29 February birth whose milestone falls in a common year also 28 February (the law names
-    no day for it; the Civil Code 2015 art. 148 ends a period lacking its day on the last day
-    of the month), so both readings of a 29 February milestone pass."""
+    29 February birth whose milestone falls in a common year also 1 March (the day after
+    28 February, when the years are complete: the law names no day, and another issuer or the
+    population database may count that way), nothing else."""
     expected = card_expiry(birth, issued)
-    if expected is not None and birth.month == 2 and birth.day == 29 and expected.month == 3:
-        return (expected, expected - dt.timedelta(days=1))
+    if expected is not None and (birth.month, birth.day) == (2, 29) and expected.day == 28:
+        return (expected, expected + dt.timedelta(days=1))
     return (expected,)
 
 
@@ -568,7 +570,7 @@ def _check(
         # No issue date (a directory entry): the expiry can still only be a milestone birthday.
         possible = {anniversary(birth, a) for a in MILESTONES}
         if (birth.month, birth.day) == (2, 29):
-            possible |= {d - dt.timedelta(days=1) for d in possible if d.month == 3}
+            possible |= {d + dt.timedelta(days=1) for d in possible if d.day == 28}
         if expiry not in possible:
             problems.append(
                 Problem(

@@ -22,6 +22,7 @@ from ..citizen.validation import CitizenDataInvalid, Problem, Rule, check_citize
 from ..errors import ProtocolError, TrustError
 from .files import (
     FILE_FIDS,
+    NO_EXPIRY_TEXT,
     Dg13,
     decode_dg1,
     decode_dg2,
@@ -32,7 +33,7 @@ from .files import (
     encode_dg13,
     encode_ef_com,
 )
-from .mrz import Td1, transliterate
+from .mrz import NO_EXPIRY, Td1, transliterate
 from .package import IssuancePackage
 from .sod import HashName, PaResult, parse_sod, passive_authentication, sign_sod
 from .tlv import header_size
@@ -116,8 +117,9 @@ _DG13_SEX = {"Nam": "M", "Nữ": "F"}
 def check_issuance_data(mrz: Td1, dg13: Dg13 | None, *, today: dt.date | None = None) -> None:
     """Refuse citizen data that must not reach a chip (docs/citizen-data.md): DG13's details
     through the one citizen validation (stage issuance), and DG1's MRZ against them (number,
-    birth date, sex, expiry, transliterated name). Raises :class:`CitizenDataInvalid` listing
-    every problem. Without DG13 there is no record to check the MRZ against: nothing is done.
+    birth date, sex, expiry or the fillers of a card without one, transliterated name).
+    Raises :class:`CitizenDataInvalid` listing every problem. Without DG13 there is no record
+    to check the MRZ against: nothing is done.
     """
     if dg13 is None:
         return
@@ -134,7 +136,8 @@ def check_issuance_data(mrz: Td1, dg13: Dg13 | None, *, today: dt.date | None = 
         "permanent_residence": dg13.permanent_residence,
         "identifying_marks": dg13.identifying_marks,
         "date_of_issue": dg13.date_of_issue,
-        "date_of_expiry": dg13.date_of_expiry,
+        # "Không thời hạn": a card without expiry (from 58-60, cccd-number.md).
+        "date_of_expiry": None if dg13.date_of_expiry == NO_EXPIRY_TEXT else dg13.date_of_expiry,
         "father": dg13.father,
         "mother": dg13.mother,
         "spouse": dg13.spouse,
@@ -164,10 +167,9 @@ def _mrz_disagreements(mrz: Td1, record: dict[str, str | None]) -> list[Problem]
         differ("birth", "birth date")
     if mrz.sex != record["sex"]:
         differ("sex", "sex")
-    expiry = yymmdd(record["date_of_expiry"])
-    # No expiry (60 and over): how the MRZ shows it is the MRZ's business (ICAO 9303-3/5);
-    # a card WITH an expiry must carry the same one in both places.
-    if expiry is not None and mrz.expiry != expiry:
+    # A card without expiry carries fillers in the MRZ (mrz.NO_EXPIRY, docs/card.md).
+    expiry = yymmdd(record["date_of_expiry"]) or NO_EXPIRY
+    if mrz.expiry != expiry:
         differ("expiry", "expiry date")
     try:
         same_name = transliterate(f"{mrz.primary} {mrz.secondary}") == transliterate(

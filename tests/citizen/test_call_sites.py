@@ -17,8 +17,9 @@ from appliance.central.issue import DocumentSigner, build_for_enrollment
 from appliance.central.store import PackageStore
 from appliance.citizen import CitizenDataInvalid, Rule, Stage, validate_citizen
 from appliance.errors import ApplianceError, ConfigError
-from appliance.lds.files import Dg13
+from appliance.lds.files import NO_EXPIRY_TEXT, Dg13
 from appliance.lds.issuance import check_issuance_data
+from appliance.lds.mrz import NO_EXPIRY
 from appliance.lds.testpki import make_test_pki, write_test_pki
 
 GOOD: dict[str, Any] = {
@@ -179,7 +180,21 @@ def test_over_sixty_dg13_without_expiry_passes() -> None:
         }
     )
     validate_citizen(old.model_dump(), today=dt.date(2026, 12, 3), stage=Stage.ISSUANCE)
-    # How DG1 writes "no expiry" belongs to the MRZ code (ICAO 9303); any value it chose is
-    # not compared with DG13's absent one.
-    mrz = Citizen.model_validate({**old.model_dump(), "date_of_expiry": "2099-12-31"}).td1()
-    check_issuance_data(mrz, old.dg13(), today=dt.date(2026, 12, 3))
+    # DG13 says "Không thời hạn", the MRZ carries fillers (docs/card.md): they agree.
+    assert old.dg13().date_of_expiry == NO_EXPIRY_TEXT and old.td1().expiry == NO_EXPIRY
+    check_issuance_data(old.td1(), old.dg13(), today=dt.date(2026, 12, 3))
+    # An MRZ with a date where DG13 has none, or fillers where DG13 has a date, is refused.
+    dated = replace(old.td1(), expiry="301231")
+    with pytest.raises(CitizenDataInvalid) as info:
+        check_issuance_data(dated, old.dg13(), today=dt.date(2026, 12, 3))
+    assert info.value.rules == {("DG1.expiry", Rule.MRZ_MISMATCH)}
+    c = _citizen()
+    with pytest.raises(CitizenDataInvalid) as info:
+        check_issuance_data(replace(c.td1(), expiry=NO_EXPIRY), c.dg13())
+    assert info.value.rules == {("DG1.expiry", Rule.MRZ_MISMATCH)}
+    # "Không thời hạn" on a card that must expire is refused as the wrong milestone.
+    with pytest.raises(CitizenDataInvalid) as info:
+        check_issuance_data(
+            replace(c.td1(), expiry=NO_EXPIRY), replace(c.dg13(), date_of_expiry=NO_EXPIRY_TEXT)
+        )
+    assert info.value.rules == {("date_of_expiry", Rule.EXPIRY_MILESTONE)}

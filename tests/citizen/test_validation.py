@@ -381,18 +381,22 @@ def test_directory_entry_without_issue_date_checks_the_expiry_is_a_milestone() -
 
 def test_leap_day_birth_anniversaries_and_age() -> None:
     born = dt.date(2004, 2, 29)
-    assert anniversary(born, 25) == dt.date(2029, 3, 1)  # common year
+    assert anniversary(born, 25) == dt.date(2029, 2, 28)  # common year: last day of February
     assert anniversary(born, 40) == dt.date(2044, 2, 29)  # leap year
-    assert age_on(born, dt.date(2018, 2, 28)) == 13
-    assert age_on(born, dt.date(2018, 3, 1)) == 14
+    assert age_on(born, dt.date(2018, 2, 27)) == 13
+    assert age_on(born, dt.date(2018, 2, 28)) == 14
+    assert age_on(born, dt.date(2020, 2, 28)) == 15  # a leap year: 16 only on the 29th
+    assert age_on(born, dt.date(2020, 2, 29)) == 16
+    assert card_expiry(born, dt.date(2026, 11, 22)) == dt.date(2029, 2, 28)
     assert accepted_expiries(born, dt.date(2026, 11, 22)) == (
-        dt.date(2029, 3, 1),
         dt.date(2029, 2, 28),
+        dt.date(2029, 3, 1),
     )
 
 
 @pytest.mark.parametrize(
-    ("expiry", "ok"), [("2029-03-01", True), ("2029-02-28", True), ("2029-03-02", False)]
+    ("expiry", "ok"),
+    [("2029-02-28", True), ("2029-03-01", True), ("2029-02-27", False), ("2029-03-02", False)],
 )
 def test_leap_day_birth_expiry(expiry: str, ok: bool) -> None:
     data = rec(date_of_birth="2004-02-29", personal_id="001304012345", date_of_expiry=expiry)
@@ -404,9 +408,9 @@ def test_leap_day_birth_expiry(expiry: str, ok: bool) -> None:
 
 def test_leap_day_birth_age_minimum() -> None:
     data = rec(date_of_birth="2012-02-29", personal_id="001312012345", date_of_expiry=_ABSENT)
-    assert refused({**data, "date_of_issue": "2026-02-28"}) == {("date_of_birth", Rule.AGE_MINIMUM)}
+    assert refused({**data, "date_of_issue": "2026-02-27"}) == {("date_of_birth", Rule.AGE_MINIMUM)}
     validate_citizen(
-        {**data, "date_of_issue": "2026-03-01", "date_of_expiry": "2037-03-01"}, today=TODAY
+        {**data, "date_of_issue": "2026-02-28", "date_of_expiry": "2037-02-28"}, today=TODAY
     )
 
 
