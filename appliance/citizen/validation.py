@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, NamedTuple
@@ -355,6 +355,30 @@ def _text(value: object, field: str, problems: list[Problem], name: bool, limit:
     return text
 
 
+def _texts(
+    get: Callable[[str], object],
+    fields: tuple[str, ...],
+    problems: list[Problem],
+    name: bool,
+    limit: int,
+) -> dict[str, str | None]:
+    """:func:`_text` of each field, with the common case (printable text within its limit)
+    done inline: the centre runs this ten times per record, 100,000 records per batch."""
+    out: dict[str, str | None] = {}
+    for f in fields:
+        v = get(f)
+        if v is None:
+            out[f] = None
+            continue
+        if v.__class__ is str and v.isprintable():
+            t = " ".join((v if v.isascii() else unicodedata.normalize("NFC", v)).split())
+            if t and len(t) <= limit and (not name or _NAME_CHARS.issuperset(t)):
+                out[f] = t
+                continue
+        out[f] = _text(v, f, problems, name, limit)
+    return out
+
+
 # --- the record -------------------------------------------------------------------------------
 
 
@@ -512,8 +536,8 @@ def _check(
         problems.append(
             Problem("full_name", Rule.NAME_WORDS, "needs a family name and a given name")
         )
-    names = {f: _text(get(f), f, problems, True, NAME_MAX) for f in _NAME_FIELDS[1:]}
-    texts = {f: _text(get(f), f, problems, False, TEXT_MAX) for f in _TEXT_FIELDS}
+    names = _texts(get, _NAME_FIELDS[1:], problems, True, NAME_MAX)
+    texts = _texts(get, _TEXT_FIELDS, problems, False, TEXT_MAX)
     if "nationality" not in data:
         texts["nationality"] = DEFAULT_NATIONALITY
     elif texts["nationality"] is None and not any(p.field == "nationality" for p in problems):
