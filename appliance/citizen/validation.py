@@ -1,15 +1,16 @@
 """One validation of a citizen's record, for the kiosk, the centre and issuance.
 
 Pure functions, no I/O: :func:`validate_citizen` takes a mapping (a JSON object, a pydantic
-model's ``model_dump()``, a DG13 turned into fields by :func:`record_from_dg13`) and returns
-a normalised :class:`CitizenRecord`, or raises :class:`CitizenDataInvalid` listing EVERY
-problem at once, each naming the field and the rule (:class:`Rule`). docs/citizen-data.md lists
-every rule with its source.
+model's ``model_dump()``, DG13's fields as ``lds.issuance.check_issuance_data`` passes them)
+and returns a normalised :class:`CitizenRecord`, or raises :class:`CitizenDataInvalid`
+listing EVERY problem at once, each naming the field and the rule (:class:`Rule`).
+docs/citizen-data.md lists every rule with its source.
 
 Sources of the rules (cited at each rule below):
-- Circular 07/2016/TT-BCA and its Annex 1, restated by Circular 59/2021/TT-BCA art. 4: the 12-digit
-  personal identification number ``PPP G YY NNNNNN``: province of birth registration, century
-  and sex, last two digits of the birth year, random part (no check digit).
+- Circular 07/2016/TT-BCA and its Annex 1, restated by Circular 59/2021/TT-BCA art. 4: the
+  12-digit personal identification number ``PPP G YY NNNNNN``: province of birth
+  registration, century and sex, last two digits of the birth year, random part (no check
+  digit).
 - Law on Citizen Identification 2014 art. 19 and 21 / Law on Identification 2023 art. 19
   and 21: who gets a card (14 and over in the 2021 roll-out the kiosk serves) and the renewal
   ages 25, 40 and 60; a card issued within two years before one of them stays valid until the
@@ -453,9 +454,8 @@ def _check(
         problems.append(Problem("personal_id", Rule.TYPE, "must be text of 12 digits"))
         pid = None
     elif not _DIGITS12.fullmatch(pid):
-        problems.append(
-            Problem("personal_id", Rule.ID_FORMAT, f"must be 12 digits, got {len(pid)} characters")
-        )
+        got = "a character other than 0-9" if len(pid) == 12 else f"{len(pid)} characters"
+        problems.append(Problem("personal_id", Rule.ID_FORMAT, f"must be 12 digits, got {got}"))
         pid = None
 
     sex = data.get("sex")
