@@ -75,6 +75,7 @@ class Rule(StrEnum):
     TEXT_CHARACTERS = "text_characters"  # a control character in a text field
     TOO_LONG = "too_long"  # longer than the field allows
     MRZ_MISMATCH = "mrz_mismatch"  # DG1's MRZ says something else than the record (DG13)
+    NOT_NORMALISED = "not_normalised"  # DG13 text not in NFC / with runs of spaces
 
 
 @dataclass(frozen=True, slots=True)

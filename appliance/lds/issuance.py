@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ..citizen.validation import CitizenDataInvalid, Problem, Rule, check_citizen
+from ..citizen.validation import (
+    CitizenDataInvalid,
+    Problem,
+    Rule,
+    check_citizen,
+    normalise_text,
+)
 from ..errors import ProtocolError, TrustError
 from .files import (
     FILE_FIDS,
@@ -112,6 +118,19 @@ def verify_package(
 
 
 _DG13_SEX = {"Nam": "M", "Nữ": "F"}
+_DG13_TEXTS = (
+    "full_name",
+    "sex",
+    "nationality",
+    "ethnicity",
+    "religion",
+    "place_of_origin",
+    "permanent_residence",
+    "identifying_marks",
+    "father",
+    "mother",
+    "spouse",
+)
 
 
 def check_issuance_data(mrz: Td1, dg13: Dg13 | None, *, today: dt.date | None = None) -> None:
@@ -145,7 +164,15 @@ def check_issuance_data(mrz: Td1, dg13: Dg13 | None, *, today: dt.date | None = 
     }
     problems = check_citizen(record, today=today)
     if not problems:
-        problems = _mrz_disagreements(mrz, record)
+        # The chip keeps the text as written: it must already be in NFC with single spaces
+        # (the validation normalises a record; here nothing is rewritten, so it refuses).
+        for name in _DG13_TEXTS:
+            value = getattr(dg13, name)
+            if value is not None and value != normalise_text(value):
+                problems.append(
+                    Problem(name, Rule.NOT_NORMALISED, "not in Unicode NFC with single spaces")
+                )
+        problems += _mrz_disagreements(mrz, record)
     if problems:
         raise CitizenDataInvalid(problems, where="issuance package")
 

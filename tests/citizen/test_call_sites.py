@@ -153,6 +153,35 @@ def test_mrz_disagreeing_with_dg13_is_refused(change: dict[str, str], field: str
     assert info.value.rules == {(field, Rule.MRZ_MISMATCH)}
 
 
+def test_dg13_text_must_already_be_normalised() -> None:
+    # The chip keeps what is written: an NFD name or a double space is refused, not rewritten.
+    c = _citizen()
+    nfd = replace(c.dg13(), full_name=unicodedata.normalize("NFD", c.full_name))
+    with pytest.raises(CitizenDataInvalid) as info:
+        check_issuance_data(c.td1(), nfd)
+    assert info.value.rules == {("full_name", Rule.NOT_NORMALISED)}
+    spaced = replace(
+        c.dg13(), permanent_residence="12  Lê Lợi", sex=unicodedata.normalize("NFD", "Nữ")
+    )
+    with pytest.raises(CitizenDataInvalid) as info:
+        check_issuance_data(c.td1(), spaced)
+    assert info.value.rules == {
+        ("permanent_residence", Rule.NOT_NORMALISED),
+        ("sex", Rule.NOT_NORMALISED),
+    }
+
+
+def test_issuance_writes_normalised_text(tmp_path: Path, signer: DocumentSigner) -> None:
+    # The centre normalises the citizen before it makes DG13: an NFD name gets through to the
+    # store (without that step check_issuance_data would refuse DG13's name as not_normalised).
+    c = Citizen.model_validate(
+        {**GOOD, "full_name": unicodedata.normalize("NFD", "Nguyễn Thị Mai")}
+    )
+    with pytest.raises(ApplianceError) as err:
+        build_for_enrollment(PackageStore(tmp_path / "central"), "kiosk-1", "pkg-1", c, signer)
+    assert err.value.code == "enrollment_unknown"  # past the checks, to the store
+
+
 def test_dg13_is_validated_as_a_record() -> None:
     c = _citizen()
     d = replace(c.dg13(), sex="Nam", date_of_expiry="15022035", old_id_number="12")
