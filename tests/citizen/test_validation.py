@@ -490,3 +490,13 @@ def test_validate_many_splits_good_and_bad() -> None:
         "b": {("personal_id", Rule.ID_PROVINCE)},
         "c": {("sex", Rule.SEX)},
     }
+
+
+def test_today_is_the_date_in_vietnam() -> None:
+    from appliance.citizen.validation import today_in_vietnam
+
+    # UTC+7 all year (no daylight saving time); read around the call in case midnight passes.
+    before = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=7)).date()
+    got = today_in_vietnam()
+    after = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=7)).date()
+    assert got in {before, after}
