@@ -51,7 +51,8 @@ def make_batch(n: int, bad_share: float, seed: int = 7) -> list[tuple[str, dict[
     out: list[tuple[str, dict[str, object]]] = []
     for i in range(n):
         sex = rng.choice("MF")
-        birth = dt.date(TODAY.year - rng.randint(14, 80), rng.randint(1, 12), rng.randint(1, 28))
+        # 15..80 years before this year, issued within the last 30 days: 14 or older on issue.
+        birth = dt.date(TODAY.year - rng.randint(15, 80), rng.randint(1, 12), rng.randint(1, 28))
         issued = TODAY - dt.timedelta(days=rng.randint(0, 30))
         digit = (0 if birth.year < 2000 else 2) + (sex == "F")
         province = rng.choice(codes)
