@@ -19,7 +19,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from .errors import UnknownCommand
+from .errors import CommandError, UnknownCommand
+from .trust.certs import ROLES
 
 ArgsT = TypeVar("ArgsT", bound=BaseModel)
 
@@ -65,10 +66,11 @@ class CommandSpec(Generic[ArgsT]):
     handler: Handler
     timeout_s: float
     summary: str
+    # Role a signed command's certificate must hold (docs/trust.md): one of
+    # appliance.trust.certs.ROLES, checked at registration; there is no default.
+    role: str
     # Commands that must not run while an enrollment session is active (driver restarts...).
     intrusive: bool = False
-    # Role needed when commands are signed (see the trust layer): operator, admin, technician.
-    role: str = "operator"
     result_model: type[BaseModel] | None = None
     # Read-only and fast (no device I/O, no effect): runs in the network thread and is
     # recorded with its reply in one transaction (see Dispatcher._run_readonly).
@@ -96,14 +98,24 @@ class CommandRegistry:
         args: type[BaseModel] = NoArgs,
         timeout_s: float = 10.0,
         summary: str = "",
+        role: str,
         intrusive: bool = False,
-        role: str = "operator",
         result: type[BaseModel] | None = None,
         readonly: bool = False,
         unstored: tuple[str, ...] = (),
     ) -> None:
+        """Register a command. ``role`` is required and must be one of the trust model's roles
+        (:data:`appliance.trust.certs.ROLES`): a command without a valid role is refused here,
+        when the daemon starts, instead of being refused on every signed call (fail closed)."""
         if name in self._specs:
             raise ValueError(f"command {name!r} registered twice")
+        if not isinstance(role, str) or role not in ROLES:
+            raise CommandError(
+                f"command {name!r} registered with role {role!r}: the role must be one of "
+                f"{sorted(ROLES)}",
+                code="invalid_role",
+                details={"command": name, "role": repr(role), "roles": sorted(ROLES)},
+            )
         self._specs[name] = CommandSpec(
             name=name,
             args_model=args,
