@@ -62,7 +62,17 @@ class CommandRequest(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    code: str
+    code: str = Field(
+        description="Stable error code (docs/protocol.md, error codes). A refused message is "
+        "checked in this order: payload_too_large; under signing the trust layer's codes "
+        "(malformed_envelope for bytes that are not a JSON object or an ill-formed envelope, "
+        "unsigned for a plain request, untrusted_issuer, cert_revoked, cert_expired, "
+        "not_yet_valid, bad_signature, expired, wrong_target, then unknown_command and "
+        "forbidden_role for an authenticated envelope, replayed for a re-sent envelope whose "
+        "id never ran; docs/trust.md); invalid_json; invalid_request (also an id already used "
+        "for another command); unknown_command; forbidden_role; invalid_args; busy. A repeat of "
+        "an id that ran gets its stored first reply, or in_progress / interrupted."
+    )
     message: str
     details: dict[str, Any] = Field(default_factory=dict)
 
@@ -70,7 +80,10 @@ class ErrorBody(BaseModel):
 class CommandReply(BaseModel):
     """A reply: ``{id, ok, result}`` on success, ``{id, ok: false, error}`` on failure."""
 
-    id: str | None
+    id: str | None = Field(
+        description="The request's id. Every refusal names it whenever it can be read, under "
+        "signing from the envelope's inner request; null only when no id can be read."
+    )
     cmd: str | None = None
     ok: bool
     result: dict[str, Any] | None = None
