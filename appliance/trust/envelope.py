@@ -407,9 +407,11 @@ class CommandVerifier:
         a payload naming another command than the signed envelope is ``malformed_envelope``.
 
         ``known_request(payload, command)``, if given, says whether the payload's request id
-        already ran as ``command`` (the daemon's command store). It is consulted only for an
-        authenticated envelope, and a known one is accepted as ``repeat`` without a replay
-        check, even after it expired (see the module docstring).
+        already ran as ``command`` (the daemon's command store). It is consulted only once the
+        certificate chain and the envelope signature verified (for an expired envelope at the
+        time check, to keep the order of the codes), and its answer counts only after target
+        and role passed too: a known one is then accepted as ``repeat`` without a replay check,
+        even after it expired (see the module docstring).
         """
         now = self._clock()
         synced = now >= self.policy.sane_after
