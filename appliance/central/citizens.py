@@ -29,8 +29,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import ApplianceError, ConfigError
-from ..lds.files import Dg13
-from ..lds.mrz import Td1
+from ..lds.files import NO_EXPIRY_TEXT, Dg13
+from ..lds.mrz import NO_EXPIRY, Td1
 
 PERSONAL_ID_RE = re.compile(r"^\d{12}$")
 
@@ -77,27 +77,43 @@ class Citizen(BaseModel):
     def given_names(self) -> str:
         return " ".join(self.full_name.split()[1:])
 
+    @property
+    def without_expiry(self) -> bool:
+        """A card issued from 58 on (2 years before the last milestone, 60) has no expiry."""
+        return (
+            self.date_of_expiry is None
+            and self.date_of_issue is not None
+            and card_expiry(self.date_of_birth, self.date_of_issue) is None
+        )
+
     def td1(self) -> Td1:
-        """The TD1 MRZ of DG1 (document number = the 12-digit personal number)."""
-        if self.date_of_expiry is None:
+        """The TD1 MRZ of DG1 (document number = the 12-digit personal number); a card
+        without expiry fills the expiry with fillers (mrz.NO_EXPIRY, ICAO 9303)."""
+        if self.date_of_expiry is not None:
+            expiry = self.date_of_expiry.strftime("%y%m%d")
+        elif self.without_expiry:
+            expiry = NO_EXPIRY
+        else:
             raise ApplianceError(
-                f"citizen {self.citizen_ref!r} has no date_of_expiry: the MRZ needs one",
+                f"citizen {self.citizen_ref!r} has no date_of_expiry and is not of an age for "
+                "a card without expiry (date_of_issue from age 58): the MRZ needs one",
                 code="citizen_incomplete",
             )
         return Td1(
             document_number=self.personal_id,
             birth=self.date_of_birth.strftime("%y%m%d"),
             sex=self.sex,
-            expiry=self.date_of_expiry.strftime("%y%m%d"),
+            expiry=expiry,
             primary=self.family_name,
             secondary=self.given_names,
         )
 
     def dg13(self) -> Dg13:
-        """DG13 (cccd-dg13.md): dates as ddMMyyyy text, sex as Nam / Nữ."""
+        """DG13 (cccd-dg13.md): dates as dd/MM/yyyy text, sex as Nam / Nữ, "Không thời hạn"
+        as the expiry of a card without one."""
 
         def d(v: dt.date | None) -> str | None:
-            return None if v is None else v.strftime("%d%m%Y")
+            return None if v is None else v.strftime("%d/%m/%Y")
 
         return Dg13(
             personal_id=self.personal_id,
@@ -111,7 +127,7 @@ class Citizen(BaseModel):
             permanent_residence=self.permanent_residence,
             identifying_marks=self.identifying_marks,
             date_of_issue=d(self.date_of_issue),
-            date_of_expiry=d(self.date_of_expiry),
+            date_of_expiry=NO_EXPIRY_TEXT if self.without_expiry else d(self.date_of_expiry),
             father=self.father,
             mother=self.mother,
             spouse=self.spouse,
@@ -142,24 +158,39 @@ _GIVEN = {
 _STREETS = ["Trần Hưng Đạo", "Lê Lợi", "Nguyễn Huệ", "Hai Bà Trưng", "Lý Thường Kiệt"]
 
 
-def _expiry(birth: dt.date, issued: dt.date) -> dt.date | None:
+def _birthday(birth: dt.date, year: int) -> dt.date:
+    """The anniversary of ``birth`` in ``year``; 29 February falls on 28 February in a
+    common year (a period counted in years ends on the last day of the month when that day
+    does not exist, as the Civil Code counts time limits)."""
+    try:
+        return birth.replace(year=year)
+    except ValueError:
+        return dt.date(year, 2, 28)
+
+
+def card_expiry(birth: dt.date, issued: dt.date) -> dt.date | None:
     """CCCD validity: renewed at 25, 40 and 60 years of age (Law on Identification 2023,
-    art. 21); issued within two years before a milestone, it runs to the next one."""
+    art. 21); issued within two years before a milestone, it runs to the next one; from 58
+    on there is none left: no expiry (``None``)."""
     for age in (25, 40, 60):
-        due = birth.replace(year=birth.year + age)
+        due = _birthday(birth, birth.year + age)
         if due - issued > dt.timedelta(days=730):
             return due
     return None
 
 
-def synthetic_citizen(citizen_ref: str, *, today: dt.date | None = None) -> Citizen:
+def synthetic_citizen(
+    citizen_ref: str, *, today: dt.date | None = None, age: int | None = None
+) -> Citizen:
     """A fictitious, self-consistent citizen derived from ``citizen_ref`` (same ref, same
-    person): aged 14 to 55 so the card has an expiry date."""
+    person): aged 14 to 55 so the card has an expiry date, unless ``age`` says otherwise
+    (from 58 the card has none)."""
     seed = int.from_bytes(hashlib.sha256(citizen_ref.encode("utf-8")).digest()[:8], "big")
     rng = random.Random(seed)  # noqa: S311 - fictitious demo data, not security
     issued = today or dt.date.today()
     sex: Literal["M", "F"] = rng.choice(["M", "F"])
-    age = rng.randint(14, 55)
+    drawn = rng.randint(14, 55)
+    age = drawn if age is None else age
     birth = dt.date(issued.year - age, rng.randint(1, 12), rng.randint(1, 28))
     province = rng.choice(sorted(_PROVINCES))
     century = 0 if birth.year < 2000 else 2
@@ -176,7 +207,7 @@ def synthetic_citizen(citizen_ref: str, *, today: dt.date | None = None) -> Citi
         place_of_origin=place,
         permanent_residence=f"{rng.randint(1, 300)} {rng.choice(_STREETS)}, {place}",
         date_of_issue=issued,
-        date_of_expiry=_expiry(birth, issued),
+        date_of_expiry=card_expiry(birth, issued),
         father=f"{name.split(maxsplit=1)[0]} Văn {rng.choice(_GIVEN['M'])}",
         mother=f"{rng.choice(_FAMILY)} Thị {rng.choice(_GIVEN['F'])}",
     )

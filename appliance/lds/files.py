@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass, field
 
@@ -148,8 +149,22 @@ def decode_dg2(data: bytes) -> list[bytes]:
 
 
 # --- DG13 (Vietnam) -------------------------------------------------------------------------
+#
+# Written as the public Vietnamese readers parse it (spec cccd-dg13.md, "What the public readers
+# actually parse"): every field 1-16 present and in order (a reader that walks the numbers in
+# order swallows the fields after a missing one), an absent value as an empty string of the
+# field's type, dates as dd/MM/yyyy, ASCII-only fields (numbers, dates of birth and issue) as
+# PrintableString, the other text as UTF8String, the parents as one SEQUENCE each, no spouse as
+# the bare ``30 03 02 01 0E``, and the old 9-digit ID number in BOTH 15 and 16 (readers disagree
+# on which one holds it: the Swift reader reads 15, the JavaScript and TypeScript ones read 16).
+# Every field stays below 128 bytes so its lengths are short-form (the Python reader reads
+# nothing else).
 
 DG13_OID_DER = bytes.fromhex("0606 28D316010008".replace(" ", ""))  # 1.0.10646.1.0.8
+
+TAG_UTF8 = 0x0C
+TAG_PRINTABLE = 0x13
+NO_EXPIRY_TEXT = "Không thời hạn"  # what a card issued from age 60 carries (cccd-number.md)
 
 _DG13_TEXT_FIELDS: dict[int, str] = {
     1: "personal_id",
@@ -165,7 +180,16 @@ _DG13_TEXT_FIELDS: dict[int, str] = {
     11: "date_of_issue",
     12: "date_of_expiry",
 }
+# String type per field (spec: the Swift reader's prefixes 13 0C, 13 0A, 0C 0A, 13 09, 13 10).
+_DG13_STRING_TAG: dict[int, int] = {n: TAG_UTF8 for n in _DG13_TEXT_FIELDS}
+_DG13_STRING_TAG.update({1: TAG_PRINTABLE, 3: TAG_PRINTABLE, 11: TAG_PRINTABLE})
+_DG13_STRING_TAG.update({15: TAG_PRINTABLE, 16: TAG_PRINTABLE})
+_DG13_DATES = (3, 11, 12)
+_DG13_MAX_FIELD = 127  # short-form length of the field's SEQUENCE
 _HEX16 = re.compile(r"^[0-9A-Fa-f]{16}$")
+_DATE_SLASH = re.compile(r"^(\d{2})/(\d{2})/(\d{4})$")
+_DATE_PLAIN = re.compile(r"^(\d{2})(\d{2})(\d{4})$")
+_PRINTABLE = re.compile(r"^[A-Za-z0-9 '()+,\-./:=?]*$")  # X.680 §41.4 PrintableString
 
 
 @dataclass(frozen=True)
@@ -174,7 +198,7 @@ class Dg13:
 
     personal_id: str
     full_name: str
-    date_of_birth: str | None = None  # ddMMyyyy text
+    date_of_birth: str | None = None  # dd/MM/yyyy (ddMMyyyy accepted when writing)
     sex: str | None = None  # "Nam" / "Nữ"
     nationality: str | None = None
     ethnicity: str | None = None
@@ -183,44 +207,72 @@ class Dg13:
     permanent_residence: str | None = None
     identifying_marks: str | None = None
     date_of_issue: str | None = None
-    date_of_expiry: str | None = None
+    date_of_expiry: str | None = None  # dd/MM/yyyy or NO_EXPIRY_TEXT
     father: str | None = None
     mother: str | None = None
     spouse: str | None = None
     old_id_number: str | None = None
-    chip_id: str | None = None  # field 16 when it holds 16 hex characters
+    chip_id: str | None = None  # read only: field 15/16 of a card holding 16 hex characters
     unknown_fields: dict[int, bytes] = field(default_factory=dict)
 
 
-def _utf8(s: str) -> bytes:
-    return tlv(0x0C, s.encode("utf-8"))
+def dg13_date(value: str, what: str) -> str:
+    """``dd/MM/yyyy`` (what the readers parse) from ``dd/MM/yyyy`` or ``ddMMyyyy``; a clear
+    ValueError naming the field otherwise."""
+    m = _DATE_SLASH.match(value) or _DATE_PLAIN.match(value)
+    if m is None:
+        raise ValueError(f"DG13 {what} must be dd/MM/yyyy, got {value!r}")
+    dd, mm, yyyy = m.groups()
+    try:
+        dt.date(int(yyyy), int(mm), int(dd))
+    except ValueError:
+        raise ValueError(f"DG13 {what} {value!r} is not a calendar date") from None
+    return f"{dd}/{mm}/{yyyy}"
 
 
-def _dg13_field(n: int, value: bytes) -> bytes:
-    return tlv(0x30, tlv(0x02, bytes([n])) + value)
+def _string(tag: int, value: str, n: int, what: str) -> bytes:
+    if tag == TAG_PRINTABLE and not _PRINTABLE.match(value):
+        raise ValueError(f"DG13 {what} (field {n}) must be PrintableString characters")
+    return tlv(tag, value.encode("utf-8"))
+
+
+def _dg13_field(n: int, value: bytes, what: str) -> bytes:
+    out = tlv(0x30, tlv(0x02, bytes([n])) + value)
+    if len(out) - 2 > _DG13_MAX_FIELD:
+        # A long-form length drops the field in the Python reader (spec): refuse, naming it.
+        raise ValueError(
+            f"DG13 {what} (field {n}) takes {len(value) - 2} bytes of UTF-8; at most "
+            f"{_DG13_MAX_FIELD - 5} fit a field every public reader parses"
+        )
+    return out
 
 
 def encode_dg13(d: Dg13) -> bytes:
-    """Write DG13 in the public readers' layout; field 15 = old ID number (spec advice)."""
+    """Write DG13 in the public readers' layout (see the comment above ``DG13_OID_DER``)."""
     if not re.fullmatch(r"\d{12}", d.personal_id):
         raise ValueError("DG13 personal ID number must be 12 digits")
     if not d.full_name.strip():
         raise ValueError("DG13 full name is empty")
+    if d.chip_id is not None:
+        raise ValueError("DG13 field 16 carries the old ID number on cards the kiosk writes")
+    if d.old_id_number is not None and not re.fullmatch(r"\d{9}", d.old_id_number):
+        raise ValueError("DG13 old ID number (fields 15 and 16) must be 9 digits")
     fields: list[bytes] = []
     for n, attr in _DG13_TEXT_FIELDS.items():
         v = getattr(d, attr)
-        if v is not None:
-            fields.append(_dg13_field(n, _utf8(v)))
-    if d.father is not None or d.mother is not None:
-        fields.append(_dg13_field(13, tlv(0x30, _utf8(d.father or "") + _utf8(d.mother or ""))))
-    if d.spouse is not None:
-        fields.append(_dg13_field(14, tlv(0x30, _utf8(d.spouse))))
-    if d.old_id_number is not None:
-        fields.append(_dg13_field(15, _utf8(d.old_id_number)))
-    if d.chip_id is not None:
-        if not _HEX16.match(d.chip_id):
-            raise ValueError("DG13 chip id (field 16) must be 16 hex characters")
-        fields.append(_dg13_field(16, _utf8(d.chip_id)))
+        v = "" if v is None else v
+        if n in _DG13_DATES and v and not (n == 12 and v == NO_EXPIRY_TEXT):
+            v = dg13_date(v, attr)
+        fields.append(_dg13_field(n, _string(_DG13_STRING_TAG[n], v, n, attr), attr))
+    parents = tlv(0x30, _string(TAG_UTF8, d.father or "", 13, "father")) + tlv(
+        0x30, _string(TAG_UTF8, d.mother or "", 13, "mother")
+    )
+    fields.append(_dg13_field(13, parents, "father and mother"))
+    spouse = b"" if not d.spouse else tlv(0x30, _string(TAG_UTF8, d.spouse, 14, "spouse"))
+    fields.append(_dg13_field(14, spouse, "spouse"))
+    old = d.old_id_number or ""
+    for n in (15, 16):
+        fields.append(_dg13_field(n, _string(TAG_PRINTABLE, old, n, "old ID number"), "old ID"))
     body = tlv(0x02, b"\x01") + DG13_OID_DER + tlv(0x31, b"".join(fields))
     return tlv(0x6D, tlv(0x30, body))
 
@@ -235,8 +287,22 @@ def _text(value: bytes, n: int) -> str:
         raise malformed(f"DG13 field {n} is not valid UTF-8", field=n) from None
 
 
+def _strings(value: bytes, n: int) -> list[str]:
+    """The strings of field 13/14 in any of the layouts seen: strings directly, one SEQUENCE
+    holding them all, or one SEQUENCE per string."""
+    out: list[str] = []
+    for t, v in parse_all(value):
+        if t == 0x30:
+            out.extend(_strings(v, n))
+        else:
+            out.append(_text(tlv(t, v), n))
+    return out
+
+
 def decode_dg13(data: bytes) -> Dg13:
-    """Read DG13 by field number, never by position; tolerant of both readings of 15/16."""
+    """Read DG13 by field number, never by position; accepts UTF8String, PrintableString and
+    IA5String, both layouts of field 13, and both readings of 15/16. An empty value reads as
+    absent (``None``)."""
     seq = parse_all(parse_single(data, 0x6D))
     if len(seq) != 1 or seq[0][0] != 0x30:
         raise malformed("DG13 must hold one SEQUENCE")
@@ -250,34 +316,36 @@ def decode_dg13(data: bytes) -> Dg13:
         if tag != 0x30:
             raise malformed("DG13 field is not a SEQUENCE")
         parts = parse_all(value)
-        if len(parts) != 2 or parts[0][0] != 0x02 or not 1 <= len(parts[0][1]) <= 2:
+        if not parts or parts[0][0] != 0x02 or not 1 <= len(parts[0][1]) <= 2:
             raise malformed("DG13 field must be SEQUENCE { INTEGER, value }")
         n = int.from_bytes(parts[0][1], "big")
-        inner = read_tlv(value, len(parts[0][1]) + 2)[0:2]
         raw_value = value[len(parts[0][1]) + 2 :]
-        if n in _DG13_TEXT_FIELDS:
-            values[_DG13_TEXT_FIELDS[n]] = _text(raw_value, n)
+        if n in _DG13_TEXT_FIELDS or n in (15, 16):
+            if len(parts) != 2:
+                raise malformed(f"DG13 field {n} must hold one string", field=n)
+            text = _text(raw_value, n) or None
+            if n in (15, 16):
+                if text is not None:
+                    ids_15_16.append(text)
+            elif text is not None:
+                values[_DG13_TEXT_FIELDS[n]] = text
         elif n in (13, 14):
-            if inner[0] != 0x30:
-                raise malformed(f"DG13 field {n} must be a SEQUENCE of strings", field=n)
-            names = [_text(tlv(t, v), n) for t, v in parse_all(inner[1])]
+            names = [s or None for s in _strings(raw_value, n)]
             if n == 13:
                 values["father"] = names[0] if names else None
                 values["mother"] = names[1] if len(names) > 1 else None
             else:
                 values["spouse"] = names[0] if names else None
-        elif n in (15, 16):
-            ids_15_16.append(_text(raw_value, n))
         else:
             unknown[n] = raw_value
     # Fields 15/16: readers disagree (spec). A 16-hex-character value is a chip id; anything
     # else (a 9- or 12-digit number) is the old ID number, whichever field holds it.
     for v in ids_15_16:
-        if _HEX16.match(v) and len(v) == 16:
+        if _HEX16.match(v):
             values.setdefault("chip_id", v)
         else:
             values.setdefault("old_id_number", v)
-    if "personal_id" not in values or "full_name" not in values:
+    if not values.get("personal_id") or not values.get("full_name"):
         raise malformed("DG13 lacks field 1 (personal ID) or 2 (full name)")
     return Dg13(unknown_fields=unknown, **values)  # type: ignore[arg-type]
 

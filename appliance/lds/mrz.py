@@ -59,16 +59,61 @@ def transliterate(name: str) -> str:
 
 
 def name_field(primary: str, secondary: str, width: int = LINE) -> str:
-    """``PRIMARY<<SECONDARY<NAMES`` padded with ``<``, truncated to ``width`` (Part 3 §4.6)."""
+    """``PRIMARY<<SECONDARY<NAMES`` padded with ``<`` to ``width``, truncated by
+    :func:`truncate_name` when it does not fit (ICAO 9303-3, names in the MRZ)."""
     p = transliterate(primary)
     s = transliterate(secondary)
     if not p:
         raise ValueError("primary identifier (family name) is empty after transliteration")
     text = f"{p}<<{s}" if s else p
-    return text[:width].ljust(width, "<")
+    if len(text) <= width:
+        return text.ljust(width, "<")
+    return truncate_name(text, width)
 
 
-def _check_date(value: str, what: str) -> None:
+def truncate_name(text: str, width: int) -> str:
+    """Cut a name field that is longer than ``width`` so that it still shows the truncation.
+
+    ICAO 9303-3's truncation rule: a truncated name field ends in an alphabetic character, never
+    in a filler; a reader takes a field ending in ``<`` for a complete name. A plain cut that
+    lands on a separator (``...<THAO<`` with ``NGOC`` cut away) therefore keeps the initial of
+    the first name that does not fit in the last position and makes room for it by shortening
+    the names before it from the right, each down to one letter at least (the standard leaves
+    which letters to drop to the issuer): ``NGUYEN<<HOANG<THI<PHUONG<THAO<NGOC...`` becomes
+    ``NGUYEN<<HOANG<THI<PHUONG<THA<N``. Separators (``<`` and ``<<``) are kept, so the primary
+    and secondary identifiers stay apart.
+    """
+    if len(text) <= width:
+        return text.ljust(width, "<")
+    cut = text[:width]
+    if cut[-1] != "<":
+        return cut  # ends inside a name: already alphabetic
+    start = width
+    while text[start] == "<":  # text ends in a name (transliterate strips fillers)
+        start += 1
+    sep_start = start
+    while text[sep_start - 1] == "<":
+        sep_start -= 1
+    sep = text[sep_start:start]
+    parts = re.split("(<+)", text[:sep_start])  # names at even indexes, separators at odd
+    need = len(text[:sep_start]) + len(sep) + 1 - width
+    for _ in range(need):
+        longest = next((i for i in range(len(parts) - 1, -1, -2) if len(parts[i]) > 1), None)
+        if longest is None:
+            raise ValueError("name field too short to show a truncated name")
+        parts[longest] = parts[longest][:-1]
+    return "".join(parts) + sep + text[start]
+
+
+# ICAO 9303 (8th edition, Parts 3-6, date of expiry): a document without an expiry date fills
+# the field with fillers; its check digit is computed as usual ('<' = 0), i.e. "0". A CCCD
+# issued from age 60 has no expiry ("Không thời hạn"; cccd-number.md "Validity").
+NO_EXPIRY = "<<<<<<"
+
+
+def _check_date(value: str, what: str, *, may_be_absent: bool = False) -> None:
+    if may_be_absent and value == NO_EXPIRY:
+        return
     if not _DATE.match(value):
         raise ValueError(f"{what} must be YYMMDD digits, got {value!r}")
     mm, dd = int(value[2:4]), int(value[4:6])
@@ -91,7 +136,7 @@ class Td1:
     document_number: str
     birth: str  # YYMMDD
     sex: str  # M, F or <
-    expiry: str  # YYMMDD
+    expiry: str  # YYMMDD, or NO_EXPIRY ("<<<<<<") for a card without expiry
     primary: str  # transliterated name field parts
     secondary: str
     document_code: str = "ID"
@@ -105,7 +150,7 @@ class Td1:
         if not doc or not _MRZ_CHARS.match(doc) or len(doc) > 22:
             raise ValueError(f"document number {doc!r} must be 1-22 characters A-Z 0-9 <")
         _check_date(self.birth, "birth date")
-        _check_date(self.expiry, "expiry date")
+        _check_date(self.expiry, "expiry date", may_be_absent=True)
         if self.sex not in ("M", "F", "<"):
             raise ValueError(f"sex must be M, F or <, got {self.sex!r}")
         if len(doc) <= 9:
@@ -185,18 +230,29 @@ def parse_td1(mrz: str) -> Td1:
     )
 
 
-def bac_mrz_information(document_number: str, birth: str, expiry: str) -> str:
-    """MRZ information for the BAC key seed (Part 11 §4.3.2.1; spec "BAC key derivation").
+def bac_document_number(document_number: str) -> str:
+    """The document number as it enters the BAC key seed: padded with ``<`` to 9 characters
+    when shorter, as the MRZ prints it (ICAO 9303-11 §9.7.1 and Appendix D's ``L898902C<``).
 
-    For a number longer than 9 characters we use the FULL number and the check digit over the
-    full number (as the MRZ's optional data carries them), which is what JMRTD's BACKey does.
-    A number shorter than 9 characters is padded with ``<`` to 9 as in the MRZ.
+    A reader derives the seed from the MRZ it reads (line 1 positions 6-15 of a TD1), so a
+    short number arrives with its fillers; the chip must be given the same characters. A number
+    longer than 9 characters is used whole (see :func:`bac_mrz_information`).
     """
     doc = document_number.upper()
     if not doc or not _MRZ_CHARS.match(doc):
         raise ValueError("document number must be A-Z 0-9 characters")
+    return doc.ljust(9, "<")
+
+
+def bac_mrz_information(document_number: str, birth: str, expiry: str) -> str:
+    """MRZ information for the BAC key seed (Part 11 §9.7.1; spec "BAC key derivation").
+
+    Document number (padded to 9 with ``<``, :func:`bac_document_number`) + its check digit +
+    birth date + check + expiry date + check. For a number longer than 9 characters we use the
+    FULL number and the check digit over the full number (as the MRZ's optional data carries
+    them), which is what JMRTD's BACKey does. A card without expiry contributes ``<<<<<<0``.
+    """
+    doc = bac_document_number(document_number)
     _check_date(birth, "birth date")
-    _check_date(expiry, "expiry date")
-    if len(doc) < 9:
-        doc = doc.ljust(9, "<")
+    _check_date(expiry, "expiry date", may_be_absent=True)
     return doc + check_digit(doc) + birth + check_digit(birth) + expiry + check_digit(expiry)

@@ -126,6 +126,67 @@ def test_long_names_are_truncated_to_the_field() -> None:
     assert len(f) == 30 and f.startswith("NGUYEN<<HOANG<THI<PHUONG<")
 
 
+@pytest.mark.parametrize(
+    ("primary", "secondary", "expected"),
+    [
+        # A plain cut would end "...THAO<": the initial N takes the last place, THAO gives a letter.
+        ("Nguyễn", "Hoàng Thị Phương Thảo Ngọc Diễm Quỳnh", "NGUYEN<<HOANG<THI<PHUONG<THA<N"),
+        # A cut inside a name already ends in a letter: nothing else changes.
+        ("Nguyễn", "Hoàng Thị Phương Thảoo Ngọc", "NGUYEN<<HOANG<THI<PHUONG<THAOO"),
+        # The cut on the '<<' between the identifiers: the primary gives way, '<<' stays.
+        ("Tôn Thất Nguyễn Phước Hoànga", "An", "TON<THAT<NGUYEN<PHUOC<HOANG<<A"),
+        # A one-letter name before the cut cannot shrink: the name before it does.
+        ("Lê", "Hoàng Thị Phương Nguyệt Ý Mai", "LE<<HOANG<THI<PHUONG<NGUYE<Y<M"),
+        # Fits exactly: no truncation, no change.
+        ("Nguyễn", "Văn Anh Tuấn Minh Quang", "NGUYEN<<VAN<ANH<TUAN<MINH<QUANG"[:30]),
+    ],
+)
+def test_a_truncated_name_never_ends_in_a_filler(
+    primary: str, secondary: str, expected: str
+) -> None:
+    f = mrz.name_field(primary, secondary)
+    assert f == expected.ljust(30, "<")
+
+
+@settings(deadline=None)
+@given(
+    words=st.lists(st.from_regex(r"[A-Z]{1,9}", fullmatch=True), min_size=2, max_size=12),
+    split=st.integers(min_value=1, max_value=11),
+)
+def test_truncation_rule_holds_for_any_name(words: list[str], split: int) -> None:
+    primary, secondary = " ".join(words[:split]), " ".join(words[split:])
+    text = "<".join(words[:split]) + ("<<" + "<".join(words[split:]) if secondary else "")
+    f = mrz.name_field(primary, secondary)
+    assert len(f) == 30
+    if len(text) <= 30:
+        assert f == text.ljust(30, "<")
+    else:
+        assert f[-1] != "<", f  # ICAO 9303-3: the truncation shows
+        if secondary and "<<" in text[:29]:
+            assert "<<" in f  # the identifiers stay apart
+        # Every name kept is a prefix of the original name at the same place.
+        kept = [w for w in f.replace("<<", "<").split("<")]
+        assert all(kept) and all(a.startswith(b) for a, b in zip(words, kept, strict=False))
+
+
+def test_card_without_expiry_fills_the_field_with_fillers() -> None:
+    m = mrz.Td1("079060001234", "600101", "M", mrz.NO_EXPIRY, "TRAN", "VAN AN")
+    _l1, l2, _l3 = m.lines()
+    assert l2[8:15] == "<<<<<<0"  # fillers, check digit computed as usual ('<' = 0)
+    back = mrz.parse_td1(m.text())
+    assert back.expiry == mrz.NO_EXPIRY
+    info = mrz.bac_mrz_information("079060001234", "600101", mrz.NO_EXPIRY)
+    assert info.endswith("<<<<<<0")
+    with pytest.raises(ValueError):
+        mrz.Td1("079060001234", mrz.NO_EXPIRY, "M", "350101", "A", "B").lines()
+
+
+def test_short_document_numbers_are_padded_for_bac() -> None:
+    assert mrz.bac_document_number("l898902c") == "L898902C<"
+    assert mrz.bac_document_number("079090001234") == "079090001234"
+    assert mrz.bac_mrz_information("A1", "690806", "940623").startswith("A1<<<<<<<")
+
+
 @pytest.mark.parametrize("pos", [14, 36, 44, 59])
 def test_every_check_digit_is_verified(pos: int) -> None:
     text = mrz.Td1("079090001234", "900101", "F", "350101", "A", "B").text()

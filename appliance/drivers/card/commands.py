@@ -30,7 +30,11 @@ class ReadArgs(BaseModel):
         description="Document number as in the MRZ (the 12-digit CCCD number)",
     )
     birth: str = Field(..., pattern=r"^\d{6}$", description="Date of birth, YYMMDD")
-    expiry: str = Field(..., pattern=r"^\d{6}$", description="Date of expiry, YYMMDD")
+    expiry: str = Field(
+        ...,
+        pattern=r"^(?:\d{6}|<{6})$",
+        description="Date of expiry, YYMMDD; <<<<<< for a card without expiry (holder 60+)",
+    )
 
     @model_validator(mode="after")
     def _dates(self) -> ReadArgs:

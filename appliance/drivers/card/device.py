@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from ...errors import (
     ApplianceError,
     CommandTimeout,
+    DeviceDisconnected,
     DeviceError,
     DeviceStatusError,
     ProtocolError,
@@ -44,6 +45,8 @@ class EmrtdCard:
         self.transport = transport
         self.profile = profile
         self.extended = extended and profile.extended_length
+        # Why this session uses the APDU length it uses (set by negotiate_length).
+        self.length_reason = "allowed" if self.extended else "not allowed by reader or profile"
         self.sm: SecureMessaging | None = None
         self.apdus = 0
 
@@ -88,14 +91,20 @@ class EmrtdCard:
         self._send(CommandApdu(0x00, 0xE0, 0x00, 0x00, body), f"CREATE FILE {fid:04X}")
 
     def put_data_bac_seed(self, document_number: str, birth: str, expiry: str) -> None:
-        """PUT DATA ``00 DA 00 62 <62 {04 docNo}{04 birth}{04 expiry}>``."""
+        """PUT DATA ``00 DA 00 62 <62 {04 docNo}{04 birth}{04 expiry}>``.
+
+        The applet derives its BAC keys from these bytes as they come (check digits computed
+        over them), so the document number goes as the MRZ prints it: padded with ``<`` to 9
+        characters when shorter (ICAO 9303-11 §9.7.1, Appendix D), which is what every ICAO
+        reader feeds its own key derivation with."""
+        from ...lds.mrz import bac_document_number
         from .sm import bac_keys
 
         bac_keys(document_number, birth, expiry)  # validates before sending
         p1, p2 = self.profile.p1p2("put_data_bac_seed")
         seed = tlv(
             0x62,
-            tlv(0x04, document_number.encode("ascii"))
+            tlv(0x04, bac_document_number(document_number).encode("ascii"))
             + tlv(0x04, birth.encode("ascii"))
             + tlv(0x04, expiry.encode("ascii")),
         )
@@ -122,6 +131,45 @@ class EmrtdCard:
         ).data
 
     # -- procedures -----------------------------------------------------------------------------
+
+    def negotiate_length(self, atr: bytes = b"") -> bool:
+        """Settle, before the first write, whether this session may use extended-length APDUs.
+
+        They are used only when the reader and the profile allow them (``extended`` at
+        construction), the card's ATR does not deny them (card capabilities, ISO/IEC 7816-4
+        §8.1.1.2.7; :mod:`.atr`), and a probe gets through end to end: SELECT of the
+        application sent as an extended-length APDU (case 3E, ISO/IEC 7816-3 §12.1.3), which a
+        reader without them refuses to carry and a card without them answers 6700. SELECT
+        changes nothing on the card, so a refusal costs one APDU and no write. Otherwise every
+        write goes in short APDUs at successive offsets (UPDATE BINARY <= 255 bytes)."""
+        from .atr import atr_says_extended
+
+        if not self.extended:
+            return False
+        if atr_says_extended(atr) is False:
+            self.extended = False
+            self.length_reason = "card ATR: no extended Lc/Le"
+            log.info("extended-length APDUs off: the card's ATR says it does not take them")
+            return False
+        probe = CommandApdu(0x00, 0xA4, 0x04, 0x0C, self.profile.aid_bytes, extended=True)
+        self.sm = None
+        try:
+            self._send(probe, "SELECT application (extended-length probe)")
+        except DeviceStatusError as exc:
+            self.extended = False
+            self.length_reason = f"probe answered {exc.status:04X}"
+        except DeviceDisconnected:
+            raise  # the card left: not a capability question
+        except DeviceError as exc:
+            # pcscd/the reader refused to carry the APDU (e.g. SCARD_E_NOT_TRANSACTED).
+            self.extended = False
+            self.length_reason = f"probe not carried: {exc.code}"
+        else:
+            self.length_reason = "probe passed"
+        log.info(
+            "extended-length APDUs %s (%s)", "on" if self.extended else "off", self.length_reason
+        )
+        return self.extended
 
     def basic_access_control(self, document_number: str, birth: str, expiry: str) -> None:
         """BAC mutual authentication (Part 11 §4.3); secure messaging from here on."""

@@ -24,10 +24,17 @@ from dataclasses import dataclass
 
 from ...errors import DeviceError, ProtocolError
 from ...lds.files import FILE_FIDS
+from ...lds.mrz import check_digit
 from ...lds.tlv import parse_all
 from . import apdu as A
 from .profile import CardProfile
-from .sm import ChipSecureMessaging, bac_keys, chip_authenticate, session_keys
+from .sm import (
+    ChipSecureMessaging,
+    chip_authenticate,
+    derive_key,
+    kseed_from_mrz,
+    session_keys,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,7 @@ INS_CREATE_FILE = 0xE0
 INS_PUT_DATA = 0xDA
 INS_GET_CHALLENGE = 0x84
 INS_EXTERNAL_AUTHENTICATE = 0x82
+_MRZ_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789<")
 
 
 class _Sw(Exception):
@@ -58,6 +66,7 @@ class EmrtdApplet:
         self.bac_seed: tuple[str, str, str] | None = None
         self.aa_key: bytes | None = None
         self.locked = False
+        self.refused_extended = 0  # extended-length APDUs refused (profile without them)
         self._allowed_fids = {FILE_FIDS[n] for n in profile.files if n in FILE_FIDS}
         self.reset()
 
@@ -70,7 +79,8 @@ class EmrtdApplet:
 
     @property
     def used_memory(self) -> int:
-        return sum(len(f) for f in self.files.values())
+        """EEPROM taken by files: contents plus the profile's per-file overhead."""
+        return sum(len(f) + self.profile.file_overhead for f in self.files.values())
 
     def process(self, raw: bytes) -> bytes:
         """One APDU in, one response out. Never raises."""
@@ -85,6 +95,10 @@ class EmrtdApplet:
         try:
             cmd = A.decode_command(raw)
         except ProtocolError:
+            return A.SW_WRONG_LENGTH.to_bytes(2, "big")
+        if cmd.extended and not self.profile.extended_length:
+            # A card stock without extended Lc/Le (ISO/IEC 7816-4 §5.1) rejects the encoding.
+            self.refused_extended += 1
             return A.SW_WRONG_LENGTH.to_bytes(2, "big")
         if cmd.cla & 0x0C == 0x0C:
             sm = self._sm
@@ -207,7 +221,7 @@ class EmrtdApplet:
             raise _Sw(A.SW_FILE_EXISTS)
         if size == 0 or size > self.profile.max_file_size:
             raise _Sw(A.SW_WRONG_DATA)
-        if self.used_memory + size > self.profile.memory:
+        if self.used_memory + size + self.profile.file_overhead > self.profile.memory:
             raise _Sw(A.SW_NOT_ENOUGH_MEMORY)
         self.files[fid] = bytearray(size)
         return b""
@@ -249,7 +263,7 @@ class EmrtdApplet:
             raise _Sw(A.SW_CONDITIONS)
         if len(cmd.data) != 40:
             raise _Sw(A.SW_WRONG_LENGTH)
-        kenc, kmac = bac_keys(*self.bac_seed)
+        kenc, kmac = applet_bac_keys(*self.bac_seed)
         k_ic = secrets.token_bytes(16)
         try:
             resp, rnd_ifd, k_ifd = chip_authenticate(kenc, kmac, cmd.data, rnd_ic, k_ic)
@@ -258,6 +272,18 @@ class EmrtdApplet:
             raise _Sw(A.SW_SECURITY_STATUS) from None
         self._sm = ChipSecureMessaging(session_keys(k_ifd, k_ic, rnd_ic, rnd_ifd))
         return resp
+
+
+def applet_bac_keys(document_number: str, birth: str, expiry: str) -> tuple[bytes, bytes]:
+    """(Kenc, Kmac) as a personalised applet derives them from its PUT DATA seed: the three
+    values exactly as received, each followed by its check digit (ICAO 9303-3 §4.9), SHA-1,
+    first 16 bytes (9303-11 §9.7.1). Like the JMRTD reference applet, a card pads nothing: a
+    writer that sends a short document number without its ``<`` fillers gets a card whose keys
+    no ICAO reader derives. Deliberately independent of the reader side's
+    :func:`appliance.lds.mrz.bac_mrz_information`, so a test catches the two disagreeing."""
+    info = "".join(v + check_digit(v) for v in (document_number, birth, expiry))
+    seed = kseed_from_mrz(info)
+    return derive_key(seed, 1), derive_key(seed, 2)
 
 
 def _parse_bac_seed(data: bytes) -> tuple[str, str, str]:
@@ -270,7 +296,10 @@ def _parse_bac_seed(data: bytes) -> tuple[str, str, str]:
         if len(parts) != 3 or any(t != 0x04 for t, _ in parts):
             raise _Sw(A.SW_WRONG_DATA)
         doc, birth, expiry = (v.decode("ascii") for _, v in parts)
-        bac_keys(doc, birth, expiry)  # validates the fields
+        if not doc or any(c not in _MRZ_ALPHABET for c in doc + birth + expiry):
+            raise _Sw(A.SW_WRONG_DATA)
+        if len(birth) != 6 or len(expiry) != 6:
+            raise _Sw(A.SW_WRONG_DATA)
     except (ProtocolError, UnicodeDecodeError, ValueError):
         raise _Sw(A.SW_WRONG_DATA) from None
     return doc, birth, expiry

@@ -71,6 +71,39 @@ def _at_step(step: str) -> Iterator[None]:
         raise
 
 
+def check_capacity(profile: CardProfile, files: dict[str, bytes]) -> None:
+    """Refuse, before any card I/O, an LDS this card stock cannot hold whole: a file it has no
+    place for (``profile_mismatch``), a file larger than its largest EF or more bytes than its
+    EEPROM, counting the per-file overhead (``card_capacity``). A card that ran out of memory
+    half-way would be spoiled; one refused here is still blank."""
+    total = 0
+    for name, data in files.items():
+        if name not in profile.files:
+            raise DeviceError(
+                f"card profile {profile.name} has no place for {name}",
+                device="card",
+                code="profile_mismatch",
+                details={"file": name, "profile": profile.name},
+            )
+        if len(data) > profile.max_file_size:
+            raise DeviceError(
+                f"{name} ({len(data)} bytes) exceeds the card's largest file "
+                f"({profile.max_file_size} bytes)",
+                device="card",
+                code="card_capacity",
+                details={"file": name, "size": len(data), "max_file_size": profile.max_file_size},
+            )
+        total += len(data) + profile.file_overhead
+    if total > profile.memory:
+        raise DeviceError(
+            f"the LDS needs {total} bytes of card memory, card profile {profile.name} has "
+            f"{profile.memory}",
+            device="card",
+            code="card_capacity",
+            details={"needed": total, "memory": profile.memory, "profile": profile.name},
+        )
+
+
 class PcscEncoder:
     """Chip encoder on PC/SC. Constructed as ``PcscEncoder(config, sink)`` by the factory."""
 
@@ -260,7 +293,14 @@ class PcscEncoder:
         # ISO/IEC 7816-3 §12.2: T=0 carries extended-length APDUs only through ENVELOPE, which
         # the applet does not offer; extended length is used on T=1 only.
         extended = self.config.extended_apdu and link.protocol_name == "T=1"
-        return link, EmrtdCard(link, profile, extended=extended)
+        card = EmrtdCard(link, profile, extended=extended)
+        try:
+            # Before any write: the reader and this very card must take extended APDUs.
+            card.negotiate_length(link.atr)
+        except BaseException:
+            link.close()
+            raise
+        return link, card
 
     def _exclusive(self) -> None:
         if not self._op_lock.acquire(blocking=False):
@@ -380,27 +420,7 @@ class PcscEncoder:
                 "no CSCA trust bundle configured: refusing to write", code="trust_bundle_missing"
             )
         verified = verify_package(package, self.trust_anchors)
-        total = 0
-        for name, data in verified.files.items():
-            if name not in profile.files:
-                raise DeviceError(
-                    f"card profile {profile.name} has no place for {name}",
-                    device="card",
-                    code="profile_mismatch",
-                )
-            if len(data) > profile.max_file_size:
-                raise DeviceError(
-                    f"{name} ({len(data)} bytes) exceeds the card's largest file",
-                    device="card",
-                    code="profile_mismatch",
-                )
-            total += len(data)
-        if total > profile.memory:
-            raise DeviceError(
-                f"package needs {total} bytes, card has {profile.memory}",
-                device="card",
-                code="profile_mismatch",
-            )
+        check_capacity(profile, verified.files)
         return verified
 
     def _encode(

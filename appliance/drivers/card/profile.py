@@ -33,6 +33,7 @@ class CardProfile(BaseModel):
     max_update_extended: int = Field(0, ge=0, le=65535, description="UPDATE BINARY limit, ext.")
     max_file_size: int = Field(32767, ge=1, le=65535, description="Largest EF")
     memory: int = Field(65536, ge=1, description="Total bytes available for files")
+    file_overhead: int = Field(0, ge=0, le=4096, description="EEPROM per file beyond its data")
     files: list[str] = Field(..., min_length=1, description="Files in writing order")
     put_data_bac_seed: str = Field("0062", description="PUT DATA P1P2 for the BAC seed")
     lock_p1p2: str = Field("DEAD", description="PUT DATA P1P2 that locks the applet")
