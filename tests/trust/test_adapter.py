@@ -9,14 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from appliance.agent.mqtt import Incoming
 from appliance.commands import CommandContext, CommandRegistry
-from appliance.dispatch import Dispatcher
+from appliance.dispatch import ADMISSION_CODES, Dispatcher
 from appliance.store import Store
 from appliance.trust.adapter import make_dispatch_verifier
 from appliance.trust.certs import FleetRoot
 from appliance.trust.envelope import (
+    ERROR_CODES,
     TRUST_SCHEMA_SQL,
     CommandVerifier,
     EnvelopeBuilder,
@@ -267,3 +270,43 @@ def test_command_registered_after_the_verifier_is_covered(
     (reply,) = replies.wait(1)
     assert reply["ok"] is True, reply
     assert reply["result"] == {"late": True}
+
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=8,
+)
+DOCUMENTED = set(ERROR_CODES) | set(ADMISSION_CODES) | {"in_progress", "interrupted"}
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_any_message_under_signing_gets_one_reply_and_one_audit_row(
+    setup: Setup, data: st.DataObject
+) -> None:
+    """Garbage and damaged envelopes alike: one reply with a documented code and the id when
+    readable, and one audit row per refused message."""
+    fleet, dispatcher, replies, _audit = setup
+    b = EnvelopeBuilder(fleet.operator(roles=("operator",)), clock=fleet.clock)
+    cid = f"z{len(replies.items)}"
+    good = json.loads(b.build("echo", _req(cid, "echo"), "kiosk-001"))
+    field, value = data.draw(st.tuples(st.sampled_from(sorted(good)), JSONISH))
+    message = data.draw(
+        st.one_of(st.binary(max_size=200), st.just(json.dumps({**good, field: value}).encode()))
+    )
+    before_rows = len(_audit_rows(dispatcher))
+    before = len(replies.items)
+    dispatcher.handle(_incoming(message))
+    reply = replies.wait(before + 1)[-1]
+    assert len(replies.items) == before + 1
+    rows = _audit_rows(dispatcher)[before_rows:]
+    if reply["ok"]:
+        assert reply["id"] == cid
+        return
+    assert reply["error"]["code"] in DOCUMENTED, reply
+    assert reply["id"] in (None, cid), reply
+    assert len(rows) == 1, rows
+    assert rows[0]["outcome"] == reply["error"]["code"]
