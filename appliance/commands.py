@@ -11,11 +11,12 @@ and the :class:`~appliance.dispatch.Dispatcher` runs it.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -23,6 +24,8 @@ from .errors import CommandError, UnknownCommand
 from .trust.certs import ROLES
 
 ArgsT = TypeVar("ArgsT", bound=BaseModel)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class NoArgs(BaseModel):
@@ -86,10 +89,31 @@ def _first_line(doc: str | None) -> str:
     return lines[0] if lines else ""
 
 
+def _role_stated(add: Callable[P, R]) -> Callable[P, R]:
+    """A registration that leaves out ``role`` fails with an error naming the command (the
+    signature alone would give a TypeError that does not). The signature is unchanged, so mypy
+    still flags a call without ``role``."""
+
+    @functools.wraps(add)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        if "role" not in kwargs:
+            name = args[1] if len(args) > 1 else kwargs.get("name")
+            raise CommandError(
+                f"command {name!r} registered without a role: every command states one of "
+                f"{sorted(ROLES)}",
+                code="invalid_role",
+                details={"command": name, "role": None, "roles": sorted(ROLES)},
+            )
+        return add(*args, **kwargs)
+
+    return checked
+
+
 class CommandRegistry:
     def __init__(self) -> None:
         self._specs: dict[str, CommandSpec[Any]] = {}
 
+    @_role_stated
     def add(
         self,
         name: str,

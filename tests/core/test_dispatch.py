@@ -146,8 +146,9 @@ def test_registration_without_a_known_role_is_refused(role: Any) -> None:
 
 def test_registration_requires_a_role_and_accepts_every_trust_role() -> None:
     reg = CommandRegistry()
-    with pytest.raises(TypeError, match="role"):
+    with pytest.raises(CommandError, match=r"'card\.wipe' registered without a role") as err:
         reg.add("card.wipe", lambda _c, _a: {})  # type: ignore[call-arg]
+    assert (err.value.code, err.value.details["command"]) == ("invalid_role", "card.wipe")
     for role in sorted(ROLES):
         reg.add(f"x.{role}", lambda _c, _a: {}, role=role)
     assert dict(reg.roles()) == {f"x.{r}": r for r in ROLES}
