@@ -47,13 +47,21 @@ def mqtt_connack(
     packet = bytes([0x10, len(body)]) + body
     try:
         with socket.create_connection((host, port), timeout=timeout) as raw:
-            s = raw if tls is None else tls.wrap_socket(raw, server_hostname=host)
-            s.sendall(packet)
-            resp = s.recv(4)
-            s.sendall(b"\xe0\x00")  # DISCONNECT
+            if tls is None:
+                resp = _exchange(raw, packet)
+            else:
+                with tls.wrap_socket(raw, server_hostname=host) as s:
+                    resp = _exchange(s, packet)
     except (OSError, ssl.SSLError):
         return False
     return len(resp) == 4 and resp[0] == 0x20 and resp[3] == 0
+
+
+def _exchange(s: socket.socket, packet: bytes) -> bytes:
+    s.sendall(packet)
+    resp = s.recv(4)
+    s.sendall(b"\xe0\x00")  # DISCONNECT
+    return resp
 
 
 @dataclass(frozen=True)
