@@ -108,12 +108,20 @@ def daemon_factory(
         env: dict[str, str] | None = None,
         *,
         dev: bool = False,
+        enrollment_key: bool = True,
     ) -> DaemonProcess:
         kit = None
         if getattr(broker, "tls", None) is not None:
             kit = request.getfixturevalue("fleet_kit")
         d = DaemonProcess(
-            tmp_path / f"d{len(made)}", broker, device_id, extra_toml, env, kit=kit, dev=dev
+            tmp_path / f"d{len(made)}",
+            broker,
+            device_id,
+            extra_toml,
+            env,
+            kit=kit,
+            dev=dev,
+            enrollment_key=enrollment_key,
         )
         d.workdir.mkdir(parents=True, exist_ok=True)
         made.append(d)

@@ -84,6 +84,7 @@ class DaemonProcess:
         *,
         kit: FleetKit | None = None,
         dev: bool = False,
+        enrollment_key: bool = True,
     ) -> None:
         self.workdir = workdir
         self.broker = broker
@@ -100,7 +101,7 @@ class DaemonProcess:
         if getattr(broker, "tls", None) is not None:
             if kit is None:
                 raise ValueError("a daemon on a TLS broker needs the FleetKit that made it")
-            production = kit.kiosk_tls_toml(device_id)
+            production = kit.kiosk_tls_toml(device_id, enrollment_key=enrollment_key)
         if dev:
             if "[commands]\n" in extra_toml:
                 extra_toml = extra_toml.replace(

@@ -131,10 +131,11 @@ class FleetKit:
         host: str = "127.0.0.1",
         protocol: str = "5",
         client_id: str | None = None,
+        identity: str = "controller",
     ) -> Controller:
-        """A (not yet connected) :class:`Controller` with the ``controller`` certificate,
-        signing with ``<home>/<signer>.key`` (``None``: unsigned, for tests about unsigned
-        input only)."""
+        """A (not yet connected) :class:`Controller` with the ``identity`` certificate
+        (``controller``; ``central`` for a receiver's role), signing with
+        ``<home>/<signer>.key`` (``None``: unsigned, for tests about unsigned input only)."""
         return Controller(
             host,
             port,
@@ -142,8 +143,8 @@ class FleetKit:
             client_id=client_id,
             tls={
                 "ca_certs": str(self.ca_file),
-                "certfile": str(self.certs / "controller.crt"),
-                "keyfile": str(self.certs / "controller.key"),
+                "certfile": str(self.certs / f"{identity}.crt"),
+                "keyfile": str(self.certs / f"{identity}.key"),
             },
             signer=None if signer is None else self.signer(signer),
         )
@@ -181,16 +182,17 @@ class FleetKit:
             "--ca", str(o.ca_file), "--cert", str(o.cert_file), "--key", str(o.key_file),
         ]  # fmt: skip
 
-    def kiosk_tls_toml(self, device: str) -> str:
+    def kiosk_tls_toml(self, device: str, *, enrollment_key: bool = True) -> str:
         """``[mqtt.tls]`` and ``[trust]`` for a kiosk given a certificate directly (tests
-        that are not about provisioning): issues ``certs/<device>.crt`` if missing."""
+        that are not about provisioning): issues ``certs/<device>.crt`` if missing.
+        ``enrollment_key=False`` leaves the central enrollment key out (no enrollment)."""
         if not (self.certs / f"{device}.crt").exists():
             self.issue_cert(device)
+        enrollment = f'enrollment_key = "{self.enrollment_pub}"\n' if enrollment_key else ""
         return (
             "[mqtt.tls]\nenabled = true\n"
             f'ca_file = "{self.ca_file}"\n'
             f'cert_file = "{self.certs / (device + ".crt")}"\n'
             f'key_file = "{self.certs / (device + ".key")}"\n'
-            f'[trust]\nroot_keys = ["{self.root_pub}"]\n'
-            f'enrollment_key = "{self.enrollment_pub}"\n'
+            f'[trust]\nroot_keys = ["{self.root_pub}"]\n' + enrollment
         )
