@@ -120,6 +120,17 @@ class FleetKit:
         write_certificate(self.home / f"{name}.cert", cert, overwrite=True)
         return OperatorKey(sk, cert)
 
+    def home_copy(self, dest: Path) -> Path:
+        """A second fleet home with this kit's keys (root, central, signers) and no approved
+        devices: tests whose kiosks change keys share the kit's trust without its registry."""
+        import shutil
+
+        dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for f in sorted(self.home.iterdir()):
+            if f.is_file():
+                shutil.copy2(f, dest / f.name)  # keeps 0600 on the keys
+        return dest
+
     def signer(self, name: str = "operator") -> OperatorKey:
         return OperatorKey.load(self.home / f"{name}.key", self.home / f"{name}.cert")
 
