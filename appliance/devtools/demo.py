@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     # Every run starts a new kiosk and a new throw-away fleet: nothing of a previous run (a
     # kiosk provisioned against another port, expired keys) can leak into this one.
-    for old in ("state", "broker", "kit", "ingest"):
+    for old in ("state", "broker", "kit", "ingest", "fleet"):
         shutil.rmtree(work / old, ignore_errors=True)
     (work / "appliance.toml").unlink(missing_ok=True)
     port = args.port or (
