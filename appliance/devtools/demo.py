@@ -326,6 +326,8 @@ class _Production(_Demo):
             f"  appliance fleet send {self.dev} diagnostics {home} --signer {self.kit.home}/admin "
             f"{_flags_text(self.kit, self.port)}"
         )
+        print("The kiosk's own view (its certificate; the broker's retained status):")
+        print(f"  appliance status --config {self.cfg} --state-dir {self.state}")
         print("Commands and their arguments: docs/protocol.md.")
 
 
