@@ -51,18 +51,18 @@ def test_synthetic_citizen_is_deterministic_and_well_formed() -> None:
 def test_citizen_file_entries_and_errors(tmp_path: Path) -> None:
     good = {
         "CIT-9": {
-            "personal_id": "001099012345",
+            "personal_id": "001190012345",
             "full_name": "Nguyễn Thị Mai",
             "date_of_birth": "1990-02-15",
             "sex": "F",
-            "date_of_expiry": "2035-02-15",
+            "date_of_expiry": "2030-02-15",
         }
     }
     path = tmp_path / "citizens.json"
     path.write_text(json.dumps(good, ensure_ascii=False))
     directory = CitizenDirectory(path)
     c = directory.get("CIT-9")
-    assert c.td1().text().startswith("IDVNM001099012")
+    assert c.td1().text().startswith("IDVNM001190012")
     with pytest.raises(CitizenUnknown):
         directory.get("CIT-10")
     assert CitizenDirectory(path, synthetic=True).get("CIT-10").citizen_ref == "CIT-10"
