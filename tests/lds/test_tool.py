@@ -14,13 +14,21 @@ def test_build_and_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert tool.main(["test-pki", "--out", str(tmp_path / "pki")]) == 0
     person = {
         "package_id": "vn-2026-0001",
-        "document_number": "001099012345",
+        "document_number": "001199012345",
         "birth": "990315",
         "sex": "F",
         "expiry": "390315",
         "family_name": "Đặng",
         "given_names": "Thị Ngọc Ánh",
-        "dg13": {"personal_id": "001099012345", "full_name": "Đặng Thị Ngọc Ánh"},
+        "dg13": {
+            "personal_id": "001199012345",
+            "full_name": "Đặng Thị Ngọc Ánh",
+            "date_of_birth": "15/03/1999",
+            "sex": "Nữ",
+            "nationality": "Việt Nam",
+            "date_of_issue": "10/05/2023",
+            "date_of_expiry": "15/03/2039",
+        },
     }
     (tmp_path / "person.json").write_text(json.dumps(person, ensure_ascii=False))
     (tmp_path / "face.fac").write_bytes(files.face_record_from_jpeg(b"\xff\xd8" + bytes(99), 4, 5))
