@@ -48,6 +48,16 @@ FLEET_TOOLS = {
         "appliance.fleet.controllercli",
         "event recorder sharing the load with others via $share subscriptions",
     ),
+    "receive": (
+        "appliance.central.receivecli",
+        "central enrollment receiver: verify, store and acknowledge the kiosks' packages",
+    ),
+    "enroll": (
+        "appliance.central.enrollcli",
+        "scripted enrollment on a kiosk, end to end (optionally issue the card)",
+    ),
+    "issue": ("appliance.central.issuecli", "issue a card on the spot from a verified enrollment"),
+    "sim": ("appliance.fleet.simcli", "N virtual kiosks against a broker (load and scale runs)"),
 }
 # Top-level commands served by plugin modules (configure_parser(p), run(args)).
 TOP_LEVEL = {
