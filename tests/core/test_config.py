@@ -235,3 +235,33 @@ def test_run_dev_is_the_simulated_kit_with_unsigned_commands(
     monkeypatch.setenv("APPLIANCE_COMMANDS__ALLOW_UNSIGNED", "false")
     cli._run_config_or_exit(args)
     assert config.load(args.config).commands.allow_unsigned is False
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("bad.toml", '[telemetry]\nheartbeet_s = 5\n[mqtt]\nport = 0\n[device]\nprofile = "x"\n'),
+        ("bad.json", '{"telemetry": {"heartbeat_s": "often"}, "hardware": {"camera": 3}}'),
+        ("list.json", "[1, 2]"),
+    ],
+)
+def test_push_config_refuses_what_config_check_refuses(
+    tmp_path: Path, name: str, text: str
+) -> None:
+    """`fleet push-config` runs config check's checker on the document before signing: the same
+    problems, exit 2, and it never gets as far as the signer or the broker (none exist here)."""
+    doc = write(tmp_path, text, name)
+    home = tmp_path / "empty-fleet-home"
+    r = run_cli_env(
+        {"APPLIANCE_MQTT__PORT": "1"},  # this machine's overrides are not the kiosk's
+        "fleet", "push-config", "kiosk-1", str(doc), "--home", str(home), "--port", "9",
+    )  # fmt: skip
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "nothing signed or published" in r.stderr
+    problems = [line for line in r.stderr.splitlines() if ": " in line and "problem(s)" not in line]
+    assert problems
+    expected = [f"{p}: {reason}" for p, reason in config.check_file(
+        doc, fmt="json" if name.endswith(".json") else "toml"
+    )]  # fmt: skip
+    assert problems == expected
+    assert not home.exists()
