@@ -170,3 +170,39 @@ def test_reduction_stops_at_options_placeholders_and_arguments() -> None:
     assert command_paths("run `python -m appliance run --config X`") == {("run",)}
     # not an invocation: a module path, a word in prose
     assert command_paths("`python -m appliance.lds.tool build` and `the appliance daemon`") == set()
+
+
+# References to files outside the repository, and working notes addressed to the team: the
+# docs point to standards (ICAO 9303 part/section, ISO/IEC, RFC, manual pages) instead.
+OUTSIDE_OR_NOTE = re.compile(
+    r"\.\./shared|shared/specs|/work/|\bnote to self\b|\bTODO\b|\bFIXME\b|\bthe lead\b|"
+    r"\blead's\b",
+    re.IGNORECASE,
+)
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        pytest.param(
+            d,
+            marks=pytest.mark.xfail(
+                reason="docs/trust.md still says 'until the lead wires it' (the trust branch "
+                "removes it; drop this mark once merged)",
+                strict=False,
+            ),
+        )
+        if d.name == "trust.md"
+        else d
+        for d in DOCS
+    ],
+    ids=lambda d: d.name,
+)
+def test_docs_have_no_outside_references_or_working_notes(doc: Path) -> None:
+    hits = [
+        f"{doc.name}:{n}: {line.strip()}"
+        for n, line in enumerate(doc.read_text().splitlines(), 1)
+        if OUTSIDE_OR_NOTE.search(line)
+    ]
+    assert hits == [], "\n".join(hits)

@@ -1,6 +1,6 @@
 """A private pcscd + vpcd stack for tests, benchmarks and demos (no hardware, no system pcscd).
 
-Follows ``/work/shared/specs/pcsc-test-stack.md``:
+What holds for pcscd (pcsc-lite) and vsmartcard's vpcd on Debian 12:
 
 * pcscd 1.9.9 ignores ``PCSCLITE_CSOCK_NAME``, so a second daemon refuses to start on the
   default socket. We use *socket activation* instead: we create and bind the Unix socket
