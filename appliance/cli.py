@@ -107,9 +107,12 @@ def _print_problems(source: str, problems: list[tuple[str, str]]) -> None:
 
 
 def _load_or_exit(args: argparse.Namespace) -> Any:
-    explicit = args.config != DEFAULT_CONFIG_PATH
+    return _load_layers_or_exit(args, require_file=args.config != DEFAULT_CONFIG_PATH)
+
+
+def _load_layers_or_exit(args: argparse.Namespace, *, require_file: bool) -> Any:
     try:
-        return load(args.config, require_file=explicit)
+        return load(args.config, require_file=require_file)
     except ConfigError as exc:
         _print_problems(str(args.config), exc.problems)
         raise SystemExit(EXIT_CONFIG) from None
@@ -163,16 +166,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import Daemon
 
     _run_config_or_exit(args)
-    base = _load_or_exit(args)  # the local layers alone must be valid
+    # The local layers alone must be valid; the file must exist unless this is a --dev run.
+    require_file = not args.dev
+    cfg = _load_layers_or_exit(args, require_file=require_file)
     startup = configpush.at_startup(args.state_dir)
-    cfg = base
     if startup.desired is not None:
         try:
-            cfg = load(
-                args.config,
-                desired=startup.desired,
-                require_file=args.config != DEFAULT_CONFIG_PATH,
-            )
+            cfg = load(args.config, desired=startup.desired, require_file=require_file)
         except ConfigError as exc:
             # The local file changed under a committed fleet layer: serve with the local
             # layers and say why; the fleet sees the version it has in config/reported.

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from appliance import config
+from appliance.devtools.broker import Mosquitto
 from appliance.errors import ConfigError
 from tests.helpers import ROOT
 
@@ -265,3 +266,49 @@ def test_push_config_refuses_what_config_check_refuses(
     )]  # fmt: skip
     assert problems == expected
     assert not home.exists()
+
+
+def test_run_dev_serves_unsigned_commands_without_a_configuration_file(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """The development run is a real daemon: no configuration file, the simulated kit, the
+    operator's APPLIANCE_* variables on top, unsigned commands answered."""
+    import os
+    import time
+
+    from appliance.devtools.controller import Controller
+    from tests.helpers import wait_online
+
+    dev = "kiosk-dev-run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env.update(
+        PYTHONUNBUFFERED="1",
+        APPLIANCE_CONFIG=str(tmp_path / "appliance.toml"),  # absent
+        APPLIANCE_DEVICE__ID=dev,
+        APPLIANCE_MQTT__HOST=broker.host,
+        APPLIANCE_MQTT__PORT=str(broker.port),
+        APPLIANCE_SIMULATION__FINGERPRINT="false",
+        APPLIANCE_SIMULATION__CARD="false",
+        APPLIANCE_HARDWARE__CAMERA__ENABLED="false",
+        APPLIANCE_HARDWARE__FINGERPRINT__ENABLED="false",
+        APPLIANCE_HARDWARE__CARD__ENABLED="false",
+    )
+    ctl = Controller(broker.host, broker.port).connect()
+    t0 = time.time()
+    log = (tmp_path / "daemon.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "run", "--dev", "--state-dir",
+         str(tmp_path / "state")],
+        stdout=log, stderr=log, env=env, cwd=ROOT,
+    )  # fmt: skip
+    log.close()
+    try:
+        wait_online(ctl, dev, after=t0, timeout=30)
+        reply = ctl.request(dev, "ping", {"echo": "dev"}, timeout=10)
+        assert reply["ok"] is True, reply
+    finally:
+        proc.terminate()
+        rc = proc.wait(20)
+        ctl.close()
+    assert rc == 0
+    assert "development run (--dev)" in (tmp_path / "daemon.log").read_text()
