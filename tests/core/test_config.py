@@ -225,7 +225,10 @@ def test_run_dev_is_the_simulated_kit_with_unsigned_commands(
     from appliance import cli
 
     for name in cli.DEV_RUN_ENV:
-        monkeypatch.delenv(name, raising=False)
+        # setenv first so that monkeypatch restores the variable's absence afterwards:
+        # _run_config_or_exit writes os.environ itself, which must not leak into later tests.
+        monkeypatch.setenv(name, "placeholder")
+        monkeypatch.delenv(name)
     monkeypatch.setenv("APPLIANCE_MQTT__PORT", "1999")
     args = argparse.Namespace(config=tmp_path / "missing.toml", dev=True)
     cli._run_config_or_exit(args)
@@ -236,6 +239,15 @@ def test_run_dev_is_the_simulated_kit_with_unsigned_commands(
     monkeypatch.setenv("APPLIANCE_COMMANDS__ALLOW_UNSIGNED", "false")
     cli._run_config_or_exit(args)
     assert config.load(args.config).commands.allow_unsigned is False
+
+
+def test_the_dev_run_test_leaves_the_environment_as_it_found_it() -> None:
+    """Runs after the test above (same module, file order): nothing of --dev leaked."""
+    import os
+
+    from appliance import cli
+
+    assert not set(cli.DEV_RUN_ENV) & set(os.environ)
 
 
 @pytest.mark.parametrize(
