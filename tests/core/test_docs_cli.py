@@ -185,23 +185,7 @@ OUTSIDE_OR_NOTE = re.compile(
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-@pytest.mark.parametrize(
-    "doc",
-    [
-        pytest.param(
-            d,
-            marks=pytest.mark.xfail(
-                reason="docs/trust.md still says 'until the lead wires it' (the trust branch "
-                "removes it; drop this mark once merged)",
-                strict=False,
-            ),
-        )
-        if d.name == "trust.md"
-        else d
-        for d in DOCS
-    ],
-    ids=lambda d: d.name,
-)
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
 def test_docs_have_no_outside_references_or_working_notes(doc: Path) -> None:
     hits = [
         f"{doc.name}:{n}: {line.strip()}"
