@@ -142,8 +142,8 @@ class CommandsSection(Strict):
     workers: int = Field(4, ge=1, le=64, description="Threads executing commands")
     allow_unsigned: bool = Field(
         False,
-        description="Accept unsigned commands: for local development only (the sim profile "
-        "sets it); a provisioned kiosk accepts only commands signed by a fleet operator",
+        description="Accept unsigned commands: for local development only (`appliance run "
+        "--dev` sets it); a provisioned kiosk accepts only commands signed by a fleet operator",
     )
 
 

@@ -223,7 +223,8 @@ def test_a_bundle_without_the_enrollment_key_stops_unless_opted_out(
         Provisioner(opts(setup, broker, "kiosk-e1", tok, lines)).run()
     flags = ["--home", str(home), "--host", broker.host, "--port", str(broker.port)]
     assert approvecli.main(["kiosk-e1", "--yes", *flags]) == 0
-    capsys.readouterr()
+    # The administrator is told before the bundle goes out, not only the technician after.
+    assert "has no enrollment key (enrollment.pub)" in capsys.readouterr().err
 
     cli = ["--config", str(setup / "kiosk-e1.toml"), "--state-dir", str(setup / "kiosk-e1"),
            "--wait", "10"]  # fmt: skip
