@@ -19,9 +19,10 @@ configuration, applies it by restarting itself, checks its health and commits, o
 by itself (docs/trust.md). The version defaults to one above the highest version the kiosks
 report or hold; reports are verified with the kiosks' approved keys.
 
-Progress: one line per report as it arrives (``applying``: the kiosk restarts into a trial of
-the new configuration; then ``applied`` once the trial is healthy, ``rolled_back`` when it is
-not, or ``rejected``), and a final line with the outcome per kiosk.
+Progress: one line per report as it arrives (``applying``: the kiosk restarts with the new
+configuration; ``trial``: it runs it and checks the broker and its devices; then ``applied`` once
+the trial is healthy, ``rolled_back`` when it is not, or ``rejected``), and a final line with the
+outcome per kiosk.
 
 Exit status: 0 applied everywhere; 1 rejected or rolled back somewhere (the reasons are
 shown); 2 bad usage or an invalid document; 3 a report's signature did not verify; 4 no final
@@ -186,8 +187,8 @@ def _push(
     if args.no_wait:
         return EXIT_OK
     print(
-        f"waiting up to {args.timeout:g} s for {len(devices)} kiosk(s): applying (restart into "
-        "a trial), then applied, rolled_back or rejected",
+        f"waiting up to {args.timeout:g} s for {len(devices)} kiosk(s): applying (restart), "
+        "trial (health checks), then applied, rolled_back or rejected",
         flush=True,
     )
     final: dict[str, dict[str, object]] = {}
