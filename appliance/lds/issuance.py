@@ -193,7 +193,7 @@ def check_issuance_data(mrz: Td1, dg13: Dg13 | None, *, today: dt.date | None = 
         "permanent_residence": dg13.permanent_residence,
         "identifying_marks": dg13.identifying_marks,
         "date_of_issue": dg13.date_of_issue,
-        # "Không thời hạn": a card without expiry (from 58-60, cccd-number.md).
+        # "Không thời hạn": no expiry (issued from 58; Law on Identification 2023 art. 21).
         "date_of_expiry": None if dg13.date_of_expiry == NO_EXPIRY_TEXT else dg13.date_of_expiry,
         "father": dg13.father,
         "mother": dg13.mother,
