@@ -8,7 +8,8 @@ carries a valid signature of the device's approved key.
 Every status is signed by the kiosk, the Last Will too (signed when the kiosk connected), so a
 kiosk that stopped or was lost shows ``ok`` in SIG; ``bad`` means a forged or altered status.
 LAST SEEN is the kiosk's last contact known here: the birth's time, the stop time of a clean
-stop, the connect time written into the Last Will, or a later heartbeat heard while listening.
+stop, the connect time written into the Last Will, or a later heartbeat heard while listening
+or recorded by ``fleet watch`` in the fleet home (``seen.json``).
 
 The retained status does not carry the outbox depth; it is filled from heartbeats seen while
 listening, or, with ``--query``, from a signed ``status`` command to every online kiosk
@@ -108,6 +109,11 @@ def collect(args: argparse.Namespace, mqtt: FleetMqtt, prefix: str) -> list[dict
             row["outbox_depth"] = body["outbox_depth"]
             if verify_from(keys, dev, msg).status != "bad":
                 row["last_seen"] = max(row.get("last_seen") or 0, body.get("ts") or 0) or None
+    # The last contact a watcher recorded (fleet watch), later than a stale Last Will.
+    for dev, ts in reg.last_seen().items():
+        known = rows.get(dev)
+        if known is not None and known.get("signature") != "bad" and known["state"] != "never seen":
+            known["last_seen"] = max(known.get("last_seen") or 0, ts)
     if args.query:
         _query(args, mqtt, prefix, [r for r in rows.values() if r["state"] == "online"])
     return sorted(rows.values(), key=lambda r: r["device"])

@@ -21,6 +21,8 @@ from appliance.fleet import devicescli
 from appliance.fleet.conn import FleetMqtt
 from appliance.fleet.registry import DeviceRecord, FleetRegistry
 from appliance.fleet.watch import EventStream, Seen
+from appliance.fleet.watchcli import SeenRecorder
+from appliance.store import Store
 from appliance.trust.certs import ROOT_PUB_FILE, FleetRoot
 from appliance.trust.keys import encode_public_key, key_id, load_public_key
 from tests.helpers import DaemonProcess, wait_for
@@ -96,6 +98,16 @@ def test_lost_and_stopped_kiosks_are_signed_and_show_last_seen(
         birth = _next_status(seen, "online")
         assert birth.verified.status == "ok", birth.verified
         connected_at = birth.body["connected_at"]
+        # An event after the connect: later contact than the will (written at connect) knows.
+        store = Store(d.state_dir)
+        try:
+            store.outbox.put("ui.tap", f"kiosk/{DEV}/events/ui.tap", {"n": 1})
+        finally:
+            store.close()
+        event = seen.get(timeout=30)
+        while event.kind != "event":  # e.g. the live birth after the retained one
+            event = seen.get(timeout=30)
+        assert event.verified.status == "ok", event.verified
 
         # kill -9: the broker sends the Last Will written (and signed) at connect time.
         t_kill = time.time()
@@ -103,12 +115,17 @@ def test_lost_and_stopped_kiosks_are_signed_and_show_last_seen(
         will = _next_status(seen, "lost")
         assert will.verified.status == "ok", will.verified
         assert will.body["reason"] == "lost" and will.body["connected_at"] == connected_at
-        # Last seen: at least the will's own connect time, and the birth this watcher saw.
-        assert will.last_seen is not None and connected_at <= will.last_seen <= t_kill
+        assert will.body["last_seen"] == connected_at
+        # Last seen: the latest contact this watcher had, the event, not the stale will.
+        assert will.last_seen is not None and event.received_at <= will.last_seen <= t_kill
         assert "SIGNATURE INVALID" not in will.line() and "last seen" in will.line()
         row = _devices_row(broker, home, capsys)
         assert row["state"] == "lost" and row["signature"] == "ok", row
-        assert row["last_seen"] == pytest.approx(connected_at)
+        assert row["last_seen"] == pytest.approx(connected_at)  # all a one-shot look can know
+        # What a running watcher records in the fleet home (fleet watch does every 10 s).
+        SeenRecorder(FleetRegistry(home), stream).flush()
+        row = _devices_row(broker, home, capsys)
+        assert row["state"] == "lost" and row["last_seen"] == pytest.approx(will.last_seen)
 
         # A clean stop: signed offline status with reason shutdown and the stop time.
         d.start()
@@ -122,7 +139,7 @@ def test_lost_and_stopped_kiosks_are_signed_and_show_last_seen(
         assert off.last_seen >= t_stop
         row = _devices_row(broker, home, capsys)
         assert row["state"] == "offline" and row["signature"] == "ok", row
-        assert row["last_seen"] >= t_stop
+        assert row["last_seen"] >= t_stop and row["connected_at"] > connected_at
 
         # The same retained status, altered (last seen moved, signature kept): flagged.
         with FleetMqtt(broker.opts()) as reader:
@@ -145,7 +162,9 @@ def test_lost_and_stopped_kiosks_are_signed_and_show_last_seen(
         # A forged status is no contact: last seen stays what the genuine messages said.
         assert forged.last_seen == off.last_seen
         row = _devices_row(broker, home, capsys)
-        assert row["signature"] == "bad" and row.get("last_seen") is None, row
+        assert row["signature"] == "bad", row
+        # Neither the forged status nor the recorded contact is taken for a forged kiosk.
+        assert row.get("last_seen") is None, row
     finally:
         if stream is not None:
             stream.stop()
