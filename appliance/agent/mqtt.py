@@ -502,11 +502,13 @@ class MqttAgent:
                 puback_seen.discard(front := sent_order.popleft())
                 watermark = max(watermark, front)
             now = time.monotonic()
+            # Flushed at half the window at the latest, so the other half stays in flight while
+            # the flush's fsync runs (a full window would stall until it is on disk).
             if acked and (
                 len(acked) >= 256
                 or now - last_flush > 0.02
                 or not inflight
-                or len(inflight) + len(acked) >= limit
+                or len(acked) >= max(1, limit // 2)
             ):
                 self._flush_acked(acked, watermark)
                 acked = []
