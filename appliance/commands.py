@@ -11,17 +11,21 @@ and the :class:`~appliance.dispatch.Dispatcher` runs it.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from .errors import UnknownCommand
+from .errors import CommandError, UnknownCommand
+from .trust.certs import ROLES
 
 ArgsT = TypeVar("ArgsT", bound=BaseModel)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class NoArgs(BaseModel):
@@ -65,10 +69,11 @@ class CommandSpec(Generic[ArgsT]):
     handler: Handler
     timeout_s: float
     summary: str
+    # Role a signed command's certificate must hold (docs/trust.md): one of
+    # appliance.trust.certs.ROLES, checked at registration; there is no default.
+    role: str
     # Commands that must not run while an enrollment session is active (driver restarts...).
     intrusive: bool = False
-    # Role needed when commands are signed (see the trust layer): operator, admin, technician.
-    role: str = "operator"
     result_model: type[BaseModel] | None = None
     # Read-only and fast (no device I/O, no effect): runs in the network thread and is
     # recorded with its reply in one transaction (see Dispatcher._run_readonly).
@@ -84,10 +89,31 @@ def _first_line(doc: str | None) -> str:
     return lines[0] if lines else ""
 
 
+def _role_stated(add: Callable[P, R]) -> Callable[P, R]:
+    """A registration that leaves out ``role`` fails with an error naming the command (the
+    signature alone would give a TypeError that does not). The signature is unchanged, so mypy
+    still flags a call without ``role``."""
+
+    @functools.wraps(add)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        if "role" not in kwargs:
+            name = args[1] if len(args) > 1 else kwargs.get("name")
+            raise CommandError(
+                f"command {name!r} registered without a role: every command states one of "
+                f"{sorted(ROLES)}",
+                code="invalid_role",
+                details={"command": name, "role": None, "roles": sorted(ROLES)},
+            )
+        return add(*args, **kwargs)
+
+    return checked
+
+
 class CommandRegistry:
     def __init__(self) -> None:
         self._specs: dict[str, CommandSpec[Any]] = {}
 
+    @_role_stated
     def add(
         self,
         name: str,
@@ -96,14 +122,24 @@ class CommandRegistry:
         args: type[BaseModel] = NoArgs,
         timeout_s: float = 10.0,
         summary: str = "",
+        role: str,
         intrusive: bool = False,
-        role: str = "operator",
         result: type[BaseModel] | None = None,
         readonly: bool = False,
         unstored: tuple[str, ...] = (),
     ) -> None:
+        """Register a command. ``role`` is required and must be one of the trust model's roles
+        (:data:`appliance.trust.certs.ROLES`): a command without a valid role is refused here,
+        when the daemon starts, instead of being refused on every signed call (fail closed)."""
         if name in self._specs:
             raise ValueError(f"command {name!r} registered twice")
+        if not isinstance(role, str) or role not in ROLES:
+            raise CommandError(
+                f"command {name!r} registered with role {role!r}: the role must be one of "
+                f"{sorted(ROLES)}",
+                code="invalid_role",
+                details={"command": name, "role": repr(role), "roles": sorted(ROLES)},
+            )
         self._specs[name] = CommandSpec(
             name=name,
             args_model=args,

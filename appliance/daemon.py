@@ -91,7 +91,7 @@ def build_outbox_ack_verifier(cfg: AppConfig) -> Callable[[bytes], list[tuple[in
 def build_verifier(cfg: AppConfig, store: Store, registry: CommandRegistry) -> Verifier | None:
     """The dispatcher's trust hook (docs/trust.md): signed envelopes checked against the fleet
     root keys; unsigned requests accepted only with ``commands.allow_unsigned``."""
-    from .trust.adapter import actor_of, make_dispatch_verifier
+    from .trust.adapter import make_dispatch_verifier
     from .trust.envelope import ClockPolicy, CommandVerifier
     from .trust.keys import load_public_key
 
@@ -121,13 +121,9 @@ def build_verifier(cfg: AppConfig, store: Store, registry: CommandRegistry) -> V
         max_message_bytes=cfg.commands.max_payload_bytes,
         revoked=cfg.trust.revoked_keys,
     )
-
-    def audit(decision: Any) -> None:
-        store.audit(
-            actor_of(decision), decision.command or "?", decision.code, **decision.to_audit()
-        )
-
-    return make_dispatch_verifier(verifier, audit=audit)
+    # The dispatcher writes one audit row per message, with the decision's record in it; the
+    # command store's lookup answers a re-delivered command with its stored first reply.
+    return make_dispatch_verifier(verifier, lookup=store.commands.lookup)
 
 
 class Services:

@@ -1,18 +1,25 @@
 """Command dispatch: decode, validate, execute at most once, reply.
 
-Order of checks for a message on a command topic (each failure is an error reply with its code,
-an audit row, and a log line; the daemon never dies of input):
+Order of checks for a message on a command topic (each refusal is ONE error reply naming the
+request id whenever it can be read, ONE audit row, and a log line; the daemon never dies of
+input):
 
 1. size against ``commands.max_payload_bytes``         -> ``payload_too_large``
-2. the trust layer's verification, if one is installed  -> its codes (``unsigned``, ...)
+2. the trust layer's verification, if one is installed  -> its codes (``unsigned``, ...,
+   ``unknown_command`` / ``forbidden_role`` for an authenticated envelope; docs/trust.md)
 3. JSON object                                          -> ``invalid_json``
 4. request shape ``{id, cmd, args}``                    -> ``invalid_request``
 5. known command                                        -> ``unknown_command``
-6. arguments against the command's pydantic model      -> ``invalid_args``
-7. intrusive command during an enrollment session       -> ``busy``
-8. the id claimed in the store *before* the handler runs: a repeat gets the stored first reply
-   (or ``in_progress`` / ``interrupted``), so a command id is executed at most once even across
-   ``kill -9``.
+6. the signer's roles against the command's role        -> ``forbidden_role``
+7. an id already recorded: the stored first reply (or ``in_progress`` / ``interrupted``);
+   an id recorded for another command                   -> ``invalid_request``
+8. arguments against the command's pydantic model      -> ``invalid_args``
+9. intrusive command during an enrollment session       -> ``busy``
+10. the id claimed in the store *before* the handler runs (a race with step 7 is settled here
+    the same way), so a command id is executed at most once even across ``kill -9``.
+
+A signed envelope the trust layer accepted as a re-delivery (``Verified.repeat``: the id already
+ran, so its replay state was not checked) is only ever answered from the store, never run.
 
 Replies go to the MQTT 5 response topic with the request's correlation data, else to the
 documented reply topic ``{prefix}/{device}/reply`` (MQTT 3.1.1 clients).
@@ -37,6 +44,7 @@ from .agent.mqtt import Incoming
 from .commands import CommandContext, CommandRegistry, CommandSpec
 from .errors import ApplianceError, CommandError
 from .store import Store
+from .trust.certs import ROLES
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +63,17 @@ class CommandRequest(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    code: str
+    code: str = Field(
+        description="Stable error code (docs/protocol.md, error codes). A refused message is "
+        "checked in this order: payload_too_large; under signing the trust layer's codes "
+        "(malformed_envelope for bytes that are not a JSON object or an ill-formed envelope, "
+        "unsigned for a plain request, untrusted_issuer, cert_revoked, cert_expired, "
+        "not_yet_valid, bad_signature, expired, wrong_target, then unknown_command and "
+        "forbidden_role for an authenticated envelope, replayed for a re-sent envelope whose "
+        "id never ran; docs/trust.md); invalid_json; invalid_request (also an id already used "
+        "for another command); unknown_command; forbidden_role; invalid_args; busy. A repeat of "
+        "an id that ran gets its stored first reply, or in_progress / interrupted."
+    )
     message: str
     details: dict[str, Any] = Field(default_factory=dict)
 
@@ -63,7 +81,10 @@ class ErrorBody(BaseModel):
 class CommandReply(BaseModel):
     """A reply: ``{id, ok, result}`` on success, ``{id, ok: false, error}`` on failure."""
 
-    id: str | None
+    id: str | None = Field(
+        description="The request's id. Every refusal names it whenever it can be read, under "
+        "signing from the envelope's inner request; null only when no id can be read."
+    )
     cmd: str | None = None
     ok: bool
     result: dict[str, Any] | None = None
@@ -80,16 +101,42 @@ class CommandReply(BaseModel):
         return self.model_dump_json(exclude=skip)
 
 
+#: Refusal codes of the admission checks, in the order they are checked (docs/protocol.md);
+#: the trust layer's own codes (docs/trust.md) come in at step 2.
+ADMISSION_CODES = (
+    "payload_too_large",
+    "invalid_json",
+    "invalid_request",
+    "unknown_command",
+    "forbidden_role",
+    "invalid_args",
+    "busy",
+)
+
+
 @dataclass(frozen=True)
 class Verified:
-    """What the trust layer hands on: the inner payload and who sent it."""
+    """The trust layer's verdict on one message: the inner payload and who sent it, or the
+    refusal with what could be read of the message.
+
+    ``refused`` set: the message is refused with that error; ``request_id`` / ``command`` are
+    what could be read of the request (also from an envelope that failed verification), so the
+    reply names the id. ``audit`` is the trust decision's record for the single audit row the
+    dispatcher writes. ``repeat``: an authenticated re-delivery of an id that already ran,
+    answered from the command store only."""
 
     payload: bytes
     actor: str = "anonymous"
-    roles: frozenset[str] = frozenset({"operator", "admin", "technician"})
+    roles: frozenset[str] = ROLES  # no verifier (development): every role
+    refused: ApplianceError | None = None
+    request_id: str | None = None
+    command: str | None = None
+    audit: dict[str, Any] | None = None
+    repeat: bool = False
 
 
-# (incoming message) -> Verified; raises ApplianceError to refuse.
+# (incoming message) -> Verified; refuses by returning ``Verified(refused=...)`` or by raising
+# ApplianceError (then the dispatcher reads the id of a plain request itself).
 Verifier = Callable[[Incoming], Verified]
 
 
@@ -240,6 +287,7 @@ class Dispatcher:
         actor = "anonymous"
         cid: str | None = None
         name: str | None = None
+        trust: dict[str, Any] = {}
         try:
             if len(msg.payload) > self.max_payload:
                 raise CommandError(
@@ -247,11 +295,30 @@ class Dispatcher:
                     code="payload_too_large",
                     details={"size": len(msg.payload), "max": self.max_payload},
                 )
-            verified = self.verifier(msg) if self.verifier else Verified(msg.payload)
+            try:
+                verified = self.verifier(msg) if self.verifier else Verified(msg.payload)
+            except ApplianceError:
+                cid, name = self._peek_id(msg.payload)  # a plain request's id, if readable
+                raise
             actor = verified.actor
+            if verified.audit is not None:
+                trust = {"trust": verified.audit}
+            if verified.refused is not None:
+                cid, name = verified.request_id, verified.command
+                raise verified.refused
             cid, name = self._peek_id(verified.payload)
             request = self._parse(verified.payload)
             cid, name = request.id, request.cmd
+            if verified.repeat:
+                # Authenticated, but its replay state was not checked: answer from the store or
+                # refuse; never run.
+                known = self.store.commands.lookup(request.id)
+                if known is None or known[0] != request.cmd:
+                    raise CommandError(
+                        f"command id {request.id} has no stored reply", code="replayed"
+                    )
+                self._answer_known(request, known, actor, trust, reply_to, msg.correlation_data)
+                return
             spec = self.registry.get(request.cmd)
             if spec.role not in verified.roles:
                 raise CommandError(
@@ -259,6 +326,10 @@ class Dispatcher:
                     code="forbidden_role",
                     details={"required": spec.role, "have": sorted(verified.roles)},
                 )
+            known = self.store.commands.lookup(request.id)
+            if known is not None:
+                self._answer_known(request, known, actor, trust, reply_to, msg.correlation_data)
+                return
             try:
                 args = spec.args_model.model_validate(request.args)
             except ValidationError as exc:
@@ -278,7 +349,7 @@ class Dispatcher:
             log.warning(
                 "command refused: id=%s cmd=%s code=%s: %s", cid, name, exc.code, exc.message
             )
-            self._safe_audit(actor, name or "?", exc.code, id=cid, topic=msg.topic)
+            self._safe_audit(actor, name or "?", exc.code, id=cid, topic=msg.topic, **trust)
             self._send(
                 reply_to,
                 msg.correlation_data,
@@ -287,9 +358,13 @@ class Dispatcher:
             return
 
         if spec.readonly:
-            self._run_readonly(spec, request, args, actor, reply_to, msg.correlation_data, t0)
+            self._run_readonly(
+                spec, request, args, actor, trust, reply_to, msg.correlation_data, t0
+            )
             return
-        claimed, stored, state = self.store.commands.begin(request.id, request.cmd, actor)
+        claimed, stored, state = self.store.commands.begin(
+            request.id, request.cmd, actor, trust or None
+        )
         if not claimed:
             self._answer_repeat(request, stored, state, reply_to, msg.correlation_data)
             return
@@ -313,6 +388,41 @@ class Dispatcher:
             emit=self.emit,
             services=self.services,
         )
+
+    def _answer_known(
+        self,
+        request: CommandRequest,
+        known: tuple[str, str, str | None],
+        actor: str,
+        trust: dict[str, Any],
+        reply_to: str,
+        corr: bytes | None,
+    ) -> None:
+        """A request whose id is already recorded: the stored first reply (one ``repeat`` audit
+        row), or ``invalid_request`` if the id was used for another command (whose reply this
+        sender is not entitled to: it may lack that command's role)."""
+        name, state, stored = known
+        if name != request.cmd:
+            self.rejected += 1
+            err = CommandError(
+                f"command id {request.id} was already used for another command; choose a new id",
+                code="invalid_request",
+                details={"problems": ["id: already used for another command"]},
+            )
+            log.warning("command refused: id=%s cmd=%s: id reused", request.id, request.cmd)
+            self._safe_audit(
+                actor, request.cmd, err.code, id=request.id, reason="id reused", **trust
+            )
+            self._send(
+                reply_to,
+                corr,
+                CommandReply(
+                    id=request.id, cmd=request.cmd, ok=False, error=ErrorBody(**err.to_dict())
+                ),
+            )
+            return
+        self._safe_audit(actor, request.cmd, "repeat", id=request.id, state=state, **trust)
+        self._answer_repeat(request, stored, state, reply_to, corr)
 
     def _answer_repeat(
         self,
@@ -348,6 +458,7 @@ class Dispatcher:
         request: CommandRequest,
         args: Any,
         actor: str,
+        trust: dict[str, Any],
         reply_to: str,
         corr: bytes | None,
         t0: float,
@@ -357,14 +468,10 @@ class Dispatcher:
         thread hand-off. A crash between running and recording can only make a repeat run a
         read-only command again, which changes nothing, so the at-most-once rule still holds
         for every command with an effect."""
-        stored = self.store.commands.stored_reply(request.id)
-        if stored is not None:
-            self._answer_repeat(request, stored[0], stored[1], reply_to, corr)
-            return
         ctx = self._context(request.id, spec.name, spec.timeout_s)
         reply, outcome = self._call(spec.handler, ctx, args)
         body = reply.to_json()
-        if self.store.commands.record(request.id, request.cmd, actor, body, outcome):
+        if self.store.commands.record(request.id, request.cmd, actor, body, outcome, trust or None):
             self._send_raw(reply_to, corr, body.encode())
         else:  # the same id raced in twice: the first recorded reply is the reply
             again = self.store.commands.stored_reply(request.id)

@@ -38,12 +38,12 @@ def full_registry() -> CommandRegistry:
         section = getattr(defaults.hardware, kind)
         device = create_device(kind, section.backend, section, lambda *_a: None)
         mod.register(registry, device)
-    for extra in ("appliance.trust.commands", "appliance.enrollment.commands"):
-        try:
-            mod = importlib.import_module(extra)
-        except ModuleNotFoundError:
-            continue
-        mod.register(registry, None)
+    from .enrollment.session import EnrollmentManager
+    from .enrollment.session import register as register_enrollment
+
+    # The session commands: an uninitialised manager lends its bound methods (their names and
+    # docstrings) without opening a store or a device; handlers are never called here.
+    register_enrollment(registry, EnrollmentManager.__new__(EnrollmentManager))
     return registry
 
 

@@ -470,8 +470,15 @@ class CommandLog:
     def __init__(self, store: Store) -> None:
         self._s = store
 
-    def begin(self, cid: str, name: str, actor: str = "anonymous") -> tuple[bool, str | None, str]:
+    def begin(
+        self,
+        cid: str,
+        name: str,
+        actor: str = "anonymous",
+        details: dict[str, Any] | None = None,
+    ) -> tuple[bool, str | None, str]:
         """Claim ``cid`` and audit the acceptance in the same transaction (one fsync).
+        ``details`` (e.g. the trust decision) go into the acceptance's audit row.
 
         Returns (claimed, stored reply or None, state)."""
         now = time.time()
@@ -489,7 +496,7 @@ class CommandLog:
             )
             c.execute(
                 "INSERT INTO audit (ts, actor, action, outcome, details) VALUES (?,?,?,?,?)",
-                (now, actor, name, "accepted", json.dumps({"id": cid})),
+                (now, actor, name, "accepted", json.dumps({"id": cid, **(details or {})})),
             )
         return True, None, "running"
 
@@ -520,9 +527,25 @@ class CommandLog:
             ).fetchone()
         return None if row is None else (row[0], str(row[1]))
 
-    def record(self, cid: str, name: str, actor: str, reply: str, outcome: str) -> bool:
+    def lookup(self, cid: str) -> tuple[str, str, str | None] | None:
+        """(command name, state, stored reply or None) of a known id, None for a new one."""
+        with self._s.lock:
+            row = self._s.conn.execute(
+                "SELECT name, state, reply FROM commands WHERE id=?", (cid,)
+            ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]), row[2])
+
+    def record(
+        self,
+        cid: str,
+        name: str,
+        actor: str,
+        reply: str,
+        outcome: str,
+        details: dict[str, Any] | None = None,
+    ) -> bool:
         """Record a read-only command and its reply in one transaction; False if the id was
-        recorded meanwhile."""
+        recorded meanwhile. ``details`` go into the audit row."""
         now = time.time()
         with self._s.transaction() as c:
             cur = c.execute(
@@ -534,7 +557,7 @@ class CommandLog:
                 return False
             c.execute(
                 "INSERT INTO audit (ts, actor, action, outcome, details) VALUES (?,?,?,?,?)",
-                (now, actor, name, outcome, json.dumps({"id": cid})),
+                (now, actor, name, outcome, json.dumps({"id": cid, **(details or {})})),
             )
             return True
 

@@ -740,11 +740,17 @@ class EnrollmentManager:
 
 
 def register(registry: CommandRegistry, manager: EnrollmentManager) -> None:
-    registry.add("enrollment.start", manager.start, args=StartArgs, timeout_s=10)
-    registry.add("enrollment.portrait", manager.portrait, args=PortraitArgs, timeout_s=150)
-    registry.add("enrollment.finger", manager.finger, args=FingerArgs, timeout_s=150)
-    registry.add("enrollment.skip", manager.skip, args=SkipArgs, timeout_s=10)
-    registry.add("enrollment.review", manager.review, timeout_s=10, args=NoArgs)
-    registry.add("enrollment.finish", manager.finish, timeout_s=60, args=NoArgs)
-    registry.add("enrollment.cancel", manager.cancel, args=CancelArgs, timeout_s=30)
-    registry.add("enrollment.status", manager.status, timeout_s=10, args=NoArgs)
+    registry.add("enrollment.start", manager.start, args=StartArgs, timeout_s=10, role="operator")
+    registry.add(
+        "enrollment.portrait", manager.portrait, args=PortraitArgs, timeout_s=150, role="operator"
+    )
+    registry.add(
+        "enrollment.finger", manager.finger, args=FingerArgs, timeout_s=150, role="operator"
+    )
+    registry.add("enrollment.skip", manager.skip, args=SkipArgs, timeout_s=10, role="operator")
+    registry.add("enrollment.review", manager.review, timeout_s=10, args=NoArgs, role="operator")
+    registry.add("enrollment.finish", manager.finish, timeout_s=60, args=NoArgs, role="operator")
+    registry.add(
+        "enrollment.cancel", manager.cancel, args=CancelArgs, timeout_s=30, role="operator"
+    )
+    registry.add("enrollment.status", manager.status, timeout_s=10, args=NoArgs, role="operator")

@@ -20,9 +20,18 @@ Verification order (each step fails with one precise code, see :data:`ERROR_CODE
 JSON shape (``malformed_envelope``), presence of a signature (``unsigned``), certificate chain
 (``untrusted_issuer``; ``cert_expired``), envelope signature under the certificate's key
 (``bad_signature``), body fields (``malformed_envelope``), time window (``expired``,
-``not_yet_valid``), target (``wrong_target``), role (``forbidden_role``) and last, replay
-(``replayed``). The replay state is written only for an envelope that passed every other check,
-so a forged message can never burn an issuer's counter.
+``not_yet_valid``), target (``wrong_target``), command and role (``unknown_command``: not in the
+role table, i.e. not registered; ``forbidden_role``) and last, replay (``replayed``). The replay
+state is written only for an envelope that passed every other check, so a forged message can
+never burn an issuer's counter.
+
+Re-delivery: with a ``known_request`` hook (the daemon's command store), an authenticated
+envelope (signature, chain, target, role) whose request id already ran under the same command
+is accepted as a *repeat* (code ``repeat``) before the replay check and without touching the
+replay state: the dispatcher answers it with the stored first reply and never runs it again.
+This holds for an envelope that has expired since (a broker re-delivery after a long outage):
+the command ran while the envelope was valid, and ``expired`` would wrongly tell the
+controller it did not.
 
 Clock policy (a kiosk may boot without a working real-time clock):
 
@@ -95,6 +104,7 @@ ERROR_CODES = (
     "expired",
     "not_yet_valid",
     "wrong_target",
+    "unknown_command",
     "forbidden_role",
     "replayed",
     "malformed_envelope",
@@ -136,7 +146,9 @@ class TrustDecision:
     """The outcome of verifying one message: data for the audit log and for dispatch."""
 
     accepted: bool
-    #: ``ok``, ``unsigned_allowed`` or one of :data:`ERROR_CODES` / ``store_error``.
+    #: ``ok``, ``unsigned_allowed``, ``repeat`` (accepted: a re-delivery of a request id that
+    #: already ran, to be answered from the command store) or one of :data:`ERROR_CODES` /
+    #: ``store_error``.
     code: str
     reason: str
     signed: bool = False
@@ -315,8 +327,9 @@ class CommandVerifier:
     ``conn`` is the daemon's connection (tables from :data:`TRUST_SCHEMA_SQL` must exist) and
     ``lock`` the lock that serialises its use across threads. ``role_table`` maps a command
     name to the role (or collection of roles, any of which suffices) it requires; a command
-    missing from the table is refused (``forbidden_role``): fail closed. Roles are not
-    hierarchical: an admin who should also run operator commands carries both roles.
+    missing from the table is refused (``unknown_command``, after the envelope is
+    authenticated): fail closed. Roles are not hierarchical: an admin who should also run
+    operator commands carries both roles.
     """
 
     def __init__(
@@ -386,11 +399,19 @@ class CommandVerifier:
         message: bytes,
         *,
         payload_command: Callable[[bytes], str | None] | None = None,
+        known_request: Callable[[bytes, str], bool] | None = None,
     ) -> TrustDecision:
         """Verify one received message and return the decision (never raises on bad input).
 
         ``payload_command``, if given, extracts the command name the payload itself carries;
         a payload naming another command than the signed envelope is ``malformed_envelope``.
+
+        ``known_request(payload, command)``, if given, says whether the payload's request id
+        already ran as ``command`` (the daemon's command store). It is consulted only once the
+        certificate chain and the envelope signature verified (for an expired envelope at the
+        time check, to keep the order of the codes), and its answer counts only after target
+        and role passed too: a known one is then accepted as ``repeat`` without a replay check,
+        even after it expired (see the module docstring).
         """
         now = self._clock()
         synced = now >= self.policy.sane_after
@@ -405,7 +426,7 @@ class CommandVerifier:
             "effective_now": effective,
         }
         try:
-            return self._check(message, effective, synced, ctx, payload_command)
+            return self._check(message, effective, synced, ctx, payload_command, known_request)
         except _Refused as ref:
             log.info("command refused: %s (%s)", ref.code, ref.reason)
             return TrustDecision(
@@ -419,6 +440,7 @@ class CommandVerifier:
         synced: bool,
         ctx: dict[str, Any],
         payload_command: Callable[[bytes], str | None] | None,
+        known_request: Callable[[bytes, str], bool] | None,
     ) -> TrustDecision:
         if not isinstance(message, bytes | bytearray | memoryview):
             raise _Refused("malformed_envelope", "message must be bytes")
@@ -523,8 +545,13 @@ class CommandVerifier:
                 "malformed_envelope",
                 f"lifetime {lifetime}s outside 1..{self.policy.max_lifetime_s}s",
             )
+        # A re-delivery of a command that already ran is answered from the command store even
+        # once its envelope has expired; it must still pass every authentication step below.
+        known: bool | None = None
         if now > expires_at + self.policy.skew_s:
-            raise _Refused("expired", "command expired", expired_for_s=now - expires_at)
+            known = self._known(known_request, payload, command)
+            if not known:
+                raise _Refused("expired", "command expired", expired_for_s=now - expires_at)
         if synced and issued_at > now + self.policy.skew_s:
             raise _Refused("not_yet_valid", "command issued in the future", ahead_s=issued_at - now)
 
@@ -544,10 +571,11 @@ class CommandVerifier:
                 cert_groups=list(cert.groups),
             )
 
-        # 6. role.
+        # 6. command and role. The role table is the command registry, so a command missing
+        # from it does not exist on this kiosk: said only to an authenticated sender.
         required = self.role_table.get(command)
         if required is None:
-            raise _Refused("forbidden_role", f"command {command!r} is not in the role table")
+            raise _Refused("unknown_command", f"unknown command {command!r}", command=command)
         allowed = {required} if isinstance(required, str) else set(required)
         if not allowed.intersection(cert.roles):
             raise _Refused(
@@ -564,7 +592,18 @@ class CommandVerifier:
             if named is not None and named != command:
                 raise _Refused("malformed_envelope", "payload names another command")
 
-        # 7. replay, and record (only now that everything else passed).
+        # 7. a re-delivery of a request id that already ran: answered from the command store,
+        # so neither the replay check nor the replay state applies.
+        if known is None:
+            known = self._known(known_request, payload, command)
+        if known:
+            log.info("command re-delivered: %s from %s counter=%d", command, cert.key_id, counter)
+            return TrustDecision(
+                True, "repeat", "request id already ran: answered from the command store",
+                payload=payload, **ctx,
+            )  # fmt: skip
+
+        # 8. replay, and record (only now that everything else passed).
         self._record(
             cert.key_id,
             counter=counter,
@@ -581,6 +620,16 @@ class CommandVerifier:
             target,
         )
         return TrustDecision(True, "ok", "verified", payload=payload, **ctx)
+
+    @staticmethod
+    def _known(hook: Callable[[bytes, str], bool] | None, payload: bytes, command: str) -> bool:
+        if hook is None:
+            return False
+        try:
+            return bool(hook(payload, command))
+        except Exception as exc:  # fail closed: an unreadable store is not a licence to re-run
+            log.error("command store lookup failed: %s", exc)
+            raise _Refused("store_error", f"command store lookup failed: {exc}") from None
 
     @staticmethod
     def _b64(value: object, name: str) -> bytes:

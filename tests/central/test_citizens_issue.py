@@ -143,7 +143,7 @@ def _parse(module: object, argv: list[str]) -> object:
 def test_enroll_cli_refuses_bad_usage(
     tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = _parse(enrollcli, [*argv, "--home", str(tmp_path), "--unsigned"])
+    args = _parse(enrollcli, [*argv, "--home", str(tmp_path)])
     assert enrollcli.run(args) == 2  # type: ignore[arg-type]
     assert "error (usage)" in capsys.readouterr().err
 
@@ -152,13 +152,13 @@ def test_clis_explain_missing_keys_and_enrollments(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     home = tmp_path / "empty-home"
-    args = _parse(enrollcli, ["kiosk-x", "--home", str(home), "--unsigned"])
+    args = _parse(enrollcli, ["kiosk-x", "--home", str(home)])
     assert enrollcli.run(args) == 2  # type: ignore[arg-type]
     assert "--create-keys" in capsys.readouterr().err
     args = _parse(receivecli, ["--home", str(home)])
     assert receivecli.run(args) == 2  # type: ignore[arg-type]
     assert "enrollment key" in capsys.readouterr().err
-    args = _parse(issuecli, ["kiosk-x", "--home", str(home), "--unsigned", "--synthetic"])
+    args = _parse(issuecli, ["kiosk-x", "--home", str(home), "--synthetic"])
     assert issuecli.run(args) == 2  # type: ignore[arg-type]
     assert "no verified enrollment" in capsys.readouterr().err
 

@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict
 from appliance.agent.mqtt import Incoming
 from appliance.commands import CommandContext, CommandRegistry
 from appliance.dispatch import Dispatcher
-from appliance.errors import DeviceTimeout
+from appliance.errors import CommandError, DeviceTimeout
 from appliance.store import Store
+from appliance.trust.certs import ROLES
 
 
 class SlowArgs(BaseModel):
@@ -43,9 +44,9 @@ class Harness:
         def device_fail(ctx: CommandContext, _a: Any) -> dict[str, Any]:
             raise DeviceTimeout("sensor silent", device="fingerprint")
 
-        reg.add("slow", slow, args=SlowArgs, timeout_s=0.3)
-        reg.add("boom", boom)
-        reg.add("devfail", device_fail)
+        reg.add("slow", slow, args=SlowArgs, timeout_s=0.3, role="operator")
+        reg.add("boom", boom, role="operator")
+        reg.add("devfail", device_fail, role="operator")
         reg.add("restart.drivers", lambda _c, _a: {"ok": True}, intrusive=True, role="admin")
 
         def publish(topic: str, body: bytes, **_kw: Any) -> bool:
@@ -127,5 +128,57 @@ def test_intrusive_command_waits_for_the_enrollment_session(tmp_path: Path) -> N
     try:
         r = h.send({"id": "r1", "cmd": "restart.drivers"})
         assert r["error"]["code"] == "busy"
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize("role", ["", "root", None, "Operator"])
+def test_registration_without_a_known_role_is_refused(role: Any) -> None:
+    """Fail closed at registration, loudly and naming the command, instead of a command that
+    every signed call is later refused for."""
+    reg = CommandRegistry()
+    with pytest.raises(CommandError, match=r"'card\.wipe'") as err:
+        reg.add("card.wipe", lambda _c, _a: {}, role=role)
+    assert err.value.code == "invalid_role"
+    assert err.value.details["command"] == "card.wipe"
+    assert reg.names() == []
+
+
+def test_registration_requires_a_role_and_accepts_every_trust_role() -> None:
+    reg = CommandRegistry()
+    with pytest.raises(CommandError, match=r"'card\.wipe' registered without a role") as err:
+        reg.add("card.wipe", lambda _c, _a: {})  # type: ignore[call-arg]
+    assert (err.value.code, err.value.details["command"]) == ("invalid_role", "card.wipe")
+    for role in sorted(ROLES):
+        reg.add(f"x.{role}", lambda _c, _a: {}, role=role)
+    assert dict(reg.roles()) == {f"x.{r}": r for r in ROLES}
+
+
+def test_every_shipped_command_states_a_trust_role() -> None:
+    """Every command the daemon can serve (built-ins, capabilities, enrollment) is registered
+    with a role of the trust model."""
+    from appliance.schemas import full_registry
+
+    roles = dict(full_registry().roles())
+    assert {"ping", "card.encode", "fingerprint.capture", "enrollment.start"} <= set(roles)
+    assert set(roles.values()) <= ROLES
+
+
+def test_known_id_is_answered_before_the_argument_and_busy_checks(tmp_path: Path) -> None:
+    """A repeat gets its stored reply even when an enrollment session now makes the command
+    wait, and an id reused for another command is refused as invalid_request."""
+    s = Store(tmp_path)
+    s.commands.begin("k1", "restart.drivers")
+    s.commands.finish("k1", '{"id":"k1","cmd":"restart.drivers","ok":true,"result":{}}')
+    s.close()
+    h = Harness(tmp_path, session=True)
+    try:
+        r = h.send({"id": "k1", "cmd": "restart.drivers"})
+        assert r == {"id": "k1", "cmd": "restart.drivers", "ok": True, "result": {}}
+        r = h.send({"id": "k1", "cmd": "slow"})
+        assert (r["id"], r["error"]["code"]) == ("k1", "invalid_request")
+        assert h.runs == []
+        outcomes = [row["outcome"] for row in h.store.audit_tail(10)]
+        assert outcomes[:2] == ["invalid_request", "repeat"]
     finally:
         h.close()

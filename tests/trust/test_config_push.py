@@ -27,7 +27,7 @@ def test_push_apply_reject_and_roll_back(
 ) -> None:
     root = FleetRoot.create(tmp_path / "fleet")
     admin, operator = live_key(root, ("admin",), DEV), live_key(root, ("operator",), DEV)
-    d = daemon_factory(broker, DEV)
+    d = daemon_factory(broker, DEV, dev=True)  # unsigned reads by the test's controller
     d.config_path.write_text(
         d.config_path.read_text()
         + f'[trust]\nroot_keys = ["{tmp_path / "fleet" / ROOT_PUB_FILE}"]\n'

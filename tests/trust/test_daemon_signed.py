@@ -22,7 +22,12 @@ from appliance.devtools.controller import Controller
 from appliance.store import Store
 from appliance.trust.certs import ROOT_PUB_FILE, FleetRoot, OperatorKey
 from appliance.trust.envelope import EnvelopeBuilder
-from appliance.trust.keys import DeviceSignature, load_public_key, verify_device_message
+from appliance.trust.keys import (
+    DeviceSignature,
+    b64decode,
+    load_public_key,
+    verify_device_message,
+)
 from tests.helpers import DaemonProcess, wait_for, wait_online
 
 DEV = "kiosk-signed"
@@ -90,6 +95,14 @@ def request(cmd: str, cid: str, args: dict[str, Any] | None = None) -> bytes:
     return json.dumps({"id": cid, "cmd": cmd, "args": args or {}}).encode()
 
 
+def _inner(message: bytes) -> bytes:
+    """The request inside an envelope (or the message itself when it is a plain request)."""
+    obj = json.loads(message)
+    if "body" not in obj:
+        return message
+    return b64decode(json.loads(b64decode(obj["body"], what="body"))["payload"], what="payload")
+
+
 def test_signed_commands_accepted_and_every_refusal_has_its_code(
     broker: Mosquitto,
     daemon_factory: Callable[..., DaemonProcess],
@@ -150,16 +163,27 @@ def test_signed_commands_accepted_and_every_refusal_has_its_code(
         # an expired certificate
         old = operator(fleet, ("operator",), not_after=time.time() - 3600)
         cases.append((old.build("ping", request("ping", "c1"), DEV), "cert_expired"))
+        # a signed command this kiosk does not have: unknown_command, once authenticated
+        cases.append(
+            (admin.build("format.disk", request("format.disk", "k1"), DEV), "unknown_command")
+        )
         for payload, code in cases:
             reply, _raw, _sig = client.request(payload)
             assert reply["ok"] is False, (code, reply)
             assert reply["error"]["code"] == code, (code, reply)
+            # every refusal names the request id, read from the envelope when it is one
+            assert reply["id"] == json.loads(_inner(payload))["id"], (code, reply)
+        reply, _raw, _sig = client.request(b"\x00 not a command")
+        assert (reply["id"], reply["error"]["code"]) == (None, "malformed_envelope")
 
-        # a replay of the accepted envelope: same nonce and counter
+        # the same envelope delivered again (a broker re-delivery, a second publish): the
+        # stored first reply, byte for byte, and signed by the device; never "replayed"
         first = admin.build("diagnostics", request("diagnostics", "d1"), DEV)
-        assert client.request(first)[0]["ok"] is True
-        reply, _raw, _sig = client.request(first)
-        assert reply["error"]["code"] == "replayed"
+        reply1, raw1, _sig = client.request(first)
+        assert reply1["ok"] is True
+        reply2, raw2, sig2 = client.request(first)
+        assert raw2 == raw1, reply2
+        verify_device_message(device_pub, raw2, DeviceSignature.from_header(sig2))
     finally:
         client.close()
     d.terminate()
@@ -174,9 +198,62 @@ def test_signed_commands_accepted_and_every_refusal_has_its_code(
         "bad_signature",
         "untrusted_issuer",
         "cert_expired",
-        "replayed",
+        "unknown_command",
+        "repeat",
     ):
         assert code in audited, code
+    assert "replayed" not in audited
+
+
+def test_redelivery_after_a_kill_gets_the_stored_first_reply(
+    broker: Mosquitto,
+    daemon_factory: Callable[..., DaemonProcess],
+    fleet: FleetRoot,
+    tmp_path: Path,
+    controller: Controller,
+) -> None:
+    """A signed command that ran, delivered again after ``kill -9`` and a restart (what the
+    broker does with a message whose PUBACK the crash cut off): the stored first reply, and
+    the command (a note, which emits an event) does not run twice."""
+    d = daemon_factory(broker, DEV)
+    root_pub = tmp_path / "fleet" / ROOT_PUB_FILE
+    d.config_path.write_text(
+        d.config_path.read_text()
+        + f'[commands]\nallow_unsigned = false\n[trust]\nroot_keys = ["{root_pub}"]\n'
+    )
+    t0 = time.time()
+    d.start()
+    wait_online(controller, DEV, after=t0)
+    tech = operator(fleet, ("technician",))
+    env = tech.build("note", request("note", "n1", {"text": "once"}), DEV)
+    client = SignedClient(broker)
+    try:
+        first, raw1, _sig = client.request(env)
+        assert first["ok"] is True, first
+    finally:
+        client.close()
+    d.kill9()
+    t1 = time.time()
+    d.start()
+    wait_online(controller, DEV, after=t1)
+    client = SignedClient(broker)
+    try:
+        again, raw2, _sig = client.request(env)
+    finally:
+        client.close()
+    d.terminate()
+    assert raw2 == raw1, again
+    store = Store(d.state_dir)
+    try:
+        with store.lock:
+            notes = store.conn.execute(
+                "SELECT count(*) FROM audit WHERE action = 'note' AND outcome = 'accepted'"
+            ).fetchone()[0]
+        outcomes = [r["outcome"] for r in store.audit_tail(50) if r["action"] == "note"]
+    finally:
+        store.close()
+    assert notes == 1
+    assert "repeat" in outcomes and "replayed" not in outcomes
 
 
 def test_unprovisioned_kiosk_refuses_everything(
@@ -200,7 +277,7 @@ def test_unprovisioned_kiosk_refuses_everything(
 def test_events_are_signed_by_the_device_when_stored(
     broker: Mosquitto, daemon_factory: Callable[..., DaemonProcess], controller: Controller
 ) -> None:
-    d = daemon_factory(broker, DEV)
+    d = daemon_factory(broker, DEV, dev=True)  # the note is sent unsigned
     t0 = time.time()
     d.start()
     wait_online(controller, DEV, after=t0)

@@ -218,9 +218,70 @@ def test_forbidden_role(fleet: Fleet, verifier: CommandVerifier) -> None:
     d = verifier.check(b.build("config.set", b"{}", "kiosk-001"))
     assert d.code == "forbidden_role"
     assert d.details["required"] == ["admin"]
-    # Unknown to the role table: fail closed, even for an admin.
+    # Unknown to the role table (the registry): refused as unknown_command, even for an admin,
+    # and only once the envelope is authenticated; its counter is not burnt.
     admin = _builder(fleet.operator(roles=("admin",)), fleet)
-    assert verifier.check(admin.build("format.disk", b"{}", "kiosk-001")).code == "forbidden_role"
+    d = verifier.check(admin.build("format.disk", b"{}", "kiosk-001", counter=99))
+    assert (d.accepted, d.code) == (False, "unknown_command")
+    assert verifier.check(admin.build("config.set", b"{}", "kiosk-001", counter=98)).accepted
+    stranger = FleetRoot.create(fleet.tmp / "stranger")
+    rogue = _builder(fleet.operator(roles=("admin",), root=stranger), fleet)
+    assert verifier.check(rogue.build("format.disk", b"{}", "kiosk-001")).code == (
+        "untrusted_issuer"
+    )
+
+
+def test_known_request_is_a_repeat_without_replay_check(
+    fleet: Fleet, verifier: CommandVerifier
+) -> None:
+    """A re-delivered envelope whose request id already ran is accepted as ``repeat`` (answered
+    from the command store by the dispatcher), also after it expired; never without
+    authentication, and never for another command name."""
+    ran: dict[str, str] = {}
+
+    def known(payload: bytes, command: str) -> bool:
+        return ran.get(json.loads(payload)["id"]) == command
+
+    b = _builder(fleet.operator(roles=("operator",)), fleet)
+    env = b.build("enroll.start", b'{"id": "k1", "cmd": "enroll.start"}', "kiosk-001")
+    assert verifier.check(env, known_request=known).code == "ok"
+    ran["k1"] = "enroll.start"
+    again = verifier.check(env, known_request=known)
+    assert (again.accepted, again.code) == (True, "repeat")
+    assert again.payload == b'{"id": "k1", "cmd": "enroll.start"}'
+    assert verifier.check(env).code == "replayed"  # without the hook: the replay check
+    # Expired since: still the stored reply (the command did run while it was valid).
+    fleet.clock.now = NOW + 3600
+    assert verifier.check(env, known_request=known).code == "repeat"
+    assert verifier.check(env).code == "expired"
+    fleet.clock.now = NOW
+    # Authentication first: a forged, mis-targeted or wrong-role envelope with a known id is
+    # refused with its own code.
+    forged = _tamper(env, counter=10**12)
+    assert verifier.check(forged, known_request=known).code == "bad_signature"
+    other = _builder(fleet.operator(roles=("operator",), devices=("kiosk-002",)), fleet)
+    wrong = other.build("enroll.start", b'{"id": "k1", "cmd": "enroll.start"}', "kiosk-002")
+    assert verifier.check(wrong, known_request=known).code == "wrong_target"
+    tech = _builder(fleet.operator(roles=("technician",)), fleet)
+    denied = tech.build("enroll.start", b'{"id": "k1", "cmd": "enroll.start"}', "kiosk-001")
+    assert verifier.check(denied, known_request=known).code == "forbidden_role"
+    # The same id under another command is not a repeat: the replay check applies as usual
+    # (and the dispatcher then refuses the reused id).
+    ran["k2"] = "enroll.cancel"
+    env2 = b.build("enroll.start", b'{"id": "k2", "cmd": "enroll.start"}', "kiosk-001")
+    assert verifier.check(env2, known_request=known).code == "ok"
+    assert verifier.check(env2, known_request=known).code == "replayed"
+
+
+def test_known_request_hook_failure_refuses(fleet: Fleet, verifier: CommandVerifier) -> None:
+    def broken(_payload: bytes, _command: str) -> bool:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    b = _builder(fleet.operator(), fleet)
+    env = b.build("enroll.start", b'{"id": "k9", "cmd": "enroll.start"}', "kiosk-001")
+    d = verifier.check(env, known_request=broken)
+    assert (d.accepted, d.code) == (False, "store_error")
+    assert verifier.check(env).accepted  # nothing was recorded by the failed check
 
 
 def test_replay_same_envelope_and_counters(fleet: Fleet, verifier: CommandVerifier) -> None:
@@ -424,7 +485,7 @@ def test_role_table_from_specs() -> None:
 
     reg = CommandRegistry()
     reg.add("a", lambda ctx, args: {}, role="admin")
-    reg.add("b", lambda ctx, args: {})
+    reg.add("b", lambda ctx, args: {}, role="operator")
     assert role_table_from_specs(reg.specs()) == {"a": "admin", "b": "operator"}
 
 

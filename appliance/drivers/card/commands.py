@@ -64,6 +64,6 @@ def register(registry: CommandRegistry, device: CardEncoder) -> None:
         """Check an issuance package, write and lock a blank chip, verify it by read-back."""
         return device.encode(args, cancelled=ctx.cancelled, progress=ctx.progress)
 
-    registry.add("card.status", card_status, timeout_s=5.0)
-    registry.add("card.read", card_read, args=ReadArgs, timeout_s=30.0)
-    registry.add("card.encode", card_encode, args=IssuancePackage, timeout_s=60.0)
+    registry.add("card.status", card_status, timeout_s=5.0, role="operator")
+    registry.add("card.read", card_read, args=ReadArgs, timeout_s=30.0, role="operator")
+    registry.add("card.encode", card_encode, args=IssuancePackage, timeout_s=60.0, role="operator")

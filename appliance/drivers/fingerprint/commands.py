@@ -185,5 +185,6 @@ def register(registry: CommandRegistry, device: FingerprintScanner) -> None:
         args=CaptureArgs,
         timeout_s=MAX_CAPTURE_S + 15.0,
         result=CaptureResult,
+        role="operator",
     )
-    registry.add("fingerprint.status", status, timeout_s=10.0)
+    registry.add("fingerprint.status", status, timeout_s=10.0, role="operator")
