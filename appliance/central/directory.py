@@ -1,0 +1,488 @@
+"""The central citizen directory: the stand-in for the national population database.
+
+It keeps its own store (one SQLite file) of citizen records loaded from the citizens file
+format (:func:`appliance.central.citizens.load_citizens`, every entry validated), and answers
+kiosks' lookups by 12-digit CCCD number or 9-digit CMND number over MQTT request/response
+(protocol: :mod:`appliance.citizen.lookup`; docs/central.md "Citizen directory"):
+
+* subscribes to ``{prefix}/+/lookup/request`` (QoS 1) with the ``directory`` broker identity;
+  the shipped ACL lets a kiosk publish there only under its own id, so the device in the topic
+  is the asking kiosk;
+* answers on ``{prefix}/{device}/lookup/response`` (the only response topic it uses: a request
+  naming another MQTT 5 response topic is answered there anyway), with the request's
+  correlation data, a document signed by a key with the ``directory`` role: the record
+  (re-validated before every answer: the directory never answers an invalid record), or
+  ``not_found``, and whether the centre already holds an enrollment of this citizen
+  (``pending``: received in full, not yet verified; ``completed``: verified), read from the
+  central receiver's store (:class:`~appliance.central.store.PackageStore`);
+* records the corrections that verified enrollment packages carry (:meth:`DirectoryStore.
+  record_corrections`), for a decision at the centre; nothing a kiosk sends edits a record.
+
+Why a ``directory`` role: a citizen record is what the card will say. Operator keys (one per
+officer's tool) sign commands and the ``ingest`` key attests that biometrics arrived; neither
+should be able to make a kiosk show a forged identity, so the answers need a key of their own
+that lives only with the directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from ..agent.topics import validate_segment
+from ..citizen.lookup import (
+    ANSWER_CONTEXT,
+    ANSWER_TYPE,
+    NONCE_RE,
+    NUMBER_RE,
+    REQUEST_ID_RE,
+    REQUEST_LEAF,
+    CorrectionRequest,
+    check_corrections,
+    record_to_json,
+    response_topic,
+)
+from ..citizen.validation import CitizenDataInvalid, Stage, validate_citizen
+from ..errors import DeviceTimeout, StoreError, TrustError
+from ..trust.certs import NAME_RE, OperatorKey
+from ..trust.signeddoc import sign_document
+from .citizens import Citizen
+from .package import decode_container
+from .store import PackageStore
+
+log = logging.getLogger(__name__)
+
+DIRECTORY_NAME = "directory"
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS citizens (citizen_ref TEXT PRIMARY KEY, "
+    "personal_id TEXT NOT NULL UNIQUE, old_id_number TEXT, record TEXT NOT NULL, "
+    "loaded_at REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS citizens_old_id ON citizens (old_id_number)",
+    "CREATE TABLE IF NOT EXISTS corrections (device TEXT NOT NULL, package_id TEXT NOT NULL, "
+    "citizen_ref TEXT NOT NULL, field TEXT NOT NULL, original TEXT, requested TEXT, "
+    "state TEXT NOT NULL, problems TEXT NOT NULL, received_at REAL NOT NULL, "
+    "PRIMARY KEY (device, package_id, field))",
+    "CREATE INDEX IF NOT EXISTS corrections_citizen ON corrections (citizen_ref)",
+)
+
+
+def load_directory_key(home: Path) -> OperatorKey:
+    """``<home>/directory.key`` and its certificate, which must carry the ``directory`` role."""
+    key_path = Path(home) / f"{DIRECTORY_NAME}.key"
+    if not key_path.exists():
+        raise TrustError(
+            f"no directory signing key {key_path}: issue one with 'appliance fleet keys "
+            f"issue-operator --generate-key {home} --name {DIRECTORY_NAME} --role directory'",
+            code="key_missing",
+        )
+    key = OperatorKey.load(key_path, Path(home) / f"{DIRECTORY_NAME}.cert")
+    if "directory" not in key.certificate.roles:
+        raise TrustError(
+            f"{key_path}'s certificate lacks the directory role: kiosks would refuse its answers",
+            code="forbidden_role",
+        )
+    return key
+
+
+class DirectoryStore:
+    """Citizen records and correction requests in one SQLite file (WAL, synchronous=FULL)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock = threading.Lock()
+        self.conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        with contextlib.suppress(OSError):
+            self.path.chmod(0o600)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        for statement in _SCHEMA:
+            self.conn.execute(statement)
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    # -- records -----------------------------------------------------------------------------
+
+    def load(self, citizens: dict[str, Citizen]) -> int:
+        """Add or replace records (already validated by ``load_citizens``); one transaction.
+        A number already held by another reference is refused (``citizen_conflict``)."""
+        now = time.time()
+        rows = []
+        for ref, c in citizens.items():
+            record = validate_citizen(
+                {**c.model_dump(exclude_none=True), "citizen_ref": ref},
+                stage=Stage.DIRECTORY,
+                where=ref,
+            )
+            rows.append(
+                (
+                    ref,
+                    record.personal_id,
+                    record.old_id_number,
+                    json.dumps(record_to_json(record), ensure_ascii=False),
+                    now,
+                )
+            )
+        try:
+            with self._tx() as conn:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO citizens (citizen_ref, personal_id, old_id_number, "
+                    "record, loaded_at) VALUES (?,?,?,?,?)",
+                    rows,
+                )
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(
+                f"citizens: a personal_id is held by two references ({exc})",
+                code="citizen_conflict",
+            ) from None
+        return len(rows)
+
+    def find(self, number: str) -> dict[str, Any] | None:
+        """The stored record (JSON form) for a 12-digit or 9-digit number, or None."""
+        column = "personal_id" if len(number) == 12 else "old_id_number"
+        with self._lock:
+            row = self.conn.execute(
+                f"SELECT record FROM citizens WHERE {column}=?",  # noqa: S608 - fixed names
+                (number,),
+            ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def count(self) -> int:
+        with self._lock:
+            (n,) = self.conn.execute("SELECT COUNT(*) FROM citizens").fetchone()
+        return int(n)
+
+    # -- corrections -------------------------------------------------------------------------
+
+    def record_corrections(self, device: str, package_id: str, manifest: dict[str, Any]) -> int:
+        """Keep the corrections of a verified package, each checked against the directory's
+        record (``state`` ``pending`` for a decision, or ``invalid`` with its problems).
+        Idempotent per (device, package, field). Returns how many the manifest carried."""
+        raw = manifest.get("corrections") or []
+        ref = str(manifest.get("citizen_ref", ""))
+        if not isinstance(raw, list) or not raw:
+            return 0
+        record = self._by_ref(ref)
+        now = time.time()
+        rows = []
+        for item in raw:
+            try:
+                corr = CorrectionRequest.model_validate(item)
+            except ValueError as exc:
+                log.warning("%s/%s: correction %r malformed: %s", device, package_id, item, exc)
+                continue
+            if record is None:
+                problems = [{"field": "citizen_ref", "rule": "required", "message": "unknown"}]
+            else:
+                problems = [p.to_dict() for p in check_corrections(record, [corr])]
+            rows.append(
+                (
+                    device,
+                    package_id,
+                    ref,
+                    corr.field,
+                    corr.original,
+                    corr.requested,
+                    "invalid" if problems else "pending",
+                    json.dumps(problems, ensure_ascii=False),
+                    now,
+                )
+            )
+        with self._tx() as c:
+            c.executemany(
+                "INSERT OR IGNORE INTO corrections (device, package_id, citizen_ref, field, "
+                "original, requested, state, problems, received_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+        return len(raw)
+
+    def corrections(self, citizen_ref: str | None = None) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT device, package_id, citizen_ref, field, original, requested, state, "
+            "problems, received_at FROM corrections"
+        )
+        args: tuple[str, ...] = ()
+        if citizen_ref is not None:
+            sql += " WHERE citizen_ref=?"
+            args = (citizen_ref,)
+        with self._lock:
+            rows = self.conn.execute(sql + " ORDER BY received_at, field", args).fetchall()
+        keys = ("device", "package_id", "citizen_ref", "field", "original", "requested", "state")
+        return [
+            {
+                **dict(zip(keys, r[:7], strict=True)),
+                "problems": json.loads(r[7]),
+                "received_at": r[8],
+            }
+            for r in rows
+        ]
+
+    def _by_ref(self, citizen_ref: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT record FROM citizens WHERE citizen_ref=?", (citizen_ref,)
+            ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+
+def enrollment_state(
+    packages: PackageStore | None, citizen_ref: str
+) -> tuple[str, list[dict[str, Any]]]:
+    """What the centre holds for ``citizen_ref``: ``completed`` (a package verified),
+    ``pending`` (a package received in full, not yet verified, e.g. held for a device not yet
+    approved; its manifest is read unverified, only to name the citizen), else ``none``.
+    Rejected packages do not count. Returns the state and the packages behind it."""
+    if packages is None or not citizen_ref:
+        return "none", []
+    found: list[dict[str, Any]] = []
+    for res in packages.results():
+        if res.get("status") == "complete" and res["summary"].get("citizen_ref") == citizen_ref:
+            found.append(
+                {
+                    "device": res["device"],
+                    "package_id": res["package_id"],
+                    "state": "completed",
+                    "at": res.get("verified_at"),
+                }
+            )
+    if found:
+        return "completed", found
+    for device, package_id in packages.pending():
+        try:
+            manifest = json.loads(
+                decode_container(packages.assemble(device, package_id)).manifest_bytes
+            )
+        except (TrustError, StoreError, ValueError, OSError):
+            continue
+        if isinstance(manifest, dict) and manifest.get("citizen_ref") == citizen_ref:
+            found.append({"device": device, "package_id": package_id, "state": "pending"})
+    return ("pending" if found else "none"), found
+
+
+Publish = Callable[[str, bytes, bytes | None], bool]
+
+
+class DirectoryCore:
+    """The directory's logic without the network: :meth:`handle` a request, it publishes the
+    signed answer with ``publish(topic, payload, correlation_data)``."""
+
+    def __init__(
+        self,
+        store: DirectoryStore,
+        key: OperatorKey,
+        publish: Publish,
+        *,
+        packages: PackageStore | None = None,
+        prefix: str = "kiosk",
+        today: Callable[[], dt.date] | None = None,
+    ) -> None:
+        validate_segment(prefix, "topic prefix")
+        self.store = store
+        self.key = key
+        self.publish = publish
+        self.packages = packages
+        self.prefix = prefix
+        self._today = today
+        self.stats = {"found": 0, "not_found": 0, "invalid_request": 0, "record_invalid": 0}
+        self.stats["dropped"] = 0
+
+    def filter(self) -> str:
+        return f"{self.prefix}/+/{REQUEST_LEAF}"
+
+    def handle(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        response_topic_: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> bytes | None:
+        """One request; returns the answer published (None: dropped, nothing to bind to)."""
+        parts = topic.split("/")
+        if len(parts) != 4 or parts[0] != self.prefix or "/".join(parts[2:]) != REQUEST_LEAF:
+            return None
+        device = parts[1]
+        if not NAME_RE.match(device):
+            self.stats["dropped"] += 1
+            return None
+        try:
+            req = json.loads(payload)
+        except (UnicodeDecodeError, ValueError):
+            req = None
+        rid = req.get("request_id") if isinstance(req, dict) else None
+        nonce = req.get("nonce") if isinstance(req, dict) else None
+        if not isinstance(rid, str) or not REQUEST_ID_RE.match(rid):
+            # Without a request id the answer could not be bound to anything.
+            self.stats["dropped"] += 1
+            log.warning("lookup request from %s without a valid request_id dropped", device)
+            return None
+        answer_topic = response_topic(self.prefix, device)
+        if response_topic_ is not None and response_topic_ != answer_topic:
+            log.warning(
+                "lookup %s from %s asked for response topic %r: answered on %s",
+                rid,
+                device,
+                response_topic_,
+                answer_topic,
+            )
+        fields = self.answer(req, rid, nonce)
+        doc = sign_document(self.key, ANSWER_TYPE, ANSWER_CONTEXT, device, fields)
+        self.stats[fields["status"]] += 1
+        try:
+            self.publish(answer_topic, doc, correlation_data)
+        except Exception:
+            log.exception("lookup answer to %s not published", device)
+        return doc
+
+    def answer(self, req: Any, rid: str, nonce: object) -> dict[str, Any]:
+        """The answer's fields (the signed body adds device, issued_at, issuer)."""
+        number = req.get("number")
+        base: dict[str, Any] = {"request_id": rid, "nonce": nonce, "number": number}
+        problems = []
+        if not isinstance(nonce, str) or not NONCE_RE.match(nonce):
+            problems.append({"field": "nonce", "rule": "type", "message": "32 hex digits"})
+        if not isinstance(number, str) or not NUMBER_RE.match(number):
+            problems.append(
+                {"field": "number", "rule": "id_format", "message": "must be 12 or 9 digits"}
+            )
+        extra = set(req) - {"request_id", "nonce", "number"}
+        problems += [
+            {"field": k, "rule": "unknown_field", "message": "not a request field"}
+            for k in sorted(extra)
+        ]
+        if problems:
+            return {**base, "status": "invalid_request", "enrollment": "none", "problems": problems}
+        assert isinstance(number, str)
+        stored = self.store.find(number)
+        if stored is None:
+            return {**base, "status": "not_found", "enrollment": "none"}
+        try:
+            today = self._today() if self._today is not None else None
+            record = record_to_json(validate_citizen(stored, stage=Stage.DIRECTORY, today=today))
+        except CitizenDataInvalid as exc:
+            log.error(
+                "directory record %s invalid, not answered: %s", stored.get("citizen_ref"), exc
+            )
+            return {
+                **base,
+                "status": "record_invalid",
+                "enrollment": "none",
+                "problems": exc.details["problems"],
+            }
+        state, packages = enrollment_state(self.packages, record.get("citizen_ref", ""))
+        return {
+            **base,
+            "status": "found",
+            "citizen": record,
+            "enrollment": state,
+            "enrollments": packages,
+        }
+
+
+class Directory:
+    """:class:`DirectoryCore` on a paho MQTT 5 client (identity ``directory`` under the ACL)."""
+
+    def __init__(
+        self,
+        core: DirectoryCore,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        client_id: str = "central-directory",
+        tls: dict[str, Any] | None = None,
+    ) -> None:
+        self.core = core
+        self.host, self.port = host, port
+        self.client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        if tls:
+            self.client.tls_set(**tls)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(1, 5)
+        self._subscribed = threading.Event()
+        core.publish = self._publish
+
+    def start(self, timeout: float = 10.0) -> Directory:
+        try:
+            self.client.connect(self.host, self.port, 30, clean_start=True)
+        except OSError as exc:
+            raise DeviceTimeout(
+                f"directory: cannot connect to {self.host}:{self.port}: {exc}", device="directory"
+            ) from None
+        self.client.loop_start()
+        if not self._subscribed.wait(timeout):
+            self.stop()
+            raise DeviceTimeout(
+                f"directory: no SUBACK from {self.host}:{self.port}", device="directory"
+            )
+        log.info("directory on %s:%d serving %s", self.host, self.port, self.core.filter())
+        return self
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        reset = getattr(self.client, "_reset_sockets", None)
+        if callable(reset):
+            reset()
+
+    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            log.error("directory: broker refused the connection: %s", rc)
+            return
+        client.subscribe([(self.core.filter(), SubscribeOptions(qos=1))])
+
+    def _on_subscribe(self, *_a: Any) -> None:
+        self._subscribed.set()
+
+    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        props = getattr(msg, "properties", None)
+        try:
+            self.core.handle(
+                msg.topic,
+                bytes(msg.payload),
+                response_topic_=getattr(props, "ResponseTopic", None) or None,
+                correlation_data=getattr(props, "CorrelationData", None),
+            )
+        except Exception:
+            log.exception("directory: request on %s not handled", msg.topic)
+
+    def _publish(self, topic: str, payload: bytes, correlation_data: bytes | None) -> bool:
+        props = None
+        if correlation_data is not None:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.CorrelationData = correlation_data
+        info = self.client.publish(topic, payload, qos=1, properties=props)
+        return info.rc == paho.MQTT_ERR_SUCCESS
