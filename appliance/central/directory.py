@@ -253,6 +253,29 @@ class DirectoryStore:
         return None if row is None else dict(json.loads(row[0]))
 
 
+def corrections_hook(
+    store: DirectoryStore, packages: PackageStore
+) -> Callable[[dict[str, Any]], None]:
+    """A receiver's ``on_result``: the corrections of every verified package go to the
+    directory's ``corrections`` table (a rejected package brings none)."""
+
+    def on_result(result: dict[str, Any]) -> None:
+        if result.get("status") != "complete":
+            return
+        device, package_id = result["device"], result["package_id"]
+        try:
+            path = packages.package_dir(device, package_id) / "manifest.json"
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+            n = store.record_corrections(device, package_id, manifest)
+        except (OSError, ValueError, StoreError, TrustError, sqlite3.Error) as exc:
+            log.error("corrections of %s/%s not recorded: %s", device, package_id, exc)
+            return
+        if n:
+            log.info("%d correction request(s) of %s/%s recorded", n, device, package_id)
+
+    return on_result
+
+
 def enrollment_state(
     packages: PackageStore | None, citizen_ref: str
 ) -> tuple[str, list[dict[str, Any]]]:
