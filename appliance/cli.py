@@ -48,6 +48,7 @@ FLEET_TOOLS = {
         "appliance.fleet.controllercli",
         "event recorder sharing the load with others via $share subscriptions",
     ),
+    "directory": ("appliance.central.directorycli", "the central citizen directory (lookups)"),
 }
 # Top-level commands served by plugin modules (configure_parser(p), run(args)).
 TOP_LEVEL = {

@@ -106,6 +106,7 @@ class DirectoryStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
+        self._scanned: set[tuple[str, str]] = set()
         self.conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         with contextlib.suppress(OSError):
             self.path.chmod(0o600)
@@ -185,7 +186,7 @@ class DirectoryStore:
     def record_corrections(self, device: str, package_id: str, manifest: dict[str, Any]) -> int:
         """Keep the corrections of a verified package, each checked against the directory's
         record (``state`` ``pending`` for a decision, or ``invalid`` with its problems).
-        Idempotent per (device, package, field). Returns how many the manifest carried."""
+        Idempotent per (device, package, field). Returns how many were new."""
         raw = manifest.get("corrections") or []
         ref = str(manifest.get("citizen_ref", ""))
         if not isinstance(raw, list) or not raw:
@@ -217,12 +218,25 @@ class DirectoryStore:
                 )
             )
         with self._tx() as c:
+            before = c.total_changes
             c.executemany(
                 "INSERT OR IGNORE INTO corrections (device, package_id, citizen_ref, field, "
                 "original, requested, state, problems, received_at) VALUES (?,?,?,?,?,?,?,?,?)",
                 rows,
             )
-        return len(raw)
+            return c.total_changes - before
+
+    def sync_corrections(self, packages: PackageStore) -> int:
+        """Record the corrections of every verified package in ``packages`` not scanned yet
+        (by this process); returns how many correction requests were new."""
+        new = 0
+        for res in packages.results():
+            key = (str(res.get("device")), str(res.get("package_id")))
+            if res.get("status") != "complete" or key in self._scanned:
+                continue
+            new += _record_from(self, packages, res)
+            self._scanned.add(key)
+        return new
 
     def corrections(self, citizen_ref: str | None = None) -> list[dict[str, Any]]:
         sql = (
@@ -260,20 +274,24 @@ def corrections_hook(
     directory's ``corrections`` table (a rejected package brings none)."""
 
     def on_result(result: dict[str, Any]) -> None:
-        if result.get("status") != "complete":
-            return
-        device, package_id = result["device"], result["package_id"]
-        try:
-            path = packages.package_dir(device, package_id) / "manifest.json"
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-            n = store.record_corrections(device, package_id, manifest)
-        except (OSError, ValueError, StoreError, TrustError, sqlite3.Error) as exc:
-            log.error("corrections of %s/%s not recorded: %s", device, package_id, exc)
-            return
-        if n:
-            log.info("%d correction request(s) of %s/%s recorded", n, device, package_id)
+        if result.get("status") == "complete":
+            _record_from(store, packages, result)
 
     return on_result
+
+
+def _record_from(store: DirectoryStore, packages: PackageStore, result: dict[str, Any]) -> int:
+    device, package_id = str(result["device"]), str(result["package_id"])
+    try:
+        path = packages.package_dir(device, package_id) / "manifest.json"
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        n = store.record_corrections(device, package_id, manifest)
+    except (OSError, ValueError, StoreError, TrustError, sqlite3.Error) as exc:
+        log.error("corrections of %s/%s not recorded: %s", device, package_id, exc)
+        return 0
+    if n:
+        log.info("%d correction request(s) of %s/%s recorded", n, device, package_id)
+    return n
 
 
 def enrollment_state(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +33,7 @@ from appliance.devtools.broker import Mosquitto
 from appliance.devtools.controller import Controller
 from appliance.devtools.fleetkit import FleetKit
 from appliance.trust.keys import load_public_key
-from tests.helpers import DaemonProcess, wait_for, wait_online
+from tests.helpers import ROOT, DaemonProcess, wait_for, wait_online
 
 DEV = "kiosk-lookup"
 
@@ -210,3 +212,53 @@ def test_answers_with_a_bad_signature_or_the_wrong_key_refused(
 
     centre.core.key = load_directory_key(fleet_kit.home)
     assert _ok(ctl.request(DEV, "citizen.lookup", {"number": number}))["status"] == "found"
+
+
+def _citizens_file(path: Path, entries: dict[str, dict[str, Any]]) -> Path:
+    path.write_text(json.dumps(entries, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def test_fleet_directory_cli_serves_the_kiosk(
+    kiosk: DaemonProcess,
+    fleet_kit: FleetKit,
+    tls_broker: Mosquitto,
+    signed_controller: Controller,
+    tmp_path: Path,
+) -> None:
+    who = synthetic_citizen("CIT-LK-CLI", today=dt.date.today())
+    entry = who.model_dump(mode="json", exclude_none=True, exclude={"citizen_ref"})
+    cfile = _citizens_file(tmp_path / "citizens.json", {"CIT-LK-CLI": entry})
+    base = [sys.executable, "-m", "appliance", "fleet", "directory", "--db", str(tmp_path / "d.db")]
+    base += ["--store", str(tmp_path / "central")]
+
+    # a bad file loads nothing and names the entry and the field
+    bad = _citizens_file(
+        tmp_path / "bad.json", {"CIT-BAD": {**entry, "date_of_birth": "2099-01-01"}}
+    )
+    proc = subprocess.run(
+        [*base, "--citizens", str(bad), "--load-only", "--home", str(fleet_kit.home)],
+        capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "CIT-BAD.date_of_birth" in proc.stderr
+
+    serving = subprocess.Popen(
+        [*base, "--citizens", str(cfile), *fleet_kit.flags(tls_broker.port, "directory")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert serving.stdout is not None
+        lines = []
+        for line in serving.stdout:
+            lines.append(line)
+            if line.startswith("citizen directory:"):
+                break
+        assert lines and lines[-1].startswith("citizen directory: 1 record(s)"), lines
+        res = _ok(signed_controller.request(DEV, "citizen.lookup", {"number": who.personal_id}))
+        assert res["status"] == "found" and res["citizen"]["full_name"] == who.full_name
+    finally:
+        serving.terminate()
+        out, _ = serving.communicate(timeout=20)
+    assert serving.returncode == 0, out
+    assert "stopped: 1 found" in out

@@ -310,7 +310,7 @@ def test_centre_records_corrections_for_a_decision(directory: DirectoryStore) ->
         ],
     }
     assert directory.record_corrections(DEV, "b" * 32, manifest) == 2
-    directory.record_corrections(DEV, "b" * 32, manifest)  # a repeat adds nothing
+    assert directory.record_corrections(DEV, "b" * 32, manifest) == 0  # a repeat adds nothing
     rows = {r["field"]: r for r in directory.corrections("CIT-L1")}
     assert set(rows) == {"full_name", "sex"}
     assert rows["full_name"]["state"] == "pending" and rows["full_name"]["original"] == c.full_name
