@@ -445,4 +445,12 @@ def register(registry: CommandRegistry, client: LookupClient) -> None:
         """Look a citizen up in the central directory (signed answer, verified)."""
         return client.lookup(args.number, timeout_s=args.timeout_s).to_dict()
 
-    registry.add("citizen.lookup", handler, args=LookupArgs, timeout_s=65, role="operator")
+    # The record goes to the operator's screen, not into the kiosk's command log.
+    registry.add(
+        "citizen.lookup",
+        handler,
+        args=LookupArgs,
+        timeout_s=65,
+        role="operator",
+        unstored=("citizen",),
+    )

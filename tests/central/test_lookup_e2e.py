@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -118,7 +119,7 @@ def _ok(reply: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_lookup_known_unknown_enrolled_and_a_correction_reaching_the_centre(
-    centre: Centre, signed_controller: Controller
+    centre: Centre, signed_controller: Controller, kiosk: DaemonProcess
 ) -> None:
     ctl = signed_controller
     today = dt.date.today()
@@ -181,6 +182,13 @@ def test_lookup_known_unknown_enrolled_and_a_correction_reaching_the_centre(
         )
     )
     assert other["status"] == "found" and other["enrollment"] == "none"
+
+    # the records went to the screen, not into the kiosk's command log
+    with sqlite3.connect(kiosk.state_dir / "appliance.db") as db:
+        rows = db.execute("SELECT reply FROM commands WHERE name='citizen.lookup'").fetchall()
+    stored = [json.loads(r[0])["result"] for r in rows]
+    assert len(stored) == 5 and all(r["citizen"] == "(not stored)" for r in stored)
+    assert [r["status"] for r in stored].count("found") == 4
 
 
 def _flip_signature(payload: bytes) -> bytes:
