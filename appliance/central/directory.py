@@ -78,6 +78,9 @@ _SCHEMA = (
     "state TEXT NOT NULL, problems TEXT NOT NULL, received_at REAL NOT NULL, "
     "PRIMARY KEY (device, package_id, field))",
     "CREATE INDEX IF NOT EXISTS corrections_citizen ON corrections (citizen_ref)",
+    "CREATE TABLE IF NOT EXISTS enrollments (device TEXT NOT NULL, package_id TEXT NOT NULL, "
+    "citizen_ref TEXT NOT NULL, state TEXT NOT NULL, at REAL, PRIMARY KEY (device, package_id))",
+    "CREATE INDEX IF NOT EXISTS enrollments_citizen ON enrollments (citizen_ref)",
 )
 
 
@@ -106,7 +109,12 @@ class DirectoryStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
+        # sync_packages: packages with a verdict already indexed, uploads without one, and
+        # the citizen each complete upload names (read once)
+        self._sync_lock = threading.RLock()
         self._scanned: set[tuple[str, str]] = set()
+        self._unfinished: list[tuple[str, str]] = []
+        self._pending_refs: dict[tuple[str, str], str] = {}
         self.conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         with contextlib.suppress(OSError):
             self.path.chmod(0o600)
@@ -226,17 +234,74 @@ class DirectoryStore:
             )
             return c.total_changes - before
 
-    def sync_corrections(self, packages: PackageStore) -> int:
-        """Record the corrections of every verified package in ``packages`` not scanned yet
-        (by this process); returns how many correction requests were new."""
+    def sync_packages(self, packages: PackageStore) -> int:
+        """Bring the ``enrollments`` table up to date with the receiver's store, and record the
+        corrections of the newly verified packages; returns how many correction requests were
+        new. Incremental: a package with a verdict is read once per process (its directory name
+        is listed on later calls, no file read), so a lookup stays cheap with many packages."""
         new = 0
-        for res in packages.results():
-            key = (str(res.get("device")), str(res.get("package_id")))
-            if res.get("status") != "complete" or key in self._scanned:
-                continue
-            new += _record_from(self, packages, res)
-            self._scanned.add(key)
+        with self._sync_lock:
+            unfinished = []
+            for device, package_id in packages.package_ids():
+                key = (device, package_id)
+                if key in self._scanned:
+                    continue
+                try:
+                    res = packages.result(device, package_id)
+                except StoreError as exc:
+                    log.error("%s/%s: %s", device, package_id, exc.message)
+                    continue
+                if res is None:
+                    unfinished.append(key)
+                    continue
+                if res.get("status") == "complete":
+                    ref = str(res.get("summary", {}).get("citizen_ref", ""))
+                    with self._tx() as c:
+                        c.execute(
+                            "INSERT OR IGNORE INTO enrollments (device, package_id, citizen_ref, "
+                            "state, at) VALUES (?,?,?,?,?)",
+                            (device, package_id, ref, "completed", res.get("verified_at")),
+                        )
+                    new += _record_from(self, packages, res)
+                self._scanned.add(key)
+            self._unfinished = unfinished
         return new
+
+    def enrollments(self, citizen_ref: str) -> list[dict[str, Any]]:
+        """The verified packages of ``citizen_ref`` known from the last :meth:`sync_packages`."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT device, package_id, state, at FROM enrollments WHERE citizen_ref=? "
+                "ORDER BY at",
+                (citizen_ref,),
+            ).fetchall()
+        return [{"device": r[0], "package_id": r[1], "state": r[2], "at": r[3]} for r in rows]
+
+    def pending(self, packages: PackageStore, citizen_ref: str) -> list[dict[str, Any]]:
+        """Uploads without a verdict (as of the last :meth:`sync_packages`) that have every
+        chunk and whose manifest, read unverified and only to name the citizen, is
+        ``citizen_ref``'s."""
+        found = []
+        with self._sync_lock:
+            keys = list(self._unfinished)
+        for device, package_id in keys:
+            ref = self._pending_refs.get((device, package_id))
+            if ref is None:
+                try:
+                    info = packages.upload_info(device, package_id)
+                    if info is None or len(packages.received(device, package_id)) != int(
+                        info["count"]
+                    ):
+                        continue
+                    data = packages.assemble(device, package_id)
+                    manifest = json.loads(decode_container(data).manifest_bytes)
+                    ref = str(manifest.get("citizen_ref", "")) if isinstance(manifest, dict) else ""
+                except (TrustError, StoreError, ValueError, OSError, KeyError, TypeError):
+                    continue
+                self._pending_refs[(device, package_id)] = ref
+            if ref == citizen_ref:
+                found.append({"device": device, "package_id": package_id, "state": "pending"})
+        return found
 
     def corrections(self, citizen_ref: str | None = None) -> list[dict[str, Any]]:
         sql = (
@@ -275,7 +340,7 @@ def corrections_hook(
 
     def on_result(result: dict[str, Any]) -> None:
         if result.get("status") == "complete":
-            _record_from(store, packages, result)
+            store.sync_packages(packages)
 
     return on_result
 
@@ -295,37 +360,20 @@ def _record_from(store: DirectoryStore, packages: PackageStore, result: dict[str
 
 
 def enrollment_state(
-    packages: PackageStore | None, citizen_ref: str
+    store: DirectoryStore, packages: PackageStore | None, citizen_ref: str
 ) -> tuple[str, list[dict[str, Any]]]:
     """What the centre holds for ``citizen_ref``: ``completed`` (a package verified),
     ``pending`` (a package received in full, not yet verified, e.g. held for a device not yet
-    approved; its manifest is read unverified, only to name the citizen), else ``none``.
-    Rejected packages do not count. Returns the state and the packages behind it."""
+    approved), else ``none``. Rejected packages do not count; an upload still missing chunks
+    cannot be attributed. Returns the state and the packages behind it."""
     if packages is None or not citizen_ref:
         return "none", []
-    found: list[dict[str, Any]] = []
-    for res in packages.results():
-        if res.get("status") == "complete" and res["summary"].get("citizen_ref") == citizen_ref:
-            found.append(
-                {
-                    "device": res["device"],
-                    "package_id": res["package_id"],
-                    "state": "completed",
-                    "at": res.get("verified_at"),
-                }
-            )
-    if found:
-        return "completed", found
-    for device, package_id in packages.pending():
-        try:
-            manifest = json.loads(
-                decode_container(packages.assemble(device, package_id)).manifest_bytes
-            )
-        except (TrustError, StoreError, ValueError, OSError):
-            continue
-        if isinstance(manifest, dict) and manifest.get("citizen_ref") == citizen_ref:
-            found.append({"device": device, "package_id": package_id, "state": "pending"})
-    return ("pending" if found else "none"), found
+    store.sync_packages(packages)
+    done = store.enrollments(citizen_ref)
+    if done:
+        return "completed", done
+    waiting = store.pending(packages, citizen_ref)
+    return ("pending" if waiting else "none"), waiting
 
 
 Publish = Callable[[str, bytes, bytes | None], bool]
@@ -438,7 +486,7 @@ class DirectoryCore:
                 "enrollment": "none",
                 "problems": exc.details["problems"],
             }
-        state, packages = enrollment_state(self.packages, record.get("citizen_ref", ""))
+        state, packages = enrollment_state(self.store, self.packages, record.get("citizen_ref", ""))
         return {
             **base,
             "status": "found",

@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         while True:
-            n = store.sync_corrections(packages)
+            n = store.sync_packages(packages)
             if n:
                 print(f"recorded {n} correction request(s)", flush=True)
             if stop.wait(max(0.1, args.corrections_every)):

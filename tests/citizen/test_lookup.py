@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nacl.public import PrivateKey
 
 from appliance.central.citizens import Citizen, synthetic_citizen
 from appliance.central.directory import DirectoryCore, DirectoryStore, enrollment_state
+from appliance.central.package import decode_chunk, split_package
 from appliance.central.store import PackageStore
+from appliance.central.testkit import build_package, portrait_record
 from appliance.citizen.lookup import (
     CorrectionRequest,
     LookupClient,
@@ -28,7 +31,7 @@ from appliance.citizen.lookup import (
 from appliance.devtools.fleetkit import FleetKit
 from appliance.errors import CommandError
 from appliance.trust.certs import OperatorKey
-from appliance.trust.keys import load_public_key
+from appliance.trust.keys import DeviceIdentity, load_public_key
 
 DEV = "kiosk-lk1"
 TODAY = dt.date(2026, 12, 3)
@@ -240,23 +243,41 @@ def test_directory_never_answers_an_invalid_record(
 def test_already_enrolled_citizen(
     fleet_kit: FleetKit, directory: DirectoryStore, tmp_path: Path
 ) -> None:
-    """The centre's package store holds a verified package for CIT-L1: ``completed``."""
+    """A complete upload for CIT-L1 without a verdict yet (held: device not approved) is
+    ``pending``; once the centre verified a package it is ``completed``. (The verification
+    itself runs on the real receiver in tests/central/test_lookup_e2e.py.)"""
     packages = PackageStore(tmp_path / "central")
-    assert enrollment_state(packages, "CIT-L1") == ("none", [])
-    d = packages.package_dir(DEV, "a" * 32)
-    d.mkdir(parents=True)
+    assert enrollment_state(directory, packages, "CIT-L1") == ("none", [])
+    built = build_package(
+        DeviceIdentity.create(tmp_path / "dev"),
+        bytes(PrivateKey.generate().public_key),
+        device=DEV,
+        records=[("face", 0, portrait_record())],
+        citizen_ref="CIT-L1",
+    )
+    chunks = split_package(built.package_id, built.data, 4096)
+    for c in chunks[:-1]:
+        packages.put_chunk(DEV, *decode_chunk(c))
+    client, _core = wire(fleet_kit, directory, packages=packages)
+    number = _citizen("CIT-L1").personal_id
+    assert client.lookup(number, timeout_s=2).enrollment == "none"  # a chunk still missing
+    packages.put_chunk(DEV, *decode_chunk(chunks[-1]))
+    res = client.lookup(number, timeout_s=2)
+    assert res.status == "found" and res.enrollment == "pending"
+    assert res.enrollments == [{"device": DEV, "package_id": built.package_id, "state": "pending"}]
+
+    d = packages.package_dir(DEV, built.package_id)
     result = {
         "status": "complete",
         "device": DEV,
-        "package_id": "a" * 32,
+        "package_id": built.package_id,
         "verified_at": 1.0,
         "summary": {"citizen_ref": "CIT-L1"},
     }
     (d / "result.json").write_text(json.dumps(result))
-    client, _core = wire(fleet_kit, directory, packages=packages)
-    res = client.lookup(_citizen("CIT-L1").personal_id, timeout_s=2)
-    assert res.status == "found" and res.enrollment == "completed"
-    assert res.enrollments[0]["package_id"] == "a" * 32
+    res = client.lookup(number, timeout_s=2)
+    assert res.enrollment == "completed"
+    assert [e["package_id"] for e in res.enrollments] == [built.package_id]
     other = client.lookup(_citizen("CIT-L2").personal_id, timeout_s=2)
     assert other.enrollment == "none"
 
