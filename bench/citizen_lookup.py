@@ -6,7 +6,9 @@ the same run (issue 16 target: lookup p95 <= 300 ms on loopback with signing).
 The production path on loopback: mosquitto with mutual TLS and the shipped ACL (a throw-away
 FleetKit), the directory as its own process (``appliance fleet directory``, broker identity
 ``directory``, answers signed by the ``directory`` key, SQLite store of ``--citizens``
-synthetic records), and in this process the kiosk's side as the screen calls it:
+synthetic records; the receiver's store beside it holds ``--packages`` verdicts of verified
+packages, which the directory indexes at start and rescans every 2 s beside the lookups,
+which read the index), and in this process the kiosk's side as the screen calls it:
 ``LookupClient.lookup`` on a paho MQTT 5 client with a kiosk certificate (request with
 response topic + correlation data; the answer's certificate chain, signature, role, device,
 request id, nonce and number checked, and the record validated).
@@ -147,6 +149,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n", type=int, default=500, help="requests of each kind (default 500)")
     ap.add_argument("--citizens", type=int, default=10000, help="records in the directory")
+    ap.add_argument(
+        "--packages",
+        type=int,
+        default=2000,
+        help="verdicts of verified packages in the receiver's store (default 2000)",
+    )
     ap.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--kit", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -173,6 +181,21 @@ def main() -> None:
         cfile = work / "citizens.json"
         cfile.write_text(json.dumps(unique, ensure_ascii=False))
         numbers = [citizens[r].personal_id for r in unique]
+        # The receiver's store as the directory finds it: --packages verdicts of verified
+        # packages (result.json and manifest.json: all the directory reads of a finished
+        # package) for the first citizens, so some lookups answer "completed".
+        store = kit.home / "central"
+        for i, ref in enumerate(list(unique)[: args.packages]):
+            d = store / "kiosk-bench-old" / f"pkg-{i:08d}"
+            d.mkdir(parents=True)
+            (d / "result.json").write_text(
+                json.dumps(
+                    {"status": "complete", "device": "kiosk-bench-old",
+                     "package_id": f"pkg-{i:08d}", "verified_at": 1.0,
+                     "summary": {"citizen_ref": ref}}
+                )
+            )  # fmt: skip
+            (d / "manifest.json").write_text(json.dumps({"citizen_ref": ref}))
         setup_s = time.perf_counter() - t0
         dlog = (work / "directory.log").open("wb")
         directory = subprocess.Popen(
@@ -202,6 +225,7 @@ def main() -> None:
             lookups: list[float] = []
             echoes: list[float] = []
             statuses: dict[str, int] = {}
+            enrolled: dict[str, int] = {}
             request = json.dumps(
                 {"request_id": "lk-0123456789abcdef", "nonce": "0" * 32, "number": numbers[0]}
             ).encode()
@@ -219,6 +243,7 @@ def main() -> None:
                     res = kiosk.lookup.lookup(number)
                     lookups.append(time.perf_counter() - t)
                     statuses[res.status] = statuses.get(res.status, 0) + 1
+                    enrolled[res.enrollment] = enrolled.get(res.enrollment, 0) + 1
             # the kiosk's share: verifying one answer (chain, signature, binding, validation)
             answer = kiosk.last
             body = json.loads(__import__("base64").b64decode(json.loads(answer)["body"]))
@@ -242,7 +267,9 @@ def main() -> None:
         "citizens": len(numbers),
         "setup_s": round(setup_s, 1),
         "answer_bytes": answer_bytes,
+        "packages": args.packages,
         "statuses": statuses,
+        "enrollment": enrolled,
         "echo": {**summary_ms(echoes), "p95_ms": round(pct(echoes, 95) * 1000, 3)},
         "lookup": {**summary_ms(lookups), "p95_ms": round(p95 * 1000, 3)},
         "kiosk_verify": summary_ms(verify),

@@ -13,8 +13,11 @@ kiosks' lookups by 12-digit CCCD number or 9-digit CMND number over MQTT request
   correlation data, a document signed by a key with the ``directory`` role: the record
   (re-validated before every answer: the directory never answers an invalid record), or
   ``not_found``, and whether the centre already holds an enrollment of this citizen
-  (``pending``: received in full, not yet verified; ``completed``: verified), read from the
-  central receiver's store (:class:`~appliance.central.store.PackageStore`);
+  (``pending``: received in full, not yet verified; ``completed``: verified), from its index
+  of the central receiver's store (:class:`~appliance.central.store.PackageStore`), which
+  :meth:`DirectoryStore.sync_packages` keeps up to date (``appliance fleet directory`` every
+  ``--sync-every`` seconds; a receiver in the same process at each verdict through
+  :func:`corrections_hook`); a lookup reads the index only;
 * records the corrections that verified enrollment packages carry (:meth:`DirectoryStore.
   record_corrections`), for a decision at the centre; nothing a kiosk sends edits a record.
 
@@ -109,11 +112,12 @@ class DirectoryStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
-        # sync_packages: packages with a verdict already indexed, uploads without one, and
-        # the citizen each complete upload names (read once)
-        self._sync_lock = threading.RLock()
+        # sync_packages: packages with a verdict already indexed, complete uploads without one
+        # by citizen, and the citizen each such upload names (read once)
+        self._scan_lock = threading.Lock()
+        self._state_lock = threading.Lock()
         self._scanned: set[tuple[str, str]] = set()
-        self._unfinished: list[tuple[str, str]] = []
+        self._pending: dict[str, list[dict[str, Any]]] = {}
         self._pending_refs: dict[tuple[str, str], str] = {}
         self.conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         with contextlib.suppress(OSError):
@@ -235,13 +239,16 @@ class DirectoryStore:
             return c.total_changes - before
 
     def sync_packages(self, packages: PackageStore) -> int:
-        """Bring the ``enrollments`` table up to date with the receiver's store, and record the
-        corrections of the newly verified packages; returns how many correction requests were
-        new. Incremental: a package with a verdict is read once per process (its directory name
-        is listed on later calls, no file read), so a lookup stays cheap with many packages."""
+        """Bring the index of what the centre holds up to date with the receiver's store: the
+        ``enrollments`` table (verified packages) and the uploads that have every chunk but no
+        verdict yet; record the corrections of newly verified packages. Returns how many
+        correction requests were new. Incremental: a package with a verdict is read once per
+        process, later calls only list the directory names. Lookups read the index only."""
         new = 0
-        with self._sync_lock:
-            unfinished = []
+        with self._scan_lock:  # one scan at a time; lookups meanwhile read the last index
+            rows = []
+            verified = []
+            pending: dict[str, list[dict[str, Any]]] = {}
             for device, package_id in packages.package_ids():
                 key = (device, package_id)
                 if key in self._scanned:
@@ -252,56 +259,71 @@ class DirectoryStore:
                     log.error("%s/%s: %s", device, package_id, exc.message)
                     continue
                 if res is None:
-                    unfinished.append(key)
+                    ref = self._pending_ref(packages, device, package_id)
+                    if ref:
+                        pending.setdefault(ref, []).append(
+                            {"device": device, "package_id": package_id, "state": "pending"}
+                        )
                     continue
                 if res.get("status") == "complete":
                     ref = str(res.get("summary", {}).get("citizen_ref", ""))
-                    with self._tx() as c:
-                        c.execute(
-                            "INSERT OR IGNORE INTO enrollments (device, package_id, citizen_ref, "
-                            "state, at) VALUES (?,?,?,?,?)",
-                            (device, package_id, ref, "completed", res.get("verified_at")),
-                        )
-                    new += _record_from(self, packages, res)
+                    rows.append((device, package_id, ref, "completed", res.get("verified_at")))
+                    verified.append(res)
                 self._scanned.add(key)
-            self._unfinished = unfinished
+                self._pending_refs.pop(key, None)
+            if rows:
+                with self._tx() as c:
+                    c.executemany(
+                        "INSERT OR IGNORE INTO enrollments (device, package_id, citizen_ref, "
+                        "state, at) VALUES (?,?,?,?,?)",
+                        rows,
+                    )
+            for res in verified:
+                new += _record_from(self, packages, res)
+            with self._state_lock:
+                self._pending = pending
         return new
 
-    def enrollments(self, citizen_ref: str) -> list[dict[str, Any]]:
-        """The verified packages of ``citizen_ref`` known from the last :meth:`sync_packages`."""
+    def _pending_ref(self, packages: PackageStore, device: str, package_id: str) -> str | None:
+        """The citizen a complete upload without a verdict names (its manifest read unverified,
+        once), or None while chunks are missing or it cannot be read."""
+        key = (device, package_id)
+        if key in self._pending_refs:
+            return self._pending_refs[key]
+        try:
+            info = packages.upload_info(device, package_id)
+            if info is None or len(packages.received(device, package_id)) != int(info["count"]):
+                return None
+            manifest = json.loads(
+                decode_container(packages.assemble(device, package_id)).manifest_bytes
+            )
+        except (TrustError, StoreError, ValueError, OSError, KeyError, TypeError):
+            return None
+        ref = str(manifest.get("citizen_ref", "")) if isinstance(manifest, dict) else ""
+        self._pending_refs[key] = ref
+        return ref
+
+    def enrollment_state(self, citizen_ref: str) -> tuple[str, list[dict[str, Any]]]:
+        """What the centre holds for ``citizen_ref``, as of the last :meth:`sync_packages`:
+        ``completed`` (a package verified), ``pending`` (an upload with every chunk, no verdict
+        yet, e.g. held for a device not yet approved), else ``none``. Rejected packages do not
+        count; an upload still missing chunks cannot be attributed. Returns the state and the
+        packages behind it."""
+        if not citizen_ref:
+            return "none", []
         with self._lock:
             rows = self.conn.execute(
                 "SELECT device, package_id, state, at FROM enrollments WHERE citizen_ref=? "
                 "ORDER BY at",
                 (citizen_ref,),
             ).fetchall()
-        return [{"device": r[0], "package_id": r[1], "state": r[2], "at": r[3]} for r in rows]
-
-    def pending(self, packages: PackageStore, citizen_ref: str) -> list[dict[str, Any]]:
-        """Uploads without a verdict (as of the last :meth:`sync_packages`) that have every
-        chunk and whose manifest, read unverified and only to name the citizen, is
-        ``citizen_ref``'s."""
-        found = []
-        with self._sync_lock:
-            keys = list(self._unfinished)
-        for device, package_id in keys:
-            ref = self._pending_refs.get((device, package_id))
-            if ref is None:
-                try:
-                    info = packages.upload_info(device, package_id)
-                    if info is None or len(packages.received(device, package_id)) != int(
-                        info["count"]
-                    ):
-                        continue
-                    data = packages.assemble(device, package_id)
-                    manifest = json.loads(decode_container(data).manifest_bytes)
-                    ref = str(manifest.get("citizen_ref", "")) if isinstance(manifest, dict) else ""
-                except (TrustError, StoreError, ValueError, OSError, KeyError, TypeError):
-                    continue
-                self._pending_refs[(device, package_id)] = ref
-            if ref == citizen_ref:
-                found.append({"device": device, "package_id": package_id, "state": "pending"})
-        return found
+        if rows:
+            return "completed", [
+                {"device": r[0], "package_id": r[1], "state": r[2], "at": r[3]} for r in rows
+            ]
+        with self._state_lock:
+            waiting = list(self._pending.get(citizen_ref, []))
+        return ("pending" if waiting else "none"), waiting
 
     def corrections(self, citizen_ref: str | None = None) -> list[dict[str, Any]]:
         sql = (
@@ -359,23 +381,6 @@ def _record_from(store: DirectoryStore, packages: PackageStore, result: dict[str
     return n
 
 
-def enrollment_state(
-    store: DirectoryStore, packages: PackageStore | None, citizen_ref: str
-) -> tuple[str, list[dict[str, Any]]]:
-    """What the centre holds for ``citizen_ref``: ``completed`` (a package verified),
-    ``pending`` (a package received in full, not yet verified, e.g. held for a device not yet
-    approved), else ``none``. Rejected packages do not count; an upload still missing chunks
-    cannot be attributed. Returns the state and the packages behind it."""
-    if packages is None or not citizen_ref:
-        return "none", []
-    store.sync_packages(packages)
-    done = store.enrollments(citizen_ref)
-    if done:
-        return "completed", done
-    waiting = store.pending(packages, citizen_ref)
-    return ("pending" if waiting else "none"), waiting
-
-
 Publish = Callable[[str, bytes, bytes | None], bool]
 
 
@@ -389,7 +394,6 @@ class DirectoryCore:
         key: OperatorKey,
         publish: Publish,
         *,
-        packages: PackageStore | None = None,
         prefix: str = "kiosk",
         today: Callable[[], dt.date] | None = None,
     ) -> None:
@@ -397,7 +401,6 @@ class DirectoryCore:
         self.store = store
         self.key = key
         self.publish = publish
-        self.packages = packages
         self.prefix = prefix
         self._today = today
         self.stats = {"found": 0, "not_found": 0, "invalid_request": 0, "record_invalid": 0}
@@ -486,7 +489,7 @@ class DirectoryCore:
                 "enrollment": "none",
                 "problems": exc.details["problems"],
             }
-        state, packages = enrollment_state(self.store, self.packages, record.get("citizen_ref", ""))
+        state, packages = self.store.enrollment_state(record.get("citizen_ref", ""))
         return {
             **base,
             "status": "found",

@@ -10,9 +10,10 @@ answers kiosks' lookups by 12-digit CCCD number or 9-digit CMND number on
 the shipped ACL gives these topics to that identity only.
 
 Whether the centre already holds an enrollment of the citizen comes from the receiver's
-store (``--store``, default <home>/central); the corrections carried by verified packages
-there are recorded in the directory's ``corrections`` table for a decision (at start, then
-every ``--corrections-every`` seconds). Nothing a kiosk sends changes a record.
+store (``--store``, default <home>/central), indexed at start and then every ``--sync-every``
+seconds (lookups read the index only); the corrections carried by verified packages there are
+recorded in the directory's ``corrections`` table for a decision at the same time. Nothing a
+kiosk sends changes a record.
 
 ``--load-only`` loads the citizens file and exits. Stop it with Ctrl-C or SIGTERM.
 """
@@ -60,12 +61,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--load-only", action="store_true", help="load --citizens and exit (default: serve)"
     )
     p.add_argument(
-        "--corrections-every",
+        "--sync-every",
         type=float,
-        default=10.0,
+        default=2.0,
         metavar="S",
-        help="seconds between scans of --store for verified packages' corrections "
-        "(default: %(default)s)",
+        help="seconds between scans of --store: the enrollments lookups report, and the "
+        "corrections of verified packages (default: %(default)s)",
     )
     p.add_argument(
         "--client-id",
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     except ApplianceError as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
         return EXIT_USAGE
-    core = DirectoryCore(store, key, lambda *_a: False, packages=packages, prefix=opts.prefix)
+    core = DirectoryCore(store, key, lambda *_a: False, prefix=opts.prefix)
     tls = None
     if opts.tls:
         tls = {
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
             n = store.sync_packages(packages)
             if n:
                 print(f"recorded {n} correction request(s)", flush=True)
-            if stop.wait(max(0.1, args.corrections_every)):
+            if stop.wait(max(0.1, args.sync_every)):
                 break
     finally:
         directory.stop()

@@ -82,9 +82,7 @@ def centre(
         }
     )
     packages = PackageStore(tmp_path / "central")
-    core = DirectoryCore(
-        store, load_directory_key(fleet_kit.home), lambda *_a: False, packages=packages
-    )
+    core = DirectoryCore(store, load_directory_key(fleet_kit.home), lambda *_a: False)
     directory = Directory(
         core,
         host="localhost",

@@ -17,7 +17,7 @@ import pytest
 from nacl.public import PrivateKey
 
 from appliance.central.citizens import Citizen, synthetic_citizen
-from appliance.central.directory import DirectoryCore, DirectoryStore, enrollment_state
+from appliance.central.directory import DirectoryCore, DirectoryStore
 from appliance.central.package import decode_chunk, split_package
 from appliance.central.store import PackageStore
 from appliance.central.testkit import build_package, portrait_record
@@ -62,7 +62,6 @@ def wire(
     *,
     key: OperatorKey | None = None,
     tamper: Tamper | None = None,
-    packages: PackageStore | None = None,
     device: str = DEV,
 ) -> tuple[LookupClient, DirectoryCore]:
     """The kiosk's client and the directory's core, each publishing straight to the other."""
@@ -74,7 +73,7 @@ def wire(
         box[0].on_message(box[0].response_topic, tamper(payload) if tamper else payload)
         return True
 
-    core = DirectoryCore(store, key or kit.signer("directory"), to_kiosk, packages=packages)
+    core = DirectoryCore(store, key or kit.signer("directory"), to_kiosk)
 
     def to_directory(topic: str, body: bytes, rt: str, corr: bytes) -> bool:
         # the broker's ACL puts the kiosk's own id in the topic; a test may pretend otherwise
@@ -247,7 +246,8 @@ def test_already_enrolled_citizen(
     ``pending``; once the centre verified a package it is ``completed``. (The verification
     itself runs on the real receiver in tests/central/test_lookup_e2e.py.)"""
     packages = PackageStore(tmp_path / "central")
-    assert enrollment_state(directory, packages, "CIT-L1") == ("none", [])
+    directory.sync_packages(packages)
+    assert directory.enrollment_state("CIT-L1") == ("none", [])
     built = build_package(
         DeviceIdentity.create(tmp_path / "dev"),
         bytes(PrivateKey.generate().public_key),
@@ -258,10 +258,13 @@ def test_already_enrolled_citizen(
     chunks = split_package(built.package_id, built.data, 4096)
     for c in chunks[:-1]:
         packages.put_chunk(DEV, *decode_chunk(c))
-    client, _core = wire(fleet_kit, directory, packages=packages)
+    client, _core = wire(fleet_kit, directory)
     number = _citizen("CIT-L1").personal_id
+    directory.sync_packages(packages)
     assert client.lookup(number, timeout_s=2).enrollment == "none"  # a chunk still missing
     packages.put_chunk(DEV, *decode_chunk(chunks[-1]))
+    assert client.lookup(number, timeout_s=2).enrollment == "none"  # not synced yet
+    directory.sync_packages(packages)
     res = client.lookup(number, timeout_s=2)
     assert res.status == "found" and res.enrollment == "pending"
     assert res.enrollments == [{"device": DEV, "package_id": built.package_id, "state": "pending"}]
@@ -275,6 +278,7 @@ def test_already_enrolled_citizen(
         "summary": {"citizen_ref": "CIT-L1"},
     }
     (d / "result.json").write_text(json.dumps(result))
+    directory.sync_packages(packages)
     res = client.lookup(number, timeout_s=2)
     assert res.enrollment == "completed"
     assert [e["package_id"] for e in res.enrollments] == [built.package_id]
