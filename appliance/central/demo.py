@@ -1,4 +1,4 @@
-"""The central half of the one-command demo (README's main command; the lead's
+"""The central half of the one-command demo (README's main command;
 ``appliance/devtools/demo.py`` calls these two functions).
 
 1. :func:`prepare` before the kiosk starts: creates the fleet home's central keys and returns

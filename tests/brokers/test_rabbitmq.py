@@ -201,7 +201,7 @@ def test_mqtt5_daemon_is_refused_and_keeps_retrying(
 ) -> None:
     """RabbitMQ 3.10 refuses MQTT 5: a kiosk left on the default protocol logs every failed
     attempt, backs off and keeps running (the fix is ``mqtt.protocol = "3.1.1"``). The log
-    says only "disconnected: Unspecified error" today: a clearer hint is proposed to the lead."""
+    says only "disconnected: Unspecified error" today (a clearer hint would help)."""
     _ensure_running(rabbit)
     d = daemon_factory(rabbit, "rmq-v5", dev=True)  # type: ignore[arg-type]
     d.start()
