@@ -268,3 +268,42 @@ def test_fleet_directory_cli_serves_the_kiosk(
         out, _ = serving.communicate(timeout=20)
     assert serving.returncode == 0, out
     assert "stopped: 1 found" in out
+
+
+def test_lookup_from_an_mqtt_311_kiosk(
+    fleet_kit: FleetKit,
+    tls_broker: Mosquitto,
+    daemon_factory: Callable[..., DaemonProcess],
+    tmp_path: Path,
+) -> None:
+    """MQTT 3.1.1 carries no response topic nor correlation data: the answer arrives on the
+    kiosk's own response topic all the same, bound by the request id in the signed body."""
+    store = DirectoryStore(tmp_path / "directory.sqlite")
+    who = synthetic_citizen("CIT-LK-311", today=dt.date.today())
+    store.load({"CIT-LK-311": who})
+    directory = Directory(
+        DirectoryCore(store, load_directory_key(fleet_kit.home), lambda *_a: False),
+        host="localhost",
+        port=tls_broker.port,
+        client_id="directory-311",
+        tls=_tls(fleet_kit, tls_broker.port, "directory"),
+    ).start()
+    dev = "kiosk-lookup-311"
+    d = daemon_factory(tls_broker, dev, '[mqtt]\nprotocol = "3.1.1"\n')
+    text = d.config_path.read_text()
+    # one [mqtt] table: the protocol line goes into the existing one
+    text = text.replace('\n[mqtt]\nprotocol = "3.1.1"\n', "\n").replace(
+        "[mqtt]\n", '[mqtt]\nprotocol = "3.1.1"\n', 1
+    )
+    d.config_path.write_text(text)
+    assert text.count("[mqtt]\n") == 1 and text.count('protocol = "3.1.1"') == 1
+    ctl = fleet_kit.controller(tls_broker.port, signer="fleet-all", protocol="3.1.1").connect()
+    try:
+        d.start()
+        wait_online(ctl, dev, timeout=30)
+        res = _ok(ctl.request(dev, "citizen.lookup", {"number": who.personal_id}))
+        assert res["status"] == "found" and res["citizen"]["full_name"] == who.full_name
+    finally:
+        ctl.close()
+        directory.stop()
+        d.terminate()
