@@ -197,7 +197,7 @@ def _flip_signature(payload: bytes) -> bytes:
     return json.dumps(env).encode()
 
 
-def test_answers_with_a_bad_signature_or_the_wrong_key_refused(
+def test_answers_with_a_bad_signature_the_wrong_key_or_for_another_request_refused(
     centre: Centre, signed_controller: Controller, fleet_kit: FleetKit
 ) -> None:
     ctl = signed_controller
@@ -217,6 +217,12 @@ def test_answers_with_a_bad_signature_or_the_wrong_key_refused(
     assert reply["ok"] is False and reply["error"]["code"] == "forbidden_role", reply
 
     centre.core.key = load_directory_key(fleet_kit.home)
+    answer = centre.core.answer  # a genuine, signed answer bound to another request's nonce
+    centre.core.answer = lambda req, rid, _nonce: answer(req, rid, "0" * 32)  # type: ignore[method-assign]
+    reply = ctl.request(DEV, "citizen.lookup", {"number": number, "timeout_s": 3}, timeout=15)
+    assert reply["ok"] is False and reply["error"]["code"] == "wrong_request", reply
+
+    centre.core.answer = answer  # type: ignore[method-assign]
     assert _ok(ctl.request(DEV, "citizen.lookup", {"number": number}))["status"] == "found"
 
 
