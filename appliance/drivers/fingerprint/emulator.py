@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import random
@@ -31,7 +32,7 @@ import termios
 import threading
 import time
 import tty
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ from .frames import (
     PacketParser,
     SysParam,
     SystemParameters,
+    ack_payload_len,
     baud_from_n,
     build_ack,
     build_packet,
@@ -115,6 +117,10 @@ class _Channel:
     def host_baud(self) -> int | None:
         return None
 
+    def pending(self) -> bool:
+        """True when the host has sent bytes not yet read."""
+        return False
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -159,6 +165,10 @@ class _PtyChannel(_Channel):
             view = view[n:]
         return True
 
+    def pending(self) -> bool:
+        r, _, _ = select.select([self.master], [], [], 0)
+        return bool(r)
+
     def host_baud(self) -> int | None:
         # On Linux the master's termios are the slave's: what the host set with tcsetattr.
         try:
@@ -186,6 +196,10 @@ class _SocketChannel(_Channel):
         except OSError:
             return None
         return data or None
+
+    def pending(self) -> bool:
+        r, _, _ = select.select([self.conn], [], [], 0)
+        return bool(r)
 
     def write(self, data: bytes, stop: threading.Event) -> bool:
         try:
@@ -217,6 +231,7 @@ class FingerprintEmulator:
         address: int = DEFAULT_ADDRESS,
         password: int = 0,
         profile_dir: Path | None = None,
+        flash_file: Path | None = None,
     ) -> None:
         self.profile = (
             profile if isinstance(profile, SensorProfile) else load_profile(profile, profile_dir)
@@ -231,9 +246,18 @@ class FingerprintEmulator:
         self.security_level = self.profile.library.default_security_level
         self.library: dict[int, bytes] = {}
         self.notepad = [bytes(NOTEPAD_PAGE_BYTES) for _ in range(NOTEPAD_PAGES)]
+        self.flash_file = flash_file
+        self._load_flash()
         self.faults = _Faults()
         self.led: tuple[int, int, int, int] | None = None
-        self.stats: dict[str, int] = {"commands": 0, "noise_bytes": 0, "bad_packets": 0}
+        self.stats: dict[str, int] = {
+            "commands": 0,
+            "noise_bytes": 0,
+            "bad_packets": 0,
+            "input_during_reply": 0,
+        }
+        # Commands received, by instruction name (tests check no retry was sent twice).
+        self.received: Counter[str] = Counter()
         self._lock = threading.RLock()
         self._rng = random.Random(seed)  # noqa: S311 - simulated noise, not secrets
         self._presentations: deque[Presentation] = deque()
@@ -244,6 +268,7 @@ class FingerprintEmulator:
         self._busy_until = 0.0
         # Seconds the current command takes on the sensor before its reply (GenImg's capture).
         self._work_s = 0.0
+        self._instruction: int | None = None  # the command being answered
         self._reset_volatile()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -256,6 +281,40 @@ class FingerprintEmulator:
         self.plugged = False
 
     # --- state --------------------------------------------------------------------------------
+
+    def _load_flash(self) -> None:
+        """Restore what the module keeps in flash (rate, packet size, security level,
+        password, library, notepad) from :attr:`flash_file`, as a real module keeps them
+        across power cycles."""
+        if self.flash_file is None or not self.flash_file.exists():
+            return
+        raw = json.loads(self.flash_file.read_text())
+        if raw.get("model") != self.profile.model:
+            return  # another model's flash: a factory-fresh module
+        if raw["baud_n"] in self.profile.uart.allowed_baud_n:
+            self.baud_n = raw["baud_n"]
+        if raw["packet_size_code"] in self.profile.uart.allowed_packet_size_codes:
+            self.packet_size_code = raw["packet_size_code"]
+        self.security_level = raw["security_level"]
+        self.password = raw["password"]
+        self.library = {int(k): bytes.fromhex(v) for k, v in raw["library"].items()}
+        self.notepad = [bytes.fromhex(v) for v in raw["notepad"]]
+
+    def _save_flash(self) -> None:
+        if self.flash_file is None:
+            return
+        doc = {
+            "model": self.profile.model,
+            "baud_n": self.baud_n,
+            "packet_size_code": self.packet_size_code,
+            "security_level": self.security_level,
+            "password": self.password,
+            "library": {str(k): v.hex() for k, v in sorted(self.library.items())},
+            "notepad": [v.hex() for v in self.notepad],
+        }
+        tmp = self.flash_file.with_name(f".{self.flash_file.name}.tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.flash_file)
 
     def _reset_volatile(self) -> None:
         """What a power cycle or SoftReset clears (RAM, not flash)."""
@@ -535,6 +594,10 @@ class FingerprintEmulator:
                 return
             self._rx = None
             self.stats["commands"] += 1
+            try:
+                self.received[Instruction(pkt.payload[0]).name] += 1
+            except ValueError:
+                self.received[f"0x{pkt.payload[0]:02X}"] += 1
             self._work_s = 0.0
             out, after = self._command(pkt.payload[0], pkt.payload[1:])
             work, self._work_s = self._work_s, 0.0
@@ -629,7 +692,16 @@ class FingerprintEmulator:
         if garbage:
             self._write(channel, bytes(self._rng.randrange(256) for _ in range(garbage)))
         data_index = 0
-        for raw in packets:
+        # Input already waiting before the first byte went out was sent into silence (a host
+        # that gave up on a late reply): not an overlap.
+        overlapped = channel.pending()
+        for i, raw in enumerate(packets):
+            if i and not overlapped and channel.pending():
+                # The host spoke while this reply was still on the line, before it could have
+                # seen its end (a retry sent into a running image stream): a real sensor would
+                # lose or queue that command. Counted once per reply.
+                overlapped = True
+                self.stats["input_during_reply"] += 1
             if len(raw) < MIN_PACKET_LEN:  # the bare 0x55 handshake byte is not a packet
                 self._write(channel, raw)
                 continue
@@ -644,6 +716,11 @@ class FingerprintEmulator:
     # --- instructions ------------------------------------------------------------------------
 
     def _ack(self, code: int, data: bytes = b"") -> list[bytes]:
+        # Replies have a fixed length per instruction, errors included (spec, "Sensor
+        # behaviour that host software depends on"): pad with zeros.
+        want = ack_payload_len(self._instruction) - 1 if self._instruction is not None else 0
+        if len(data) < want:
+            data += bytes(want - len(data))
         return [build_ack(code, data, self.address)]
 
     def _data(self, payload: bytes) -> list[bytes]:
@@ -651,6 +728,7 @@ class FingerprintEmulator:
 
     def _command(self, code: int, p: bytes) -> _Result:
         """Answer one command; returns the packets and an optional action run after them."""
+        self._instruction = code
         try:
             ins = Instruction(code)
         except ValueError:
@@ -808,6 +886,7 @@ class FingerprintEmulator:
         if blob is None:
             return self._ack(Confirm.PACKET_RECEIVE_ERROR), None
         self.library[page] = blob
+        self._save_flash()
         return self._ack(Confirm.OK), None
 
     def _do_LoadChar(self, p: bytes) -> _Result:
@@ -845,28 +924,36 @@ class FingerprintEmulator:
             return self._ack(Confirm.DELETE_FAIL), None
         for page in range(start, start + count):
             self.library.pop(page, None)
+        self._save_flash()
         return self._ack(Confirm.OK), None
 
     def _do_Empty(self, p: bytes) -> _Result:
         if p:
             raise ValueError("Empty takes no parameters")
         self.library.clear()
+        self._save_flash()
         return self._ack(Confirm.OK), None
 
     def _do_SetSysPara(self, p: bytes) -> _Result:
         reg, value = struct.unpack(">BB", p)
         if reg == SysParam.BAUD and value in self.profile.uart.allowed_baud_n:
+            if self.profile.quirks.ignores_baud_change:
+                return self._ack(Confirm.OK), None
 
             def switch() -> None:
                 # The ack goes out at the old rate; the new one applies afterwards.
-                self.baud_n = value
+                with self._lock:
+                    self.baud_n = value
+                    self._save_flash()
 
             return self._ack(Confirm.OK), switch
         if reg == SysParam.SECURITY_LEVEL and 1 <= value <= 5:
             self.security_level = value
+            self._save_flash()
             return self._ack(Confirm.OK), None
         if reg == SysParam.PACKET_SIZE and value in self.profile.uart.allowed_packet_size_codes:
             self.packet_size_code = value
+            self._save_flash()
             return self._ack(Confirm.OK), None
         return self._ack(Confirm.INVALID_REGISTER), None
 
@@ -893,6 +980,7 @@ class FingerprintEmulator:
 
     def _do_SetPwd(self, p: bytes) -> _Result:
         (self.password,) = struct.unpack(">I", p)
+        self._save_flash()
         return self._ack(Confirm.OK), None
 
     def _do_VfyPwd(self, p: bytes) -> _Result:
@@ -918,6 +1006,7 @@ class FingerprintEmulator:
         if len(p) != 1 + NOTEPAD_PAGE_BYTES or page >= NOTEPAD_PAGES:
             raise ValueError("WriteNotepad takes a page and 32 bytes")
         self.notepad[page] = bytes(p[1:])
+        self._save_flash()
         return self._ack(Confirm.OK), None
 
     def _do_ReadNotepad(self, p: bytes) -> _Result:
