@@ -495,8 +495,9 @@ class FingerprintSensor:
         sensor does not answer the probe.
 
         1. Drain by line silence: wait until nothing has arrived for three data packets' line
-           time (at least 0.2 s), for at most the line time of the stream that may still be arriving (an image
-           takes seconds; stopping earlier and retrying would queue a second image behind it).
+           time (at least 0.2 s), for at most the line time of the stream that may still be
+           arriving (an image takes seconds; stopping earlier and retrying would queue a
+           second image behind it).
         2. Probe: send an instruction whose reply length differs from the failed one's
            (ReadSysPara, 28 bytes; TemplateNum if ReadSysPara failed) and read until its
            reply, skipping everything before it. The sensor answers in order, so every reply

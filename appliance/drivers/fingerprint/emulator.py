@@ -34,6 +34,7 @@ import time
 import tty
 from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,7 @@ from .synth import FingerSpec, Variant, char_file_seed, generate
 
 log = logging.getLogger(__name__)
 
+Image = npt.NDArray[np.uint8]
 # Packets of a reply, and an action to run once they are sent (a baud switch).
 _Result = tuple[list[bytes], Callable[[], None] | None]
 # Output is written in slices of at most this many bytes, each at its line-time schedule.
@@ -81,15 +83,26 @@ _TERMIOS_BAUD = {
 }
 
 
+# The automatic finger (demo mode) is a person's: it stays on the platen this long after its
+# first capture, then is lifted; asked again, the person places the same finger again.
+AUTO_DWELL_S = 1.0
+
+
 @dataclass
 class Presentation:
-    """A finger laid on the sensor: ``polls`` GenImg calls see nothing first, then ``captures``
-    GenImg calls capture it, then it is lifted."""
+    """A finger laid on the sensor: ``polls`` GenImg calls see nothing first, then every
+    GenImg captures it (a new impression each time) until it is lifted: after ``captures``
+    captures if given, else when another finger is queued behind it (once captured), by
+    :meth:`FingerprintEmulator.remove_finger`, or, for the automatic finger, after
+    :data:`AUTO_DWELL_S`."""
 
     finger_id: int
     variant: Variant
     polls: int = 0
-    captures: int = 1
+    captures: int | None = None
+    auto: bool = False
+    captured: int = 0
+    first_capture: float = 0.0
 
 
 @dataclass
@@ -255,6 +268,7 @@ class FingerprintEmulator:
             "noise_bytes": 0,
             "bad_packets": 0,
             "input_during_reply": 0,
+            "late_replies": 0,  # replies later than the command's own time (GenImg capture)
         }
         # Commands received, by instruction name (tests check no retry was sent twice).
         self.received: Counter[str] = Counter()
@@ -269,6 +283,12 @@ class FingerprintEmulator:
         # Seconds the current command takes on the sensor before its reply (GenImg's capture).
         self._work_s = 0.0
         self._instruction: int | None = None  # the command being answered
+        self._auto_uploaded = False  # the host uploaded an image of the automatic finger
+        self._image_auto = False  # the image buffer holds the automatic finger
+        self._image: Image | None = None
+        self._pending_image: Future[Image] | None = None
+        self._synth_pool = ThreadPoolExecutor(1, thread_name_prefix="fp-emu-synth")
+        self._synth_cache: dict[tuple[int, Variant, int], Future[Image]] = {}
         self._reset_volatile()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -319,10 +339,27 @@ class FingerprintEmulator:
     def _reset_volatile(self) -> None:
         """What a power cycle or SoftReset clears (RAM, not flash)."""
         self.verified = self.password == 0
-        self.image: npt.NDArray[np.uint8] | None = None
+        self.image = None
         self.image_finger: tuple[int, Variant] | None = None
         self.buffers: dict[int, bytes | None] = {1: None, 2: None}
         self._rx: tuple[str, int, bytearray] | None = None  # pending DownChar/DownImage
+
+    @property
+    def image(self) -> Image | None:
+        """The image buffer (4-bit grey levels), waiting for its synthesis if need be."""
+        pending, self._pending_image = self._pending_image, None
+        if pending is not None:
+            self._image = pending.result()
+        return self._image
+
+    @image.setter
+    def image(self, value: Image | None) -> None:
+        self._pending_image = None
+        self._image = value
+
+    @property
+    def image_valid(self) -> bool:
+        return self._image is not None or self._pending_image is not None
 
     @property
     def baud(self) -> int:
@@ -340,30 +377,76 @@ class FingerprintEmulator:
         variant: Variant | str = Variant.GOOD,
         *,
         after_polls: int = 0,
-        captures: int = 1,
+        captures: int | None = None,
     ) -> None:
         """Queue a finger: GenImg sees nothing for ``after_polls`` calls, then captures it
-        ``captures`` times, then the finger is lifted."""
+        until it is lifted (after ``captures`` captures if given; else once captured and
+        another finger is queued, or by :meth:`remove_finger`). Its image is synthesised in
+        the background now, so the capture is answered in the sensor's own time."""
+        pres = Presentation(finger_id, Variant(variant), after_polls, captures)
         with self._lock:
-            self._presentations.append(
-                Presentation(finger_id, Variant(variant), after_polls, captures)
-            )
+            self._presentations.append(pres)
+            self._prepare(pres.finger_id, pres.variant)
 
     def remove_finger(self) -> None:
+        """Lift the finger on the platen and forget the queued ones."""
         with self._lock:
             self._presentations.clear()
 
     def set_auto_finger(self, variant: Variant | str | None, delay_polls: int = 10) -> None:
-        """Demo mode: whenever no finger is queued, a finger (ids cycling 1..10) arrives after
-        ``delay_polls`` empty GenImg polls. ``None`` turns it off."""
+        """Demo mode, a simulated person: whenever no finger is queued, a finger arrives after
+        ``delay_polls`` empty GenImg polls and stays for every capture the host asks until it
+        is lifted, :data:`AUTO_DWELL_S` after its first capture. Asked again, the person places
+        the same finger again (so two captures merge with RegModel, and a search finds the
+        enrolled finger); once the host has uploaded an image of it (UpImage: a kiosk
+        recording one finger position), the next placement is the next finger (ids 1..10 in
+        turn). ``None`` turns it off."""
         with self._lock:
             self._auto = None if variant is None else (Variant(variant), max(0, delay_polls))
             self._auto_wait = 0
+            if self._auto is not None:
+                self._prepare(self._auto_next_id(), self._auto[0], ahead=True)
 
     def finger_image(self, finger_id: int, variant: Variant | str, impression: int = 0) -> bytes:
         """The 4-bit-quantised image the emulator would capture (for tests)."""
         img = generate(FingerSpec(self.seed, finger_id), variant, impression)
         return pack_image(img)
+
+    def _synthesise(self, finger_id: int, variant: Variant, impression: int) -> Image:
+        img = generate(
+            FingerSpec(self.seed, finger_id),
+            variant,
+            impression,
+            self.profile.image.width,
+            self.profile.image.height,
+        )
+        # The buffer holds what the UART can carry: 4 bits a pixel.
+        return (img & 0xF0).astype(np.uint8)
+
+    def _prepare(
+        self, finger_id: int, variant: Variant, *, ahead: bool = False
+    ) -> Future[Image] | None:
+        """Start synthesising the next impression of a finger in the background (caller
+        holds the lock); returns its future. Synthesis takes tens of milliseconds, more on a
+        loaded machine: done ahead, it never delays a capture's answer. ``ahead``: only if
+        the synthesiser is idle (a host polling faster than it must not build a backlog)."""
+        if variant is Variant.NO_FINGER:
+            return None
+        key = (finger_id, variant, self._impressions.get(finger_id, 0))
+        fut = self._synth_cache.get(key)
+        if fut is None:
+            if ahead and any(not f.done() for f in self._synth_cache.values()):
+                return None
+            if len(self._synth_cache) >= 8:  # a bounded cache of impressions not taken
+                self._synth_cache.pop(next(iter(self._synth_cache))).cancel()
+            fut = self._synth_pool.submit(self._synthesise, *key)
+            self._synth_cache[key] = fut
+        return fut
+
+    def _auto_next_id(self) -> int:
+        if self._auto_finger == 0 or self._auto_uploaded:
+            return self._auto_finger % 10 + 1
+        return self._auto_finger
 
     # --- faults ------------------------------------------------------------------------------
 
@@ -528,6 +611,7 @@ class FingerprintEmulator:
     def stop(self) -> None:
         """Stop serving and release everything; idempotent."""
         self.unplug()
+        self._synth_pool.shutdown(wait=False, cancel_futures=True)
 
     def _halt(self) -> None:
         self._stop.set()
@@ -592,6 +676,7 @@ class FingerprintEmulator:
                 return
             if pkt.pid != PID.COMMAND or not pkt.payload:
                 return
+            arrived = time.monotonic()
             self._rx = None
             self.stats["commands"] += 1
             try:
@@ -602,7 +687,13 @@ class FingerprintEmulator:
             out, after = self._command(pkt.payload[0], pkt.payload[1:])
             work, self._work_s = self._work_s, 0.0
         if work:
-            self._stop.wait(work)
+            # The command's own time counts from its arrival: the reply is due then, however
+            # long the emulator took to prepare it.
+            left = arrived + work - time.monotonic()
+            if left > 0:
+                self._stop.wait(left)
+            else:
+                self.stats["late_replies"] += 1
         self._reply(channel, out)
         if after is not None:
             after()
@@ -634,6 +725,7 @@ class FingerprintEmulator:
                     bytes(buf), self.profile.image.width, self.profile.image.height
                 )
                 self.image_finger = None
+                self._image_auto = False
             else:
                 self.buffers[int(target[4])] = bytes(buf)
 
@@ -752,12 +844,24 @@ class FingerprintEmulator:
         return buf
 
     def _next_presentation(self) -> Presentation | None:
+        # Lift the finger on the platen if its time is over.
+        while self._presentations:
+            cur = self._presentations[0]
+            if cur.captured and (
+                (cur.captures is not None and cur.captured >= cur.captures)
+                or (cur.captures is None and len(self._presentations) > 1)
+                or (cur.auto and time.monotonic() - cur.first_capture >= AUTO_DWELL_S)
+            ):
+                self._presentations.popleft()
+                continue
+            break
         if not self._presentations and self._auto is not None:
             variant, delay = self._auto
             if self._auto_wait >= delay:
                 self._auto_wait = 0
-                self._auto_finger = self._auto_finger % 10 + 1
-                self._presentations.append(Presentation(self._auto_finger, variant))
+                self._auto_finger = self._auto_next_id()
+                self._auto_uploaded = False
+                self._presentations.append(Presentation(self._auto_finger, variant, auto=True))
             else:
                 self._auto_wait += 1
                 return None
@@ -775,32 +879,40 @@ class FingerprintEmulator:
         if pres.variant is Variant.NO_FINGER:
             self._presentations.popleft()
             return self._ack(Confirm.NO_FINGER), None
-        pres.captures -= 1
-        if pres.captures <= 0:
-            self._presentations.popleft()
+        if not pres.captured:
+            pres.first_capture = time.monotonic()
+        pres.captured += 1
+        fut = self._prepare(pres.finger_id, pres.variant)
+        assert fut is not None
         impression = self._impressions.get(pres.finger_id, 0)
+        self._synth_cache.pop((pres.finger_id, pres.variant, impression), None)
         self._impressions[pres.finger_id] = impression + 1
-        img = generate(
-            FingerSpec(self.seed, pres.finger_id),
-            pres.variant,
-            impression,
-            self.profile.image.width,
-            self.profile.image.height,
-        )
-        # The buffer holds what the UART can carry: 4 bits a pixel.
-        self.image = (img & 0xF0).astype(np.uint8)
+        # The image is read from the future when the host asks for it (UpImage, Img2Tz);
+        # meanwhile the next impression is synthesised ahead. A capture the host never looked
+        # at is not synthesised at all.
+        replaced = self._pending_image
+        if replaced is not None:
+            replaced.cancel()
+        self.image = None
+        self._pending_image = fut
         self.image_finger = (pres.finger_id, pres.variant)
+        self._image_auto = pres.auto
+        self._prepare(pres.finger_id, pres.variant, ahead=True)
         if self.pace:
-            # The capture takes time on a real sensor; waited out without holding the lock.
+            # The capture takes time on a real sensor: counted from the command's arrival
+            # and waited out without holding the lock.
             self._work_s = self.profile.timing.capture_ms / 1000
         return self._ack(Confirm.OK), None
 
     def _do_UpImage(self, p: bytes) -> _Result:
         if p:
             raise ValueError("UpImage takes no parameters")
-        if self.image is None:
+        image = self.image
+        if image is None:
             return self._ack(Confirm.UPIMAGE_ERROR), None
-        return self._ack(Confirm.OK) + self._data(pack_image(self.image)), None
+        if self._image_auto:
+            self._auto_uploaded = True
+        return self._ack(Confirm.OK) + self._data(pack_image(image)), None
 
     def _do_DownImage(self, p: bytes) -> _Result:
         if p:
@@ -965,7 +1077,7 @@ class FingerprintEmulator:
             status |= 0x01
         if self.verified:
             status |= 0x04
-        if self.image is not None:
+        if self.image_valid:
             status |= 0x08
         sp = SystemParameters(
             status=status,
