@@ -64,6 +64,7 @@ from .frames import (
     unpack_image,
 )
 from .profiles import SensorProfile, load_profile
+from .quality import assess, extraction_failure
 from .synth import FingerSpec, Variant, char_file_seed, generate
 
 log = logging.getLogger(__name__)
@@ -929,7 +930,8 @@ class FingerprintEmulator:
         buf = self._buffer_id(p)
         if len(p) != 1:
             raise ValueError("Img2Tz takes one byte")
-        if self.image is None:
+        image = self.image
+        if image is None:
             return self._ack(Confirm.NO_VALID_IMAGE), None
         finger = self.image_finger
         # Spec "Image upload": Img2Tz before UpImage leaves a black image buffer.
@@ -937,11 +939,12 @@ class FingerprintEmulator:
         self.image_finger = None
         if finger is None:
             return self._ack(Confirm.FEATURE_FAIL), None
-        finger_id, variant = finger
-        if variant is Variant.PARTIAL:
-            return self._ack(Confirm.FEATURE_FAIL), None
-        if variant is Variant.SMUDGED:
-            return self._ack(Confirm.IMAGE_MESSY), None
+        finger_id, _ = finger
+        # Extraction is decided from the image itself, with the same features (and the same
+        # calibration) as the host's quality score: what the gate accepts, Img2Tz extracts.
+        failure = extraction_failure(assess(image).features)
+        if failure is not None:
+            return self._ack(failure), None
         self.buffers[buf] = self._char_file(finger_id)
         return self._ack(Confirm.OK), None
 
