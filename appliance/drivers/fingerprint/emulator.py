@@ -284,6 +284,7 @@ class FingerprintEmulator:
         # Seconds the current command takes on the sensor before its reply (GenImg's capture).
         self._work_s = 0.0
         self._instruction: int | None = None  # the command being answered
+        self._line_free_at = 0.0  # when the last byte written leaves the paced line
         self._auto_uploaded = False  # the host uploaded an image of the automatic finger
         self._image_auto = False  # the image buffer holds the automatic finger
         self._image: Image | None = None
@@ -735,7 +736,10 @@ class FingerprintEmulator:
     def _write(self, channel: _Channel, data: bytes) -> bool:
         """Write with line pacing (10 bit times a byte) and the byte-at-a-time fault."""
         step = 1 if self.faults.byte_at_a_time else (PACE_CHUNK if self.pace else len(data))
-        start = time.monotonic()
+        # One clock for the line: the packets of a reply follow each other back to back, as
+        # a UART sends them, so the scheduling delay of one write is not added to the next.
+        now = time.monotonic()
+        start = self._line_free_at if now - self._line_free_at < 0.005 else now
         sent = 0
         while sent < len(data):
             chunk = data[sent : sent + step]
@@ -744,6 +748,7 @@ class FingerprintEmulator:
             sent += len(chunk)
             if self.pace:
                 due = start + sent * BITS_PER_UART_BYTE / self.baud
+                self._line_free_at = due
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
