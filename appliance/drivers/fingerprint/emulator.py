@@ -863,6 +863,9 @@ class FingerprintEmulator:
             break
         if not self._presentations and self._auto is not None:
             variant, delay = self._auto
+            if self._auto_wait == 0:
+                # The platen is empty and the host polls: synthesise the coming finger now.
+                self._prepare(self._auto_next_id(), variant, ahead=True)
             if self._auto_wait >= delay:
                 self._auto_wait = 0
                 self._auto_finger = self._auto_next_id()
@@ -893,9 +896,10 @@ class FingerprintEmulator:
         impression = self._impressions.get(pres.finger_id, 0)
         self._synth_cache.pop((pres.finger_id, pres.variant, impression), None)
         self._impressions[pres.finger_id] = impression + 1
-        # The image is read from the future when the host asks for it (UpImage, Img2Tz);
-        # meanwhile the next impression is synthesised ahead. A capture the host never looked
-        # at is not synthesised at all.
+        # The image is read from the future when the host asks for it (UpImage, Img2Tz),
+        # never before the capture is answered. A capture the host never looked at is not
+        # synthesised at all. (Nothing is synthesised ahead here: that would compete for the
+        # CPU with the host's processing of this capture when both run on one machine.)
         replaced = self._pending_image
         if replaced is not None:
             replaced.cancel()
@@ -903,7 +907,6 @@ class FingerprintEmulator:
         self._pending_image = fut
         self.image_finger = (pres.finger_id, pres.variant)
         self._image_auto = pres.auto
-        self._prepare(pres.finger_id, pres.variant, ahead=True)
         if self.pace:
             # The capture takes time on a real sensor: counted from the command's arrival
             # and waited out without holding the lock.
