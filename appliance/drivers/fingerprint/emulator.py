@@ -733,13 +733,14 @@ class FingerprintEmulator:
 
     # --- output ------------------------------------------------------------------------------
 
-    def _write(self, channel: _Channel, data: bytes) -> bool:
-        """Write with line pacing (10 bit times a byte) and the byte-at-a-time fault."""
+    def _write(self, channel: _Channel, data: bytes, *, in_reply: bool = False) -> bool:
+        """Write with line pacing (10 bit times a byte) and the byte-at-a-time fault.
+
+        ``in_reply``: continue the reply's line clock. The packets of a reply follow each
+        other back to back, as a UART sends them, so a scheduling delay of this process (a
+        loaded machine) is caught up instead of being added to the stream's time."""
         step = 1 if self.faults.byte_at_a_time else (PACE_CHUNK if self.pace else len(data))
-        # One clock for the line: the packets of a reply follow each other back to back, as
-        # a UART sends them, so the scheduling delay of one write is not added to the next.
-        now = time.monotonic()
-        start = self._line_free_at if now - self._line_free_at < 0.005 else now
+        start = self._line_free_at if in_reply else time.monotonic()
         sent = 0
         while sent < len(data):
             chunk = data[sent : sent + step]
@@ -787,8 +788,11 @@ class FingerprintEmulator:
         if busy:
             self._busy_until = time.monotonic() + busy
             self._stop.wait(busy)
+        # The line clock of this reply starts now: never before the command arrived.
+        self._line_free_at = time.monotonic()
         if garbage:
-            self._write(channel, bytes(self._rng.randrange(256) for _ in range(garbage)))
+            noise = bytes(self._rng.randrange(256) for _ in range(garbage))
+            self._write(channel, noise, in_reply=True)
         data_index = 0
         # Input already waiting before the first byte went out was sent into silence (a host
         # that gave up on a late reply): not an overlap.
@@ -801,14 +805,14 @@ class FingerprintEmulator:
                 overlapped = True
                 self.stats["input_during_reply"] += 1
             if len(raw) < MIN_PACKET_LEN:  # the bare 0x55 handshake byte is not a packet
-                self._write(channel, raw)
+                self._write(channel, raw, in_reply=True)
                 continue
             is_data = raw[6] in (PID.DATA, PID.END)
             with self._lock:
                 out = self._mangle(raw, is_data, data_index)
             if is_data:
                 data_index += 1
-            if out is not None and not self._write(channel, out):
+            if out is not None and not self._write(channel, out, in_reply=True):
                 return
 
     # --- instructions ------------------------------------------------------------------------
