@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from appliance.devtools.broker import Mosquitto
 from appliance.drivers.fingerprint.device import FingerprintSensor
 from appliance.drivers.fingerprint.emulator import FingerprintEmulator
 from appliance.drivers.fingerprint.profiles import default_profile_dir
 from appliance.resources import profiles_dir
+from tests.helpers import DaemonProcess, wait_for
 
 from .conftest import Events
 
@@ -112,3 +114,37 @@ def test_a_sensor_that_acks_the_rate_but_does_not_follow(
     dev, _ = make_sensor(emu.path, negotiate_baud=True)
     assert dev.health().state == "ok" and dev.baud == emu.baud == 57600
     assert dev.template_num() == 0 and dev.read_sys_para().baud == 57600
+
+
+def test_the_daemon_remembers_the_negotiated_link_in_its_state_dir(
+    broker: Mosquitto, daemon_factory: Callable[..., DaemonProcess]
+) -> None:
+    """The simulated kit as the daemon runs it: the fast link is negotiated at the first start,
+    remembered in the state directory (and kept in the emulated module's flash), and found
+    again after a restart."""
+    d = daemon_factory(broker, "kiosk-fplink")
+    text = d.config_path.read_text()
+    text = text.replace("[hardware.fingerprint]\nenabled = false\n", "[hardware.fingerprint]\n")
+    sim_on = "[simulation]\nfingerprint = true\nline_rate = false\n"
+    text = text.replace("[simulation]\nfingerprint = false\n", sim_on)
+    d.config_path.write_text(text)
+    memo = d.state_dir / "fingerprint-link.json"
+    flash = d.state_dir / "sim" / "fingerprint-flash.json"
+    connected = "fingerprint sensor r307 on"
+
+    def saved_baud() -> int | None:
+        try:
+            return int(json.loads(memo.read_text())["baud"])
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+
+    d.start()
+    wait_for(lambda: saved_baud() == 115200, 30, "the negotiated rate remembered")
+    assert json.loads(memo.read_text())["packet_size"] == 256
+    assert json.loads(flash.read_text())["baud_n"] == 12
+    assert d.terminate() == 0
+    d.start()
+    wait_for(lambda: d.log().count(connected) >= 2, 30, "the sensor found again after a restart")
+    second = d.log().split(connected)[2]
+    assert second.split("\n")[0].rstrip().endswith("at 115200 baud, 256-byte packets")
+    assert d.terminate() == 0
