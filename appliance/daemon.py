@@ -508,6 +508,11 @@ class Daemon:
                     kind, section.backend, "disabled in the configuration", state="disabled"
                 )
                 continue
+            if kind == "fingerprint" and section.link_state_file is None:
+                # The negotiated sensor rate outlives restarts (no probing when it is known).
+                section = section.model_copy(
+                    update={"link_state_file": str(self.state_dir / "fingerprint-link.json")}
+                )
             try:
                 dev = create_device(kind, section.backend, section, svc.emit)
             except (ApplianceError, ImportError) as exc:
