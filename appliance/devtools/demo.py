@@ -306,29 +306,49 @@ class _Production(_Demo):
         body = json.dumps({"id": "c1", "cmd": "status", "args": {}}).encode()
         from ..trust.envelope import EnvelopeBuilder
 
+        # Signed with a key of its own: the kiosk refuses a counter not above the last one it
+        # accepted from the same key (docs/trust.md), so a file signed with the operator key
+        # would be `replayed` after the enrollment's (later) operator commands.
+        signer = self.kit.make_signer(HINT_SIGNER, ("operator",), devices=(self.dev,))
         envelope.write_bytes(
-            EnvelopeBuilder(self.kit.signer("operator"), lifetime_s=3600).build(
-                "status", body, self.dev
-            )
+            EnvelopeBuilder(signer, lifetime_s=3600).build("status", body, self.dev)
         )
         home = f"--home {self.kit.home}"
+        app = _appliance_command()
         print("Watch everything the kiosk says (TLS, the fleet's controller certificate):")
         print(f"  mosquitto_sub -h localhost -p {self.port} {tls} -t 'kiosk/{self.dev}/#' -v")
         print("Command it: commands must be signed. A signed status command, valid for an hour")
-        print(f"and accepted once, is in {envelope} (the reply appears on kiosk/{self.dev}/reply):")
+        print(f"and accepted once, is in {envelope} (the reply appears on kiosk/{self.dev}/reply;")
+        print(f"it has its own key, {self.kit.home / HINT_SIGNER}.key, so later commands do not")
+        print("make it a replay):")
         print(
             f"  mosquitto_pub -h localhost -p {self.port} {tls} -q 1 -t kiosk/{self.dev}/cmd "
             f"-f {envelope}"
         )
         print("or let the fleet tool sign each command and verify the kiosk's signed reply:")
-        print(f"  appliance fleet send {self.dev} status {home} {_flags_text(self.kit, self.port)}")
+        print(f"  {app} fleet send {self.dev} status {home} {_flags_text(self.kit, self.port)}")
         print(
-            f"  appliance fleet send {self.dev} diagnostics {home} --signer {self.kit.home}/admin "
+            f"  {app} fleet send {self.dev} diagnostics {home} --signer {self.kit.home}/admin "
             f"{_flags_text(self.kit, self.port)}"
         )
         print("The kiosk's own view (its certificate; the broker's retained status):")
-        print(f"  appliance status --config {self.cfg} --state-dir {self.state}")
+        print(f"  {app} status --config {self.cfg} --state-dir {self.state}")
         print("Commands and their arguments: docs/protocol.md.")
+
+
+# The signing key of the demo's pre-signed status command (run/status-command.json).
+HINT_SIGNER = "status-command"
+
+
+def _appliance_command() -> str:
+    """How to call the console script this demo runs from: ``appliance`` when that is what
+    the shell finds, else its full path (scripts/demo on a fresh clone installs into .venv,
+    which is not on PATH)."""
+    script = Path(sys.executable).parent / "appliance"
+    found = shutil.which("appliance")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "appliance"
+    return str(script) if script.exists() else f"{sys.executable} -m appliance"
 
 
 def _flags_text(kit: FleetKit, port: int) -> str:
