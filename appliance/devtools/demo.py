@@ -317,10 +317,11 @@ class _Production(_Demo):
         app = _appliance_command()
         print("Watch everything the kiosk says (TLS, the fleet's controller certificate):")
         print(f"  mosquitto_sub -h localhost -p {self.port} {tls} -t 'kiosk/{self.dev}/#' -v")
-        print("Command it: commands must be signed. A signed status command, valid for an hour")
-        print(f"and accepted once, is in {envelope} (the reply appears on kiosk/{self.dev}/reply;")
-        print(f"it has its own key, {self.kit.home / HINT_SIGNER}.key, so later commands do not")
-        print("make it a replay):")
+        print("Command it: commands must be signed. A signed status command (valid for an hour;")
+        print(f"it runs once, a copy sent again gets the stored reply) is in {envelope},")
+        print("signed with a key of its own so that the demo's later commands do not make it a")
+        key = self.kit.home / f"{HINT_SIGNER}.key"
+        print(f"replay ({key}). The reply appears on kiosk/{self.dev}/reply:")
         print(
             f"  mosquitto_pub -h localhost -p {self.port} {tls} -q 1 -t kiosk/{self.dev}/cmd "
             f"-f {envelope}"
