@@ -15,6 +15,7 @@ from pathlib import Path
 
 from appliance.config import load
 from appliance.devtools.broker import free_port
+from appliance.fleet.conn import read_fleet_config
 from appliance.trust.envelope import CommandVerifier
 from appliance.trust.keys import load_public_key
 from appliance.trust.sealed import scan_for_plaintext_biometrics
@@ -75,6 +76,12 @@ def test_demo_enrolls_issues_and_leaves_no_plaintext(tmp_path: Path) -> None:
     r = subprocess.run(shlex.split(status_hint), capture_output=True, text=True, timeout=60,
                        env={**os.environ, "PATH": "/usr/bin:/bin"}, check=False)  # fmt: skip
     assert r.returncode == 0 and "kiosk-demo" in r.stdout, r.stdout + r.stderr
+    # The fleet tools find the demo's broker in the fleet home (no broker flags needed).
+    fleet = read_fleet_config(work / "kit" / "fleet")["broker"]
+    assert f"starting mosquitto on 127.0.0.1:{fleet['port']}:" in out
+    assert fleet["host"] == "localhost" and fleet["cert_file"].endswith("controller.crt")
+    assert all(Path(fleet[k]).is_file() for k in ("ca_file", "cert_file", "key_file"))
+    assert f"export APPLIANCE_FLEET_HOME={work / 'kit' / 'fleet'}" in out
     # Private keys are 0600.
     for key in [*(work / "kit").rglob("*.key"), *(work / "state").rglob("*.key")]:
         assert key.stat().st_mode & 0o777 == 0o600, key
