@@ -108,6 +108,14 @@ def _print_problems(source: str, problems: list[tuple[str, str]]) -> None:
 
 
 def _load_or_exit(args: argparse.Namespace) -> Any:
+    if args.config == DEFAULT_CONFIG_PATH and not Path(args.config).exists():
+        # Say so: without the file this is the built-in default device (the simulated kit),
+        # not the kiosk, and `appliance run` would refuse to start.
+        print(
+            f"note: no configuration file {args.config}: built-in defaults and APPLIANCE_* "
+            "variables only (--config FILE for another file)",
+            file=sys.stderr,
+        )
     return _load_layers_or_exit(args, require_file=args.config != DEFAULT_CONFIG_PATH)
 
 

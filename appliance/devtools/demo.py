@@ -83,7 +83,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--fast",
         action="store_true",
         help="do not pace the fingerprint emulator at the real 57,600 baud "
-        "(each finger image takes ~7 s on the real serial line)",
+        "(each finger takes ~8 s on the real serial line)",
     )
 
 
@@ -306,33 +306,66 @@ class _Production(_Demo):
         body = json.dumps({"id": "c1", "cmd": "status", "args": {}}).encode()
         from ..trust.envelope import EnvelopeBuilder
 
+        # Signed with a key of its own: the kiosk refuses a counter not above the last one it
+        # accepted from the same key (docs/trust.md), so a file signed with the operator key
+        # would be `replayed` after the enrollment's (later) operator commands.
+        signer = self.kit.make_signer(HINT_SIGNER, ("operator",), devices=(self.dev,))
         envelope.write_bytes(
-            EnvelopeBuilder(self.kit.signer("operator"), lifetime_s=3600).build(
-                "status", body, self.dev
-            )
+            EnvelopeBuilder(signer, lifetime_s=3600).build("status", body, self.dev)
         )
-        home = f"--home {self.kit.home}"
+        fleet_toml = self._write_fleet_toml()
+        home = self.kit.home
+        app = _appliance_command()
         print("Watch everything the kiosk says (TLS, the fleet's controller certificate):")
         print(f"  mosquitto_sub -h localhost -p {self.port} {tls} -t 'kiosk/{self.dev}/#' -v")
-        print("Command it: commands must be signed. A signed status command, valid for an hour")
-        print(f"and accepted once, is in {envelope} (the reply appears on kiosk/{self.dev}/reply):")
+        print("Command it: commands must be signed. A signed status command (valid for an hour;")
+        print(f"it runs once, a copy sent again gets the stored reply) is in {envelope},")
+        print("signed with a key of its own so that the demo's later commands do not make it a")
+        key = self.kit.home / f"{HINT_SIGNER}.key"
+        print(f"replay ({key}). The reply appears on kiosk/{self.dev}/reply:")
         print(
             f"  mosquitto_pub -h localhost -p {self.port} {tls} -q 1 -t kiosk/{self.dev}/cmd "
             f"-f {envelope}"
         )
-        print("or let the fleet tool sign each command and verify the kiosk's signed reply:")
-        print(f"  appliance fleet send {self.dev} status {home} {_flags_text(self.kit, self.port)}")
-        print(
-            f"  appliance fleet send {self.dev} diagnostics {home} --signer {self.kit.home}/admin "
-            f"{_flags_text(self.kit, self.port)}"
-        )
+        print("or let the fleet tool sign each command and verify the kiosk's signed reply; the")
+        print(f"fleet tools (docs/fleet-tools.md) find this broker in {fleet_toml}:")
+        print(f"  export APPLIANCE_FLEET_HOME={home}")
+        print(f"  {app} fleet send {self.dev} status")
+        print(f"  {app} fleet send {self.dev} diagnostics --signer {home}/admin")
+        print(f"  {app} fleet devices; {app} fleet watch --status")
         print("The kiosk's own view (its certificate; the broker's retained status):")
-        print(f"  appliance status --config {self.cfg} --state-dir {self.state}")
+        print(f"  {app} status --config {self.cfg} --state-dir {self.state}")
         print("Commands and their arguments: docs/protocol.md.")
 
+    def _write_fleet_toml(self) -> Path:
+        """The fleet home's defaults (docs/fleet-tools.md "Common options"): this broker and
+        the controller certificate, so the fleet tools need no broker flags."""
+        o = self.kit.options(self.port)
+        path = self.kit.home / "fleet.toml"
+        path.write_text(
+            "# Written by `appliance demo`: the throw-away fleet's broker (docs/fleet-tools.md).\n"
+            "[broker]\n"
+            f'host = {json.dumps(o.host)}\nport = {self.port}\nprefix = "kiosk"\n'
+            f"ca_file = {json.dumps(str(o.ca_file))}\n"
+            f"cert_file = {json.dumps(str(o.cert_file))}\n"
+            f"key_file = {json.dumps(str(o.key_file))}\n"
+        )
+        return path
 
-def _flags_text(kit: FleetKit, port: int) -> str:
-    return " ".join(kit.flags(port)[2:])
+
+# The signing key of the demo's pre-signed status command (run/status-command.json).
+HINT_SIGNER = "status-command"
+
+
+def _appliance_command() -> str:
+    """How to call the console script this demo runs from: ``appliance`` when that is what
+    the shell finds, else its full path (scripts/demo on a fresh clone installs into .venv,
+    which is not on PATH)."""
+    script = Path(sys.executable).parent / "appliance"
+    found = shutil.which("appliance")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "appliance"
+    return str(script) if script.exists() else f"{sys.executable} -m appliance"
 
 
 class _Dev(_Demo):

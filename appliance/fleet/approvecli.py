@@ -183,7 +183,7 @@ def _approve(
     dev = outcome.device
     assert dev is not None
     print(
-        f"approved {dev.device_id}: key {dev.key_id}, groups {dev.groups or '-'}, "
+        f"approved {dev.device_id}: key {dev.key_id}, groups {','.join(dev.groups) or '-'}, "
         f"{'broker certificate issued, ' if args.ca_dir else ''}trust bundle sealed to the "
         f"kiosk's claim key and published on {resp_topic}"
     )

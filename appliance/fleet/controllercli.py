@@ -41,7 +41,7 @@ from ..errors import ApplianceError
 from ..trust.certs import OperatorKey
 from .acker import OutboxAcker
 from .conn import FleetMqtt, add_broker_args, add_home_arg, broker_options
-from .tools import EXIT_FAILED, EXIT_OK, add_signer_arg, load_signer, registry
+from .tools import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_signer_arg, load_signer, registry
 from .watch import EventStream, Seen
 
 
@@ -61,7 +61,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "(default: host-pid; give a stable name under systemd)",
     )
     p.add_argument(
-        "--out", type=Path, metavar="FILE", help="append JSON lines here (default stdout)"
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="append JSON lines here, making its directory if missing (default stdout)",
     )
     p.add_argument(
         "--session-expiry",
@@ -115,7 +118,16 @@ def run(args: argparse.Namespace) -> int:
         except ApplianceError as exc:
             print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
             return EXIT_FAILED
-    out: TextIO = args.out.open("a", encoding="utf-8") if args.out else sys.stdout
+    out: TextIO = sys.stdout
+    if args.out:
+        # A recorder's file usually lives in a directory of its own (/var/log/fleet/...):
+        # made when missing, as a log file's directory is.
+        try:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            out = args.out.open("a", encoding="utf-8")
+        except OSError as exc:
+            print(f"error: --out {args.out}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
     streams: list[EventStream] = []
 
     def make_durable() -> None:

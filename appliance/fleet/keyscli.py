@@ -158,8 +158,8 @@ def run(args: argparse.Namespace) -> int:
             fleetkeys.write_certificate(out, cert, overwrite=args.force)
             print(
                 f"issued certificate {cert.key_id} for {args.name!r}: roles "
-                f"{','.join(cert.roles)}, devices {list(cert.devices)}, groups "
-                f"{list(cert.groups)}, valid until {_iso(cert.not_after)} -> {out}"
+                f"{','.join(cert.roles)}, devices {','.join(cert.devices) or '-'}, groups "
+                f"{','.join(cert.groups) or '-'}, valid until {_iso(cert.not_after)} -> {out}"
             )
             return 0
         if args.keys_command == "show":

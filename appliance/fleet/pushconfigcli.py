@@ -193,6 +193,10 @@ def _push(
     )
     final: dict[str, dict[str, object]] = {}
     last: dict[str, str] = {}
+    # A kiosk publishes its latest report again on every connect (retained state, so a tool
+    # that missed it still sees it): after the restart that applies the document, the report
+    # sent just before the restart arrives a second time. Show each report once.
+    shown: dict[str, object] = {}
     unverified = False
     started = time.monotonic()
     deadline = started + args.timeout
@@ -218,8 +222,9 @@ def _push(
             rep = json.loads(msg.payload)
         except ValueError:
             continue
-        if rep.get("version") != version:
+        if rep.get("version") != version or shown.get(str(dev)) == rep:
             continue
+        shown[str(dev)] = rep
         v = verify_from(keys, str(dev), msg)
         if v.status == "bad":
             unverified = True

@@ -651,9 +651,8 @@ class Provisioner:
         )
         if tls.get("cert"):
             what.append("broker certificate")
-        return (
-            f"installed {', '.join(what)}; groups {cfg.device.groups or '-'}; signed commands only"
-        )
+        groups = ",".join(cfg.device.groups) or "-"
+        return f"installed {', '.join(what)}; groups {groups}; signed commands only"
 
     # 6 ------------------------------------------------------------------------------------
 

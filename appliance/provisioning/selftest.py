@@ -432,6 +432,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.config == DEFAULT_CONFIG_PATH and not args.config.exists():
+        print(
+            f"note: no configuration file {args.config}: built-in defaults and APPLIANCE_* "
+            "variables only (--config FILE for another file)",
+            file=sys.stderr,
+        )
     try:
         cfg = load(args.config, require_file=args.config != DEFAULT_CONFIG_PATH)
     except ConfigError as exc:

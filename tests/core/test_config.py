@@ -208,6 +208,21 @@ def test_run_at_the_default_path_refuses_like_the_systemd_unit_calls_it(tmp_path
         assert "no configuration file at /etc/appliance/appliance.toml" in r.stderr
 
 
+def test_show_and_status_say_when_the_default_file_is_missing(tmp_path: Path) -> None:
+    """Without /etc/appliance/appliance.toml, `config show` and `status` describe the built-in
+    default device (the simulated kit), not the kiosk: they say so on stderr."""
+    if config.DEFAULT_CONFIG_PATH.exists():
+        pytest.skip(f"{config.DEFAULT_CONFIG_PATH} exists on this machine")
+    note = "note: no configuration file /etc/appliance/appliance.toml: built-in defaults"
+    for args in (["config", "show"], ["status", "--state-dir", str(tmp_path / "state")]):
+        r = run_cli_env({"APPLIANCE_MQTT__PORT": "1"}, *args)
+        assert r.returncode == 0, (args, r.stderr)
+        assert note in r.stderr, (args, r.stderr)
+    p = write(tmp_path, '[device]\nid = "k1"\n')
+    r = run_cli_env({}, "config", "show", "--config", str(p))
+    assert r.returncode == 0 and "note:" not in r.stderr, r.stderr
+
+
 def test_run_dev_refuses_an_existing_configuration_file(tmp_path: Path) -> None:
     p = write(tmp_path, '[device]\nid = "k1"\n')
     r = run_cli("run", "--dev", "--config", str(p), "--state-dir", str(tmp_path / "state"))

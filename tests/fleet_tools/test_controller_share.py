@@ -42,7 +42,8 @@ def lines(path: Path) -> list[dict[str, object]]:
 
 def test_two_controllers_split_a_shared_subscription(broker: Mosquitto, tmp_path: Path) -> None:
     home = tmp_path / "home"
-    a_out, b_out = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    # a's file is in a directory that does not exist yet (docs: --out /var/log/fleet/...).
+    a_out, b_out = tmp_path / "log" / "a.jsonl", tmp_path / "b.jsonl"
     a = start(broker, home, "a", a_out, "g-split")
     b = start(broker, home, "b", b_out, "g-split")
     pub = paho.Client(
@@ -112,3 +113,15 @@ def test_a_killed_instance_loses_nothing(broker: Mosquitto, tmp_path: Path) -> N
                 p.terminate()
             p.communicate(timeout=20)
     assert sorted(map(str, seen())) == sorted(ids)  # each exactly once, none lost
+
+
+def test_an_out_file_that_cannot_be_made_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "plain-file").write_text("")
+    r = subprocess.run(
+        [sys.executable, "-m", "appliance.fleet.controllercli", "--home", str(tmp_path / "home"),
+         "--out", str(tmp_path / "plain-file" / "events.jsonl"), "--timeout", "1"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith(f"error: --out {tmp_path / 'plain-file' / 'events.jsonl'}: ")
+    assert "Traceback" not in r.stderr

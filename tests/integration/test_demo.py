@@ -4,13 +4,20 @@ ACL, end-to-end delivery) enrolls and issues a card; ``--dev`` still starts the 
 
 from __future__ import annotations
 
+import os
+import shlex
+import sqlite3
 import subprocess
 import sys
+import threading
 import tomllib
 from pathlib import Path
 
 from appliance.config import load
 from appliance.devtools.broker import free_port
+from appliance.fleet.conn import read_fleet_config
+from appliance.trust.envelope import CommandVerifier
+from appliance.trust.keys import load_public_key
 from appliance.trust.sealed import scan_for_plaintext_biometrics
 from tests.helpers import ROOT
 
@@ -48,6 +55,33 @@ def test_demo_enrolls_issues_and_leaves_no_plaintext(tmp_path: Path) -> None:
     # End-to-end delivery: the ingest recorded the kiosk's events and acknowledged them.
     ingest_log = (work / "ingest" / "controller.log").read_text()
     assert " 0 acknowledged" not in ingest_log and "acknowledged" in ingest_log, ingest_log
+    # The hints work as printed after the enrollment. The pre-signed status command is still
+    # accepted by the kiosk (its own key: the enrollment's later operator commands do not make
+    # it a replay), checked against the kiosk's own replay state.
+    kiosk_db = sqlite3.connect(work / "state" / "appliance.db")
+    try:
+        decision = CommandVerifier(
+            roots=[load_public_key(p) for p in cfg.trust.root_keys],
+            device_id="kiosk-demo",
+            role_table={"status": "operator"},
+            conn=kiosk_db,
+            lock=threading.Lock(),
+        ).check((work / "status-command.json").read_bytes())
+    finally:
+        kiosk_db.close()
+    assert decision.accepted and decision.code == "ok", decision
+    # The `appliance` of the printed commands is a path the shell finds (a fresh clone's venv
+    # is not on PATH): the kiosk's own view runs as printed.
+    status_hint = next(ln for ln in out.splitlines() if " status --config " in ln)
+    r = subprocess.run(shlex.split(status_hint), capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PATH": "/usr/bin:/bin"}, check=False)  # fmt: skip
+    assert r.returncode == 0 and "kiosk-demo" in r.stdout, r.stdout + r.stderr
+    # The fleet tools find the demo's broker in the fleet home (no broker flags needed).
+    fleet = read_fleet_config(work / "kit" / "fleet")["broker"]
+    assert f"starting mosquitto on 127.0.0.1:{fleet['port']}:" in out
+    assert fleet["host"] == "localhost" and fleet["cert_file"].endswith("controller.crt")
+    assert all(Path(fleet[k]).is_file() for k in ("ca_file", "cert_file", "key_file"))
+    assert f"export APPLIANCE_FLEET_HOME={work / 'kit' / 'fleet'}" in out
     # Private keys are 0600.
     for key in [*(work / "kit").rglob("*.key"), *(work / "state").rglob("*.key")]:
         assert key.stat().st_mode & 0o777 == 0o600, key

@@ -163,6 +163,7 @@ def test_provision_end_to_end_interrupted_then_resumed(
     a = approve(broker, home, "kiosk-e1", "--yes", "--ca-dir", str(broker.ca_dir))
     assert a.returncode == 0, a.stderr
     assert "approved kiosk-e1" in a.stdout and "broker certificate issued" in a.stdout
+    assert "groups hanoi," in a.stdout, a.stdout  # the group, not a Python list
 
     # No secret travels in clear: the retained answer (readable by every claimant) holds
     # no private key, only the sealed bundle.
@@ -176,6 +177,7 @@ def test_provision_end_to_end_interrupted_then_resumed(
     assert rc == 0, out + err
     assert "[1/6] keys      done earlier" in out and "[3/6] selftest  done earlier" in out
     assert "Kiosk kiosk-e1 is provisioned." in out
+    assert "; groups hanoi; signed commands only" in out, out
     state_dir = kiosk / "state"
     assert DeviceIdentity.load(state_dir).key_id == key_before  # the identity survived
     assert (state_dir / "device.key").stat().st_mode & 0o777 == 0o600
