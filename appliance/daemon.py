@@ -22,15 +22,16 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, builtin, telemetry
-from .agent.mqtt import Incoming, MqttAgent
+from .agent.mqtt import MqttAgent
 from .agent.topics import Topics
 from .commands import CommandRegistry
 from .config import AppConfig
 from .configpush import ConfigPush, Startup
 from .devices import Device, DeviceHealth, HealthState
-from .dispatch import Dispatcher, Verified, Verifier
+from .dispatch import Dispatcher
 from .drivers import create_device
 from .errors import ApplianceError, TrustError
+from .inbound import Incoming, Verified, Verifier
 from .sdnotify import Notifier
 from .store import Store
 from .trust.keys import DeviceIdentity

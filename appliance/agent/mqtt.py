@@ -41,7 +41,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -51,22 +50,11 @@ from paho.mqtt.properties import Properties
 
 from ..config import AppConfig
 from ..errors import ApplianceError
+from ..inbound import Incoming
 from ..store import OutboxRow, Store, render_event
 from .topics import Topics
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """A message for the device, decoupled from paho's types."""
-
-    topic: str
-    payload: bytes
-    retained: bool
-    response_topic: str | None = None
-    correlation_data: bytes | None = None
-    message_expiry: int | None = None
 
 
 def backoff_delay(attempt: int, lo: float, hi: float, rnd: random.Random | None = None) -> float:
