@@ -110,7 +110,8 @@ ERROR_CODES = (
     "malformed_envelope",
 )
 
-#: DDL for the replay state; the daemon applies it as one schema migration.
+#: DDL for the replay state: the trust layer's own part of the daemon's store, created by
+#: :func:`ensure_replay_schema` (idempotent) when the daemon binds the verifier to its store.
 TRUST_SCHEMA_SQL: list[str] = [
     """CREATE TABLE IF NOT EXISTS trust_issuer_state (
         issuer TEXT PRIMARY KEY,          -- certificate key id
@@ -127,6 +128,20 @@ TRUST_SCHEMA_SQL: list[str] = [
 ]
 
 RoleTable = Mapping[str, str | Collection[str]]
+
+
+def ensure_replay_schema(
+    conn: sqlite3.Connection, lock: AbstractContextManager[Any] | threading.Lock
+) -> None:
+    """Create the replay state's tables on ``conn`` if they are missing (under ``lock``).
+
+    The store knows no feature (docs/architecture.md, "Borders"): each feature creates its own
+    tables on the connection it is given. Every statement is ``IF NOT EXISTS``, so a store
+    made by an earlier version (whose schema step 2 created them) is left as it is.
+    """
+    with lock:
+        for statement in TRUST_SCHEMA_SQL:
+            conn.execute(statement)
 
 
 @dataclass(frozen=True)
@@ -324,12 +339,13 @@ def _body_str(body: dict[str, Any], name: str) -> str:
 class CommandVerifier:
     """Device-side verification of signed command envelopes, with replay state in SQLite.
 
-    ``conn`` is the daemon's connection (tables from :data:`TRUST_SCHEMA_SQL` must exist) and
-    ``lock`` the lock that serialises its use across threads. ``role_table`` maps a command
-    name to the role (or collection of roles, any of which suffices) it requires; a command
-    missing from the table is refused (``unknown_command``, after the envelope is
-    authenticated): fail closed. Roles are not hierarchical: an admin who should also run
-    operator commands carries both roles.
+    ``conn`` is the daemon's connection (the tables of :data:`TRUST_SCHEMA_SQL` must exist:
+    :func:`ensure_replay_schema`; without them every check is ``store_error``) and ``lock`` the
+    lock that serialises its use across threads.
+    ``role_table`` maps a command name to the role (or collection of roles, any of which
+    suffices) it requires; a command missing from the table is refused (``unknown_command``,
+    after the envelope is authenticated): fail closed. Roles are not hierarchical: an admin
+    who should also run operator commands carries both roles.
     """
 
     def __init__(
@@ -715,6 +731,7 @@ __all__ = [
     "EnvelopeBuilder",
     "MonotonicCounter",
     "TrustDecision",
+    "ensure_replay_schema",
     "role_table_from_specs",
     "validate_target",
 ]
