@@ -48,6 +48,16 @@ FLEET_TOOLS = {
         "appliance.fleet.controllercli",
         "event recorder sharing the load with others via $share subscriptions",
     ),
+    "receive": (
+        "appliance.central.receivecli",
+        "central enrollment receiver: verify, store and acknowledge the kiosks' packages",
+    ),
+    "enroll": (
+        "appliance.central.enrollcli",
+        "scripted enrollment on a kiosk, end to end (optionally issue the card)",
+    ),
+    "issue": ("appliance.central.issuecli", "issue a card on the spot from a verified enrollment"),
+    "sim": ("appliance.fleet.simcli", "N virtual kiosks against a broker (load and scale runs)"),
 }
 # Top-level commands served by plugin modules (configure_parser(p), run(args)).
 TOP_LEVEL = {
@@ -76,8 +86,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=_config_default(),
         metavar="FILE",
-        help="configuration file (default: $APPLIANCE_CONFIG or %(default)s; a missing default "
-        "file means built-in defaults plus the 'sim' profile)",
+        help="configuration file (default: $APPLIANCE_CONFIG or %(default)s; 'run' needs it "
+        "unless --dev, the other commands read built-in defaults plus the 'sim' profile when "
+        "the default file is missing)",
     )
     p.add_argument(
         "--state-dir",
@@ -96,9 +107,12 @@ def _print_problems(source: str, problems: list[tuple[str, str]]) -> None:
 
 
 def _load_or_exit(args: argparse.Namespace) -> Any:
-    explicit = args.config != DEFAULT_CONFIG_PATH
+    return _load_layers_or_exit(args, require_file=args.config != DEFAULT_CONFIG_PATH)
+
+
+def _load_layers_or_exit(args: argparse.Namespace, *, require_file: bool) -> Any:
     try:
-        return load(args.config, require_file=explicit)
+        return load(args.config, require_file=require_file)
     except ConfigError as exc:
         _print_problems(str(args.config), exc.problems)
         raise SystemExit(EXIT_CONFIG) from None
@@ -107,20 +121,58 @@ def _load_or_exit(args: argparse.Namespace) -> Any:
 # -- commands ---------------------------------------------------------------------------------
 
 
+# What `appliance run --dev` layers under the environment when there is no configuration file:
+# the simulated kit, unsigned commands accepted (firmware_profiles/sim.toml documents the kit).
+DEV_RUN_ENV = {
+    "APPLIANCE_DEVICE__PROFILE": "sim",
+    "APPLIANCE_COMMANDS__ALLOW_UNSIGNED": "true",
+}
+
+
+def _run_config_or_exit(args: argparse.Namespace) -> None:
+    """A kiosk runs from its configuration file. Without one, only an explicit development run
+    (--dev) starts, on the simulated kit with unsigned commands accepted; a missing file never
+    silently turns a real kiosk into that (the systemd unit names the default path)."""
+    if args.config.exists():
+        if args.dev:
+            print(
+                f"appliance: --dev is for a run without a configuration file, and {args.config} "
+                "exists: set commands.allow_unsigned and device.profile in it instead",
+                file=sys.stderr,
+            )
+            raise SystemExit(EXIT_CONFIG)
+        return
+    if not args.dev:
+        print(
+            f"appliance: no configuration file at {args.config}: give one with --config FILE "
+            "(or $APPLIANCE_CONFIG); `appliance provision` writes it on a kiosk. For a "
+            "development run on the simulated kit with unsigned commands accepted, pass --dev.",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_CONFIG)
+    # The same process environment serves the configuration reloads (fleet configuration
+    # trials re-load the layers, and a restart re-executes this command line with --dev).
+    for name, value in DEV_RUN_ENV.items():
+        os.environ.setdefault(name, value)
+    print(
+        "appliance: development run (--dev): no configuration file, the simulated kit unless "
+        "the environment says otherwise, unsigned commands accepted",
+        file=sys.stderr,
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from . import configpush, logs
     from .daemon import Daemon
 
-    base = _load_or_exit(args)  # the local layers alone must be valid
+    _run_config_or_exit(args)
+    # The local layers alone must be valid; the file must exist unless this is a --dev run.
+    require_file = not args.dev
+    cfg = _load_layers_or_exit(args, require_file=require_file)
     startup = configpush.at_startup(args.state_dir)
-    cfg = base
     if startup.desired is not None:
         try:
-            cfg = load(
-                args.config,
-                desired=startup.desired,
-                require_file=args.config != DEFAULT_CONFIG_PATH,
-            )
+            cfg = load(args.config, desired=startup.desired, require_file=require_file)
         except ConfigError as exc:
             # The local file changed under a committed fleet layer: serve with the local
             # layers and say why; the fleet sees the version it has in config/reported.
@@ -149,15 +201,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    from .config import env_override_names
+
+    environ: dict[str, str] = {} if args.no_env else dict(os.environ)
+    overrides = env_override_names(environ)
+    if overrides:
+        print(f"environment overrides: {', '.join(sorted(overrides.values()))}")
     worst = EXIT_OK
     for f in args.files:
-        problems = check_file(f)
+        problems = [
+            (path, _from_env(path, reason, overrides))
+            for path, reason in check_file(f, environ=environ)
+        ]
         if problems:
             _print_problems(str(f), problems)
             worst = EXIT_CONFIG
         else:
-            print(f"{f}: ok")
+            print(f"{f}: ok" + (" (with the environment overrides)" if overrides else ""))
     return worst
+
+
+def _from_env(path: str, reason: str, overrides: dict[str, str]) -> str:
+    """Say which environment variable set a field whose value is wrong."""
+    for key, name in overrides.items():
+        if path == key or path.startswith(key + "."):
+            return f"{reason} (set by {name})"
+    return reason
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -334,6 +403,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="override logging.level from the configuration",
     )
+    p.add_argument(
+        "--dev",
+        action="store_true",
+        help="development run without a configuration file: built-in defaults, the simulated "
+        "kit, unsigned commands accepted (without --dev a missing configuration file is an "
+        "error, exit 2)",
+    )
     p.set_defaults(func=cmd_run)
 
     pc = sub.add_parser("config", help="check or show configuration")
@@ -341,10 +417,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = csub.add_parser(
         "check",
         help="validate configuration files",
-        description="Validate each FILE with its hardware profile. Prints every problem as "
-        "'path.to.field: reason' and exits 2 if any file is invalid.",
+        description="Validate each FILE with its hardware profile and the "
+        "APPLIANCE_<SECTION>__<KEY> environment overrides, as the daemon would load it. Prints "
+        "every problem as 'path.to.field: reason' (naming the variable when an override set "
+        "it) and exits 2 if any file is invalid.",
     )
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument(
+        "--no-env",
+        action="store_true",
+        help="check the files alone, without the APPLIANCE_* environment overrides",
+    )
     p.set_defaults(func=cmd_config_check)
     p = csub.add_parser(
         "show",

@@ -142,8 +142,8 @@ class CommandsSection(Strict):
     workers: int = Field(4, ge=1, le=64, description="Threads executing commands")
     allow_unsigned: bool = Field(
         False,
-        description="Accept unsigned commands: for local development only (the sim profile "
-        "sets it); a provisioned kiosk accepts only commands signed by a fleet operator",
+        description="Accept unsigned commands: for local development only (`appliance run "
+        "--dev` sets it); a provisioned kiosk accepts only commands signed by a fleet operator",
     )
 
 
@@ -357,18 +357,41 @@ def load_profile(name: str) -> dict[str, Any]:
     return data
 
 
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A configuration document in JSON (``appliance fleet push-config`` accepts both)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} not found", [(str(path), "file not found")]) from None
+    except PermissionError:
+        raise ConfigError(f"{what} {path} unreadable", [(str(path), "permission denied")]) from None
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(
+            f"{what} {path} is not valid JSON", [(str(path), f"is not valid JSON: {exc}")]
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{what} {path} is not a JSON object",
+            [(str(path), f"must be a JSON object of sections, not {type(data).__name__}")],
+        )
+    return data
+
+
 def load(
     path: Path | None,
     *,
     environ: Mapping[str, str] | None = None,
     desired: Mapping[str, Any] | None = None,
     require_file: bool = False,
+    fmt: Literal["toml", "json"] = "toml",
 ) -> AppConfig:
-    """Load and validate the layered configuration. Raises ConfigError listing every problem."""
+    """Load and validate the layered configuration. Raises ConfigError listing every problem.
+    ``fmt``: how the local file is written (the kiosk's own file is TOML)."""
     environ = os.environ if environ is None else environ
     local: dict[str, Any] = {}
     if path is not None and (require_file or path.exists()):
-        local = read_toml(path, "configuration file")
+        reader = read_json if fmt == "json" else read_toml
+        local = reader(path, "configuration file")
     env = env_overrides(environ)
     # The profile is chosen by the layers above it, so resolve the name first.
     top = deep_merge(deep_merge(local, env), dict(desired or {}))
@@ -380,13 +403,30 @@ def load(
     return validate(merged)
 
 
-def check_file(path: Path) -> list[tuple[str, str]]:
-    """Every problem in a configuration file (with its profile), empty when valid."""
+def check_file(
+    path: Path,
+    *,
+    environ: Mapping[str, str] | None = None,
+    fmt: Literal["toml", "json"] = "toml",
+) -> list[tuple[str, str]]:
+    """Every problem in a configuration file (with its profile and, when ``environ`` is given,
+    the ``APPLIANCE_<SECTION>__<KEY>`` overrides in it), empty when valid. The checker of
+    ``appliance config check`` (with the process environment) and of ``appliance fleet
+    push-config`` (a document alone: the kiosk's environment is not the administrator's)."""
     try:
-        load(path, environ={}, require_file=True)
+        load(path, environ=environ or {}, require_file=True, fmt=fmt)
     except ConfigError as exc:
         return exc.problems
     return []
+
+
+def env_override_names(environ: Mapping[str, str]) -> dict[str, str]:
+    """``{"mqtt.port": "APPLIANCE_MQTT__PORT", ...}``: the configuration key each override sets."""
+    return {
+        ".".join(p.lower() for p in name[len(ENV_PREFIX) :].split("__")): name
+        for name in environ
+        if name.startswith(ENV_PREFIX) and "__" in name
+    }
 
 
 # --- reference documentation ------------------------------------------------------------------
@@ -420,7 +460,11 @@ def reference_markdown() -> str:
         "`/etc/appliance/appliance.toml`), `APPLIANCE_<SECTION>__<KEY>` environment variables",
         "(e.g. `APPLIANCE_MQTT__PORT=1884`, values parsed as TOML), and the fleet's verified",
         "desired configuration. Unknown keys are errors in every layer.",
-        "`appliance config check FILE` prints each problem as `path.to.field: reason` and exits 2.",
+        "`appliance config check FILE` checks the file with its profile and the environment",
+        "variables, prints each problem as `path.to.field: reason` (naming the variable that set",
+        "it) and exits 2; `--no-env` checks the file alone. `appliance run` refuses to start",
+        "without its configuration file unless given `--dev` (a development run: the simulated",
+        "kit, unsigned commands accepted).",
         "",
     ]
 

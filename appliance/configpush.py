@@ -14,10 +14,10 @@ Flow (docs/trust.md, "Configuration push"):
    session is active.
 3. Trial: after the restart the daemon checks that the broker is reachable with the new settings
    and that every device that was healthy before is healthy again, within
-   ``config_push.trial_timeout_s``. Then ``pending.json`` becomes ``desired.json`` (``applied``),
-   or it is deleted and the daemon re-executes with the previous configuration
-   (``rolled_back``). A daemon that dies during its trial finds the pending file on its next start
-   with its attempt already counted and rolls back without trying again.
+   ``config_push.trial_timeout_s`` (reported as ``trial``). Then ``pending.json`` becomes
+   ``desired.json`` (``applied``), or it is deleted and the daemon re-executes with the previous
+   configuration (``rolled_back``). A daemon that dies during its trial finds the pending file
+   on its next start with its attempt already counted and rolls back without trying again.
 4. The outcome is kept in the store (configuration history, audit) and published retained on
    ``{prefix}/{device}/config/reported``.
 """
@@ -213,11 +213,23 @@ class ConfigPush:
     # -- start-up outcomes ---------------------------------------------------------------------
 
     def after_start(self) -> None:
-        """Report a rollback decided at start (a trial that died)."""
+        """Report what this start is: a rollback decided at start (a trial that died), or the
+        trial of a new document (so ``fleet push-config`` shows it between ``applying`` and the
+        verdict)."""
         rb = self.startup.rolled_back
         if rb is not None:
             self.report(
                 "rolled_back", rb.get("version"), rb.get("reason", ""), document=rb.get("content")
+            )
+        trial = self.startup.trial
+        if trial is not None:
+            self.report(
+                "trial",
+                int(trial["version"]),
+                "running with the new configuration: committed once the broker is reachable and "
+                "every device is as healthy as before, rolled back after "
+                f"{self.config.config_push.trial_timeout_s:g} s otherwise",
+                document=trial["content"],
             )
 
     def trial_verdict(self, healthy: bool, reason: str) -> None:

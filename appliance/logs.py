@@ -1,9 +1,9 @@
 """Logging set-up: journald with structured fields when the daemon runs under it, else stderr.
 
 systemd-python's ``JournalHandler`` drops messages silently when journald is absent
-(../shared/specs/mqtt-systemd-notes.md), so "auto" uses it only when ``JOURNAL_STREAM`` names our
-stderr (systemd.exec(5): set when stderr is connected to the journal) and the journal socket
-exists. Everything else goes to stderr, one line per record.
+(systemd-python 235 on a machine whose PID 1 is not systemd), so "auto" uses it only when
+``JOURNAL_STREAM`` names our stderr (systemd.exec(5): set when stderr is connected to the
+journal) and the journal socket exists. Everything else goes to stderr, one line per record.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Durability: with ``synchronous=FULL`` in WAL mode a commit is on stable storage 
 returns (https://sqlite.org/pragma.html#pragma_synchronous), so an event that :meth:`Outbox.put`
 reported stored survives ``kill -9`` and power loss. sqlite-utils creates the schema; the hot
 paths use the same connection's ``execute`` because ``Table.insert`` opens a transaction per call
-and is ~40 % slower (../shared/specs/mqtt-systemd-notes.md, "SQLite as a durable queue").
+and is ~40 % slower (measured with 1 KB rows, one row per transaction, on a 2-core machine).
 """
 
 from __future__ import annotations

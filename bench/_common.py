@@ -30,7 +30,10 @@ def summary_ms(samples: list[float]) -> dict[str, float]:
     }
 
 
-def daemon_config(workdir: Path, port: int, device: str, *, sim: bool = False) -> Path:
+def daemon_config(
+    workdir: Path, port: int, device: str, *, sim: bool = False, dev: bool = False
+) -> Path:
+    """``dev``: a development run that accepts unsigned commands (no kit profile does)."""
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "appliance.toml"
     hw = (
@@ -43,7 +46,9 @@ def daemon_config(workdir: Path, port: int, device: str, *, sim: bool = False) -
     cfg.write_text(
         f'[device]\nid = "{device}"\n[mqtt]\nport = {port}\n'
         "reconnect_min_s = 0.05\nreconnect_max_s = 0.5\n"
-        '[telemetry]\nheartbeat_s = 3600\n[logging]\nlevel = "WARNING"\n' + hw
+        '[telemetry]\nheartbeat_s = 3600\n[logging]\nlevel = "WARNING"\n'
+        + hw
+        + ("[commands]\nallow_unsigned = true\n" if dev else "")
     )
     return cfg
 

@@ -69,7 +69,7 @@ def main() -> None:
             [sys.executable, "-c", ECHO, str(broker.port)], stdout=subprocess.PIPE, text=True
         )
         assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
-        cfg = daemon_config(work / "d", broker.port, "bench-rt")
+        cfg = daemon_config(work / "d", broker.port, "bench-rt", dev=True)  # unsigned path
         daemon = start_daemon(cfg, work / "d" / "state")
         try:
             with Controller("127.0.0.1", broker.port) as ctl:

@@ -60,7 +60,7 @@ from _common import ROOT, emit
 
 sys.path.insert(0, str(ROOT))
 
-from appliance.devtools.broker import Mosquitto
+from appliance.devtools.fleetkit import FleetKit
 from tests.faults.cardpull import (
     HUNG,
     ISSUED_AFTER_LAST_APDU,
@@ -75,8 +75,9 @@ from tests.helpers import get_json
 
 def run(work: Path, kills: int, seed: int, keep: Path | None, drain_s: float) -> dict[str, Any]:
     rnd = random.Random(seed)
-    broker = Mosquitto(work / "broker").start()
-    rig = EnrollmentFaultRig(work, broker)
+    kit = FleetKit(work / "kit").create()
+    broker = kit.broker(work / "broker").start()
+    rig = EnrollmentFaultRig(work, broker, kit=kit)
     t0 = time.monotonic()
     try:
         rig.start()
@@ -124,8 +125,9 @@ def run_sensor_pulls(work: Path, pulls: int, seed: int) -> dict[str, Any]:
     answers ``status`` while the sensor is away and reports the health change, and the
     sessions end as verified packages after the replugs."""
     rnd = random.Random(seed)
-    broker = Mosquitto(work / "broker-pull").start()
-    rig = EnrollmentFaultRig(work / "pull", broker, "kiosk-enr-pull", external_sensor=True)
+    kit = FleetKit(work / "kit-pull").create()
+    broker = kit.broker(work / "broker-pull").start()
+    rig = EnrollmentFaultRig(work / "pull", broker, "kiosk-enr-pull", kit=kit, external_sensor=True)
     sensor = rig.sensor
     assert sensor is not None
     outcomes: Counter[str] = Counter()
@@ -209,8 +211,9 @@ def run_card_pulls(work: Path, pulls: int, seed: int) -> dict[str, Any]:
     before the encode finished is never reported issued; every re-insert leaves a kiosk that
     answers with a healthy reader; a clean encode at the end is issued and verified."""
     rnd = random.Random(seed)
-    broker = Mosquitto(work / "broker-card").start()
-    rig = EnrollmentFaultRig(work / "card", broker, "kiosk-enr-card", card=True)
+    kit = FleetKit(work / "kit-card").create()
+    broker = kit.broker(work / "broker-card").start()
+    rig = EnrollmentFaultRig(work / "card", broker, "kiosk-enr-card", kit=kit, card=True)
     outcomes: list[PullOutcome] = []
     t0 = time.monotonic()
     try:

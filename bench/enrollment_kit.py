@@ -56,6 +56,9 @@ def start_kit(work: Path, *, line_rate: bool, card: bool = True) -> Kit:
         f"[simulation]\nfingerprint = true\ncard = {str(card).lower()}\n"
         f"line_rate = {str(line_rate).lower()}\n"
         + ("" if card else "[hardware.card]\nenabled = false\n")
+        # development run (plain broker, unsigned commands): the sim kit no longer allows
+        # them by itself
+        + "[commands]\nallow_unsigned = true\n"
         + trust_toml
     )
     state = work / "state"

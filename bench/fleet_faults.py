@@ -68,7 +68,7 @@ def part_a(work: Path, rounds: int, rnd: random.Random, delivery: str) -> dict[s
     via = types.SimpleNamespace(host=proxy.host, port=proxy.port)
     d = DaemonProcess(work / "daemon-a", via, "kiosk-faults-a",  # type: ignore[arg-type]
                       env={"APPLIANCE_MQTT__KEEPALIVE_S": "5",
-                           **delivery_env(delivery)}).start()  # fmt: skip
+                           **delivery_env(delivery)}, dev=True).start()  # fmt: skip
     STARTED.append(d)
     wait_for(lambda: d.device_id in ingest.snapshot().devices_seen, 20, "birth")
     producer = Producer(d.state_dir, d.device_id).start()
@@ -129,7 +129,9 @@ def part_b(work: Path, kills: int, rnd: random.Random, delivery: str) -> dict[st
         ack=delivery == "end_to_end",
     ).start()
     ctl = Controller(broker.host, broker.port).connect()
-    d = DaemonProcess(work / "daemon-b", broker, "kiosk-faults-b", env=delivery_env(delivery))
+    d = DaemonProcess(
+        work / "daemon-b", broker, "kiosk-faults-b", env=delivery_env(delivery), dev=True
+    )
     STARTED.append(d)
     sent: dict[str, str] = {}  # command id -> note text
     replies: dict[str, dict[str, Any]] = {}

@@ -1,5 +1,10 @@
 """Shared fixtures: a real mosquitto, the daemon as a real subprocess, a controller client.
 
+The production path: ``fleet_kit`` (a throw-away fleet made with provisioning/issue-device-cert
+and the fleet tools), ``tls_broker`` (mosquitto with the shipped configuration: mutual TLS, the
+shipped ACL) and ``signed_controller`` (the ``controller`` certificate, every command signed).
+``broker``/``controller`` are the plain development pair, for low-level agent tests.
+
 Nothing here sleeps for a fixed time: every wait is for a condition (a CONNACK, a message, a
 datagram, a process exit) with a deadline.
 """
@@ -15,6 +20,7 @@ import pytest
 
 from appliance.devtools.broker import Mosquitto
 from appliance.devtools.controller import Controller
+from appliance.devtools.fleetkit import FleetKit
 from tests.helpers import DaemonProcess
 
 
@@ -24,6 +30,45 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     m = Mosquitto(tmp_path_factory.mktemp("broker")).start()
     yield m
     m.stop()
+
+
+@pytest.fixture(scope="session")
+def fleet_kit(tmp_path_factory: pytest.TempPathFactory) -> FleetKit:
+    """A throw-away fleet (CA, broker/controller/central/claimant certificates, fleet root,
+    operator/admin/ingest keys, central enrollment key), shared by the session."""
+    return FleetKit(tmp_path_factory.mktemp("fleetkit")).create()
+
+
+@pytest.fixture(scope="session")
+def tls_broker(
+    fleet_kit: FleetKit, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Mosquitto]:
+    """mosquitto with the shipped configuration (mutual TLS, the shipped ACL) for the session."""
+    m = fleet_kit.broker(tmp_path_factory.mktemp("tlsbroker")).start()
+    yield m
+    m.stop()
+
+
+@pytest.fixture
+def make_tls_broker(fleet_kit: FleetKit, tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
+    made: list[Mosquitto] = []
+
+    def make(**kw: Any) -> Mosquitto:
+        m = fleet_kit.broker(tmp_path / f"tlsbroker{len(made)}", **kw).start()
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.stop()
+
+
+@pytest.fixture
+def signed_controller(fleet_kit: FleetKit, tls_broker: Mosquitto) -> Iterator[Controller]:
+    """The fleet's controller identity on the TLS broker, every command signed (all roles)."""
+    c = fleet_kit.controller(tls_broker.port, signer="fleet-all").connect()
+    yield c
+    c.close()
 
 
 @pytest.fixture
@@ -48,7 +93,12 @@ def controller(broker: Mosquitto) -> Iterator[Controller]:
 
 
 @pytest.fixture
-def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+def daemon_factory(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., DaemonProcess]]:
+    """Daemons as subprocesses. On a TLS broker (``tls_broker``/``make_tls_broker``) the kiosk
+    gets its certificate and trust from ``fleet_kit``; ``dev=True`` (unsigned commands) must be
+    asked for."""
     made: list[DaemonProcess] = []
 
     def make(
@@ -56,8 +106,23 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
         device_id: str = "kiosk-t1",
         extra_toml: str = "",
         env: dict[str, str] | None = None,
+        *,
+        dev: bool = False,
+        enrollment_key: bool = True,
     ) -> DaemonProcess:
-        d = DaemonProcess(tmp_path / f"d{len(made)}", broker, device_id, extra_toml, env)
+        kit = None
+        if getattr(broker, "tls", None) is not None:
+            kit = request.getfixturevalue("fleet_kit")
+        d = DaemonProcess(
+            tmp_path / f"d{len(made)}",
+            broker,
+            device_id,
+            extra_toml,
+            env,
+            kit=kit,
+            dev=dev,
+            enrollment_key=enrollment_key,
+        )
         d.workdir.mkdir(parents=True, exist_ok=True)
         made.append(d)
         return d

@@ -15,6 +15,7 @@ from typing import Any
 
 from appliance.devtools.broker import Mosquitto
 from appliance.devtools.controller import Controller
+from appliance.devtools.fleetkit import FleetKit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,7 +64,15 @@ def drain_json(q: queue.Queue[tuple[str, bytes, bool]]) -> list[dict[str, Any]]:
 
 
 class DaemonProcess:
-    """The daemon as a real subprocess (``python -m appliance run``)."""
+    """The daemon as a real subprocess (``python -m appliance run``).
+
+    On a production broker (``broker.tls``, from :class:`FleetKit`) the kiosk connects with its
+    own certificate (CN = device id, issued by ``kit``), trusts ``kit``'s fleet root and
+    enrollment key, and accepts signed commands only: the configuration of a provisioned kiosk.
+    On a plain broker commands must still be signed (``extra_toml`` gives the trust keys) unless
+    the test says ``dev=True``: a visible development run that accepts unsigned commands, for
+    low-level agent tests and tests about unsigned input only.
+    """
 
     def __init__(
         self,
@@ -72,6 +81,10 @@ class DaemonProcess:
         device_id: str,
         extra_toml: str = "",
         env: dict[str, str] | None = None,
+        *,
+        kit: FleetKit | None = None,
+        dev: bool = False,
+        enrollment_key: bool = True,
     ) -> None:
         self.workdir = workdir
         self.broker = broker
@@ -82,6 +95,20 @@ class DaemonProcess:
         self.extra_env = env or {}
         workdir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.kit = kit
+        self.dev = dev
+        production = ""
+        if getattr(broker, "tls", None) is not None:
+            if kit is None:
+                raise ValueError("a daemon on a TLS broker needs the FleetKit that made it")
+            production = kit.kiosk_tls_toml(device_id, enrollment_key=enrollment_key)
+        if dev:
+            if "[commands]\n" in extra_toml:
+                extra_toml = extra_toml.replace(
+                    "[commands]\n", "[commands]\nallow_unsigned = true\n"
+                )
+            else:
+                extra_toml = "[commands]\nallow_unsigned = true\n" + extra_toml
         self.config_path.write_text(
             f'[device]\nid = "{device_id}"\nprofile = "sim"\n'
             f'[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
@@ -90,7 +117,7 @@ class DaemonProcess:
             "[simulation]\nfingerprint = false\ncard = false\n"
             "[hardware.camera]\nenabled = false\n"
             "[hardware.fingerprint]\nenabled = false\n"
-            "[hardware.card]\nenabled = false\n" + extra_toml
+            "[hardware.card]\nenabled = false\n" + production + extra_toml
         )
 
     def start(self) -> DaemonProcess:

@@ -1,6 +1,6 @@
 """ISO/IEC 19794-4:2005 finger image records: encoder and decoder.
 
-Layout (shared/specs/biometric-quality.md, "Finger image record: ISO/IEC 19794-4:2005"):
+Layout (ISO/IEC 19794-4:2005, clause 8):
 
 General record header, 32 bytes (clause 8.2)::
 

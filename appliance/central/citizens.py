@@ -3,9 +3,9 @@ generator for demos and tests (clearly fictitious people; never real personal da
 
 JSON file (``--citizens FILE``)::
 
-    {"CIT-0001": {"personal_id": "001099012345", "full_name": "Nguyễn Thị Mai",
+    {"CIT-0001": {"personal_id": "001190012345", "full_name": "Nguyễn Thị Mai",
                   "date_of_birth": "1990-02-15", "sex": "F",
-                  "date_of_issue": "2026-11-22", "date_of_expiry": "2035-02-15",
+                  "date_of_issue": "2026-11-22", "date_of_expiry": "2030-02-15",
                   "place_of_origin": "...", "permanent_residence": "...", ...}, ...}
 
 The 12-digit personal number follows the CCCD layout (Decree 137/2015 art. 7): 3 digits of
@@ -13,7 +13,8 @@ the province of birth registration, 1 digit of century and sex (0/1 men/women bo
 2/3 born 2000-2099), 2 digits of the birth year, 6 digits of sequence. DG1 uses the whole
 number as the TD1 document number (more than 9 characters: ICAO 9303 Part 5 §4.2.2 note j,
 overflow into the optional data; spec icao9303-td1.md "Line layout"); DG13 follows
-cccd-dg13.md.
+cccd-dg13.md. Every entry passes :func:`appliance.citizen.validate_citizen` when loaded
+(docs/citizen-data.md), and again, with the card's dates, before issuance.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..citizen.validation import CitizenDataInvalid, Stage, card_expiry, validate_citizen
 from ..errors import ApplianceError, ConfigError
 from ..lds.files import NO_EXPIRY_TEXT, Dg13
 from ..lds.mrz import NO_EXPIRY, Td1
@@ -158,25 +160,10 @@ _GIVEN = {
 _STREETS = ["Trần Hưng Đạo", "Lê Lợi", "Nguyễn Huệ", "Hai Bà Trưng", "Lý Thường Kiệt"]
 
 
-def _birthday(birth: dt.date, year: int) -> dt.date:
-    """The anniversary of ``birth`` in ``year``; 29 February falls on 28 February in a
-    common year (a period counted in years ends on the last day of the month when that day
-    does not exist, as the Civil Code counts time limits)."""
-    try:
-        return birth.replace(year=year)
-    except ValueError:
-        return dt.date(year, 2, 28)
-
-
-def card_expiry(birth: dt.date, issued: dt.date) -> dt.date | None:
-    """CCCD validity: renewed at 25, 40 and 60 years of age (Law on Identification 2023,
-    art. 21); issued within two years before a milestone, it runs to the next one; from 58
-    on there is none left: no expiry (``None``)."""
-    for age in (25, 40, 60):
-        due = _birthday(birth, birth.year + age)
-        if due - issued > dt.timedelta(days=730):
-            return due
-    return None
+# card_expiry (imported above from appliance.citizen.validation, and re-exported here) is the
+# one rule of the card's validity: the synthetic citizens below, Citizen.without_expiry and the
+# validation all use it (renewal at 25, 40, 60; within two years before a milestone, the next
+# one; from 58 none; a 29 February milestone on 28 February in a common year).
 
 
 def synthetic_citizen(
@@ -189,7 +176,9 @@ def synthetic_citizen(
     rng = random.Random(seed)  # noqa: S311 - fictitious demo data, not security
     issued = today or dt.date.today()
     sex: Literal["M", "F"] = rng.choice(["M", "F"])
-    drawn = rng.randint(14, 55)
+    # The age reached this year: 15..55 years means 14..55 on the issue date, whatever the
+    # birthday (14 this year could still be 13 today, which the validation refuses).
+    drawn = rng.randint(15, 55)
     age = drawn if age is None else age
     birth = dt.date(issued.year - age, rng.randint(1, 12), rng.randint(1, 28))
     province = rng.choice(sorted(_PROVINCES))
@@ -253,10 +242,19 @@ def load_citizens(path: Path) -> dict[str, Citizen]:
             problems.append((ref, "entry is not an object"))
             continue
         try:
-            out[ref] = Citizen.model_validate({**entry, "citizen_ref": ref})
+            record = validate_citizen({**entry, "citizen_ref": ref}, stage=Stage.DIRECTORY)
+        except CitizenDataInvalid as exc:
+            problems.extend((f"{ref}.{p.field}", f"{p.message} [{p.rule}]") for p in exc.problems)
+            continue
+        # The normalised values (NFC names, collapsed spaces) of the fields the entry gave.
+        clean = {k: v for k, v in record.as_dict().items() if k in entry}
+        try:
+            out[ref] = Citizen.model_validate({**clean, "citizen_ref": ref})
         except ValidationError as exc:
             for err in exc.errors():
                 problems.append((f"{ref}.{'.'.join(str(p) for p in err['loc'])}", err["msg"]))
     if problems:
-        raise ConfigError(f"{path}: {len(problems)} problem(s)", problems)
+        # Every problem in the message too: the CLIs print the message, not the details.
+        listed = "".join(f"\n  {where}: {reason}" for where, reason in problems)
+        raise ConfigError(f"{path}: {len(problems)} problem(s):{listed}", problems)
     return out

@@ -9,7 +9,10 @@ card's LDS from the verified portrait and the citizen's details and has the kios
 verify a card (as ``appliance fleet issue`` does).
 
 By default a receiver runs inside this command (keys from <home>, see --create-keys); use
---external-receiver when ``appliance fleet receive`` serves the fleet.
+--external-receiver when ``appliance fleet receive`` serves the fleet. On a broker with the
+shipped ACL (TLS) the commands go out with the ``controller`` certificate (--cert/--key) and the
+receiver inside connects with the ``central`` one (--central-cert/--central-key), the identity
+the ACL lets write upload acknowledgements and receipts.
 
 Exit status: 0 verified (and issued with --issue); 1 a step failed or the package was
 rejected; 2 bad usage or missing keys; 3 a reply's device signature did not verify; 4 no
@@ -23,9 +26,10 @@ import json
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
-from ..errors import ApplianceError
-from ..fleet.conn import broker_options, home_of
+from ..errors import ApplianceError, ConfigError
+from ..fleet.conn import BrokerOptions, broker_options, home_of
 from .clitools import add_kiosk_args, connect
 from .enroll import EnrollOptions, format_report, parse_positions, parse_skip, run_enrollment
 from .keys import ensure_central_keys, load_central_keys
@@ -116,6 +120,22 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="do not run a receiver here: 'appliance fleet receive' serves the uploads",
     )
     p.add_argument(
+        "--central-cert",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="with TLS: the receiver's client certificate, CN 'central' "
+        "(issue-device-cert --kind central) (default: central.crt next to --cert)",
+    )
+    p.add_argument(
+        "--central-key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="with TLS: the 'central' certificate's key (0600) (default: central.key next to "
+        "--cert)",
+    )
+    p.add_argument(
         "--create-keys",
         action="store_true",
         help="create the fleet root, central enrollment key and ingest key in <home> if "
@@ -160,6 +180,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912  the CLI's flags to o
             directory = CitizenDirectory(args.citizens, synthetic=args.synthetic)
             directory.get(opts.citizen_ref)  # fail before the citizen gives fingerprints
             signer = DocumentSigner.load(args.ds_dir or home / "issuer")
+        receiver_tls = _receiver_tls(args, bopts) if not args.external_receiver else None
         mqtt, cmd = connect(args)
     except ApplianceError as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
@@ -182,7 +203,11 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912  the CLI's flags to o
                 port=bopts.port,
                 client_id=f"central-enroll-{uuid.uuid4().hex[:8]}",
                 session_expiry_s=0,
-            ).start()
+                tls=receiver_tls,
+            )
+            if receiver_tls is not None and bopts.insecure:
+                receiver.client.tls_insecure_set(True)
+            receiver.start()
         root_pub = keys.root_public_key if keys is not None else _root_pub(home)
         report = run_enrollment(cmd, opts, store=store, root_public_key=root_pub, say=say)
         issue_report = None
@@ -226,6 +251,26 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912  the CLI's flags to o
     if report.unverified_replies:
         return EXIT_UNVERIFIED
     return EXIT_OK
+
+
+def _receiver_tls(args: argparse.Namespace, bopts: BrokerOptions) -> dict[str, Any] | None:
+    """paho ``tls_set`` arguments of the receiver inside (the ``central`` identity)."""
+    if not bopts.tls:
+        return None
+    here = bopts.cert_file.parent if bopts.cert_file else Path(".")
+    cert = args.central_cert or here / "central.crt"
+    key = args.central_key or here / "central.key"
+    for path, flag in ((cert, "--central-cert"), (key, "--central-key")):
+        if not Path(path).exists():
+            raise ConfigError(
+                f"the receiver inside needs the broker identity 'central': {path} is missing",
+                [(flag, "issue it with provisioning/issue-device-cert --kind central central")],
+            )
+    return {
+        "ca_certs": str(bopts.ca_file) if bopts.ca_file else None,
+        "certfile": str(cert),
+        "keyfile": str(key),
+    }
 
 
 def _root_pub(home: Path) -> bytes | None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..citizen.validation import validate_citizen
 from ..errors import ApplianceError, TrustError
 from .citizens import Citizen
 from .commander import Commander, Reply
@@ -90,15 +91,24 @@ def build_for_enrollment(
     citizen: Citizen,
     signer: DocumentSigner,
 ) -> Any:
-    """The IssuancePackage for a verified enrollment of ``device``."""
-    from ..lds.issuance import build_issuance_package
+    """The IssuancePackage for a verified enrollment of ``device``.
 
+    The citizen's details are validated first (docs/citizen-data.md, stage issuance: the card's
+    dates included) and the MRZ and DG13 made from them checked against each other, so nothing
+    inconsistent reaches a chip; :class:`CitizenDataInvalid` lists every problem.
+    """
+    from ..lds.issuance import build_issuance_package, check_issuance_data
+
+    record = validate_citizen(citizen.model_dump(), where=f"citizen {citizen.citizen_ref!r}")
+    citizen = Citizen.model_validate(record.as_dict())  # names in NFC, spaces collapsed
+    mrz, dg13 = citizen.td1(), citizen.dg13()
+    check_issuance_data(mrz, dg13)
     portrait = store.portrait(device, package_id)
     try:
         return build_issuance_package(
             package_id=f"iss-{package_id[:24]}-{uuid.uuid4().hex[:8]}",
-            mrz=citizen.td1(),
-            dg13=citizen.dg13(),
+            mrz=mrz,
+            dg13=dg13,
             face_records=[portrait],
             ds_key=signer.key,
             ds_cert=signer.cert,

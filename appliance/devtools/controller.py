@@ -3,6 +3,11 @@
 Used by the tests, the benchmarks and the demo; the fleet tools build on it. MQTT 5 requests
 carry a response topic and correlation data; on MQTT 3.1.1 the controller listens on the
 device's documented reply topic and matches replies by command id.
+
+The production path: ``tls`` connects with a client certificate (the ``controller`` identity of
+the shipped ACL) and ``signer`` signs every command (docs/trust.md envelope). Under the shipped
+ACL a kiosk may publish only on its own topics, so with ``tls`` the MQTT 5 response topic is the
+device's own ``reply`` topic (correlation data still matches each reply to its request).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from paho.mqtt.properties import Properties
 
 from ..agent.topics import Topics
 from ..errors import ApplianceError
+from ..trust.certs import OperatorKey
+from ..trust.envelope import EnvelopeBuilder
 
 
 def _nodelay(_c: Any, _u: Any, sock: Any) -> None:
@@ -43,8 +50,15 @@ class Controller:
         prefix: str = "kiosk",
         protocol: str = "5",
         client_id: str | None = None,
+        tls: dict[str, str] | None = None,
+        signer: OperatorKey | None = None,
+        lifetime_s: int = 300,
     ) -> None:
+        """``tls``: ``{"ca_certs", "certfile", "keyfile"}`` (paho ``tls_set``); ``signer``: the
+        operator key every command is signed with (``raw`` payloads are sent as given)."""
         self.host, self.port, self.prefix, self.protocol = host, port, prefix, protocol
+        self.tls = tls
+        self.builder = None if signer is None else EnvelopeBuilder(signer, lifetime_s=lifetime_s)
         self.client_id = client_id or f"ctl-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         v5 = protocol == "5"
         self.client = paho.Client(
@@ -53,6 +67,12 @@ class Controller:
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
         )
         self.client.on_socket_open = _nodelay
+        if tls is not None:
+            self.client.tls_set(
+                ca_certs=tls.get("ca_certs"),
+                certfile=tls.get("certfile"),
+                keyfile=tls.get("keyfile"),
+            )
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
         self.response_topic = f"{prefix}/_ctl/{self.client_id}/reply"
@@ -148,19 +168,27 @@ class Controller:
     ) -> queue.Queue[dict[str, Any]]:
         """Publish a command; returns the queue its reply will arrive on."""
         cid = cid or f"{self.client_id}-{next(self._counter)}"
-        body = (
-            raw
-            if raw is not None
-            else json.dumps({"id": cid, "cmd": cmd, "args": args or {}}).encode()
-        )
+        if raw is not None:
+            body = raw
+        else:
+            body = json.dumps({"id": cid, "cmd": cmd, "args": args or {}}).encode()
+            if self.builder is not None:
+                body = self.builder.build(cmd, body, device)
         q: queue.Queue[dict[str, Any]] = queue.Queue()
         topic = Topics(self.prefix, device).cmd
         if self.protocol == "5":
             corr = uuid.uuid4().bytes
+            response_topic = self.response_topic
+            if self.tls is not None:  # the shipped ACL: a kiosk writes only its own topics
+                response_topic = Topics(self.prefix, device).reply
+                with self._lock:
+                    known = any(t == response_topic for t, _ in self._subs)
+                if not known:
+                    self.subscribe(response_topic)
             with self._lock:
                 self._pending[corr] = q
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.ResponseTopic = self.response_topic
+            props.ResponseTopic = response_topic
             props.CorrelationData = corr
             self.client.publish(topic, body, qos=1, properties=props)
         else:

@@ -1,12 +1,27 @@
-"""``appliance demo``: the kiosk's main job on its embedded default, end to end, on this machine.
+"""``appliance demo``: the kiosk's main job, end to end, on this machine, in the production
+configuration on the simulated hardware kit.
 
-Starts a private mosquitto on loopback, the central enrollment receiver, and the daemon (a real
-subprocess) on the simulated hardware kit: the fingerprint emulator on a pty, the generated
-camera scene, and the card emulator behind a private pcscd + vpcd. Then it enrolls a synthetic
-citizen as the fleet would (portrait, fingers in the 4-4-2 order, a missing finger recorded as
-such), waits for the sealed, signed package to be verified centrally and purged from the kiosk,
-issues the citizen's card and verifies it, prints a summary, and tells you how to watch and
-command the kiosk yourself with mosquitto_sub / mosquitto_pub.
+1. A throw-away fleet in ``<workdir>/kit`` made with the production tooling
+   (:mod:`.fleetkit`): the fleet CA and the broker, ``controller``, ``central`` and
+   ``claimant`` certificates (provisioning/issue-device-cert), the fleet root, ``operator`` and
+   ``admin`` signing keys, the central enrollment key and the ``ingest`` signer.
+2. mosquitto on 127.0.0.1 with the shipped configuration: mutual TLS, identity from the
+   certificate, the shipped ACL (provisioning/render-broker-config).
+3. The kiosk is claim-provisioned: ``appliance provision`` with a one-time claim token through
+   the claimant certificate, approved by ``appliance fleet approve`` (which issues the kiosk's
+   broker certificate); signed commands only, end-to-end delivery on.
+4. An ingest (``appliance fleet controller --ack``) records the kiosk's events and acknowledges
+   them with the ``ingest`` key; the daemon (a real subprocess) runs the simulated kit: the
+   fingerprint emulator on a pty, the generated camera scene, the card emulator behind a
+   private pcscd + vpcd.
+5. ``appliance fleet enroll --issue`` (signed with the operator key; its receiver connects as
+   ``central``) enrolls a synthetic citizen (portrait, fingers in the 4-4-2 order, a missing
+   finger recorded as such), waits for the sealed, signed package to be verified centrally and
+   purged from the kiosk, issues the citizen's card and verifies it.
+
+Then it prints a summary and how to watch and command the kiosk with mosquitto_sub /
+mosquitto_pub (TLS, the controller certificate) and ``appliance fleet send``. ``--dev`` runs the
+old development mode instead: plain MQTT without ACL, unsigned commands, no provisioning.
 """
 
 from __future__ import annotations
@@ -14,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +39,7 @@ from typing import Any
 
 from .broker import Mosquitto, free_port, mqtt_connack
 from .controller import Controller
+from .fleetkit import FleetKit
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -47,7 +64,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fresh",
         action="store_true",
-        help="delete the previous demo state (store, keys) before starting",
+        help="also delete the previous run's logs (the kiosk, broker and throw-away keys are "
+        "made anew on every run)",
+    )
+    p.add_argument(
+        "--dev",
+        action="store_true",
+        help="development mode: plain MQTT without ACL, unsigned commands, no provisioning "
+        "(default: the production configuration)",
     )
     p.add_argument(
         "--no-enroll",
@@ -67,97 +91,315 @@ def _step(msg: str) -> None:
     print(f"==> {msg}", flush=True)
 
 
+PY = sys.executable
+
+
 def run(args: argparse.Namespace) -> int:
     work: Path = args.workdir.resolve()
-    if args.fresh and (work / "state").exists():
-        import shutil
-
-        shutil.rmtree(work / "state")
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
+    # Every run starts a new kiosk and a new throw-away fleet: nothing of a previous run (a
+    # kiosk provisioned against another port, expired keys) can leak into this one.
+    for old in ("state", "broker", "kit", "ingest", "fleet"):
+        shutil.rmtree(work / old, ignore_errors=True)
+    (work / "appliance.toml").unlink(missing_ok=True)
     port = args.port or (
         1883 if not mqtt_connack("127.0.0.1", 1883, 0.2) and _free(1883) else free_port()
     )
-    _step(f"starting mosquitto on 127.0.0.1:{port} (config and log in {work / 'broker'})")
-    broker = Mosquitto(work / "broker", port=port).start()
-    cfg = work / "appliance.toml"
-    trust = ""
-    if not args.no_enroll:
-        from ..central.demo import prepare
+    return (_Dev if args.dev else _Production)(args, work, port).run()
 
-        trust = prepare(work / "fleet")  # fleet root, enrollment and ingest keys (throw-away)
-    cfg.write_text(
-        "# Written by `appliance demo`: the simulated kit against the local broker.\n"
-        f'[device]\nid = "{args.device_id}"\nsite = "demo"\nprofile = "sim"\n'
-        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n'
-        "[telemetry]\nheartbeat_s = 10\n"
-        f"[simulation]\nline_rate = {'false' if args.fast else 'true'}\n" + trust
-    )
-    log_path = work / "daemon.log"
-    _step(f"starting the daemon on the simulated kit (log: {log_path})")
-    log = log_path.open("ab")
-    daemon = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "appliance",
-            "run",
-            "--config",
-            str(cfg),
-            "--state-dir",
-            str(work / "state"),
-        ],
-        stdout=log,
-        stderr=log,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    log.close()
-    rc = 0
-    try:
-        with Controller("127.0.0.1", port) as ctl:
-            q = ctl.subscribe(f"kiosk/{args.device_id}/status")
-            birth = _wait_online(q, daemon, 30)
-            t0 = time.perf_counter()
-            pong = ctl.request(args.device_id, "ping", timeout=10)
-            rtt = (time.perf_counter() - t0) * 1000
-            status = _wait_devices(ctl, args.device_id, 60)
-            _summary(args.device_id, port, birth, status, pong, rtt)
-        if not args.no_enroll:
-            from ..central.demo import enroll_and_issue
 
-            _step("enrolling a synthetic citizen as the fleet would (fleet enroll + issue)")
-            rc = enroll_and_issue(
-                work / "fleet",
-                device=args.device_id,
-                state_dir=work / "state",
-                port=port,
-                issue=not args.no_card,
+class _Demo:
+    mode = ""
+
+    def __init__(self, args: argparse.Namespace, work: Path, port: int) -> None:
+        self.args, self.work, self.port = args, work, port
+        self.dev: str = args.device_id
+        self.cfg = work / "appliance.toml"
+        self.state = work / "state"
+        self.log_path = work / "daemon.log"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.broker: Mosquitto | None = None
+
+    # -- what differs between the modes -----------------------------------------------------
+
+    def start_broker(self) -> Mosquitto:
+        raise NotImplementedError
+
+    def prepare_kiosk(self) -> None:
+        raise NotImplementedError
+
+    def controller(self) -> Controller:
+        raise NotImplementedError
+
+    def enroll(self) -> int:
+        raise NotImplementedError
+
+    def hints(self) -> None:
+        raise NotImplementedError
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        rc = 0
+        try:
+            self.broker = self.start_broker()
+            self.prepare_kiosk()
+            _step(f"starting the daemon on the simulated kit (log: {self.log_path})")
+            daemon = self.spawn(
+                [PY, "-m", "appliance", "run", "--config", str(self.cfg),
+                 "--state-dir", str(self.state)],
+                self.log_path,
+            )  # fmt: skip
+            with self.controller().connect() as ctl:
+                q = ctl.subscribe(f"kiosk/{self.dev}/status")
+                birth = _wait_online(q, daemon, 30)
+                t0 = time.perf_counter()
+                pong = ctl.request(self.dev, "ping", timeout=10)
+                rtt = (time.perf_counter() - t0) * 1000
+                status = _wait_devices(ctl, self.dev, 60)
+                _summary(self.dev, birth, status, pong, rtt, self.mode)
+                self.hints()
+            if not self.args.no_enroll:
+                _step("enrolling a synthetic citizen as the fleet would (fleet enroll + issue)")
+                rc = self.enroll()
+                if rc != 0:
+                    print(
+                        f"demo: the enrollment ended with status {rc}; daemon log: {self.log_path}",
+                        file=sys.stderr,
+                    )
+            if not self.args.once:
+                print("\nRunning. Ctrl-C stops the daemon and the broker.", flush=True)
+                daemon.wait()
+        except KeyboardInterrupt:
+            pass
+        except Exception as exc:
+            tail = ""
+            if self.log_path.exists():
+                tail = self.log_path.read_text(errors="replace")[-3000:]
+            print(f"demo failed: {exc}\n--- daemon log tail ---\n{tail}", file=sys.stderr)
+            rc = 1
+        finally:
+            for proc in reversed(self.procs):
+                _stop(proc)
+            if self.broker is not None:
+                self.broker.stop()
+        return rc
+
+    def spawn(self, argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"}
             )
-            if rc != 0:
-                print(
-                    f"demo: the enrollment ended with status {rc}; daemon log: {log_path}",
-                    file=sys.stderr,
-                )
-        if not args.once:
-            print("\nRunning. Ctrl-C stops the daemon and the broker.", flush=True)
-            daemon.wait()
-    except KeyboardInterrupt:
-        pass
-    except Exception as exc:
-        print(
-            f"demo failed: {exc}\n--- daemon log tail ---\n"
-            f"{log_path.read_text(errors='replace')[-3000:]}",
-            file=sys.stderr,
+        self.procs.append(proc)
+        return proc
+
+
+class _Production(_Demo):
+    mode = "production configuration: claim-provisioned, signed commands, mutual TLS + ACL"
+
+    def __init__(self, args: argparse.Namespace, work: Path, port: int) -> None:
+        super().__init__(args, work, port)
+        self.kit = FleetKit(work / "kit")
+
+    def start_broker(self) -> Mosquitto:
+        _step(
+            f"creating a throw-away fleet in {self.kit.root}: fleet CA, broker, controller, "
+            "central and claimant certificates (provisioning/issue-device-cert), fleet root, "
+            "operator/admin/ingest signing keys, central enrollment key"
         )
-        rc = 1
-    finally:
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(15)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-        broker.stop()
-    return rc
+        self.kit.create()
+        _step(
+            f"starting mosquitto on 127.0.0.1:{self.port}: mutual TLS, the shipped ACL "
+            f"(provisioning/render-broker-config; files in {self.work / 'broker'})"
+        )
+        return self.kit.broker(self.work / "broker", self.port).start()
+
+    def prepare_kiosk(self) -> None:
+        home = str(self.kit.home)
+        token = subprocess.run(
+            [PY, "-m", "appliance", "fleet", "claim-token", "--home", home,
+             "--device", self.dev, "--site", "demo", "--ttl", "1h"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        _step(
+            f"provisioning the kiosk: appliance provision --claim-token {token.split('.')[0]}.… "
+            "(claimant certificate), approved with appliance fleet approve"
+        )
+        certs = self.kit.certs
+        prov_log = self.work / "provision.log"
+        prov = self.spawn(
+            [PY, "-m", "appliance", "provision", "--config", str(self.cfg),
+             "--state-dir", str(self.state), "--device-id", self.dev, "--site", "demo",
+             "--profile", "sim", "--broker", f"localhost:{self.port}",
+             "--ca", str(certs / "ca.crt"), "--cert", str(certs / "claimant.crt"),
+             "--key", str(certs / "claimant.key"), "--claim-token", token, "--wait", "180"],
+            prov_log,
+        )  # fmt: skip
+        approve = subprocess.run(
+            [PY, "-m", "appliance", "fleet", "approve", self.dev, "--yes",
+             "--ca-dir", str(self.kit.ca_dir), "--timeout", "180",
+             *self.kit.flags(self.port)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if approve.returncode != 0:
+            raise RuntimeError(f"fleet approve failed: {approve.stdout}{approve.stderr}")
+        rc = prov.wait(240)
+        self.procs.remove(prov)
+        out = prov_log.read_text(errors="replace")
+        if rc != 0:
+            raise RuntimeError(f"appliance provision failed ({rc}):\n{out[-3000:]}")
+        for line in out.splitlines():
+            if line.lstrip().startswith("["):
+                print(f"  {line.strip()}", flush=True)
+        print(f"  {approve.stdout.strip().splitlines()[-1]}", flush=True)
+        self._demo_settings()
+        ingest_log = self.work / "ingest" / "controller.log"
+        ingest_log.parent.mkdir(exist_ok=True)
+        _step(
+            "starting the ingest (appliance fleet controller --ack): records the kiosk's events "
+            "and acknowledges them end to end, signed with the ingest key"
+        )
+        self.spawn(
+            [PY, "-m", "appliance", "fleet", "controller", "--ack",
+             "--out", str(ingest_log.parent / "events.jsonl"), *self.kit.flags(self.port)],
+            ingest_log,
+        )  # fmt: skip
+
+    def _demo_settings(self) -> None:
+        """The demo's settings over the provisioned configuration: end-to-end delivery, a
+        short heartbeat, the serial line's pace."""
+        import tomllib
+
+        from ..provisioning.flow import render_toml
+
+        text = self.cfg.read_text()
+        data = tomllib.loads(text)
+        data["mqtt"]["delivery"] = "end_to_end"
+        data.setdefault("telemetry", {})["heartbeat_s"] = 10
+        data.setdefault("simulation", {})["line_rate"] = not self.args.fast
+        header = "\n".join(ln for ln in text.splitlines()[:2] if ln.startswith("#"))
+        self.cfg.write_text(
+            render_toml(data, header=header + "\n# + appliance demo: end-to-end delivery on")
+        )
+
+    def controller(self) -> Controller:
+        return self.kit.controller(self.port, signer="operator")
+
+    def enroll(self) -> int:
+        from ..central.demo import enroll_and_issue
+
+        return enroll_and_issue(
+            self.kit.home,
+            device=self.dev,
+            state_dir=self.state,
+            port=self.port,
+            broker=self.kit.flags(self.port)[2:],
+            issue=not self.args.no_card,
+        )
+
+    def hints(self) -> None:
+        c = self.kit.certs
+        tls = f"--cafile {c / 'ca.crt'} --cert {c / 'controller.crt'} --key {c / 'controller.key'}"
+        envelope = self.work / "status-command.json"
+        body = json.dumps({"id": "c1", "cmd": "status", "args": {}}).encode()
+        from ..trust.envelope import EnvelopeBuilder
+
+        envelope.write_bytes(
+            EnvelopeBuilder(self.kit.signer("operator"), lifetime_s=3600).build(
+                "status", body, self.dev
+            )
+        )
+        home = f"--home {self.kit.home}"
+        print("Watch everything the kiosk says (TLS, the fleet's controller certificate):")
+        print(f"  mosquitto_sub -h localhost -p {self.port} {tls} -t 'kiosk/{self.dev}/#' -v")
+        print("Command it: commands must be signed. A signed status command, valid for an hour")
+        print(f"and accepted once, is in {envelope} (the reply appears on kiosk/{self.dev}/reply):")
+        print(
+            f"  mosquitto_pub -h localhost -p {self.port} {tls} -q 1 -t kiosk/{self.dev}/cmd "
+            f"-f {envelope}"
+        )
+        print("or let the fleet tool sign each command and verify the kiosk's signed reply:")
+        print(f"  appliance fleet send {self.dev} status {home} {_flags_text(self.kit, self.port)}")
+        print(
+            f"  appliance fleet send {self.dev} diagnostics {home} --signer {self.kit.home}/admin "
+            f"{_flags_text(self.kit, self.port)}"
+        )
+        print("The kiosk's own view (its certificate; the broker's retained status):")
+        print(f"  appliance status --config {self.cfg} --state-dir {self.state}")
+        print("Commands and their arguments: docs/protocol.md.")
+
+
+def _flags_text(kit: FleetKit, port: int) -> str:
+    return " ".join(kit.flags(port)[2:])
+
+
+class _Dev(_Demo):
+    mode = "development mode (--dev): plain MQTT, no ACL, unsigned commands"
+
+    def start_broker(self) -> Mosquitto:
+        _step(
+            f"starting mosquitto on 127.0.0.1:{self.port}, plain MQTT without ACL "
+            f"(--dev; config and log in {self.work / 'broker'})"
+        )
+        return Mosquitto(self.work / "broker", port=self.port).start()
+
+    def prepare_kiosk(self) -> None:
+        trust = ""
+        if not self.args.no_enroll:
+            from ..central.demo import prepare
+
+            trust = prepare(self.work / "fleet")  # fleet root, enrollment, ingest (throw-away)
+        self.cfg.write_text(
+            "# Written by `appliance demo --dev`: the simulated kit against a plain local\n"
+            "# broker, unsigned commands accepted (development only).\n"
+            f'[device]\nid = "{self.dev}"\nsite = "demo"\nprofile = "sim"\n'
+            f'[mqtt]\nhost = "127.0.0.1"\nport = {self.port}\n'
+            "[commands]\nallow_unsigned = true\n"
+            "[telemetry]\nheartbeat_s = 10\n"
+            f"[simulation]\nline_rate = {'false' if self.args.fast else 'true'}\n" + trust
+        )
+
+    def controller(self) -> Controller:
+        return Controller("127.0.0.1", self.port)
+
+    def enroll(self) -> int:
+        from ..central.demo import enroll_and_issue
+
+        return enroll_and_issue(
+            self.work / "fleet",
+            device=self.dev,
+            state_dir=self.state,
+            port=self.port,
+            dev=True,
+            issue=not self.args.no_card,
+        )
+
+    def hints(self) -> None:
+        dev, port = self.dev, self.port
+        print("Watch everything the kiosk says:")
+        print(f"  mosquitto_sub -h 127.0.0.1 -p {port} -t 'kiosk/{dev}/#' -v")
+        print(f"Send it a command (the reply appears on kiosk/{dev}/reply):")
+        print(
+            f"  mosquitto_pub -h 127.0.0.1 -p {port} -q 1 -t kiosk/{dev}/cmd "
+            '-m \'{"id":"c1","cmd":"status"}\''
+        )
+        print(
+            f"  mosquitto_pub -h 127.0.0.1 -p {port} -q 1 -t kiosk/{dev}/cmd "
+            '-m \'{"id":"c2","cmd":"diagnostics"}\''
+        )
+        print("Commands and their arguments: docs/protocol.md.")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def _free(port: int) -> bool:
@@ -199,31 +441,20 @@ def _wait_devices(ctl: Controller, device: str, timeout: float) -> dict[str, Any
 
 def _summary(
     dev: str,
-    port: int,
     birth: dict[str, Any],
     status: dict[str, Any],
     pong: dict[str, Any],
     rtt_ms: float,
+    mode: str,
 ) -> None:
     print()
     print(
         f"Kiosk {dev} is online (software {birth.get('version')}, profile {birth.get('profile')})."
     )
+    print(f"  {mode}")
     print(f"  ping round trip through the broker: {rtt_ms:.1f} ms ({'ok' if pong['ok'] else pong})")
     for kind, h in status["devices"].items():
         detail = f" ({h['detail']})" if h.get("detail") else ""
         print(f"  {kind:<12} {h['state']}{detail}")
     print(f"  outbox depth: {status['outbox_depth']}")
     print()
-    print("Watch everything the kiosk says:")
-    print(f"  mosquitto_sub -h 127.0.0.1 -p {port} -t 'kiosk/{dev}/#' -v")
-    print("Send it a command (the reply appears on kiosk/{dev}/reply):".replace("{dev}", dev))
-    print(
-        f"  mosquitto_pub -h 127.0.0.1 -p {port} -q 1 -t kiosk/{dev}/cmd "
-        '-m \'{"id":"c1","cmd":"status"}\''
-    )
-    print(
-        f"  mosquitto_pub -h 127.0.0.1 -p {port} -q 1 -t kiosk/{dev}/cmd "
-        '-m \'{"id":"c2","cmd":"diagnostics"}\''
-    )
-    print("Commands and their arguments: docs/protocol.md.")

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 POSITIONS = range(1, 11)
 POLICIES: dict[str, list[int]] = {
-    # cccd-dg13.md "Fingerprint capture order": slaps 4-4-2, finger by finger.
+    # CCCD enrollment practice: slaps 4-4-2 (right four, left four, thumbs), finger by finger.
     "4-4-2": [2, 3, 4, 5, 7, 8, 9, 10, 1, 6],
     "all": list(range(1, 11)),
 }

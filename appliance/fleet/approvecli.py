@@ -30,7 +30,7 @@ from .conn import (
     broker_options,
     home_of,
 )
-from .registry import FleetRegistry
+from .registry import FleetRegistry, load_home_enrollment_key
 
 DEFAULT_SCRIPT = Path(__file__).resolve().parents[2] / "provisioning" / "issue-device-cert"
 
@@ -139,6 +139,13 @@ def _approve(
             continue
     req = parse_request(raw)
     print(_summary(req))
+    if load_home_enrollment_key(reg.home) is None:
+        print(
+            f"warning: {reg.home} has no enrollment key (enrollment.pub): the trust bundle will "
+            "carry none, and the kiosk's provisioning stops at its install step unless the "
+            "technician passes --without-enrollment-key (docs/provisioning.md)",
+            file=sys.stderr,
+        )
     verdict = judge(reg, req, now=time.time(), replace=args.replace)
     if verdict.token is not None and verdict.token.device is None and verdict.status == "approved":
         print(f"note: token {verdict.token.token_id} is not bound to a device id")

@@ -1,7 +1,7 @@
 """``appliance fleet keys ...``: the fleet root key and operator certificates.
 
-The lead wires :func:`configure_parser` and :func:`run` under ``appliance fleet keys``; for
-now ``python -m appliance.fleet.keyscli --help`` runs it directly.
+Wired under ``appliance fleet keys`` (appliance/cli.py); ``python -m appliance.fleet.keyscli``
+runs the same parser directly.
 """
 
 from __future__ import annotations

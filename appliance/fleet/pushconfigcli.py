@@ -9,13 +9,24 @@ JSON (by its extension, or ``--format``) holding only the keys to change, e.g.::
     [telemetry]
     heartbeat_s = 10
 
+Before anything is signed, FILE is checked here with the checker of ``appliance config
+check`` (the document over the built-in defaults and the profile it names; not this machine's
+environment): every problem is printed as ``path.to.field: reason`` and nothing is published
+(exit 2). ``--no-check`` skips it, to exercise a kiosk's own validation.
+
 The kiosk verifies the document (admin role, its target), validates it over its local
 configuration, applies it by restarting itself, checks its health and commits, or rolls back
 by itself (docs/trust.md). The version defaults to one above the highest version the kiosks
 report or hold; reports are verified with the kiosks' approved keys.
 
+Progress: one line per report as it arrives (``applying``: the kiosk restarts with the new
+configuration; ``trial``: it runs it and checks the broker and its devices; then ``applied`` once
+the trial is healthy, ``rolled_back`` when it is not, or ``rejected``), and a final line with the
+outcome per kiosk.
+
 Exit status: 0 applied everywhere; 1 rejected or rolled back somewhere (the reasons are
-shown); 2 bad usage; 3 a report's signature did not verify; 4 no final report in time.
+shown); 2 bad usage or an invalid document; 3 a report's signature did not verify; 4 no final
+report in time.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..config import check_file
 from ..configpush import peek_version
 from ..errors import ApplianceError
 from ..trust.certs import OperatorKey
@@ -70,6 +82,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--no-wait", action="store_true", help="publish and exit without waiting for reports"
     )
     p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="sign and publish without checking FILE here first (to test a kiosk's own "
+        "validation); by default an invalid FILE is refused before signing (exit 2)",
+    )
+    p.add_argument(
         "--listen",
         type=float,
         default=1.0,
@@ -84,6 +102,19 @@ def run(args: argparse.Namespace) -> int:
         validate_target(args.target)
         content = args.file.read_bytes()
         fmt = args.format or ("json" if args.file.suffix.lower() == ".json" else "toml")
+        if not args.no_check:
+            # The same checker as `appliance config check`, without this machine's APPLIANCE_*
+            # variables (they are not the kiosk's). The kiosk validates again over its own file.
+            problems = check_file(args.file, environ={}, fmt="json" if fmt == "json" else "toml")
+            if problems:
+                for path, reason in problems:
+                    print(f"{path}: {reason}", file=sys.stderr)
+                print(
+                    f"{args.file}: {len(problems)} problem(s); nothing signed or published "
+                    "(a kiosk would reject it)",
+                    file=sys.stderr,
+                )
+                return EXIT_USAGE
         opts = broker_options(args)
         signer = load_signer(args, "admin")
         reg = registry(args)
@@ -155,9 +186,16 @@ def _push(  # noqa: C901, PLR0912, PLR0915  targets, version, publish, wait for 
     print(f"published configuration v{version} for {args.target} to {', '.join(devices)}")
     if args.no_wait:
         return EXIT_OK
+    print(
+        f"waiting up to {args.timeout:g} s for {len(devices)} kiosk(s): applying (restart), "
+        "trial (health checks), then applied, rolled_back or rejected",
+        flush=True,
+    )
     final: dict[str, dict[str, object]] = {}
+    last: dict[str, str] = {}
     unverified = False
-    deadline = time.monotonic() + args.timeout
+    started = time.monotonic()
+    deadline = started + args.timeout
     while set(final) != set(devices):
         left = deadline - time.monotonic()
         if left <= 0:
@@ -167,6 +205,7 @@ def _push(  # noqa: C901, PLR0912, PLR0915  targets, version, publish, wait for 
                 "a kiosk applies it when it comes back; an active enrollment session delays it)",
                 file=sys.stderr,
             )
+            print(_summary(version, args.target, devices, final, last), flush=True)
             return EXIT_TIMEOUT
         try:
             msg = reported.get(timeout=left)
@@ -186,14 +225,37 @@ def _push(  # noqa: C901, PLR0912, PLR0915  targets, version, publish, wait for 
             unverified = True
             print(f"{dev}: report signature INVALID ({v.detail})", file=sys.stderr)
         status = rep.get("status")
-        print(f"{dev}: v{version} {status}: {rep.get('reason', '')}", flush=True)
+        last[str(dev)] = str(status)
+        elapsed = time.monotonic() - started
+        print(f"{dev}: v{version} {status}: {rep.get('reason', '')} (+{elapsed:.1f} s)", flush=True)
         for problem in rep.get("problems") or []:
             print(f"    {problem}")
         if status in FINAL:
             final[str(dev)] = rep
+    print(_summary(version, args.target, devices, final, last), flush=True)
     if unverified:
         return EXIT_UNVERIFIED
     return EXIT_OK if all(r.get("status") == "applied" for r in final.values()) else EXIT_FAILED
+
+
+def _summary(
+    version: int,
+    target: str,
+    devices: list[str],
+    final: dict[str, dict[str, object]],
+    last: dict[str, str],
+) -> str:
+    """The final line: how many kiosks applied the version, and what the others said."""
+    applied = sorted(d for d, r in final.items() if r.get("status") == "applied")
+    others = [
+        f"{d} {final[d].get('status')}"
+        if d in final
+        else f"{d} no final report (last: {last.get(d, 'nothing')})"
+        for d in devices
+        if d not in applied
+    ]
+    line = f"v{version} for {target}: applied on {len(applied)} of {len(devices)}"
+    return line + (f"; {', '.join(others)}" if others else "")
 
 
 def main(argv: list[str] | None = None) -> int:

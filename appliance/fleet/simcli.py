@@ -1,6 +1,6 @@
 """``appliance fleet sim``: run N virtual kiosks against a broker and print what happened.
 
-    python -m appliance.fleet.simcli --port 1883 --devices 1000 --heartbeat 10 --duration 60
+    appliance fleet sim --port 1883 --devices 1000 --heartbeat 10 --duration 60
 
 The output is one JSON object: the fleet's own counters and, unless ``--no-ingest``, what a
 controller-side ingest on the same broker received (latency p50/p99, gaps, duplicates).

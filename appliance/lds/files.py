@@ -1,5 +1,5 @@
-"""LDS elementary files: EF.COM, DG1, DG2 and the Vietnamese DG13 (spec: icao9303-td1.md
-"Encodings", cccd-dg13.md "DG13 layout")."""
+"""LDS elementary files: EF.COM, DG1, DG2 (ICAO 9303 Part 10, section 4) and the Vietnamese
+DG13 (Circular 16/2024/TT-BCA, in the layout the public CCCD readers parse)."""
 
 from __future__ import annotations
 
@@ -150,8 +150,8 @@ def decode_dg2(data: bytes) -> list[bytes]:
 
 # --- DG13 (Vietnam) -------------------------------------------------------------------------
 #
-# Written as the public Vietnamese readers parse it (spec cccd-dg13.md, "What the public readers
-# actually parse"): every field 1-16 present and in order (a reader that walks the numbers in
+# Written as the public Vietnamese readers parse it (their published parsing code, read 2026-12):
+# every field 1-16 present and in order (a reader that walks the numbers in
 # order swallows the fields after a missing one), an absent value as an empty string of the
 # field's type, dates as dd/MM/yyyy, ASCII-only fields (numbers, dates of birth and issue) as
 # PrintableString, the other text as UTF8String, the parents as one SEQUENCE each, no spouse as
@@ -164,7 +164,8 @@ DG13_OID_DER = bytes.fromhex("0606 28D316010008".replace(" ", ""))  # 1.0.10646.
 
 TAG_UTF8 = 0x0C
 TAG_PRINTABLE = 0x13
-NO_EXPIRY_TEXT = "Không thời hạn"  # what a card issued from age 60 carries (cccd-number.md)
+# A card issued from age 60 has no expiry (Law on Citizen Identification 2014, art. 21).
+NO_EXPIRY_TEXT = "Không thời hạn"
 
 _DG13_TEXT_FIELDS: dict[int, str] = {
     1: "personal_id",
@@ -194,7 +195,7 @@ _PRINTABLE = re.compile(r"^[A-Za-z0-9 '()+,\-./:=?]*$")  # X.680 §41.4 Printabl
 
 @dataclass(frozen=True)
 class Dg13:
-    """Personal details of the Vietnamese DG13 (cccd-dg13.md table). ``None`` = absent."""
+    """Personal details of the Vietnamese DG13 (fields 1-16). ``None`` = absent."""
 
     personal_id: str
     full_name: str

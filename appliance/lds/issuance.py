@@ -11,15 +11,24 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from ..citizen.validation import (
+    CitizenDataInvalid,
+    Problem,
+    Rule,
+    check_citizen,
+    normalise_text,
+)
 from ..errors import ProtocolError, TrustError
 from .files import (
     FILE_FIDS,
+    NO_EXPIRY_TEXT,
     Dg13,
     decode_dg1,
     decode_dg2,
@@ -30,7 +39,7 @@ from .files import (
     encode_dg13,
     encode_ef_com,
 )
-from .mrz import Td1
+from .mrz import NO_EXPIRY, Td1, transliterate
 from .package import IssuancePackage
 from .sod import HashName, PaResult, parse_sod, passive_authentication, sign_sod
 from .tlv import header_size
@@ -106,6 +115,98 @@ def verify_package(
         "EF.SOD": files["EF.SOD"],
     }
     return VerifiedPackage(pkg.package_id, ordered, mrz, pa)
+
+
+_DG13_SEX = {"Nam": "M", "Nữ": "F"}
+_DG13_TEXTS = (
+    "full_name",
+    "sex",
+    "nationality",
+    "ethnicity",
+    "religion",
+    "place_of_origin",
+    "permanent_residence",
+    "identifying_marks",
+    "father",
+    "mother",
+    "spouse",
+)
+
+
+def check_issuance_data(mrz: Td1, dg13: Dg13 | None, *, today: dt.date | None = None) -> None:
+    """Refuse citizen data that must not reach a chip (docs/citizen-data.md): DG13's details
+    through the one citizen validation (stage issuance), and DG1's MRZ against them (number,
+    birth date, sex, expiry or the fillers of a card without one, transliterated name).
+    Raises :class:`CitizenDataInvalid` listing every problem. Without DG13 there is no record
+    to check the MRZ against: nothing is done.
+    """
+    if dg13 is None:
+        return
+    sex = dg13.sex if dg13.sex is None else _DG13_SEX.get(unicodedata.normalize("NFC", dg13.sex))
+    record = {
+        "personal_id": dg13.personal_id,
+        "full_name": dg13.full_name,
+        "date_of_birth": dg13.date_of_birth,
+        "sex": sex if sex is not None else dg13.sex,
+        "nationality": dg13.nationality,
+        "ethnicity": dg13.ethnicity,
+        "religion": dg13.religion,
+        "place_of_origin": dg13.place_of_origin,
+        "permanent_residence": dg13.permanent_residence,
+        "identifying_marks": dg13.identifying_marks,
+        "date_of_issue": dg13.date_of_issue,
+        # "Không thời hạn": a card without expiry (from 58-60, cccd-number.md).
+        "date_of_expiry": None if dg13.date_of_expiry == NO_EXPIRY_TEXT else dg13.date_of_expiry,
+        "father": dg13.father,
+        "mother": dg13.mother,
+        "spouse": dg13.spouse,
+        "old_id_number": dg13.old_id_number,
+    }
+    problems = check_citizen(record, today=today)
+    if not problems:
+        # The chip keeps the text as written: it must already be in NFC with single spaces
+        # (the validation normalises a record; here nothing is rewritten, so it refuses).
+        for name in _DG13_TEXTS:
+            value = getattr(dg13, name)
+            if value is not None and value != normalise_text(value):
+                problems.append(
+                    Problem(name, Rule.NOT_NORMALISED, "not in Unicode NFC with single spaces")
+                )
+        problems += _mrz_disagreements(mrz, record)
+    if problems:
+        raise CitizenDataInvalid(problems, where="issuance package")
+
+
+def _mrz_disagreements(mrz: Td1, record: dict[str, str | None]) -> list[Problem]:
+    def yymmdd(text: str | None) -> str | None:
+        # DG13 dates are ddMMyyyy or dd/MM/yyyy (already validated): the MRZ's YYMMDD.
+        digits = (text or "").replace("/", "")
+        return digits[6:8] + digits[2:4] + digits[0:2] if len(digits) == 8 else None
+
+    out: list[Problem] = []
+
+    def differ(field: str, what: str) -> None:
+        out.append(Problem(f"DG1.{field}", Rule.MRZ_MISMATCH, f"the MRZ's {what} is not DG13's"))
+
+    if mrz.document_number != record["personal_id"]:
+        differ("document_number", "document number")
+    if mrz.birth != yymmdd(record["date_of_birth"]):
+        differ("birth", "birth date")
+    if mrz.sex != record["sex"]:
+        differ("sex", "sex")
+    # A card without expiry carries fillers in the MRZ (mrz.NO_EXPIRY, docs/card.md).
+    expiry = yymmdd(record["date_of_expiry"]) or NO_EXPIRY
+    if mrz.expiry != expiry:
+        differ("expiry", "expiry date")
+    try:
+        same_name = transliterate(f"{mrz.primary} {mrz.secondary}") == transliterate(
+            record["full_name"] or ""
+        )
+    except ValueError:
+        same_name = False
+    if not same_name:
+        differ("name", "name")
+    return out
 
 
 def build_issuance_package(

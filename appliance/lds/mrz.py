@@ -1,4 +1,4 @@
-"""TD1 machine-readable zone (ICAO 9303 Part 5; spec: icao9303-td1.md "TD1 MRZ").
+"""TD1 machine-readable zone (ICAO 9303 Part 5, section 4.2).
 
 Three lines of 30 characters. Vietnam's 12-digit personal numbers do not fit the 9-character
 document number field: per ICAO 9303 Part 5 §4.2.2 note j, the first 9 characters go in
@@ -107,7 +107,8 @@ def truncate_name(text: str, width: int) -> str:
 
 # ICAO 9303 (8th edition, Parts 3-6, date of expiry): a document without an expiry date fills
 # the field with fillers; its check digit is computed as usual ('<' = 0), i.e. "0". A CCCD
-# issued from age 60 has no expiry ("Không thời hạn"; cccd-number.md "Validity").
+# issued from age 60 has no expiry ("Không thời hạn"; Law on Citizen Identification 2014,
+# art. 21).
 NO_EXPIRY = "<<<<<<"
 
 

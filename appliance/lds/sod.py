@@ -1,6 +1,6 @@
 """EF.SOD: CMS SignedData over an LDSSecurityObject, and Passive Authentication.
 
-Spec: icao9303-td1.md "Encodings" (EF.SOD) and ICAO 9303 Part 10 §4.6.2 / Part 11 §5.1.
+ICAO 9303 Part 10 §4.6.2 (EF.SOD, RFC 5652 SignedData) and Part 11 §5.1.
 asn1crypto builds and parses the ASN.1; cryptography does the hashing and signatures. The
 kiosk only *verifies*; :func:`sign_sod` serves the central issuer and the tests (the kiosk
 never holds a Document Signer key).

@@ -5,7 +5,9 @@
   3 selftest  camera, fingerprint sensor, card reader, broker, clock
   4 claim     registration with a one-time claim token; the fleet administrator approves
               with 'appliance fleet approve DEVICE'
-  5 install   the trust bundle: fleet root key, enrollment key, broker certificate
+  5 install   the trust bundle: fleet root key, enrollment key (required: biometric
+              records are sealed to it; --without-enrollment-key to opt out), broker
+              certificate
   6 verify    the broker accepts the kiosk with its final settings
 
 Idempotent and resumable: progress is kept in <state>/provision/, a re-run skips what is done
@@ -126,6 +128,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="seconds to wait for the broker (default %(default)s)",
     )
     o.add_argument(
+        "--without-enrollment-key",
+        action="store_true",
+        help="finish even if the fleet's trust bundle carries no enrollment key (a kiosk that "
+        "will not enroll yet); logged and recorded, enrollment is refused and 'appliance "
+        "selftest' fails until trust.enrollment_key is set. Without it a bundle lacking the key "
+        "stops at step 5",
+    )
+    o.add_argument(
         "--reset",
         action="store_true",
         help="forget the progress (not the device key) and start over with the options given",
@@ -157,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         device_timeout_s=args.device_timeout,
         broker_timeout_s=args.broker_timeout,
         out=lambda line: print(line, flush=True),
+        without_enrollment_key=args.without_enrollment_key,
     )
     try:
         return Provisioner(opts).run()

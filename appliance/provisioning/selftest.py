@@ -7,7 +7,9 @@ why):
   decades ahead) and is not behind the newest signed command this kiosk already accepted
   (the trust layer's time floor, docs/trust.md);
 * ``identity``: the device key exists with mode 0600 (created by ``appliance provision``);
-* ``trust``: the fleet root key(s) and enrollment key of the configuration load;
+* ``trust``: the fleet root key(s) and enrollment key of the configuration load; a missing
+  enrollment key fails (biometric records are sealed to it: without it every enrollment is
+  refused);
 * ``camera``, ``fingerprint``, ``card``: the configured backend is created by the driver
   factory, started, reports health ``ok``, and answers: a frame is read from the camera, the
   sensor answers TempleteNum (a real command round trip), the reader is listed by pcscd;
@@ -50,6 +52,9 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 MAX_FUTURE_S = 30 * 365 * 86400
 
 NEXT = {
+    "enrollment_key": "provision the kiosk ('appliance provision' installs the fleet's "
+    "enrollment key from the trust bundle), or set trust.enrollment_key to the central "
+    "service's enrollment.pub",
     "camera": "check the camera cable and [hardware.camera] device/backend; 'appliance config "
     "show' prints what is configured",
     "fingerprint": "check the sensor's cable and power and [hardware.fingerprint] port and baud",
@@ -152,25 +157,44 @@ def check_identity(state_dir: Path) -> Check:
     return Check("identity", "ok", f"device key {ident.key_id} (mode 0600)")
 
 
-def check_trust(cfg: AppConfig) -> Check:
+def check_trust(cfg: AppConfig, *, require_enrollment_key: bool = True) -> Check:
+    """The fleet root key(s) and the enrollment key load. A missing enrollment key fails: the
+    kiosk could not seal biometric records and refuses every enrollment session.
+    ``require_enrollment_key=False``: during ``appliance provision``, before the trust bundle
+    brings it."""
     from ..trust.keys import key_id, load_public_key
     from ..trust.sealed import load_enrollment_public_key
 
-    if not cfg.trust.root_keys:
+    parts: list[str] = []
+    if cfg.trust.root_keys:
+        ids = [key_id(load_public_key(p)) for p in cfg.trust.root_keys]
+        parts.append(f"fleet root {', '.join(ids)}")
+    else:
         mode = (
             "unsigned commands allowed (development)"
             if cfg.commands.allow_unsigned
             else "every command refused until provisioned"
         )
-        return Check("trust", "skip", f"no fleet root key configured: {mode}")
-    ids = [key_id(load_public_key(p)) for p in cfg.trust.root_keys]
-    detail = f"fleet root {', '.join(ids)}"
+        parts.append(f"no fleet root key configured: {mode}")
     if cfg.trust.enrollment_key is not None:
         load_enrollment_public_key(cfg.trust.enrollment_key)
-        detail += ", enrollment key installed"
+        parts.append(f"enrollment key {cfg.trust.enrollment_key}")
+    elif require_enrollment_key:
+        return Check(
+            "trust",
+            "fail",
+            "; ".join(
+                [
+                    *parts,
+                    "no enrollment key (trust.enrollment_key): biometric records cannot be "
+                    "sealed, every enrollment is refused",
+                ]
+            ),
+            NEXT["enrollment_key"],
+        )
     else:
-        detail += ", no enrollment key (biometric records cannot be sealed)"
-    return Check("trust", "ok", detail)
+        parts.append("no enrollment key yet (the trust bundle brings it)")
+    return Check("trust", "ok" if cfg.trust.root_keys else "skip", "; ".join(parts))
 
 
 # --- devices ----------------------------------------------------------------------------------
@@ -318,6 +342,7 @@ def run_checks(
     broker_timeout_s: float = 5.0,
     broker_creds: BrokerCredentials | None = None,
     progress: Callable[[Check], None] | None = None,
+    require_enrollment_key: bool = True,
 ) -> list[Check]:
     """Every check, in order; the simulated kit's emulators run only for the device checks."""
     checks: list[Check] = []
@@ -329,7 +354,7 @@ def run_checks(
 
     add(_timed("clock", lambda: check_clock(cfg, state_dir)))
     add(_timed("identity", lambda: check_identity(state_dir)))
-    add(_timed("trust", lambda: check_trust(cfg)))
+    add(_timed("trust", lambda: check_trust(cfg, require_enrollment_key=require_enrollment_key)))
     cleanups: list[Callable[[], None]] = []
     devcfg = cfg
     sim = cfg.simulation

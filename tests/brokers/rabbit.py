@@ -5,7 +5,7 @@ Debian's ``rabbitmq-server`` package is meant for a system service; here the nod
 database and logs, its enabled-plugins file (``rabbitmq_mqtt`` enabled offline), its Erlang
 cookie (``HOME``), its own epmd port, node name and listener ports. Readiness is an MQTT
 CONNECT/CONNACK, never a sleep. ``stop()`` ends the node and then the epmd it started (the
-node leaves epmd running; ../shared/specs/mqtt-systemd-notes.md, "Other brokers").
+node leaves epmd running, as Debian 12's RabbitMQ 3.10 does).
 """
 
 from __future__ import annotations

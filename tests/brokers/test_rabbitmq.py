@@ -47,7 +47,7 @@ def test_birth_commands_and_errors_over_311(
     rabbit: RabbitMQ, daemon_factory: DaemonFactory
 ) -> None:
     _ensure_running(rabbit)
-    d = daemon_factory(rabbit, "rmq-basic", env=V311)  # type: ignore[arg-type]
+    d = daemon_factory(rabbit, "rmq-basic", env=V311, dev=True)  # type: ignore[arg-type]
     ctl = _ctl(rabbit)
     try:
         t0 = time.time()
@@ -79,7 +79,7 @@ def test_events_once_per_id_and_will_on_kill9(
     rabbit: RabbitMQ, daemon_factory: DaemonFactory
 ) -> None:
     _ensure_running(rabbit)
-    d = daemon_factory(rabbit, "rmq-events", env=V311)  # type: ignore[arg-type]
+    d = daemon_factory(rabbit, "rmq-events", env=V311, dev=True)  # type: ignore[arg-type]
     ctl = _ctl(rabbit)
     try:
         t0 = time.time()
@@ -105,7 +105,7 @@ def test_command_queued_while_daemon_down_survives_broker_restart(
     rabbit: RabbitMQ, daemon_factory: DaemonFactory
 ) -> None:
     _ensure_running(rabbit)
-    d = daemon_factory(rabbit, "rmq-away", env=V311)  # type: ignore[arg-type]
+    d = daemon_factory(rabbit, "rmq-away", env=V311, dev=True)  # type: ignore[arg-type]
     with _ctl(rabbit) as ctl:
         t0 = time.time()
         d.start()
@@ -128,7 +128,7 @@ def test_outbox_drains_in_order_after_broker_kill9(
     rabbit: RabbitMQ, daemon_factory: DaemonFactory
 ) -> None:
     _ensure_running(rabbit)
-    d = daemon_factory(rabbit, "rmq-outage", env=V311)  # type: ignore[arg-type]
+    d = daemon_factory(rabbit, "rmq-outage", env=V311, dev=True)  # type: ignore[arg-type]
     # The controller's subscription must exist before the outage and outlive it (a persistent
     # session: a durable queue on RabbitMQ), else the kiosk may drain its outbox after the
     # restart before the controller is back, to nobody.
@@ -170,7 +170,7 @@ def test_end_to_end_delivery_over_311(rabbit: RabbitMQ, daemon_factory: DaemonFa
     payload, so on RabbitMQ the rows leave the outbox when the ingest acknowledges them."""
     _ensure_running(rabbit)
     env = {**V311, "APPLIANCE_MQTT__DELIVERY": "end_to_end"}
-    d = daemon_factory(rabbit, "rmq-e2e", env=env)  # type: ignore[arg-type]
+    d = daemon_factory(rabbit, "rmq-e2e", env=env, dev=True)  # type: ignore[arg-type]
     ingest = Ingest(
         rabbit.host, rabbit.port, protocol="3.1.1", client_id="rmq-e2e-ctl", ack=True,
         keep_payloads=True,
@@ -201,9 +201,9 @@ def test_mqtt5_daemon_is_refused_and_keeps_retrying(
 ) -> None:
     """RabbitMQ 3.10 refuses MQTT 5: a kiosk left on the default protocol logs every failed
     attempt, backs off and keeps running (the fix is ``mqtt.protocol = "3.1.1"``). The log
-    says only "disconnected: Unspecified error" today: a clearer hint is proposed to the lead."""
+    says only "disconnected: Unspecified error" today (a clearer hint would help)."""
     _ensure_running(rabbit)
-    d = daemon_factory(rabbit, "rmq-v5")  # type: ignore[arg-type]
+    d = daemon_factory(rabbit, "rmq-v5", dev=True)  # type: ignore[arg-type]
     d.start()
     wait_for(lambda: d.log().count("mqtt: reconnecting") >= 4, 30, "four failed attempts")
     assert "mqtt: connected" not in d.log()

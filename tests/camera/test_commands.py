@@ -1,5 +1,5 @@
 """camera.capture / camera.status / camera.snapshot handlers, called with a real
-CommandContext on the simulated camera (the MQTT round trip is the lead's test)."""
+CommandContext on the simulated camera (the MQTT round trip is tested with the daemon)."""
 
 from __future__ import annotations
 

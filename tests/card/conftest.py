@@ -1,5 +1,5 @@
 """Fixtures for the chip encoder: one private pcscd + vpcd stack per test session (socket
-activation, spec pcsc-test-stack.md), a throw-away CSCA/DS, an issuance package with a ~20 KB
+activation, vsmartcard's vpcd), a throw-away CSCA/DS, an issuance package with a ~20 KB
 portrait, and an emulated blank card per test. No fixed sleeps: every wait is a condition
 (SCardGetStatusChange, an event, a thread join) with a deadline."""
 

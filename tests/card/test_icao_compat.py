@@ -84,7 +84,8 @@ def test_short_document_number_through_pcsc(make_encoder, insert_card, pki) -> N
 def test_a_citizen_over_60_is_issued_and_read_without_expiry(
     make_encoder, insert_card, pki
 ) -> None:
-    """cccd-number.md: from 60 the card has no expiry; the MRZ carries fillers and BAC works."""
+    """Law on Citizen Identification 2014, art. 21: from 60 the card has no expiry; the MRZ
+    carries fillers and BAC works."""
     import datetime as dt
 
     from appliance.central.citizens import synthetic_citizen

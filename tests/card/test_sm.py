@@ -1,5 +1,5 @@
 """BAC and secure messaging against every value of ICAO 9303 Part 11 Appendix D
-(spec icao9303-td1.md "Worked example")."""
+(BAC key derivation and secure messaging)."""
 
 from __future__ import annotations
 

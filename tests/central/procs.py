@@ -16,15 +16,19 @@ from tests.helpers import ROOT
 
 
 class ReceiverProc:
-    def __init__(self, home: Path, broker: Mosquitto, log: Path) -> None:
+    """``broker_flags``: the fleet tools' broker flags (``--host --port --ca --cert --key``,
+    the ``central`` certificate on the production broker); default: plain ``--port``."""
+
+    def __init__(
+        self, home: Path, broker: Mosquitto, log: Path, broker_flags: list[str] | None = None
+    ) -> None:
         self.args = [
             sys.executable,
             "-m",
             "appliance.central.receivecli",
             "--home",
             str(home),
-            "--port",
-            str(broker.port),
+            *(broker_flags if broker_flags is not None else ["--port", str(broker.port)]),
             "--client-id",
             f"central-test-{uuid.uuid4().hex[:8]}",  # stable across restarts
         ]

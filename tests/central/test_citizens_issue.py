@@ -51,18 +51,18 @@ def test_synthetic_citizen_is_deterministic_and_well_formed() -> None:
 def test_citizen_file_entries_and_errors(tmp_path: Path) -> None:
     good = {
         "CIT-9": {
-            "personal_id": "001099012345",
+            "personal_id": "001190012345",
             "full_name": "Nguyễn Thị Mai",
             "date_of_birth": "1990-02-15",
             "sex": "F",
-            "date_of_expiry": "2035-02-15",
+            "date_of_expiry": "2030-02-15",
         }
     }
     path = tmp_path / "citizens.json"
     path.write_text(json.dumps(good, ensure_ascii=False))
     directory = CitizenDirectory(path)
     c = directory.get("CIT-9")
-    assert c.td1().text().startswith("IDVNM001099012")
+    assert c.td1().text().startswith("IDVNM001190012")
     with pytest.raises(CitizenUnknown):
         directory.get("CIT-10")
     assert CitizenDirectory(path, synthetic=True).get("CIT-10").citizen_ref == "CIT-10"
@@ -143,7 +143,7 @@ def _parse(module: object, argv: list[str]) -> object:
 def test_enroll_cli_refuses_bad_usage(
     tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = _parse(enrollcli, [*argv, "--home", str(tmp_path), "--unsigned"])
+    args = _parse(enrollcli, [*argv, "--home", str(tmp_path)])
     assert enrollcli.run(args) == 2  # type: ignore[arg-type]
     assert "error (usage)" in capsys.readouterr().err
 
@@ -152,13 +152,13 @@ def test_clis_explain_missing_keys_and_enrollments(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     home = tmp_path / "empty-home"
-    args = _parse(enrollcli, ["kiosk-x", "--home", str(home), "--unsigned"])
+    args = _parse(enrollcli, ["kiosk-x", "--home", str(home)])
     assert enrollcli.run(args) == 2  # type: ignore[arg-type]
     assert "--create-keys" in capsys.readouterr().err
     args = _parse(receivecli, ["--home", str(home)])
     assert receivecli.run(args) == 2  # type: ignore[arg-type]
     assert "enrollment key" in capsys.readouterr().err
-    args = _parse(issuecli, ["kiosk-x", "--home", str(home), "--unsigned", "--synthetic"])
+    args = _parse(issuecli, ["kiosk-x", "--home", str(home), "--synthetic"])
     assert issuecli.run(args) == 2  # type: ignore[arg-type]
     assert "no verified enrollment" in capsys.readouterr().err
 

@@ -1,4 +1,6 @@
-"""The whole flow on real components: mosquitto, the daemon on the simulated kit (fingerprint
+"""The whole flow on real components, in the production configuration: mosquitto with mutual
+TLS and the shipped ACL, commands signed under the fleet root, the receiver as the ACL's
+``central`` identity; the daemon on the simulated kit (fingerprint
 emulator on a pty, generated camera scene, card emulator behind a private pcscd + vpcd), the
 kiosk's own enrollment code, and ``appliance fleet enroll`` / ``appliance fleet issue`` as
 real processes with the real receiver inside. Fingerprints at full pty speed
@@ -18,30 +20,43 @@ from typing import Any
 import pytest
 
 from appliance.central.citizens import synthetic_citizen
-from appliance.central.demo import enroll_and_issue, prepare
-from appliance.central.keys import ensure_central_keys
+from appliance.central.demo import enroll_and_issue
 from appliance.central.store import PackageStore
 from appliance.devtools.broker import Mosquitto
 from appliance.devtools.controller import Controller
+from appliance.devtools.fleetkit import FleetKit
 from appliance.lds.files import encode_dg2
-from appliance.trust.certs import ROOT_PUB_FILE
 from appliance.trust.keys import DeviceIdentity
-from appliance.trust.sealed import ENROLLMENT_PUB_FILE, scan_for_plaintext_biometrics
+from appliance.trust.sealed import scan_for_plaintext_biometrics
 from tests.helpers import ROOT, DaemonProcess, get_json, wait_for, wait_online
 
 DEV = "kiosk-e2e"
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Path:
-    h = tmp_path / "fleet"
-    ensure_central_keys(h, validity_s=3600)
-    return h
+def broker(tls_broker: Mosquitto) -> Mosquitto:
+    """The production broker: mutual TLS, the shipped ACL."""
+    return tls_broker
 
 
 @pytest.fixture
-def trust_toml(home: Path) -> str:
-    return prepare(home)  # the demo's helper: keys exist already, so it only reads them
+def controller(signed_controller: Controller) -> Controller:
+    """The fleet's controller certificate; every command signed under the fleet root."""
+    return signed_controller
+
+
+@pytest.fixture
+def home(fleet_kit: FleetKit, tmp_path: Path) -> Path:
+    """The fleet home of this test's tools: the kit's root, central and signing keys (the kiosk
+    trusts that root and seals to that enrollment key), no devices approved yet."""
+    return fleet_kit.home_copy(tmp_path / "fleet")
+
+
+@pytest.fixture
+def flags(fleet_kit: FleetKit, broker: Mosquitto) -> list[str]:
+    """The fleet tools' broker flags: the controller certificate (the receiver inside
+    ``fleet enroll`` takes central.crt next to it)."""
+    return fleet_kit.flags(broker.port)[2:]
 
 
 @pytest.fixture
@@ -49,7 +64,6 @@ def kiosk(
     broker: Mosquitto,
     controller: Controller,
     daemon_factory: Callable[..., DaemonProcess],
-    trust_toml: str,
 ) -> Iterator[DaemonProcess]:
     d = daemon_factory(broker, DEV)
     text = d.config_path.read_text()
@@ -59,7 +73,7 @@ def kiosk(
         "[simulation]\nfingerprint = false\ncard = false\n",
         "[simulation]\nfingerprint = true\ncard = true\nline_rate = false\n",
     )
-    d.config_path.write_text(text + trust_toml)
+    d.config_path.write_text(text)
     t0 = time.time()
     d.start()
     wait_online(controller, DEV, after=t0, timeout=30)
@@ -73,19 +87,10 @@ def kiosk(
     d.terminate()
 
 
-def _fleet(args: list[str], broker: Mosquitto, home: Path, timeout: float = 100) -> Any:
+def _fleet(args: list[str], flags: list[str], home: Path, timeout: float = 100) -> Any:
+    """A fleet tool as a process: signed with <home>/operator, over TLS."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            *args,
-            "--home",
-            str(home),
-            "--port",
-            str(broker.port),
-            "--unsigned",
-            "--json",
-        ],
+        [sys.executable, "-m", *args, "--home", str(home), *flags, "--json"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -96,7 +101,7 @@ def _fleet(args: list[str], broker: Mosquitto, home: Path, timeout: float = 100)
 
 
 def test_scripted_enrollment_verified_receipted_purged_and_card_issued(
-    kiosk: DaemonProcess, broker: Mosquitto, home: Path, controller: Controller
+    kiosk: DaemonProcess, flags: list[str], home: Path, controller: Controller
 ) -> None:
     state = kiosk.state_dir
     proc = _fleet(
@@ -118,7 +123,7 @@ def test_scripted_enrollment_verified_receipted_purged_and_card_issued(
             "--ds-dir",
             str(state / "sim" / "pki"),
         ],
-        broker,
+        flags,
         home,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -175,7 +180,7 @@ def test_scripted_enrollment_verified_receipted_purged_and_card_issued(
             "--ds-dir",
             str(state / "sim" / "pki"),
         ],
-        broker,
+        flags,
         home,
     )
     out = json.loads(again.stdout)
@@ -188,7 +193,7 @@ def test_scripted_enrollment_verified_receipted_purged_and_card_issued(
 
 
 def test_package_signed_by_another_key_is_refused_and_kept_on_the_kiosk(
-    kiosk: DaemonProcess, broker: Mosquitto, home: Path, tmp_path: Path
+    kiosk: DaemonProcess, flags: list[str], home: Path, tmp_path: Path
 ) -> None:
     # The fleet has another key on record for this kiosk (a swapped disk, a forged package).
     other = DeviceIdentity.create(tmp_path / "other")
@@ -205,7 +210,7 @@ def test_package_signed_by_another_key_is_refused_and_kept_on_the_kiosk(
             "--upload-timeout",
             "60",
         ],
-        broker,
+        flags,
         home,
     )
     assert other.key_id
@@ -224,6 +229,7 @@ def test_package_signed_by_another_key_is_refused_and_kept_on_the_kiosk(
 def test_receiver_killed_while_the_real_kiosk_uploads(
     broker: Mosquitto,
     controller: Controller,
+    fleet_kit: FleetKit,
     daemon_factory: Callable[..., DaemonProcess],
     home: Path,
     tmp_path: Path,
@@ -244,11 +250,7 @@ def test_receiver_killed_while_the_real_kiosk_uploads(
         "[simulation]\nfingerprint = false\ncard = false\n",
         "[simulation]\nfingerprint = true\ncard = false\nline_rate = false\n",
     )
-    text += (
-        f'[trust]\nroot_keys = ["{home / ROOT_PUB_FILE}"]\n'
-        f'enrollment_key = "{home / ENROLLMENT_PUB_FILE}"\n'
-        "[enrollment]\nchunk_bytes = 1024\nupload_window = 4\nchunk_timeout_s = 1\n"
-    )
+    text += "[enrollment]\nchunk_bytes = 1024\nupload_window = 4\nchunk_timeout_s = 1\n"
     d.config_path.write_text(text)
     t0 = time.time()
     d.start()
@@ -263,7 +265,9 @@ def test_receiver_killed_while_the_real_kiosk_uploads(
     from appliance.central.clitools import register_device_key
 
     register_device_key(home, DEV, d.state_dir / "device.pub")
-    receiver = ReceiverProc(home, broker, tmp_path / "receiver.log")
+    receiver = ReceiverProc(
+        home, broker, tmp_path / "receiver.log", fleet_kit.flags(broker.port, "central")[2:]
+    )
     receiver.start()
     try:
         acks = controller.subscribe(f"kiosk/{DEV}/upload/ack")
@@ -303,9 +307,18 @@ def test_receiver_killed_while_the_real_kiosk_uploads(
 
 
 def test_demo_helper_runs_the_flow_and_prints_the_summary(
-    kiosk: DaemonProcess, broker: Mosquitto, home: Path, capsys: pytest.CaptureFixture[str]
+    kiosk: DaemonProcess,
+    broker: Mosquitto,
+    flags: list[str],
+    home: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    rc = enroll_and_issue(home, device=DEV, state_dir=kiosk.state_dir, port=broker.port)
+    from appliance.central.clitools import register_device_key
+
+    register_device_key(home, DEV, kiosk.state_dir / "device.pub")  # approved, as by a claim
+    rc = enroll_and_issue(
+        home, device=DEV, state_dir=kiosk.state_dir, port=broker.port, broker=flags
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "finger 6 (left thumb)" in out and "skipped: bandaged" in out

@@ -61,7 +61,7 @@ def test_command_round_trip(
     broker: Mosquitto, daemon_factory: DaemonFactory, protocol: str
 ) -> None:
     dev = f"kiosk-rt{protocol.replace('.', '')}"
-    d = daemon_factory(broker, dev, extra_toml="")
+    d = daemon_factory(broker, dev, extra_toml="", dev=True)
     if protocol == "3.1.1":
         text = d.config_path.read_text().replace("[mqtt]\n", '[mqtt]\nprotocol = "3.1.1"\n')
         d.config_path.write_text(text)
@@ -103,7 +103,9 @@ MALFORMED = [
 def test_malformed_inputs_get_precise_error_codes_and_the_daemon_survives(
     broker: Mosquitto, controller: Controller, daemon_factory: DaemonFactory
 ) -> None:
-    d = daemon_factory(broker, "kiosk-bad", extra_toml="[commands]\nmax_payload_bytes = 4096\n")
+    d = daemon_factory(
+        broker, "kiosk-bad", extra_toml="[commands]\nmax_payload_bytes = 4096\n", dev=True
+    )
     t0 = time.time()
     d.start()
     wait_online(controller, "kiosk-bad", after=t0)
@@ -125,7 +127,7 @@ def test_malformed_inputs_get_precise_error_codes_and_the_daemon_survives(
 def test_repeated_command_id_executes_once_and_gets_the_first_reply(
     broker: Mosquitto, controller: Controller, daemon_factory: DaemonFactory
 ) -> None:
-    d = daemon_factory(broker, "kiosk-once")
+    d = daemon_factory(broker, "kiosk-once", dev=True)
     t0 = time.time()
     d.start()
     wait_online(controller, "kiosk-once", after=t0)
@@ -149,7 +151,7 @@ def test_repeated_command_id_executes_once_and_gets_the_first_reply(
 def test_command_sent_while_daemon_down_runs_once_after_restart(
     broker: Mosquitto, controller: Controller, daemon_factory: DaemonFactory
 ) -> None:
-    d = daemon_factory(broker, "kiosk-away")
+    d = daemon_factory(broker, "kiosk-away", dev=True)
     t0 = time.time()
     d.start()
     wait_online(controller, "kiosk-away", after=t0)  # the persistent session now exists
@@ -174,7 +176,7 @@ def test_outbox_survives_broker_outage_and_drains_in_order(
     make_broker: Callable[..., Mosquitto], daemon_factory: DaemonFactory, tmp_path: Path
 ) -> None:
     b = make_broker()
-    d = daemon_factory(b, "kiosk-outage")
+    d = daemon_factory(b, "kiosk-outage", dev=True)
     with Controller(b.host, b.port) as ctl:
         t0 = time.time()
         d.start()
@@ -214,7 +216,7 @@ def test_outbox_survives_broker_outage_and_drains_in_order(
 def test_kill9_while_queueing_loses_no_event_reported_stored(
     broker: Mosquitto, controller: Controller, daemon_factory: DaemonFactory
 ) -> None:
-    d = daemon_factory(broker, "kiosk-crash")
+    d = daemon_factory(broker, "kiosk-crash", dev=True)
     t0 = time.time()
     d.start()
     wait_online(controller, "kiosk-crash", after=t0)

@@ -53,7 +53,7 @@ def _pubacked(controller: Controller, device: str) -> int:
 def test_events_the_broker_dropped_are_sent_again_and_deleted_only_when_acknowledged(
     broker: Mosquitto, controller: Controller, daemon_factory: Callable[..., DaemonProcess]
 ) -> None:
-    d = daemon_factory(broker, "kiosk-e2e-1", env=ENV).start()
+    d = daemon_factory(broker, "kiosk-e2e-1", env=ENV, dev=True).start()
     watcher = Ingest(broker.host, broker.port, client_id="e2e-watch", keep_payloads=True).start()
     try:
         wait_for(lambda: d.device_id in watcher.snapshot().devices_seen, 20, "the birth")

@@ -35,7 +35,7 @@ def test_daemon_connects_with_client_certificate_over_tls(
         "require_certificate true\nuse_identity_as_username true\n"
     )
     plain.restart()
-    d = daemon_factory(plain, "kiosk-tls")
+    d = daemon_factory(plain, "kiosk-tls", dev=True)
     text = d.config_path.read_text().replace(f"port = {plain.port}", f"port = {tls_port}")
     text += (
         "[mqtt.tls]\nenabled = true\n"

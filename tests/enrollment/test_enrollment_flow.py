@@ -1,10 +1,11 @@
-"""Enrollment end to end on the simulated kit over a real mosquitto, including kill -9 in the
-middle of a capture and of an upload, a broker outage during the upload, and scans of the
-state and temporary directories for plaintext biometrics after each.
+"""Enrollment end to end on the simulated kit over a real mosquitto in the production
+configuration (mutual TLS, the shipped ACL, commands signed under the fleet root), including
+kill -9 in the middle of a capture and of an upload, a broker outage during the upload, and
+scans of the state and temporary directories for plaintext biometrics after each.
 
 The central side here is a small protocol peer (reassemble chunks, check the package, ack,
-send the signed receipt) so the device side is tested on its own; appliance/central has the
-real receiver."""
+send the signed receipt) connected as the ACL's ``central`` identity, so the device side is
+tested on its own; appliance/central has the real receiver."""
 
 from __future__ import annotations
 
@@ -20,19 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nacl.signing import SigningKey
 
 from appliance.devtools.broker import Mosquitto
 from appliance.devtools.controller import Controller
+from appliance.devtools.fleetkit import FleetKit
 from appliance.enrollment import package as pk
-from appliance.trust.certs import ROOT_PUB_FILE, FleetRoot, OperatorKey
+from appliance.trust.certs import FleetRoot, OperatorKey
 from appliance.trust.keys import (
     DeviceSignature,
     load_public_key,
     verify_device_message,
 )
 from appliance.trust.sealed import (
-    ENROLLMENT_PUB_FILE,
     EnrollmentKeyPair,
     build_ack,
     read_sealed_file,
@@ -41,6 +41,18 @@ from appliance.trust.sealed import (
 from tests.helpers import DaemonProcess, get_json, wait_for, wait_online
 
 DEV = "kiosk-enroll"
+
+
+@pytest.fixture
+def broker(tls_broker: Mosquitto) -> Mosquitto:
+    """The production broker: mutual TLS, the shipped ACL."""
+    return tls_broker
+
+
+@pytest.fixture
+def controller(signed_controller: Controller) -> Controller:
+    """The fleet's controller certificate; every command signed under the fleet root."""
+    return signed_controller
 
 
 @dataclass
@@ -126,22 +138,12 @@ class Central:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> tuple[FleetRoot, EnrollmentKeyPair, OperatorKey, Path]:
-    home = tmp_path / "fleet"
-    root = FleetRoot.create(home)
-    enr = EnrollmentKeyPair.generate()
-    enr.save(home)
-    sk = SigningKey.generate()
-    now = int(time.time())
-    cert = root.issue(
-        bytes(sk.verify_key),
-        roles=("ingest",),
-        devices=(DEV,),
-        not_after=now + 3600,
-        issued_at=now - 60,
-        name="central",
-    )
-    return root, enr, OperatorKey(sk, cert), home
+def fleet(fleet_kit: FleetKit) -> tuple[FleetRoot, EnrollmentKeyPair, OperatorKey, Path]:
+    """The kit's fleet root, central enrollment key pair and ingest signer (the kiosks of
+    daemon_factory trust this root and seal to this enrollment key)."""
+    home = fleet_kit.home
+    ingest = OperatorKey.load(home / "ingest.key", home / "ingest.cert")
+    return FleetRoot.load(home), EnrollmentKeyPair.load(home), ingest, home
 
 
 def make_kiosk(
@@ -165,11 +167,8 @@ def make_kiosk(
         f"[simulation]\nfingerprint = true\ncard = false\nline_rate = {str(line_rate).lower()}\n",
     )
     text = text.replace("[hardware.card]\n", "[hardware.card]\nenabled = false\n")
-    text += (
-        f'[trust]\nroot_keys = ["{home / ROOT_PUB_FILE}"]\n'
-        f'enrollment_key = "{home / ENROLLMENT_PUB_FILE}"\n' + extra
-    )
-    d.config_path.write_text(text)
+    assert f'enrollment_key = "{home}' in text  # trust from the kit (daemon_factory)
+    d.config_path.write_text(text + extra)
     return d
 
 
@@ -200,11 +199,12 @@ def assert_no_plaintext(d: DaemonProcess) -> None:
 
 
 @pytest.fixture
-def central(controller: Controller, fleet: Any) -> Iterator[Central]:
+def central(fleet_kit: FleetKit, tls_broker: Mosquitto, fleet: Any) -> Iterator[Central]:
     _root, enr, ingest, _home = fleet
-    c = Central(controller, enr, ingest)
-    yield c
-    c.stop()
+    with fleet_kit.controller(tls_broker.port, signer=None, identity="central") as conn:
+        c = Central(conn, enr, ingest)
+        yield c
+        c.stop()
 
 
 def test_full_enrollment_is_sealed_signed_uploaded_and_purged(
@@ -313,20 +313,24 @@ def test_kill9_mid_capture_resumes_the_session_without_plaintext(
 
 
 def test_upload_survives_kill9_and_a_broker_outage(
-    make_broker: Callable[..., Mosquitto],
+    make_tls_broker: Callable[..., Mosquitto],
+    fleet_kit: FleetKit,
     daemon_factory: Callable[..., DaemonProcess],
     fleet: Any,
 ) -> None:
     _root, enr, ingest, home = fleet
-    b = make_broker()
+    b = make_tls_broker()
     d = make_kiosk(
         daemon_factory,
         b,
         home,
         extra="[enrollment]\nchunk_bytes = 2048\nupload_window = 4\nchunk_timeout_s = 1\n",
     )
-    with Controller(b.host, b.port) as ctl:
-        central = Central(ctl, enr, ingest, ack=False)  # receives, acknowledges nothing yet
+    with (
+        fleet_kit.controller(b.port, signer="fleet-all") as ctl,
+        fleet_kit.controller(b.port, signer=None, identity="central") as conn,
+    ):
+        central = Central(conn, enr, ingest, ack=False)  # receives, acknowledges nothing yet
         start(d, ctl)
         ok(ctl.request(DEV, "enrollment.start", {"citizen_ref": "CIT-3", "finger_policy": [2]}))
         ok(ctl.request(DEV, "enrollment.portrait", {"timeout_s": 20}, timeout=60))
@@ -340,8 +344,11 @@ def test_upload_survives_kill9_and_a_broker_outage(
     b.stop()  # and the broker goes down too
     d.start()  # the kiosk restarts while the broker is down
     b.start()
-    with Controller(b.host, b.port) as ctl:
-        central = Central(ctl, enr, ingest, ack=True)
+    with (
+        fleet_kit.controller(b.port, signer="fleet-all") as ctl,
+        fleet_kit.controller(b.port, signer=None, identity="central") as conn,
+    ):
+        central = Central(conn, enr, ingest, ack=True)
         events = ctl.subscribe(f"kiosk/{DEV}/events/#")
         got_pid, _info, records = central.done.get(timeout=90)
         assert got_pid == pid and len(records) == 2
@@ -357,7 +364,7 @@ def test_enrollment_refused_without_an_enrollment_key(
     controller: Controller,
     daemon_factory: Callable[..., DaemonProcess],
 ) -> None:
-    d = daemon_factory(broker, DEV)
+    d = daemon_factory(broker, DEV, enrollment_key=False)
     t0 = time.time()
     d.start()
     wait_online(controller, DEV, after=t0)

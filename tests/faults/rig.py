@@ -1,9 +1,11 @@
 """The enrollment fault rig shared by tests/faults/test_enrollment_faults.py (a few kills, CI)
 and bench/enrollment_faults.py (the long seeded loop).
 
-Real components only: mosquitto, the daemon as a process on the simulated kit (fingerprint
-emulator on a pty, generated camera scene), and the real central receiver
-(:class:`appliance.central.receiver.Receiver` with its :class:`PackageStore`) in this process.
+Real components only, in the production configuration: mosquitto with mutual TLS and the
+shipped ACL (a :class:`FleetKit`'s broker), the daemon as a process on the simulated kit
+(fingerprint emulator on a pty, generated camera scene) commanded with signed commands, and the
+real central receiver (:class:`appliance.central.receiver.Receiver` with its
+:class:`PackageStore`) in this process, connected as the ACL's ``central`` identity.
 A scripted driver runs enrollment sessions (start, portrait, fingers, finish) through the
 controller; the daemon is killed with SIGKILL at a random point of a capture, of the finish,
 or of the upload, and restarted; the driver then carries on with whatever session the kiosk
@@ -25,12 +27,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from appliance.central.demo import prepare
-from appliance.central.keys import ensure_central_keys
+from appliance.central.keys import load_central_keys
 from appliance.central.receiver import Receiver, ReceiverCore, registry_device_keys
 from appliance.central.store import PackageStore
 from appliance.devtools.broker import Mosquitto
-from appliance.devtools.controller import Controller
+from appliance.devtools.fleetkit import FleetKit
 from appliance.drivers.fingerprint.emulator import FingerprintEmulator
 from appliance.fleet.registry import DeviceRecord, FleetRegistry
 from appliance.store import Store
@@ -52,6 +53,7 @@ class EnrollmentFaultRig:
         broker: Mosquitto,
         device: str = "kiosk-enr-faults",
         *,
+        kit: FleetKit,
         external_sensor: bool = False,
         card: bool = False,
     ) -> None:
@@ -59,14 +61,14 @@ class EnrollmentFaultRig:
         an image takes seconds on the wire) behind a stable link, instead of the sim kit's
         child process, so the test can unplug and replug it (:attr:`sensor`). ``card``: the
         sim kit's card stack too (private pcscd + vpcd, the card emulator a child process of
-        the daemon)."""
+        the daemon). ``broker``: ``kit``'s TLS broker."""
         self.work = work
         self.broker = broker
         self.device = device
-        self.home = work / "fleet"
-        keys = ensure_central_keys(self.home, validity_s=6 * 3600)
+        self.home = kit.home_copy(work / "fleet")  # the kit's keys, this rig's registry
+        keys = load_central_keys(self.home)
         self.store = PackageStore(self.home / "central")
-        self.daemon = DaemonProcess(work / "kiosk", broker, device)
+        self.daemon = DaemonProcess(work / "kiosk", broker, device, kit=kit)
         text = self.daemon.config_path.read_text()
         text = text.replace("[hardware.camera]\nenabled = false\n", "[hardware.camera]\n")
         self.sensor: FingerprintEmulator | None = None
@@ -91,8 +93,8 @@ class EnrollmentFaultRig:
             text = text.replace("[hardware.card]\nenabled = false\n", "[hardware.card]\n")
             text = text.replace("card = false\n", "card = true\n", 1)
         self.card = card
-        self.daemon.config_path.write_text(text + prepare(self.home) + ENROLLMENT_TOML)
-        self.ctl = Controller(broker.host, broker.port).connect()
+        self.daemon.config_path.write_text(text + ENROLLMENT_TOML)
+        self.ctl = kit.controller(broker.port, signer="fleet-all").connect()
         self.core = ReceiverCore(
             self.store,
             keys.enrollment,
@@ -101,8 +103,17 @@ class EnrollmentFaultRig:
             lambda _t, _p: False,
         )
         self.receiver = Receiver(
-            self.core, host=broker.host, port=broker.port, client_id=f"central-{device}"
+            self.core,
+            host=broker.host,
+            port=broker.port,
+            client_id=f"central-{device}",
+            tls={
+                "ca_certs": str(kit.ca_file),
+                "certfile": str(kit.certs / "central.crt"),
+                "keyfile": str(kit.certs / "central.key"),
+            },
         )
+        self.kit = kit
         self.finished_events = self.ctl.subscribe(f"kiosk/{device}/events/enrollment.finished")
         self.reported: set[str] = set()  # package ids the kiosk reported finished
         self.kills: Counter[str] = Counter()  # phase the driver was in at each kill

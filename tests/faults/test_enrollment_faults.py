@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from appliance.devtools.broker import Mosquitto
+from appliance.devtools.fleetkit import FleetKit
 from tests.helpers import ROOT, get_json
 
 from .cardpull import PULL_ERRORS, CardPuller, PullPoint
@@ -35,8 +36,14 @@ from .rig import PHASES, EnrollmentFaultRig
 
 
 @pytest.fixture
-def rig(tmp_path: Path, broker: Mosquitto) -> Iterator[EnrollmentFaultRig]:
-    r = EnrollmentFaultRig(tmp_path, broker)
+def broker(tls_broker: Mosquitto) -> Mosquitto:
+    """The production broker: mutual TLS, the shipped ACL."""
+    return tls_broker
+
+
+@pytest.fixture
+def rig(tmp_path: Path, broker: Mosquitto, fleet_kit: FleetKit) -> Iterator[EnrollmentFaultRig]:
+    r = EnrollmentFaultRig(tmp_path, broker, kit=fleet_kit)
     try:
         yield r.start()
     finally:
@@ -71,9 +78,11 @@ def test_kill9_during_captures_finish_and_uploads_loses_nothing(
 
 
 def test_sensor_unplugged_during_a_capture_is_a_clear_error_and_the_kiosk_keeps_serving(
-    tmp_path: Path, broker: Mosquitto
+    tmp_path: Path, broker: Mosquitto, fleet_kit: FleetKit
 ) -> None:
-    rig = EnrollmentFaultRig(tmp_path, broker, device="kiosk-enr-unplug", external_sensor=True)
+    rig = EnrollmentFaultRig(
+        tmp_path, broker, device="kiosk-enr-unplug", kit=fleet_kit, external_sensor=True
+    )
     try:
         rig.start()
         sensor = rig.sensor
@@ -130,9 +139,9 @@ def _card_emulator_pid(rig: EnrollmentFaultRig) -> int:
 
 
 def test_card_pulled_during_encode_is_never_reported_issued(
-    tmp_path: Path, broker: Mosquitto
+    tmp_path: Path, broker: Mosquitto, fleet_kit: FleetKit
 ) -> None:
-    rig = EnrollmentFaultRig(tmp_path, broker, device="kiosk-enr-pull", card=True)
+    rig = EnrollmentFaultRig(tmp_path, broker, device="kiosk-enr-pull", kit=fleet_kit, card=True)
     try:
         rig.start()
         dev = rig.device
@@ -152,9 +161,7 @@ def test_card_pulled_during_encode_is_never_reported_issued(
                 str(rig.daemon.state_dir / "sim" / "pki"),
                 "--home",
                 str(rig.home),
-                "--port",
-                str(broker.port),
-                "--unsigned",
+                *fleet_kit.flags(broker.port)[2:],
                 "--json",
             ],
             stdout=subprocess.PIPE,
@@ -202,9 +209,9 @@ BEFORE_THE_FIRST_WRITE = ("wait_card", "check_blank", "select_application")
 
 
 def test_card_pulled_at_three_points_then_reinserted_is_never_issued_and_the_kiosk_recovers(
-    tmp_path: Path, broker: Mosquitto
+    tmp_path: Path, broker: Mosquitto, fleet_kit: FleetKit
 ) -> None:
-    rig = EnrollmentFaultRig(tmp_path, broker, device="kiosk-enr-pulls", card=True)
+    rig = EnrollmentFaultRig(tmp_path, broker, device="kiosk-enr-pulls", kit=fleet_kit, card=True)
     try:
         rig.start()
         puller = CardPuller(rig)

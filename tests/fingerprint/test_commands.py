@@ -1,5 +1,6 @@
 """fingerprint.capture / fingerprint.status handlers with a real CommandContext, driving the
-production driver against the emulator over a pty (the MQTT round trip is the lead's test)."""
+production driver against the emulator over a pty (the MQTT round trip is tested with the
+daemon)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The pure codec against the spec's worked frames (shared/specs/fingerprint-zhiantec.md)."""
+"""The pure codec against worked frames of the ZhianTec user manual ("Packet format")."""
 
 from __future__ import annotations
 

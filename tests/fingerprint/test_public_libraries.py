@@ -1,6 +1,6 @@
 """The public host libraries (pyfingerprint, Adafruit CircuitPython) work against the emulator.
 
-The spec (shared/specs/fingerprint-zhiantec.md) names both as the reference hosts; they need
+They are the two public reference hosts of these sensors; they need
 the dev dependencies ``pyfingerprint`` and ``adafruit-circuitpython-fingerprint``.
 """
 

@@ -53,7 +53,7 @@ def _rig(
     env = {"APPLIANCE_MQTT__KEEPALIVE_S": "5"}
     if end_to_end:
         env |= {"APPLIANCE_MQTT__DELIVERY": "end_to_end", "APPLIANCE_MQTT__DELIVERY_RESEND_S": "2"}
-    d = daemon_factory(via_proxy, device, env=env)
+    d = daemon_factory(via_proxy, device, env=env, dev=True)  # agent-level faults
     d.start()
     producer = Producer(d.state_dir, d.device_id)
     try:

@@ -178,7 +178,8 @@ def test_push_config_applies_and_reports(
     good.write_text("[telemetry]\nheartbeat_s = 7\n")
     assert pushconfigcli.main([DEV, str(good), "--timeout", "60", *f]) == 0
     out = capsys.readouterr().out
-    assert "v1 applying" in out and "v1 applied" in out
+    assert "v1 applying" in out and "v1 trial" in out and "v1 applied" in out
+    assert f"v1 for {DEV}: applied on 1 of 1" in out.splitlines()[-1]
     assert sendcli.main([DEV, "config.get", "section=telemetry", "--signer",
                          str(Path(str(home)) / "admin"), "--json", *f]) == 0  # fmt: skip
     reply = json.loads(capsys.readouterr().out)["reply"]
@@ -186,9 +187,17 @@ def test_push_config_applies_and_reports(
 
     bad = tmp_path / "bad.json"
     bad.write_text('{"telemetry": {"heartbeat": 7}}')
-    assert pushconfigcli.main([DEV, str(bad), "--timeout", "60", *f]) == 1
+    # Checked here first, with config check's checker: refused before signing, nothing sent
+    # (the next version pushed is still v2).
+    assert pushconfigcli.main([DEV, str(bad), "--timeout", "60", *f]) == 2
+    captured = capsys.readouterr()
+    assert "telemetry.heartbeat: unknown key" in captured.err
+    assert "nothing signed or published" in captured.err and "published" not in captured.out
+    # --no-check: the kiosk's own validation rejects it and reports every problem.
+    assert pushconfigcli.main([DEV, str(bad), "--no-check", "--timeout", "60", *f]) == 1
     out = capsys.readouterr().out
     assert "v2 rejected" in out and "telemetry.heartbeat: unknown key" in out
+    assert f"v2 for {DEV}: applied on 0 of 1; {DEV} rejected" in out
 
     # Signed by an operator instead of an admin: the kiosk rejects it (forbidden_role).
     assert pushconfigcli.main([DEV, str(good), "--signer", str(Path(str(home)) / "operator"),

@@ -1,4 +1,5 @@
-"""The daemon on the simulated kit, commanded over a real mosquitto: the production drivers
+"""The daemon on the simulated kit, commanded with signed commands over a real mosquitto with
+mutual TLS and the shipped ACL: the production drivers
 talk to the fingerprint emulator on a real pty and to the card emulator through a real pcscd +
 vpcd stack, both child processes of the daemon."""
 
@@ -23,6 +24,18 @@ from appliance.trust.sealed import scan_for_plaintext_biometrics
 from tests.helpers import DaemonProcess, get_json, wait_for, wait_online
 
 DEV = "kiosk-simkit"
+
+
+@pytest.fixture
+def broker(tls_broker: Mosquitto) -> Mosquitto:
+    """The production broker: mutual TLS, the shipped ACL."""
+    return tls_broker
+
+
+@pytest.fixture
+def controller(signed_controller: Controller) -> Controller:
+    """The fleet's controller certificate; every command signed under the fleet root."""
+    return signed_controller
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """How three public Vietnamese CCCD readers parse DG13, RE-IMPLEMENTED here from their behaviour
-as cccd-dg13.md documents it ("What the public readers actually parse"); none of their code is
+as their published parsing code shows it (read 2026-12); none of their code is
 copied. Each returns what that reader would show: ``{field number: value}``, a value being a
 string, a tuple of strings (fields 13 and 14), or ``None`` for a field it could not read.
 

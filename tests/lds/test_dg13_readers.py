@@ -1,5 +1,6 @@
 """DG13 as the public CCCD readers parse it: what the kiosk writes is read field for field by
-each reader's parsing logic (re-implemented in tests/lds/cccd_readers.py from cccd-dg13.md)."""
+each reader's parsing logic (re-implemented in tests/lds/cccd_readers.py from their published
+behaviour)."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from appliance.fleet.registry import FleetRegistry
 from appliance.provisioning import cli as provcli
 from appliance.provisioning.flow import Options, Params, Provisioner, ProvisionError
 from appliance.trust.certs import FleetRoot
+from appliance.trust.sealed import EnrollmentKeyPair
 
 from .tlsbroker import REPO
 
@@ -35,6 +36,7 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     )
     monkeypatch.setenv("APPLIANCE_PROFILES_DIR", str(profiles))
     FleetRoot.create(tmp_path / "home")
+    EnrollmentKeyPair.generate().save(tmp_path / "home")  # sent in every trust bundle
     return tmp_path
 
 
@@ -201,3 +203,48 @@ def test_tls_files_copied_once_survive_the_removed_originals(tmp_path: Path) -> 
         f.unlink()
     assert p._copy_tls() == first
     assert key_copy.read_text() == "-----claimant.key-----\n"
+
+
+def test_a_bundle_without_the_enrollment_key_stops_unless_opted_out(
+    setup: Path,
+    broker: Mosquitto,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Biometric records are sealed to the central enrollment key: a kiosk that would finish
+    without it could never enroll. Provisioning stops at the install step, writing nothing,
+    unless the technician opts out explicitly; the opt-out is logged and recorded."""
+    home = setup / "home"
+    (home / "enrollment.pub").unlink()  # the fleet home has no enrollment key to send
+    (home / "enrollment.key").unlink()
+    tok = token(home, capsys, "--device", "kiosk-e1")
+    lines: list[str] = []
+    with pytest.raises(Exception, match="no answer yet"):
+        Provisioner(opts(setup, broker, "kiosk-e1", tok, lines)).run()
+    flags = ["--home", str(home), "--host", broker.host, "--port", str(broker.port)]
+    assert approvecli.main(["kiosk-e1", "--yes", *flags]) == 0
+    # The administrator is told before the bundle goes out, not only the technician after.
+    assert "has no enrollment key (enrollment.pub)" in capsys.readouterr().err
+
+    cli = ["--config", str(setup / "kiosk-e1.toml"), "--state-dir", str(setup / "kiosk-e1"),
+           "--wait", "10"]  # fmt: skip
+    assert provcli.main(cli) == 1
+    err = capsys.readouterr().err
+    assert "FAILED at step install" in err and "no enrollment key (trust.enrollment_key)" in err
+    assert "--without-enrollment-key" in err
+    assert not (setup / "kiosk-e1" / "trust").exists()  # nothing installed
+    state = json.loads((setup / "kiosk-e1" / "provision" / "state.json").read_text())
+    assert "install" not in state["done"]
+
+    # The explicit opt-out: finishes from the answer retained on the broker, says so on the
+    # terminal and in the log, and records it in the progress file.
+    with caplog.at_level("WARNING", logger="appliance.provisioning.flow"):
+        assert provcli.main([*cli, "--without-enrollment-key"]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING: no enrollment key installed (--without-enrollment-key)" in out
+    assert "enrollment    NO enrollment key" in out
+    assert any("WITHOUT an enrollment key" in r.getMessage() for r in caplog.records)
+    state = json.loads((setup / "kiosk-e1" / "provision" / "state.json").read_text())
+    assert "opted out with --without-enrollment-key" in state["done"]["install"]["detail"]
+    assert not (setup / "kiosk-e1" / "trust" / "enrollment.pub").exists()
+    assert "enrollment_key" not in (setup / "kiosk-e1.toml").read_text()

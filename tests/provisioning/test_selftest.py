@@ -16,8 +16,10 @@ import pytest
 
 from appliance.config import load
 from appliance.devtools.broker import Mosquitto, free_port
-from appliance.provisioning.selftest import check_clock, check_identity
+from appliance.provisioning.selftest import check_clock, check_identity, check_trust
+from appliance.trust.certs import FleetRoot
 from appliance.trust.keys import DeviceIdentity
+from appliance.trust.sealed import EnrollmentKeyPair
 
 from .tlsbroker import REPO
 
@@ -40,7 +42,11 @@ def selftest(cfg: Path, state: Path, *extra: str) -> subprocess.CompletedProcess
 
 def test_selftest_passes_on_the_simulated_kit(broker: Mosquitto, kit: Path) -> None:
     cfg = kit / "a.toml"
-    cfg.write_text(f'[device]\nid = "kiosk-st"\nprofile = "sim"\n[mqtt]\nport = {broker.port}\n')
+    EnrollmentKeyPair.generate().save(kit / "central")
+    cfg.write_text(
+        f'[device]\nid = "kiosk-st"\nprofile = "sim"\n[mqtt]\nport = {broker.port}\n'
+        f'[trust]\nenrollment_key = "{kit / "central" / "enrollment.pub"}"\n'
+    )
     DeviceIdentity.create(kit / "state")
     r = selftest(cfg, kit / "state", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -50,7 +56,7 @@ def test_selftest_passes_on_the_simulated_kit(broker: Mosquitto, kit: Path) -> N
     assert status == {
         "clock": "ok",
         "identity": "ok",
-        "trust": "skip",  # not provisioned: no fleet root key
+        "trust": "skip",  # not provisioned: no fleet root key (the enrollment key loads)
         "camera": "ok",
         "fingerprint": "ok",
         "card": "ok",
@@ -79,8 +85,10 @@ def test_failing_checks_exit_1_with_next_steps(kit: Path) -> None:
     out = r.stdout
     assert "[FAIL] camera" in out and "[FAIL] fingerprint" in out and "[FAIL] broker" in out
     assert "[skip] card" in out and "disabled in the configuration" in out
-    assert out.count("next: ") == 3
-    assert "FAILED: camera, fingerprint, broker" in out
+    # No enrollment key configured: the kiosk could not seal records, so it is not ready.
+    assert "[FAIL] trust" in out and "no enrollment key (trust.enrollment_key)" in out
+    assert out.count("next: ") == 4
+    assert "FAILED: trust, camera, fingerprint, broker" in out
     # An invalid configuration: exit 2 naming the field.
     cfg.write_text('[device]\nid = "kiosk-st"\nprofile = "sim"\n[mqtt]\nport = "x"\n')
     r = selftest(cfg, kit / "state")
@@ -119,3 +127,22 @@ def test_clock_behind_the_newest_accepted_command_fails(tmp_path: Path) -> None:
     chk = check_clock(cfg, tmp_path, now=1_899_000_000)
     assert chk.status == "fail" and "behind the newest accepted signed command" in chk.detail
     assert check_clock(cfg, tmp_path, now=1_900_000_100).status == "ok"
+
+
+def test_trust_check_fails_without_the_enrollment_key(tmp_path: Path) -> None:
+    """Provisioned (a fleet root key) but no enrollment key: fail, naming the key; with it: ok.
+    Only provisioning's own self-test (before the trust bundle brings the key) lets it pass."""
+    FleetRoot.create(tmp_path / "fleet")
+    base = load(
+        None, environ={"APPLIANCE_TRUST__ROOT_KEYS": f'["{tmp_path / "fleet" / "root.pub"}"]'}
+    )
+    chk = check_trust(base)
+    assert chk.status == "fail", chk
+    assert "no enrollment key (trust.enrollment_key)" in chk.detail
+    assert "trust.enrollment_key" in chk.next_step
+    assert check_trust(base, require_enrollment_key=False).status == "ok"
+    EnrollmentKeyPair.generate().save(tmp_path / "central")
+    pub = tmp_path / "central" / "enrollment.pub"
+    base.trust.enrollment_key = pub
+    chk = check_trust(base)
+    assert chk.status == "ok" and f"enrollment key {pub}" in chk.detail

@@ -27,7 +27,7 @@ def test_push_apply_reject_and_roll_back(
 ) -> None:
     root = FleetRoot.create(tmp_path / "fleet")
     admin, operator = live_key(root, ("admin",), DEV), live_key(root, ("operator",), DEV)
-    d = daemon_factory(broker, DEV)
+    d = daemon_factory(broker, DEV, dev=True)  # unsigned reads by the test's controller
     d.config_path.write_text(
         d.config_path.read_text()
         + f'[trust]\nroot_keys = ["{tmp_path / "fleet" / ROOT_PUB_FILE}"]\n'
@@ -49,6 +49,7 @@ def test_push_apply_reject_and_roll_back(
     # 1. a good document: applied after the restart and trial, same process id (exec)
     push(sign_config(b"[telemetry]\nheartbeat_s = 7\n", key=admin, version=1, target=DEV))
     outcome(1, "applying")
+    outcome(1, "trial")
     applied = outcome(1, "applied")
     assert applied["applied_version"] == 1
     cfg = controller.request(DEV, "config.get", {"section": "telemetry"})["result"]["config"]
@@ -85,4 +86,13 @@ def test_push_apply_reject_and_roll_back(
         for r in store.conn.execute("SELECT status FROM config_history ORDER BY version").fetchall()
     ]
     store.close()
-    assert history == ["applying", "applied", "rejected", "rejected", "applying", "rolled_back"]
+    assert history == [
+        "applying",
+        "trial",
+        "applied",
+        "rejected",
+        "rejected",
+        "applying",
+        "trial",
+        "rolled_back",
+    ]

@@ -277,7 +277,7 @@ def test_unprovisioned_kiosk_refuses_everything(
 def test_events_are_signed_by_the_device_when_stored(
     broker: Mosquitto, daemon_factory: Callable[..., DaemonProcess], controller: Controller
 ) -> None:
-    d = daemon_factory(broker, DEV)
+    d = daemon_factory(broker, DEV, dev=True)  # the note is sent unsigned
     t0 = time.time()
     d.start()
     wait_online(controller, DEV, after=t0)

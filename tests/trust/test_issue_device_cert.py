@@ -67,8 +67,10 @@ def test_server_certificate_has_san(tmp_path: Path) -> None:
         (["#"], "invalid name"),
         (["-x"], "unknown option"),
         (["controller"], "reserved"),
+        (["central"], "reserved"),
         (["group"], "reserved"),
         (["--kind", "controller", "ops"], "must have the CN"),
+        (["--kind", "central", "receiver"], "must have the CN"),
         (["--kind", "root", "x"], "unknown --kind"),
         (["--days", "ten", "x"], "positive integers"),
         ([], "NAME is required"),
@@ -79,6 +81,17 @@ def test_refusals(tmp_path: Path, args: list[str], message: str) -> None:
     assert r.returncode == 2
     assert message in r.stderr
     assert list(tmp_path.glob("o/*.crt")) == []
+
+
+def test_central_certificate_for_the_enrollment_receiver(tmp_path: Path) -> None:
+    r = _run("--ca-dir", str(tmp_path / "ca"), "--out", str(tmp_path / "o"), "--kind", "central",
+             "central")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    cert = _cert(tmp_path / "o" / "central.crt")
+    assert cert.subject.rfc4514_string() == "CN=central"
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert (tmp_path / "o" / "central.key").stat().st_mode & 0o777 == 0o600
 
 
 def test_existing_key_needs_force(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Camera commands: ``camera.capture``, ``camera.status``, ``camera.snapshot``.
 
-The lead wires them with ``register(registry, device, store=..., enrollment_active=...)``:
+The daemon wires them with ``register(registry, device, store=..., enrollment_active=...)``:
 
 - ``store``: the :class:`~appliance.drivers.camera.records.PortraitStore` shared with the
   enrollment flow (it takes the record for DG2 by ``record_id``); one is made if omitted.

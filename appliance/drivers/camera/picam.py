@@ -3,8 +3,8 @@
 picamera2 is imported at module level on purpose: this module is only imported by the backend
 factory when the configuration asks for ``picamera2``, and the factory turns the ImportError
 into :class:`~appliance.errors.MissingExtraError` naming the ``pi`` extra. On x86 picamera2
-cannot import at all (libcamera's bindings are not on PyPI; see
-../shared/specs/mqtt-systemd-notes.md); on a Pi use Debian's ``python3-picamera2`` in a venv made
+cannot import at all (libcamera's Python bindings are neither on PyPI nor in Debian 12;
+Raspberry Pi OS ships them); on a Pi use Debian's ``python3-picamera2`` in a venv made
 with ``--system-site-packages``.
 
 Not exercised on hardware in CI: the tests cover the factory's error and this adapter's calls

@@ -1,6 +1,6 @@
 """Portrait quality: pure functions from a BGR frame to a scored report (no I/O).
 
-Follows ../shared/specs/biometric-quality.md (ISO/IEC 19794-5, ISO/IEC 29794-5 / OFIQ, ICAO):
+Follows ISO/IEC 19794-5, ISO/IEC 29794-5 / OFIQ and the ICAO Doc 9303 Part 3 portrait rules:
 face count, inter-eye distance, roll from the eye line, yaw/pitch estimates, head size and
 position against the 19794-5 token geometry, exposure, contrast, sharpness and background
 uniformity. Each component is scored 0-100 with its limit at 50 and its ideal at 100, and

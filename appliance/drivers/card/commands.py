@@ -1,6 +1,6 @@
 """Commands of the chip encoder: ``card.status``, ``card.read``, ``card.encode``.
 
-The lead wires :func:`register` into the daemon; the MQTT round trip is the agent's business.
+The daemon wires :func:`register` into its command registry; the MQTT round trip is the agent's.
 Replies never carry the portrait (DG2 is reported by hash and size) and logs never carry a full
 personal number.
 """

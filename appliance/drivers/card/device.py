@@ -38,8 +38,8 @@ class Transport(Protocol):
 
 
 class EmrtdCard:
-    """The applet's commands (spec icao9303-td1.md). ``extended`` allows extended-length APDUs
-    (the card profile AND the reader must allow them)."""
+    """The applet's commands (ISO/IEC 7816-4; ICAO 9303 Part 10/11). ``extended`` allows
+    extended-length APDUs (the card profile AND the reader must allow them)."""
 
     def __init__(self, transport: Transport, profile: CardProfile, *, extended: bool) -> None:
         self.transport = transport

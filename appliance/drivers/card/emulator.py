@@ -1,10 +1,10 @@
 """Card emulator: a blank personalisable eMRTD applet behind vpcd's TCP protocol.
 
 Two layers, like the driver: :class:`EmrtdApplet` is the pure card (APDU bytes in, response
-bytes out; spec icao9303-td1.md "Personalising a blank eMRTD applet" and "BAC ... secure
-messaging"), and :class:`VpcdCardEmulator` speaks vpcd's protocol (spec pcsc-test-stack.md
-"Wire protocol"): 2-byte big-endian length + payload; a 1-byte payload is a control code
-(0 power off, 1 power on, 2 reset, 4 get ATR), anything longer is an APDU.
+bytes out; the JMRTD reference applet's personalisation commands, ICAO 9303 Part 11 BAC and
+secure messaging), and :class:`VpcdCardEmulator` speaks vsmartcard's vpcd protocol: 2-byte
+big-endian length + payload; a 1-byte payload is a control code (0 power off, 1 power on,
+2 reset, 4 get ATR), anything longer is an APDU.
 
 The applet answers every malformed APDU with a status word and never dies. Faults are injected
 by the emulator: the card pulled on the N-th UPDATE BINARY, a write failure (6581) on the N-th

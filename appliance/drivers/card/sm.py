@@ -1,6 +1,6 @@
 """Basic Access Control and secure messaging (ICAO 9303 Part 11 §4.3 and §9.8): pure, no I/O.
 
-Spec: icao9303-td1.md "BAC key derivation and secure messaging", whose worked example (Part 11
+ICAO 9303 Part 11, sections 4.3 (BAC) and 9.8 (secure messaging), whose worked example (Part 11
 Appendix D) is the test vector set. 2-key 3DES in CBC mode with a zero IV; MAC is ISO/IEC 9797-1
 MAC algorithm 3 (retail MAC) with padding method 2. Both the reader side (:class:`SecureMessaging`
 wrap/unwrap) and the chip side (:class:`ChipSecureMessaging`, used by the card emulator) are here

@@ -1,6 +1,6 @@
 """A private pcscd + vpcd stack for tests, benchmarks and demos (no hardware, no system pcscd).
 
-Follows ``/work/shared/specs/pcsc-test-stack.md``:
+What holds for pcscd (pcsc-lite) and vsmartcard's vpcd on Debian 12:
 
 * pcscd 1.9.9 ignores ``PCSCLITE_CSOCK_NAME``, so a second daemon refuses to start on the
   default socket. We use *socket activation* instead: we create and bind the Unix socket
@@ -77,7 +77,7 @@ def tcp_listening(port: int) -> bool:
     """Whether some socket listens on TCP ``port`` (IPv4 or IPv6), read from ``/proc/net``.
 
     Reading the kernel's table instead of connecting matters: vpcd takes any connection for a
-    card (spec: pcsc-test-stack.md, "An emulator started before vpcd listens exits at once").
+    card (an emulator started before vpcd listens exits at once: seen with vsmartcard 0.9).
     """
     want = f":{port:04X}"
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):

@@ -11,7 +11,7 @@ class FingerQualityConfig(BaseModel):
     """Thresholds of the NFIQ 2-style quality approximation (see docs/fingerprint.md).
 
     The feedback thresholds default to NFIQ 2's actionable-feedback values
-    (shared/specs/biometric-quality.md, "Fingerprint quality: NFIQ 2").
+    (NFIQ 2, ISO/IEC 29794-4: NIST's actionable quality feedback).
     """
 
     model_config = ConfigDict(extra="forbid")

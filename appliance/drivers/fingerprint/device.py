@@ -1,6 +1,6 @@
 """Device layer: typed ZhianTec sensor commands, connection supervision and hot-plug.
 
-Commands are named as in the manual (shared/specs/fingerprint-zhiantec.md, "Instructions"),
+Commands are named as in the manual (the ZhianTec R30x/AS608 user manual, "Instructions"),
 in snake case: ``gen_img`` is GenImg (0x01), ``up_image`` is UpImage (0x0A), and so on. Nothing
 above this module sees bytes. One lock serialises every exchange on the link; a background
 supervisor thread reconnects after an unplug and probes an idle sensor so that a pulled cable

@@ -1,11 +1,12 @@
 """A protocol-faithful ZhianTec sensor emulator on a real pty or a TCP socket.
 
 The production driver (and the public host libraries) open the pty path exactly as they open
-``/dev/ttyUSB0``, or ``socket://host:port`` for the TCP listener. The emulator answers byte-exact
-packets (shared/specs/fingerprint-zhiantec.md): checksums, confirmation codes, every data packet
-size, the address and password rules, fixed reply lengths, one ack before DownChar/DownImage
-data, the ``0x55`` handshake quirks, and paces its output at the configured baud (10 bit times
-a byte) unless told not to. Fingers are synthetic images from :mod:`.synth`.
+``/dev/ttyUSB0``, or ``socket://host:port`` for the TCP listener. The emulator answers
+byte-exact packets (the ZhianTec R30x/AS608 user manual, "Packet format"): checksums,
+confirmation codes, every data packet size, the address and password rules, fixed reply
+lengths, one ack before DownChar/DownImage data, the ``0x55`` handshake quirks, and paces its
+output at the configured baud (10 bit times a byte) unless told not to. Fingers are synthetic
+images from :mod:`.synth`.
 
 Rules where the manual is silent, chosen here and documented in docs/fingerprint.md:
 

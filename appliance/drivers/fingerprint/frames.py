@@ -1,8 +1,9 @@
 """Pure packet codec of the ZhianTec serial fingerprint protocol (R305/R307/R503/AS608).
 
 No I/O here: build packets, parse them, split and join data streams, pack and unpack the
-4-bit image. Every fact cites ``shared/specs/fingerprint-zhiantec.md`` (section names in
-brackets), which summarises the vendors' user manuals.
+4-bit image. Every fact cites the vendors' user manuals (ZhianTec R305/R307/R503/AS608 "User
+Manual"; section names in brackets), checked against the public host libraries pyfingerprint
+and Adafruit CircuitPython Fingerprint.
 
 Packet layout [Packet]::
 

@@ -1,7 +1,7 @@
 """Finger image quality: a 0-100 score from NFIQ 2-style features, with actionable feedback.
 
 This is an APPROXIMATION of NFIQ 2 (ISO/IEC 29794-4), not NFIQ 2: no maintained Python
-NFIQ 2 exists (shared/specs/biometric-quality.md, "Fingerprint quality: NFIQ 2"), and NFIQ 2's
+NFIQ 2 exists (NIST's NFIQ 2 is C++ only), and NFIQ 2's
 random-forest model is not reproduced. It computes the same kinds of features on 32 x 32
 blocks of a 500 ppi 8-bit image:
 
