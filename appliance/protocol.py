@@ -21,7 +21,17 @@ class StatusMessage(BaseModel):
     online: bool
     device: str
     ts: float | None = Field(None, description="Unix time; absent in the Last Will")
-    reason: Literal["lost", "shutdown"] | None = Field(None, description="Why offline")
+    reason: Literal["lost", "shutdown", "restart"] | None = Field(
+        None, description="Why offline: the Last Will (lost), a clean stop or a restart"
+    )
+    connected_at: float | None = Field(
+        None, description="Unix time of the CONNECT this status belongs to"
+    )
+    last_seen: float | None = Field(
+        None,
+        description="Offline only: the kiosk's last contact it knew of (the connect time in "
+        "the Last Will, which is signed at connect; the stop time on a clean stop)",
+    )
     version: str | None = Field(None, description="Software version (online only)")
     profile: str | None = Field(None, description="Hardware kit profile (online only)")
     site: str | None = None

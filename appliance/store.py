@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DB_NAME = "appliance.db"
+# kv key of the outbox's PUBACK watermark (Outbox.published_through)
+PUBLISHED_KEY = "outbox.published_through"
 
 
 def _m1_core(db: sqlite_utils.Database) -> None:
@@ -444,6 +446,21 @@ class Outbox:
                 cur = c.execute("DELETE FROM outbox WHERE seq BETWEEN ? AND ?", (first, last))
                 deleted += cur.rowcount
         return deleted
+
+    def published_through(self) -> int:
+        """End-to-end delivery: every row with a lower or equal seq was acknowledged by the
+        broker (PUBACK) at some time; 0 when none was recorded."""
+        v = self._s.kv_get(PUBLISHED_KEY)
+        return int(v) if v else 0
+
+    def set_published_through(self, seq: int) -> None:
+        """Record the PUBACK watermark (only ever raised)."""
+        with self._s.transaction() as c:
+            c.execute(
+                "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                "value = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                (PUBLISHED_KEY, str(seq)),
+            )
 
     def oldest_seq(self) -> int:
         """The oldest row's seq, 0 when the outbox is empty."""

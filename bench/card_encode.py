@@ -55,12 +55,17 @@ def build_package(tmp: Any) -> tuple[Any, Any]:
     face = files.face_record_from_jpeg(buf.getvalue(), 360, 450)
     pkg = issuance.build_issuance_package(
         package_id="bench",
-        mrz=mrz.Td1("079090001234", "900101", "F", "350101", "Nguyen", "Thi Minh Khai"),
+        # A consistent citizen (the kiosk refuses any other): a woman born 1990 in HCMC,
+        # issued at 35, valid to her 40th birthday.
+        mrz=mrz.Td1("079190001234", "900101", "F", "300101", "Nguyen", "Thi Minh Khai"),
         dg13=files.Dg13(
-            personal_id="079090001234",
+            personal_id="079190001234",
             full_name="Nguyễn Thị Minh Khai",
+            date_of_birth="01/01/1990",
             sex="Nữ",
             nationality="Việt Nam",
+            date_of_issue="01/01/2025",
+            date_of_expiry="01/01/2030",
             old_id_number="025123456",
         ),
         face_records=[face],

@@ -16,18 +16,28 @@ Design (after aiomqtt's explicit supervisor, ../shared/STYLE.md):
 * TCP_NODELAY on every socket (``on_socket_open`` runs on every connect): without it a round
   trip costs ~88 ms instead of ~0.4 ms on loopback (same spec, "Latency").
 * Birth: a retained status message on every connect. Death: a retained Last Will
-  ``{"online": false}``; a clean shutdown publishes the same retained offline status itself
-  because the broker sends no will on a clean DISCONNECT.
+  ``{"online": false, "reason": "lost", "connected_at": T, "last_seen": T}`` rendered and
+  signed with the device key just before the CONNECT that carries it (MQTT 5.0 section
+  3.1.3.2: Will Properties carry User Properties, so the signature travels as the same ``sig``
+  user property as on every other message), T being that connect time; a clean shutdown
+  publishes a signed retained offline status itself (reason ``shutdown`` or ``restart``,
+  ``last_seen`` = now) because the broker sends no will on a clean DISCONNECT. The fleet
+  tools verify both like the birth, so a disconnect is never shown as a forgery.
 * The outbox drains in ``seq`` order on each connection, up to ``max_inflight`` QoS 1 messages
   in flight; rows are deleted only after the broker's PUBACK. A row published but not
   acknowledged before a disconnect is sent again (at-least-once): the controller drops
-  duplicates by ``id`` and detects gaps by ``seq``.
+  duplicates by ``id`` and detects gaps by ``seq``. A row stays in the window until its
+  PUBACK is *on disk*, so after a ``kill -9`` or a power cut at most ``max_inflight`` rows are
+  sent a second time (docs/reliability.md, "Duplicates after a crash").
 * ``mqtt.delivery = "end_to_end"``: a broker acknowledges QoS 1 before the message is on disk
   (a broker crash loses what only it held; docs/reliability.md section 1), so rows are kept
   after the PUBACK until the fleet's ingest acknowledges them on ``{prefix}/{device}/outbox/ack``
-  (a signed document, ``trust/outboxack.py``). Every connection starts the drain from the
+  (a signed document, ``trust/outboxack.py``). Every reconnection starts the drain from the
   oldest unacknowledged row, and so does a row that stays the oldest for ``delivery_resend_s``
-  (the pause doubling while it stays): what a broker lost is sent again.
+  (the pause doubling while it stays): what a broker lost is sent again. The broker's PUBACKs
+  are recorded as a watermark (``Outbox.published_through``), so the first connection after a
+  process start skips the rows the broker already acknowledged: a crash re-sends at most the
+  in-flight window, not the whole backlog the ingest has not acknowledged yet.
 """
 
 from __future__ import annotations
@@ -97,8 +107,10 @@ class MqttAgent:
         # Device signature of a payload (MQTT 5 user property "sig"); None: unsigned.
         self._signer = signer if self.cfg.protocol == "5" else None
         self._stop = threading.Event()
+        self._closing = threading.Event()  # stop() began: publish the offline status, no reconnect
         self._connected = threading.Event()
         self._client: paho.Client | None = None
+        self._connected_at = 0.0  # time of the current connection's CONNECT (in its will)
         self._epoch = 0
         self._lock = threading.Lock()
         self._acks: collections.deque[int] = collections.deque()
@@ -108,6 +120,9 @@ class MqttAgent:
         self.connects = 0
         self.last_error: str | None = None
         self.published_events = 0  # acknowledged by the broker (PUBACK)
+        self.sent_events = 0  # outbox rows published (PUBLISH), re-sends included
+        # end_to_end: the PUBACK watermark (read at the first connection, then as written)
+        self._resume_after: int | None = None
         # End-to-end delivery: rows stay until the ingest's acknowledgement (verified by
         # ack_verifier, which raises TrustError on a refused document).
         self.end_to_end = self.cfg.delivery == "end_to_end"
@@ -131,17 +146,31 @@ class MqttAgent:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
+    def offline_status(self, reason: str, now: float, connected_at: float) -> bytes:
+        """The offline status document: the Last Will (``reason="lost"``, ``now`` = the
+        connect time, no ``ts``: the broker sends it later) or the clean-stop status."""
+        body: dict[str, Any] = {"online": False, "device": self.device_id, "reason": reason}
+        if reason != "lost":
+            body["ts"] = now
+        body["connected_at"] = connected_at
+        body["last_seen"] = now
+        return json.dumps(body).encode()
+
     def stop(self, reason: str = "shutdown") -> None:
-        """Publish the retained offline status, disconnect cleanly, stop the threads."""
+        """Publish the retained, signed offline status, disconnect cleanly, stop the threads."""
+        # From here on a dropped connection is not re-established: a reconnect in the moment
+        # between the DISCONNECT and the end of the process would leave a Last Will ("lost")
+        # over the clean-stop status.
+        self._closing.set()
         client = self._client
         if client is not None and self.connected:
+            body = self.offline_status(reason, time.time(), self._connected_at)
             info = client.publish(
                 self.topics.status,
-                json.dumps(
-                    {"online": False, "device": self.device_id, "reason": reason, "ts": time.time()}
-                ),
+                body,
                 qos=1,
                 retain=True,
+                properties=self._properties(body),
             )
             deadline = time.monotonic() + 2.0
             while not info.is_published() and time.monotonic() < deadline and self.connected:
@@ -221,8 +250,15 @@ class MqttAgent:
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
             client.tls_insecure_set(tls.insecure)
-        will = json.dumps({"online": False, "device": self.device_id, "reason": "lost"})
-        client.will_set(self.topics.status, will, qos=1, retain=True)
+        # The will is fixed at CONNECT: signed now, with this connect time as last seen (the
+        # fleet side knows later contact from the heartbeats and events it received).
+        self._connected_at = time.time()
+        will = self.offline_status("lost", self._connected_at, self._connected_at)
+        will_props = None
+        if self._signer is not None:
+            will_props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
+            will_props.UserProperty = [("sig", self._signer(will))]
+        client.will_set(self.topics.status, will, qos=1, retain=True, properties=will_props)
         return client
 
     def _run(self) -> None:
@@ -273,7 +309,7 @@ class MqttAgent:
                     client.disconnect()
             except Exception:  # tearing down a dead socket must never raise
                 log.debug("mqtt: error closing a dead connection", exc_info=True)
-            if self._stop.is_set():
+            if self._stop.is_set() or self._closing.is_set():
                 break
             delay = backoff_delay(
                 attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, self._rnd
@@ -305,7 +341,13 @@ class MqttAgent:
         if self.end_to_end:
             subs.append((self.topics.outbox_ack, 1))
         client.subscribe(subs)
-        birth = {"online": True, "device": self.device_id, "ts": time.time(), **self._birth()}
+        birth = {
+            "online": True,
+            "device": self.device_id,
+            "ts": time.time(),
+            "connected_at": self._connected_at,
+            **self._birth(),
+        }
         body = json.dumps(birth).encode()
         client.publish(
             self.topics.status, body, qos=1, retain=True, properties=self._properties(body)
@@ -408,10 +450,31 @@ class MqttAgent:
 
     def _drain_connection(self, client: paho.Client, epoch: int) -> None:
         inflight: dict[int, int] = {}  # mid -> seq
-        last_seq = 0  # every connection starts from the oldest row still in the outbox
+        # Every connection starts from the oldest row still in the outbox, except the first
+        # one of this process with end-to-end delivery: rows the broker acknowledged before
+        # a crash or a restart wait for the ingest's acknowledgement (or the resend timer)
+        # instead of all being sent again at once.
+        last_seq = 0
+        if self.end_to_end and self._resume_after is None:
+            self._resume_after = self.store.outbox.published_through()
+            last_seq = self._resume_after
+            if last_seq:
+                log.info(
+                    "mqtt: events up to seq %d were acknowledged by the broker before this "
+                    "start; not sending them again unless the ingest does not acknowledge them",
+                    last_seq,
+                )
+        # The in-flight window (mqtt.max_inflight) bounds what a crash can make us send twice:
+        # a row counts against it from its PUBLISH until its PUBACK is on disk (deleted, or
+        # with end-to-end delivery recorded in the PUBACK watermark), not only until the
+        # PUBACK arrives.
         limit = self.cfg.max_inflight
         acked: list[int] = []
         last_flush = time.monotonic()
+        # PUBACK watermark: seqs in the order sent; the front advances while acknowledged.
+        sent_order: collections.deque[int] = collections.deque()
+        puback_seen: set[int] = set()
+        watermark = 0
         # end_to_end: the oldest row, since when it is the oldest, and the resend pause.
         resend_base = self.cfg.delivery_resend_s
         resend_after = resend_base
@@ -421,11 +484,21 @@ class MqttAgent:
                 seq = inflight.pop(self._acks.popleft(), None)
                 if seq is not None:
                     acked.append(seq)
+                    if self.end_to_end:
+                        puback_seen.add(seq)
+            while sent_order and sent_order[0] in puback_seen:
+                puback_seen.discard(front := sent_order.popleft())
+                watermark = max(watermark, front)
             now = time.monotonic()
-            if acked and (len(acked) >= 256 or now - last_flush > 0.02 or not inflight):
-                if not self.end_to_end:
-                    self.store.outbox.ack(acked)
-                self.published_events += len(acked)
+            # Flushed at half the window at the latest, so the other half stays in flight while
+            # the flush's fsync runs (a full window would stall until it is on disk).
+            if acked and (
+                len(acked) >= 256
+                or now - last_flush > 0.02
+                or not inflight
+                or len(acked) >= max(1, limit // 2)
+            ):
+                self._flush_acked(acked, watermark)
                 acked = []
                 last_flush = now
             if self.end_to_end and now >= next_check:
@@ -452,7 +525,7 @@ class MqttAgent:
                     last_seq = head - 1
                     oldest_since = now
                     resend_after = min(resend_after * 2, resend_base * 16)
-            room = limit - len(inflight)
+            room = limit - len(inflight) - len(acked)
             sent = 0
             if room > 0:
                 for row in self.store.outbox.pending(last_seq, min(room, 500)):
@@ -467,13 +540,24 @@ class MqttAgent:
                     if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                         return  # connection went away; the next epoch starts over
                     inflight[info.mid] = row.seq
+                    if self.end_to_end:
+                        sent_order.append(row.seq)
                     last_seq = row.seq
                     sent += 1
+                    self.sent_events += 1
             if sent == 0 and not self._acks:
                 with self._wake:
                     if not self._acks:
                         self._wake.wait(0.02 if acked else 0.5)
         if acked:
-            if not self.end_to_end:
-                self.store.outbox.ack(acked)
-            self.published_events += len(acked)
+            self._flush_acked(acked, watermark)
+
+    def _flush_acked(self, acked: list[int], watermark: int) -> None:
+        """Make PUBACKs durable: delete the rows, or with end-to-end delivery (rows stay until
+        the ingest acknowledges them) raise the PUBACK watermark."""
+        if not self.end_to_end:
+            self.store.outbox.ack(acked)
+        elif watermark > (self._resume_after or 0):
+            self.store.outbox.set_published_through(watermark)
+            self._resume_after = watermark
+        self.published_events += len(acked)

@@ -2,8 +2,14 @@
 
 One row per kiosk that has a retained status on ``{prefix}/+/status`` or is approved in the
 fleet home: online / offline (clean shutdown) / lost (the broker sent its Last Will) / never
-seen, software version, device health, last seen (the status message's time), outbox depth,
-site, and whether the status carries a valid signature of the device's approved key.
+seen, software version, device health, last seen, outbox depth, site, and whether the status
+carries a valid signature of the device's approved key.
+
+Every status is signed by the kiosk, the Last Will too (signed when the kiosk connected), so a
+kiosk that stopped or was lost shows ``ok`` in SIG; ``bad`` means a forged or altered status.
+LAST SEEN is the kiosk's last contact known here: the birth's time, the stop time of a clean
+stop, the connect time written into the Last Will, or a later heartbeat heard while listening
+or recorded by ``fleet watch`` in the fleet home (``seen.json``).
 
 The retained status does not carry the outbox depth; it is filled from heartbeats seen while
 listening, or, with ``--query``, from a signed ``status`` command to every online kiosk
@@ -33,6 +39,7 @@ from .tools import (
     registry,
     verify_from,
 )
+from .watch import status_last_seen, status_state
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -88,17 +95,25 @@ def collect(args: argparse.Namespace, mqtt: FleetMqtt, prefix: str) -> list[dict
         row = rows.setdefault(dev, {"device": dev, "state": "never seen", "approved": False})
         if topic.endswith("/status"):
             online = body.get("online") is True
-            row["state"] = (
-                "online" if online else ("lost" if body.get("reason") == "lost" else "offline")
-            )
+            row["state"] = status_state(body)
             row["version"] = body.get("version", row.get("version"))
             row["site"] = body.get("site", row.get("site", ""))
             row["health"] = _health(body.get("devices")) if online else "-"
-            row["last_seen"] = body.get("ts")
             row["signature"] = verify_from(keys, dev, msg).status
+            if row["signature"] != "bad":  # a forged status says nothing about the kiosk
+                seen = status_last_seen(body)
+                row["last_seen"] = max(row.get("last_seen") or 0, seen or 0) or None
+            if not online and isinstance(body.get("connected_at"), int | float):
+                row["connected_at"] = body["connected_at"]
         elif "outbox_depth" in body:
             row["outbox_depth"] = body["outbox_depth"]
-            row["last_seen"] = max(row.get("last_seen") or 0, body.get("ts") or 0)
+            if verify_from(keys, dev, msg).status != "bad":
+                row["last_seen"] = max(row.get("last_seen") or 0, body.get("ts") or 0) or None
+    # The last contact a watcher recorded (fleet watch), later than a stale Last Will.
+    for dev, ts in reg.last_seen().items():
+        known = rows.get(dev)
+        if known is not None and known.get("signature") != "bad" and known["state"] != "never seen":
+            known["last_seen"] = max(known.get("last_seen") or 0, ts)
     if args.query:
         _query(args, mqtt, prefix, [r for r in rows.values() if r["state"] == "online"])
     return sorted(rows.values(), key=lambda r: r["device"])

@@ -9,6 +9,9 @@ Layout under the fleet home (``appliance fleet keys init`` made ``root.key``/``r
                            and events), key id, site, groups, claim, approval time
     enrollment.pub         (optional) the central enrollment service's x25519 public key,
                            handed to every kiosk in its trust bundle
+    seen.json              device id -> the last contact a ``fleet watch`` saw (a message
+                           whose signature did not fail), so ``fleet devices`` can say when a
+                           lost kiosk was last seen after its Last Will went stale
 
 Writes are atomic (temporary file, fsync, rename).
 """
@@ -31,6 +34,7 @@ from ..trust.keys import atomic_write, key_id, parse_public_key
 log = logging.getLogger(__name__)
 
 TOKENS = "claims/tokens.json"
+SEEN = "seen.json"
 LOCK = "claims/.lock"
 DEVICES = "devices"
 
@@ -184,6 +188,40 @@ class FleetRegistry:
     def device_keys(self) -> dict[str, bytes]:
         """device id -> Ed25519 public key, for verifying replies and events."""
         return {r.device_id: r.public_key_bytes for r in self.devices()}
+
+    # -- last contact ------------------------------------------------------------------------
+
+    def last_seen(self) -> dict[str, float]:
+        """device id -> Unix time of the last contact recorded by a watcher ({} if none; an
+        unreadable file is reported and treated as empty: it is a cache, not a record)."""
+        path = self.home / SEEN
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("%s is unreadable (%s); ignoring it", path, exc)
+            return {}
+        if not isinstance(raw, dict):
+            return {}
+        return {
+            str(k): float(v)
+            for k, v in raw.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+
+    def record_seen(self, seen: dict[str, float]) -> None:
+        """Merge ``seen`` into the record, keeping the later time per device."""
+        if not seen:
+            return
+        with self.locked():
+            merged = self.last_seen()
+            for dev, ts in seen.items():
+                if NAME_RE.match(dev) and ts > merged.get(dev, 0.0):
+                    merged[dev] = ts
+            atomic_write(
+                self.home / SEEN, json.dumps(merged, indent=1, sort_keys=True).encode(), mode=0o644
+            )
 
     def members(self, group: str) -> list[str]:
         return [r.device_id for r in self.devices() if group in r.groups]

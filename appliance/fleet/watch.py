@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .conn import BrokerOptions, FleetMqtt, Message
-from .tools import Verification, device_of, verify_from
+from .tools import Verification, ago, device_of, verify_from
 
 DEDUP = 50_000
 
@@ -42,6 +42,9 @@ class Seen:
     body: dict[str, Any]
     verified: Verification
     received_at: float = field(default_factory=time.time)
+    # status only: the kiosk's last contact known to this watcher (the status's own times,
+    # or a later heartbeat/event received from it)
+    last_seen: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,18 +57,52 @@ class Seen:
             "data": self.body.get("data") if self.kind == "event" else self.body,
             "verified": self.verified.status,
             "received_at": self.received_at,
+            **(
+                {"state": status_state(self.body), "last_seen": self.last_seen}
+                if self.kind == "status"
+                else {}
+            ),
         }
 
     def line(self) -> str:
         ts = self.body.get("ts")
-        when = time.strftime("%H:%M:%S", time.localtime(ts)) if isinstance(ts, int | float) else "?"
+        if not isinstance(ts, int | float):
+            ts = self.received_at  # the Last Will has no time of its own
+        when = time.strftime("%H:%M:%S", time.localtime(ts))
         mark = {"ok": "", "bad": " [SIGNATURE INVALID]", "unknown": " [unverified]"}[
             self.verified.status
         ]
         if self.kind == "event":
             data = json.dumps(self.body.get("data"), ensure_ascii=False, separators=(",", ":"))
             return f"{when} {self.device} {self.type} #{self.body.get('seq')} {data}{mark}"
+        if self.kind == "status":
+            state = status_state(self.body)
+            if state != "online":
+                seen = self.last_seen
+                if isinstance(seen, int | float):
+                    clock = time.strftime("%H:%M:%S", time.localtime(seen))
+                    state += f", last seen {clock} ({ago(seen, self.received_at)})"
+                else:
+                    state += ", last seen unknown"
+            return f"{when} {self.device} status {state} {json.dumps(self.body)}{mark}"
         return f"{when} {self.device} {self.type} {json.dumps(self.body)}{mark}"
+
+
+def status_state(body: dict[str, Any]) -> str:
+    """``online``, ``lost`` (the broker sent the Last Will) or ``offline`` (a clean stop)."""
+    if body.get("online") is True:
+        return "online"
+    return "lost" if body.get("reason") == "lost" else "offline"
+
+
+def status_last_seen(body: dict[str, Any]) -> float | None:
+    """The last contact a status message states: its ``last_seen`` (offline), else its
+    ``ts`` (the birth's time); None when it states neither (a will of an older version)."""
+    for key in ("last_seen", "ts"):
+        v = body.get(key)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return float(v)
+    return None
 
 
 class EventStream:
@@ -102,6 +139,8 @@ class EventStream:
         )
         self.mqtt.on_message = self._on_message
         self._ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # device -> last contact seen by this stream (a message whose signature did not fail)
+        self.last_seen: dict[str, float] = {}
         self._lock = threading.Lock()
         self.count = 0
         self.duplicates = 0
@@ -170,6 +209,28 @@ class EventStream:
             if self.on_duplicate is not None:
                 self.on_duplicate(device, body)
             return
+        verified = verify_from(self.keys, device, msg)
+        now = time.time()
+        seen_at: float | None = None
+        if verified.status != "bad":  # a forged message is no contact with the kiosk
+            with self._lock:
+                # A status states its own time (a will arrives long after it was written, a
+                # retained one may be days old); a heartbeat or an event is contact now.
+                seen_at = status_last_seen(body) if kind == "status" else now
+                if seen_at is not None:
+                    seen_at = max(seen_at, self.last_seen.get(device, 0.0))
+                    self.last_seen[device] = seen_at
+        elif kind == "status":
+            seen_at = self.last_seen.get(device)
         self.on_seen(
-            Seen(kind, device, type_, msg.topic, body, verify_from(self.keys, device, msg))
+            Seen(
+                kind,
+                device,
+                type_,
+                msg.topic,
+                body,
+                verified,
+                received_at=now,
+                last_seen=seen_at if kind == "status" else None,
+            )
         )

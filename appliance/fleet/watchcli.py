@@ -2,7 +2,9 @@
 
 Every event a kiosk publishes on ``{prefix}/DEVICE/events/TYPE`` is printed as
 ``time device type #seq data``, marked when its device signature is invalid or the device is
-not approved in the fleet home. Duplicates of at-least-once delivery (same event id) are
+not approved in the fleet home. The last contact seen per kiosk is written to the fleet home
+(``seen.json``, every 10 s and at exit) so that ``fleet devices`` can tell when a lost kiosk
+was last seen. Duplicates of at-least-once delivery (same event id) are
 dropped. ``--device`` and ``--type`` take shell patterns (``kiosk-hn-*``, ``card.*``) and may
 be repeated; ``--status`` and ``--telemetry`` add those streams.
 
@@ -18,6 +20,7 @@ import threading
 
 from ..errors import ApplianceError
 from .conn import add_broker_args, add_home_arg, broker_options
+from .registry import FleetRegistry
 from .tools import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, registry
 from .watch import EventStream, Seen
 
@@ -83,15 +86,53 @@ def run(args: argparse.Namespace) -> int:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
         return EXIT_FAILED
     print(f"watching {', '.join(stream.filters())}", file=sys.stderr, flush=True)
+    recorder = SeenRecorder(registry(args), stream).start()
     try:
         finished = done.wait(args.timeout)
     except KeyboardInterrupt:
         finished = True
     finally:
         stream.stop()
+        recorder.stop()
     if args.count is not None and not finished:
         return EXIT_TIMEOUT
     return EXIT_OK
+
+
+class SeenRecorder:
+    """Writes the stream's last contact per kiosk into the fleet home (``seen.json``) every
+    ``interval_s`` and at exit, for ``fleet devices``. A fleet home this user cannot write is
+    reported once; watching goes on."""
+
+    def __init__(self, reg: FleetRegistry, stream: EventStream, interval_s: float = 10.0) -> None:
+        self.reg, self.stream, self.interval_s = reg, stream, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="seen-recorder", daemon=True)
+        self._failed = False
+
+    def start(self) -> SeenRecorder:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.flush()
+
+    def flush(self) -> None:
+        if not (self.reg.home / "devices").is_dir():
+            return  # no fleet home with approved kiosks here: nothing to create
+        try:
+            self.reg.record_seen(dict(self.stream.last_seen))
+        except (OSError, ApplianceError) as exc:
+            if not self._failed:
+                print(f"warning: cannot record last contact in the fleet home: {exc}",
+                      file=sys.stderr)  # fmt: skip
+            self._failed = True
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.flush()
 
 
 def main(argv: list[str] | None = None) -> int:

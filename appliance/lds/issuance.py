@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,8 +72,14 @@ def verify_package(
     *,
     now: dt.datetime | None = None,
 ) -> VerifiedPackage:
-    """Every check the kiosk makes before writing. Raises TrustError (signature, chain, hashes)
-    or ProtocolError(lds_malformed) (a file that does not parse, EF.COM inconsistent)."""
+    """Every check the kiosk makes before writing. Raises TrustError (signature, chain, hashes),
+    ProtocolError(lds_malformed) (a file that does not parse, EF.COM inconsistent), or, once
+    Passive Authentication has passed, :class:`CitizenDataInvalid` (``citizen_invalid``) for
+    citizen data that must not reach a chip (:func:`check_citizen_data`).
+
+    ``now`` is the kiosk's clock for the certificates' validity and, as the date in Vietnam,
+    the "today" of the citizen checks (born / issued in the future).
+    """
     files = {str(k): bytes(v) for k, v in pkg.files.items()}
     for name, data in files.items():
         # Each file must be exactly one TLV with the outer tag of its kind.
@@ -96,8 +103,7 @@ def verify_package(
     mrz = decode_dg1(files["DG1"])
     if "DG2" in files:
         decode_dg2(files["DG2"])
-    if "DG13" in files:
-        decode_dg13(files["DG13"])
+    dg13 = decode_dg13(files["DG13"]) if "DG13" in files else None
     dgs = {_dg_number(n): files[n] for n in dg_names}
     sod = parse_sod(files["EF.SOD"])
     missing = sorted(set(dgs) - set(sod.dg_hashes))
@@ -107,14 +113,46 @@ def verify_package(
             code="dg_hash_mismatch",
             details={"not_in_sod": missing},
         )
+    now = now or dt.datetime.now(dt.UTC)
     pa = passive_authentication(files["EF.SOD"], dgs, trust_anchors, now=now)
+    # The signature first: a DG13 altered after signing is dg_hash_mismatch, not a citizen.
     pa.raise_for_failure()
+    check_citizen_data(mrz, dg13, today=now.astimezone(_VIETNAM).date())
     ordered = {
         "EF.COM": files["EF.COM"],
         **{n: files[n] for n in dg_names},
         "EF.SOD": files["EF.SOD"],
     }
     return VerifiedPackage(pkg.package_id, ordered, mrz, pa)
+
+
+# Vietnam's time (UTC+7, no daylight saving time): the date of "today" in the citizen checks.
+_VIETNAM = dt.timezone(dt.timedelta(hours=7))
+# A CCCD's document number: the 12-digit personal identification number (docs/card.md).
+_CCCD_NUMBER = re.compile(r"[0-9]{12}")
+
+
+def check_citizen_data(mrz: Td1, dg13: Dg13 | None, *, today: dt.date | None = None) -> None:
+    """The kiosk's citizen check of a package (docs/card.md, "Citizen data"): a CCCD (a
+    12-digit document number) must carry DG13, and DG13 and DG1 must pass
+    :func:`check_issuance_data`. A document whose number is not 12 digits is not a CCCD (the
+    ICAO 9303 specimens of the chip tests): it has no citizen record, and nothing is checked.
+    Raises :class:`CitizenDataInvalid`.
+    """
+    if dg13 is None:
+        if _CCCD_NUMBER.fullmatch(mrz.document_number):
+            raise CitizenDataInvalid(
+                [
+                    Problem(
+                        "DG13",
+                        Rule.REQUIRED,
+                        "a CCCD (12-digit document number) needs DG13, the citizen's details",
+                    )
+                ],
+                where="issuance package",
+            )
+        return
+    check_issuance_data(mrz, dg13, today=today)
 
 
 _DG13_SEX = {"Nam": "M", "Nữ": "F"}
@@ -155,7 +193,7 @@ def check_issuance_data(mrz: Td1, dg13: Dg13 | None, *, today: dt.date | None = 
         "permanent_residence": dg13.permanent_residence,
         "identifying_marks": dg13.identifying_marks,
         "date_of_issue": dg13.date_of_issue,
-        # "Không thời hạn": a card without expiry (from 58-60, cccd-number.md).
+        # "Không thời hạn": no expiry (issued from 58; Law on Identification 2023 art. 21).
         "date_of_expiry": None if dg13.date_of_expiry == NO_EXPIRY_TEXT else dg13.date_of_expiry,
         "father": dg13.father,
         "mother": dg13.mother,

@@ -1,7 +1,7 @@
 """Issuer-side tool: build an issuance package, or check one as the kiosk would.
 
     python -m appliance.lds.tool build --person person.json --ds-key ds.key --ds-cert ds.pem \\
-        [--face-record face.fac] --out package.json
+        [--face-record face.fac] [--skip-citizen-check] --out package.json
     python -m appliance.lds.tool verify --package package.json --trust-bundle csca.pem
     python -m appliance.lds.tool test-pki --out DIR
 
@@ -10,6 +10,12 @@
 Vietnamese diacritics (transliterated for the MRZ, kept in DG13). The face record is an
 ISO/IEC 19794-5 record (the camera's output). The Document Signer key belongs to the central
 issuer: never copy it to a kiosk.
+
+``build`` refuses, before signing, citizen data a kiosk would refuse (``citizen_invalid``,
+every field and rule listed; docs/citizen-data.md): DG13 checked as a citizen record and DG1's
+MRZ against it, and a 12-digit (CCCD) document number without DG13. ``--skip-citizen-check``
+builds such a package anyway, for tests of that refusal only. ``verify`` makes every check
+the kiosk makes before writing, the citizen check included.
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import ValidationError
 
+from ..citizen.validation import CitizenDataInvalid
 from ..errors import ApplianceError
-from .files import Dg13
-from .issuance import build_issuance_package, verify_package
+from .files import Dg13, encode_dg1, encode_dg13
+from .issuance import build_issuance_package, check_citizen_data, verify_package
 from .mrz import Td1
 from .package import IssuancePackage
 from .sod import load_trust_bundle
@@ -49,6 +56,19 @@ def _build(args: argparse.Namespace) -> int:
         secondary=person.get("given_names", ""),
     )
     dg13 = Dg13(**person["dg13"]) if person.get("dg13") else None
+    if args.skip_citizen_check:
+        print(
+            "warning: citizen data NOT checked (--skip-citizen-check): "
+            "a kiosk refuses this package if it is inconsistent",
+            file=sys.stderr,
+        )
+    else:
+        # The files' own format first (a malformed field is bad input, exit 2), then the
+        # citizen (exit 1), before the Document Signer signs anything.
+        encode_dg1(td1)
+        if dg13 is not None:
+            encode_dg13(dg13)
+        check_citizen_data(td1, dg13)
     faces = [args.face_record.read_bytes()] if args.face_record else None
     pkg = build_issuance_package(
         package_id=person["package_id"],
@@ -97,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="ISO/IEC 19794-5 face record for DG2 (default: no DG2)",
     )
+    b.add_argument(
+        "--skip-citizen-check",
+        action="store_true",
+        help="build even when the citizen data is inconsistent (tests of the kiosk's refusal "
+        "only: a kiosk refuses such a package with citizen_invalid)",
+    )
     b.add_argument("--out", type=Path, required=True, help="package JSON to write")
     v = sub.add_parser("verify", help="check a package as the kiosk does before writing")
     v.add_argument("--package", type=Path, required=True, help="package JSON")
@@ -106,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         return int({"build": _build, "verify": _verify, "test-pki": _test_pki}[args.cmd](args))
+    except CitizenDataInvalid as exc:
+        print(f"error: {exc.code}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for p in exc.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
     except ApplianceError as exc:
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
         return 1

@@ -21,9 +21,11 @@ from appliance.drivers.card.profile import CardProfile, load_profile
 from appliance.drivers.card.teststack import SOCKET_ENV, PcscTestStack
 from appliance.lds import files, issuance, mrz, testpki
 
-DOC = "079090001234"
+# A consistent CCCD citizen (the kiosk checks it, docs/card.md "Citizen data"): HCMC (079), a
+# woman born in the 1900s (1), in 1990 (90); issued 2025 at 35, so valid to her 40th birthday.
+DOC = "079190001234"
 BIRTH = "900101"
-EXPIRY = "350101"
+EXPIRY = "300101"
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +87,7 @@ def dg13(doc: str = DOC) -> files.Dg13:
         permanent_residence="12 Lê Lợi, Phường Bến Nghé, Quận 1, TP. Hồ Chí Minh",
         identifying_marks="Nốt ruồi cách 2cm trên đầu mày trái",
         date_of_issue="01/01/2025",
-        date_of_expiry="01/01/2035",
+        date_of_expiry="01/01/2030",
         father="Nguyễn Văn Bình",
         mother="Trần Thị Hoa",
         old_id_number="025123456",

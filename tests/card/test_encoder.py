@@ -87,7 +87,7 @@ def test_wrong_mrz_is_refused_by_bac(make_encoder, insert_card, package) -> None
         enc.read(DOC, "900102", EXPIRY)
     assert ei.value.code == "bac_failed"
     with pytest.raises(DeviceError) as ei:
-        enc.read("079090001235", BIRTH, EXPIRY)
+        enc.read("079190001235", BIRTH, EXPIRY)
     assert ei.value.code == "bac_failed"
     assert enc.read(DOC, BIRTH, EXPIRY)["passive_authentication"]["passed"]
 

@@ -78,6 +78,21 @@ def test_outbox_keeps_order_and_never_reuses_seq(tmp_path: Path) -> None:
     s.close()
 
 
+def test_puback_watermark_survives_a_reopen_and_only_rises(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    assert s.outbox.published_through() == 0
+    s.outbox.set_published_through(42)
+    s.outbox.set_published_through(7)  # a late, lower flush never moves it back
+    s.close()
+    s = Store(tmp_path)
+    try:
+        assert s.outbox.published_through() == 42
+        s.outbox.set_published_through(100)
+        assert s.outbox.published_through() == 100
+    finally:
+        s.close()
+
+
 def test_outbox_cap_refuses_instead_of_dropping(tmp_path: Path) -> None:
     s = Store(tmp_path)
     s.outbox.set_cap(3)

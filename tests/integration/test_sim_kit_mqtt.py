@@ -9,6 +9,7 @@ import base64
 import json
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -98,20 +99,24 @@ def test_card_encode_and_read_over_mqtt(simkit: DaemonProcess, controller: Contr
     pki = simkit.state_dir / "sim" / "pki"
     ds_key = serialization.load_pem_private_key((pki / "ds.key").read_bytes(), None)
     ds_cert = load_pem_x509_certificate((pki / "ds.pem").read_bytes())
+    # A consistent citizen (the kiosk checks it): a woman born 1990 in Hanoi, issued at 35,
+    # valid to her 40th birthday.
     mrz = Td1(
-        document_number="001099012345",
+        document_number="001190012345",
         birth="900215",
         sex="F",
-        expiry="350215",
+        expiry="300215",
         primary="NGUYEN",
         secondary="THI MAI",
     )
     dg13 = Dg13(
-        personal_id="001099012345",
+        personal_id="001190012345",
         full_name="Nguyễn Thị Mai",
         date_of_birth="15021990",
         sex="Nữ",
         nationality="Việt Nam",
+        date_of_issue="01/06/2025",
+        date_of_expiry="15/02/2030",
     )
     package = issuance.build_issuance_package(
         package_id="pkg-mqtt-1",
@@ -128,7 +133,7 @@ def test_card_encode_and_read_over_mqtt(simkit: DaemonProcess, controller: Contr
     read = controller.request(
         DEV,
         "card.read",
-        {"document_number": "001099012345", "birth": "900215", "expiry": "350215"},
+        {"document_number": "001190012345", "birth": "900215", "expiry": "300215"},
         timeout=60,
     )
     assert read["ok"] is True, read
@@ -143,6 +148,23 @@ def test_card_encode_and_read_over_mqtt(simkit: DaemonProcess, controller: Contr
     refused = controller.request(DEV, "card.encode", bad, timeout=60)
     assert refused["ok"] is False
     assert refused["error"]["code"] == "dg_hash_mismatch", refused
+    # Signed by the centre's Document Signer, but the MRZ says M for a woman's number: refused
+    # as citizen data, every problem named in the reply, before the card is looked at.
+    wrong = issuance.build_issuance_package(
+        package_id="pkg-mqtt-3",
+        mrz=replace(mrz, sex="M"),
+        dg13=dg13,
+        face_records=None,
+        ds_key=ds_key,
+        ds_cert=ds_cert,  # type: ignore[arg-type]
+    )
+    wrong_args = json.loads(wrong.model_dump_json())
+    refused = controller.request(DEV, "card.encode", wrong_args, timeout=60)
+    assert refused["ok"] is False
+    assert refused["error"]["code"] == "citizen_invalid", refused
+    assert refused["error"]["details"]["problems"] == [
+        {"field": "DG1.sex", "rule": "mrz_mismatch", "message": "the MRZ's sex is not DG13's"}
+    ]
 
 
 def test_camera_capture_over_mqtt(simkit: DaemonProcess, controller: Controller) -> None:

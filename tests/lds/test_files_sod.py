@@ -74,7 +74,8 @@ def test_dg2_refuses_what_is_not_a_face_record() -> None:
 
 def _dg13() -> files.Dg13:
     return files.Dg13(
-        personal_id="001099012345",
+        # Hanoi (001), a woman born in the 1900s (1), in 1999 (99); issued at 24: to her 40th.
+        personal_id="001199012345",
         full_name="Đặng Thị Ngọc Ánh",
         date_of_birth="15/03/1999",
         sex="Nữ",
@@ -84,7 +85,7 @@ def _dg13() -> files.Dg13:
         place_of_origin="Xã Đông Hội, Đông Anh, Hà Nội",
         permanent_residence="Số 5 ngõ 12 Phố Huế, Hai Bà Trưng, Hà Nội",
         identifying_marks="Sẹo chấm C 1cm dưới sau đuôi mắt phải",
-        date_of_issue="10/05/2021",
+        date_of_issue="10/05/2023",
         date_of_expiry="15/03/2039",
         father="Đặng Văn Hùng",
         mother="Nguyễn Thị Lan",
@@ -292,7 +293,7 @@ def test_trust_bundle_loading(pki: testpki.TestPki, tmp_path: Path) -> None:
 
 
 def test_issuance_package_checks(pki: testpki.TestPki) -> None:
-    m = mrz.Td1("079090001234", "900101", "M", "350101", "LE", "TAM")
+    m = mrz.Td1("001199012345", "990315", "F", "390315", "Đặng", "Thị Ngọc Ánh")
     pkg = issuance.build_issuance_package(
         package_id="x-1",
         mrz=m,
@@ -303,7 +304,7 @@ def test_issuance_package_checks(pki: testpki.TestPki) -> None:
     )
     v = issuance.verify_package(pkg, [pki.csca_cert])
     assert list(v.files) == ["EF.COM", "DG1", "DG2", "DG13", "EF.SOD"]
-    assert v.mrz.document_number == "079090001234" and v.pa.passed
+    assert v.mrz.document_number == "001199012345" and v.pa.passed
     wire = pkg.model_dump_json()
     assert issuance.IssuancePackage.model_validate_json(wire) == pkg
     # EF.COM that does not list DG13

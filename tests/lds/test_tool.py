@@ -14,13 +14,21 @@ def test_build_and_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert tool.main(["test-pki", "--out", str(tmp_path / "pki")]) == 0
     person = {
         "package_id": "vn-2026-0001",
-        "document_number": "001099012345",
+        "document_number": "001199012345",
         "birth": "990315",
         "sex": "F",
         "expiry": "390315",
         "family_name": "Đặng",
         "given_names": "Thị Ngọc Ánh",
-        "dg13": {"personal_id": "001099012345", "full_name": "Đặng Thị Ngọc Ánh"},
+        "dg13": {
+            "personal_id": "001199012345",
+            "full_name": "Đặng Thị Ngọc Ánh",
+            "date_of_birth": "15/03/1999",
+            "sex": "Nữ",
+            "nationality": "Việt Nam",
+            "date_of_issue": "10/05/2023",
+            "date_of_expiry": "15/03/2039",
+        },
     }
     (tmp_path / "person.json").write_text(json.dumps(person, ensure_ascii=False))
     (tmp_path / "face.fac").write_bytes(files.face_record_from_jpeg(b"\xff\xd8" + bytes(99), 4, 5))
@@ -92,3 +100,56 @@ def test_build_and_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         )
         == 2
     )
+
+
+def test_build_checks_the_citizen_unless_told_not_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert tool.main(["test-pki", "--out", str(tmp_path / "pki")]) == 0
+    pki = tmp_path / "pki"
+    # A man's number (4th digit 0) for a woman, and an expiry that is not her 40th birthday.
+    person = {
+        "package_id": "vn-2026-0002",
+        "document_number": "001090012345",
+        "birth": "900215",
+        "sex": "F",
+        "expiry": "350215",
+        "family_name": "Nguyễn",
+        "given_names": "Thị Mai",
+        "dg13": {
+            "personal_id": "001090012345",
+            "full_name": "Nguyễn Thị Mai",
+            "date_of_birth": "15/02/1990",
+            "sex": "Nữ",
+            "nationality": "Việt Nam",
+            "date_of_issue": "01/06/2025",
+            "date_of_expiry": "15/02/2035",
+        },
+    }
+    (tmp_path / "person.json").write_text(json.dumps(person, ensure_ascii=False))
+    out = tmp_path / "pkg.json"
+    build = [
+        "build",
+        "--person",
+        str(tmp_path / "person.json"),
+        "--ds-key",
+        str(pki / "ds.key"),
+        "--ds-cert",
+        str(pki / "ds.pem"),
+        "--out",
+        str(out),
+    ]
+    capsys.readouterr()
+    assert tool.main(build) == 1
+    err = capsys.readouterr().err
+    assert "citizen_invalid: 2 problem(s)" in err
+    assert "personal_id:" in err and "[id_century_sex]" in err
+    assert "date_of_expiry:" in err and "[expiry_milestone]" in err
+    assert not out.exists()  # nothing signed
+    # The opt-out builds it, says so, and the kiosk's check (verify) refuses it.
+    assert tool.main([*build, "--skip-citizen-check"]) == 0
+    assert "NOT checked" in capsys.readouterr().err
+    verify = ["verify", "--package", str(out), "--trust-bundle", str(pki / "csca.pem")]
+    assert tool.main(verify) == 1
+    err = capsys.readouterr().err
+    assert "citizen_invalid" in err and "[id_century_sex]" in err
