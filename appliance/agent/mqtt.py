@@ -448,7 +448,7 @@ class MqttAgent:
             self._acks.clear()
             self._drain_connection(client, epoch)
 
-    def _drain_connection(self, client: paho.Client, epoch: int) -> None:
+    def _drain_connection(self, client: paho.Client, epoch: int) -> None:  # noqa: C901, PLR0912  one loop owns the in-flight window, PUBACK flushes, the resend timer and stop; split, the parts would share their state through self
         inflight: dict[int, int] = {}  # mid -> seq
         # Every connection starts from the oldest row still in the outbox, except the first
         # one of this process with end-to-end delivery: rows the broker acknowledged before
