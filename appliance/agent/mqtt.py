@@ -190,24 +190,31 @@ class MqttAgent:
         qos: int = 1,
         retain: bool = False,
         correlation_data: bytes | None = None,
+        response_topic: str | None = None,
     ) -> bool:
         """Publish now if connected (no durability: for replies, telemetry, progress). On MQTT 5
-        the payload carries the device's signature in the user property ``sig``."""
+        the payload carries the device's signature in the user property ``sig`` (and
+        ``response_topic`` its property, for the kiosk's own requests)."""
         client = self._client
         if client is None or not self.connected:
             return False
         body = payload.encode() if isinstance(payload, str) else payload
-        info = client.publish(
-            topic, body, qos=qos, retain=retain, properties=self._properties(body, correlation_data)
-        )
+        props = self._properties(body, correlation_data, response_topic)
+        info = client.publish(topic, body, qos=qos, retain=retain, properties=props)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
-    def _properties(self, body: bytes, correlation_data: bytes | None = None) -> Any:
-        if self.cfg.protocol != "5" or (correlation_data is None and self._signer is None):
+    def _properties(
+        self, body: bytes, correlation_data: bytes | None = None, response_topic: str | None = None
+    ) -> Any:
+        if self.cfg.protocol != "5" or (
+            correlation_data is None and self._signer is None and response_topic is None
+        ):
             return None
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         if correlation_data is not None:
             props.CorrelationData = correlation_data
+        if response_topic is not None:
+            props.ResponseTopic = response_topic
         if self._signer is not None:
             props.UserProperty = [("sig", self._signer(body))]
         return props
