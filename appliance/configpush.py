@@ -325,6 +325,7 @@ class ConfigPush:
 
     def _verify(self, doc: bytes) -> Any:
         from .trust.configdoc import verify_config
+        from .trust.envelope import ensure_replay_schema
         from .trust.keys import load_public_key
 
         roots = [load_public_key(p) for p in self.config.trust.root_keys]
@@ -333,6 +334,7 @@ class ConfigPush:
                 "no fleet root key configured: remote configuration refused",
                 code="untrusted_issuer",
             )
+        ensure_replay_schema(self.store.conn, self.store.lock)
         with self.store.lock:
             row = self.store.conn.execute(
                 "SELECT max(last_issued_at) FROM trust_issuer_state"

@@ -22,15 +22,16 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, builtin, telemetry
-from .agent.mqtt import Incoming, MqttAgent
+from .agent.mqtt import MqttAgent
 from .agent.topics import Topics
 from .commands import CommandRegistry
 from .config import AppConfig
 from .configpush import ConfigPush, Startup
 from .devices import Device, DeviceHealth, HealthState
-from .dispatch import Dispatcher, Verified, Verifier
+from .dispatch import Dispatcher
 from .drivers import create_device
 from .errors import ApplianceError, TrustError
+from .inbound import Incoming, Verified, Verifier
 from .sdnotify import Notifier
 from .store import Store
 from .trust.keys import DeviceIdentity
@@ -92,9 +93,11 @@ def build_verifier(cfg: AppConfig, store: Store, registry: CommandRegistry) -> V
     """The dispatcher's trust hook (docs/trust.md): signed envelopes checked against the fleet
     root keys; unsigned requests accepted only with ``commands.allow_unsigned``."""
     from .trust.adapter import make_dispatch_verifier
-    from .trust.envelope import ClockPolicy, CommandVerifier
+    from .trust.envelope import ClockPolicy, CommandVerifier, ensure_replay_schema
     from .trust.keys import load_public_key
 
+    # The trust layer's tables in the daemon's store (the store itself knows no feature).
+    ensure_replay_schema(store.conn, store.lock)
     roots = [load_public_key(p) for p in cfg.trust.root_keys]
     if not roots:
         if cfg.commands.allow_unsigned:

@@ -35,20 +35,18 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .agent.mqtt import Incoming
 from .commands import CommandContext, CommandRegistry, CommandSpec
 from .errors import ApplianceError, CommandError
+from .inbound import ID_PATTERN, Incoming, Verified, Verifier
 from .store import Store
 from .trust.certs import ROLES
 
 log = logging.getLogger(__name__)
 
-ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 _ID_RE = re.compile(ID_PATTERN)
 
 
@@ -112,32 +110,6 @@ ADMISSION_CODES = (
     "invalid_args",
     "busy",
 )
-
-
-@dataclass(frozen=True)
-class Verified:
-    """The trust layer's verdict on one message: the inner payload and who sent it, or the
-    refusal with what could be read of the message.
-
-    ``refused`` set: the message is refused with that error; ``request_id`` / ``command`` are
-    what could be read of the request (also from an envelope that failed verification), so the
-    reply names the id. ``audit`` is the trust decision's record for the single audit row the
-    dispatcher writes. ``repeat``: an authenticated re-delivery of an id that already ran,
-    answered from the command store only."""
-
-    payload: bytes
-    actor: str = "anonymous"
-    roles: frozenset[str] = ROLES  # no verifier (development): every role
-    refused: ApplianceError | None = None
-    request_id: str | None = None
-    command: str | None = None
-    audit: dict[str, Any] | None = None
-    repeat: bool = False
-
-
-# (incoming message) -> Verified; refuses by returning ``Verified(refused=...)`` or by raising
-# ApplianceError (then the dispatcher reads the id of a plain request itself).
-Verifier = Callable[[Incoming], Verified]
 
 
 class Deadlines:
@@ -296,7 +268,9 @@ class Dispatcher:
                     details={"size": len(msg.payload), "max": self.max_payload},
                 )
             try:
-                verified = self.verifier(msg) if self.verifier else Verified(msg.payload)
+                verified = (
+                    self.verifier(msg) if self.verifier else Verified(msg.payload, roles=ROLES)
+                )
             except ApplianceError:
                 cid, name = self._peek_id(msg.payload)  # a plain request's id, if readable
                 raise

@@ -28,8 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import AppConfig
-from .devtools.procs import die_with_parent
 from .errors import DeviceError
+from .procs import die_with_parent
 
 log = logging.getLogger(__name__)
 

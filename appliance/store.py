@@ -92,11 +92,11 @@ def _m1_core(db: sqlite_utils.Database) -> None:
 
 
 def _m2_trust(db: sqlite_utils.Database) -> None:
-    # Replay state of signed commands (appliance/trust/envelope.py, docs/trust.md).
-    from .trust.envelope import TRUST_SCHEMA_SQL
-
-    for statement in TRUST_SCHEMA_SQL:
-        db.execute(statement)
+    # Schema step 2 once created the replay state of signed commands. The trust layer now
+    # creates its own tables when the daemon binds it to this store
+    # (appliance/trust/envelope.py, ensure_replay_schema: CREATE ... IF NOT EXISTS), so the
+    # store imports no feature; the step stays, empty, to keep the numbering of shipped stores.
+    del db
 
 
 def _m3_enrollment(db: sqlite_utils.Database) -> None:

@@ -51,7 +51,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -61,22 +60,11 @@ from paho.mqtt.properties import Properties
 
 from ..config import AppConfig
 from ..errors import ApplianceError
+from ..inbound import Incoming
 from ..store import OutboxRow, Store, render_event
 from .topics import Topics
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """A message for the device, decoupled from paho's types."""
-
-    topic: str
-    payload: bytes
-    retained: bool
-    response_topic: str | None = None
-    correlation_data: bytes | None = None
-    message_expiry: int | None = None
 
 
 def backoff_delay(attempt: int, lo: float, hi: float, rnd: random.Random | None = None) -> float:
@@ -467,7 +455,7 @@ class MqttAgent:
             self._acks.clear()
             self._drain_connection(client, epoch)
 
-    def _drain_connection(self, client: paho.Client, epoch: int) -> None:
+    def _drain_connection(self, client: paho.Client, epoch: int) -> None:  # noqa: C901, PLR0912  one loop owns the in-flight window, PUBACK flushes, the resend timer and stop; split, the parts would share their state through self
         inflight: dict[int, int] = {}  # mid -> seq
         # Every connection starts from the oldest row still in the outbox, except the first
         # one of this process with end-to-end delivery: rows the broker acknowledged before

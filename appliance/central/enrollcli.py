@@ -146,7 +146,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915  the flags to options, one branch per flag and exit code
     from .receiver import Receiver, ReceiverCore, registry_device_keys
 
     home = home_of(args)

@@ -437,7 +437,7 @@ def validate_many(
     return good, bad
 
 
-def _check(
+def _check(  # noqa: C901, PLR0912, PLR0915  one pass over the rules in docs/citizen-data.md's order, kept inline for speed (docs/performance.md, "Citizen data")
     data: Mapping[str, object], problems: list[Problem], today: dt.date, stage: Stage
 ) -> CitizenRecord | None:
     """One pass over the rules, in docs/citizen-data.md's order; appends to ``problems``."""

@@ -1,5 +1,6 @@
-"""The fleet tools' MQTT connection: broker options (flags and ``<home>/fleet.toml``) and a
-small paho MQTT 5 client that waits for what it needs (CONNACK, SUBACK, PUBACK) with deadlines.
+"""The fleet tools' MQTT connection: broker options from flags and ``<home>/fleet.toml``, over
+the small paho MQTT 5 client of :mod:`appliance.mqttclient` (re-exported here: ``FleetMqtt``,
+``BrokerOptions``, ``Message``, ``FleetConnectionError``, ``release``).
 
 Every fleet tool (``approve``, ``devices``, ``send``, ``push-config``, ``watch``,
 ``controller``) talks to the real broker through :class:`FleetMqtt`. With the broker of
@@ -22,24 +23,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import queue
-import socket
-import ssl
-import threading
 import tomllib
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from ..agent.topics import validate_segment
-from ..errors import ApplianceError, ConfigError
+from ..errors import ConfigError
+from ..mqttclient import (
+    BrokerOptions,
+    FleetConnectionError,
+    FleetMqtt,
+    Message,
+    release,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,35 +43,8 @@ FLEET_CONFIG = "fleet.toml"
 DEFAULT_HOME = "~/.appliance-fleet"
 
 
-class FleetConnectionError(ApplianceError):
-    """The broker could not be reached, refused the connection, or did not answer in time."""
-
-    code = "broker_unreachable"
-    retryable = True
-
-
 def default_home() -> Path:
     return Path(os.environ.get("APPLIANCE_FLEET_HOME", DEFAULT_HOME)).expanduser()
-
-
-@dataclass(frozen=True)
-class BrokerOptions:
-    """Where and how a fleet tool connects."""
-
-    host: str = "127.0.0.1"
-    port: int = 1883
-    prefix: str = "kiosk"
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    insecure: bool = False
-
-    @property
-    def tls(self) -> bool:
-        return self.ca_file is not None or self.cert_file is not None
-
-    def describe(self) -> str:
-        return f"{self.host}:{self.port}{' (TLS)' if self.tls else ''}"
 
 
 def add_home_arg(p: argparse.ArgumentParser) -> None:
@@ -162,235 +131,18 @@ def broker_options(args: argparse.Namespace) -> BrokerOptions:
     )
 
 
-def release(client: paho.Client) -> None:
-    """Stop a client's network thread and close its sockets now. paho 2.x closes the socket
-    pair that ``loop_start`` made only in ``Client.__del__``; a client in a reference cycle
-    (its callbacks are bound methods) is freed by the cyclic collector, which may finalise
-    the sockets first and raise ResourceWarning (an error under filterwarnings=error)."""
-    client.loop_stop()
-    reset = getattr(client, "_reset_sockets", None)
-    if callable(reset):
-        reset()
-
-
-@dataclass(frozen=True)
-class Message:
-    """One delivered message with what the fleet tools need of its MQTT 5 properties."""
-
-    topic: str
-    payload: bytes
-    retained: bool
-    user_properties: dict[str, str]
-    correlation_data: bytes | None
-
-
-def _nodelay(_c: Any, _u: Any, sock: Any) -> None:
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        log.debug("TCP_NODELAY not available")
-
-
-class FleetMqtt:
-    """A paho MQTT 5 client for the fleet tools (one network thread, thread-safe calls).
-
-    ``on_message`` receives every delivered :class:`Message`; :meth:`collector` gives a queue
-    of the messages matching a filter. Subscriptions are made again after a reconnect.
-    """
-
-    def __init__(
-        self,
-        opts: BrokerOptions,
-        *,
-        client_id: str | None = None,
-        clean_start: bool = True,
-        session_expiry_s: int = 0,
-    ) -> None:
-        self.opts = opts
-        self.client_id = client_id or f"fleet-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._clean_start = clean_start
-        self._session_expiry_s = session_expiry_s
-        self.client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        self.client.on_socket_open = _nodelay
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_publish = self._on_publish
-        if opts.tls:
-            try:
-                self.client.tls_set(
-                    ca_certs=str(opts.ca_file) if opts.ca_file else None,
-                    certfile=str(opts.cert_file) if opts.cert_file else None,
-                    keyfile=str(opts.key_file) if opts.key_file else None,
-                )
-            except (OSError, ssl.SSLError) as exc:
-                raise FleetConnectionError(
-                    f"cannot load the TLS files ({opts.ca_file}, {opts.cert_file}, "
-                    f"{opts.key_file}): {exc}",
-                    code="tls_files",
-                    retryable=False,
-                ) from None
-            if opts.insecure:
-                self.client.tls_insecure_set(True)
-        self._cv = threading.Condition()
-        self._connack: Any = None
-        self._subacks: dict[int, list[int]] = {}
-        self._pubacks: dict[int, int] = {}
-        self._subs: list[tuple[str, int]] = []
-        self._collectors: list[tuple[str, queue.Queue[Message]]] = []
-        self.on_message: Callable[[Message], None] | None = None
-
-    # -- connection ----------------------------------------------------------------------------
-
-    def connect(self, timeout: float = 10.0) -> FleetMqtt:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        if self._session_expiry_s:
-            props.SessionExpiryInterval = self._session_expiry_s
-        try:
-            self.client.connect(
-                self.opts.host,
-                self.opts.port,
-                keepalive=30,
-                clean_start=self._clean_start,
-                properties=props,
-            )
-        except (OSError, ssl.SSLError) as exc:
-            raise FleetConnectionError(
-                f"cannot connect to the broker {self.opts.describe()}: {exc}"
-            ) from None
-        self.client.loop_start()
-        with self._cv:
-            ok = self._cv.wait_for(lambda: self._connack is not None, timeout)
-        if not ok:
-            self.close()
-            raise FleetConnectionError(
-                f"no answer (CONNACK) from {self.opts.describe()} within {timeout:g} s: "
-                "is the port right, and does the broker accept this certificate?"
-            )
-        if self._connack.is_failure:
-            rc = self._connack
-            self.close()
-            raise FleetConnectionError(
-                f"the broker {self.opts.describe()} refused the connection: {rc}",
-                retryable=False,
-            )
-        return self
-
-    def close(self) -> None:
-        try:
-            self.client.disconnect()
-        finally:
-            release(self.client)
-
-    def __enter__(self) -> FleetMqtt:
-        return self.connect()
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        with self._cv:
-            first = self._connack is None
-            self._connack = rc
-            self._cv.notify_all()
-        if not rc.is_failure and not first and self._subs:
-            client.subscribe(list(self._subs))  # resubscribe after a reconnect
-
-    def _on_subscribe(self, _c: Any, _u: Any, mid: int, rcs: list[Any], _p: Any) -> None:
-        with self._cv:
-            self._subacks[mid] = [r.value for r in rcs]
-            self._cv.notify_all()
-
-    def _on_publish(self, _c: Any, _u: Any, mid: int, rc: Any, _p: Any) -> None:
-        with self._cv:
-            self._pubacks[mid] = rc.value
-            self._cv.notify_all()
-
-    # -- messages ------------------------------------------------------------------------------
-
-    def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
-        props = getattr(msg, "properties", None)
-        user = dict(getattr(props, "UserProperty", None) or []) if props else {}
-        corr = getattr(props, "CorrelationData", None) if props else None
-        m = Message(
-            topic=msg.topic,
-            payload=bytes(msg.payload),
-            retained=bool(msg.retain),
-            user_properties={str(k): str(v) for k, v in user.items()},
-            correlation_data=bytes(corr) if corr else None,
-        )
-        with self._cv:
-            collectors = list(self._collectors)
-        for pattern, q in collectors:
-            if paho.topic_matches_sub(pattern, m.topic):
-                q.put(m)
-        cb = self.on_message
-        if cb is not None:
-            try:
-                cb(m)
-            except Exception:  # a tool's handler must not kill the network thread
-                log.exception("message handler failed on %s", m.topic)
-
-    def collector(self, pattern: str) -> queue.Queue[Message]:
-        """A queue receiving every later message whose topic matches ``pattern`` (a filter
-        without ``$share``); subscribe separately."""
-        q: queue.Queue[Message] = queue.Queue()
-        with self._cv:
-            self._collectors.append((pattern, q))
-        return q
-
-    def subscribe(self, topics: list[str], qos: int = 1, timeout: float = 10.0) -> None:
-        """Subscribe and wait for the SUBACK; a refused filter raises."""
-        pairs = [(t, qos) for t in topics]
-        rc, mid = self.client.subscribe(pairs)
-        if rc != paho.MQTT_ERR_SUCCESS or mid is None:
-            raise FleetConnectionError(f"subscribe failed (rc {rc})")
-        with self._cv:
-            ok = self._cv.wait_for(lambda: mid in self._subacks, timeout)
-            codes = self._subacks.pop(mid, [])
-        if not ok:
-            raise FleetConnectionError(f"no SUBACK for {topics} within {timeout:g} s")
-        bad = [t for t, c in zip(topics, codes, strict=False) if c >= 0x80]
-        if bad:
-            raise FleetConnectionError(f"the broker refused the subscription to {bad}")
-        with self._cv:
-            self._subs.extend(pairs)
-
-    def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        retain: bool = False,
-        response_topic: str | None = None,
-        correlation_data: bytes | None = None,
-        expiry_s: int | None = None,
-        timeout: float = 10.0,
-    ) -> None:
-        """Publish at QoS 1 and wait for the PUBACK; a refusal (e.g. 0x87 not authorised by
-        the ACL) raises with the reason."""
-        props = None
-        if response_topic or correlation_data or expiry_s:
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            if response_topic:
-                props.ResponseTopic = response_topic
-            if correlation_data:
-                props.CorrelationData = correlation_data
-            if expiry_s:
-                props.MessageExpiryInterval = expiry_s
-        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=props)
-        with self._cv:
-            ok = self._cv.wait_for(lambda: info.mid in self._pubacks, timeout)
-            code = self._pubacks.pop(info.mid, None)
-        if not ok or code is None:
-            raise FleetConnectionError(f"no PUBACK for {topic} within {timeout:g} s")
-        # 0x00 success, 0x10 no matching subscribers (MQTT 5.0 section 3.4.2.1)
-        if code not in (0x00, 0x10):
-            what = "not authorised by the broker's ACL" if code == 0x87 else f"reason {code:#x}"
-            raise FleetConnectionError(
-                f"the broker refused the publish on {topic}: {what}", retryable=False
-            )
+__all__ = [
+    "DEFAULT_HOME",
+    "FLEET_CONFIG",
+    "BrokerOptions",
+    "FleetConnectionError",
+    "FleetMqtt",
+    "Message",
+    "add_broker_args",
+    "add_home_arg",
+    "broker_options",
+    "default_home",
+    "home_of",
+    "read_fleet_config",
+    "release",
+]

@@ -108,7 +108,7 @@ def _ack_publisher(stream: list[EventStream]) -> Callable[[str, bytes], bool]:
     return publish
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:  # noqa: C901  wires the flags, streams and signals of one long-running tool
     stop = threading.Event()
     lock = threading.Lock()
     key: OperatorKey | None = None

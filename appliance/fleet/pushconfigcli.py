@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
-def _push(
+def _push(  # noqa: C901, PLR0912, PLR0915  targets, version, publish, wait for reports: one flow, to be split into those four
     args: argparse.Namespace,
     mqtt: FleetMqtt,
     prefix: str,

@@ -171,7 +171,7 @@ class EventStream:
             return False
         return not self.types or any(fnmatch.fnmatchcase(type_, t) for t in self.types)
 
-    def _on_message(self, msg: Message) -> None:
+    def _on_message(self, msg: Message) -> None:  # noqa: C901, PLR0912  topic kind, filter, decode, de-duplicate, verify and print one message, in that order
         prefix = self.opts.prefix
         device = device_of(msg.topic, prefix)
         if device is None or not msg.payload:

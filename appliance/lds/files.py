@@ -300,7 +300,7 @@ def _strings(value: bytes, n: int) -> list[str]:
     return out
 
 
-def decode_dg13(data: bytes) -> Dg13:
+def decode_dg13(data: bytes) -> Dg13:  # noqa: C901, PLR0912  one branch per DG13 field number and string type (Vietnamese DG13 layout)
     """Read DG13 by field number, never by position; accepts UTF8String, PrintableString and
     IA5String, both layouts of field 13, and both readings of 15/16. An empty value reads as
     absent (``None``)."""

@@ -462,7 +462,7 @@ class Provisioner:
         return key
 
     def _connect(self, cfg: AppConfig) -> Any:
-        from ..fleet.conn import BrokerOptions, FleetMqtt
+        from ..mqttclient import BrokerOptions, FleetMqtt
 
         tls = cfg.mqtt.tls
         opts = BrokerOptions(

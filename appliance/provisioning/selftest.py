@@ -270,7 +270,7 @@ def probe_broker(
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-    from ..fleet.conn import release
+    from ..mqttclient import release
 
     c = paho.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,

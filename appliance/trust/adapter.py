@@ -23,8 +23,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ..dispatch import ID_PATTERN, Verified, Verifier
 from ..errors import TrustError
+from ..inbound import ID_PATTERN, Verified, Verifier
 from .certs import ROLES
 from .envelope import ENVELOPE_TYPE, CommandVerifier, TrustDecision
 from .keys import b64decode, load_json

@@ -16,14 +16,21 @@ Body (the exact bytes that were signed, a JSON object)::
 The payload travels as opaque bytes: the device hands the handler exactly what the operator
 signed, so no JSON canonicalisation is ever needed.
 
-Verification order (each step fails with one precise code, see :data:`ERROR_CODES`): size and
-JSON shape (``malformed_envelope``), presence of a signature (``unsigned``), certificate chain
-(``untrusted_issuer``; ``cert_expired``), envelope signature under the certificate's key
-(``bad_signature``), body fields (``malformed_envelope``), time window (``expired``,
-``not_yet_valid``), target (``wrong_target``), command and role (``unknown_command``: not in the
-role table, i.e. not registered; ``forbidden_role``) and last, replay (``replayed``). The replay
-state is written only for an envelope that passed every other check, so a forged message can
-never burn an issuer's counter.
+Verification order: :meth:`CommandVerifier._check` is a pipeline of small named checks, each
+refusing with one precise code (see :data:`ERROR_CODES`):
+
+1. ``_parse``: size and JSON shape (``malformed_envelope``);
+2. ``_require_signature``: presence of a signature (``unsigned``);
+3. ``_certificate_chain``: certificate chain and validity (``untrusted_issuer``;
+   ``cert_expired``; ``cert_revoked``);
+4. ``_signature``: envelope signature under the certificate's key (``bad_signature``);
+5. ``_body``: body fields (``malformed_envelope``);
+6. ``_freshness``: time window (``expired``, ``not_yet_valid``);
+7. ``_target_and_scope``: target and the certificate's scope (``wrong_target``);
+8. ``_role``: command and role (``unknown_command``: not in the role table, i.e. not registered;
+   ``forbidden_role``), then ``_payload_names_command`` (``malformed_envelope``);
+9. ``_replay``, last: replay (``replayed``). The replay state is written only for an envelope
+   that passed every other check, so a forged message can never burn an issuer's counter.
 
 Re-delivery: with a ``known_request`` hook (the daemon's command store), an authenticated
 envelope (signature, chain, target, role) whose request id already ran under the same command
@@ -110,7 +117,8 @@ ERROR_CODES = (
     "malformed_envelope",
 )
 
-#: DDL for the replay state; the daemon applies it as one schema migration.
+#: DDL for the replay state: the trust layer's own part of the daemon's store, created by
+#: :func:`ensure_replay_schema` (idempotent) when the daemon binds the verifier to its store.
 TRUST_SCHEMA_SQL: list[str] = [
     """CREATE TABLE IF NOT EXISTS trust_issuer_state (
         issuer TEXT PRIMARY KEY,          -- certificate key id
@@ -127,6 +135,20 @@ TRUST_SCHEMA_SQL: list[str] = [
 ]
 
 RoleTable = Mapping[str, str | Collection[str]]
+
+
+def ensure_replay_schema(
+    conn: sqlite3.Connection, lock: AbstractContextManager[Any] | threading.Lock
+) -> None:
+    """Create the replay state's tables on ``conn`` if they are missing (under ``lock``).
+
+    The store knows no feature (docs/architecture.md, "Borders"): each feature creates its own
+    tables on the connection it is given. Every statement is ``IF NOT EXISTS``, so a store
+    made by an earlier version (whose schema step 2 created them) is left as it is.
+    """
+    with lock:
+        for statement in TRUST_SCHEMA_SQL:
+            conn.execute(statement)
 
 
 @dataclass(frozen=True)
@@ -307,6 +329,19 @@ class EnvelopeBuilder:
 # --- device side -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Body:
+    """The signed body's fields, each of its type (authentic once the signature verified)."""
+
+    command: str
+    payload: bytes
+    target: str
+    issued_at: int
+    expires_at: int
+    counter: int
+    nonce: str
+
+
 def _body_int(body: dict[str, Any], name: str) -> int:
     value = body.get(name)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value >= 2**63:
@@ -324,12 +359,13 @@ def _body_str(body: dict[str, Any], name: str) -> str:
 class CommandVerifier:
     """Device-side verification of signed command envelopes, with replay state in SQLite.
 
-    ``conn`` is the daemon's connection (tables from :data:`TRUST_SCHEMA_SQL` must exist) and
-    ``lock`` the lock that serialises its use across threads. ``role_table`` maps a command
-    name to the role (or collection of roles, any of which suffices) it requires; a command
-    missing from the table is refused (``unknown_command``, after the envelope is
-    authenticated): fail closed. Roles are not hierarchical: an admin who should also run
-    operator commands carries both roles.
+    ``conn`` is the daemon's connection (the tables of :data:`TRUST_SCHEMA_SQL` must exist:
+    :func:`ensure_replay_schema`; without them every check is ``store_error``) and ``lock`` the
+    lock that serialises its use across threads.
+    ``role_table`` maps a command name to the role (or collection of roles, any of which
+    suffices) it requires; a command missing from the table is refused (``unknown_command``,
+    after the envelope is authenticated): fail closed. Roles are not hierarchical: an admin
+    who should also run operator commands carries both roles.
     """
 
     def __init__(
@@ -442,6 +478,24 @@ class CommandVerifier:
         payload_command: Callable[[bytes], str | None] | None,
         known_request: Callable[[bytes, str], bool] | None,
     ) -> TrustDecision:
+        """The pipeline: each step either passes what it learnt on or refuses with its code
+        (module docstring, "Verification order"); the replay state is written last."""
+        message, env = self._parse(message)
+        unsigned = self._require_signature(env, message, ctx)
+        if unsigned is not None:
+            return unsigned
+        cert = self._certificate_chain(env, now, synced, ctx)
+        body = self._body(self._signature(env, cert), cert, ctx)
+        known = self._freshness(body, now, synced, known_request)
+        self._target_and_scope(body, cert)
+        self._role(body, cert)
+        self._payload_names_command(body, payload_command)
+        return self._replay(body, cert, known, known_request, now, ctx)
+
+    # -- the checks, in order -------------------------------------------------------------------
+
+    def _parse(self, message: object) -> tuple[bytes, dict[str, Any]]:
+        """Size and JSON shape: a JSON object of at most ``max_message_bytes``."""
         if not isinstance(message, bytes | bytearray | memoryview):
             raise _Refused("malformed_envelope", "message must be bytes")
         message = bytes(message)
@@ -456,7 +510,13 @@ class CommandVerifier:
             raise _Refused("malformed_envelope", "message is not UTF-8 JSON") from None
         if not isinstance(env, dict):
             raise _Refused("malformed_envelope", "message is not a JSON object")
+        return message, env
 
+    def _require_signature(
+        self, env: dict[str, Any], message: bytes, ctx: dict[str, Any]
+    ) -> TrustDecision | None:
+        """A signed envelope goes on (None); a plain message is ``unsigned``, or accepted as
+        ``unsigned_allowed`` under the development switch."""
         if env.get("typ") != ENVELOPE_TYPE:
             if "sig" in env:
                 raise _Refused("malformed_envelope", f"envelope typ must be {ENVELOPE_TYPE!r}")
@@ -469,26 +529,19 @@ class CommandVerifier:
             raise _Refused("unsigned", "command is not signed")
         if not env.get("sig"):
             raise _Refused("unsigned", "envelope carries no signature")
+        return None
 
-        # 1. certificate chain and validity. A chain verified once is cached by its exact
-        # token text (the same operator sends many commands); its validity period is still
-        # checked on every use.
+    def _certificate_chain(
+        self, env: dict[str, Any], now: float, synced: bool, ctx: dict[str, Any]
+    ) -> OperatorCertificate:
+        """Certificate chain and validity. A chain verified once is cached by its exact token
+        text (the same operator sends many commands); its validity period is still checked on
+        every use."""
         token = env.get("cert")
         cert = self._cert_cache.get(token) if isinstance(token, str) else None
         try:
             if cert is None:
-                try:
-                    cert = OperatorCertificate.from_token(token)
-                except TrustError as exc:
-                    raise _Refused(
-                        "malformed_envelope", f"certificate: {exc.message}", part="certificate"
-                    ) from None
-                ctx.update(issuer=cert.key_id, issuer_name=cert.name, roles=cert.roles)
-                verify_certificate(cert, self.roots, now=now, check_not_before=False)
-                with self._cache_lock:
-                    if len(self._cert_cache) >= CERT_CACHE_SIZE:
-                        self._cert_cache.pop(next(iter(self._cert_cache)))
-                    self._cert_cache[str(token)] = cert
+                cert = self._verified_certificate(token, now, ctx)
             ctx.update(issuer=cert.key_id, issuer_name=cert.name, roles=cert.roles)
             check_validity(
                 cert,
@@ -499,16 +552,38 @@ class CommandVerifier:
             )
         except TrustError as exc:
             raise _Refused(exc.code, exc.message, **exc.details) from None
+        return cert
 
-        # 2. envelope signature over the exact body bytes.
+    def _verified_certificate(
+        self, token: object, now: float, ctx: dict[str, Any]
+    ) -> OperatorCertificate:
+        """Parse a certificate token not seen before, verify its chain to a root, cache it."""
+        try:
+            cert = OperatorCertificate.from_token(token)
+        except TrustError as exc:
+            raise _Refused(
+                "malformed_envelope", f"certificate: {exc.message}", part="certificate"
+            ) from None
+        ctx.update(issuer=cert.key_id, issuer_name=cert.name, roles=cert.roles)
+        verify_certificate(cert, self.roots, now=now, check_not_before=False)
+        with self._cache_lock:
+            if len(self._cert_cache) >= CERT_CACHE_SIZE:
+                self._cert_cache.pop(next(iter(self._cert_cache)))
+            self._cert_cache[str(token)] = cert
+        return cert
+
+    def _signature(self, env: dict[str, Any], cert: OperatorCertificate) -> bytes:
+        """The envelope signature over the exact body bytes: the authentic body bytes."""
         body_bytes = self._b64(env.get("body"), "body")
         sig = self._b64(env.get("sig"), "sig")
         try:
             verify_detached(cert.public_key, CTX_COMMAND, body_bytes, sig)
         except TrustError:
             raise _Refused("bad_signature", "envelope signature does not verify") from None
+        return body_bytes
 
-        # 3. body fields (authentic from here on).
+    def _body(self, body_bytes: bytes, cert: OperatorCertificate, ctx: dict[str, Any]) -> _Body:
+        """The body fields (authentic from here on), each of its type."""
         try:
             body = load_json(body_bytes)
         except (UnicodeDecodeError, ValueError):
@@ -520,42 +595,60 @@ class CommandVerifier:
         command = _body_str(body, "command")
         if not COMMAND_RE.match(command):
             raise _Refused("malformed_envelope", "invalid command name")
-        payload = self._b64(body.get("payload"), "payload")
-        target = _body_str(body, "target")
-        issued_at = _body_int(body, "issued_at")
-        expires_at = _body_int(body, "expires_at")
-        counter = _body_int(body, "counter")
-        nonce = _body_str(body, "nonce")
-        if len(self._b64(nonce, "nonce")) < 8:
+        fields = _Body(
+            command=command,
+            payload=self._b64(body.get("payload"), "payload"),
+            target=_body_str(body, "target"),
+            issued_at=_body_int(body, "issued_at"),
+            expires_at=_body_int(body, "expires_at"),
+            counter=_body_int(body, "counter"),
+            nonce=_body_str(body, "nonce"),
+        )
+        if len(self._b64(fields.nonce, "nonce")) < 8:
             raise _Refused("malformed_envelope", "nonce shorter than 8 bytes")
         ctx.update(
-            command=command,
-            target=target,
-            counter=counter,
-            nonce=nonce,
-            issued_at=issued_at,
-            expires_at=expires_at,
+            command=fields.command,
+            target=fields.target,
+            counter=fields.counter,
+            nonce=fields.nonce,
+            issued_at=fields.issued_at,
+            expires_at=fields.expires_at,
             signed=True,
         )
+        return fields
 
-        # 4. time window.
-        lifetime = expires_at - issued_at
+    def _freshness(
+        self,
+        body: _Body,
+        now: float,
+        synced: bool,
+        known_request: Callable[[bytes, str], bool] | None,
+    ) -> bool | None:
+        """The time window (clock policy in the module docstring). Returns whether the request
+        id already ran when an expired envelope made that the question (else None)."""
+        lifetime = body.expires_at - body.issued_at
         if lifetime <= 0 or lifetime > self.policy.max_lifetime_s:
             raise _Refused(
                 "malformed_envelope",
                 f"lifetime {lifetime}s outside 1..{self.policy.max_lifetime_s}s",
             )
         # A re-delivery of a command that already ran is answered from the command store even
-        # once its envelope has expired; it must still pass every authentication step below.
+        # once its envelope has expired; it must still pass every authentication step after.
         known: bool | None = None
-        if now > expires_at + self.policy.skew_s:
-            known = self._known(known_request, payload, command)
+        if now > body.expires_at + self.policy.skew_s:
+            known = self._known(known_request, body.payload, body.command)
             if not known:
-                raise _Refused("expired", "command expired", expired_for_s=now - expires_at)
-        if synced and issued_at > now + self.policy.skew_s:
-            raise _Refused("not_yet_valid", "command issued in the future", ahead_s=issued_at - now)
+                raise _Refused("expired", "command expired", expired_for_s=now - body.expires_at)
+        if synced and body.issued_at > now + self.policy.skew_s:
+            raise _Refused(
+                "not_yet_valid", "command issued in the future", ahead_s=body.issued_at - now
+            )
+        return known
 
-        # 5. target and certificate scope.
+    def _target_and_scope(self, body: _Body, cert: OperatorCertificate) -> None:
+        """The command's target is this device (or one of its groups), and the issuer's
+        certificate covers it."""
+        target = body.target
         if target.startswith(GROUP_PREFIX):
             matches = target[len(GROUP_PREFIX) :] in self.groups
         else:
@@ -571,8 +664,11 @@ class CommandVerifier:
                 cert_groups=list(cert.groups),
             )
 
-        # 6. command and role. The role table is the command registry, so a command missing
-        # from it does not exist on this kiosk: said only to an authenticated sender.
+    def _role(self, body: _Body, cert: OperatorCertificate) -> None:
+        """The command exists here and the certificate carries a role it accepts. The role
+        table is the command registry, so a command missing from it does not exist on this
+        kiosk: said only to an authenticated sender."""
+        command = body.command
         required = self.role_table.get(command)
         if required is None:
             raise _Refused("unknown_command", f"unknown command {command!r}", command=command)
@@ -584,42 +680,59 @@ class CommandVerifier:
                 required=sorted(allowed),
             )
 
-        if payload_command is not None:
-            try:
-                named = payload_command(payload)
-            except Exception as exc:  # a hook failing on bad bytes must not crash dispatch
-                raise _Refused("malformed_envelope", f"payload unreadable: {exc}") from None
-            if named is not None and named != command:
-                raise _Refused("malformed_envelope", "payload names another command")
+    @staticmethod
+    def _payload_names_command(
+        body: _Body, payload_command: Callable[[bytes], str | None] | None
+    ) -> None:
+        """A payload that names its command names the signed one."""
+        if payload_command is None:
+            return
+        try:
+            named = payload_command(body.payload)
+        except Exception as exc:  # a hook failing on bad bytes must not crash dispatch
+            raise _Refused("malformed_envelope", f"payload unreadable: {exc}") from None
+        if named is not None and named != body.command:
+            raise _Refused("malformed_envelope", "payload names another command")
 
-        # 7. a re-delivery of a request id that already ran: answered from the command store,
-        # so neither the replay check nor the replay state applies.
+    def _replay(
+        self,
+        body: _Body,
+        cert: OperatorCertificate,
+        known: bool | None,
+        known_request: Callable[[bytes, str], bool] | None,
+        now: float,
+        ctx: dict[str, Any],
+    ) -> TrustDecision:
+        """Last, a re-delivery of a request id that already ran is answered from the command
+        store (no replay check, no replay state); anything else must be new: counter and
+        nonce are checked and recorded, only now that everything else passed."""
         if known is None:
-            known = self._known(known_request, payload, command)
+            known = self._known(known_request, body.payload, body.command)
         if known:
-            log.info("command re-delivered: %s from %s counter=%d", command, cert.key_id, counter)
+            log.info(
+                "command re-delivered: %s from %s counter=%d", body.command, cert.key_id,
+                body.counter,
+            )  # fmt: skip
             return TrustDecision(
                 True, "repeat", "request id already ran: answered from the command store",
-                payload=payload, **ctx,
+                payload=body.payload, **ctx,
             )  # fmt: skip
-
-        # 8. replay, and record (only now that everything else passed).
         self._record(
             cert.key_id,
-            counter=counter,
-            nonce=nonce,
-            issued_at=issued_at,
-            expires_at=expires_at,
+            counter=body.counter,
+            nonce=body.nonce,
+            issued_at=body.issued_at,
+            expires_at=body.expires_at,
             now=now,
         )
         log.info(
             "command accepted: %s from %s counter=%d target=%s",
-            command,
+            body.command,
             cert.key_id,
-            counter,
-            target,
+            body.counter,
+            body.target,
         )
-        return TrustDecision(True, "ok", "verified", payload=payload, **ctx)
+        return TrustDecision(True, "ok", "verified", payload=body.payload, **ctx)
 
     @staticmethod
     def _known(hook: Callable[[bytes, str], bool] | None, payload: bytes, command: str) -> bool:
@@ -715,6 +828,7 @@ __all__ = [
     "EnvelopeBuilder",
     "MonotonicCounter",
     "TrustDecision",
+    "ensure_replay_schema",
     "role_table_from_specs",
     "validate_target",
 ]

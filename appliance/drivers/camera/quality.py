@@ -501,7 +501,7 @@ def _background_mask(geom: FaceGeometry, w: int, h: int) -> npt.NDArray[np.bool_
     return mask.astype(bool)
 
 
-def assess(image: Image, config: QualityConfig | None = None) -> QualityReport:
+def assess(image: Image, config: QualityConfig | None = None) -> QualityReport:  # noqa: PLR0912, PLR0915  one rule after another (ISO/IEC 19794-5 / ICAO portrait), read top to bottom
     """Score one BGR (or grey) frame against the portrait rules."""
     cfg = config or QualityConfig()
     if image.dtype != np.uint8:

@@ -33,8 +33,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from ...devtools.procs import die_with_parent
 from ...errors import DeviceError, DeviceTimeout
+from ...procs import die_with_parent
 
 if TYPE_CHECKING:
     from .emulator import VpcdCardEmulator

@@ -1,0 +1,261 @@
+"""The architecture figures of docs/architecture.md, measured on the code as it stands.
+
+* Modules a command's code runs in, from the dispatcher's ``handle`` to the reply handed back
+  for publishing: a signed ``ping`` and a signed ``card.encode`` (on the private pcscd + vpcd
+  stack with the emulated blank card), traced in-process with ``sys.setprofile`` on the calling
+  thread and the dispatcher's ``cmd`` workers. The two broker ends (``agent/mqtt.py``, which
+  turns paho's message into an ``Incoming`` and publishes the reply, and ``daemon.py``'s
+  ``_route``) are added to the count: they run on the MQTT network thread, outside this trace.
+* Times one command is parsed: every JSON decode (``json.loads``) and every pydantic
+  validation of the request during that trace, per distinct document.
+* Functions over complexity 15 (ruff's C901, ``noqa`` comments ignored), paho client set-ups
+  and topic strings spelled outside ``appliance/agent/topics.py`` (the source text).
+
+    .venv/bin/python bench/arch_figures.py
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import ROOT, emit
+
+# The broker ends of every command: on the MQTT network thread, outside the trace.
+BROKER_ENDS = ("appliance/agent/mqtt.py", "appliance/daemon.py")
+
+
+def digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()[:12]
+
+
+class Tracer:
+    """Which appliance modules run, and which documents are decoded, while ``on`` is set."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.modules: set[str] = set()
+        self.decodes: collections.Counter[str] = collections.Counter()
+        self.validations: collections.Counter[str] = collections.Counter()
+
+    def __call__(self, frame: Any, event: str, _arg: Any) -> None:
+        if not self.on or event != "call":
+            return
+        th = threading.current_thread()
+        if th is not threading.main_thread() and not th.name.startswith("cmd"):
+            return
+        path = frame.f_code.co_filename
+        name = frame.f_code.co_name
+        module = frame.f_globals.get("__name__", "")
+        if module == "appliance" or module.startswith("appliance."):
+            # By the frame's module, so dataclass-made methods count for their module too.
+            file = sys.modules[module].__file__ or module
+            self.modules.add("appliance/" + file.split("/appliance/", 1)[1])
+        elif path.endswith("json/__init__.py") and name == "loads":
+            doc = frame.f_locals.get("s")
+            if isinstance(doc, bytes | str):
+                raw = doc.encode() if isinstance(doc, str) else doc
+                self.decodes[digest(raw)] += 1
+        elif path.endswith("pydantic/main.py") and name.startswith("model_validate"):
+            cls = frame.f_locals.get("cls")
+            self.validations[getattr(cls, "__name__", "?")] += 1
+
+    def install(self) -> None:
+        sys.setprofile(self)
+        threading.setprofile(self)
+
+
+def static_figures() -> dict[str, Any]:
+    ruff = subprocess.run(
+        [
+            str(ROOT / ".venv/bin/ruff"),
+            "check",
+            "appliance",
+            "--isolated",
+            "--select",
+            "C901",
+            "--config",
+            "lint.mccabe.max-complexity=15",
+            "--output-format",
+            "concise",
+            "--ignore-noqa",
+            "--exit-zero",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    over = [line.split(": ", 1)[1] for line in ruff.stdout.splitlines() if "C901" in line]
+    paho_setups = []
+    topic_strings = []
+    topic_re = re.compile(r"""f["'][^"'\n]*\{[a-z_.]*prefix[a-z_.()]*\}/""")
+    for path in sorted((ROOT / "appliance").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if re.search(r"\bpaho\.Client\(|\bmqtt\.Client\(", line):
+                paho_setups.append(f"{rel}:{n}")
+            if rel != "appliance/agent/topics.py" and topic_re.search(line):
+                topic_strings.append(f"{rel}:{n}")
+    by_module = collections.Counter(s.split(":", 1)[0] for s in topic_strings)
+    return {
+        "functions_over_complexity_15": len(over),
+        "over_15": over,
+        "paho_client_setups": len(paho_setups),
+        "paho_sites": paho_setups,
+        "topic_strings_outside_topics_py": len(topic_strings),
+        "topic_string_modules": len(by_module),
+    }
+
+
+def traced_figures() -> dict[str, Any]:
+    from card_encode import build_package
+    from nacl.signing import SigningKey
+
+    from appliance import builtin
+    from appliance.commands import CommandRegistry
+    from appliance.config import AppConfig
+    from appliance.daemon import build_verifier
+    from appliance.dispatch import Dispatcher
+    from appliance.drivers.card.commands import register as register_card
+    from appliance.drivers.card.config import CardConfig
+    from appliance.drivers.card.emulator import EmrtdApplet, VpcdCardEmulator
+    from appliance.drivers.card.pcsc import PcscEncoder
+    from appliance.drivers.card.profile import load_profile
+    from appliance.drivers.card.teststack import PcscTestStack
+    from appliance.lds.sod import load_trust_bundle
+    from appliance.store import Store
+    from appliance.trust.certs import FleetRoot, OperatorKey
+    from appliance.trust.envelope import EnvelopeBuilder
+
+    try:
+        from appliance.inbound import Incoming
+    except ImportError:  # before the message types moved (for a before/after run)
+        from appliance.agent.mqtt import Incoming  # type: ignore[no-redef]
+
+    tracer = Tracer()
+    stack = PcscTestStack().start()
+    stack.export_env()
+    tmp = Path(tempfile.mkdtemp(prefix="arch-figures-"))
+    results: dict[str, Any] = {}
+    emu = None
+    try:
+        root = FleetRoot.create(tmp / "root")
+        sk = SigningKey.generate()
+        now = int(time.time())
+        cert = root.issue(
+            bytes(sk.verify_key),
+            roles=("operator",),
+            devices=("kiosk-001",),
+            groups=(),
+            not_after=now + 3600,
+            issued_at=now - 60,
+            name="figures",
+        )
+        builder = EnvelopeBuilder(OperatorKey(sk, cert))
+        cfg = AppConfig.model_validate(
+            {
+                "device": {"id": "kiosk-001"},
+                "trust": {"root_keys": [str(tmp / "root" / "root.pub")]},
+            }
+        )
+        store = Store(tmp / "state")
+        profile = load_profile("cccd-applet")
+        pkg, csca = build_package(tmp)
+        emu = VpcdCardEmulator(EmrtdApplet(profile), port=stack.vpcd_port).start()
+        encoder = PcscEncoder(CardConfig(), lambda _t, _d: None)
+        encoder.start()
+        encoder.profile = profile  # set directly, as bench/card_encode.py does
+        encoder.trust_anchors = load_trust_bundle(csca)
+        registry = CommandRegistry()
+        builtin.register(registry)
+        register_card(registry, encoder)
+        replies: dict[str, bytes] = {}
+        done = threading.Event()
+
+        def publish(
+            _topic: str, body: bytes, *, qos: int = 1, correlation_data: bytes | None = None
+        ) -> bool:
+            del qos, correlation_data
+            reply = json.JSONDecoder().decode(body.decode())  # not json.loads: not counted
+            if "ok" in reply:  # the final reply (docs/protocol.md, "Replies")
+                replies[reply["id"]] = body
+                done.set()
+            return True
+
+        tracer.install()
+        dispatcher = Dispatcher(
+            registry,
+            store,
+            publish,
+            "kiosk/kiosk-001/reply",
+            services=None,
+            emit=lambda *_a, **_k: None,
+            max_payload=cfg.commands.max_payload_bytes,
+            workers=cfg.commands.workers,
+            verifier=build_verifier(cfg, store, registry),
+        )
+        deadline = time.monotonic() + 120
+        while not encoder.status().get("card_present") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for name, args in (("ping", {}), ("card.encode", pkg.model_dump(mode="json"))):
+            request = json.dumps({"id": f"fig-{name}", "cmd": name, "args": args}).encode()
+            envelope = builder.build(name, request, "kiosk-001")
+            body = base64.b64decode(json.loads(envelope)["body"])
+            names = {digest(envelope): "envelope", digest(body): "body", digest(request): "request"}
+            msg = Incoming("kiosk/kiosk-001/cmd", envelope, retained=False)
+            tracer.modules.clear()
+            tracer.decodes.clear()
+            tracer.validations.clear()
+            done.clear()
+            tracer.on = True
+            dispatcher.handle(msg)
+            if not done.wait(120):
+                raise SystemExit(f"no reply to {name}")
+            tracer.on = False
+            reply = json.loads(replies[f"fig-{name}"])
+            if not reply.get("ok"):
+                raise SystemExit(f"{name} failed: {reply}")
+            modules = sorted(tracer.modules | set(BROKER_ENDS))
+            results[name] = {
+                "modules": len(modules),
+                "module_list": modules,
+                "json_decodes": sum(tracer.decodes.values()),
+                "decodes_per_document": {
+                    names.get(d, "other"): n for d, n in tracer.decodes.items()
+                },
+                "pydantic_validations": dict(tracer.validations),
+            }
+        sys.setprofile(None)
+        threading.setprofile(None)
+        dispatcher.close()
+        encoder.stop()
+        store.close()
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)
+        if emu is not None:
+            emu.stop()
+        stack.stop()
+    return results
+
+
+def main() -> int:
+    out = {**static_figures(), **traced_figures()}
+    emit("arch_figures", out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
