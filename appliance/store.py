@@ -235,6 +235,7 @@ class Store:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             self.conn.execute(f"PRAGMA synchronous={synchronous}")
+            self._synchronous = synchronous.upper()
             self.conn.execute("PRAGMA foreign_keys=ON")
             self._db: sqlite_utils.Database | None = None
             self._migrate()
@@ -330,9 +331,15 @@ class Store:
         return int(free)
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One durable transaction. Re-entrant: a transaction opened inside another (in the
-        same thread, which holds ``lock``) joins it, so several steps can share one fsync."""
+        same thread, which holds ``lock``) joins it, so several steps can share one fsync.
+
+        ``durable=False``: committed without waiting for the disk (``synchronous=NORMAL``: in
+        WAL mode the commit is atomic and survives the process being killed, but a power cut
+        may lose it, https://sqlite.org/pragma.html#pragma_synchronous); a later durable commit
+        or :meth:`sync` makes it durable. The caller decides after the commit, with
+        :meth:`sync`, whether it needs that (a read-only command does not)."""
         with self.lock:
             if self._depth:
                 self._depth += 1
@@ -341,9 +348,13 @@ class Store:
                 finally:
                     self._depth -= 1
                 return
+            lazy = not durable and self._synchronous in ("FULL", "EXTRA")
             try:
+                if lazy:  # the level cannot change inside a transaction
+                    self.conn.execute("PRAGMA synchronous=NORMAL")
                 self.conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
+                self._restore_synchronous(lazy)
                 raise StoreError(f"store unavailable: {exc}", retryable=True) from exc
             self._depth = 1
             try:
@@ -352,10 +363,12 @@ class Store:
                 # Disk full, I/O error, a locked file: the caller gets our error type.
                 self._depth = 0
                 self._rollback()
+                self._restore_synchronous(lazy)
                 raise StoreError(f"store write failed: {exc}", retryable=True) from exc
             except BaseException:
                 self._depth = 0
                 self._rollback()
+                self._restore_synchronous(lazy)
                 raise
             self._depth = 0
             try:
@@ -363,6 +376,37 @@ class Store:
             except sqlite3.Error as exc:
                 self._rollback()
                 raise StoreError(f"store commit failed: {exc}", retryable=True) from exc
+            finally:
+                self._restore_synchronous(lazy)
+
+    def _restore_synchronous(self, lazy: bool) -> None:
+        if lazy:
+            try:
+                self.conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            except sqlite3.Error:
+                log.exception("store: restoring synchronous=%s failed", self._synchronous)
+
+    def sync(self) -> None:
+        """Make every transaction committed so far durable, ``durable=False`` ones included:
+        one fsync of the WAL, which is what a ``synchronous=FULL`` commit does in WAL mode
+        (https://sqlite.org/wal.html; a checkpoint syncs the WAL before it copies frames, so
+        frames already checkpointed are on disk too). Several commits share one call: group
+        commit. A no-op with a store opened with a weaker ``synchronous``."""
+        if self._synchronous not in ("FULL", "EXTRA"):
+            return
+        wal = f"{self.path}-wal"
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except FileNotFoundError:
+            return  # no WAL: every commit was checkpointed into the synced database file
+        except OSError as exc:
+            raise StoreError(
+                f"store sync failed: {exc.strerror}", retryable=True, details={"path": wal}
+            ) from exc
 
     def _rollback(self) -> None:
         try:

@@ -98,3 +98,18 @@ def test_a_store_of_the_previous_version_is_migrated(tmp_path: Path) -> None:
     assert s.outbox.depth() == 700
     assert [r.seq for r in s.outbox.pending(0, 1000)] == list(range(1, 701))
     s.close()
+
+
+def test_a_lazy_transaction_keeps_the_store_full_sync(tmp_path: Path) -> None:
+    """``durable=False`` commits one transaction with synchronous=NORMAL; the store goes back
+    to FULL for the next one (also after a failed one), and sync() makes it durable."""
+    s = Store(tmp_path)
+    with s.transaction(durable=False) as c:
+        c.execute("INSERT INTO kv (key, value) VALUES ('a', '1')")
+    assert s.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    with pytest.raises(StoreError), s.transaction(durable=False) as c:
+        c.execute("INSERT INTO nowhere VALUES (1)")
+    assert s.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    s.sync()
+    assert s.kv_get("a") == "1"
+    s.close()
