@@ -624,12 +624,16 @@ class Dispatcher:
             kept = {k: ("(not stored)" if k in unstored else v) for k, v in reply.result.items()}
             stored = reply.model_copy(update={"result": kept}).to_json()
         try:
-            first = self.store.commands.finish(ctx.command_id, stored, outcome)
+            # Committed without waiting for the disk; the reply leaves once the group commit
+            # made it durable (shared with the commands finishing or admitted meanwhile), so a
+            # repeat after a power cut still gets this first reply.
+            first = self.store.commands.finish(ctx.command_id, stored, outcome, durable=False)
         except ApplianceError:
             log.exception("command %s: storing the reply failed", ctx.command_id)
-            first = True
-        if first:
             self._send_raw(reply_to, corr, body.encode())
+            return
+        if first:
+            self._group.after_sync([lambda: self._send_raw(reply_to, corr, body.encode())])
 
     def _reply_destination(self, msg: Incoming) -> str:
         if msg.response_topic:

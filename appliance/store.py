@@ -656,11 +656,12 @@ class CommandLog:
             )
         return True, None, "running"
 
-    def finish(self, cid: str, reply: str, outcome: str = "done") -> bool:
+    def finish(self, cid: str, reply: str, outcome: str = "done", *, durable: bool = True) -> bool:
         """Store the reply once, auditing the outcome; False if another path (timeout vs.
-        handler) finished first."""
+        handler) finished first. ``durable=False``: the caller syncs (Store.sync) before it
+        sends the reply."""
         now = time.time()
-        with self._s.transaction() as c:
+        with self._s.transaction(durable=durable) as c:
             cur = c.execute(
                 "UPDATE commands SET state='done', reply=?, finished=?, outcome=? "
                 "WHERE id=? AND state='running'",
