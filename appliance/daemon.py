@@ -338,6 +338,7 @@ class Daemon:
         if interrupted:
             log.warning("%d command(s) were interrupted by the last stop", interrupted)
         self._start_enrollment(registry, identity)
+        self._start_lookup(registry)
         agent = MqttAgent(
             cfg,
             store,
@@ -345,7 +346,11 @@ class Daemon:
             birth=svc.birth,
             on_state=self._on_mqtt_state,
             signer=signer,
-            extra_subscriptions=[svc.topics.upload_ack, svc.topics.upload_receipt],
+            extra_subscriptions=[
+                svc.topics.upload_ack,
+                svc.topics.upload_receipt,
+                svc.topics.lookup_response,
+            ],
             ack_verifier=build_outbox_ack_verifier(cfg),
         )
         agent_box.append(agent)
@@ -375,6 +380,11 @@ class Daemon:
         if msg.topic in (svc.topics.upload_ack, svc.topics.upload_receipt):
             if self.uploader is not None:
                 self.uploader.on_message(msg.topic, msg.payload)
+            return
+        if msg.topic == svc.topics.lookup_response:
+            lookup = svc.extras.get("lookup")
+            if lookup is not None:
+                lookup.on_message(msg.topic, msg.payload)
             return
         if msg.topic == svc.topics.config_desired:
             push = self.configpush
@@ -439,6 +449,39 @@ class Daemon:
             chunk_timeout_s=cfg.enrollment.chunk_timeout_s,
         )
 
+    def _start_lookup(self, registry: CommandRegistry) -> None:
+        """Citizen lookup against the central directory (``citizen.lookup``)."""
+        from .citizen.lookup import LookupClient
+        from .citizen.lookup import register as register_lookup
+        from .trust.keys import load_public_key
+
+        svc = self.services
+        assert svc is not None
+        cfg = self.config
+
+        def publish(topic: str, body: bytes, response_topic: str, correlation: bytes) -> bool:
+            agent = svc.agent
+            return bool(
+                agent
+                and agent.publish(
+                    topic, body, qos=1, response_topic=response_topic, correlation_data=correlation
+                )
+            )
+
+        client = LookupClient(
+            prefix=cfg.mqtt.topic_prefix,
+            device_id=cfg.device.id,
+            publish=publish,
+            roots=[load_public_key(p) for p in cfg.trust.root_keys],
+            revoked=list(cfg.trust.revoked_keys),
+            allow_unsigned=cfg.commands.allow_unsigned,
+        )
+        register_lookup(registry, client)
+        svc.extras["lookup"] = client
+        manager = svc.extras.get("enrollment")
+        if manager is not None:
+            manager.looked_up = client.looked_up
+
     def _kick_uploader(self) -> None:
         if self.uploader is not None:
             self.uploader.kick()
@@ -465,6 +508,11 @@ class Daemon:
                     kind, section.backend, "disabled in the configuration", state="disabled"
                 )
                 continue
+            if kind == "fingerprint" and section.link_state_file is None:
+                # The negotiated sensor rate outlives restarts (no probing when it is known).
+                section = section.model_copy(
+                    update={"link_state_file": str(self.state_dir / "fingerprint-link.json")}
+                )
             try:
                 dev = create_device(kind, section.backend, section, svc.emit)
             except (ApplianceError, ImportError) as exc:

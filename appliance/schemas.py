@@ -44,6 +44,10 @@ def full_registry() -> CommandRegistry:
     # The session commands: an uninitialised manager lends its bound methods (their names and
     # docstrings) without opening a store or a device; handlers are never called here.
     register_enrollment(registry, EnrollmentManager.__new__(EnrollmentManager))
+    from .citizen.lookup import LookupClient
+    from .citizen.lookup import register as register_lookup
+
+    register_lookup(registry, LookupClient.__new__(LookupClient))
     return registry
 
 

@@ -101,6 +101,9 @@ def _start_fingerprint(cfg: AppConfig, simdir: Path, cleanups: list[Callable[[],
             str(fp.baud),
             "--profile",
             fp.model,
+            # The module keeps its negotiated rate (and templates) in flash across restarts.
+            "--flash",
+            str(simdir / "fingerprint-flash.json"),
             # A real UART paces every byte; tests may skip the wait (simulation.line_rate).
             *([] if cfg.simulation.line_rate else ["--no-pace"]),
         ],

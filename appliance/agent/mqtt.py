@@ -118,14 +118,18 @@ def _varint(n: int) -> bytes:
 
 
 def publish_properties(
-    sig: str | None, correlation_data: bytes | None = None
+    sig: str | None, correlation_data: bytes | None = None, response_topic: str | None = None
 ) -> PackedProperties | None:
-    """The properties of a PUBLISH we send: Correlation Data (identifier 0x09, Binary Data)
-    and the device signature as User Property ("sig", value) (identifier 0x26, UTF-8 String
-    Pair) (MQTT 5.0 sections 2.2.2.2, 3.3.2.3.6, 3.3.2.3.7)."""
-    if sig is None and correlation_data is None:
+    """The properties of a PUBLISH we send, in paho's order: Response Topic (identifier 0x08,
+    UTF-8 String), Correlation Data (0x09, Binary Data) and the device signature as User
+    Property ("sig", value) (0x26, UTF-8 String Pair) (MQTT 5.0 sections 2.2.2.2, 3.3.2.3.5,
+    3.3.2.3.6, 3.3.2.3.7)."""
+    if sig is None and correlation_data is None and response_topic is None:
         return None
     buf = b""
+    if response_topic is not None:
+        topic = response_topic.encode()
+        buf += b"\x08" + struct.pack("!H", len(topic)) + topic
     if correlation_data is not None:
         buf += b"\x09" + struct.pack("!H", len(correlation_data)) + correlation_data
     if sig is not None:
@@ -251,23 +255,28 @@ class MqttAgent:
         qos: int = 1,
         retain: bool = False,
         correlation_data: bytes | None = None,
+        response_topic: str | None = None,
     ) -> bool:
         """Publish now if connected (no durability: for replies, telemetry, progress). On MQTT 5
-        the payload carries the device's signature in the user property ``sig``."""
+        the payload carries the device's signature in the user property ``sig`` (and
+        ``response_topic`` its property, for the kiosk's own requests)."""
         client = self._client
         if client is None or not self.connected:
             return False
         body = payload.encode() if isinstance(payload, str) else payload
-        info = client.publish(
-            topic, body, qos=qos, retain=retain, properties=self._properties(body, correlation_data)
-        )
+        props = self._properties(body, correlation_data, response_topic)
+        info = client.publish(topic, body, qos=qos, retain=retain, properties=props)
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
-    def _properties(self, body: bytes, correlation_data: bytes | None = None) -> Any:
-        if self.cfg.protocol != "5" or (correlation_data is None and self._signer is None):
+    def _properties(
+        self, body: bytes, correlation_data: bytes | None = None, response_topic: str | None = None
+    ) -> Any:
+        if self.cfg.protocol != "5" or (
+            correlation_data is None and self._signer is None and response_topic is None
+        ):
             return None
         sig = self._signer(body) if self._signer is not None else None
-        return publish_properties(sig, correlation_data)
+        return publish_properties(sig, correlation_data, response_topic)
 
     def kick(self) -> None:
         """Tell the drainer that the outbox has new rows."""

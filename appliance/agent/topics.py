@@ -9,6 +9,8 @@
 {prefix}/{device}/config/desired    retained: the fleet's signed desired configuration
 {prefix}/{device}/config/reported   retained: what the device applied, rejected, rolled back
 {prefix}/{device}/outbox/ack        QoS 1: the ingest's delivery acknowledgement (end_to_end)
+{prefix}/{device}/lookup/request    QoS 1: citizen lookup, to the central directory
+{prefix}/{device}/lookup/response   QoS 1: the directory's signed answer
 """
 
 from __future__ import annotations
@@ -84,6 +86,14 @@ class Topics:
     @property
     def outbox_ack(self) -> str:
         return f"{self.base}/outbox/ack"
+
+    @property
+    def lookup_request(self) -> str:
+        return f"{self.base}/lookup/request"
+
+    @property
+    def lookup_response(self) -> str:
+        return f"{self.base}/lookup/response"
 
     def all_status(self) -> str:
         return f"{self.prefix}/+/status"

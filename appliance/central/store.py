@@ -287,6 +287,10 @@ class PackageStore:
                 if valid_package_id(pkg_dir.name):
                     yield dev_dir.name, pkg_dir.name, pkg_dir
 
+    def package_ids(self) -> list[tuple[str, str]]:
+        """Every (device, package id) with a directory in the store (names only, no file read)."""
+        return [(device, package_id) for device, package_id, _d in self._package_dirs()]
+
     def pending(self) -> list[tuple[str, str]]:
         """Uploads whose chunks are all here but that have no result yet (a receiver stopped
         between the last chunk and the verdict)."""

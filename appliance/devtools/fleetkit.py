@@ -3,10 +3,11 @@ tests: the production path without any committed key.
 
 * ``ca/`` and ``certs/``: the broker's X.509 material from provisioning/issue-device-cert (the
   fleet CA, the broker's server certificate for ``localhost``/``127.0.0.1``, and the client
-  identities of the shipped ACL: ``controller``, ``central``, ``claimant``).
+  identities of the shipped ACL: ``controller``, ``central``, ``directory``, ``claimant``).
 * ``fleet/``: the fleet home of the ``appliance fleet`` tools: the fleet root, the central
-  enrollment key pair and ``ingest`` signer (appliance/central/keys.py), an ``operator`` and an
-  ``admin`` signing key with certificates under the root (``fleet keys issue-operator``).
+  enrollment key pair and ``ingest`` signer (appliance/central/keys.py), an ``operator``, an
+  ``admin`` and a ``directory`` signing key with certificates under the root (``fleet keys
+  issue-operator``).
 
 Every private key is mode 0600. :meth:`FleetKit.broker` starts mosquitto with the shipped
 configuration (mutual TLS, ``use_identity_as_username``, the shipped ACL) on loopback.
@@ -38,8 +39,10 @@ SIGNERS = {
     "admin": ("admin", "technician"),
     # every role, for tests and tools that send any command (one key instead of three)
     "fleet-all": ("operator", "admin", "technician"),
+    # the citizen directory's answers (appliance/central/directory.py)
+    "directory": ("directory",),
 }
-IDENTITIES = ("controller", "central", "claimant")
+IDENTITIES = ("controller", "central", "directory", "claimant")
 
 
 @dataclass
@@ -176,7 +179,8 @@ class FleetKit:
         return Mosquitto(workdir, port=port, tls=self.broker_tls())
 
     def options(self, port: int, identity: str = "controller") -> BrokerOptions:
-        """How a fleet tool connects as ``identity`` (controller, central, claimant)."""
+        """How a fleet tool connects as ``identity`` (controller, central, directory,
+        claimant)."""
         return BrokerOptions(
             host=HOST,
             port=port,

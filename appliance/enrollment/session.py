@@ -22,6 +22,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .. import __version__
+from ..citizen.lookup import CORRECTABLE, CorrectionRequest, check_corrections
+from ..citizen.validation import CitizenDataInvalid
 from ..commands import CommandContext, CommandRegistry
 from ..errors import Busy, CommandError, DeviceTimeout
 from ..store import Store
@@ -69,6 +71,12 @@ class StartArgs(BaseModel):
         default_factory=list, description="Fingers known not to be capturable (not asked for)"
     )
     issuance: bool = Field(False, description="Instant card issuance after the upload")
+    corrections: list[CorrectionRequest] = Field(
+        default_factory=list,
+        max_length=len(CORRECTABLE),
+        description="Corrections the citizen asks for, against the record of this kiosk's last "
+        "verified lookup of citizen_ref (docs/enrollment.md); the centre decides",
+    )
 
     @field_validator("finger_policy")
     @classmethod
@@ -130,6 +138,9 @@ class Session:
     state: str
 
 
+_CORRECTIONS_KEY = "enrollment.corrections."
+
+
 class EnrollmentManager:
     """One active session at a time; all state in SQLite; records sealed at capture."""
 
@@ -165,6 +176,9 @@ class EnrollmentManager:
         self.outgoing.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.RLock()
         self._capturing = threading.Lock()
+        # citizen_ref -> the record of this kiosk's last verified lookup (set by the daemon):
+        # what corrections are checked against.
+        self.looked_up: Callable[[str], dict[str, Any] | None] = lambda _ref: None
 
     # -- state -------------------------------------------------------------------------------
 
@@ -270,6 +284,7 @@ class EnrollmentManager:
                 "instant card issuance is disabled on this kiosk (enrollment.instant_issuance)",
                 code="issuance_disabled",
             )
+        corrections = self._check_corrections(args)
         with self._lock:
             if self.active() is not None:
                 raise Busy("an enrollment session is already active")
@@ -295,6 +310,11 @@ class EnrollmentManager:
                         "",
                     ),
                 )
+                if corrections:
+                    c.execute(
+                        "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)",
+                        (_CORRECTIONS_KEY + sid, json.dumps(corrections, ensure_ascii=False)),
+                    )
                 for i, e in enumerate(args.exceptions):
                     c.execute(
                         "INSERT INTO enrollment_records (session_id, seq, kind, position, status, "
@@ -324,6 +344,23 @@ class EnrollmentManager:
         )
         self._progress(s, "started")
         return {"session_id": sid, "plan": plan, "exceptions": exceptions}
+
+    def _check_corrections(self, args: StartArgs) -> list[dict[str, Any]]:
+        """Corrections travel only validated, against the directory's signed record."""
+        if not args.corrections:
+            return []
+        record = self.looked_up(args.citizen_ref)
+        if record is None:
+            raise CommandError(
+                f"corrections: no verified lookup of citizen {args.citizen_ref} on this kiosk; "
+                "look the citizen up (citizen.lookup) before asking for corrections",
+                code="lookup_required",
+                details={"citizen_ref": args.citizen_ref},
+            )
+        problems = check_corrections(record, args.corrections)
+        if problems:
+            raise CitizenDataInvalid(problems, where="corrections")
+        return [c.model_dump() for c in args.corrections]
 
     def portrait(self, ctx: CommandContext, args: PortraitArgs) -> dict[str, Any]:
         """Auto-capture the portrait, then seal it."""
@@ -492,6 +529,7 @@ class EnrollmentManager:
                     details={"remaining": remaining},
                 )
             package_id = s.id
+            corrections = json.loads(self.store.kv_get(_CORRECTIONS_KEY + s.id) or "[]")
             manifest = {
                 "typ": pk.MANIFEST_TYPE,
                 "package_id": package_id,
@@ -534,6 +572,8 @@ class EnrollmentManager:
                 ],
                 "chain_head": s.chain_head,
             }
+            if corrections:
+                manifest["corrections"] = corrections
             manifest_bytes = json.dumps(
                 manifest, separators=(",", ":"), ensure_ascii=False
             ).encode()
@@ -550,6 +590,7 @@ class EnrollmentManager:
                     "UPDATE enrollment_sessions SET state='finished', updated=? WHERE id=?",
                     (time.time(), s.id),
                 )
+                c.execute("DELETE FROM kv WHERE key=?", (_CORRECTIONS_KEY + s.id,))
                 c.execute(
                     "INSERT INTO enrollment_uploads (package_id, session_id, path, total_bytes, "
                     "state, created, records) VALUES (?,?,?,?,?,?,?)",
@@ -732,6 +773,7 @@ class EnrollmentManager:
                 "UPDATE enrollment_sessions SET state=?, reason=?, updated=? WHERE id=?",
                 (state, reason, time.time(), s.id),
             )
+            c.execute("DELETE FROM kv WHERE key=?", (_CORRECTIONS_KEY + s.id,))
         self.emit(
             f"enrollment.{state}", {"session_id": s.id, "reason": reason, "shredded": shredded}
         )

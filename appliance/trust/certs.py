@@ -58,8 +58,10 @@ CERT_TYPE = "appliance.operator-cert.v1"
 
 #: operator: enrollment and card commands; admin: configuration, restarts, diagnostics;
 #: technician: self-test and snapshots; ingest: the central enrollment service, whose signed
-#: acknowledgements let a kiosk shred sealed biometric records (see sealed.py).
-ROLES = frozenset({"operator", "admin", "technician", "ingest"})
+#: acknowledgements let a kiosk shred sealed biometric records (see sealed.py); directory: the
+#: central citizen directory, whose signed lookup answers a kiosk shows for confirmation
+#: (appliance/citizen/lookup.py). No command requires the directory role.
+ROLES = frozenset({"operator", "admin", "technician", "ingest", "directory"})
 
 ALL_DEVICES = "*"
 

@@ -253,7 +253,7 @@ def test_packets_for_another_address_are_not_answered(
 
 def test_capture_waits_for_the_finger(kit: Kit) -> None:
     emu, dev = kit
-    emu.present_finger(4, "good", after_polls=3)
+    emu.present_finger(4, "good", after_polls=3, captures=1)
     cap = dev.capture(time.monotonic() + 5)
     assert cap.image.shape == (288, 256)
     with pytest.raises(DeviceTimeout) as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -177,3 +178,84 @@ def test_backend_factory_builds_the_driver_and_it_satisfies_the_interfaces(
         assert events.health_states() == ["ok"]
     finally:
         dev.stop()
+
+
+# --- presentations: one finger stays on the platen ------------------------------------------
+
+
+def test_a_presented_finger_stays_until_lifted_or_replaced(
+    make_emulator: MakeEmu, make_sensor: MakeDev
+) -> None:
+    emu = make_emulator("r307")
+    dev, _ = make_sensor(emu.path)
+    emu.present_finger(5, "good")
+    for _ in range(3):
+        assert dev.gen_img()
+    emu.remove_finger()
+    assert not dev.gen_img()
+    emu.present_finger(5, "good")
+    assert dev.gen_img()
+    dev.img2tz(1)
+    emu.present_finger(6, "good")  # a new finger queued: the first one is lifted
+    assert dev.gen_img()
+    dev.img2tz(2)
+    assert dev.match() is None
+
+
+def test_the_automatic_finger_is_one_persons_finger(
+    make_emulator: MakeEmu, make_sensor: MakeDev
+) -> None:
+    emu = make_emulator("r307")
+    emu.set_auto_finger("good", 2)
+    dev, _ = make_sensor(emu.path)
+
+    def until(probe: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 10
+        while not probe():
+            assert time.monotonic() < deadline
+
+    # Two captures of one placement merge.
+    until(dev.gen_img)
+    dev.img2tz(1)
+    assert dev.gen_img()
+    dev.img2tz(2)
+    dev.reg_model()
+    dev.store(1, 0)
+    # Lifted after a while; placed again, it is the same finger: the search finds it.
+    until(lambda: not dev.gen_img())
+    until(dev.gen_img)
+    dev.img2tz(1)
+    hit = dev.search(1)
+    assert hit is not None and hit.page_id == 0
+    # Once its image was uploaded (a kiosk recorded it), the next placement is the next finger.
+    until(dev.gen_img)
+    first = emu.image_finger
+    dev.up_image_raw()
+    until(lambda: not dev.gen_img())
+    until(dev.gen_img)
+    assert emu.image_finger is not None and first is not None
+    assert emu.image_finger[0] == first[0] % 10 + 1
+
+
+def test_gen_img_answers_in_the_sensors_time_even_when_synthesis_is_slow(
+    make_emulator: MakeEmu, make_sensor: MakeDev, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from appliance.drivers.fingerprint import emulator as em
+
+    # A loaded machine: synthesising an image takes longer than the R307's capture (0.5 s).
+    real = em.generate
+    gate = threading.Event()
+
+    def slow(*args: object, **kw: object) -> object:
+        gate.wait(5)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(em, "generate", slow)
+    emu = make_emulator("r307", pace=True)
+    dev, _ = make_sensor(emu.path, command_timeout_s=2.0)
+    emu.present_finger(3, "good")
+    assert dev.gen_img()  # answered at the capture time while the synthesis still waits
+    assert emu.stats["late_replies"] == 0
+    gate.set()
+    data, _ = dev.up_image_raw()
+    assert data == emu.finger_image(3, "good", 0)

@@ -1,7 +1,13 @@
-"""Each emulator fault mode against the production driver over a real pty (and TCP)."""
+"""Each emulator fault mode against the production driver over a real pty (and TCP).
+
+Every fault test runs twice: against the emulator unpaced, and paced at the real line rate
+(57,600 baud, 10 bit times a byte: an image takes ~7 s on the wire), where a stream is still
+arriving when a fast host would already retry. Each test ends with the sensor working again.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,8 +16,9 @@ import pytest
 
 from appliance.drivers.fingerprint.device import FingerprintSensor
 from appliance.drivers.fingerprint.emulator import FingerprintEmulator
-from appliance.drivers.fingerprint.frames import pack_image
-from appliance.errors import DeviceTimeout, ProtocolError
+from appliance.drivers.fingerprint.frames import Instruction, pack_image
+from appliance.errors import DeviceDisconnected, DeviceTimeout, ProtocolError
+from tests.helpers import wait_for
 
 from .conftest import Events
 
@@ -19,13 +26,24 @@ MakeEmu = Callable[..., FingerprintEmulator]
 MakeDev = Callable[..., tuple[FingerprintSensor, Events]]
 
 
-@pytest.fixture
-def pair(
-    make_emulator: MakeEmu, make_sensor: MakeDev
-) -> tuple[FingerprintEmulator, FingerprintSensor]:
-    emu = make_emulator("r307")
-    dev, _ = make_sensor(emu.path, command_timeout_s=0.3)
+Pair = tuple[FingerprintEmulator, FingerprintSensor]
+
+
+@pytest.fixture(params=["unpaced", "paced"])
+def pair(request: pytest.FixtureRequest, make_emulator: MakeEmu, make_sensor: MakeDev) -> Pair:
+    emu = make_emulator("r307", pace=request.param == "paced")
+    dev, _ = make_sensor(emu.path, command_timeout_s=0.3, health_probe_s=0)
     return emu, dev
+
+
+def works(emu: FingerprintEmulator, dev: FingerprintSensor) -> None:
+    """The sensor answers every kind of reply correctly again (lengths 12, 14, 16, 28, 44)."""
+    templates = len(emu.library)
+    assert dev.template_num() == templates
+    assert dev.read_sys_para().library_size == 1000
+    assert isinstance(dev.get_random_code(), int)
+    assert dev.read_index_table(0) == set(emu.library)
+    assert dev.template_num() == templates
 
 
 def test_garbage_before_a_reply_is_skipped(
@@ -57,6 +75,7 @@ def test_one_byte_at_a_time(pair: tuple[FingerprintEmulator, FingerprintSensor])
     data, _ = dev.up_image_raw()
     assert data == emu.finger_image(1, "good", 0)
     assert dev.stats["retries"] == 0
+    works(emu, dev)
 
 
 def test_a_dropped_ack_is_retried(pair: tuple[FingerprintEmulator, FingerprintSensor]) -> None:
@@ -64,18 +83,23 @@ def test_a_dropped_ack_is_retried(pair: tuple[FingerprintEmulator, FingerprintSe
     emu.drop_next_packets(1)
     assert dev.template_num() == 0
     assert dev.stats["retries"] == 1 and dev.stats["timeouts"] == 1
+    works(emu, dev)
 
 
-def test_a_dropped_data_packet_is_noticed_and_the_upload_retried(
-    pair: tuple[FingerprintEmulator, FingerprintSensor],
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_a_dropped_data_packet_is_noticed_and_the_upload_retried_once(
+    pair: Pair, where: str
 ) -> None:
     emu, dev = pair
     emu.present_finger(2, "good")
     assert dev.gen_img()
-    emu.drop_data_packet(100)
+    emu.drop_data_packet({"start": 0, "middle": 144, "end": 287}[where])
     data, _ = dev.up_image_raw()
     assert data == emu.finger_image(2, "good", 0)
-    assert dev.stats["retries"] == 1
+    assert dev.stats["retries"] >= 1
+    # The retry waited for the first stream to leave the line: never a second stream queued.
+    assert emu.stats["input_during_reply"] == 0
+    works(emu, dev)
 
 
 @pytest.mark.parametrize("fault", ["corrupt", "checksum"])
@@ -92,19 +116,67 @@ def test_a_corrupted_reply_is_a_protocol_error_then_retried(
     with pytest.raises(ProtocolError) as err:
         dev.template_num()
     assert err.value.retryable and err.value.details["device"] == "fingerprint"
-    assert dev.template_num() == 0  # and the link is in sync again afterwards
+    works(emu, dev)  # and the link is in sync again afterwards
 
 
-def test_corrupted_data_packet_in_an_upload(
-    pair: tuple[FingerprintEmulator, FingerprintSensor],
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_a_corrupted_data_packet_in_an_upload(pair: Pair, where: str) -> None:
+    emu, dev = pair
+    emu.present_finger(3, "good")
+    assert dev.gen_img()
+    emu.corrupt_data_packet({"start": 0, "middle": 144, "end": 287}[where])
+    data, _ = dev.up_image_raw()
+    assert data == emu.finger_image(3, "good", 0)
+    assert dev.stats["retries"] >= 1
+    assert emu.stats["input_during_reply"] == 0
+    works(emu, dev)
+
+
+def test_a_corrupted_early_packet_with_no_retry_left_does_not_break_the_driver(
+    pair: Pair,
 ) -> None:
     emu, dev = pair
     emu.present_finger(3, "good")
     assert dev.gen_img()
-    emu.corrupt_data_packet(10)
+    emu.corrupt_data_packet(1)
+    with pytest.raises(ProtocolError):
+        dev._exchange(Instruction.UpImage, data_len=emu.profile.image_wire_bytes, retries=0)
+    # The rest of the image was still on the line: the next commands are answered correctly.
+    works(emu, dev)
     data, _ = dev.up_image_raw()
     assert data == emu.finger_image(3, "good", 0)
-    assert dev.stats["retries"] == 1
+    assert emu.stats["input_during_reply"] == 0
+
+
+def test_a_late_reply_is_never_taken_as_the_next_commands_answer(pair: Pair) -> None:
+    emu, dev = pair
+    emu.library[3] = bytes(512)
+    emu.set_busy(0.6)  # the ReadSysPara reply comes after the 0.3 s deadline
+    assert dev.read_sys_para().library_size == 1000
+    assert dev.stats["timeouts"] >= 1
+    works(emu, dev)
+
+
+def test_a_late_reply_to_a_command_that_gave_up(pair: Pair) -> None:
+    emu, dev = pair
+    emu.library[5] = bytes(512)
+    emu.set_busy(0.6)
+    with pytest.raises(DeviceTimeout):
+        dev.read_sys_para(retries=0)
+    # Its reply arrives while the next command waits: skipped, not taken as the answer.
+    assert dev.template_num() == 1
+    works(emu, dev)
+
+
+def test_a_late_image_stream_is_not_followed_by_a_second_one(pair: Pair) -> None:
+    emu, dev = pair
+    emu.present_finger(4, "good")
+    assert dev.gen_img()
+    emu.set_busy(0.6)
+    data, _ = dev.up_image_raw()
+    assert data == emu.finger_image(4, "good", 0)
+    assert emu.stats["input_during_reply"] == 0
+    works(emu, dev)
 
 
 def test_busy_sensor_answers_late_within_the_deadline(
@@ -114,6 +186,7 @@ def test_busy_sensor_answers_late_within_the_deadline(
     emu.set_busy(0.15)  # < command_timeout_s
     assert dev.template_num() == 0
     assert dev.stats["retries"] == 0
+    works(emu, dev)
 
 
 def test_busy_beyond_the_deadline_then_recovers(
@@ -123,6 +196,7 @@ def test_busy_beyond_the_deadline_then_recovers(
     emu.set_busy(0.5)  # > command_timeout_s: the first attempt times out
     assert dev.template_num() == 0
     assert dev.stats["timeouts"] >= 1
+    works(emu, dev)
 
 
 def test_a_silent_sensor_times_out_quickly_never_hangs(
@@ -138,7 +212,41 @@ def test_a_silent_sensor_times_out_quickly_never_hangs(
     assert elapsed < (1 + dev.config.retries) * (0.3 + 0.1) + 1.0
     assert err.value.retryable
     emu.set_silent(False)
-    assert dev.template_num() == 0
+    works(emu, dev)
+
+
+def test_unplug_during_an_image_upload_then_replug(
+    tmp_path: Path, make_emulator: MakeEmu, make_sensor: MakeDev
+) -> None:
+    """Paced only (unpaced unplug and replug: test_hotplug.py)."""
+    link = tmp_path / "ttyFP"
+    emu = make_emulator("r307", link=link, pace=True)
+    dev, _ = make_sensor(str(link), command_timeout_s=0.3, health_probe_s=0)
+    emu.present_finger(5, "good")
+    assert dev.gen_img()
+    errors: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            dev.up_image_raw()
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=upload)
+    t.start()
+    link_ = dev._link
+    assert link_ is not None
+    wait_for(lambda: link_.bytes_in > 5000, 10, "the image stream under way")
+    emu.unplug()
+    t.join(10)
+    assert len(errors) == 1 and isinstance(errors[0], DeviceDisconnected)
+    emu.replug()
+    wait_for(lambda: dev.health().state == "ok", 10, "reconnection")
+    works(emu, dev)
+    emu.present_finger(6, "good")
+    assert dev.gen_img()
+    data, _ = dev.up_image_raw()
+    assert data == emu.finger_image(6, "good", 0)
 
 
 def test_tcp_transport(make_sensor: MakeDev) -> None:

@@ -6,12 +6,19 @@ the dev dependencies ``pyfingerprint`` and ``adafruit-circuitpython-fingerprint`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 import serial
 
 from appliance.drivers.fingerprint.emulator import FingerprintEmulator
+
+from .test_simcli import read_line
 
 MakeEmu = Callable[..., FingerprintEmulator]
 
@@ -73,3 +80,89 @@ def test_adafruit_library_over_pyserial(make_emulator: MakeEmu) -> None:
         assert f.set_led(color=1, mode=3) == af.OK and emu.led is not None
         assert f.delete_model(3) == af.OK and f.count_templates() == af.OK
         assert f.template_count == 0
+
+
+# --- against `appliance sim fingerprint` with its defaults (paced, automatic finger) ---------
+
+PROFILES = ["r307", "r503", "as608"]
+RATES = [57600, 115200]
+
+
+@pytest.fixture(params=[(p, r) for p in PROFILES for r in RATES], ids=lambda pr: f"{pr[0]}-{pr[1]}")
+def sim(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """`appliance sim fingerprint` as a process, defaults except the profile and the rate."""
+    profile, rate = request.param
+    link = tmp_path / "ttyFP"
+    cmd = [sys.executable, "-m", "appliance", "sim", "fingerprint", "--link", str(link)]
+    cmd += ["--profile", profile, "--baud", str(rate)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert read_line(proc) == str(link)
+        yield str(link), rate
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+
+
+def until(probe: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Call ``probe`` (a sensor command) until it is true; a bounded wait on the sensor."""
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_pyfingerprint_enrolls_stores_searches_and_deletes_against_the_sim(
+    sim: tuple[str, int],
+) -> None:
+    from pyfingerprint.pyfingerprint import PyFingerprint
+
+    path, rate = sim
+    fp = PyFingerprint(path, rate, 0xFFFFFFFF, 0x00000000)
+    try:
+        assert fp.verifyPassword()
+        # example_enroll.py: first capture, then "remove finger", then the same finger again.
+        until(fp.readImage, "a finger")
+        fp.convertImage(0x01)
+        assert fp.searchTemplate()[0] == -1
+        until(lambda: not fp.readImage(), "the finger lifted")
+        until(fp.readImage, "the same finger again")
+        fp.convertImage(0x02)
+        assert fp.compareCharacteristics() > 0
+        fp.createTemplate()
+        position = fp.storeTemplate()
+        assert fp.getTemplateCount() == 1
+        # example_search.py: the same person's finger is found.
+        until(fp.readImage, "a finger to search")
+        fp.convertImage(0x01)
+        assert fp.searchTemplate()[0] == position
+        # example_delete.py
+        assert fp.deleteTemplate(position) and fp.getTemplateCount() == 0
+    finally:
+        fp.__del__()  # closes its serial port
+
+
+def test_adafruit_enrolls_stores_searches_and_deletes_against_the_sim(
+    sim: tuple[str, int],
+) -> None:
+    import adafruit_fingerprint as af
+
+    path, rate = sim
+    with serial.Serial(path, rate, timeout=1) as uart:
+        f = af.Adafruit_Fingerprint(uart)
+        assert f.read_sysparam() == af.OK
+        # fingerprint_simpletest.py enroll_finger(): two images of one finger, lifted between.
+        for slot in (1, 2):
+            until(lambda: f.get_image() == af.OK, "a finger")
+            assert f.image_2_tz(slot) == af.OK
+            if slot == 1:
+                until(lambda: f.get_image() == af.NOFINGER, "the finger lifted")
+        assert f.create_model() == af.OK
+        assert f.store_model(5) == af.OK
+        # get_fingerprint(): the enrolled finger is found.
+        until(lambda: f.get_image() == af.OK, "a finger to search")
+        assert f.image_2_tz(1) == af.OK
+        assert f.finger_search() == af.OK and f.finger_id == 5
+        assert f.delete_model(5) == af.OK
+        assert f.count_templates() == af.OK and f.template_count == 0

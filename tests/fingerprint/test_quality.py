@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
 from appliance.drivers.fingerprint import quality, synth
 from appliance.drivers.fingerprint.config import FingerQualityConfig
+from appliance.drivers.fingerprint.device import FingerprintSensor
+from appliance.drivers.fingerprint.emulator import FingerprintEmulator
 from appliance.drivers.fingerprint.frames import pack_image, unpack_image
+from appliance.errors import DeviceStatusError
+
+from .conftest import Events
 
 ORDER = ["good", "smudged", "low_contrast", "partial", "no_finger"]
 
@@ -18,16 +25,16 @@ def wire_image(seed: int, finger: int, variant: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_scores_rank_good_smudged_low_contrast_partial_empty(seed: int) -> None:
+def test_scores_rank_good_first_partial_and_empty_last(seed: int) -> None:
     fingers = range(1, 6)
     scores = {v: [quality.assess(wire_image(seed, f, v)).score for f in fingers] for v in ORDER}
-    means = [float(np.mean(scores[v])) for v in ORDER]
-    assert means == sorted(means, reverse=True), scores
-    assert means[0] - means[-1] > 60, scores
-    # Finger by finger as well, not only on average.
+    means = {v: float(np.mean(scores[v])) for v in ORDER}
+    # Smudged and low-contrast fingers rank by how much of them the sensor can extract, so
+    # either may come second; good is first and partial and empty last, finger by finger.
     for i in range(len(fingers)):
-        column = [scores[v][i] for v in ORDER]
-        assert column == sorted(column, reverse=True) and len(set(column)) == 5, scores
+        good, smudged, low, partial, empty = (scores[v][i] for v in ORDER)
+        assert good > max(smudged, low) and min(smudged, low) > partial > empty == 0, scores
+    assert means["good"] - means["no_finger"] > 60, scores
     assert min(scores["good"]) >= 40  # a good finger passes the usual NFIQ 2 threshold
     assert max(scores["partial"]) < 40
 
@@ -86,3 +93,29 @@ def test_synthetic_fingers_are_reproducible_and_distinct() -> None:
     assert not np.array_equal(a, synth.generate(synth.FingerSpec(1, 1), impression=1))
     _, minutiae = synth.ridge_phase(synth.FingerSpec(1, 1))
     assert 35 <= len(minutiae) < 55
+
+
+def test_one_scale_the_gate_accepts_what_the_sensor_extracts(
+    make_emulator: Callable[..., FingerprintEmulator],
+    make_sensor: Callable[..., tuple[FingerprintSensor, Events]],
+) -> None:
+    """Through the protocol: capture, upload and score, then Img2Tz the same capture. At the
+    default gate (40) an accepted finger is extracted and a refused one is not."""
+    emu = make_emulator("r307", seed=3)
+    dev, _ = make_sensor(emu.path)
+    gate = FingerQualityConfig().min_quality
+    seen = {True: 0, False: 0}
+    for finger in range(1, 11):
+        for variant in ORDER[:4]:
+            emu.present_finger(finger, variant, captures=1)
+            assert dev.gen_img()
+            score = quality.assess(dev.up_image()).score
+            try:
+                dev.img2tz(1)
+                extracted = True
+            except DeviceStatusError as err:
+                assert err.status in (0x06, 0x07)
+                extracted = False
+            assert (score >= gate) == extracted, (finger, variant, score)
+            seen[extracted] += 1
+    assert seen[True] >= 10 and seen[False] >= 10  # both sides of the boundary were tried

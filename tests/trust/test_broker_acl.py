@@ -128,6 +128,7 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     for dev in ("devA", "devB"):
         _issue(ca, certs, dev)
     _issue(ca, certs, "controller", "--kind", "controller")
+    _issue(ca, certs, "directory", "--kind", "directory")
     (base / "persist").mkdir()
     proc, port = _start_broker(base, certs)
     try:
@@ -329,6 +330,31 @@ def test_device_uses_its_own_topics(tls_broker: Broker, clients: list[Client]) -
     a.wait_for("kiosk/group/hanoi/cmd", b"group")
     assert ctl.publish("kiosk/claims/devA/response", b"welcome") in OK
     a.wait_for("kiosk/claims/devA/response", b"welcome")
+
+
+def test_citizen_lookup_topics(tls_broker: Broker, clients: list[Client]) -> None:
+    """A kiosk asks only as itself and reads only its own answers; only the directory
+    identity answers (docs/central.md "Citizen directory")."""
+    directory = _client(tls_broker, clients, "directory")
+    a = _client(tls_broker, clients, "devA")
+    b = _client(tls_broker, clients, "devB")
+    directory.subscribe("kiosk/+/lookup/request")
+    a.subscribe("kiosk/+/lookup/response")
+    b.subscribe("kiosk/devB/lookup/response")
+    assert a.publish("kiosk/devB/lookup/request", b"as B") == NOT_AUTHORIZED
+    assert a.publish("kiosk/devA/lookup/response", b"forged") == NOT_AUTHORIZED
+    assert a.publish("kiosk/devA/lookup/request", b"as A") in OK
+    directory.wait_for("kiosk/devA/lookup/request", b"as A")
+    assert ("kiosk/devB/lookup/request", b"as B", False) not in directory.received
+    assert directory.publish("kiosk/devB/lookup/response", b"for B") in OK
+    assert directory.publish("kiosk/devA/lookup/response", b"for A") in OK
+    b.wait_for("kiosk/devB/lookup/response", b"for B")
+    a.wait_for("kiosk/devA/lookup/response", b"for A")
+    assert "kiosk/devB/lookup/response" not in a.topics()
+    assert ("kiosk/devA/lookup/response", b"forged", False) not in a.received
+    # the directory reads nothing else, and writes nowhere else
+    assert directory.publish("kiosk/devA/cmd", b"cmd") == NOT_AUTHORIZED
+    assert directory.publish("kiosk/devA/upload/receipt", b"receipt") == NOT_AUTHORIZED
 
 
 def test_spoofed_client_id_gains_nothing(tls_broker: Broker, clients: list[Client]) -> None:

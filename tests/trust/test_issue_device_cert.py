@@ -68,6 +68,7 @@ def test_server_certificate_has_san(tmp_path: Path) -> None:
         (["-x"], "unknown option"),
         (["controller"], "reserved"),
         (["central"], "reserved"),
+        (["directory"], "reserved"),
         (["group"], "reserved"),
         (["--kind", "controller", "ops"], "must have the CN"),
         (["--kind", "central", "receiver"], "must have the CN"),

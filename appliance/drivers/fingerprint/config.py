@@ -53,6 +53,12 @@ class FingerprintConfig(BaseModel):
         "(SetSysPara 4) and follow it; the sensor keeps the rate across power cycles, and the "
         "driver finds it again by probing the profile's rates",
     )
+    link_state_file: str | None = Field(
+        None,
+        description="File where the negotiated rate and packet size are remembered, so a "
+        "restart finds the sensor at once instead of probing its rates; the daemon sets "
+        "<state dir>/fingerprint-link.json. None: not remembered",
+    )
     packet_size: Literal[32, 64, 128, 256] | None = Field(
         None, description="Data packet size to set on connect (SetSysPara 6); None: leave as is"
     )

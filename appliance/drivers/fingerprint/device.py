@@ -10,7 +10,9 @@ shows up in health even when no command runs.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import struct
 import threading
 import time
@@ -37,12 +39,14 @@ from ...errors import (
 from .config import FingerprintConfig
 from .frames import (
     PACKET_SIZES,
+    PID,
     Confirm,
     FrameError,
     Instruction,
     Packet,
     SysParam,
     SystemParameters,
+    ack_payload_len,
     baud_from_n,
     confirm_text,
     n_from_baud,
@@ -50,6 +54,7 @@ from .frames import (
     packet_size_code,
     split_data,
     unpack_image,
+    wire_bytes_for,
 )
 from .link import LINE_SLACK_S, SerialLink
 from .profiles import SensorProfile, load_profile
@@ -115,7 +120,12 @@ class FingerprintSensor:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_io = 0.0
+        # Set after a failed exchange: (the instruction, wire bytes of the stream it may
+        # still be sending). The next exchange first resynchronises (see _resync).
+        self._desync: tuple[Instruction, int] | None = None
+        self._owed_probes = 0
         self.stats: dict[str, int] = {
+            "resyncs": 0,
             "retries": 0,
             "connects": 0,
             "timeouts": 0,
@@ -212,34 +222,73 @@ class FingerprintSensor:
         link = SerialLink(self.config.port, self._baud, self.config.address)
         link.open()
         self._link = link
-        rates = [self._baud]
-        if self.config.negotiate_baud:
-            # A sensor switched earlier keeps its rate in flash: look for it at every allowed
-            # rate, fastest first, after the configured one.
-            rates += [
-                baud_from_n(n)
-                for n in sorted(self.profile.uart.allowed_baud_n, reverse=True)
-                if baud_from_n(n) != self._baud
-            ]
+        self._desync = None
+        self._owed_probes = 0
+        memo = self._link_memo()
+        known = memo.get("baud")
+        # Remembered rate first (no probing when it is known), then the configured one, then,
+        # when negotiating, every rate the profile allows, fastest first: a sensor switched
+        # earlier keeps its rate in flash.
+        rates: list[int] = []
+        for rate in [known, self._baud] + (
+            [baud_from_n(n) for n in sorted(self.profile.uart.allowed_baud_n, reverse=True)]
+            if self.config.negotiate_baud
+            else []
+        ):
+            if isinstance(rate, int) and rate not in rates:
+                rates.append(rate)
         last: DeviceError | None = None
-        for i, rate in enumerate(rates):
+        for rate in rates:
             link.set_baud(rate)
             self._baud = rate
             try:
-                # A 12-byte ack arrives within milliseconds at any rate: probe the other rates
-                # with a short deadline so a silent sensor costs seconds, not a minute.
-                self._handshake(None if i == 0 else min(self.config.command_timeout_s, 0.3))
+                # A 12-byte ack arrives within milliseconds at any rate: probe the rates other
+                # than the configured one with a short deadline so a sensor at another rate
+                # costs a fraction of a second each, and a silent one seconds, not a minute.
+                short = rate != self.config.baud
+                self._handshake(min(self.config.command_timeout_s, 0.3) if short else None)
                 break
             except DeviceTimeout as exc:
                 last = exc
                 link.drain(0.02, 0.2)
+                # Nothing is owed at a rate the sensor does not speak: no resync probe.
+                self._desync = None
+                self._owed_probes = 0
         else:
             assert last is not None
             raise last
-        if self.config.negotiate_baud and self._baud < self.profile.max_baud:
-            self.set_baud(self.profile.max_baud)
+        refused = set(memo.get("refused_baud") or [])
+        target = self.profile.max_baud
+        if self.config.negotiate_baud and self._baud < target and target not in refused:
+            try:
+                self.set_baud(target)
+            except (DeviceStatusError, DeviceTimeout, ProtocolError) as exc:
+                # A sensor that refuses the rate (0x1A) or does not follow it: stay at the
+                # working rate, remember the refusal, and do not ask again at every connect.
+                log.warning(
+                    "fingerprint sensor refused %d baud (%s); staying at %d",
+                    target,
+                    exc.message,
+                    self._baud,
+                )
+                refused.add(target)
         if self.config.packet_size and self.config.packet_size != self._packet_size:
-            self.set_packet_size(self.config.packet_size)
+            try:
+                self.set_packet_size(self.config.packet_size)
+            except (DeviceStatusError, DeviceTimeout, ProtocolError) as exc:
+                log.warning(
+                    "fingerprint sensor refused %d-byte packets (%s); staying at %d",
+                    self.config.packet_size,
+                    exc.message,
+                    self._packet_size,
+                )
+        self._save_link_memo(
+            {
+                "baud": self._baud,
+                "packet_size": self._packet_size,
+                "refused_baud": sorted(refused),
+            }
+        )
         sp = self._sys
         assert sp is not None
         self._health.set(
@@ -259,6 +308,40 @@ class FingerprintSensor:
             self._baud,
             self._packet_size,
         )
+
+    def _link_memo(self) -> dict[str, Any]:
+        """What the last connection negotiated, if remembered for this port and model."""
+        path = self.config.link_state_file
+        if not path:
+            return {}
+        try:
+            raw = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable fingerprint link state %s: %s", path, exc)
+            return {}
+        if (
+            not isinstance(raw, dict)
+            or raw.get("port") != self.config.port
+            or raw.get("model") != self.profile.model
+        ):
+            return {}
+        return raw
+
+    def _save_link_memo(self, memo: dict[str, Any]) -> None:
+        """Remember the negotiated link settings (atomically; a failure only costs a probe)."""
+        path = self.config.link_state_file
+        if not path:
+            return
+        memo = {"port": self.config.port, "model": self.profile.model, **memo}
+        target = Path(path)
+        tmp = target.with_name(f".{target.name}.tmp")
+        try:
+            tmp.write_text(json.dumps(memo, sort_keys=True) + "\n")
+            os.replace(tmp, target)
+        except OSError as exc:
+            log.warning("cannot remember the fingerprint link settings in %s: %s", path, exc)
 
     def _handshake(self, timeout_s: float | None = None) -> None:
         # Hosts send VfyPwd even with the default password (spec, "Packet"); it also proves
@@ -344,10 +427,16 @@ class FingerprintSensor:
                         details={"port": self.config.port},
                     )
                 try:
+                    if self._desync is not None:
+                        self._resync(link)
+                    # Whatever waits in the input now cannot be this command's reply.
+                    link.flush_input()
                     link.send_command(instruction, params)
                     # The reply is ~12-44 bytes: its line time plus the command's own time.
                     ack = link.receive_ack(
-                        time.monotonic() + timeout + link.line_time(44), instruction.name
+                        time.monotonic() + timeout + link.line_time(44),
+                        instruction.name,
+                        instruction,
                     )
                     data: bytes | None = None
                     if ack.confirm in ok and ack.confirm == Confirm.OK:
@@ -362,12 +451,9 @@ class FingerprintSensor:
                 except (ProtocolError, DeviceTimeout) as exc:
                     if isinstance(exc, DeviceTimeout):
                         self.stats["timeouts"] += 1
-                    # Let the rest of a garbled reply pass before trying again.
-                    try:
-                        link.drain(0.03, 1.0)
-                    except DeviceDisconnected as lost:
-                        self._lost(lost)
-                        raise lost from exc
+                    # A reply (or the rest of a data stream) may still be owed: nothing more
+                    # is sent before the line is quiet and a probe's answer has been read.
+                    self._desync = (instruction, self._stream_bytes(instruction, data_len))
                     if attempt >= attempts:
                         raise
                     self.stats["retries"] += 1
@@ -379,6 +465,10 @@ class FingerprintSensor:
                         attempts - 1,
                     )
                     continue
+                if attempt > 1:
+                    # An earlier attempt's reply may still come (a late reply answered this
+                    # attempt): resynchronise before the next command.
+                    self._desync = (instruction, 0)
                 if ack.confirm not in ok:
                     raise DeviceStatusError(
                         f"{instruction.name}: {confirm_text(ack.confirm)}",
@@ -392,6 +482,74 @@ class FingerprintSensor:
                     self._health.set("ok", None)
                 return ack, data
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _stream_bytes(self, instruction: Instruction, data_len: int | None) -> int:
+        """Wire bytes of the data stream ``instruction`` may still be sending (0: none)."""
+        if data_len == -1:
+            return 0
+        size = data_len if data_len is not None else self.profile.library.template_bytes
+        return wire_bytes_for(size, self._packet_size)
+
+    def _resync(self, link: SerialLink) -> None:
+        """Bring the link back in step after a failed exchange; raises DeviceTimeout if the
+        sensor does not answer the probe.
+
+        1. Drain by line silence: wait until nothing has arrived for three data packets' line
+           time (at least 0.2 s), for at most the line time of the stream that may still be
+           arriving (an image takes seconds; stopping earlier and retrying would queue a
+           second image behind it).
+        2. Probe: send an instruction whose reply length differs from the failed one's
+           (ReadSysPara, 28 bytes; TemplateNum if ReadSysPara failed) and read until its
+           reply, skipping everything before it. The sensor answers in order, so every reply
+           still owed to earlier commands comes before the probe's and is discarded.
+        """
+        assert self._desync is not None
+        failed, stream = self._desync
+        # Three packets' line time, and never under 0.2 s (USB-UART latency timers, a loaded
+        # host): a pause shorter than that inside a stream must not end the drain.
+        quiet = max(0.2, 3 * link.line_time(self._packet_size + 12))
+        dropped = link.drain(quiet, link.line_time(stream) + LINE_SLACK_S + quiet)
+        probe = (
+            Instruction.TemplateNum
+            if failed == Instruction.ReadSysPara
+            else Instruction.ReadSysPara
+        )
+        want = ack_payload_len(probe)
+        self.stats["resyncs"] += 1
+        link.flush_input()
+        link.send_command(probe)
+        # A stream that started late may still be on the line: its line time, plus one more
+        # command time for the late start.
+        deadline = (
+            time.monotonic()
+            + self.config.command_timeout_s * (2 if stream else 1)
+            + link.line_time(stream + 44)
+            + LINE_SLACK_S
+        )
+        # A probe that timed out earlier may still be answered: wait for those answers too,
+        # but accept being in step once the deadline passes with at least one seen.
+        need, seen = self._owed_probes + 1, 0
+        while seen < need:
+            try:
+                pkt = link.receive(deadline, f"{probe.name} (resynchronising)")
+            except ProtocolError:
+                # Garbled: perhaps the probe's own reply. Still out of step; the next
+                # attempt probes again (a probe reply read late is skipped by its length).
+                raise
+            except DeviceTimeout:
+                if seen:
+                    break
+                self._owed_probes += 1
+                raise
+            if pkt.pid == PID.ACK and len(pkt.payload) == want:
+                seen += 1
+            else:
+                link.stale_packets += 1
+        self._owed_probes = 0
+        self._desync = None
+        log.info(
+            "fingerprint link resynchronised after %s (%d bytes drained)", failed.name, dropped
+        )
 
     def _send_data(self, data: bytes, packet_size: int) -> None:
         """Send a host-to-sensor data stream (after the single ack of DownChar/DownImage)."""
@@ -462,11 +620,13 @@ class FingerprintSensor:
             )
             self._baud = baud
             try:
-                self.read_sys_para()
+                self.read_sys_para(retries=0)
             except DeviceTimeout:
                 if self._link is not None:
                     self._link.set_baud(old)
                 self._baud = old
+                # Nothing is owed at a rate the sensor does not speak.
+                self._desync = None
                 raise
         log.info("fingerprint sensor now at %d baud", baud)
 
@@ -777,6 +937,8 @@ class FingerprintSensor:
             "timeouts": self.stats["timeouts"],
             "connects": self.stats["connects"],
             "garbage_bytes": self.garbage_bytes,
+            "stale_packets": self._link.stale_packets if self._link is not None else 0,
+            "resyncs": self.stats["resyncs"],
             "busy": self.busy,
         }
 

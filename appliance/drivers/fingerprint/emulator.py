@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import random
@@ -32,8 +33,9 @@ import termios
 import threading
 import time
 import tty
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +54,7 @@ from .frames import (
     PacketParser,
     SysParam,
     SystemParameters,
+    ack_payload_len,
     baud_from_n,
     build_ack,
     build_packet,
@@ -62,10 +65,12 @@ from .frames import (
     unpack_image,
 )
 from .profiles import SensorProfile, load_profile
+from .quality import assess, extraction_failure
 from .synth import FingerSpec, Variant, char_file_seed, generate
 
 log = logging.getLogger(__name__)
 
+Image = npt.NDArray[np.uint8]
 # Packets of a reply, and an action to run once they are sent (a baud switch).
 _Result = tuple[list[bytes], Callable[[], None] | None]
 # Output is written in slices of at most this many bytes, each at its line-time schedule.
@@ -80,15 +85,26 @@ _TERMIOS_BAUD = {
 }
 
 
+# The automatic finger (demo mode) is a person's: it stays on the platen this long after its
+# first capture, then is lifted; asked again, the person places the same finger again.
+AUTO_DWELL_S = 1.0
+
+
 @dataclass
 class Presentation:
-    """A finger laid on the sensor: ``polls`` GenImg calls see nothing first, then ``captures``
-    GenImg calls capture it, then it is lifted."""
+    """A finger laid on the sensor: ``polls`` GenImg calls see nothing first, then every
+    GenImg captures it (a new impression each time) until it is lifted: after ``captures``
+    captures if given, else when another finger is queued behind it (once captured), by
+    :meth:`FingerprintEmulator.remove_finger`, or, for the automatic finger, after
+    :data:`AUTO_DWELL_S`."""
 
     finger_id: int
     variant: Variant
     polls: int = 0
-    captures: int = 1
+    captures: int | None = None
+    auto: bool = False
+    captured: int = 0
+    first_capture: float = 0.0
 
 
 @dataclass
@@ -115,6 +131,10 @@ class _Channel:
 
     def host_baud(self) -> int | None:
         return None
+
+    def pending(self) -> bool:
+        """True when the host has sent bytes not yet read."""
+        return False
 
     def close(self) -> None:
         raise NotImplementedError
@@ -160,6 +180,10 @@ class _PtyChannel(_Channel):
             view = view[n:]
         return True
 
+    def pending(self) -> bool:
+        r, _, _ = select.select([self.master], [], [], 0)
+        return bool(r)
+
     def host_baud(self) -> int | None:
         # On Linux the master's termios are the slave's: what the host set with tcsetattr.
         try:
@@ -187,6 +211,10 @@ class _SocketChannel(_Channel):
         except OSError:
             return None
         return data or None
+
+    def pending(self) -> bool:
+        r, _, _ = select.select([self.conn], [], [], 0)
+        return bool(r)
 
     def write(self, data: bytes, stop: threading.Event) -> bool:
         try:
@@ -218,6 +246,7 @@ class FingerprintEmulator:
         address: int = DEFAULT_ADDRESS,
         password: int = 0,
         profile_dir: Path | None = None,
+        flash_file: Path | None = None,
     ) -> None:
         self.profile = (
             profile if isinstance(profile, SensorProfile) else load_profile(profile, profile_dir)
@@ -232,9 +261,19 @@ class FingerprintEmulator:
         self.security_level = self.profile.library.default_security_level
         self.library: dict[int, bytes] = {}
         self.notepad = [bytes(NOTEPAD_PAGE_BYTES) for _ in range(NOTEPAD_PAGES)]
+        self.flash_file = flash_file
+        self._load_flash()
         self.faults = _Faults()
         self.led: tuple[int, int, int, int] | None = None
-        self.stats: dict[str, int] = {"commands": 0, "noise_bytes": 0, "bad_packets": 0}
+        self.stats: dict[str, int] = {
+            "commands": 0,
+            "noise_bytes": 0,
+            "bad_packets": 0,
+            "input_during_reply": 0,
+            "late_replies": 0,  # replies later than the command's own time (GenImg capture)
+        }
+        # Commands received, by instruction name (tests check no retry was sent twice).
+        self.received: Counter[str] = Counter()
         self._lock = threading.RLock()
         self._rng = random.Random(seed)  # noqa: S311 - simulated noise, not secrets
         self._presentations: deque[Presentation] = deque()
@@ -245,6 +284,14 @@ class FingerprintEmulator:
         self._busy_until = 0.0
         # Seconds the current command takes on the sensor before its reply (GenImg's capture).
         self._work_s = 0.0
+        self._instruction: int | None = None  # the command being answered
+        self._line_free_at = 0.0  # when the last byte written leaves the paced line
+        self._auto_uploaded = False  # the host uploaded an image of the automatic finger
+        self._image_auto = False  # the image buffer holds the automatic finger
+        self._image: Image | None = None
+        self._pending_image: Future[Image] | None = None
+        self._synth_pool = ThreadPoolExecutor(1, thread_name_prefix="fp-emu-synth")
+        self._synth_cache: dict[tuple[int, Variant, int], Future[Image]] = {}
         self._reset_volatile()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -258,13 +305,64 @@ class FingerprintEmulator:
 
     # --- state --------------------------------------------------------------------------------
 
+    def _load_flash(self) -> None:
+        """Restore what the module keeps in flash (rate, packet size, security level,
+        password, library, notepad) from :attr:`flash_file`, as a real module keeps them
+        across power cycles."""
+        if self.flash_file is None or not self.flash_file.exists():
+            return
+        raw = json.loads(self.flash_file.read_text())
+        if raw.get("model") != self.profile.model:
+            return  # another model's flash: a factory-fresh module
+        if raw["baud_n"] in self.profile.uart.allowed_baud_n:
+            self.baud_n = raw["baud_n"]
+        if raw["packet_size_code"] in self.profile.uart.allowed_packet_size_codes:
+            self.packet_size_code = raw["packet_size_code"]
+        self.security_level = raw["security_level"]
+        self.password = raw["password"]
+        self.library = {int(k): bytes.fromhex(v) for k, v in raw["library"].items()}
+        self.notepad = [bytes.fromhex(v) for v in raw["notepad"]]
+
+    def _save_flash(self) -> None:
+        if self.flash_file is None:
+            return
+        doc = {
+            "model": self.profile.model,
+            "baud_n": self.baud_n,
+            "packet_size_code": self.packet_size_code,
+            "security_level": self.security_level,
+            "password": self.password,
+            "library": {str(k): v.hex() for k, v in sorted(self.library.items())},
+            "notepad": [v.hex() for v in self.notepad],
+        }
+        tmp = self.flash_file.with_name(f".{self.flash_file.name}.tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.flash_file)
+
     def _reset_volatile(self) -> None:
         """What a power cycle or SoftReset clears (RAM, not flash)."""
         self.verified = self.password == 0
-        self.image: npt.NDArray[np.uint8] | None = None
+        self.image = None
         self.image_finger: tuple[int, Variant] | None = None
         self.buffers: dict[int, bytes | None] = {1: None, 2: None}
         self._rx: tuple[str, int, bytearray] | None = None  # pending DownChar/DownImage
+
+    @property
+    def image(self) -> Image | None:
+        """The image buffer (4-bit grey levels), waiting for its synthesis if need be."""
+        pending, self._pending_image = self._pending_image, None
+        if pending is not None:
+            self._image = pending.result()
+        return self._image
+
+    @image.setter
+    def image(self, value: Image | None) -> None:
+        self._pending_image = None
+        self._image = value
+
+    @property
+    def image_valid(self) -> bool:
+        return self._image is not None or self._pending_image is not None
 
     @property
     def baud(self) -> int:
@@ -282,30 +380,76 @@ class FingerprintEmulator:
         variant: Variant | str = Variant.GOOD,
         *,
         after_polls: int = 0,
-        captures: int = 1,
+        captures: int | None = None,
     ) -> None:
         """Queue a finger: GenImg sees nothing for ``after_polls`` calls, then captures it
-        ``captures`` times, then the finger is lifted."""
+        until it is lifted (after ``captures`` captures if given; else once captured and
+        another finger is queued, or by :meth:`remove_finger`). Its image is synthesised in
+        the background now, so the capture is answered in the sensor's own time."""
+        pres = Presentation(finger_id, Variant(variant), after_polls, captures)
         with self._lock:
-            self._presentations.append(
-                Presentation(finger_id, Variant(variant), after_polls, captures)
-            )
+            self._presentations.append(pres)
+            self._prepare(pres.finger_id, pres.variant)
 
     def remove_finger(self) -> None:
+        """Lift the finger on the platen and forget the queued ones."""
         with self._lock:
             self._presentations.clear()
 
     def set_auto_finger(self, variant: Variant | str | None, delay_polls: int = 10) -> None:
-        """Demo mode: whenever no finger is queued, a finger (ids cycling 1..10) arrives after
-        ``delay_polls`` empty GenImg polls. ``None`` turns it off."""
+        """Demo mode, a simulated person: whenever no finger is queued, a finger arrives after
+        ``delay_polls`` empty GenImg polls and stays for every capture the host asks until it
+        is lifted, :data:`AUTO_DWELL_S` after its first capture. Asked again, the person places
+        the same finger again (so two captures merge with RegModel, and a search finds the
+        enrolled finger); once the host has uploaded an image of it (UpImage: a kiosk
+        recording one finger position), the next placement is the next finger (ids 1..10 in
+        turn). ``None`` turns it off."""
         with self._lock:
             self._auto = None if variant is None else (Variant(variant), max(0, delay_polls))
             self._auto_wait = 0
+            if self._auto is not None:
+                self._prepare(self._auto_next_id(), self._auto[0], ahead=True)
 
     def finger_image(self, finger_id: int, variant: Variant | str, impression: int = 0) -> bytes:
         """The 4-bit-quantised image the emulator would capture (for tests)."""
         img = generate(FingerSpec(self.seed, finger_id), variant, impression)
         return pack_image(img)
+
+    def _synthesise(self, finger_id: int, variant: Variant, impression: int) -> Image:
+        img = generate(
+            FingerSpec(self.seed, finger_id),
+            variant,
+            impression,
+            self.profile.image.width,
+            self.profile.image.height,
+        )
+        # The buffer holds what the UART can carry: 4 bits a pixel.
+        return (img & 0xF0).astype(np.uint8)
+
+    def _prepare(
+        self, finger_id: int, variant: Variant, *, ahead: bool = False
+    ) -> Future[Image] | None:
+        """Start synthesising the next impression of a finger in the background (caller
+        holds the lock); returns its future. Synthesis takes tens of milliseconds, more on a
+        loaded machine: done ahead, it never delays a capture's answer. ``ahead``: only if
+        the synthesiser is idle (a host polling faster than it must not build a backlog)."""
+        if variant is Variant.NO_FINGER:
+            return None
+        key = (finger_id, variant, self._impressions.get(finger_id, 0))
+        fut = self._synth_cache.get(key)
+        if fut is None:
+            if ahead and any(not f.done() for f in self._synth_cache.values()):
+                return None
+            if len(self._synth_cache) >= 8:  # a bounded cache of impressions not taken
+                self._synth_cache.pop(next(iter(self._synth_cache))).cancel()
+            fut = self._synth_pool.submit(self._synthesise, *key)
+            self._synth_cache[key] = fut
+        return fut
+
+    def _auto_next_id(self) -> int:
+        if self._auto_finger == 0 or self._auto_uploaded:
+            return self._auto_finger % 10 + 1
+        return self._auto_finger
 
     # --- faults ------------------------------------------------------------------------------
 
@@ -470,6 +614,7 @@ class FingerprintEmulator:
     def stop(self) -> None:
         """Stop serving and release everything; idempotent."""
         self.unplug()
+        self._synth_pool.shutdown(wait=False, cancel_futures=True)
 
     def _halt(self) -> None:
         self._stop.set()
@@ -534,13 +679,24 @@ class FingerprintEmulator:
                 return
             if pkt.pid != PID.COMMAND or not pkt.payload:
                 return
+            arrived = time.monotonic()
             self._rx = None
             self.stats["commands"] += 1
+            try:
+                self.received[Instruction(pkt.payload[0]).name] += 1
+            except ValueError:
+                self.received[f"0x{pkt.payload[0]:02X}"] += 1
             self._work_s = 0.0
             out, after = self._command(pkt.payload[0], pkt.payload[1:])
             work, self._work_s = self._work_s, 0.0
         if work:
-            self._stop.wait(work)
+            # The command's own time counts from its arrival: the reply is due then, however
+            # long the emulator took to prepare it.
+            left = arrived + work - time.monotonic()
+            if left > 0:
+                self._stop.wait(left)
+            else:
+                self.stats["late_replies"] += 1
         self._reply(channel, out)
         if after is not None:
             after()
@@ -572,15 +728,20 @@ class FingerprintEmulator:
                     bytes(buf), self.profile.image.width, self.profile.image.height
                 )
                 self.image_finger = None
+                self._image_auto = False
             else:
                 self.buffers[int(target[4])] = bytes(buf)
 
     # --- output ------------------------------------------------------------------------------
 
-    def _write(self, channel: _Channel, data: bytes) -> bool:
-        """Write with line pacing (10 bit times a byte) and the byte-at-a-time fault."""
+    def _write(self, channel: _Channel, data: bytes, *, in_reply: bool = False) -> bool:
+        """Write with line pacing (10 bit times a byte) and the byte-at-a-time fault.
+
+        ``in_reply``: continue the reply's line clock. The packets of a reply follow each
+        other back to back, as a UART sends them, so a scheduling delay of this process (a
+        loaded machine) is caught up instead of being added to the stream's time."""
         step = 1 if self.faults.byte_at_a_time else (PACE_CHUNK if self.pace else len(data))
-        start = time.monotonic()
+        start = self._line_free_at if in_reply else time.monotonic()
         sent = 0
         while sent < len(data):
             chunk = data[sent : sent + step]
@@ -589,6 +750,7 @@ class FingerprintEmulator:
             sent += len(chunk)
             if self.pace:
                 due = start + sent * BITS_PER_UART_BYTE / self.baud
+                self._line_free_at = due
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
@@ -627,24 +789,41 @@ class FingerprintEmulator:
         if busy:
             self._busy_until = time.monotonic() + busy
             self._stop.wait(busy)
+        # The line clock of this reply starts now: never before the command arrived.
+        self._line_free_at = time.monotonic()
         if garbage:
-            self._write(channel, bytes(self._rng.randrange(256) for _ in range(garbage)))
+            noise = bytes(self._rng.randrange(256) for _ in range(garbage))
+            self._write(channel, noise, in_reply=True)
         data_index = 0
-        for raw in packets:
+        # Input already waiting before the first byte went out was sent into silence (a host
+        # that gave up on a late reply): not an overlap.
+        overlapped = channel.pending()
+        for i, raw in enumerate(packets):
+            if i and not overlapped and channel.pending():
+                # The host spoke while this reply was still on the line, before it could have
+                # seen its end (a retry sent into a running image stream): a real sensor would
+                # lose or queue that command. Counted once per reply.
+                overlapped = True
+                self.stats["input_during_reply"] += 1
             if len(raw) < MIN_PACKET_LEN:  # the bare 0x55 handshake byte is not a packet
-                self._write(channel, raw)
+                self._write(channel, raw, in_reply=True)
                 continue
             is_data = raw[6] in (PID.DATA, PID.END)
             with self._lock:
                 out = self._mangle(raw, is_data, data_index)
             if is_data:
                 data_index += 1
-            if out is not None and not self._write(channel, out):
+            if out is not None and not self._write(channel, out, in_reply=True):
                 return
 
     # --- instructions ------------------------------------------------------------------------
 
     def _ack(self, code: int, data: bytes = b"") -> list[bytes]:
+        # Replies have a fixed length per instruction, errors included (spec, "Sensor
+        # behaviour that host software depends on"): pad with zeros.
+        want = ack_payload_len(self._instruction) - 1 if self._instruction is not None else 0
+        if len(data) < want:
+            data += bytes(want - len(data))
         return [build_ack(code, data, self.address)]
 
     def _data(self, payload: bytes) -> list[bytes]:
@@ -652,6 +831,7 @@ class FingerprintEmulator:
 
     def _command(self, code: int, p: bytes) -> _Result:
         """Answer one command; returns the packets and an optional action run after them."""
+        self._instruction = code
         try:
             ins = Instruction(code)
         except ValueError:
@@ -675,12 +855,27 @@ class FingerprintEmulator:
         return buf
 
     def _next_presentation(self) -> Presentation | None:
+        # Lift the finger on the platen if its time is over.
+        while self._presentations:
+            cur = self._presentations[0]
+            if cur.captured and (
+                (cur.captures is not None and cur.captured >= cur.captures)
+                or (cur.captures is None and len(self._presentations) > 1)
+                or (cur.auto and time.monotonic() - cur.first_capture >= AUTO_DWELL_S)
+            ):
+                self._presentations.popleft()
+                continue
+            break
         if not self._presentations and self._auto is not None:
             variant, delay = self._auto
+            if self._auto_wait == 0:
+                # The platen is empty and the host polls: synthesise the coming finger now.
+                self._prepare(self._auto_next_id(), variant, ahead=True)
             if self._auto_wait >= delay:
                 self._auto_wait = 0
-                self._auto_finger = self._auto_finger % 10 + 1
-                self._presentations.append(Presentation(self._auto_finger, variant))
+                self._auto_finger = self._auto_next_id()
+                self._auto_uploaded = False
+                self._presentations.append(Presentation(self._auto_finger, variant, auto=True))
             else:
                 self._auto_wait += 1
                 return None
@@ -698,32 +893,40 @@ class FingerprintEmulator:
         if pres.variant is Variant.NO_FINGER:
             self._presentations.popleft()
             return self._ack(Confirm.NO_FINGER), None
-        pres.captures -= 1
-        if pres.captures <= 0:
-            self._presentations.popleft()
+        if not pres.captured:
+            pres.first_capture = time.monotonic()
+        pres.captured += 1
+        fut = self._prepare(pres.finger_id, pres.variant)
+        assert fut is not None
         impression = self._impressions.get(pres.finger_id, 0)
+        self._synth_cache.pop((pres.finger_id, pres.variant, impression), None)
         self._impressions[pres.finger_id] = impression + 1
-        img = generate(
-            FingerSpec(self.seed, pres.finger_id),
-            pres.variant,
-            impression,
-            self.profile.image.width,
-            self.profile.image.height,
-        )
-        # The buffer holds what the UART can carry: 4 bits a pixel.
-        self.image = (img & 0xF0).astype(np.uint8)
+        # The image is read from the future when the host asks for it (UpImage, Img2Tz),
+        # never before the capture is answered. A capture the host never looked at is not
+        # synthesised at all. (Nothing is synthesised ahead here: that would compete for the
+        # CPU with the host's processing of this capture when both run on one machine.)
+        replaced = self._pending_image
+        if replaced is not None:
+            replaced.cancel()
+        self.image = None
+        self._pending_image = fut
         self.image_finger = (pres.finger_id, pres.variant)
+        self._image_auto = pres.auto
         if self.pace:
-            # The capture takes time on a real sensor; waited out without holding the lock.
+            # The capture takes time on a real sensor: counted from the command's arrival
+            # and waited out without holding the lock.
             self._work_s = self.profile.timing.capture_ms / 1000
         return self._ack(Confirm.OK), None
 
     def _do_UpImage(self, p: bytes) -> _Result:
         if p:
             raise ValueError("UpImage takes no parameters")
-        if self.image is None:
+        image = self.image
+        if image is None:
             return self._ack(Confirm.UPIMAGE_ERROR), None
-        return self._ack(Confirm.OK) + self._data(pack_image(self.image)), None
+        if self._image_auto:
+            self._auto_uploaded = True
+        return self._ack(Confirm.OK) + self._data(pack_image(image)), None
 
     def _do_DownImage(self, p: bytes) -> _Result:
         if p:
@@ -740,7 +943,8 @@ class FingerprintEmulator:
         buf = self._buffer_id(p)
         if len(p) != 1:
             raise ValueError("Img2Tz takes one byte")
-        if self.image is None:
+        image = self.image
+        if image is None:
             return self._ack(Confirm.NO_VALID_IMAGE), None
         finger = self.image_finger
         # Spec "Image upload": Img2Tz before UpImage leaves a black image buffer.
@@ -748,11 +952,12 @@ class FingerprintEmulator:
         self.image_finger = None
         if finger is None:
             return self._ack(Confirm.FEATURE_FAIL), None
-        finger_id, variant = finger
-        if variant is Variant.PARTIAL:
-            return self._ack(Confirm.FEATURE_FAIL), None
-        if variant is Variant.SMUDGED:
-            return self._ack(Confirm.IMAGE_MESSY), None
+        finger_id, _ = finger
+        # Extraction is decided from the image itself, with the same features (and the same
+        # calibration) as the host's quality score: what the gate accepts, Img2Tz extracts.
+        failure = extraction_failure(assess(image).features)
+        if failure is not None:
+            return self._ack(failure), None
         self.buffers[buf] = self._char_file(finger_id)
         return self._ack(Confirm.OK), None
 
@@ -809,6 +1014,7 @@ class FingerprintEmulator:
         if blob is None:
             return self._ack(Confirm.PACKET_RECEIVE_ERROR), None
         self.library[page] = blob
+        self._save_flash()
         return self._ack(Confirm.OK), None
 
     def _do_LoadChar(self, p: bytes) -> _Result:
@@ -846,28 +1052,36 @@ class FingerprintEmulator:
             return self._ack(Confirm.DELETE_FAIL), None
         for page in range(start, start + count):
             self.library.pop(page, None)
+        self._save_flash()
         return self._ack(Confirm.OK), None
 
     def _do_Empty(self, p: bytes) -> _Result:
         if p:
             raise ValueError("Empty takes no parameters")
         self.library.clear()
+        self._save_flash()
         return self._ack(Confirm.OK), None
 
     def _do_SetSysPara(self, p: bytes) -> _Result:
         reg, value = struct.unpack(">BB", p)
         if reg == SysParam.BAUD and value in self.profile.uart.allowed_baud_n:
+            if self.profile.quirks.ignores_baud_change:
+                return self._ack(Confirm.OK), None
 
             def switch() -> None:
                 # The ack goes out at the old rate; the new one applies afterwards.
-                self.baud_n = value
+                with self._lock:
+                    self.baud_n = value
+                    self._save_flash()
 
             return self._ack(Confirm.OK), switch
         if reg == SysParam.SECURITY_LEVEL and 1 <= value <= 5:
             self.security_level = value
+            self._save_flash()
             return self._ack(Confirm.OK), None
         if reg == SysParam.PACKET_SIZE and value in self.profile.uart.allowed_packet_size_codes:
             self.packet_size_code = value
+            self._save_flash()
             return self._ack(Confirm.OK), None
         return self._ack(Confirm.INVALID_REGISTER), None
 
@@ -879,7 +1093,7 @@ class FingerprintEmulator:
             status |= 0x01
         if self.verified:
             status |= 0x04
-        if self.image is not None:
+        if self.image_valid:
             status |= 0x08
         sp = SystemParameters(
             status=status,
@@ -894,6 +1108,7 @@ class FingerprintEmulator:
 
     def _do_SetPwd(self, p: bytes) -> _Result:
         (self.password,) = struct.unpack(">I", p)
+        self._save_flash()
         return self._ack(Confirm.OK), None
 
     def _do_VfyPwd(self, p: bytes) -> _Result:
@@ -919,6 +1134,7 @@ class FingerprintEmulator:
         if len(p) != 1 + NOTEPAD_PAGE_BYTES or page >= NOTEPAD_PAGES:
             raise ValueError("WriteNotepad takes a page and 32 bytes")
         self.notepad[page] = bytes(p[1:])
+        self._save_flash()
         return self._ack(Confirm.OK), None
 
     def _do_ReadNotepad(self, p: bytes) -> _Result:

@@ -85,6 +85,28 @@ class Instruction(enum.IntEnum):
     GetEcho = 0x53
 
 
+# Payload bytes (confirmation code included) of each instruction's acknowledge. Replies have a
+# fixed length per instruction, errors included [Sensor behaviour that host software depends
+# on]: Search 16 bytes on the wire, TemplateNum and Match 14, ReadSysPara 28, ReadIndexTable
+# 44, most others 12. The driver uses the length to tell an instruction's reply from a stale
+# reply to an earlier one.
+ACK_PAYLOAD_LEN: dict[int, int] = {
+    Instruction.Match: 3,
+    Instruction.Search: 5,
+    Instruction.HighSpeedSearch: 5,
+    Instruction.ReadSysPara: 17,
+    Instruction.GetRandomCode: 5,
+    Instruction.ReadNotepad: 33,
+    Instruction.TemplateNum: 3,
+    Instruction.ReadIndexTable: 33,
+}
+
+
+def ack_payload_len(instruction: int) -> int:
+    """Payload length of the acknowledge to ``instruction`` (1 for the 12-byte acks)."""
+    return ACK_PAYLOAD_LEN.get(instruction, 1)
+
+
 class Confirm(enum.IntEnum):
     """Confirmation codes [Confirmation codes]; R503 additions marked."""
 

@@ -22,6 +22,7 @@ from .frames import (
     FrameError,
     Packet,
     PacketParser,
+    ack_payload_len,
     build_packet,
 )
 
@@ -47,6 +48,7 @@ class SerialLink:
         self.bytes_in = 0
         self.bytes_out = 0
         self.garbage_bytes = 0  # skipped while resynchronising (noise, 0x55 handshakes)
+        self.stale_packets = 0  # well-formed packets that answered an earlier command
 
     # --- lifetime ---------------------------------------------------------------------------
 
@@ -195,15 +197,55 @@ class SerialLink:
                 )
             self._parser.feed(data)
 
-    def receive_ack(self, deadline: float, what: str = "acknowledge") -> Packet:
-        pkt = self.receive(deadline, what)
-        if pkt.pid != PID.ACK or not pkt.payload:
-            raise ProtocolError(
-                f"expected an acknowledge from {self.url}, got PID 0x{pkt.pid:02X}",
-                device=DEVICE,
-                details={"port": self.url, "pid": pkt.pid},
+    def flush_input(self) -> int:
+        """Discard what already waits in the input buffer (before a command is sent, so a
+        stale reply cannot be read as its answer). Returns the bytes dropped."""
+        port = self._require()
+        dropped = self._parser.pending
+        self._parser.clear()
+        try:
+            waiting = int(port.in_waiting)
+            if waiting:
+                dropped += len(port.read(waiting))
+        except (serial.SerialException, OSError) as exc:
+            raise self._lost(exc) from exc
+        if dropped:
+            log.debug("flushed %d stale bytes on %s", dropped, self.url)
+            self.garbage_bytes += dropped
+        return dropped
+
+    def receive_ack(
+        self, deadline: float, what: str = "acknowledge", instruction: int | None = None
+    ) -> Packet:
+        """The acknowledge to ``instruction``, before ``deadline``.
+
+        Replies have a fixed length per instruction, errors included (spec, "Sensor behaviour
+        that host software depends on"): an acknowledge of another length, or a data packet,
+        is a stale reply to an earlier command. It is counted in :attr:`stale_packets` and
+        skipped, never taken as this command's answer. A one-byte error acknowledge is
+        accepted for any instruction (firmware that does not pad its error replies).
+        """
+        want = None if instruction is None else ack_payload_len(instruction)
+        while True:
+            pkt = self.receive(deadline, what)
+            if pkt.pid == PID.ACK and pkt.payload:
+                n = len(pkt.payload)
+                if want is None or n == want or (n == 1 and pkt.payload[0] != 0):
+                    return pkt
+            elif pkt.pid not in (PID.DATA, PID.END):
+                raise ProtocolError(
+                    f"expected an acknowledge from {self.url}, got PID 0x{pkt.pid:02X}",
+                    device=DEVICE,
+                    details={"port": self.url, "pid": pkt.pid},
+                )
+            self.stale_packets += 1
+            log.debug(
+                "skipped a stale packet (PID 0x%02X, %d payload bytes) waiting for %s on %s",
+                pkt.pid,
+                len(pkt.payload),
+                what,
+                self.url,
             )
-        return pkt
 
     def receive_data(self, packet_size: int, expected_len: int | None, slack_s: float) -> bytes:
         """Collect data packets until the one with PID 08.
@@ -240,7 +282,9 @@ class SerialLink:
     def drain(self, quiet_s: float, limit_s: float) -> int:
         """Discard input until the line has been quiet for ``quiet_s`` (at most ``limit_s``).
 
-        Used after a garbled exchange so a retry does not read the tail of the old reply.
+        Used after a garbled exchange so a retry does not read the tail of the old reply. The
+        caller sizes ``limit_s`` from what may still be on the line (the rest of an image
+        stream takes seconds), so the drain never stops while a stream is still arriving.
         """
         dropped = self._parser.pending
         self._parser.clear()

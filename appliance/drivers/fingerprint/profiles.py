@@ -64,6 +64,11 @@ class QuirkProfile(_Strict):
     power_up_handshake: bool = Field(False, description="Sends 0x55 after power-up")
     soft_reset_handshake: bool = Field(False, description="Sends 0x55 after SoftReset's ack")
     aura_led: bool = Field(False, description="Has the R503 ring LED (AuraLedConfig)")
+    ignores_baud_change: bool = Field(
+        False,
+        description="Emulator: acknowledges SetSysPara(4, N) but keeps its rate (a module "
+        "that does not follow; the driver must fall back)",
+    )
 
 
 class SensorProfile(_Strict):

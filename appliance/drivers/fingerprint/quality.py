@@ -39,6 +39,51 @@ FOREGROUND_STD = 6.0
 # NFIQ 2 accepts 197..799 px wide and 197..999 px high images.
 MIN_SIDE = 197
 
+# Wet patches (a smudged finger): 16 x 16 blocks where the finger presses (mean grey under
+# CONTACT_MAX_MEAN) that are dark (under WET_MAX_MEAN) with almost no ridge/valley spread (grey
+# standard deviation under WET_MAX_STD): moisture has bridged the valleys.
+WET_BLOCK = 16
+CONTACT_MAX_MEAN = 225.0
+WET_MAX_MEAN = 170.0
+WET_MAX_STD = 20.0
+
+# The emulated sensor's feature extraction (Img2Tz), decided from the same features as the
+# score; calibrated on the synthetic set (docs/fingerprint.md, "One scale for quality and
+# extraction"). An image failing any of these is refused by Img2Tz and scores below
+# EXTRACTION_BOUNDARY, so the default gate (40) accepts only images the sensor can extract.
+EXTRACT_MIN_USABLE_PX = 32_768  # 32 blocks of 32 x 32 px of clear, coherent ridges
+EXTRACT_MIN_MINUTIAE = 12
+EXTRACT_MAX_WET_SHARE = 0.12
+EXTRACTION_BOUNDARY = 40
+# Ridge/valley grey spread (median block std) at which contrast stops lowering the score.
+CONTRAST_FULL = 15.0
+# Confirmation codes of Img2Tz (spec, "Confirmation codes"): 06 image too disorderly,
+# 07 too few feature points.
+IMAGE_MESSY = 0x06
+FEATURE_FAIL = 0x07
+
+
+def extraction_failure(features: dict[str, float]) -> int | None:
+    """The Img2Tz confirmation code the emulated sensor answers for an image with these
+    features (:func:`assess`), or None when it extracts a character file."""
+    if features.get("wet_share", 0.0) > EXTRACT_MAX_WET_SHARE:
+        return IMAGE_MESSY
+    if (
+        features.get("usable_px", 0.0) < EXTRACT_MIN_USABLE_PX
+        or features.get("minutiae", 0.0) < EXTRACT_MIN_MINUTIAE
+    ):
+        return FEATURE_FAIL
+    return None
+
+
+def _wet_share(smooth: npt.NDArray[np.float64]) -> float:
+    b = _blocks(smooth, WET_BLOCK)
+    mean = b.mean(axis=(2, 3))
+    std = b.std(axis=(2, 3))
+    contact = mean < CONTACT_MAX_MEAN
+    wet = contact & (mean < WET_MAX_MEAN) & (std < WET_MAX_STD)
+    return float(wet.sum() / max(1, int(contact.sum())))
+
 
 class Feedback(enum.StrEnum):
     """NFIQ 2 actionable quality feedback identifiers."""
@@ -225,12 +270,13 @@ def assess(image: Image, thresholds: FingerQualityConfig | None = None) -> Quali
     # ridge/valley contrast scales it, and coherence, clarity and the minutiae estimate give
     # the texture term. Too few or implausibly many minutiae (noise) cost.
     area_f = min(1.0, usable_px / max(1.0, float(th.min_foreground_px)))
-    contrast_f = min(1.0, contrast / 30.0) ** 0.5
+    contrast_f = min(1.0, contrast / CONTRAST_FULL) ** 0.5
     coherence_f = min(1.0, max(0.0, (coherence - 0.3) / 0.5))
     clarity_f = min(1.0, max(0.0, (clarity_m - 0.4) / 0.4))
     minutiae_f = min(1.0, minutiae / 25.0) if minutiae <= 150 else 0.5
     texture = 0.4 * coherence_f + 0.4 * clarity_f + 0.2 * minutiae_f
-    score = round(100.0 * area_f * contrast_f * texture)
+    wet_share = _wet_share(smooth)
+    score = round(100.0 * area_f * contrast_f * texture * (1.0 - wet_share))
     if image.shape[1] < MIN_SIDE or image.shape[0] < MIN_SIDE:
         score = min(score, 20)
     features = {
@@ -243,5 +289,9 @@ def assess(image: Image, thresholds: FingerQualityConfig | None = None) -> Quali
         "clarity": round(clarity_m, 3),
         "ridge_period_ok": round(freq_share, 3),
         "minutiae": float(minutiae),
+        "wet_share": round(wet_share, 3),
     }
+    if extraction_failure(features) is not None:
+        # The sensor could not extract this image: below the extraction boundary.
+        score = min(score, EXTRACTION_BOUNDARY - 1)
     return QualityReport(max(0, min(100, score)), [str(f) for f in feedback], features)

@@ -72,6 +72,15 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="initial emulated line rate, 9600 x N (default: the profile's factory rate)",
     )
     p.add_argument(
+        "--flash",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="keep what the module stores in flash (rate, packet size, password, templates) "
+        "in this file across restarts, as a real module does; its rate wins over --baud "
+        "(default: a factory-fresh module every start)",
+    )
+    p.add_argument(
         "--no-pace",
         action="store_true",
         help="send as fast as the pty allows instead of at the line rate (default: paced)",
@@ -118,8 +127,9 @@ def run(args: argparse.Namespace) -> int:
             baud=args.baud,
             address=args.address,
             password=args.password,
+            flash_file=args.flash,
         )
-    except (ApplianceError, ValueError) as exc:
+    except (ApplianceError, ValueError, KeyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not args.no_auto_finger:
