@@ -394,18 +394,18 @@ class Store:
         commit. A no-op with a store opened with a weaker ``synchronous``."""
         if self._synchronous not in ("FULL", "EXTRA"):
             return
-        wal = f"{self.path}-wal"
+        path = f"{self.path}-wal"
+        if not os.path.exists(path):
+            path = str(self.path)  # not in WAL mode after all: the commits are in the file
         try:
-            fd = os.open(wal, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        except FileNotFoundError:
-            return  # no WAL: every commit was checkpointed into the synced database file
         except OSError as exc:
             raise StoreError(
-                f"store sync failed: {exc.strerror}", retryable=True, details={"path": wal}
+                f"store sync failed: {exc.strerror}", retryable=True, details={"path": path}
             ) from exc
 
     def _rollback(self) -> None:
