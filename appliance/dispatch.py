@@ -161,6 +161,55 @@ class Deadlines:
                 log.exception("timeout handler failed")
 
 
+class GroupCommit:
+    """Durability of admitted commands without an fsync on the network thread: the dispatcher
+    commits with ``durable=False`` and hands over what must wait until that commit is on disk
+    (the hand-off to a worker, replies); this thread makes every commit so far durable with one
+    :meth:`Store.sync` and only then runs those actions. Commands admitted while a sync runs
+    share the next one (group commit). A failed sync runs nothing: a claimed command stays
+    ``running`` in the store and is closed as ``interrupted`` at the next start."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._waiting: list[Callable[[], object]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self.syncs = 0
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._thread.start()
+
+    def after_sync(self, actions: list[Callable[[], object]]) -> None:
+        with self._cond:
+            self._waiting.extend(actions)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._closed:
+                    self._cond.wait()
+                if not self._waiting:
+                    return
+                batch, self._waiting = self._waiting, []
+            try:
+                self._store.sync()
+            except ApplianceError as exc:
+                log.error("%d command action(s) dropped: %s", len(batch), exc.message)
+                continue
+            self.syncs += 1
+            for action in batch:
+                try:
+                    action()
+                except Exception:
+                    log.exception("command action after the group commit failed")
+
+
 def _pydantic_problems(exc: ValidationError) -> list[str]:
     out = []
     for e in exc.errors():
@@ -196,6 +245,7 @@ class Dispatcher:
         self.session_active = session_active
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cmd")
         self._deadlines = Deadlines()
+        self._group = GroupCommit(store)
         self._local = threading.local()
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
@@ -203,6 +253,7 @@ class Dispatcher:
         self.rejected = 0
 
     def close(self) -> None:
+        self._group.close()
         self._deadlines.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -230,23 +281,31 @@ class Dispatcher:
     def handle(self, msg: Incoming) -> None:
         """Admit one message. Everything it writes (the trust layer's replay state, the
         command-id claim or a read-only command's reply, audit rows) goes into ONE transaction,
-        so a command costs one fsync; replies and the hand-off to a worker happen only after
-        that transaction committed, so nothing runs on a claim that is not yet durable."""
+        committed without waiting for the disk. A read-only command that ran is answered at
+        once: losing its record to a power cut loses nothing (a repeat runs it again, changing
+        nothing). Everything else (the hand-off to a worker, a refusal, a repeat's answer)
+        waits in :class:`GroupCommit` until the commit is durable, so nothing runs on a claim
+        that is not on disk, and commands arriving together share one fsync."""
         t0 = time.perf_counter()
         reply_to = self._reply_destination(msg)
         deferred: list[Callable[[], object]] = []
         self._local.deferred = deferred
+        self._local.lazy = False
         try:
-            with self.store.transaction():
+            with self.store.transaction(durable=False):
                 self._admit(msg, reply_to, t0)
         except ApplianceError as exc:  # the store itself failed: nothing was recorded
             log.error("command not admitted, store failure: %s", exc.message)
             failure = CommandReply(id=None, ok=False, error=ErrorBody(**exc.to_dict()))
             deferred[:] = [lambda: self._send(reply_to, msg.correlation_data, failure)]
+            self._local.lazy = True  # nothing to wait for
         finally:
             self._local.deferred = None
-        for action in deferred:
-            action()
+        if self._local.lazy:
+            for action in deferred:
+                action()
+        elif deferred:
+            self._group.after_sync(deferred)
 
     def _defer(self, action: Callable[[], object]) -> None:
         deferred = getattr(self._local, "deferred", None)
@@ -438,14 +497,15 @@ class Dispatcher:
         t0: float,
     ) -> None:
         """Read-only commands (ping, status, ...) run at once in the network thread and are
-        recorded with their reply in one transaction afterwards: one fsync instead of two and no
-        thread hand-off. A crash between running and recording can only make a repeat run a
-        read-only command again, which changes nothing, so the at-most-once rule still holds
-        for every command with an effect."""
+        recorded with their reply in the admission's transaction, answered without waiting for
+        the disk (no fsync, no thread hand-off). A crash or a power cut before the record is on
+        disk can only make a repeat run a read-only command again, which changes nothing, so
+        the at-most-once rule still holds for every command with an effect."""
         ctx = self._context(request.id, spec.name, spec.timeout_s)
         reply, outcome = self._call(spec.handler, ctx, args)
         body = reply.to_json()
         if self.store.commands.record(request.id, request.cmd, actor, body, outcome, trust or None):
+            self._local.lazy = True  # nothing here must survive a power cut
             self._send_raw(reply_to, corr, body.encode())
         else:  # the same id raced in twice: the first recorded reply is the reply
             again = self.store.commands.stored_reply(request.id)
@@ -538,12 +598,16 @@ class Dispatcher:
             kept = {k: ("(not stored)" if k in unstored else v) for k, v in reply.result.items()}
             stored = reply.model_copy(update={"result": kept}).to_json()
         try:
-            first = self.store.commands.finish(ctx.command_id, stored, outcome)
+            # Committed without waiting for the disk; the reply leaves once the group commit
+            # made it durable (shared with the commands finishing or admitted meanwhile), so a
+            # repeat after a power cut still gets this first reply.
+            first = self.store.commands.finish(ctx.command_id, stored, outcome, durable=False)
         except ApplianceError:
             log.exception("command %s: storing the reply failed", ctx.command_id)
-            first = True
-        if first:
             self._send_raw(reply_to, corr, body.encode())
+            return
+        if first:
+            self._group.after_sync([lambda: self._send_raw(reply_to, corr, body.encode())])
 
     def _reply_destination(self, msg: Incoming) -> str:
         if msg.response_topic:

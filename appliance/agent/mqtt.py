@@ -48,6 +48,7 @@ import logging
 import random
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -71,6 +72,58 @@ def backoff_delay(attempt: int, lo: float, hi: float, rnd: random.Random | None 
     """Full-jitter exponential backoff (AWS architecture blog, "Exponential Backoff And Jitter")."""
     ceiling = min(hi, lo * (2 ** min(attempt, 30)))
     return (rnd or random).uniform(0, ceiling)
+
+
+class PackedProperties:
+    """MQTT 5 PUBLISH properties already encoded (MQTT 5.0 section 3.3.2.3): paho's publish
+    only calls ``pack()`` on the object it is given, and building its ``Properties`` (a
+    validating ``__setattr__`` per attribute, then ``pack`` walking every property name) cost
+    ~44 us of the ~250 us per event of the outbox drain."""
+
+    __slots__ = ("_packed",)
+
+    def __init__(self, packed: bytes) -> None:
+        self._packed = packed
+
+    def pack(self) -> bytes:
+        return self._packed
+
+    def __repr__(self) -> str:
+        return f"PackedProperties({self._packed!r})"
+
+
+_SIG_KEY = struct.pack("!H", 3) + b"sig"
+
+
+def _varint(n: int) -> bytes:
+    """MQTT Variable Byte Integer (MQTT 5.0 section 1.5.5)."""
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def publish_properties(
+    sig: str | None, correlation_data: bytes | None = None, response_topic: str | None = None
+) -> PackedProperties | None:
+    """The properties of a PUBLISH we send, in paho's order: Response Topic (identifier 0x08,
+    UTF-8 String), Correlation Data (0x09, Binary Data) and the device signature as User
+    Property ("sig", value) (0x26, UTF-8 String Pair) (MQTT 5.0 sections 2.2.2.2, 3.3.2.3.5,
+    3.3.2.3.6, 3.3.2.3.7)."""
+    if sig is None and correlation_data is None and response_topic is None:
+        return None
+    buf = b""
+    if response_topic is not None:
+        topic = response_topic.encode()
+        buf += b"\x08" + struct.pack("!H", len(topic)) + topic
+    if correlation_data is not None:
+        buf += b"\x09" + struct.pack("!H", len(correlation_data)) + correlation_data
+    if sig is not None:
+        value = sig.encode()
+        buf += b"\x26" + _SIG_KEY + struct.pack("!H", len(value)) + value
+    return PackedProperties(_varint(len(buf)) + buf)
 
 
 def _nodelay(_client: paho.Client, _userdata: Any, sock: Any) -> None:
@@ -210,14 +263,8 @@ class MqttAgent:
             correlation_data is None and self._signer is None and response_topic is None
         ):
             return None
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        if correlation_data is not None:
-            props.CorrelationData = correlation_data
-        if response_topic is not None:
-            props.ResponseTopic = response_topic
-        if self._signer is not None:
-            props.UserProperty = [("sig", self._signer(body))]
-        return props
+        sig = self._signer(body) if self._signer is not None else None
+        return publish_properties(sig, correlation_data, response_topic)
 
     def kick(self) -> None:
         """Tell the drainer that the outbox has new rows."""
@@ -435,9 +482,7 @@ class MqttAgent:
             body = bytes(row.payload)
             if row.sig is None or self.cfg.protocol != "5":
                 return body, self._properties(body)
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.UserProperty = [("sig", row.sig)]
-            return body, props
+            return body, publish_properties(row.sig)
         body = render_event(row.id, row.seq, self.device_id, row.type, row.created, row.data)
         return body, self._properties(body)
 

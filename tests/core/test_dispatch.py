@@ -30,11 +30,13 @@ class Harness:
         self.store = Store(tmp)
         self.replies: queue.Queue[dict[str, Any]] = queue.Queue()
         self.release = threading.Event()
+        self.started = threading.Event()  # a "slow" command is running
         self.runs: list[str] = []
         reg = CommandRegistry()
 
         def slow(ctx: CommandContext, args: SlowArgs) -> dict[str, Any]:
             self.runs.append(ctx.command_id)
+            self.started.set()
             self.release.wait(args.seconds)
             return {"cancelled": ctx.cancelled.is_set()}
 
@@ -48,6 +50,7 @@ class Harness:
         reg.add("boom", boom, role="operator")
         reg.add("devfail", device_fail, role="operator")
         reg.add("restart.drivers", lambda _c, _a: {"ok": True}, intrusive=True, role="admin")
+        reg.add("look", lambda _c, _a: {"seen": True}, readonly=True, role="operator")
 
         def publish(topic: str, body: bytes, **_kw: Any) -> bool:
             self.replies.put(json.loads(body))
@@ -182,3 +185,45 @@ def test_known_id_is_answered_before_the_argument_and_busy_checks(tmp_path: Path
         assert outcomes[:2] == ["invalid_request", "repeat"]
     finally:
         h.close()
+
+
+def test_read_only_command_is_answered_while_a_long_command_runs(h: Harness) -> None:
+    """A card encode takes its time in a worker: a read-only command (``ping``) arriving
+    meanwhile is answered at once, not after it."""
+    h.d.handle(Incoming("kiosk/t/cmd", b'{"id":"enc","cmd":"slow","args":{"seconds":30}}', False))
+    assert h.started.wait(10)
+    r = h.send({"id": "p1", "cmd": "look"})
+    assert r["id"] == "p1" and r["result"] == {"seen": True}
+    assert h.runs == ["enc"]  # the long command is still running
+    h.release.set()
+    assert h.replies.get(timeout=10)["id"] == "enc"
+
+
+def test_commands_run_only_once_their_claim_is_on_disk(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Admission commits without waiting for the disk; a command with an effect runs (and a
+    refusal is answered) only after the group commit made that claim durable, while a
+    read-only command is answered without waiting for it."""
+    gate = threading.Event()
+    entered = threading.Event()
+    real_sync = h.store.sync
+
+    def held_sync() -> None:
+        entered.set()
+        assert gate.wait(10)
+        real_sync()
+
+    monkeypatch.setattr(h.store, "sync", held_sync)
+    h.d.handle(Incoming("kiosk/t/cmd", b'{"id":"e1","cmd":"slow","args":{"seconds":0}}', False))
+    h.d.handle(Incoming("kiosk/t/cmd", b'{"id":"e2","cmd":"nope"}', False))
+    assert entered.wait(10)
+    r = h.send({"id": "p2", "cmd": "look"})
+    assert r["id"] == "p2" and r["ok"] is True
+    assert h.runs == [], "the command ran on a claim that was not durable yet"
+    assert h.replies.empty()
+    gate.set()
+    got = {h.replies.get(timeout=10)["id"] for _ in range(2)}
+    assert got == {"e1", "e2"}
+    assert h.runs == ["e1"]
+    assert h.d._group.syncs >= 1
