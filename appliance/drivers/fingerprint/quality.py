@@ -182,7 +182,7 @@ def _expand(blocks: npt.NDArray[np.bool_], shape: tuple[int, ...]) -> npt.NDArra
     return np.pad(px, ((0, shape[0] - px.shape[0]), (0, shape[1] - px.shape[1])))
 
 
-def assess(image: Image, thresholds: FingerQualityConfig | None = None) -> QualityReport:
+def assess(image: Image, thresholds: FingerQualityConfig | None = None) -> QualityReport:  # noqa: PLR0915  the measures run in sequence over shared block arrays; split, they would pass them all around
     """Score an 8-bit grey finger image (rows x columns, ~500 ppi)."""
     th = thresholds or FingerQualityConfig()
     if image.dtype != np.uint8 or image.ndim != 2:
