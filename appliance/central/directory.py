@@ -60,7 +60,8 @@ from ..citizen.lookup import (
     response_topic,
 )
 from ..citizen.validation import CitizenDataInvalid, Stage, validate_citizen
-from ..errors import DeviceTimeout, StoreError, TrustError
+from ..errors import StoreError, TrustError
+from ..mqttclient import FleetConnectionError
 from ..trust.certs import NAME_RE, OperatorKey
 from ..trust.signeddoc import sign_document
 from .citizens import Citizen
@@ -531,15 +532,13 @@ class Directory:
         try:
             self.client.connect(self.host, self.port, 30, clean_start=True)
         except OSError as exc:
-            raise DeviceTimeout(
-                f"directory: cannot connect to {self.host}:{self.port}: {exc}", device="directory"
+            raise FleetConnectionError(
+                f"directory: cannot connect to {self.host}:{self.port}: {exc}"
             ) from None
         self.client.loop_start()
         if not self._subscribed.wait(timeout):
             self.stop()
-            raise DeviceTimeout(
-                f"directory: no SUBACK from {self.host}:{self.port}", device="directory"
-            )
+            raise FleetConnectionError(f"directory: no SUBACK from {self.host}:{self.port}")
         log.info("directory on %s:%d serving %s", self.host, self.port, self.core.filter())
         return self
 

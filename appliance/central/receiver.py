@@ -43,7 +43,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..agent.topics import validate_segment
-from ..errors import ApplianceError, DeviceTimeout, TrustError
+from ..errors import ApplianceError, TrustError
+from ..mqttclient import FleetConnectionError
 from ..trust.certs import OperatorKey
 from ..trust.sealed import EnrollmentKeyPair, build_ack
 from .package import RESERVED_IDS, decode_chunk, valid_package_id
@@ -402,8 +403,8 @@ class Receiver:
         try:
             self.client.connect(self.host, self.port, 30, clean_start=False, properties=props)
         except OSError as exc:
-            raise DeviceTimeout(
-                f"receiver: cannot connect to {self.host}:{self.port}: {exc}", device="central"
+            raise FleetConnectionError(
+                f"receiver: cannot connect to {self.host}:{self.port}: {exc}"
             ) from None
         self.client.loop_start()
         if not self._subscribed.wait(timeout):
@@ -411,9 +412,7 @@ class Receiver:
             reset = getattr(self.client, "_reset_sockets", None)
             if callable(reset):
                 reset()
-            raise DeviceTimeout(
-                f"receiver: no SUBACK from {self.host}:{self.port}", device="central"
-            )
+            raise FleetConnectionError(f"receiver: no SUBACK from {self.host}:{self.port}")
         self.core.start_worker()
         self.core.resume()
         log.info("receiver on %s:%d subscribed to %s", self.host, self.port, self._filter())

@@ -143,3 +143,20 @@ def test_multi_megabyte_package_through_the_broker(fleet: Fleet, broker: Mosquit
     finally:
         kiosk.close()
         receiver.stop(end_session=True)
+
+
+def test_an_unreachable_broker_is_named_as_such(
+    fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The receiver's connection failure is the fleet tools' ``broker_unreachable`` (exit 1,
+    the broker named), not a device timeout."""
+    from appliance.central import receivecli
+    from appliance.devtools.broker import free_port
+
+    port = free_port()  # nothing listens there
+    rc = receivecli.main(
+        ["--home", str(fleet.home), "--port", str(port), "--store", str(tmp_path / "store")]
+    )
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert "error (broker_unreachable)" in err and f"127.0.0.1:{port}" in err, err
