@@ -58,6 +58,16 @@ class BrokerOptions:
     def describe(self) -> str:
         return f"{self.host}:{self.port}{' (TLS)' if self.tls else ''}"
 
+    def paho_tls(self) -> dict[str, str | None] | None:
+        """paho ``tls_set`` arguments, or None without TLS."""
+        if not self.tls:
+            return None
+        return {
+            "ca_certs": str(self.ca_file) if self.ca_file else None,
+            "certfile": str(self.cert_file) if self.cert_file else None,
+            "keyfile": str(self.key_file) if self.key_file else None,
+        }
+
 
 def release(client: paho.Client) -> None:
     """Stop a client's network thread and close its sockets now. paho 2.x closes the socket

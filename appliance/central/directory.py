@@ -41,10 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..agent.topics import validate_segment
 from ..citizen.lookup import (
@@ -61,11 +59,11 @@ from ..citizen.lookup import (
 )
 from ..citizen.validation import CitizenDataInvalid, Stage, validate_citizen
 from ..errors import StoreError, TrustError
-from ..mqttclient import FleetConnectionError
 from ..trust.certs import NAME_RE, OperatorKey
 from ..trust.signeddoc import sign_document
 from .citizens import Citizen
 from .package import decode_container
+from .service import SubscribedService
 from .store import PackageStore
 
 log = logging.getLogger(__name__)
@@ -500,8 +498,10 @@ class DirectoryCore:
         }
 
 
-class Directory:
+class Directory(SubscribedService):
     """:class:`DirectoryCore` on a paho MQTT 5 client (identity ``directory`` under the ACL)."""
+
+    name = "directory"
 
     def __init__(
         self,
@@ -511,52 +511,22 @@ class Directory:
         port: int = 1883,
         client_id: str = "central-directory",
         tls: dict[str, Any] | None = None,
+        insecure: bool = False,
     ) -> None:
+        super().__init__(host=host, port=port, client_id=client_id, tls=tls, insecure=insecure)
         self.core = core
-        self.host, self.port = host, port
-        self.client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        if tls:
-            self.client.tls_set(**tls)
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(1, 5)
-        self._subscribed = threading.Event()
         core.publish = self._publish
 
+    def _filter(self) -> str:
+        return self.core.filter()
+
     def start(self, timeout: float = 10.0) -> Directory:
-        try:
-            self.client.connect(self.host, self.port, 30, clean_start=True)
-        except OSError as exc:
-            raise FleetConnectionError(
-                f"directory: cannot connect to {self.host}:{self.port}: {exc}"
-            ) from None
-        self.client.loop_start()
-        if not self._subscribed.wait(timeout):
-            self.stop()
-            raise FleetConnectionError(f"directory: no SUBACK from {self.host}:{self.port}")
+        self._connect(timeout, clean_start=True)
         log.info("directory on %s:%d serving %s", self.host, self.port, self.core.filter())
         return self
 
     def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-        reset = getattr(self.client, "_reset_sockets", None)
-        if callable(reset):
-            reset()
-
-    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        if rc.is_failure:
-            log.error("directory: broker refused the connection: %s", rc)
-            return
-        client.subscribe([(self.core.filter(), SubscribeOptions(qos=1))])
-
-    def _on_subscribe(self, *_a: Any) -> None:
-        self._subscribed.set()
+        self._close()
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)

@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 
 from ..errors import ApplianceError, ConfigError
 from ..fleet.conn import add_broker_args, add_home_arg, broker_options, home_of
 from .citizens import load_citizens
 from .directory import Directory, DirectoryCore, DirectoryStore, load_directory_key
 from .receivecli import add_store_arg, store_of
+from .service import stop_on_signals
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -107,23 +105,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     core = DirectoryCore(store, key, lambda *_a: False, prefix=opts.prefix)
-    tls = None
-    if opts.tls:
-        tls = {
-            "ca_certs": str(opts.ca_file) if opts.ca_file else None,
-            "certfile": str(opts.cert_file) if opts.cert_file else None,
-            "keyfile": str(opts.key_file) if opts.key_file else None,
-        }
-    directory = Directory(core, host=opts.host, port=opts.port, client_id=args.client_id, tls=tls)
-    if tls and opts.insecure:
-        directory.client.tls_insecure_set(True)
-    stop = threading.Event()
-
-    def _stop(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    directory = Directory(
+        core,
+        host=opts.host,
+        port=opts.port,
+        client_id=args.client_id,
+        tls=opts.paho_tls(),
+        insecure=opts.insecure,
+    )
+    stop = stop_on_signals()
     try:
         directory.start()
     except ApplianceError as exc:

@@ -146,7 +146,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915  the flags to options, one branch per flag and exit code
+def run(args: argparse.Namespace) -> int:  # noqa: PLR0912  the flags to options, one branch per flag and exit code
     from .receiver import Receiver, ReceiverCore, registry_device_keys
 
     home = home_of(args)
@@ -204,9 +204,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915  the f
                 client_id=f"central-enroll-{uuid.uuid4().hex[:8]}",
                 session_expiry_s=0,
                 tls=receiver_tls,
+                insecure=bopts.insecure,
             )
-            if receiver_tls is not None and bopts.insecure:
-                receiver.client.tls_insecure_set(True)
             receiver.start()
         root_pub = keys.root_public_key if keys is not None else _root_pub(home)
         report = run_enrollment(cmd, opts, store=store, root_public_key=root_pub, say=say)

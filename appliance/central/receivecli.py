@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 
 from ..errors import ApplianceError
 from ..fleet.conn import add_broker_args, add_home_arg, broker_options, home_of
 from .keys import ensure_central_keys, load_central_keys
 from .receiver import Receiver, ReceiverCore, registry_device_keys
+from .service import stop_on_signals
 from .store import PackageStore
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -135,13 +133,6 @@ def run(args: argparse.Namespace) -> int:
         prefix=opts.prefix,
         retry_s=args.retry,
     )
-    tls = None
-    if opts.tls:
-        tls = {
-            "ca_certs": str(opts.ca_file) if opts.ca_file else None,
-            "certfile": str(opts.cert_file) if opts.cert_file else None,
-            "keyfile": str(opts.key_file) if opts.key_file else None,
-        }
     receiver = Receiver(
         core,
         host=opts.host,
@@ -149,17 +140,10 @@ def run(args: argparse.Namespace) -> int:
         client_id=args.client_id,
         session_expiry_s=args.session_expiry,
         share_group=args.share_group,
-        tls=tls,
+        tls=opts.paho_tls(),
+        insecure=opts.insecure,
     )
-    if tls and opts.insecure:
-        receiver.client.tls_insecure_set(True)
-    stop = threading.Event()
-
-    def _stop(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = stop_on_signals()
     try:
         receiver.start()
     except ApplianceError as exc:

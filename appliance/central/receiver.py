@@ -37,17 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..agent.topics import validate_segment
 from ..errors import ApplianceError, TrustError
-from ..mqttclient import FleetConnectionError
 from ..trust.certs import OperatorKey
 from ..trust.sealed import EnrollmentKeyPair, build_ack
 from .package import RESERVED_IDS, decode_chunk, valid_package_id
+from .service import SubscribedService
 from .store import PackageStore
 from .verify import verify_package
 
@@ -356,8 +354,10 @@ class ReceiverCore:
             return self._cv.wait_for(lambda: not self._busy, timeout)
 
 
-class Receiver:
+class Receiver(SubscribedService):
     """:class:`ReceiverCore` on a paho MQTT 5 client with a persistent session."""
+
+    name = "receiver"
 
     def __init__(
         self,
@@ -369,28 +369,16 @@ class Receiver:
         session_expiry_s: int = 24 * 3600,
         share_group: str | None = None,
         tls: dict[str, Any] | None = None,
+        insecure: bool = False,
         publish_timeout_s: float = 10.0,
     ) -> None:
-        self.core = core
-        self.host, self.port = host, port
-        self.share_group = share_group
         if share_group is not None:
             validate_segment(share_group, "share group")
+        super().__init__(host=host, port=port, client_id=client_id, tls=tls, insecure=insecure)
+        self.core = core
+        self.share_group = share_group
         self.session_expiry_s = session_expiry_s
         self.publish_timeout_s = publish_timeout_s
-        self.client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        if tls:
-            self.client.tls_set(**tls)
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(1, 5)
-        self._subscribed = threading.Event()
-        self.subacks = 0
         core.publish = self._publish
 
     def _filter(self) -> str:
@@ -400,19 +388,7 @@ class Receiver:
     def start(self, timeout: float = 10.0) -> Receiver:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.session_expiry_s
-        try:
-            self.client.connect(self.host, self.port, 30, clean_start=False, properties=props)
-        except OSError as exc:
-            raise FleetConnectionError(
-                f"receiver: cannot connect to {self.host}:{self.port}: {exc}"
-            ) from None
-        self.client.loop_start()
-        if not self._subscribed.wait(timeout):
-            self.client.loop_stop()
-            reset = getattr(self.client, "_reset_sockets", None)
-            if callable(reset):
-                reset()
-            raise FleetConnectionError(f"receiver: no SUBACK from {self.host}:{self.port}")
+        self._connect(timeout, clean_start=False, properties=props)
         self.core.start_worker()
         self.core.resume()
         log.info("receiver on %s:%d subscribed to %s", self.host, self.port, self._filter())
@@ -421,28 +397,11 @@ class Receiver:
     def stop(self, *, end_session: bool = False) -> None:
         """Disconnect; the broker keeps the session (queued chunks) unless ``end_session``."""
         self.core.stop_worker()
+        props = None
         if end_session:
             props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = 0
-            self.client.disconnect(properties=props)
-        else:
-            self.client.disconnect()
-        self.client.loop_stop()
-        # paho closes loop_start's socket pair only in __del__; a client in a reference cycle
-        # (ours is: callbacks are bound methods) may be finalised with a ResourceWarning.
-        reset = getattr(self.client, "_reset_sockets", None)
-        if callable(reset):
-            reset()
-
-    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        if rc.is_failure:
-            log.error("receiver: broker refused the connection: %s", rc)
-            return
-        client.subscribe([(self._filter(), SubscribeOptions(qos=1))])
-
-    def _on_subscribe(self, *_a: Any) -> None:
-        self.subacks += 1
-        self._subscribed.set()
+        self._close(props)
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         # Runs on the network thread; the chunk is on disk before paho sends the PUBACK.
