@@ -305,7 +305,7 @@ def _retained_status(cfg: Any, timeout: float) -> Any:
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from .agent.topics import Topics
+    from .protocol.topics import Topics
 
     topic = Topics(cfg.mqtt.topic_prefix, cfg.device.id).status
     got: dict[str, Any] = {}

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, builtin, telemetry
 from .agent.mqtt import MqttAgent
-from .agent.topics import Topics
 from .commands import CommandRegistry
 from .config import AppConfig
 from .configpush import ConfigPush, Startup
@@ -32,6 +31,7 @@ from .dispatch import Dispatcher
 from .drivers import create_device
 from .errors import ApplianceError, TrustError
 from .inbound import Incoming, Verified, Verifier
+from .protocol.topics import Topics
 from .sdnotify import Notifier
 from .store import Store
 from .trust.keys import DeviceIdentity

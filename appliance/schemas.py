@@ -12,11 +12,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from . import builtin
 from .commands import CommandRegistry
 from .config import AppConfig
+from .dispatch import CommandReply, CommandRequest
 from .drivers import create_device
-from .protocol import MESSAGES
+from .protocol.messages import MESSAGES
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,12 @@ def full_registry() -> CommandRegistry:
 
 def generate() -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    for name, model in MESSAGES.items():
+    messages: dict[str, type[BaseModel]] = {
+        "command-request": CommandRequest,
+        "command-reply": CommandReply,
+        **MESSAGES,
+    }
+    for name, model in messages.items():
         out[f"message.{name}.json"] = model.model_json_schema()
     for spec in full_registry().specs():
         schema = spec.args_model.model_json_schema()

@@ -62,8 +62,8 @@ from paho.mqtt.properties import Properties
 from ..config import AppConfig
 from ..errors import ApplianceError
 from ..inbound import Incoming
+from ..protocol.topics import Topics
 from ..store import OutboxRow, Store, render_event
-from .topics import Topics
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import ApplianceError, CommandTimeout
 from ..fleet.conn import FleetMqtt, Message
 from ..fleet.tools import Verification, verify_from
+from ..protocol.topics import Topics
 from ..trust.certs import OperatorKey
 from ..trust.envelope import EnvelopeBuilder
 
@@ -62,13 +63,13 @@ class Commander:
         self.builder = None if signer is None else EnvelopeBuilder(signer, lifetime_s=lifetime_s)
         self.device_keys = device_keys or {}
         self.lifetime_s = lifetime_s
-        self.reply_topic = f"{prefix}/{device}/reply"
+        self.topics = Topics(prefix, device)
+        self.reply_topic = self.topics.reply
         self._replies = mqtt.collector(self.reply_topic)
         mqtt.subscribe([self.reply_topic])
 
-    def watch(self, leaf: str) -> queue.Queue[Message]:
-        """A queue of the kiosk's messages on ``{prefix}/{device}/{leaf}`` from now on."""
-        topic = f"{self.prefix}/{self.device}/{leaf}"
+    def watch(self, topic: str) -> queue.Queue[Message]:
+        """A queue of the kiosk's messages on ``topic`` (one of ``self.topics``) from now on."""
         q = self.mqtt.collector(topic)
         self.mqtt.subscribe([topic])
         return q
@@ -82,7 +83,7 @@ class Commander:
         corr = uuid.uuid4().bytes
         t0 = time.perf_counter()
         self.mqtt.publish(
-            f"{self.prefix}/{self.device}/cmd",
+            self.topics.cmd,
             payload,
             response_topic=self.reply_topic,
             correlation_data=corr,

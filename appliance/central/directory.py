@@ -44,14 +44,12 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ..agent.topics import validate_segment
 from ..citizen.lookup import (
     ANSWER_CONTEXT,
     ANSWER_TYPE,
     NONCE_RE,
     NUMBER_RE,
     REQUEST_ID_RE,
-    REQUEST_LEAF,
     CorrectionRequest,
     check_corrections,
     record_to_json,
@@ -59,6 +57,7 @@ from ..citizen.lookup import (
 )
 from ..citizen.validation import CitizenDataInvalid, Stage, validate_citizen
 from ..errors import StoreError, TrustError
+from ..protocol.topics import TopicKind, Topics, parse, validate_segment
 from ..trust.certs import NAME_RE, OperatorKey
 from ..trust.signeddoc import sign_document
 from .citizens import Citizen
@@ -406,7 +405,7 @@ class DirectoryCore:
         self.stats["dropped"] = 0
 
     def filter(self) -> str:
-        return f"{self.prefix}/+/{REQUEST_LEAF}"
+        return Topics.anyone(self.prefix).lookup_request
 
     def handle(
         self,
@@ -417,10 +416,10 @@ class DirectoryCore:
         correlation_data: bytes | None = None,
     ) -> bytes | None:
         """One request; returns the answer published (None: dropped, nothing to bind to)."""
-        parts = topic.split("/")
-        if len(parts) != 4 or parts[0] != self.prefix or "/".join(parts[2:]) != REQUEST_LEAF:
+        parsed = parse(self.prefix, topic)
+        if parsed is None or parsed.kind is not TopicKind.LOOKUP_REQUEST:
             return None
-        device = parts[1]
+        device = parsed.device
         if not NAME_RE.match(device):
             self.stats["dropped"] += 1
             return None

@@ -124,9 +124,9 @@ def run_enrollment(
     t_start = time.perf_counter()
     tell = say or (lambda _m: None)
     report = EnrollmentReport(cmd.device, opts.citizen_ref)
-    acks = cmd.watch("upload/ack")
-    receipts = cmd.watch("upload/receipt")
-    events = cmd.watch("events/enrollment.purged")
+    acks = cmd.watch(cmd.topics.upload_ack)
+    receipts = cmd.watch(cmd.topics.upload_receipt)
+    events = cmd.watch(cmd.topics.event("enrollment.purged"))
     start = cmd.request(
         "enrollment.start",
         {

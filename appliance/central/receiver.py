@@ -40,8 +40,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ..agent.topics import validate_segment
 from ..errors import ApplianceError, TrustError
+from ..protocol.topics import Topics, shared, validate_segment
 from ..trust.certs import OperatorKey
 from ..trust.sealed import EnrollmentKeyPair, build_ack
 from .package import RESERVED_IDS, decode_chunk, valid_package_id
@@ -117,10 +117,10 @@ class ReceiverCore:
     # -- topics ------------------------------------------------------------------------------------
 
     def filter(self) -> str:
-        return f"{self.prefix}/+/upload/+"
+        return Topics.anyone(self.prefix).uploads
 
     def _topic(self, device: str, leaf: str) -> str:
-        return f"{self.prefix}/{device}/upload/{leaf}"
+        return Topics(self.prefix, device).upload(leaf)
 
     def _send(self, device: str, leaf: str, obj: dict[str, Any] | bytes) -> bool:
         payload = obj if isinstance(obj, bytes) else json.dumps(obj).encode("utf-8")
@@ -383,7 +383,7 @@ class Receiver(SubscribedService):
 
     def _filter(self) -> str:
         f = self.core.filter()
-        return f if self.share_group is None else f"$share/{self.share_group}/{f}"
+        return f if self.share_group is None else shared(self.share_group, f)
 
     def start(self, timeout: float = 10.0) -> Receiver:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]

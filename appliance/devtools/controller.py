@@ -26,8 +26,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ..agent.topics import Topics
 from ..errors import ApplianceError
+from ..protocol.topics import TopicKind, Topics, parse
 from ..trust.certs import OperatorKey
 from ..trust.envelope import EnvelopeBuilder
 
@@ -75,7 +75,7 @@ class Controller:
             )
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
-        self.response_topic = f"{prefix}/_ctl/{self.client_id}/reply"
+        self.response_topic = Topics.anyone(prefix).controller_reply(self.client_id)
         self._pending: dict[bytes | str, queue.Queue[dict[str, Any]]] = {}
         self._subs: list[tuple[str, queue.Queue[tuple[str, bytes, bool]]]] = []
         self._lock = threading.Lock()
@@ -128,7 +128,10 @@ class Controller:
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         payload = bytes(msg.payload)
-        if msg.topic == self.response_topic or msg.topic.endswith("/reply"):
+        parsed = parse(self.prefix, msg.topic)
+        if msg.topic == self.response_topic or (
+            parsed is not None and parsed.kind is TopicKind.REPLY
+        ):
             key: bytes | str | None = None
             props = getattr(msg, "properties", None)
             corr = getattr(props, "CorrelationData", None) if props else None

@@ -36,8 +36,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ..agent.topics import validate_segment
 from ..errors import DeviceTimeout
+from ..protocol.topics import Topics, shared, validate_segment
 from ..trust.certs import OperatorKey
 from .acker import OutboxAcker
 
@@ -190,14 +190,11 @@ class Ingest:
         return info.rc == paho.MQTT_ERR_SUCCESS
 
     def filters(self) -> list[str]:
-        base = [
-            f"{self.prefix}/+/telemetry",
-            f"{self.prefix}/+/events/#",
-            f"{self.prefix}/+/status",
-        ]
+        every = Topics.anyone(self.prefix)
+        base = [every.telemetry, every.events, every.status]
         if self.share_group is None:
             return base
-        return [f"$share/{self.share_group}/{f}" for f in base]
+        return [shared(self.share_group, f) for f in base]
 
     def start(self, timeout: float = 10.0) -> Ingest:
         # A persistent session, so durable events published while the ingest is away (its

@@ -47,8 +47,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..agent.mqtt import backoff_delay
-from ..agent.topics import Topics
 from ..errors import ConfigError, DeviceDisconnected, DeviceTimeout, ProtocolError
+from ..protocol.topics import Topics
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ApplianceError, TrustError
+from ..protocol.topics import TopicKind, parse
 from ..trust.certs import OperatorKey
 from ..trust.keys import DeviceSignature, verify_device_message
 from .conn import FleetMqtt, Message, home_of
@@ -72,11 +73,24 @@ def verify_from(keys: dict[str, bytes], device: str, msg: Message) -> Verificati
     return Verification("ok", "signed by the device key approved for it")
 
 
+#: Topics whose second level is not a device.
+NOT_A_DEVICE = frozenset(
+    {
+        TopicKind.GROUP_CMD,
+        TopicKind.CLAIM_REQUEST,
+        TopicKind.CLAIM_RESPONSE,
+        TopicKind.CONTROLLER_REPLY,
+    }
+)
+
+
 def device_of(topic: str, prefix: str) -> str | None:
-    parts = topic.split("/")
-    if len(parts) >= 3 and parts[0] == prefix and parts[1] not in ("group", "claims", "_ctl"):
-        return parts[1]
-    return None
+    """The device a topic of the tree belongs to (None: a group, claim or controller topic, or
+    a topic outside the tree)."""
+    parsed = parse(prefix, topic)
+    if parsed is None or parsed.kind in NOT_A_DEVICE:
+        return None
+    return parsed.device
 
 
 def registry(args: argparse.Namespace) -> FleetRegistry:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol.topics import Topics, shared
 from .conn import BrokerOptions, FleetMqtt, Message
 from .tools import Verification, ago, device_of, verify_from
 
@@ -148,14 +149,15 @@ class EventStream:
     def filters(self) -> list[str]:
         p = self.opts.prefix
         exact = [d for d in self.devices if not any(c in d for c in "*?[")]
-        heads = exact if exact and len(exact) == len(self.devices) else ["+"]
-        out = [f"{p}/{h}/events/#" for h in heads]
+        heads: list[str | None] = [*exact] if exact and len(exact) == len(self.devices) else [None]
+        each = [Topics.filter_for(p, h) for h in heads]
+        out = [t.events for t in each]
         if self.status:
-            out += [f"{p}/{h}/status" for h in heads]
+            out += [t.status for t in each]
         if self.telemetry:
-            out += [f"{p}/{h}/telemetry" for h in heads]
+            out += [t.telemetry for t in each]
         if self.share_group:
-            out = [f"$share/{self.share_group}/{f}" for f in out]
+            out = [shared(self.share_group, f) for f in out]
         return out
 
     def start(self, timeout: float = 10.0) -> EventStream:

@@ -1,13 +1,12 @@
-"""Message models of the MQTT protocol (docs/protocol.md). JSON Schemas in docs/schemas/ are
-generated from these and from every command's argument model (``appliance schemas``)."""
+"""Message models of the MQTT protocol (docs/protocol.md), for building and parsing on both ends.
+JSON Schemas in docs/schemas/ are generated from these, from the command request and reply
+models (``dispatch.py``) and from every command's argument model (``appliance schemas``)."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from .dispatch import CommandReply, CommandRequest
 
 HealthName = Literal["ok", "starting", "disconnected", "error", "disabled"]
 
@@ -105,8 +104,6 @@ class OutboxAckBody(BaseModel):
 
 
 MESSAGES: dict[str, type[BaseModel]] = {
-    "command-request": CommandRequest,
-    "command-reply": CommandReply,
     "status": StatusMessage,
     "event": EventMessage,
     "telemetry": TelemetryMessage,

@@ -1,0 +1,136 @@
+"""The wire contract (appliance/protocol/): the topic tree is spelled in one module, and every
+topic it builds parses back to its kind and device."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from appliance.protocol.topics import ANY, TopicKind, Topics, parse, shared
+from tests.helpers import ROOT
+
+CONTRACT = ROOT / "appliance" / "protocol"
+
+# Levels of the tree that only a topic spells: a literal holding one of them (or starting with
+# the default prefix, or a shared-subscription head) is a topic written outside the contract.
+_TOPIC_LITERAL = re.compile(
+    r"^\$share/|^kiosk/|(^|/)(events|upload|outbox|lookup|config)/|/(claims|group|_ctl)/"
+    r"|^/(status|telemetry|cmd|reply)$|/\+/|/#$"
+)
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    ids: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                ids.add(id(body[0].value))
+    return ids
+
+
+def _prefix_fstring(node: ast.JoinedStr) -> bool:
+    """``f"{prefix}/..."``, ``f"{self.prefix}/..."``: a topic built by hand."""
+    return any(
+        isinstance(first, ast.FormattedValue)
+        and "prefix" in ast.unparse(first.value)
+        and isinstance(second, ast.Constant)
+        and str(second.value).startswith("/")
+        for first, second in zip(node.values, node.values[1:], strict=False)
+    )
+
+
+def topic_strings(root: Path) -> list[str]:
+    hits = []
+    for path in sorted(root.rglob("*.py")):
+        if CONTRACT in path.parents:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docs = _docstrings(tree)
+        rel = path.relative_to(root).as_posix()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.JoinedStr) and _prefix_fstring(node):
+                hits.append(f"{rel}:{node.lineno}: {ast.unparse(node)}")
+            elif (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in docs
+                and "\n" not in node.value
+                and " " not in node.value
+                and _TOPIC_LITERAL.search(node.value)
+            ):
+                hits.append(f"{rel}:{node.lineno}: {node.value!r}")
+    return hits
+
+
+def test_no_topic_is_spelled_outside_the_contract() -> None:
+    hits = topic_strings(ROOT / "appliance")
+    assert hits == [], "build topics with appliance.protocol.topics:\n" + "\n".join(hits)
+
+
+def test_the_scan_finds_a_hand_built_topic(tmp_path: Path) -> None:
+    src = tmp_path / "x.py"
+    src.write_text(
+        'def f(prefix, d):\n    return f"{prefix}/{d}/x"\n\n\nS = "$share/g/kiosk/+/status"\n'
+    )
+    assert sorted(h.split(":")[1] for h in topic_strings(tmp_path)) == ["2", "5"]
+
+
+EVERY = [
+    (lambda t: t.status, TopicKind.STATUS, None),
+    (lambda t: t.telemetry, TopicKind.TELEMETRY, None),
+    (lambda t: t.event("card.inserted"), TopicKind.EVENT, "card.inserted"),
+    (lambda t: t.cmd, TopicKind.CMD, None),
+    (lambda t: t.reply, TopicKind.REPLY, None),
+    (lambda t: t.config_desired, TopicKind.CONFIG_DESIRED, None),
+    (lambda t: t.config_reported, TopicKind.CONFIG_REPORTED, None),
+    (lambda t: t.upload("pkg-1"), TopicKind.UPLOAD, "pkg-1"),
+    (lambda t: t.upload_ack, TopicKind.UPLOAD_ACK, None),
+    (lambda t: t.upload_receipt, TopicKind.UPLOAD_RECEIPT, None),
+    (lambda t: t.outbox_ack, TopicKind.OUTBOX_ACK, None),
+    (lambda t: t.lookup_request, TopicKind.LOOKUP_REQUEST, None),
+    (lambda t: t.lookup_response, TopicKind.LOOKUP_RESPONSE, None),
+    (lambda t: t.claim_request, TopicKind.CLAIM_REQUEST, None),
+    (lambda t: t.claim_response, TopicKind.CLAIM_RESPONSE, None),
+]
+
+
+@pytest.mark.parametrize(("build", "kind", "arg"), EVERY)
+def test_every_topic_parses_back(build, kind, arg) -> None:  # type: ignore[no-untyped-def]
+    topic = build(Topics("kiosk", "k-1"))
+    parsed = parse("kiosk", topic)
+    assert parsed is not None
+    assert (parsed.kind, parsed.device, parsed.arg) == (kind, "k-1", arg)
+    assert parse("other", topic) is None
+
+
+def test_group_and_controller_topics_parse() -> None:
+    t = Topics("kiosk", "k-1")
+    assert parse("kiosk", t.group_cmd("lobby")) == parse("kiosk", "kiosk/group/lobby/cmd")
+    assert parse("kiosk", t.group_cmd("lobby")).kind is TopicKind.GROUP_CMD  # type: ignore[union-attr]
+    ctl = parse("kiosk", t.controller_reply("ctl-1"))
+    assert ctl is not None and (ctl.kind, ctl.device) == (TopicKind.CONTROLLER_REPLY, "ctl-1")
+
+
+@pytest.mark.parametrize(
+    "topic", ["kiosk", "kiosk/k1", "kiosk/k1/nope", "kiosk//status", "kiosk/k1/events/a/b"]
+)
+def test_topics_outside_the_tree_do_not_parse(topic: str) -> None:
+    assert parse("kiosk", topic) is None
+
+
+def test_filters_are_the_same_names_with_a_wildcard_device() -> None:
+    every = Topics.anyone("kiosk")
+    assert every.device == ANY
+    assert every.status == "kiosk/+/status"
+    assert every.events == "kiosk/+/events/#"
+    assert every.uploads == "kiosk/+/upload/+"
+    assert every.lookup_request == "kiosk/+/lookup/request"
+    assert shared("ingest", every.status) == "$share/ingest/kiosk/+/status"
+    with pytest.raises(ValueError, match="share group"):
+        shared("a/b", every.status)
+    with pytest.raises(ValueError, match="device id"):
+        Topics("kiosk", "#")
