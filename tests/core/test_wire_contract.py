@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
+from appliance import schemas
+from appliance.protocol.codes import ERROR_MEANINGS, EVENT_MEANINGS, ErrorCode, EventType
 from appliance.protocol.topics import ANY, TopicKind, Topics, parse, shared
 from tests.helpers import ROOT
 
@@ -134,3 +137,94 @@ def test_filters_are_the_same_names_with_a_wildcard_device() -> None:
         shared("a/b", every.status)
     with pytest.raises(ValueError, match="device id"):
         Topics("kiosk", "#")
+
+
+# --- error codes and event types ------------------------------------------------------------
+
+#: Calls whose first argument is an event type (the event sinks of the kiosk and the simulator).
+_EVENT_SINKS = {"emit", "raise_event", "_sink", "_emit"}
+#: Calls whose first argument is an error code.
+_CODE_FIRST = {"_Refused"}
+
+
+def _strings(node: ast.AST | None) -> list[str]:
+    """The string literals a value can take (``"a"``, ``"a" if c else "b"``)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.IfExp):
+        return _strings(node.body) + _strings(node.orelse)
+    return []
+
+
+def wire_literals(root: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(code, where) and (event type, where) for every literal code and event type."""
+    codes: list[tuple[str, str]] = []
+    events: list[tuple[str, str]] = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            where = f"{rel}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Call):
+                for kw in node.keywords:
+                    if kw.arg == "code":
+                        codes += [(s, where) for s in _strings(kw.value)]
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                first = node.args[0] if node.args else None
+                if name in _EVENT_SINKS:
+                    events += [(s, where) for s in _strings(first)]
+                if name in _CODE_FIRST:
+                    codes += [(s, where) for s in _strings(first)]
+            elif isinstance(node, ast.Assign | ast.AnnAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for t in targets:
+                    if (isinstance(t, ast.Name) and t.id == "code") or (
+                        isinstance(t, ast.Attribute) and t.attr == "code"
+                    ):
+                        codes += [(s, where) for s in _strings(node.value)]
+            elif isinstance(node, ast.Dict):
+                for k, v in zip(node.keys, node.values, strict=True):
+                    if isinstance(k, ast.Constant) and k.value == "code":
+                        codes += [(s, where) for s in _strings(v)]
+    return codes, events
+
+
+def test_every_error_code_and_event_type_is_a_member() -> None:
+    codes, events = wire_literals(ROOT / "appliance")
+    assert len(codes) > 50 and len(events) > 10  # the scan sees the code base
+    bad = [f"{where}: code {c!r}" for c, where in codes if c not in set(ErrorCode)]
+    bad += [f"{where}: event {e!r}" for e, where in events if e not in set(EventType)]
+    assert bad == [], (
+        "add the code or event type to appliance/protocol/codes.py (with its meaning), "
+        "then run `appliance schemas --out docs/schemas`:\n" + "\n".join(bad)
+    )
+
+
+def test_the_code_scan_finds_an_unknown_code(tmp_path: Path) -> None:
+    (tmp_path / "x.py").write_text(
+        "class E(Exception):\n    code = 'no_such_code'\n\n\n"
+        "def f(sink, ok):\n"
+        "    sink.emit('no.such.event', {})\n"
+        "    raise E('m', code='busy' if ok else 'also_not_a_code')\n"
+    )
+    codes, events = wire_literals(tmp_path)
+    assert {c for c, _ in codes} == {"no_such_code", "busy", "also_not_a_code"}
+    assert [e for e, _ in events] == ["no.such.event"]
+
+
+def test_every_member_has_a_meaning() -> None:
+    assert set(ERROR_MEANINGS) == set(ErrorCode)
+    assert set(EVENT_MEANINGS) == set(EventType)
+    assert all(m and r for m, r in ERROR_MEANINGS.values())
+
+
+def test_a_hand_edited_code_table_is_stale(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "docs" / "schemas", tmp_path / "schemas")
+    doc = (ROOT / "docs" / "protocol.md").read_text(encoding="utf-8")
+    assert "| `busy` |" in doc and "| `card.inserted` |" in doc
+    (tmp_path / "protocol.md").write_text(doc, encoding="utf-8")
+    assert schemas.check(tmp_path / "schemas") == []
+    (tmp_path / "protocol.md").write_text(doc.replace("| `busy` |", "| `bussy` |"))
+    assert schemas.check(tmp_path / "schemas") == ["../protocol.md"]
+    schemas.write(tmp_path / "schemas")
+    assert (tmp_path / "protocol.md").read_text(encoding="utf-8") == doc
