@@ -28,6 +28,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .errors import ApplianceError
+from .protocol.codes import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 class FleetConnectionError(ApplianceError):
     """The broker could not be reached, refused the connection, or did not answer in time."""
 
-    code = "broker_unreachable"
+    code = ErrorCode.BROKER_UNREACHABLE
     retryable = True
 
 
@@ -138,7 +139,7 @@ class FleetMqtt:
                 raise FleetConnectionError(
                     f"cannot load the TLS files ({opts.ca_file}, {opts.cert_file}, "
                     f"{opts.key_file}): {exc}",
-                    code="tls_files",
+                    code=ErrorCode.TLS_FILES,
                     retryable=False,
                 ) from None
             if opts.insecure:

@@ -57,6 +57,7 @@ from ..citizen.lookup import (
 )
 from ..citizen.validation import CitizenDataInvalid, Stage, validate_citizen
 from ..errors import StoreError, TrustError
+from ..protocol.codes import ErrorCode
 from ..protocol.topics import TopicKind, Topics, parse, validate_segment
 from ..trust.certs import NAME_RE, OperatorKey
 from ..trust.signeddoc import sign_document
@@ -92,13 +93,13 @@ def load_directory_key(home: Path) -> OperatorKey:
         raise TrustError(
             f"no directory signing key {key_path}: issue one with 'appliance fleet keys "
             f"issue-operator --generate-key {home} --name {DIRECTORY_NAME} --role directory'",
-            code="key_missing",
+            code=ErrorCode.KEY_MISSING,
         )
     key = OperatorKey.load(key_path, Path(home) / f"{DIRECTORY_NAME}.cert")
     if "directory" not in key.certificate.roles:
         raise TrustError(
             f"{key_path}'s certificate lacks the directory role: kiosks would refuse its answers",
-            code="forbidden_role",
+            code=ErrorCode.FORBIDDEN_ROLE,
         )
     return key
 
@@ -172,7 +173,7 @@ class DirectoryStore:
         except sqlite3.IntegrityError as exc:
             raise StoreError(
                 f"citizens: a personal_id is held by two references ({exc})",
-                code="citizen_conflict",
+                code=ErrorCode.CITIZEN_CONFLICT,
             ) from None
         return len(rows)
 

@@ -41,6 +41,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ..errors import ApplianceError, TrustError
+from ..protocol.codes import ErrorCode
 from ..protocol.topics import Topics, shared, validate_segment
 from ..trust.certs import OperatorKey
 from ..trust.sealed import EnrollmentKeyPair, build_ack
@@ -147,7 +148,7 @@ class ReceiverCore:
         try:
             header, data = decode_chunk(payload)
             if header.package_id != leaf:
-                raise TrustError("chunk names another package", code="chunk_malformed")
+                raise TrustError("chunk names another package", code=ErrorCode.CHUNK_MALFORMED)
             outcome = self.store.put_chunk(device, header, data)
         except TrustError as exc:
             # A damaged chunk is not acknowledged: the kiosk sends it again.
@@ -166,7 +167,7 @@ class ReceiverCore:
                 {
                     "package_id": leaf,
                     "status": "rejected",
-                    "code": "package_id_reused",
+                    "code": ErrorCode.PACKAGE_ID_REUSED,
                     "reason": "this package id was already received with other content",
                 },
             )
@@ -234,7 +235,7 @@ class ReceiverCore:
                     {
                         "package_id": package_id,
                         "status": "held",
-                        "code": "unknown_device",
+                        "code": ErrorCode.UNKNOWN_DEVICE,
                         "reason": reason,
                     },
                 )

@@ -27,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ..errors import ApplianceError
+from ..protocol.codes import ErrorCode
 from ..protocol.topics import TopicKind, Topics, parse
 from ..trust.certs import OperatorKey
 from ..trust.envelope import EnvelopeBuilder
@@ -37,7 +38,7 @@ def _nodelay(_c: Any, _u: Any, sock: Any) -> None:
 
 
 class ControllerTimeout(ApplianceError):
-    code = "controller_timeout"
+    code = ErrorCode.CONTROLLER_TIMEOUT
     retryable = True
 
 
@@ -148,7 +149,7 @@ class Controller:
                 try:
                     q.put(json.loads(payload))
                 except ValueError:
-                    q.put({"ok": False, "error": {"code": "unparseable_reply"}})
+                    q.put({"ok": False, "error": {"code": ErrorCode.UNPARSEABLE_REPLY}})
         with self._lock:
             subs = list(self._subs)
         for pattern, sq in subs:

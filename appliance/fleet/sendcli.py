@@ -27,6 +27,7 @@ import uuid
 from typing import Any
 
 from ..errors import ApplianceError
+from ..protocol.codes import ErrorCode
 from ..protocol.topics import Topics
 from ..trust.envelope import GROUP_PREFIX, EnvelopeBuilder, validate_target
 from .conn import FleetMqtt, Message, add_broker_args, add_home_arg, broker_options
@@ -122,7 +123,10 @@ def _report(
     try:
         reply: dict[str, Any] = json.loads(msg.payload)
     except ValueError:
-        reply = {"ok": False, "error": {"code": "unparseable_reply", "message": repr(msg.payload)}}
+        reply = {
+            "ok": False,
+            "error": {"code": ErrorCode.UNPARSEABLE_REPLY, "message": repr(msg.payload)},
+        }
     ok = reply.get("ok") is True
     if args.json:
         print(json.dumps({"device": device, "verified": v.status, "reply": reply}), flush=True)

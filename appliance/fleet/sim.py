@@ -48,6 +48,7 @@ from typing import Any
 
 from ..agent.mqtt import backoff_delay
 from ..errors import ConfigError, DeviceDisconnected, DeviceTimeout, ProtocolError
+from ..protocol.codes import EventType
 from ..protocol.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -672,7 +673,7 @@ class VirtualKiosk:
             if self.fleet.is_stopping():
                 return
             self.raise_event(
-                "enrollment.simulated", {"session": self.seq + 1, "outcome": "completed"}
+                EventType.ENROLLMENT_SIMULATED, {"session": self.seq + 1, "outcome": "completed"}
             )
 
     def raise_event(self, type_: str, data: dict[str, Any]) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ApplianceError, TrustError
+from ..protocol.codes import ErrorCode
 from ..protocol.topics import TopicKind, parse
 from ..trust.certs import OperatorKey
 from ..trust.keys import DeviceSignature, verify_device_message
@@ -41,7 +42,7 @@ def load_signer(args: argparse.Namespace, default_name: str) -> OperatorKey:
         raise TrustError(
             f"no signing key {key}: issue one with 'appliance fleet keys issue-operator "
             f"--generate-key {base.parent} --name {base.name} --role ...' or give --signer",
-            code="key_missing",
+            code=ErrorCode.KEY_MISSING,
         )
     return OperatorKey.load(key, cert)
 
@@ -129,15 +130,17 @@ def parse_args_words(words: list[str]) -> dict[str, Any]:
         try:
             obj = json.loads(words[0])
         except ValueError as exc:
-            raise ApplianceError(f"ARGS is not valid JSON: {exc}", code="usage") from None
+            raise ApplianceError(f"ARGS is not valid JSON: {exc}", code=ErrorCode.USAGE) from None
         if not isinstance(obj, dict):
-            raise ApplianceError("ARGS must be a JSON object", code="usage")
+            raise ApplianceError("ARGS must be a JSON object", code=ErrorCode.USAGE)
         return obj
     out: dict[str, Any] = {}
     for w in words:
         k, sep, v = w.partition("=")
         if not sep or not k:
-            raise ApplianceError(f"argument {w!r}: use key=value, or one JSON object", code="usage")
+            raise ApplianceError(
+                f"argument {w!r}: use key=value, or one JSON object", code=ErrorCode.USAGE
+            )
         try:
             out[k] = json.loads(v)
         except ValueError:

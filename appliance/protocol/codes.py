@@ -18,7 +18,6 @@ class ErrorCode(StrEnum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     INVALID_JSON = "invalid_json"
     INVALID_REQUEST = "invalid_request"
-    BAD_REQUEST = "bad_request"
     UNKNOWN_COMMAND = "unknown_command"
     INVALID_ARGS = "invalid_args"
     FORBIDDEN_ROLE = "forbidden_role"
@@ -164,10 +163,6 @@ ERROR_MEANINGS: dict[ErrorCode, tuple[str, str]] = {
     ErrorCode.INVALID_REQUEST: (
         "not an object `{id, cmd, args}` (missing or extra fields, bad id), or a reused id",
         "no (with a new id)",
-    ),
-    ErrorCode.BAD_REQUEST: (
-        "base of the request refusals: not JSON, not an object, or not the command's schema",
-        "no",
     ),
     ErrorCode.UNKNOWN_COMMAND: (
         "no such command here (under signing said only to an authenticated sender)",
