@@ -16,25 +16,20 @@ import itertools
 import json
 import os
 import queue
-import socket
 import threading
 import uuid
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ..errors import ApplianceError
+from ..mqttclient import make_client
 from ..protocol.codes import ErrorCode
 from ..protocol.topics import TopicKind, Topics, parse
 from ..trust.certs import OperatorKey
 from ..trust.envelope import EnvelopeBuilder
-
-
-def _nodelay(_c: Any, _u: Any, sock: Any) -> None:
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class ControllerTimeout(ApplianceError):
@@ -61,19 +56,7 @@ class Controller:
         self.tls = tls
         self.builder = None if signer is None else EnvelopeBuilder(signer, lifetime_s=lifetime_s)
         self.client_id = client_id or f"ctl-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        v5 = protocol == "5"
-        self.client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-        )
-        self.client.on_socket_open = _nodelay
-        if tls is not None:
-            self.client.tls_set(
-                ca_certs=tls.get("ca_certs"),
-                certfile=tls.get("certfile"),
-                keyfile=tls.get("keyfile"),
-            )
+        self.client = make_client(self.client_id, protocol=protocol, tls=tls)
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
         self.response_topic = Topics.anyone(prefix).controller_reply(self.client_id)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
@@ -31,12 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..errors import DeviceTimeout
+from ..mqttclient import connect_properties, make_client
 from ..protocol.topics import Topics, shared, validate_segment
 from ..trust.certs import OperatorKey
 from .acker import OutboxAcker
@@ -170,13 +169,7 @@ class Ingest:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._subscribed = threading.Event()
-        self.client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if self.v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if self.v5 else False,
-        )
-        self.client.on_socket_open = _nodelay
+        self.client = make_client(self.client_id, protocol=protocol, persistent=True)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
@@ -200,8 +193,7 @@ class Ingest:
         # A persistent session, so durable events published while the ingest is away (its
         # own reconnect after a broker restart) are queued by the broker, not lost to it.
         if self.v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = self.session_expiry_s
+            props = connect_properties(self.session_expiry_s)
             self.client.connect(self.host, self.port, 30, clean_start=False, properties=props)
         else:
             self.client.connect(self.host, self.port, 30)
@@ -302,7 +294,3 @@ class Ingest:
                 st.births.append((device, now))
             else:
                 st.deaths.append((device, str(obj.get("reason"))))
-
-
-def _nodelay(_c: Any, _u: Any, sock: Any) -> None:
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
