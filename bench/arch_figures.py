@@ -11,7 +11,7 @@
 * Functions over complexity 15 (ruff's C901, ``noqa`` comments ignored), paho client set-ups,
   topic strings spelled outside the wire contract (``appliance/protocol/``; before it existed,
   ``appliance/agent/topics.py``), and error codes written as string literals (``code="..."``,
-  ``code = "..."``, ``{"code": "..."}``, ``_Refused("...")``) rather than ``ErrorCode`` members,
+  ``code = "..."``, ``{"code": "..."}``, ``_bad("...", ...)``) rather than ``ErrorCode`` members,
   with how many distinct codes are not members of ``ErrorCode`` (the source text).
 
     .venv/bin/python bench/arch_figures.py
@@ -91,14 +91,25 @@ def _literal_strings(node: ast.AST | None) -> list[str]:
 
 
 def code_literals(tree: ast.AST) -> list[str]:
-    """Error codes written as string literals in one module."""
+    """Error codes written as string literals in one module (also the first argument of a
+    function or class of the module whose first parameter is ``code``, ``_bad(code, ...)``)."""
     out: list[str] = []
+    code_first = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and [a.arg for a in node.args.args][:1] == ["code"]:
+            code_first.add(node.name)
+        if isinstance(node, ast.ClassDef):
+            inits = [
+                i for i in node.body if isinstance(i, ast.FunctionDef) and i.name == "__init__"
+            ]
+            if any([a.arg for a in i.args.args][:2] == ["self", "code"] for i in inits):
+                code_first.add(node.name)
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             out += [
                 s for kw in node.keywords if kw.arg == "code" for s in _literal_strings(kw.value)
             ]
-            if getattr(node.func, "id", None) == "_Refused" and node.args:
+            if getattr(node.func, "id", None) in code_first and node.args:
                 out += _literal_strings(node.args[0])
         elif isinstance(node, ast.Assign | ast.AnnAssign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]

@@ -43,6 +43,7 @@ from ..enrollment.package import (
     encode_chunk,
 )
 from ..errors import ProtocolError, TrustError
+from ..protocol.codes import ErrorCode
 from ..trust.keys import load_json
 from ..trust.sealed import FILE_MAGIC as SEALED_MAGIC
 from ..trust.sealed import MAX_HEADER as SEALED_MAX_HEADER
@@ -87,7 +88,7 @@ def chain_next(previous_hex: str, record_sha256_hex: str) -> str:
     try:
         return kiosk_codec.chain_next(previous_hex, record_sha256_hex)
     except ProtocolError as exc:
-        raise _bad("chain_broken", exc.message) from None
+        raise _bad(ErrorCode.CHAIN_BROKEN, exc.message) from None
 
 
 def chain(record_sha256s: Iterable[str]) -> list[str]:
@@ -160,16 +161,16 @@ def parse_manifest(data: bytes) -> Manifest:
     try:
         obj = load_json(data)
     except (UnicodeDecodeError, ValueError):
-        raise _bad("package_malformed", "manifest is not UTF-8 JSON") from None
+        raise _bad(ErrorCode.PACKAGE_MALFORMED, "manifest is not UTF-8 JSON") from None
     if not isinstance(obj, dict):
-        raise _bad("package_malformed", "manifest must be a JSON object")
+        raise _bad(ErrorCode.PACKAGE_MALFORMED, "manifest must be a JSON object")
     try:
         return Manifest.model_validate(obj)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise _bad(
-            "package_malformed", f"manifest field {where}: {first['msg']}", field=where
+            ErrorCode.PACKAGE_MALFORMED, f"manifest field {where}: {first['msg']}", field=where
         ) from None
 
 
@@ -188,19 +189,19 @@ class Container:
 def decode_container(data: bytes) -> Container:
     """Split a container; every length is checked, trailing bytes are an error."""
     if len(data) > MAX_PACKAGE_BYTES:
-        raise _bad("package_malformed", f"package larger than {MAX_PACKAGE_BYTES} bytes")
+        raise _bad(ErrorCode.PACKAGE_MALFORMED, f"package larger than {MAX_PACKAGE_BYTES} bytes")
     if not data.startswith(MAGIC):
-        raise _bad("package_malformed", "not an enrollment package (no APPKG1 magic)")
+        raise _bad(ErrorCode.PACKAGE_MALFORMED, "not an enrollment package (no APPKG1 magic)")
     pos = len(MAGIC)
 
     def take(limit: int, what: str) -> bytes:
         nonlocal pos
         if pos + 4 > len(data):
-            raise _bad("package_malformed", f"package truncated before the {what} length")
+            raise _bad(ErrorCode.PACKAGE_MALFORMED, f"package truncated before the {what} length")
         (n,) = struct.unpack_from(">I", data, pos)
         pos += 4
         if n > limit or pos + n > len(data):
-            raise _bad("package_malformed", f"{what} length {n} is impossible", length=n)
+            raise _bad(ErrorCode.PACKAGE_MALFORMED, f"{what} length {n} is impossible", length=n)
         chunk = data[pos : pos + n]
         pos += n
         return chunk
@@ -210,11 +211,11 @@ def decode_container(data: bytes) -> Container:
     try:
         signature = sig_raw.decode("ascii")
     except UnicodeDecodeError:
-        raise _bad("package_malformed", "signature is not ASCII") from None
+        raise _bad(ErrorCode.PACKAGE_MALFORMED, "signature is not ASCII") from None
     files: list[bytes] = []
     while pos < len(data):
         if len(files) >= MAX_RECORDS:
-            raise _bad("package_malformed", f"more than {MAX_RECORDS} records")
+            raise _bad(ErrorCode.PACKAGE_MALFORMED, f"more than {MAX_RECORDS} records")
         files.append(take(MAX_PACKAGE_BYTES, f"record {len(files) + 1}"))
     return Container(manifest, signature, tuple(files))
 
@@ -241,20 +242,22 @@ class SealedFile:
 def decode_sealed_file(data: bytes, *, what: str = "sealed record") -> SealedFile:
     """Parse ``APSEAL1`` bytes; the header's ``sha256`` must be the ciphertext's."""
     if not data.startswith(SEALED_MAGIC) or len(data) < len(SEALED_MAGIC) + 4:
-        raise _bad("sealed_malformed", f"{what} is not a sealed record file")
+        raise _bad(ErrorCode.SEALED_MALFORMED, f"{what} is not a sealed record file")
     (hlen,) = struct.unpack_from(">I", data, len(SEALED_MAGIC))
     start = len(SEALED_MAGIC) + 4
     if hlen > SEALED_MAX_HEADER or start + hlen > len(data):
-        raise _bad("sealed_malformed", f"{what} has an impossible header length")
+        raise _bad(ErrorCode.SEALED_MALFORMED, f"{what} has an impossible header length")
     try:
         header = load_json(data[start : start + hlen])
     except (UnicodeDecodeError, ValueError):
-        raise _bad("sealed_malformed", f"{what} header is not JSON") from None
+        raise _bad(ErrorCode.SEALED_MALFORMED, f"{what} header is not JSON") from None
     if not isinstance(header, dict):
-        raise _bad("sealed_malformed", f"{what} header is not an object")
+        raise _bad(ErrorCode.SEALED_MALFORMED, f"{what} header is not an object")
     sealed = SealedFile(header, data[start + hlen :])
     if header.get("sha256") != sealed.sha256:
-        raise _bad("sealed_mismatch", f"{what}: ciphertext does not match its header's SHA-256")
+        raise _bad(
+            ErrorCode.SEALED_MISMATCH, f"{what}: ciphertext does not match its header's SHA-256"
+        )
     return sealed
 
 
@@ -283,20 +286,22 @@ class ChunkHeader(BaseModel):
 def decode_chunk(payload: bytes) -> tuple[ChunkHeader, bytes]:
     """Split a chunk message and check its own SHA-256 and index range."""
     if len(payload) < 2:
-        raise _bad("chunk_malformed", "chunk shorter than its header length")
+        raise _bad(ErrorCode.CHUNK_MALFORMED, "chunk shorter than its header length")
     (hlen,) = struct.unpack_from(">H", payload, 0)
     if hlen > MAX_CHUNK_HEADER or 2 + hlen > len(payload):
-        raise _bad("chunk_malformed", f"chunk header length {hlen} is impossible")
+        raise _bad(ErrorCode.CHUNK_MALFORMED, f"chunk header length {hlen} is impossible")
     try:
         obj = load_json(payload[2 : 2 + hlen])
         header = ChunkHeader.model_validate(obj)
     except (UnicodeDecodeError, ValueError) as exc:  # ValidationError is a ValueError
-        raise _bad("chunk_malformed", f"chunk header invalid: {str(exc)[:200]}") from None
+        raise _bad(ErrorCode.CHUNK_MALFORMED, f"chunk header invalid: {str(exc)[:200]}") from None
     if header.index >= header.count:
-        raise _bad("chunk_malformed", f"chunk index {header.index} not below {header.count}")
+        raise _bad(
+            ErrorCode.CHUNK_MALFORMED, f"chunk index {header.index} not below {header.count}"
+        )
     data = payload[2 + hlen :]
     if hashlib.sha256(data).hexdigest() != header.sha256.lower():
-        raise _bad("chunk_malformed", f"chunk {header.index} does not match its SHA-256")
+        raise _bad(ErrorCode.CHUNK_MALFORMED, f"chunk {header.index} does not match its SHA-256")
     return header, data
 
 

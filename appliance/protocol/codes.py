@@ -105,6 +105,16 @@ class ErrorCode(StrEnum):
     BROKER_UNREACHABLE = "broker_unreachable"
     TLS_FILES = "tls_files"
     USAGE = "usage"
+    SEALED_CORRUPT = "sealed_corrupt"
+    RECORD_EXISTS = "record_exists"
+    RECORD_MISSING = "record_missing"
+    WRONG_DEVICE = "wrong_device"
+    CHAIN_BROKEN = "chain_broken"
+    RECORD_MALFORMED = "record_malformed"
+    RECORD_HASH_MISMATCH = "record_hash_mismatch"
+    SEALED_MALFORMED = "sealed_malformed"
+    SEALED_MISMATCH = "sealed_mismatch"
+    UNSEAL_FAILED = "unseal_failed"
     CHUNK_MALFORMED = "chunk_malformed"
     PACKAGE_ID_REUSED = "package_id_reused"
     PACKAGE_MALFORMED = "package_malformed"
@@ -510,6 +520,46 @@ ERROR_MEANINGS: dict[ErrorCode, tuple[str, str]] = {
     ),
     ErrorCode.USAGE: (
         "a command line that cannot be run as given",
+        "no",
+    ),
+    ErrorCode.SEALED_CORRUPT: (
+        "a sealed record file that does not parse",
+        "no",
+    ),
+    ErrorCode.RECORD_EXISTS: (
+        "a sealed record of that id already exists",
+        "no",
+    ),
+    ErrorCode.RECORD_MISSING: (
+        "no sealed record of that id",
+        "no",
+    ),
+    ErrorCode.WRONG_DEVICE: (
+        "the package names another device than the one that uploaded it",
+        "no",
+    ),
+    ErrorCode.CHAIN_BROKEN: (
+        "the manifest's hash chain does not hold",
+        "no",
+    ),
+    ErrorCode.RECORD_MALFORMED: (
+        "a record of the package does not parse",
+        "no",
+    ),
+    ErrorCode.RECORD_HASH_MISMATCH: (
+        "a record's SHA-256 differs from the manifest's",
+        "no",
+    ),
+    ErrorCode.SEALED_MALFORMED: (
+        "a sealed record in the package does not parse",
+        "no",
+    ),
+    ErrorCode.SEALED_MISMATCH: (
+        "a sealed record differs from what the manifest lists (digest, size, id)",
+        "no",
+    ),
+    ErrorCode.UNSEAL_FAILED: (
+        "a sealed record does not open with the enrollment key",
         "no",
     ),
     ErrorCode.CHUNK_MALFORMED: (

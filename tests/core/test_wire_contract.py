@@ -143,8 +143,26 @@ def test_filters_are_the_same_names_with_a_wildcard_device() -> None:
 
 #: Calls whose first argument is an event type (the event sinks of the kiosk and the simulator).
 _EVENT_SINKS = {"emit", "raise_event", "_sink", "_emit"}
-#: Calls whose first argument is an error code.
-_CODE_FIRST = {"_Refused"}
+
+
+def _code_first(tree: ast.AST) -> set[str]:
+    """Functions and classes of a module whose first parameter is ``code`` (``_bad(code,
+    message)``, ``_Refused(code, reason)``): their calls' first argument is an error code."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            params = [a.arg for a in node.args.posonlyargs + node.args.args]
+            if params[:1] == ["code"] or params[:2] == ["self", "code"]:
+                names.add(node.name)
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if (
+                    isinstance(item, ast.FunctionDef)
+                    and item.name == "__init__"
+                    and [a.arg for a in item.args.args][:2] == ["self", "code"]
+                ):
+                    names.add(node.name)
+    return names
 
 
 def _strings(node: ast.AST | None) -> list[str]:
@@ -162,7 +180,9 @@ def wire_literals(root: Path) -> tuple[list[tuple[str, str]], list[tuple[str, st
     events: list[tuple[str, str]] = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        code_first = _code_first(tree)
+        for node in ast.walk(tree):
             where = f"{rel}:{getattr(node, 'lineno', 0)}"
             if isinstance(node, ast.Call):
                 for kw in node.keywords:
@@ -173,7 +193,7 @@ def wire_literals(root: Path) -> tuple[list[tuple[str, str]], list[tuple[str, st
                 first = node.args[0] if node.args else None
                 if name in _EVENT_SINKS:
                     events += [(s, where) for s in _strings(first)]
-                if name in _CODE_FIRST:
+                if name in code_first:
                     codes += [(s, where) for s in _strings(first)]
             elif isinstance(node, ast.Assign | ast.AnnAssign):
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
@@ -205,10 +225,12 @@ def test_the_code_scan_finds_an_unknown_code(tmp_path: Path) -> None:
         "class E(Exception):\n    code = 'no_such_code'\n\n\n"
         "def f(sink, ok):\n"
         "    sink.emit('no.such.event', {})\n"
-        "    raise E('m', code='busy' if ok else 'also_not_a_code')\n"
+        "    raise E('m', code='busy' if ok else 'also_not_a_code')\n\n\n"
+        "def _bad(code, message):\n    return E(message, code=code)\n\n\n"
+        "X = _bad('third_bad_code', 'm')\n"
     )
     codes, events = wire_literals(tmp_path)
-    assert {c for c, _ in codes} == {"no_such_code", "busy", "also_not_a_code"}
+    assert {c for c, _ in codes} == {"no_such_code", "busy", "also_not_a_code", "third_bad_code"}
     assert [e for e, _ in events] == ["no.such.event"]
 
 
