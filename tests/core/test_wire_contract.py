@@ -250,3 +250,19 @@ def test_a_hand_edited_code_table_is_stale(tmp_path: Path) -> None:
     assert schemas.check(tmp_path / "schemas") == ["../protocol.md"]
     schemas.write(tmp_path / "schemas")
     assert (tmp_path / "protocol.md").read_text(encoding="utf-8") == doc
+
+
+def test_only_make_client_constructs_a_paho_client() -> None:
+    """Every paho user goes through mqttclient.make_client (protocol version, TLS, TCP options
+    in one place)."""
+    sites = []
+    for path in sorted((ROOT / "appliance").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "Client"
+                and ast.unparse(node.func.value) in ("paho", "mqtt", "paho.mqtt.client")
+            ):
+                sites.append(f"{path.relative_to(ROOT).as_posix()}:{node.lineno}")
+    assert len(sites) == 1 and sites[0].startswith("appliance/mqttclient.py:"), sites
