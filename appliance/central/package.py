@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from ..enrollment import package as kiosk_codec
 from ..enrollment.package import (
@@ -44,26 +43,22 @@ from ..enrollment.package import (
 )
 from ..errors import ProtocolError, TrustError
 from ..protocol.codes import ErrorCode
+from ..protocol.package import (
+    MAX_CHUNK_HEADER,
+    MAX_MANIFEST,
+    MAX_PACKAGE_BYTES,
+    MAX_RECORDS,
+    MAX_SIGNATURE,
+    PACKAGE_ID_RE,
+    RESERVED_IDS,
+    ChunkHeader,
+    Manifest,
+)
 from ..trust.keys import load_json
 from ..trust.sealed import FILE_MAGIC as SEALED_MAGIC
 from ..trust.sealed import MAX_HEADER as SEALED_MAX_HEADER
 
 PACKAGE_TYPE = MANIFEST_TYPE
-MAX_MANIFEST = 1024 * 1024
-MAX_SIGNATURE = 1024
-MAX_RECORDS = 64
-MAX_PACKAGE_BYTES = 64 * 1024 * 1024
-MAX_CHUNK_HEADER = 4096
-MAX_CHUNKS = 65536
-
-#: A package id is a topic segment and a file name: no separators, no wildcards, no dot-dot;
-#: ``ack`` and ``receipt`` are the centre's own topics under ``upload/``.
-PACKAGE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-RESERVED_IDS = frozenset({"ack", "receipt"})
-CITIZEN_REF_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-RECORD_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-HEX64 = r"^[0-9A-Fa-f]{64}$"
-
 HASH_0 = CHAIN_START
 
 
@@ -102,58 +97,6 @@ def chain(record_sha256s: Iterable[str]) -> list[str]:
 
 
 # --- manifest -------------------------------------------------------------------------------------
-
-
-class _Model(BaseModel):
-    # Unknown fields are tolerated (a newer kiosk may add metadata); every field the centre
-    # relies on is typed and checked.
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-
-class RecordEntry(_Model):
-    """One captured record as the manifest lists it."""
-
-    seq: int = Field(..., ge=1, le=MAX_RECORDS)
-    record_id: str = Field(..., pattern=RECORD_ID_RE.pattern)
-    kind: Literal["face", "finger"]
-    position: int = Field(..., ge=0, le=10)
-    format: str
-    quality: int | None = None
-    met: bool | None = None
-    attempts: int | None = None
-    captured_at: float | None = None
-    timings: dict[str, Any] = Field(default_factory=dict)
-    sha256: str = Field(..., pattern=HEX64)
-    hash: str = Field(..., pattern=HEX64)
-    sealed_sha256: str = Field(..., pattern=HEX64)
-    sealed_size: int = Field(..., ge=0)
-
-
-class ExceptionEntry(_Model):
-    """A finger not captured, with its reason (missing, bandaged, unreadable, other)."""
-
-    position: int = Field(..., ge=1, le=10)
-    reason: str = Field(..., min_length=1, max_length=64)
-    detail: str | None = ""
-    attempts: int | None = 0
-
-
-class Manifest(_Model):
-    """The signed description of a package (docs/enrollment.md "Manifest")."""
-
-    typ: Literal["appliance.enrollment-package.v1"]
-    package_id: str = Field(..., pattern=PACKAGE_ID_RE.pattern)
-    session_id: str = Field(..., min_length=1, max_length=128)
-    device: str = Field(..., min_length=1, max_length=64)
-    software: str = ""
-    citizen_ref: str = Field(..., pattern=CITIZEN_REF_RE.pattern)
-    policy: Any = None
-    issuance: bool = False
-    started_at: float | None = None
-    finished_at: float | None = None
-    records: list[RecordEntry] = Field(..., max_length=MAX_RECORDS)
-    exceptions: list[ExceptionEntry] = Field(default_factory=list)
-    chain_head: str = Field(..., pattern=HEX64)
 
 
 def parse_manifest(data: bytes) -> Manifest:
@@ -268,19 +211,6 @@ def encode_sealed_file(header: dict[str, Any], ciphertext: bytes) -> bytes:
 
 
 # --- upload chunks --------------------------------------------------------------------------------
-
-
-class ChunkHeader(BaseModel):
-    """The header of one upload chunk."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    package_id: str = Field(..., pattern=PACKAGE_ID_RE.pattern)
-    index: int = Field(..., ge=0, lt=MAX_CHUNKS)
-    count: int = Field(..., ge=1, le=MAX_CHUNKS)
-    total_bytes: int = Field(..., ge=1, le=MAX_PACKAGE_BYTES)
-    sha256: str = Field(..., pattern=HEX64)
-    package_sha256: str = Field(..., pattern=HEX64)
 
 
 def decode_chunk(payload: bytes) -> tuple[ChunkHeader, bytes]:

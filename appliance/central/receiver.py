@@ -42,10 +42,12 @@ from paho.mqtt.properties import Properties
 
 from ..errors import ApplianceError, TrustError
 from ..protocol.codes import ErrorCode
+from ..protocol.messages import UploadAck
+from ..protocol.package import RESERVED_IDS
 from ..protocol.topics import Topics, shared, validate_segment
 from ..trust.certs import OperatorKey
 from ..trust.sealed import EnrollmentKeyPair, build_ack
-from .package import RESERVED_IDS, decode_chunk, valid_package_id
+from .package import decode_chunk, valid_package_id
 from .service import SubscribedService
 from .store import PackageStore
 from .verify import verify_package
@@ -164,15 +166,15 @@ class ReceiverCore:
             self._send(
                 device,
                 "ack",
-                {
-                    "package_id": leaf,
-                    "status": "rejected",
-                    "code": ErrorCode.PACKAGE_ID_REUSED,
-                    "reason": "this package id was already received with other content",
-                },
+                UploadAck(
+                    package_id=leaf,
+                    status="rejected",
+                    code=ErrorCode.PACKAGE_ID_REUSED,
+                    reason="this package id was already received with other content",
+                ).to_json(),
             )
             return
-        self._send(device, "ack", {"package_id": leaf, "received": [header.index]})
+        self._send(device, "ack", UploadAck(package_id=leaf, received=[header.index]).to_json())
         if outcome.state == "finished":
             self.stats["duplicates"] += 1
             now = time.monotonic()
@@ -232,12 +234,12 @@ class ReceiverCore:
                 self._send(
                     device,
                     "ack",
-                    {
-                        "package_id": package_id,
-                        "status": "held",
-                        "code": ErrorCode.UNKNOWN_DEVICE,
-                        "reason": reason,
-                    },
+                    UploadAck(
+                        package_id=package_id,
+                        status="held",
+                        code=ErrorCode.UNKNOWN_DEVICE,
+                        reason=reason,
+                    ).to_json(),
                 )
                 return None
             verified = verify_package(
@@ -278,7 +280,9 @@ class ReceiverCore:
     def _announce(self, result: dict[str, Any]) -> None:
         device, package_id = result["device"], result["package_id"]
         if result["status"] == "complete":
-            ok = self._send(device, "ack", {"package_id": package_id, "status": "complete"})
+            ok = self._send(
+                device, "ack", UploadAck(package_id=package_id, status="complete").to_json()
+            )
             receipt = build_ack(
                 self.ingest_key, device, [(r["id"], r["sha256"]) for r in result["receipt"]]
             )
@@ -287,12 +291,12 @@ class ReceiverCore:
             ok = self._send(
                 device,
                 "ack",
-                {
-                    "package_id": package_id,
-                    "status": "rejected",
-                    "code": result.get("code"),
-                    "reason": result.get("reason"),
-                },
+                UploadAck(
+                    package_id=package_id,
+                    status="rejected",
+                    code=result.get("code"),
+                    reason=result.get("reason"),
+                ).to_json(),
             )
         if ok and not result.get("announced_at"):
             self.store.mark_announced(device, package_id)

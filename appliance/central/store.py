@@ -36,9 +36,10 @@ from typing import Any, Literal
 
 from ..errors import StoreError, TrustError
 from ..protocol.codes import ErrorCode
+from ..protocol.package import ChunkHeader
 from ..trust.certs import NAME_RE
 from ..trust.keys import atomic_write
-from .package import ChunkHeader, valid_package_id
+from .package import valid_package_id
 from .verify import VerifiedPackage
 
 log = logging.getLogger(__name__)

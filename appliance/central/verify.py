@@ -21,12 +21,11 @@ from typing import Any
 from ..enrollment.package import FACE_FORMAT, FINGER_FORMAT
 from ..errors import ApplianceError, TrustError
 from ..protocol.codes import ErrorCode
+from ..protocol.package import Manifest, RecordEntry
 from ..trust.keys import DeviceSignature, verify_device_message
 from ..trust.sealed import EnrollmentKeyPair
 from .package import (
     HASH_0,
-    Manifest,
-    RecordEntry,
     chain_next,
     decode_container,
     decode_sealed_file,

@@ -7,6 +7,7 @@ import ast
 import re
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -102,7 +103,7 @@ EVERY = [
 
 
 @pytest.mark.parametrize(("build", "kind", "arg"), EVERY)
-def test_every_topic_parses_back(build, kind, arg) -> None:  # type: ignore[no-untyped-def]
+def test_every_topic_parses_back(build, kind, arg) -> None:
     topic = build(Topics("kiosk", "k-1"))
     parsed = parse("kiosk", topic)
     assert parsed is not None
@@ -113,7 +114,8 @@ def test_every_topic_parses_back(build, kind, arg) -> None:  # type: ignore[no-u
 def test_group_and_controller_topics_parse() -> None:
     t = Topics("kiosk", "k-1")
     assert parse("kiosk", t.group_cmd("lobby")) == parse("kiosk", "kiosk/group/lobby/cmd")
-    assert parse("kiosk", t.group_cmd("lobby")).kind is TopicKind.GROUP_CMD  # type: ignore[union-attr]
+    group = parse("kiosk", t.group_cmd("lobby"))
+    assert group is not None and (group.kind, group.device) == (TopicKind.GROUP_CMD, "lobby")
     ctl = parse("kiosk", t.controller_reply("ctl-1"))
     assert ctl is not None and (ctl.kind, ctl.device) == (TopicKind.CONTROLLER_REPLY, "ctl-1")
 
@@ -266,3 +268,17 @@ def test_only_make_client_constructs_a_paho_client() -> None:
             ):
                 sites.append(f"{path.relative_to(ROOT).as_posix()}:{node.lineno}")
     assert len(sites) == 1 and sites[0].startswith("appliance/mqttclient.py:"), sites
+
+
+def test_the_kiosk_codec_keeps_the_contract_s_package_format() -> None:
+    """appliance/enrollment/package.py still spells the container magic, the manifest type and
+    the chunk header limit itself; until it imports them from the contract they must agree."""
+    from appliance.enrollment import package as kiosk
+    from appliance.protocol import package as contract
+
+    assert (kiosk.MAGIC, kiosk.MANIFEST_TYPE, kiosk.MAX_CHUNK_HEADER) == (
+        contract.MAGIC,
+        contract.MANIFEST_TYPE,
+        contract.MAX_CHUNK_HEADER,
+    )
+    assert contract.Manifest.model_fields["typ"].annotation == Literal[kiosk.MANIFEST_TYPE]
