@@ -11,6 +11,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
+from ..dispatch import CommandReply
 from ..errors import ApplianceError, CommandTimeout
 from ..fleet.conn import FleetMqtt, Message
 from ..fleet.tools import Verification, verify_from
@@ -99,16 +102,16 @@ class Commander:
             except queue.Empty:
                 continue
             try:
-                reply = json.loads(msg.payload)
-            except ValueError:
+                reply = CommandReply.model_validate_json(msg.payload)
+            except ValidationError:  # not a reply (docs/protocol.md, "Replies")
                 continue
-            if msg.correlation_data != corr and reply.get("id") != cid:
+            if msg.correlation_data != corr and reply.id != cid:
                 continue
             return Reply(
                 cmd=cmd,
-                ok=reply.get("ok") is True,
-                result=reply.get("result") or {},
-                error=reply.get("error") or {},
+                ok=reply.ok,
+                result=reply.result or {},
+                error=reply.error.model_dump() if reply.error is not None else {},
                 verification=verify_from(self.device_keys, self.device, msg),
                 seconds=time.perf_counter() - t0,
             )

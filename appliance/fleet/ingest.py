@@ -36,7 +36,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..errors import DeviceTimeout
 from ..mqttclient import connect_properties, make_client
-from ..protocol.topics import Topics, shared, validate_segment
+from ..protocol.topics import TopicKind, Topics, parse, shared, validate_segment
 from ..trust.certs import OperatorKey
 from .acker import OutboxAcker
 
@@ -62,6 +62,10 @@ def latency_summary(samples: list[float]) -> dict[str, Any]:
         "p99_ms": ms(_pct(samples, 99)),
         "max_ms": ms(max(samples) if samples else None),
     }
+
+
+#: What the ingest records, by the kind of topic it subscribed to.
+_KINDS = {TopicKind.TELEMETRY: "telemetry", TopicKind.EVENT: "events", TopicKind.STATUS: "status"}
 
 
 @dataclass
@@ -240,10 +244,10 @@ class Ingest:
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         now = time.time()
-        parts = msg.topic.split("/")
-        if len(parts) < 3:
+        parsed = parse(self.prefix, msg.topic)
+        if parsed is None or parsed.kind not in _KINDS:
             return
-        device, kind = parts[1], parts[2]
+        device, kind = parsed.device, _KINDS[parsed.kind]
         try:
             obj = json.loads(msg.payload)
             if not isinstance(obj, dict):
