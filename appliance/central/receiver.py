@@ -43,8 +43,7 @@ from paho.mqtt.properties import Properties
 from ..errors import ApplianceError, TrustError
 from ..protocol.codes import ErrorCode
 from ..protocol.messages import UploadAck
-from ..protocol.package import RESERVED_IDS
-from ..protocol.topics import Topics, shared, validate_segment
+from ..protocol.topics import TopicKind, Topics, parse, shared, validate_segment
 from ..trust.certs import OperatorKey
 from ..trust.sealed import EnrollmentKeyPair, build_ack
 from .package import decode_chunk, valid_package_id
@@ -137,12 +136,10 @@ class ReceiverCore:
 
     def handle(self, topic: str, payload: bytes) -> None:
         """One message on ``{prefix}/{device}/upload/{package_id}``."""
-        parts = topic.split("/")
-        if len(parts) != 4 or parts[0] != self.prefix or parts[2] != "upload":
-            return
-        device, leaf = parts[1], parts[3]
-        if leaf in RESERVED_IDS:
-            return  # our own acks and receipts
+        parsed = parse(self.prefix, topic)
+        if parsed is None or parsed.kind is not TopicKind.UPLOAD or parsed.arg is None:
+            return  # not a chunk: our own acks and receipts, or another topic
+        device, leaf = parsed.device, parsed.arg
         if not valid_package_id(leaf):
             self.stats["malformed"] += 1
             log.warning("upload from %s on an invalid package id topic", device)
