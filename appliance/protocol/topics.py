@@ -222,8 +222,10 @@ def parse(prefix: str, topic: str) -> ParsedTopic | None:
         return ParsedTopic(TopicKind.CONTROLLER_REPLY, rest[0])
     if rest in _LEAVES:
         return ParsedTopic(_LEAVES[rest], head)
-    if len(rest) == 2 and rest[0] == "events":
-        return ParsedTopic(TopicKind.EVENT, head, rest[1])
+    if len(rest) >= 2 and rest[0] == "events":
+        # RabbitMQ's MQTT plugin delivers a "." inside a level as "/" (it maps MQTT levels to
+        # AMQP words): "events/ui.tap" may arrive as "events/ui/tap".
+        return ParsedTopic(TopicKind.EVENT, head, "/".join(rest[1:]))
     if len(rest) == 2 and rest[0] == "upload":
         return ParsedTopic(TopicKind.UPLOAD, head, rest[1])
     return None

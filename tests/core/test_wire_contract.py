@@ -121,10 +121,16 @@ def test_group_and_controller_topics_parse() -> None:
 
 
 @pytest.mark.parametrize(
-    "topic", ["kiosk", "kiosk/k1", "kiosk/k1/nope", "kiosk//status", "kiosk/k1/events/a/b"]
+    "topic", ["kiosk", "kiosk/k1", "kiosk/k1/nope", "kiosk//status", "kiosk/k1/upload/a/b"]
 )
 def test_topics_outside_the_tree_do_not_parse(topic: str) -> None:
     assert parse("kiosk", topic) is None
+
+
+def test_an_event_type_split_by_rabbitmq_still_parses() -> None:
+    """RabbitMQ delivers ``events/ui.tap`` as ``events/ui/tap`` (tests/brokers)."""
+    parsed = parse("kiosk", "kiosk/k1/events/ui/tap")
+    assert parsed is not None and (parsed.kind, parsed.arg) == (TopicKind.EVENT, "ui/tap")
 
 
 def test_filters_are_the_same_names_with_a_wildcard_device() -> None:
