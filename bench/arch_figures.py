@@ -82,11 +82,14 @@ class Tracer:
 CONTRACT = ("appliance/protocol/", "appliance/agent/topics.py")
 
 
-def _literal_strings(node: ast.AST | None) -> list[str]:
+def _literal_strings(node: ast.AST | None, names: dict[str, str] | None = None) -> list[str]:
+    """``"a"``, ``"a" if c else "b"``, or ``NAME`` of a module-level ``NAME = "a"``."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return [node.value]
     if isinstance(node, ast.IfExp):
-        return _literal_strings(node.body) + _literal_strings(node.orelse)
+        return _literal_strings(node.body, names) + _literal_strings(node.orelse, names)
+    if isinstance(node, ast.Name) and names and node.id in names:
+        return [names[node.id]]
     return []
 
 
@@ -95,6 +98,16 @@ def code_literals(tree: ast.AST) -> list[str]:
     function or class of the module whose first parameter is ``code``, ``_bad(code, ...)``)."""
     out: list[str] = []
     code_first = set()
+    consts = {
+        n.targets[0].id: n.value.value
+        for n in getattr(tree, "body", [])
+        if isinstance(n, ast.Assign)
+        and len(n.targets) == 1
+        and isinstance(n.targets[0], ast.Name)
+        and n.targets[0].id.isupper()
+        and isinstance(n.value, ast.Constant)
+        and isinstance(n.value.value, str)
+    }
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and [a.arg for a in node.args.args][:1] == ["code"]:
             code_first.add(node.name)
@@ -107,10 +120,13 @@ def code_literals(tree: ast.AST) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             out += [
-                s for kw in node.keywords if kw.arg == "code" for s in _literal_strings(kw.value)
+                s
+                for kw in node.keywords
+                if kw.arg == "code"
+                for s in _literal_strings(kw.value, consts)
             ]
             if getattr(node.func, "id", None) in code_first and node.args:
-                out += _literal_strings(node.args[0])
+                out += _literal_strings(node.args[0], consts)
         elif isinstance(node, ast.Assign | ast.AnnAssign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             if any(getattr(t, "id", getattr(t, "attr", None)) == "code" for t in targets):

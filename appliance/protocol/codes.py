@@ -70,6 +70,8 @@ class ErrorCode(StrEnum):
     NOTHING_TO_CAPTURE = "nothing_to_capture"
     NOT_PROVISIONED = "not_provisioned"
     LOST_RECORD = "lost_record"
+    DUPLICATE_FINGER = "duplicate_finger"
+    OFFICER_FINGER = "officer_finger"
     LOOKUP_REQUIRED = "lookup_required"
     BAD_PACKAGE = "bad_package"
     TRUST_ERROR = "trust_error"
@@ -381,6 +383,14 @@ ERROR_MEANINGS: dict[ErrorCode, tuple[str, str]] = {
     ErrorCode.LOST_RECORD: (
         "a sealed record of the session is missing from disk",
         "no",
+    ),
+    ErrorCode.DUPLICATE_FINGER: (
+        "the finger matches one captured for this citizen (sensor 1:1); `details.matches_position`",
+        "yes, with the right finger",
+    ),
+    ErrorCode.OFFICER_FINGER: (
+        "the finger matches one of the signed-in officer's; `details.officer_position`",
+        "yes, with the right finger",
     ),
     ErrorCode.LOOKUP_REQUIRED: (
         "corrections need a verified lookup of the citizen first",

@@ -173,13 +173,32 @@ def _code_first(tree: ast.AST) -> set[str]:
     return names
 
 
-def _strings(node: ast.AST | None) -> list[str]:
-    """The string literals a value can take (``"a"``, ``"a" if c else "b"``)."""
+def _strings(node: ast.AST | None, names: dict[str, str] | None = None) -> list[str]:
+    """The string literals a value can take (``"a"``, ``"a" if c else "b"``, or ``NAME`` of a
+    module-level ``NAME = "a"``)."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return [node.value]
     if isinstance(node, ast.IfExp):
-        return _strings(node.body) + _strings(node.orelse)
+        return _strings(node.body, names) + _strings(node.orelse, names)
+    if isinstance(node, ast.Name) and names and node.id in names:
+        return [names[node.id]]
     return []
+
+
+def _constants(tree: ast.Module) -> dict[str, str]:
+    """A module's top-level ``NAME = "literal"`` constants."""
+    out = {}
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id.isupper()
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            out[node.targets[0].id] = node.value.value
+    return out
 
 
 def wire_literals(root: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -190,19 +209,20 @@ def wire_literals(root: Path) -> tuple[list[tuple[str, str]], list[tuple[str, st
         rel = path.relative_to(root).as_posix()
         tree = ast.parse(path.read_text(encoding="utf-8"))
         code_first = _code_first(tree)
+        consts = _constants(tree)
         for node in ast.walk(tree):
             where = f"{rel}:{getattr(node, 'lineno', 0)}"
             if isinstance(node, ast.Call):
                 for kw in node.keywords:
                     if kw.arg == "code":
-                        codes += [(s, where) for s in _strings(kw.value)]
+                        codes += [(s, where) for s in _strings(kw.value, consts)]
                 func = node.func
                 name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
                 first = node.args[0] if node.args else None
                 if name in _EVENT_SINKS:
                     events += [(s, where) for s in _strings(first)]
                 if name in code_first:
-                    codes += [(s, where) for s in _strings(first)]
+                    codes += [(s, where) for s in _strings(first, consts)]
             elif isinstance(node, ast.Assign | ast.AnnAssign):
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 for t in targets:
@@ -236,9 +256,17 @@ def test_the_code_scan_finds_an_unknown_code(tmp_path: Path) -> None:
         "    raise E('m', code='busy' if ok else 'also_not_a_code')\n\n\n"
         "def _bad(code, message):\n    return E(message, code=code)\n\n\n"
         "X = _bad('third_bad_code', 'm')\n"
+        "FOURTH = 'fourth_bad_code'\n"
+        "Y = E('m', code=FOURTH)\n"
     )
     codes, events = wire_literals(tmp_path)
-    assert {c for c, _ in codes} == {"no_such_code", "busy", "also_not_a_code", "third_bad_code"}
+    assert {c for c, _ in codes} == {
+        "no_such_code",
+        "busy",
+        "also_not_a_code",
+        "third_bad_code",
+        "fourth_bad_code",
+    }
     assert [e for e, _ in events] == ["no.such.event"]
 
 
