@@ -94,10 +94,11 @@ def _literal_strings(node: ast.AST | None, names: dict[str, str] | None = None) 
 
 
 def code_literals(tree: ast.AST) -> list[str]:
-    """Error codes written as string literals in one module (also the first argument of a
-    function or class of the module whose first parameter is ``code``, ``_bad(code, ...)``)."""
+    """Error codes written as string literals in one module: ``code=`` arguments, ``code``
+    assignments, ``"code"`` keys, and the ``code`` parameter's argument of the module's own
+    functions, methods and classes that have one (``_bad(code, ...)``, ``_error(cid, name,
+    code, message)``); a module constant ``NAME = "..."`` passed as the code counts too."""
     out: list[str] = []
-    code_first = set()
     consts = {
         n.targets[0].id: n.value.value
         for n in getattr(tree, "body", [])
@@ -108,15 +109,21 @@ def code_literals(tree: ast.AST) -> list[str]:
         and isinstance(n.value, ast.Constant)
         and isinstance(n.value.value, str)
     }
+    code_at: dict[str, set[int]] = {}
+
+    def add(name: str, fn: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        params = [a.arg for a in fn.args.posonlyargs + fn.args.args]
+        if "code" in params:
+            bound = 1 if params[0] in ("self", "cls") else 0
+            code_at.setdefault(name, set()).add(params.index("code") - bound)
+
     for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef) and [a.arg for a in node.args.args][:1] == ["code"]:
-            code_first.add(node.name)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            add(node.name, node)
         if isinstance(node, ast.ClassDef):
-            inits = [
-                i for i in node.body if isinstance(i, ast.FunctionDef) and i.name == "__init__"
-            ]
-            if any([a.arg for a in i.args.args][:2] == ["self", "code"] for i in inits):
-                code_first.add(node.name)
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    add(node.name, item)
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             out += [
@@ -125,8 +132,11 @@ def code_literals(tree: ast.AST) -> list[str]:
                 if kw.arg == "code"
                 for s in _literal_strings(kw.value, consts)
             ]
-            if getattr(node.func, "id", None) in code_first and node.args:
-                out += _literal_strings(node.args[0], consts)
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            for i in code_at.get(name, ()):
+                if i < len(node.args):
+                    out += _literal_strings(node.args[i], consts)
         elif isinstance(node, ast.Assign | ast.AnnAssign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             if any(getattr(t, "id", getattr(t, "attr", None)) == "code" for t in targets):

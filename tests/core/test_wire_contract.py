@@ -153,24 +153,26 @@ def test_filters_are_the_same_names_with_a_wildcard_device() -> None:
 _EVENT_SINKS = {"emit", "raise_event", "_sink", "_emit"}
 
 
-def _code_first(tree: ast.AST) -> set[str]:
-    """Functions and classes of a module whose first parameter is ``code`` (``_bad(code,
-    message)``, ``_Refused(code, reason)``): their calls' first argument is an error code."""
-    names = set()
+def _code_params(tree: ast.AST) -> dict[str, set[int]]:
+    """Functions, methods and classes of a module with a positional parameter ``code``
+    (``_bad(code, message)``, ``_Refused(code, reason)``, ``_error(cid, name, code, message)``):
+    name -> the argument positions, in a call, that carry an error code."""
+    out: dict[str, set[int]] = {}
+
+    def add(name: str, fn: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        params = [a.arg for a in fn.args.posonlyargs + fn.args.args]
+        if "code" in params:
+            bound = 1 if params[0] in ("self", "cls") else 0
+            out.setdefault(name, set()).add(params.index("code") - bound)
+
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            params = [a.arg for a in node.args.posonlyargs + node.args.args]
-            if params[:1] == ["code"] or params[:2] == ["self", "code"]:
-                names.add(node.name)
+            add(node.name, node)
         if isinstance(node, ast.ClassDef):
             for item in node.body:
-                if (
-                    isinstance(item, ast.FunctionDef)
-                    and item.name == "__init__"
-                    and [a.arg for a in item.args.args][:2] == ["self", "code"]
-                ):
-                    names.add(node.name)
-    return names
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    add(node.name, item)
+    return out
 
 
 def _strings(node: ast.AST | None, names: dict[str, str] | None = None) -> list[str]:
@@ -208,7 +210,7 @@ def wire_literals(root: Path) -> tuple[list[tuple[str, str]], list[tuple[str, st
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        code_first = _code_first(tree)
+        code_params = _code_params(tree)
         consts = _constants(tree)
         for node in ast.walk(tree):
             where = f"{rel}:{getattr(node, 'lineno', 0)}"
@@ -221,8 +223,9 @@ def wire_literals(root: Path) -> tuple[list[tuple[str, str]], list[tuple[str, st
                 first = node.args[0] if node.args else None
                 if name in _EVENT_SINKS:
                     events += [(s, where) for s in _strings(first)]
-                if name in code_first:
-                    codes += [(s, where) for s in _strings(first, consts)]
+                for i in code_params.get(name, ()):
+                    if i < len(node.args):
+                        codes += [(s, where) for s in _strings(node.args[i], consts)]
             elif isinstance(node, ast.Assign | ast.AnnAssign):
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 for t in targets:
@@ -257,7 +260,9 @@ def test_the_code_scan_finds_an_unknown_code(tmp_path: Path) -> None:
         "def _bad(code, message):\n    return E(message, code=code)\n\n\n"
         "X = _bad('third_bad_code', 'm')\n"
         "FOURTH = 'fourth_bad_code'\n"
-        "Y = E('m', code=FOURTH)\n"
+        "Y = E('m', code=FOURTH)\n\n\n"
+        "def _error(cid, name, code, message):\n    return {'code': code}\n\n\n"
+        "Z = _error(None, None, 'fifth_bad_code', 'm')\n"
     )
     codes, events = wire_literals(tmp_path)
     assert {c for c, _ in codes} == {
@@ -266,6 +271,7 @@ def test_the_code_scan_finds_an_unknown_code(tmp_path: Path) -> None:
         "also_not_a_code",
         "third_bad_code",
         "fourth_bad_code",
+        "fifth_bad_code",
     }
     assert [e for e, _ in events] == ["no.such.event"]
 
