@@ -394,7 +394,9 @@ class Daemon:
             if push is not None:
                 self._config_worker.submit(self._guarded, push.on_document, msg.payload)
             return
-        svc.dispatcher.handle(msg)
+        # Only queued here (this is the MQTT network thread): verification, admission and
+        # read-only commands run on the dispatcher's inbound thread (docs/architecture.md 4).
+        svc.dispatcher.submit(msg)
 
     def _start_enrollment(self, registry: CommandRegistry, identity: DeviceIdentity) -> None:
         """The session manager and the upload queue (docs/enrollment.md)."""
