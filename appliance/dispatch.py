@@ -498,20 +498,23 @@ class Dispatcher:
     def _guarded_emit(
         self, cid: str, name: str, cancelled: threading.Event
     ) -> Callable[..., tuple[int, str] | None]:
-        """The command's ``ctx.emit``: once its timeout reply is stored, an event is refused
-        (``timeout``, raised into the handler: a safe point where it stops) instead of sent,
-        so nothing a command does after its timeout reply reaches the outbox. A durable event
-        is checked and written under ``Store.lock``, which the timeout holds while it sets
+        """The command's ``ctx.emit``: once its timeout reply is stored, a durable event is
+        refused (``timeout``, raised into the handler: a safe point where it stops) instead of
+        written, so nothing a command records after its timeout reply reaches the outbox. The
+        check and the write run under ``Store.lock``, which the timeout holds while it sets
         ``cancelled`` and stores its reply: the event is in the outbox before the timeout
-        reply, or not at all."""
+        reply, or not at all. A transient event (progress, guidance: ``durable=False``) after
+        the timeout is dropped without raising: it changes nothing, and device code reports
+        progress at points that are not all safe to stop at (the chip encoder's read-back
+        step must still report a written card as spoiled). Events a device sends itself
+        (``card.spoiled``, ``device.health``) do not go through here."""
 
         def emit(*args: Any, **kwargs: Any) -> tuple[int, str] | None:
-            if kwargs.get("durable", True):
-                with self.store.lock:
-                    if not cancelled.is_set():
-                        return self.emit(*args, **kwargs)
-            elif not cancelled.is_set():
-                return self.emit(*args, **kwargs)
+            if not kwargs.get("durable", True):
+                return None if cancelled.is_set() else self.emit(*args, **kwargs)
+            with self.store.lock:
+                if not cancelled.is_set():
+                    return self.emit(*args, **kwargs)
             log.warning("command %s (%s): event after its timeout refused", cid, name)
             raise CommandTimeout(f"{name} was cancelled by its timeout")
 
