@@ -283,7 +283,8 @@ class Dispatcher:
         section 4). Messages are admitted in the order they were submitted."""
         with self._inbox_cond:
             if self._inbox_closed:
-                log.warning("command on %s dropped: the dispatcher is closing", msg.topic)
+                # Not acknowledged: the broker delivers it again at the next start.
+                log.warning("command on %s not admitted: the dispatcher is closing", msg.topic)
                 return
             self._inbox.append(msg)
             self._inbox_cond.notify()
@@ -336,10 +337,15 @@ class Dispatcher:
                 return
             log.error("command not admitted, store failure: %s", exc.message)
             msg = msgs[0]
+            self._ack(msg)  # answered with the failure: not delivered again
             reply_to = self._reply_destination(msg)
             failure = CommandReply(id=None, ok=False, error=ErrorBody(**exc.to_dict()))
             self._publish_reply(reply_to, msg.correlation_data, failure.to_json().encode())
             return
+        # Admitted (committed, not yet durable: as when admission ran in paho's callback):
+        # now the broker may forget them.
+        for msg in msgs:
+            self._ack(msg)
         waiting: list[Callable[[], object]] = []
         for deferred, lazy in admitted:
             if lazy:
@@ -349,6 +355,14 @@ class Dispatcher:
                 waiting.extend(deferred)
         if waiting:
             self._group.after_sync(waiting)
+
+    @staticmethod
+    def _ack(msg: Incoming) -> None:
+        if msg.ack is not None:
+            try:
+                msg.ack()
+            except Exception:  # acknowledging must never stop the admission of the rest
+                log.exception("acknowledging a command message failed")
 
     def _admit_one(self, msg: Incoming) -> tuple[list[Callable[[], object]], bool]:
         """One message inside the batch's transaction: its deferred actions, and whether they

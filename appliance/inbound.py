@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -118,6 +118,11 @@ class Incoming:
     response_topic: str | None = None
     correlation_data: bytes | None = None
     message_expiry: int | None = None
+    #: Acknowledges the message to the broker (MQTT PUBACK). The agent sends it itself when
+    #: the receiver returns, unless the receiver took it over (returned True): the dispatcher
+    #: acknowledges a command once its admission committed, as before it moved off the network
+    #: thread, so a crash in between gets the command delivered again.
+    ack: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

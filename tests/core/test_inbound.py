@@ -5,7 +5,9 @@ and nothing it does after its ``timeout`` reply is stored or sent. Real store (S
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,3 +205,25 @@ def test_a_ping_does_not_wait_behind_a_long_command(h: Harness) -> None:
     h.d.submit(h.msg("p1", "look"))
     got = h.replies.wait(1)
     assert got[0]["id"] == "p1" and got[0]["ok"] is True
+
+
+def test_a_command_is_acknowledged_to_the_broker_once_its_admission_committed(
+    h: Harness,
+) -> None:
+    seen: list[Any] = []
+
+    def ack() -> None:
+        # Another connection sees only what is committed.
+        with sqlite3.connect(h.store.path) as other:
+            seen.append(other.execute("SELECT state FROM commands WHERE id = 'k1'").fetchone())
+
+    h.d.submit(dataclasses.replace(h.msg("k1", "work"), ack=ack))
+    assert h.replies.wait(1)[0]["id"] == "k1"
+    assert seen == [("running",)], "acknowledged once claimed, before it ran"
+
+
+def test_a_command_the_closing_dispatcher_cannot_admit_is_not_acknowledged(h: Harness) -> None:
+    acked: list[bool] = []
+    h.d.close()
+    h.d.submit(dataclasses.replace(h.msg("late", "work"), ack=lambda: acked.append(True)))
+    assert acked == [], "the broker must deliver it again at the next start"
