@@ -342,10 +342,6 @@ class Dispatcher:
             failure = CommandReply(id=None, ok=False, error=ErrorBody(**exc.to_dict()))
             self._publish_reply(reply_to, msg.correlation_data, failure.to_json().encode())
             return
-        # Admitted (committed, not yet durable: as when admission ran in paho's callback):
-        # now the broker may forget them.
-        for msg in msgs:
-            self._ack(msg)
         waiting: list[Callable[[], object]] = []
         for deferred, lazy in admitted:
             if lazy:
@@ -353,6 +349,11 @@ class Dispatcher:
                     action()
             else:
                 waiting.extend(deferred)
+        # Admitted (committed, not yet durable: as when admission ran in paho's callback): now
+        # the broker may forget them. After the read-only replies, as paho's own PUBACK came
+        # after the callback that answered them, so the reply is not queued behind it.
+        for msg in msgs:
+            self._ack(msg)
         if waiting:
             self._group.after_sync(waiting)
 
