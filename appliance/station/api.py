@@ -17,6 +17,7 @@ Who may call it: every request is checked, whatever the bind address says, for
 import asyncio
 import contextlib
 import hmac
+import io
 import ipaddress
 import json
 import logging
@@ -136,20 +137,22 @@ def is_local_peer(client: Any) -> bool:
     return addr.is_loopback
 
 
-def _token_of(scope: Scope) -> str | None:
+def _tokens_of(scope: Scope) -> list[str]:
+    """Every token the request presents: header, cookie, query. A screen reopened with a new
+    boot's ``?token=`` still carries the last boot's cookie, so any of them may match."""
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    found: list[str] = []
     if "x-screen-token" in headers:
-        return str(headers["x-screen-token"])
+        found.append(str(headers["x-screen-token"]))
     if "cookie" in headers:
         cookie: SimpleCookie = SimpleCookie()
         with contextlib.suppress(Exception):
             cookie.load(headers["cookie"])
         if COOKIE in cookie:
-            return str(cookie[COOKIE].value)
+            found.append(str(cookie[COOKIE].value))
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    if "token" in query:
-        return str(query["token"][0])
-    return None
+    found.extend(str(v) for v in query.get("token", []))
+    return found
 
 
 class Guard:
@@ -167,8 +170,8 @@ class Guard:
             log.warning("station: refused a request from %s", scope.get("client"))
             await _deny(send, 403, "forbidden_peer", "the local API answers loopback peers only")
             return
-        given = _token_of(scope)
-        if given is None or not hmac.compare_digest(given.encode(), self.token.encode()):
+        want = self.token.encode()
+        if not any(hmac.compare_digest(t.encode(), want) for t in _tokens_of(scope)):
             await _deny(send, 401, "screen_token_required", "missing or wrong screen token")
             return
         await self.app(scope, receive, send)
@@ -270,9 +273,11 @@ def create_app(flow: Flow, token: str) -> Any:  # noqa: C901 - one closure per r
             raise StationError("no receipt to show", code="no_receipt")
         import segno
 
-        qr = segno.make(snap["receipt"]["reference"], error="m")
-        svg = qr.svg_inline(scale=6, dark="#000", light="#fff")
-        return Response(svg, media_type="image/svg+xml", headers={"cache-control": "no-store"})
+        buf = io.BytesIO()
+        segno.make(snap["receipt"]["reference"], error="m").save(buf, kind="svg", scale=6)
+        return Response(
+            buf.getvalue(), media_type="image/svg+xml", headers={"cache-control": "no-store"}
+        )
 
     @app.get(f"/{API_VERSION}/events")
     async def events(request: Request) -> StreamingResponse:

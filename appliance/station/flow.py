@@ -121,6 +121,7 @@ class Flow:
         self._last_activity = clock()
         ensure_station_schema(store)
         self.state = self._load()
+        self._announced = (self.state["screen"], self.state["busy"])  # last station.state sent
         backend.add_listener(self._on_manager_event)
 
     # -- persistence --------------------------------------------------------------------------
@@ -184,14 +185,15 @@ class Flow:
     def _changed(self, **changes: Any) -> dict[str, Any]:
         """Apply ``changes``, persist, tell the screen (and the fleet on a new screen)."""
         with self._lock:
-            before = self.state["screen"]
             self.state.update(changes)
             self.state["seq"] += 1
             self.state["updated"] = self.clock()
             self._save()
             snap = self.snapshot()
+            announce = (snap["screen"], snap["busy"]) != self._announced
+            self._announced = (snap["screen"], snap["busy"])
         self._send({"type": "state", "state": snap})
-        if snap["screen"] != before or "busy" in changes:
+        if announce:
             self.emit(
                 "station.state",
                 {

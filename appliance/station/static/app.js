@@ -5,7 +5,7 @@
 
 const T = {
   vi: {
-    title: "Đăng ký căn cước công dân", cancel: "Hủy", begin: "Bắt đầu",
+    title: "Đăng ký căn cước công dân", cancel: "Hủy", begin: "Bắt đầu", place: "Đặt",
     welcome_lead: "Xin chào! Máy này giúp bạn đăng ký thẻ căn cước: ảnh chân dung và vân tay.",
     officer_title: "Cán bộ đăng nhập", officer_id: "Mã cán bộ", pin: "Mật khẩu / mã PIN",
     sign_in: "Đăng nhập", identify_title: "Nhập số căn cước (12 số) hoặc CMND (9 số)",
@@ -14,7 +14,7 @@ const T = {
     back: "Quay lại", confirm: "Thông tin đúng, tiếp tục", consent_title: "Đồng ý thu nhận",
     consent_text: "Tôi đồng ý để máy chụp ảnh chân dung và lấy vân tay mười ngón của tôi để cấp thẻ căn cước. Dữ liệu được mã hóa ngay khi thu nhận và chỉ gửi đến cơ quan cấp thẻ.",
     decline: "Không đồng ý", accept: "Tôi đồng ý", portrait_title: "Chụp ảnh chân dung",
-    portrait_start: "Bắt đầu chụp", fingers_title: "Lấy vân tay", place: "Đặt ngón",
+    portrait_start: "Bắt đầu chụp", fingers_title: "Lấy vân tay",
     on_sensor: "lên máy quét", cannot: "Ngón này không lấy được", scan: "Bắt đầu quét",
     skip_title: "Ngoại lệ — cần cán bộ giám sát xác nhận", bandaged: "Đang băng bó",
     missing: "Không có ngón", unreadable: "Không đọc được", supervisor_id: "Mã cán bộ giám sát",
@@ -47,9 +47,17 @@ const T = {
       even_light: "Ánh sáng chưa đều", sharp: "Giữ yên", hold_still: "Giữ yên",
       plain_background: "Đứng trước phông nền trơn", one_face: "Chỉ một người trước máy ảnh",
       no_face: "Nhìn thẳng vào máy ảnh" },
-    fingers: ["", "Ngón cái phải", "Ngón trỏ phải", "Ngón giữa phải", "Ngón áp út phải",
-      "Ngón út phải", "Ngón cái trái", "Ngón trỏ trái", "Ngón giữa trái", "Ngón áp út trái",
-      "Ngón út trái"],
+    fingers: ["", "ngón cái phải", "ngón trỏ phải", "ngón giữa phải", "ngón áp út phải",
+      "ngón út phải", "ngón cái trái", "ngón trỏ trái", "ngón giữa trái", "ngón áp út trái",
+      "ngón út trái"],
+    errors: { officer_refused: "Mã cán bộ hoặc mật khẩu không đúng.",
+      officer_expired: "Quyền của cán bộ đã hết hạn.",
+      supervisor_required: "Cần cán bộ giám sát xác nhận ngoại lệ này.",
+      citizen_not_found: "Không tìm thấy số này. Vui lòng kiểm tra lại.",
+      directory_offline: "Không kết nối được trung tâm. Vui lòng thử lại.",
+      directory_timeout: "Trung tâm chưa trả lời. Vui lòng thử lại.",
+      device_timeout: "Không thấy ngón tay trên máy quét. Vui lòng thử lại.",
+      invalid_args: "Thông tin chưa hợp lệ.", busy: "Máy đang bận, vui lòng chờ." },
     left: "Tay trái", right: "Tay phải",
   },
   en: {
@@ -96,6 +104,14 @@ const T = {
       one_face: "Only one person in front of the camera", no_face: "Look straight at the camera" },
     fingers: ["", "right thumb", "right index", "right middle", "right ring", "right little",
       "left thumb", "left index", "left middle", "left ring", "left little"],
+    errors: { officer_refused: "Officer id or password not recognised.",
+      officer_expired: "The officer's credential has expired.",
+      supervisor_required: "A supervisor must confirm this exception.",
+      citizen_not_found: "This number was not found. Please check it.",
+      directory_offline: "The centre cannot be reached. Please try again.",
+      directory_timeout: "The centre did not answer. Please try again.",
+      device_timeout: "No finger on the sensor. Please try again.",
+      invalid_args: "Please check what you entered.", busy: "The kiosk is busy, please wait." },
     left: "Left hand", right: "Right hand",
   },
 };
@@ -118,8 +134,9 @@ async function act(name, body) {
 }
 
 function showError(err) {
-  let msg = err.message || JSON.stringify(err);
-  if (Array.isArray(err.detail)) msg = err.detail.map((d) => `${d.loc.slice(1).join(".")}: ${d.msg}`).join("; ");
+  // The citizen reads a sentence in the screen's language; the server's message (English, for
+  // the logs) only when the code has none.
+  const msg = T[lang].errors[err.code] || err.message || JSON.stringify(err);
   const el = $("error");
   el.textContent = msg;
   el.dataset.code = err.code || "invalid_args";
@@ -142,7 +159,8 @@ function render(s) {
   document.querySelectorAll("section[data-screen]").forEach((el) => {
     el.hidden = el.dataset.screen !== s.screen;
   });
-  $("cancel").hidden = s.screen === "welcome";
+  $("cancel").hidden = s.screen === "welcome" || s.screen === "receipt";
+  window.scrollTo(0, 0);
   $("officer-name").textContent = s.officer ? s.officer.name : "";
   const notice = s.notice ? T[lang]["notice_" + s.notice] : null;
   $("notice").hidden = !notice;
@@ -154,7 +172,7 @@ function render(s) {
   document.querySelectorAll("main button").forEach((b) => { b.disabled = !!s.busy; });
   if (s.screen === "confirm" && changed) renderCitizen(s.citizen || {});
   if (s.screen === "portrait" && changed) { $("guidance").textContent = t("look_at_camera"); }
-  if (s.screen === "fingers") renderFingers(s);
+  if (s.screen === "fingers") renderFingers(s, changed || s.current_finger !== shownFinger);
   if (s.screen === "review") renderReview(s);
   if (s.screen === "receipt" && s.receipt) {
     $("reference").textContent = s.receipt.reference.match(/.{1,4}/g).join(" ");
@@ -219,7 +237,16 @@ function handsSvg(s) {
   return out + "</svg>";
 }
 
-function renderFingers(s) {
+let shownFinger = null;
+
+function renderFingers(s, fresh) {
+  if (fresh) { // a new finger: nothing of the last one's steps stays on screen
+    $("finger-step").textContent = "";
+    $("finger-step").dataset.step = "";
+    $("finger-quality").textContent = "";
+    $("skip-panel").hidden = true;
+  }
+  shownFinger = s.current_finger;
   $("hands").innerHTML = handsSvg(s);
   $("finger-name").textContent = s.current_finger ? T[lang].fingers[s.current_finger] : "";
 }
@@ -234,7 +261,8 @@ function renderReview(s) {
     const el = document.createElement("li");
     el.dataset.position = f.position;
     el.dataset.status = f.status;
-    let text = `${T[lang].fingers[f.position]}: ${t(f.status)}`;
+    const name = T[lang].fingers[f.position];
+    let text = `${name[0].toUpperCase()}${name.slice(1)}: ${t(f.status)}`;
     if (f.quality != null) text += ` (${t("quality")} ${f.quality})`;
     if (f.reason) text += ` — ${t(f.reason)}`;
     el.textContent = text;
@@ -267,12 +295,13 @@ function onProgress(p) {
     step.textContent = t("waiting_for_finger") + (p.attempt > 1 ? ` (${t("attempt")} ${p.attempt})` : "");
   } else if (p.step === "lift") {
     step.textContent = t("lift");
+    document.body.dataset.lifted = String(Number(document.body.dataset.lifted || 0) + 1);
   } else if (p.step === "quality") {
     $("finger-quality").textContent = `${t("quality")}: ${p.score}`;
   } else if (p.step === "retry") {
     step.textContent = t("retry");
   }
-  step.dataset.step = p.step;
+  if (p.step !== "quality") step.dataset.step = p.step;
 }
 
 function onPreview(p) {
