@@ -32,6 +32,7 @@ from appliance.devtools.broker import Mosquitto
 from appliance.devtools.controller import Controller
 from appliance.devtools.fleetkit import FleetKit
 from appliance.station.officers import hash_secret
+from appliance.station.schemas import StationState
 from appliance.trust.keys import load_public_key
 from tests.helpers import DaemonProcess, get_json, wait_for, wait_online
 
@@ -292,6 +293,7 @@ def test_whole_enrollment_through_the_screen_to_a_verified_package(
     lifted = False
     while s.page.evaluate("document.body.dataset.screen") == "fingers":
         state = kiosk.get("/v1/state", kiosk.token)[1]
+        StationState.model_validate(state)  # the documented schema (docs/schemas)
         position = state["current_finger"]
         assert (
             s.page.get_attribute(f"rect[data-position='{position}']", "class") == "finger current"
