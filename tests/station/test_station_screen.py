@@ -249,8 +249,9 @@ def _to_consent(s: Screen, number: str, *, attended: bool) -> None:
     s.on("welcome")
     s.shot("welcome")
     s.tap("#begin")
-    if attended:
-        s.on("officer")
+    s.page.wait_for_selector("body:not([data-screen='welcome'])")
+    if attended and s.page.evaluate("document.body.dataset.screen") == "officer":
+        # (an officer who signed in for an earlier citizen is still signed in)
         s.page.fill("#officer-id", OFFICER[0])
         s.page.fill("#officer-secret", "wrong")
         s.tap("#sign-in")
