@@ -442,9 +442,8 @@ class Flow:
             def guidance(type_: str, data: Mapping[str, Any]) -> None:
                 if type_ == "camera.guidance":
                     self.touch()
-                    self._send(
-                        {"type": "guidance", **{k: data[k] for k in data if k != "command_id"}}
-                    )
+                    payload = {k: data[k] for k in data if k != "command_id"}
+                    self._send({"type": "guidance", **payload, "sent_at": time.time()})
 
             def job() -> None:
                 info = self.backend.portrait(guidance)

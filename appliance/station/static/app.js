@@ -270,6 +270,15 @@ function renderReview(s) {
   });
 }
 
+// A benchmark (bench/station_latency.py) may define window.stationMetrics before the page loads:
+// the screen then records when each guidance and preview frame reached the page.
+function measure(kind, msg) {
+  const m = window.stationMetrics;
+  if (!m) return;
+  const origin = msg.frame_at || msg.sent_at;
+  if (origin) m[kind].push(Date.now() - origin * 1000);
+}
+
 function onGuidance(g) {
   const hints = g.hints || [];
   const words = hints.map((h) => T[lang].hints[h] || h);
@@ -286,6 +295,7 @@ function onGuidance(g) {
     box.classList.toggle("bad", !g.passed);
     box.hidden = false;
   }
+  measure("guidance", g);
 }
 
 function onProgress(p) {
@@ -306,7 +316,8 @@ function onProgress(p) {
 
 function onPreview(p) {
   $("preview-img").src = `data:image/jpeg;base64,${p.jpeg}`;
-  if (p.guidance) onGuidance(p.guidance);
+  if (p.guidance) onGuidance({ ...p.guidance, frame_at: p.frame_at });
+  measure("preview", p);
 }
 
 function connect() {
