@@ -354,8 +354,14 @@ class Daemon:
             from .station.service import start as start_station
 
             try:
+                assert self.enrollment is not None
                 stop_station = start_station(
-                    cfg.station, store=store, services=svc, state_dir=self.state_dir
+                    cfg.station,
+                    store=store,
+                    emit=svc.emit,
+                    manager=self.enrollment,
+                    lookup=self.lookup,
+                    state_dir=self.state_dir,
                 )
                 self._cleanups.append(stop_station)
             except (ApplianceError, ImportError, OSError) as exc:

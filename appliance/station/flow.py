@@ -439,15 +439,20 @@ class Flow:
         with self._lock:
             self._expect("portrait")
 
-            def guidance(type_: str, data: Mapping[str, Any]) -> None:
-                if type_ == "camera.guidance":
+            def progress(step: str, data: Mapping[str, Any]) -> None:
+                if step == "guidance":  # the camera's verdict, every guidance_interval_s
                     self.touch()
-                    payload = {k: data[k] for k in data if k != "command_id"}
-                    self._send({"type": "guidance", **payload, "sent_at": time.time()})
+                    self._send({"type": "guidance", **data, "sent_at": time.time()})
+
+            def preview(_kind: str, data: Mapping[str, Any]) -> None:
+                self.touch()
+                self._send({"type": "preview", **data})
 
             def job() -> None:
-                info = self.backend.portrait(guidance)
-                self._send({"type": "preview_end"})
+                try:
+                    info = self.backend.portrait(progress, preview)
+                finally:
+                    self._send({"type": "preview_end"})
                 portrait = {"quality": info["quality"], "met": info["met"]}
                 self._changed(busy=None, screen="fingers", portrait=portrait)
 
@@ -461,17 +466,13 @@ class Flow:
             if position is None:
                 raise StationError("every finger is done", code="nothing_to_capture")
 
-            def progress(type_: str, data: Mapping[str, Any]) -> None:
-                if type_ != "command.progress":
-                    return
+            def progress(step: str, data: Mapping[str, Any]) -> None:
+                # waiting_for_finger, lift (the image is in the sensor's buffer: the citizen
+                # may lift the finger while it travels over the serial line), captured,
+                # quality, retry.
                 self.touch()
-                step = data.get("step")
-                # The image is in the sensor's buffer once it is captured: the citizen may lift
-                # the finger while it travels over the serial line.
-                msg = {k: data[k] for k in data if k not in ("command_id", "command")}
-                self._send({"type": "progress", "position": position, **msg})
-                if step == "captured":
-                    self._send({"type": "progress", "position": position, "step": "lift"})
+                msg = {k: v for k, v in data.items() if k != "position"}
+                self._send({"type": "progress", "position": position, "step": step, **msg})
 
             def job() -> None:
                 try:

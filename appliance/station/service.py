@@ -7,14 +7,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..citizen.lookup import LookupClient
 from ..config import StationSection
+from ..enrollment.session import EnrollmentManager
 from ..store import Store
 
 log = logging.getLogger(__name__)
 
 
 def start(
-    config: StationSection, *, store: Store, services: Any, state_dir: Path
+    config: StationSection,
+    *,
+    store: Store,
+    emit: Callable[..., object],
+    manager: EnrollmentManager,
+    lookup: LookupClient | None,
+    state_dir: Path,
 ) -> Callable[[], None]:
     """Build the flow on the daemon's enrollment manager and lookup client, serve the local
     API, and return the function that stops both."""
@@ -22,15 +30,11 @@ def start(
     from .backend import Backend
     from .flow import Flow
 
-    manager = services.extras.get("enrollment")
-    if manager is None:
-        raise RuntimeError("the station needs the enrollment manager")
-    backend = Backend(services=services, manager=manager, lookup=services.extras.get("lookup"))
-    flow = Flow(store=store, backend=backend, config=config, emit=services.emit)
+    backend = Backend(manager=manager, lookup=lookup)
+    flow = Flow(store=store, backend=backend, config=config, emit=emit)
     token = new_token(state_dir)
     api = LocalApi(flow, token, bind=config.bind, port=config.port).start()
     flow.start()
-    services.extras["station"] = flow
     # The announced state after a restart: the screen comes back where it was.
     flow.emit("station.state", {**_brief(flow.snapshot()), "restored": True})
 

@@ -57,7 +57,9 @@ const T = {
       directory_offline: "Không kết nối được trung tâm. Vui lòng thử lại.",
       directory_timeout: "Trung tâm chưa trả lời. Vui lòng thử lại.",
       device_timeout: "Không thấy ngón tay trên máy quét. Vui lòng thử lại.",
-      invalid_args: "Thông tin chưa hợp lệ.", busy: "Máy đang bận, vui lòng chờ." },
+      invalid_args: "Thông tin chưa hợp lệ.", busy: "Máy đang bận, vui lòng chờ.",
+      duplicate_finger: "Ngón này đã được lấy rồi. Vui lòng đặt đúng ngón được chỉ.",
+      officer_finger: "Đây là vân tay của cán bộ. Vui lòng để công dân đặt ngón tay." },
     left: "Tay trái", right: "Tay phải",
   },
   en: {
@@ -111,7 +113,9 @@ const T = {
       directory_offline: "The centre cannot be reached. Please try again.",
       directory_timeout: "The centre did not answer. Please try again.",
       device_timeout: "No finger on the sensor. Please try again.",
-      invalid_args: "Please check what you entered.", busy: "The kiosk is busy, please wait." },
+      invalid_args: "Please check what you entered.", busy: "The kiosk is busy, please wait.",
+      duplicate_finger: "This finger was already taken. Please place the finger shown.",
+      officer_finger: "This is the officer's finger. The citizen places the finger." },
     left: "Left hand", right: "Right hand",
   },
 };
@@ -275,8 +279,9 @@ function renderReview(s) {
 function measure(kind, msg) {
   const m = window.stationMetrics;
   if (!m) return;
-  const origin = msg.frame_at || msg.sent_at;
-  if (origin) m[kind].push(Date.now() - origin * 1000);
+  // From the camera frame when known; else from the daemon's message (a separate series).
+  if (msg.frame_at) m[kind].push(Date.now() - msg.frame_at * 1000);
+  else if (msg.sent_at) (m[kind + "_sent"] = m[kind + "_sent"] || []).push(Date.now() - msg.sent_at * 1000);
 }
 
 function onGuidance(g) {
