@@ -34,6 +34,7 @@ from appliance.devtools.fleetkit import FleetKit
 from appliance.station.officers import hash_secret
 from appliance.station.schemas import StationState
 from appliance.trust.keys import load_public_key
+from appliance.trust.sealed import scan_for_plaintext_biometrics
 from tests.helpers import DaemonProcess, get_json, wait_for, wait_online
 
 pw = pytest.importorskip("playwright.sync_api")
@@ -245,6 +246,21 @@ class Screen:
         self.page.close()
 
 
+# A second listener on the page's stream: what previews came, how wide, and when they ended.
+WATCH_PREVIEW = """() => {
+  const w = window.previewWatch = {frames: 0, max_width: 0, jpeg: true, ended: null, after_end: 0};
+  const es = new EventSource('/v1/events');
+  es.addEventListener('preview', (e) => {
+    const p = JSON.parse(e.data);
+    if (w.ended !== null) { w.after_end += 1; return; }
+    w.frames += 1;
+    w.max_width = Math.max(w.max_width, p.width);
+    w.jpeg = w.jpeg && atob(p.jpeg).charCodeAt(0) === 0xff && atob(p.jpeg).charCodeAt(1) === 0xd8;
+  });
+  es.addEventListener('preview_end', () => { w.ended = Date.now(); });
+}"""
+
+
 def _to_consent(s: Screen, number: str, *, attended: bool) -> None:
     s.on("welcome")
     s.shot("welcome")
@@ -288,6 +304,7 @@ def test_whole_enrollment_through_the_screen_to_a_verified_package(
     _to_consent(s, centre.citizen.personal_id, attended=True)
     assert s.text("#officer-name") == "Trần Văn Cán"
     s.shot("portrait")
+    s.page.evaluate(WATCH_PREVIEW)
     s.tap("#portrait")
     s.on("fingers", 60)
     s.shot("fingers")
@@ -329,6 +346,11 @@ def test_whole_enrollment_through_the_screen_to_a_verified_package(
             timeout=30000,
         )
     assert lifted, "the screen never said to lift the finger"
+    # The live preview: small JPEG frames during the portrait, none once it was taken.
+    seen = s.page.evaluate("window.previewWatch")
+    assert seen["frames"] >= 1 and seen["ended"] is not None, seen
+    assert seen["max_width"] <= 320 and seen["jpeg"], seen
+    assert seen["after_end"] == 0, seen
     s.on("review")
     s.shot("review")
     assert s.page.get_attribute("li[data-position='6']", "data-status") == "skipped"
@@ -359,6 +381,8 @@ def test_whole_enrollment_through_the_screen_to_a_verified_package(
     s.tap("#done")
     s.on("welcome")
     s.close()
+    # Nothing with an image or record magic number stayed on the kiosk (the preview included).
+    assert scan_for_plaintext_biometrics([kiosk.d.state_dir]) == []
     # The fleet followed the flow, screen by screen, without personal data.
     seen = []
     while "welcome" not in seen[1:]:
