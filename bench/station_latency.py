@@ -159,6 +159,42 @@ def _to_portrait(page: Any, number: str) -> None:
     page.wait_for_selector("body[data-screen='portrait']")
 
 
+def _analysis_fps(seconds: float = 6.0) -> dict[str, float]:
+    """The preview's ceiling in this run, on one core of this process: frames per second of the
+    camera's own work (render the simulated off-centre scene, assess it) without and with the
+    preview's downscale + JPEG encoding."""
+    from appliance.drivers.camera.interface import Frame
+    from appliance.drivers.camera.quality import assess
+    from appliance.drivers.camera.scene import render
+    from appliance.station.backend import preview_jpeg
+
+    os.sched_setaffinity(0, {0})
+    try:
+        counts = {False: [0, 0.0], True: [0, 0.0]}
+        n = 0
+        for n in range(5):  # warm-up: OpenCV, scikit-image and the JPEG encoder load
+            image, _truth = render(640, 480, "off_centre", n)
+            assess(image)
+            preview_jpeg(Frame(image=image, index=n, timestamp=time.monotonic()))
+        for _round in range(int(seconds)):  # interleaved, so the machine's load hits both alike
+            for preview in (False, True):
+                t0 = time.perf_counter()
+                while time.perf_counter() - t0 < 0.5:
+                    image, _truth = render(640, 480, "off_centre", n)
+                    assess(image)
+                    if preview:
+                        preview_jpeg(Frame(image=image, index=n, timestamp=time.monotonic()))
+                    n += 1
+                    counts[preview][0] += 1
+                counts[preview][1] += time.perf_counter() - t0
+        return {
+            "analysis_fps": round(counts[False][0] / counts[False][1], 1),
+            "analysis_with_preview_fps": round(counts[True][0] / counts[True][1], 1),
+        }
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+
+
 def _ms(samples: list[float]) -> dict[str, float]:
     return {
         "n": len(samples),
@@ -208,6 +244,7 @@ def main() -> None:
         tls=_tls(kit, broker.port, "central"),
     ).start()
     result: dict[str, Any] = {"load_before": os.getloadavg()[0]}
+    baseline = _analysis_fps()
     numbers = [c.personal_id for c in citizens.values()]
     pw = sync_playwright().start()
     browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
@@ -251,6 +288,8 @@ def main() -> None:
             "target_fps": 10,
             "met": fps >= 10,
             "daemon_cores": 1,
+            "baseline": baseline,
+            "ratio_to_analysis": round(fps / baseline["analysis_fps"], 2),
         }
         page.click("#cancel")
         page.wait_for_selector("body[data-screen='welcome']", timeout=30000)
