@@ -221,6 +221,26 @@ class OfficerEntry(Strict):
     )
     supervisor: bool = Field(False, description="May approve finger exceptions")
     expires: float = Field(description="Unix time after which the credential is refused")
+    templates: list[str] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Base64 sensor templates of the officer's fingers (the kiosk's sensor "
+        "model): a citizen's finger matching one is refused (officer_finger)",
+    )
+
+    @field_validator("templates")
+    @classmethod
+    def _base64(cls, v: list[str]) -> list[str]:
+        import base64
+        import binascii
+
+        for t in v:
+            try:
+                if not base64.b64decode(t, validate=True):
+                    raise ValueError("an empty template")
+            except binascii.Error:
+                raise ValueError("a template is not base64") from None
+        return v
 
 
 class StationSection(Strict):
@@ -313,6 +333,7 @@ class AppConfig(Strict):
         data: dict[str, Any] = json.loads(self.model_dump_json())
         for officer in data.get("station", {}).get("officers", []):
             officer["secret_hash"] = "<redacted>"  # noqa: S105 - a hash, not shown either
+            officer["templates"] = ["<redacted>"] * len(officer.get("templates", []))
         return data
 
 

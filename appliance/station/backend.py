@@ -14,10 +14,11 @@ from __future__ import annotations
 import base64
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..capabilities.base import Job
+from ..capabilities.finger import ReferenceTemplate
 from ..citizen.lookup import LookupClient
 from ..enrollment.session import (
     CancelArgs,
@@ -138,10 +139,22 @@ class Backend:
             live.clear()
 
     def finger(
-        self, position: int, on_progress: Listener, timeout_s: float = 40.0
+        self,
+        position: int,
+        on_progress: Listener,
+        timeout_s: float = 40.0,
+        refuse: Sequence[ReferenceTemplate] = (),
     ) -> dict[str, Any]:
+        """One finger; one matching a template of ``refuse`` (the signed-in officer's) is
+        refused (``officer_finger``) and stays to do. ``refuse`` is wiped afterwards."""
         args = FingerArgs(position=position, timeout_s=timeout_s)
-        return self.manager.finger(args, job=self._job_for(timeout_s + 110, on_progress))
+        try:
+            return self.manager.finger(
+                args, job=self._job_for(timeout_s + 110, on_progress), refuse_matching=refuse
+            )
+        finally:
+            for ref in refuse:
+                ref.wipe()
 
     def skip(self, position: int, reason: str, detail: str) -> dict[str, Any]:
         args = SkipArgs.model_validate({"position": position, "reason": reason, "detail": detail})

@@ -30,7 +30,7 @@ from ..config import StationSection
 from ..errors import ApplianceError, DeviceTimeout
 from ..store import Store
 from .backend import Backend
-from .officers import authenticate
+from .officers import authenticate, officer_templates
 
 log = logging.getLogger(__name__)
 
@@ -474,9 +474,12 @@ class Flow:
                 msg = {k: v for k, v in data.items() if k != "position"}
                 self._send({"type": "progress", "position": position, "step": step, **msg})
 
+            officer = self.state["officer"]
+            refuse = officer_templates(self.config.officers, officer["id"]) if officer else []
+
             def job() -> None:
                 try:
-                    self.backend.finger(position, progress)
+                    self.backend.finger(position, progress, refuse=refuse)
                 except DeviceTimeout as exc:
                     self._changed(busy=None, error=exc.to_dict())
                     return

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..capabilities.finger import ReferenceTemplate
 from ..config import OfficerEntry
 from ..errors import ApplianceError
 
@@ -90,3 +91,14 @@ def authenticate(
             details={"field": "officer_id"},
         )
     return Officer(entry.id, entry.name, entry.supervisor)
+
+
+def officer_templates(entries: Sequence[OfficerEntry], officer_id: str) -> list[ReferenceTemplate]:
+    """The officer's finger templates as references a citizen's finger must not match (fresh
+    copies: the caller wipes them after the capture)."""
+    entry = next((e for e in entries if e.id == officer_id), None)
+    if entry is None:
+        return []
+    return [
+        ReferenceTemplate(bytearray(base64.b64decode(t)), owner="officer") for t in entry.templates
+    ]
