@@ -270,12 +270,10 @@ class Flow:
                     self._cancelling = None
             officer = None if sign_out or not self.config.attended else self.state["officer"]
             fresh = _initial(self.config)
-            fresh.update(
-                seq=self.state["seq"],
-                officer=officer,
-                language=self.state["language"],
-                notice=notice,
-            )
+            # The next citizen starts in the kiosk's language; a cancel keeps the language of
+            # the citizen who is still there to read the notice.
+            language = self.config.language if sign_out else self.state["language"]
+            fresh.update(seq=self.state["seq"], officer=officer, language=language, notice=notice)
             self.state = fresh
             self.touch()
         self._changed()
@@ -557,7 +555,7 @@ class Flow:
             self._expect("receipt")
             officer = self.state["officer"] if self.config.attended else None
             fresh = _initial(self.config)
-            fresh.update(seq=self.state["seq"], officer=officer, language=self.state["language"])
+            fresh.update(seq=self.state["seq"], officer=officer)  # the kiosk's language again
             self.state = fresh
         return self._changed()
 

@@ -354,6 +354,11 @@ def test_whole_enrollment_through_the_screen_to_a_verified_package(
     s.on("review")
     s.shot("review")
     assert s.page.get_attribute("li[data-position='6']", "data-status") == "skipped"
+    s.tap("#lang")  # English for the rest of this citizen's enrollment
+    s.page.wait_for_selector("html[lang='en']")
+    assert s.text("#s-review h2") == "Final check"
+    assert "Left thumb: skipped — Bandaged" in s.text("li[data-position='6']")
+    s.shot("review-en")
     s.tap("#submit")
     s.on("receipt", 60)
     s.page.wait_for_function("document.getElementById('qr').naturalWidth > 0", timeout=10000)
@@ -378,8 +383,11 @@ def test_whole_enrollment_through_the_screen_to_a_verified_package(
     assert exc["position"] == 6 and exc["reason"] == "bandaged"
     assert SUPERVISOR[0] in exc["detail"] and OFFICER[0] in exc["detail"]
 
+    assert s.text("#s-receipt h2") == "Enrollment submitted"
     s.tap("#done")
     s.on("welcome")
+    s.page.wait_for_selector("html[lang='vi']")  # the next citizen starts in Vietnamese
+    assert s.text("header h1") == "Đăng ký căn cước công dân"
     s.close()
     # Nothing with an image or record magic number stayed on the kiosk (the preview included).
     assert scan_for_plaintext_biometrics([kiosk.d.state_dir]) == []
