@@ -245,6 +245,13 @@ let shownFinger = null;
 
 function renderFingers(s, fresh) {
   if (fresh) { // a new finger: nothing of the last one's steps stays on screen
+    const last = (s.fingers || []).find((f) => f.position === shownFinger);
+    if (last && last.status === "captured") {
+      const name = T[lang].fingers[last.position];
+      $("finger-last").textContent = `✓ ${name[0].toUpperCase()}${name.slice(1)}: ${t("quality")} ${last.quality}`;
+    } else if (last) {
+      $("finger-last").textContent = "";
+    }
     $("finger-step").textContent = "";
     $("finger-step").dataset.step = "";
     $("finger-quality").textContent = "";
