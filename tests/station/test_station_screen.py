@@ -132,7 +132,9 @@ def kiosks(
 ) -> Iterator[dict[str, Kiosk]]:
     root = tmp_path_factory.mktemp("station")
     made = {
-        MAIN: _kiosk(fleet_kit, tls_broker, root / "main", MAIN, "idle_timeout_s = 8\n"),
+        # Idle timeout 15 s: longer than any pause of the tests between two taps or capture
+        # steps (a restart included), short enough for the idle test.
+        MAIN: _kiosk(fleet_kit, tls_broker, root / "main", MAIN, "idle_timeout_s = 15\n"),
         OFF: _kiosk(
             fleet_kit,
             tls_broker,
@@ -371,6 +373,12 @@ def test_whole_enrollment_through_the_screen_to_a_verified_package(
         status, svg = r.status, r.read().decode()
     assert status == 200 and "<svg xmlns" in svg
 
+    assert s.text("#s-receipt h2") == "Enrollment submitted"
+    s.tap("#done")
+    s.on("welcome")
+    s.page.wait_for_selector("html[lang='vi']")  # the next citizen starts in Vietnamese
+    assert s.text("header h1") == "Đăng ký căn cước công dân"
+    s.close()
     # The centre verified the package (signature, hash chain, records) and the approval is in it.
     result = wait_for(lambda: centre.packages.result(MAIN, reference), 60, "the centre's verdict")
     assert result["status"] == "complete", result
@@ -383,12 +391,6 @@ def test_whole_enrollment_through_the_screen_to_a_verified_package(
     assert exc["position"] == 6 and exc["reason"] == "bandaged"
     assert SUPERVISOR[0] in exc["detail"] and OFFICER[0] in exc["detail"]
 
-    assert s.text("#s-receipt h2") == "Enrollment submitted"
-    s.tap("#done")
-    s.on("welcome")
-    s.page.wait_for_selector("html[lang='vi']")  # the next citizen starts in Vietnamese
-    assert s.text("header h1") == "Đăng ký căn cước công dân"
-    s.close()
     # Nothing with an image or record magic number stayed on the kiosk (the preview included).
     assert scan_for_plaintext_biometrics([kiosk.d.state_dir]) == []
     # The fleet followed the flow, screen by screen, without personal data.
@@ -436,6 +438,7 @@ def test_off_centre_citizen_is_guided_on_screen_and_cancel_goes_back(
     s.close()
 
 
+@pytest.mark.slow  # waits out the 15 s idle timeout
 def test_idle_timeout_cancels_and_shreds(
     kiosks: dict[str, Kiosk],
     centre: Centre,
@@ -443,7 +446,7 @@ def test_idle_timeout_cancels_and_shreds(
     signed_controller: Controller,
     tmp_path: Path,
 ) -> None:
-    kiosk = kiosks[MAIN]  # station.idle_timeout_s = 8
+    kiosk = kiosks[MAIN]  # station.idle_timeout_s = 15
     cancelled = signed_controller.subscribe(f"kiosk/{MAIN}/events/enrollment.cancelled")
     s = Screen(browser, kiosk, tmp_path / "screens")
     s.on("welcome")
@@ -466,7 +469,7 @@ def test_idle_timeout_cancels_and_shreds(
     assert len(list(sealed.glob("*.sealed"))) == 1  # the portrait, sealed at capture
     sid = kiosk.get("/v1/state", kiosk.token)[1]["session_id"]
     # Nobody touches the screen: the flow is cancelled, the sealed portrait shredded.
-    s.page.wait_for_selector("body[data-screen='welcome']", timeout=30000)
+    s.page.wait_for_selector("body[data-screen='welcome']", timeout=45000)
     assert s.page.get_attribute("#notice", "data-code") == "idle_timeout"
     s.shot("idle-timeout")
     event = get_json(cancelled, 10, lambda m: m["data"]["session_id"] == sid)
