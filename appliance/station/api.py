@@ -305,6 +305,8 @@ def create_app(flow: Flow, token: str) -> Any:  # noqa: C901 - one closure per r
                     except TimeoutError:
                         yield ": keep-alive\n\n"
                         continue
+                    if msg["type"] == "bye":  # the daemon stops: end the stream now
+                        return
                     data = json.dumps(msg, ensure_ascii=False)
                     yield f"event: {msg['type']}\ndata: {data}\n\n"
             finally:
@@ -362,11 +364,13 @@ class LocalApi:
             lifespan="off",
             access_log=False,
             ws="none",
+            timeout_graceful_shutdown=3,
             **kw,
         )
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, name="station-api", daemon=True)
         self.bind = bind
+        self.flow = flow
 
     def start(self, timeout: float = 10.0) -> "LocalApi":
         self.thread.start()
@@ -397,4 +401,6 @@ class LocalApi:
 
     def stop(self) -> None:
         self.server.should_exit = True
+        if self.flow is not None:
+            self.flow.broadcast({"type": "bye"})  # open event streams end, so the server can
         self.thread.join(timeout=10)

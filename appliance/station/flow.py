@@ -178,6 +178,10 @@ class Flow:
             except Exception:
                 log.exception("station listener failed")
 
+    def broadcast(self, message: dict[str, Any]) -> None:
+        """Send ``message`` to every listener (the local API's ``bye`` at shutdown)."""
+        self._send(message)
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return json.loads(json.dumps(self.state))  # type: ignore[no-any-return]

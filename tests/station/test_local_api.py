@@ -7,17 +7,24 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
-from appliance.config import validate
+from appliance.config import StationSection, validate
+from appliance.enrollment.session import EnrollmentManager
 from appliance.errors import ConfigError
 from appliance.station.api import LocalApi, create_app, is_local_peer
+from appliance.station.backend import Backend
+from appliance.station.flow import Flow
 from appliance.station.officers import OfficerRefused, authenticate, hash_secret
+from appliance.store import Store
+from appliance.trust.keys import DeviceIdentity
 
 TOKEN = "t0k3n"
 
@@ -147,3 +154,52 @@ def test_officers_work_offline_until_their_credential_expires() -> None:
     assert authenticate(entries, "s", "9876", supervisor=True, now=now).supervisor
     shown = validate({"station": {"officers": [e.model_dump() for e in entries]}}).redacted()
     assert all(o["secret_hash"] == "<redacted>" for o in shown["station"]["officers"])
+
+
+def test_stopping_the_api_ends_open_event_streams_cleanly(tmp_path: Path) -> None:
+    """A screen's open stream gets a proper end when the daemon stops (not a cut connection),
+    so the server thread is gone when stop() returns."""
+    store = Store(tmp_path / "state")
+    manager = EnrollmentManager(
+        store=store,
+        state_dir=tmp_path / "state",
+        device_id="kiosk-api",
+        identity=DeviceIdentity.load_or_create(tmp_path / "state"),
+        portraits=None,
+        fingers=None,
+        enrollment_key=None,
+        emit=lambda *_a, **_kw: None,
+        resume_s=600,
+        on_package=lambda _pid: None,
+    )
+    flow = Flow(
+        store=store,
+        backend=Backend(manager=manager, lookup=None),
+        config=StationSection(),
+        emit=lambda *_a, **_kw: None,
+    )
+    api = LocalApi(flow, TOKEN, bind="127.0.0.1", port=0).start()
+    outcome: list[object] = []
+    first = threading.Event()
+
+    def read() -> None:
+        req = urllib.request.Request(f"http://127.0.0.1:{api.port}/v1/events")
+        req.add_header("X-Screen-Token", TOKEN)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                r.readline()
+                first.set()
+                outcome.append(r.read())  # to the end of the stream
+        except Exception as exc:
+            outcome.append(exc)
+        first.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert first.wait(15)
+    api.stop()
+    reader.join(15)
+    assert not api.thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], bytes), outcome
+    flow.stop()
+    store.close()
