@@ -350,6 +350,22 @@ class Daemon:
             log.warning("%d command(s) were interrupted by the last stop", interrupted)
         self._start_enrollment(registry, identity)
         self._start_lookup(registry)
+        if cfg.station.enabled:  # the kiosk station: local flow, API and screen (docs/local-api.md)
+            from .station.service import start as start_station
+
+            try:
+                assert self.enrollment is not None
+                stop_station = start_station(
+                    cfg.station,
+                    store=store,
+                    emit=svc.emit,
+                    manager=self.enrollment,
+                    lookup=self.lookup,
+                    state_dir=self.state_dir,
+                )
+                self._cleanups.append(stop_station)
+            except (ApplianceError, ImportError, OSError) as exc:
+                log.error("station not started: %s", getattr(exc, "message", exc))
         agent = MqttAgent(
             cfg,
             store,
