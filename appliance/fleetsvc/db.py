@@ -166,6 +166,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
 ]
 
 STATES = ("online", "offline", "lost", "never seen")
+# One finished enrollment: the daemon's event (enrollment/session.py), the simulator's.
+ENROLLMENT_EVENTS = ("enrollment.finished", "enrollment.simulated")
 SORTS = {
     "device": devices.c.device_id,
     "state": devices.c.state,
@@ -419,8 +421,7 @@ class FleetDB:
                 sa.select(events.c.ts).where(
                     events.c.device_id == device_id,
                     events.c.ts >= since,
-                    events.c.type.like("enrollment.%"),
-                    events.c.type.not_in(["enrollment.purged", "enrollment.uploaded"]),
+                    events.c.type.in_(ENROLLMENT_EVENTS),
                 )
             ).scalars()
             per: dict[str, int] = {}

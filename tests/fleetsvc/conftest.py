@@ -37,8 +37,10 @@ class PgCluster:
         name = f"t_{uuid.uuid4().hex[:12]}"
         import sqlalchemy as sa
 
-        eng = sa.create_engine(self.url().replace("postgresql://", "postgresql+psycopg://"),
-                               isolation_level="AUTOCOMMIT")  # fmt: skip
+        eng = sa.create_engine(
+            self.url().replace("postgresql://", "postgresql+psycopg://"),
+            isolation_level="AUTOCOMMIT",
+        )
         with eng.connect() as conn:
             conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
         eng.dispose()
@@ -61,26 +63,55 @@ def pg_cluster() -> Iterator[PgCluster]:
         shutil.chown(base, "postgres")
         shutil.chown(sock, "postgres")
     subprocess.run(
-        _as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                      "--no-sync", "-E", "UTF8"]),
-        check=True, capture_output=True,
-    )  # fmt: skip
+        _as_postgres(
+            [
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
     port = free_port()
     log = base / "pg.log"
     opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {sock} -c fsync=off"
     subprocess.run(
-        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts,
-                      "-w", "-t", "60", "start"]),
-        check=True, capture_output=True,
-    )  # fmt: skip
+        _as_postgres(
+            [
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(log),
+                "-o",
+                opts,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
     try:
         yield PgCluster(port, base)
     finally:
         subprocess.run(
-            _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w",
-                          "stop"]),
-            check=False, capture_output=True,
-        )  # fmt: skip
+            _as_postgres(
+                [str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]
+            ),
+            check=False,
+            capture_output=True,
+        )
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -53,8 +53,11 @@ def test_filters_sort_and_paging(fleet_db: FleetDB) -> None:
     assert fleet_db.counts() == {"online": 20, "offline": 0, "lost": 10, "never seen": 0}
     total, rows = fleet_db.list_devices(DeviceFilter(state="lost", page_size=4))
     assert total == 10 and [r["device_id"] for r in rows] == [
-        "kiosk-000", "kiosk-003", "kiosk-006", "kiosk-009"
-    ]  # fmt: skip
+        "kiosk-000",
+        "kiosk-003",
+        "kiosk-006",
+        "kiosk-009",
+    ]
     total, rows = fleet_db.list_devices(DeviceFilter(state="lost", page_size=4, page=3))
     assert total == 10 and [r["device_id"] for r in rows] == ["kiosk-024", "kiosk-027"]
     assert fleet_db.list_devices(DeviceFilter(group="north"))[0] == 10
@@ -73,8 +76,14 @@ def test_filters_sort_and_paging(fleet_db: FleetDB) -> None:
 
 
 def test_events_are_stored_once(fleet_db: FleetDB) -> None:
-    ev = {"device_id": "k1", "seq": 1, "type": "enrollment.completed", "ts": time.time(),
-          "data": "{}", "verified": "ok"}  # fmt: skip
+    ev = {
+        "device_id": "k1",
+        "seq": 1,
+        "type": "enrollment.finished",
+        "ts": time.time(),
+        "data": "{}",
+        "verified": "ok",
+    }
     with fleet_db.tx() as conn:
         assert fleet_db.insert_event(conn, event_id="e1", **ev)
         assert not fleet_db.insert_event(conn, event_id="e1", **ev)  # at-least-once re-send
@@ -88,15 +97,20 @@ def test_condition_alarms_raise_once_clear_and_ack(fleet_db: FleetDB) -> None:
         fleet_db.upsert_device(conn, "gone", now, state="lost", last_seen=now - 120)
         fleet_db.upsert_device(conn, "fresh", now, state="online", last_seen=now - 5)
         fleet_db.upsert_device(conn, "silent", now, state="online", last_seen=now - 100)
-        fleet_db.upsert_device(conn, "sick", now, state="online", last_seen=now,
-                               health="card:error", outbox_depth=500)  # fmt: skip
+        fleet_db.upsert_device(
+            conn, "sick", now, state="online", last_seen=now, health="card:error", outbox_depth=500
+        )
     ev = AlarmEvaluator(fleet_db, lost_after_s=60, outbox_limit=100)
     other = AlarmEvaluator(fleet_db, lost_after_s=60, outbox_limit=100)  # a second instance
     assert ev.evaluate(now) == 4
     assert other.evaluate(now) == 0 and ev.evaluate(now) == 0  # raised once, not per pass
     open_ = {(a["device_id"], a["kind"]) for a in fleet_db.list_alarms()}
-    assert open_ == {("gone", "lost"), ("silent", "lost"), ("sick", "unhealthy"),
-                     ("sick", "outbox_growing")}  # fmt: skip
+    assert open_ == {
+        ("gone", "lost"),
+        ("silent", "lost"),
+        ("sick", "unhealthy"),
+        ("sick", "outbox_growing"),
+    }
     lost = next(a for a in fleet_db.list_alarms() if a["device_id"] == "gone")
     assert "last seen" in lost["detail"]
     acked = fleet_db.ack_alarm(lost["id"], "olga", now)
@@ -124,8 +138,11 @@ def test_audit_log(fleet_db: FleetDB) -> None:
     fleet_db.audit("olga", "command", "k1", cmd="ping")
     (row,) = fleet_db.audit_log()
     assert (row["actor"], row["action"], row["target"], row["detail"]) == (
-        "olga", "command", "k1", {"cmd": "ping"}
-    )  # fmt: skip
+        "olga",
+        "command",
+        "k1",
+        {"cmd": "ping"},
+    )
 
 
 def test_unsupported_database_is_refused() -> None:
