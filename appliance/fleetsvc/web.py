@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
@@ -183,7 +184,16 @@ def page_user(request: Request) -> auth.Principal:
     return p
 
 
-def api_user(request: Request) -> auth.Principal:
+_bearer = HTTPBearer(auto_error=False, description="an API token (serve --issue-token NAME)")
+_cookie = APIKeyCookie(name=COOKIE, auto_error=False, description="a dashboard session")
+
+
+def api_user(
+    request: Request,
+    _token: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    _session: Annotated[str | None, Depends(_cookie)],
+) -> auth.Principal:
+    """Bearer token or session cookie (read again from the request, the two documented)."""
     p = _principal(request)
     if p is None:
         raise HTTPException(401, "sign in or give a bearer token")
@@ -526,3 +536,15 @@ def create_app(  # noqa: C901, PLR0915  the routes are closures over the service
 
 def _esc(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def openapi_document() -> str:
+    """The API's OpenAPI document as committed in docs/openapi-fleet.json."""
+    app = create_app(FleetDB("sqlite://"))
+    return json.dumps(app.openapi(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(openapi_document())
