@@ -365,6 +365,29 @@ class FleetDB:
             ).mappings()
             return int(total), [_device_row(r) for r in rows]
 
+    def device_rows(self) -> Iterator[dict[str, Any]]:
+        """Every device as ``fleet devices`` prints it (its row keys), by device id."""
+        page = 1
+        while True:
+            _total, rows = self.list_devices(DeviceFilter(page=page, page_size=500))
+            for r in rows:
+                yield {
+                    "device": r["device_id"],
+                    "state": r["state"],
+                    "version": r["version"],
+                    "health": r["health"],
+                    "last_seen": r["last_seen"],
+                    "outbox_depth": r["outbox_depth"],
+                    "signature": r["signature"],
+                    "site": r["site"],
+                    "groups": r["groups"],
+                    "config_applied": r["config_applied"],
+                    "approved": r["approved"],
+                }
+            if len(rows) < 500:
+                return
+            page += 1
+
     def counts(self) -> dict[str, int]:
         with self.tx() as conn:
             rows = conn.execute(

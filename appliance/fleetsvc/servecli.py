@@ -162,24 +162,33 @@ class WebServer:
         self.thread.join(10)
 
 
+def administer(args: argparse.Namespace, db: FleetDB) -> int:
+    """``--migrate``, ``--add-user``, ``--issue-token``."""
+    if args.add_user:
+        pw = os.environ.get("APPLIANCE_FLEET_PASSWORD") or getpass.getpass("password: ")
+        secret = add_user(db, args.add_user, args.role, pw)
+        db.audit("cli", "user.add", args.add_user, role=args.role)
+        print(f"{args.add_user} ({args.role}) TOTP secret: {secret}")
+    elif args.issue_token:
+        token = issue_token(db, args.issue_token)
+        db.audit("cli", "token.issue", args.issue_token)
+        print(token)
+    else:
+        print(f"schema version {db.schema_version()}")
+    return EXIT_OK
+
+
 def run(args: argparse.Namespace) -> int:
+    svc: FleetService | None = None
     try:
         db = FleetDB(db_url(args))
+    except ApplianceError as exc:
+        print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         db.migrate()
-        if args.migrate:
-            print(f"schema version {db.schema_version()}")
-            return EXIT_OK
-        if args.add_user:
-            pw = os.environ.get("APPLIANCE_FLEET_PASSWORD") or getpass.getpass("password: ")
-            secret = add_user(db, args.add_user, args.role, pw)
-            db.audit("cli", "user.add", args.add_user, role=args.role)
-            print(f"{args.add_user} ({args.role}) TOTP secret: {secret}")
-            return EXIT_OK
-        if args.issue_token:
-            token = issue_token(db, args.issue_token)
-            db.audit("cli", "token.issue", args.issue_token)
-            print(token)
-            return EXIT_OK
+        if args.migrate or args.add_user or args.issue_token:
+            return administer(args, db)
         reg = registry(args)
         db.sync_registry([(r.device_id, r.site, r.groups) for r in reg.devices()], time.time())
         try:
@@ -197,16 +206,17 @@ def run(args: argparse.Namespace) -> int:
             outbox_limit=args.outbox_limit,
             signer=signer,
         ).start()
+        import uvicorn
+
+        print(f"fleet service on http://{args.bind}:{args.http_port}", file=sys.stderr, flush=True)
+        uvicorn.run(svc.app, host=args.bind, port=args.http_port, log_level="warning")
     except ApplianceError as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
         return EXIT_USAGE if exc.code == "usage" else EXIT_FAILED
-    import uvicorn
-
-    print(f"fleet service on http://{args.bind}:{args.http_port}", file=sys.stderr, flush=True)
-    try:
-        uvicorn.run(svc.app, host=args.bind, port=args.http_port, log_level="warning")
     finally:
-        svc.stop()
+        if svc is not None:
+            svc.stop()
+        db.close()
     return EXIT_OK
 
 
