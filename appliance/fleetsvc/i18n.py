@@ -63,6 +63,15 @@ _VI: dict[str, str] = {
     "bad": "lỗi",
     "Type": "Loại",
     "Data": "Dữ liệu",
+    "Times in UTC": "Thời gian theo UTC",
+    "samples": "mẫu",
+    "Open alarms": "Cảnh báo đang mở",
+    "All alarms": "Tất cả cảnh báo",
+    "lost after": "mất kết nối sau",
+    "unhealthy": "thiết bị lỗi",
+    "outbox_growing": "hàng đợi tăng",
+    "package_rejected": "hồ sơ bị từ chối",
+    "config_rolled_back": "cấu hình bị hoàn tác",
 }
 
 

@@ -248,7 +248,10 @@ def create_app(  # noqa: C901, PLR0915  the routes are closures over the service
     )
 
     def lang_of(request: Request) -> str:
-        lang = request.query_params.get("lang") or request.cookies.get("lang") or "en"
+        lang = request.query_params.get("lang") or request.cookies.get("lang")
+        if lang is None:  # the browser's preference, Vietnamese or English
+            accept = request.headers.get("accept-language", "").lower()
+            lang = "vi" if accept.startswith("vi") else "en"
         return lang if lang in LANGS else "en"
 
     def render(request: Request, name: str, status: int = 200, **ctx: Any) -> Response:
