@@ -28,8 +28,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..fleet.conn import BrokerOptions, Message
-from ..fleet.tools import Verification, device_of, verify_from
+from ..fleet.conn import BrokerOptions, FleetMqtt, Message
+from ..fleet.tools import Verification, collect_retained, device_of, verify_from
 from ..fleet.watch import EventStream, Seen, status_last_seen, status_state
 from .db import FleetDB, devices
 
@@ -54,6 +54,8 @@ class IngestCounters:
     forged: int = 0
     batches: int = 0
     latency: list[float] = field(default_factory=list)  # arrival -> committed, seconds
+    # a heartbeat's own ``ts`` -> committed (kiosk, broker, ingest and database together)
+    heartbeat_latency: list[float] = field(default_factory=list)
 
 
 class _Stream(EventStream):
@@ -109,10 +111,38 @@ class ServiceIngest:
             on_report=self._on_report,
         )
 
-    def start(self, timeout: float = 10.0) -> ServiceIngest:
+    def start(self, timeout: float = 10.0, retained_s: float = 1.0) -> ServiceIngest:
         self._writer.start()
         self.stream.start(timeout)
+        if retained_s > 0:
+            self.load_retained(retained_s)
         return self
+
+    def load_retained(self, listen_s: float) -> int:
+        """Read the retained status and configuration reports once, without sharing: a broker
+        never sends retained messages to a shared subscription (MQTT 5.0 section 4.8.2), so
+        without this a kiosk lost before the service started would stay unknown."""
+        p = self.opts.prefix
+        with FleetMqtt(self.opts) as mqtt:
+            msgs = collect_retained(mqtt, [f"{p}/+/status", f"{p}/+/config/reported"], listen_s)
+        for topic, msg in msgs.items():
+            dev = device_of(topic, p)
+            if dev is None:
+                continue
+            if topic.endswith("/config/reported"):
+                self._on_report(msg)
+                continue
+            try:
+                body = json.loads(msg.payload)
+            except ValueError:
+                continue
+            if isinstance(body, dict):
+                verdict = verify_from(self.keys, dev, msg)
+                seen_at = status_last_seen(body) if verdict.status != "bad" else None
+                self._on_seen(
+                    Seen("status", dev, "status", topic, body, verdict, last_seen=seen_at)
+                )
+        return len(msgs)
 
     def stop(self) -> None:
         self.stream.stop()
@@ -163,8 +193,14 @@ class ServiceIngest:
         c.messages += len(items)
         c.batches += 1
         c.latency.extend(done - arrived for arrived, _w, _o in items)
-        if len(c.latency) > 100_000:
-            del c.latency[:50_000]
+        for _a, what, obj in items:
+            if what == "seen" and obj.kind == "telemetry":
+                ts = obj.body.get("ts")
+                if isinstance(ts, int | float) and not isinstance(ts, bool):
+                    c.heartbeat_latency.append(done - ts)
+        for samples in (c.latency, c.heartbeat_latency):
+            if len(samples) > 200_000:
+                del samples[:100_000]
 
     def _sample(self, conn: Any, dev: str, ts: float, state: str, health: str, depth: Any) -> None:
         last = self._last_sample.get(dev)

@@ -345,7 +345,7 @@ def create_app(  # noqa: C901, PLR0915  the routes are closures over the service
             resp = render(request, "_rows.html", 200, **ctx)
         else:
             resp = render(request, "overview.html", 200, facets=db.facets(), **ctx)
-        resp.headers["Server-Timing"] = f"db;dur={(time.perf_counter() - t0) * 1000:.1f}"
+        resp.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - t0) * 1000:.1f}"
         return resp
 
     @app.get("/devices/{device_id}", response_class=HTMLResponse, include_in_schema=False)

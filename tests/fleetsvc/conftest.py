@@ -6,6 +6,7 @@ password and a TOTP secret."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -51,10 +52,13 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PgCluster]:
+@contextlib.contextmanager
+def private_cluster(*, durable: bool = False) -> Iterator[PgCluster]:
+    """A PostgreSQL cluster of its own in a temporary directory, stopped and removed at exit
+    (the tests' session fixture and bench/fleet_service.py). Tests run it with ``fsync=off``;
+    ``durable`` keeps PostgreSQL's defaults (fsync on, synchronous commit), for benchmarks."""
     if not (PG_BIN / "initdb").exists():
-        pytest.fail(f"PostgreSQL not installed ({PG_BIN}/initdb): run scripts/setup")
+        raise RuntimeError(f"PostgreSQL not installed ({PG_BIN}/initdb): run scripts/setup")
     # Not under pytest's temporary directory: the postgres user cannot enter it (mode 0700).
     base = Path(tempfile.mkdtemp(prefix="fleetsvc-pg-"))
     data, sock = base / "data", base / "sock"
@@ -62,57 +66,40 @@ def pg_cluster() -> Iterator[PgCluster]:
     if os.geteuid() == 0:
         shutil.chown(base, "postgres")
         shutil.chown(sock, "postgres")
-    subprocess.run(
-        _as_postgres(
-            [
-                str(PG_BIN / "initdb"),
-                "-D",
-                str(data),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    port = free_port()
-    log = base / "pg.log"
-    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {sock} -c fsync=off"
-    subprocess.run(
-        _as_postgres(
-            [
-                str(PG_BIN / "pg_ctl"),
-                "-D",
-                str(data),
-                "-l",
-                str(log),
-                "-o",
-                opts,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
     try:
-        yield PgCluster(port, base)
-    finally:
         subprocess.run(
-            _as_postgres(
-                [str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]
-            ),
-            check=False,
-            capture_output=True,
-        )
+            _as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U",
+                          "postgres", "--no-sync", "-E", "UTF8"]),
+            check=True, capture_output=True,
+        )  # fmt: skip
+        port = free_port()
+        opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {sock}"
+        if not durable:
+            opts += " -c fsync=off"
+        subprocess.run(
+            _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(base / "pg.log"),
+                          "-o", opts, "-w", "-t", "60", "start"]),
+            check=True, capture_output=True,
+        )  # fmt: skip
+        try:
+            yield PgCluster(port, base)
+        finally:
+            subprocess.run(
+                _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                              "-w", "stop"]),
+                check=False, capture_output=True,
+            )  # fmt: skip
+    finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    try:
+        with private_cluster() as cluster:
+            yield cluster
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -39,8 +39,15 @@ class SignedKiosk:
             keyfile=str(certs / f"{device}.key"),
             tls_version=ssl.PROTOCOL_TLS_CLIENT,
         )
+        now = time.time()  # the daemon's will (agent/mqtt.py offline_status)
         will = self._body(
-            {"online": False, "device": device, "reason": "lost", "connected_at": time.time()}
+            {
+                "online": False,
+                "device": device,
+                "reason": "lost",
+                "connected_at": now,
+                "last_seen": now,
+            }
         )
         self.client.will_set(
             self.topic("status"), will, qos=1, retain=True, properties=self._props(will)

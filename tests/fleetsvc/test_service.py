@@ -152,3 +152,40 @@ def test_ingest_alarms_and_a_signed_command(
     alarm = next(a for a in fleet_db.list_alarms() if a["kind"] == "lost" and a["device_id"] == dev)
     assert alarm["raised_at"] - killed_at <= LOST_AFTER + 2
     assert "last seen" in alarm["detail"]
+
+
+def test_a_kiosk_lost_before_the_service_started_is_known(
+    fleet_kit: FleetKit, tls_broker: Mosquitto, fleet_db: FleetDB
+) -> None:
+    """Retained messages never reach a shared subscription (MQTT 5.0 section 4.8.2): the
+    service reads them once at start, unshared."""
+    name = f"early-{int(time.time() * 1000) % 10**8}"
+    kiosk = SignedKiosk(fleet_kit, tls_broker.port, name)
+    kiosk.birth()
+    kiosk.publish("config/reported", {"status": "applied", "version": 7}, retain=True)
+    kiosk.kill()
+    svc = FleetService(
+        fleet_db,
+        fleet_kit.options(tls_broker.port),
+        {name: kiosk.public_key},
+        share_group=f"t{int(time.time() * 1000)}",
+        lost_after_s=LOST_AFTER,
+    )
+    # The Will is published when the broker notices the dropped connection: wait for it.
+    from appliance.fleet.conn import FleetMqtt
+
+    with FleetMqtt(fleet_kit.options(tls_broker.port)) as probe:
+        q = probe.collector(f"kiosk/{name}/status")
+        probe.subscribe([f"kiosk/{name}/status"])
+        wait_for(lambda: b'"lost"' in q.get(timeout=10).payload, 15, "the Last Will")
+    svc.start()
+    try:
+        row = wait_for(
+            lambda: (d := fleet_db.device(name)) and d["state"] == "lost" and d,
+            10,
+            "the retained Last Will stored",
+        )
+        assert row["signature"] == "ok" and row["config_applied"] == 7
+        assert row["last_seen"] is not None  # the will's connect time
+    finally:
+        svc.stop()
