@@ -614,6 +614,47 @@ class FleetDB:
             return dict(row) if row is not None else None
 
 
+class WriteBatch:
+    """The ingest's writes of one batch, merged per device and sent as executemany statements
+    (one round trip per statement shape instead of one per message: on PostgreSQL the
+    difference between ~8 ms and well under 1 ms a message)."""
+
+    def __init__(self, db: FleetDB, conn: Connection) -> None:
+        self.db, self.conn = db, conn
+        self.devices: dict[str, dict[str, Any]] = {}
+        self.samples: list[dict[str, Any]] = []
+        self.events: dict[str, dict[str, Any]] = {}
+
+    def upsert_device(self, device_id: str, now: float, **values: Any) -> None:
+        row = self.devices.setdefault(device_id, {"device_id": device_id})
+        seen = values.pop("last_seen", None)
+        row.update(values, updated_at=now)
+        if seen is not None and seen > (row.get("last_seen") or 0):
+            row["last_seen"] = seen
+
+    def add_sample(self, **values: Any) -> None:
+        self.samples.append(values)
+
+    def insert_event(self, **values: Any) -> None:
+        self.events.setdefault(values["event_id"], values)
+
+    def flush(self) -> None:
+        db, conn = self.db, self.conn
+        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for row in self.devices.values():
+            shapes.setdefault(tuple(sorted(row)), []).append(row)
+        for keys, rows in shapes.items():
+            ins = db._insert(devices)
+            update = {k: ins.excluded[k] for k in keys if k not in ("device_id", "last_seen")}
+            if "last_seen" in keys:
+                update["last_seen"] = db._later(devices.c.last_seen, ins.excluded.last_seen)
+            conn.execute(ins.on_conflict_do_update(index_elements=["device_id"], set_=update), rows)
+        if self.samples:
+            conn.execute(samples.insert(), self.samples)
+        if self.events:
+            conn.execute(db._insert(events).on_conflict_do_nothing(), list(self.events.values()))
+
+
 ONE_SHOT = ("package_rejected", "config_rolled_back")
 ALARM_KINDS = ("lost", "unhealthy", "outbox_growing", *ONE_SHOT)
 

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from ..fleet.conn import BrokerOptions, FleetMqtt, Message
 from ..fleet.tools import Verification, collect_retained, device_of, verify_from
 from ..fleet.watch import EventStream, Seen, status_last_seen, status_state
-from .db import FleetDB, devices
+from .db import FleetDB, WriteBatch, devices
 
 log = logging.getLogger(__name__)
 
@@ -182,12 +182,14 @@ class ServiceIngest:
     def write(self, items: list[tuple[float, str, Any]]) -> None:
         now = time.time()
         with self.db.tx() as conn:
+            batch = WriteBatch(self.db, conn)
             for _arrived, what, obj in items:
                 if what == "seen":
-                    self._store_seen(conn, obj, now)
+                    self._store_seen(batch, obj, now)
                 else:
                     dev, msg, verdict = obj
-                    self._store_report(conn, dev, msg, verdict, now)
+                    self._store_report(batch, dev, msg, verdict, now)
+            batch.flush()
         done = time.time()
         c = self.counters
         c.messages += len(items)
@@ -202,12 +204,13 @@ class ServiceIngest:
             if len(samples) > 200_000:
                 del samples[:100_000]
 
-    def _sample(self, conn: Any, dev: str, ts: float, state: str, health: str, depth: Any) -> None:
+    def _sample(
+        self, batch: WriteBatch, dev: str, ts: float, state: str, health: str, depth: Any
+    ) -> None:
         last = self._last_sample.get(dev)
         if last is None or ts - last[0] >= SAMPLE_EVERY_S or last[1] != f"{state}/{health}":
             self._last_sample[dev] = (ts, f"{state}/{health}")
-            self.db.add_sample(
-                conn,
+            batch.add_sample(
                 device_id=dev,
                 ts=ts,
                 state=state,
@@ -215,12 +218,12 @@ class ServiceIngest:
                 outbox_depth=depth if isinstance(depth, int) else None,
             )
 
-    def _store_seen(self, conn: Any, seen: Seen, now: float) -> None:
+    def _store_seen(self, batch: WriteBatch, seen: Seen, now: float) -> None:
         dev, body, sig = seen.device, seen.body, seen.verified.status
         forged = sig == "bad"
         if forged:
             self.counters.forged += 1
-            self.db.upsert_device(conn, dev, now, signature="bad")
+            batch.upsert_device(dev, now, signature="bad")
             return
         if seen.kind == "status":
             state = status_state(body)
@@ -237,8 +240,8 @@ class ServiceIngest:
             seen_at = seen.last_seen or status_last_seen(body)
             if seen_at is not None:
                 values["last_seen"] = seen_at
-            self.db.upsert_device(conn, dev, now, **values)
-            self._sample(conn, dev, seen_at or now, state, values.get("health", "-"), None)
+            batch.upsert_device(dev, now, **values)
+            self._sample(batch, dev, seen_at or now, state, values.get("health", "-"), None)
             self.counters.stored += 1
         elif seen.kind == "telemetry":
             devs = body.get("devices")
@@ -249,34 +252,38 @@ class ServiceIngest:
             if health != "-":
                 values["health"] = health
                 values["devices_json"] = json.dumps(devs)
-            self.db.upsert_device(conn, dev, now, **values)
-            self._sample(conn, dev, seen.received_at, "online", health, body.get("outbox_depth"))
+            batch.upsert_device(dev, now, **values)
+            self._sample(batch, dev, seen.received_at, "online", health, body.get("outbox_depth"))
             self.counters.stored += 1
         elif seen.kind == "event":
             eid = body.get("id")
             ts = body.get("ts")
-            stored = isinstance(eid, str) and self.db.insert_event(
-                conn,
-                event_id=eid[:64],
-                device_id=dev,
-                seq=body.get("seq") if isinstance(body.get("seq"), int) else None,
-                type=seen.type[:100],
-                ts=float(ts) if isinstance(ts, int | float) else seen.received_at,
-                data=json.dumps(body.get("data"), default=str),
-                verified=sig,
-            )
-            self.db.upsert_device(conn, dev, now, last_seen=seen.received_at, signature=sig)
-            if stored:
-                self.counters.stored += 1
-            if stored and seen.type in PACKAGE_REJECTED:
+            batch.upsert_device(dev, now, last_seen=seen.received_at, signature=sig)
+            if not isinstance(eid, str):
+                return
+            event = {
+                "event_id": eid[:64],
+                "device_id": dev,
+                "seq": body.get("seq") if isinstance(body.get("seq"), int) else None,
+                "type": seen.type[:100],
+                "ts": float(ts) if isinstance(ts, int | float) else seen.received_at,
+                "data": json.dumps(body.get("data"), default=str),
+                "verified": sig,
+            }
+            self.counters.stored += 1
+            if seen.type not in PACKAGE_REJECTED:
+                batch.insert_event(**event)
+            elif self.db.insert_event(batch.conn, **event):  # new: alarm (a re-send is not)
                 raw = body.get("data")
                 data: dict[str, Any] = raw if isinstance(raw, dict) else {}
                 detail = f"{data.get('package_id', '?')}: {data.get('reason', '')}"
                 self.alarms_raised += self.db.raise_alarm(
-                    conn, dev, "package_rejected", detail, now
+                    batch.conn, dev, "package_rejected", detail, now
                 )
 
-    def _store_report(self, conn: Any, dev: str, msg: Message, v: Verification, now: float) -> None:
+    def _store_report(
+        self, batch: WriteBatch, dev: str, msg: Message, v: Verification, now: float
+    ) -> None:
         if v.status == "bad":
             self.counters.forged += 1
             return
@@ -293,11 +300,13 @@ class ServiceIngest:
             values["config_applied"] = applied
         if status == "applied" and isinstance(body.get("version"), int):
             values["config_applied"] = body["version"]
-        self.db.upsert_device(conn, dev, now, **values)
+        batch.upsert_device(dev, now, **values)
         self.counters.stored += 1
         if status == "rolled_back":
             detail = f"v{body.get('version')}: {body.get('reason', '')}"
-            self.alarms_raised += self.db.raise_alarm(conn, dev, "config_rolled_back", detail, now)
+            self.alarms_raised += self.db.raise_alarm(
+                batch.conn, dev, "config_rolled_back", detail, now
+            )
 
 
 class AlarmEvaluator:
