@@ -10,8 +10,10 @@
   reported as raised - last contact, and raised - kill.
 
 Baseline, measured in the same run on the same engine: 50 kiosks beating every second (the
-unloaded path); ratio = full fleet p99 / baseline p99. PostgreSQL is a private cluster with its
-default durability (fsync on, synchronous commit); SQLite runs in WAL mode, synchronous=NORMAL.
+unloaded path); ratio = full fleet p99 / baseline p99. The fleet runs in its own process
+(``appliance fleet sim``), the service (ingest, alarms, web) in this one; mosquitto is the
+third. PostgreSQL is a private cluster with its default durability (fsync on, synchronous
+commit); SQLite runs in WAL mode, synchronous=NORMAL.
 
     .venv/bin/python bench/fleet_service.py [--devices 1000] [--heartbeat 10] [--steady 30]
         [--engines sqlite,postgresql] [--lost-after 10] [--kill 5]
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -72,18 +76,57 @@ def service(url: str, broker: Mosquitto, prefix: str, lost_after: float) -> Iter
         db.close()
 
 
-def sim(broker: Mosquitto, prefix: str, devices: int, heartbeat: float) -> FleetSim:
+@contextlib.contextmanager
+def sim_process(broker: Mosquitto, prefix: str, devices: int, heartbeat: float) -> Iterator[None]:
+    """The simulated fleet in a process of its own (``appliance fleet sim``), as in the field
+    the kiosks do not share the service's interpreter."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "appliance.fleet.simcli",
+            "--host",
+            broker.host,
+            "--port",
+            str(broker.port),
+            "--devices",
+            str(devices),
+            "--heartbeat",
+            str(heartbeat),
+            "--topic-prefix",
+            prefix,
+            "--no-ingest",
+            "--duration",
+            "100000",
+            "--connect-rate",
+            "1000",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def victims(broker: Mosquitto, prefix: str, n: int, heartbeat: float) -> FleetSim:
+    """The kiosks to kill, in this process (so their tasks can be cancelled)."""
     return FleetSim(
         FleetConfig(
             host=broker.host,
             port=broker.port,
-            devices=devices,
+            devices=n,
             topic_prefix=prefix,
+            id_prefix="victim",
             heartbeat_s=heartbeat,
-            connect_rate=500,
             keepalive_s=30,
-            reconnect_min_s=0.5,
-            reconnect_max_s=5.0,
         )
     ).start()
 
@@ -138,18 +181,23 @@ def run_engine(
     out: dict[str, Any] = {"engine": engine}
     # Baseline: 50 kiosks beating every second, same engine, same run.
     prefix = f"b{uuid.uuid4().hex[:6]}"
-    with service(fresh(), broker, prefix, args.lost_after) as (svc, db, _base, _tok):
-        fleet = sim(broker, prefix, 50, 1.0)
+    with (
+        service(fresh(), broker, prefix, args.lost_after) as (svc, db, _base, _tok),
+        sim_process(broker, prefix, 50, 1.0),
+    ):
         wait_for(lambda: db.counts()["online"] == 50, 60, "baseline online")
         base = steady(svc, min(args.steady, 15))
-        fleet.stop()
     out["baseline_p99_ms"] = ms(pct(base, 99))
 
     prefix = f"f{uuid.uuid4().hex[:6]}"
-    with service(fresh(), broker, prefix, args.lost_after) as (svc, db, _base, _tok):
+    with (
+        service(fresh(), broker, prefix, args.lost_after) as (svc, db, _base, _tok),
+        sim_process(broker, prefix, args.devices, args.heartbeat),
+    ):
         t0 = time.time()
-        fleet = sim(broker, prefix, args.devices, args.heartbeat)
-        wait_for(lambda: db.counts()["online"] == args.devices, 300, "fleet online")
+        doomed = victims(broker, prefix, args.kill, args.heartbeat)
+        total = args.devices + args.kill
+        wait_for(lambda: db.counts()["online"] == total, 300, "fleet online")
         out["all_online_s"] = round(time.time() - t0, 1)
         lat = steady(svc, args.steady)
         out["ingest"] = {
@@ -165,31 +213,30 @@ def run_engine(
             "p50_ms": ms(pct(pages, 50)),
             "p99_ms": ms(pct(pages, 99)),
         }
-        victims = [f"sim-{i:05d}" for i in range(0, args.devices, args.devices // args.kill)]
-        victims = victims[: args.kill]
+        names = [k.id for k in doomed.kiosks]
         killed = time.time()
-        kill(fleet, victims)
+        kill(doomed, names)
 
         def raised() -> dict[str, float] | None:
             got = {
                 a["device_id"]: a["raised_at"]
                 for a in db.list_alarms()
-                if a["kind"] == "lost" and a["device_id"] in victims
+                if a["kind"] == "lost" and a["device_id"] in names
             }
-            return got if len(got) == len(victims) else None
+            return got if len(got) == len(names) else None
 
         got = wait_for(raised, args.lost_after + 60, "lost alarms")
         delays = [t - killed for t in got.values()]
         # "lost for more than N": counted from the kiosk's last contact (its last heartbeat,
         # up to one heartbeat period before the kill), not from the kill
-        contact = [got[d] - float((db.device(d) or {}).get("last_seen") or 0) for d in victims]
+        contact = [got[d] - float((db.device(d) or {}).get("last_seen") or 0) for d in names]
         out["lost_alarm"] = {
             "configured_s": args.lost_after,
-            "kiosks": len(victims),
+            "kiosks": len(names),
             "after_kill_s": [round(min(delays), 2), round(max(delays), 2)],
             "after_last_contact_s": [round(min(contact), 2), round(max(contact), 2)],
         }
-        fleet.stop()
+        doomed.stop()
     return out
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..configpush import peek_version
 from ..fleet.conn import BrokerOptions, FleetMqtt, Message
 from ..fleet.tools import Verification, collect_retained, device_of, verify_from
 from ..fleet.watch import EventStream, Seen, status_last_seen, status_state
@@ -45,6 +46,24 @@ def health_of(devs: Any) -> str:
         return "-"
     bad = [f"{k}:{v}" for k, v in sorted(devs.items()) if v not in ("ok", "disabled")]
     return "ok" if not bad else " ".join(bad)[:200]
+
+
+def status_values(body: dict[str, Any], state: str) -> dict[str, Any]:
+    """The device row's columns a status states (the daemon's birth: daemon.py)."""
+    values: dict[str, Any] = {"state": state}
+    if isinstance(body.get("version"), str):
+        values["version"] = body["version"][:64]
+    if isinstance(body.get("site"), str):
+        values["site"] = body["site"][:200]
+    groups = body.get("groups")
+    if isinstance(groups, list) and all(isinstance(g, str) for g in groups):
+        values["groups"] = ("," + ",".join(groups) + "," if groups else "")[:500]
+    if state == "online":
+        values["health"] = health_of(body.get("devices"))
+        values["devices_json"] = json.dumps(body.get("devices") or {})
+    if isinstance(body.get("connected_at"), int | float):
+        values["connected_at"] = float(body["connected_at"])
+    return values
 
 
 @dataclass
@@ -67,12 +86,13 @@ class _Stream(EventStream):
 
     def filters(self) -> list[str]:
         out = super().filters()
-        extra = f"{self.opts.prefix}/+/config/reported"
-        out.append(f"$share/{self.share_group}/{extra}" if self.share_group else extra)
+        for rest in ("config/reported", "config/desired"):
+            extra = f"{self.opts.prefix}/+/{rest}"
+            out.append(f"$share/{self.share_group}/{extra}" if self.share_group else extra)
         return out
 
     def _on_message(self, msg: Message) -> None:
-        if msg.topic.endswith("/config/reported"):
+        if msg.topic.endswith(("/config/reported", "/config/desired")):
             self.on_report(msg)
             return
         super()._on_message(msg)
@@ -124,12 +144,16 @@ class ServiceIngest:
         without this a kiosk lost before the service started would stay unknown."""
         p = self.opts.prefix
         with FleetMqtt(self.opts) as mqtt:
-            msgs = collect_retained(mqtt, [f"{p}/+/status", f"{p}/+/config/reported"], listen_s)
+            msgs = collect_retained(
+                mqtt,
+                [f"{p}/+/status", f"{p}/+/config/reported", f"{p}/+/config/desired"],
+                listen_s,
+            )
         for topic, msg in msgs.items():
             dev = device_of(topic, p)
             if dev is None:
                 continue
-            if topic.endswith("/config/reported"):
+            if topic.endswith(("/config/reported", "/config/desired")):
                 self._on_report(msg)
                 continue
             try:
@@ -227,16 +251,8 @@ class ServiceIngest:
             return
         if seen.kind == "status":
             state = status_state(body)
-            values: dict[str, Any] = {"state": state, "signature": sig}
-            if isinstance(body.get("version"), str):
-                values["version"] = body["version"]
-            if isinstance(body.get("site"), str):
-                values["site"] = body["site"]
-            if state == "online":
-                values["health"] = health_of(body.get("devices"))
-                values["devices_json"] = json.dumps(body.get("devices") or {})
-            if isinstance(body.get("connected_at"), int | float):
-                values["connected_at"] = float(body["connected_at"])
+            values = status_values(body, state)
+            values["signature"] = sig
             seen_at = seen.last_seen or status_last_seen(body)
             if seen_at is not None:
                 values["last_seen"] = seen_at
@@ -284,6 +300,12 @@ class ServiceIngest:
     def _store_report(
         self, batch: WriteBatch, dev: str, msg: Message, v: Verification, now: float
     ) -> None:
+        if msg.topic.endswith("/config/desired"):
+            # the administrators' signed document (the kiosk verifies it): its version only
+            version = peek_version(msg.payload)
+            if version is not None:
+                batch.upsert_device(dev, now, config_desired=version)
+            return
         if v.status == "bad":
             self.counters.forged += 1
             return

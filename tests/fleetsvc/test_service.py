@@ -18,8 +18,10 @@ from nacl.signing import SigningKey
 
 from appliance.devtools.broker import Mosquitto
 from appliance.devtools.fleetkit import FleetKit
+from appliance.fleet.conn import FleetMqtt
 from appliance.fleetsvc.db import FleetDB
 from appliance.fleetsvc.servecli import FleetService
+from appliance.trust.configdoc import sign_config
 from appliance.trust.envelope import CommandVerifier, ensure_replay_schema
 from appliance.trust.keys import DeviceIdentity, load_public_key
 from tests.fleetsvc.conftest import PASSWORD
@@ -70,7 +72,7 @@ def test_ingest_alarms_and_a_signed_command(
 ) -> None:
     svc, kiosk = service
     dev = kiosk.device
-    kiosk.birth()
+    kiosk.birth(groups=["hanoi", "north"])
     row = wait_for(
         lambda: (d := fleet_db.device(dev)) and d["state"] == "online" and d, 10, "the birth stored"
     )
@@ -102,6 +104,18 @@ def test_ingest_alarms_and_a_signed_command(
     )
     assert sum(n for _d, n in fleet_db.enrollments_per_day(dev)) == 1
     assert (fleet_db.device(dev) or {})["config_applied"] == 4
+    assert (fleet_db.device(dev) or {})["groups"] == ["hanoi", "north"]
+    # The administrators' desired configuration (retained, signed by an admin key): its version.
+    doc = sign_config(
+        b"[telemetry]\nheartbeat_s = 30\n",
+        key=fleet_kit.signer("admin"),
+        version=5,
+        target=dev,
+        fmt="toml",
+    )
+    with FleetMqtt(fleet_kit.options(tls_broker_port(svc))) as ctl:
+        ctl.publish(f"kiosk/{dev}/config/desired", doc, retain=True)
+    wait_for(lambda: (fleet_db.device(dev) or {}).get("config_desired") == 5, 10, "desired v5")
 
     # A status signed by another key is no contact: state and last seen stay as they were.
     before = fleet_db.device(dev) or {}
@@ -172,8 +186,6 @@ def test_a_kiosk_lost_before_the_service_started_is_known(
         lost_after_s=LOST_AFTER,
     )
     # The Will is published when the broker notices the dropped connection: wait for it.
-    from appliance.fleet.conn import FleetMqtt
-
     with FleetMqtt(fleet_kit.options(tls_broker.port)) as probe:
         q = probe.collector(f"kiosk/{name}/status")
         probe.subscribe([f"kiosk/{name}/status"])
@@ -189,3 +201,7 @@ def test_a_kiosk_lost_before_the_service_started_is_known(
         assert row["last_seen"] is not None  # the will's connect time
     finally:
         svc.stop()
+
+
+def tls_broker_port(svc: FleetService) -> int:
+    return svc.opts.port
