@@ -131,11 +131,23 @@ def victims(broker: Mosquitto, prefix: str, n: int, heartbeat: float) -> FleetSi
     ).start()
 
 
+STEADY: dict[str, Any] = {}
+
+
 def steady(svc: FleetService, seconds: float) -> list[float]:
     assert svc.ingest is not None
     c = svc.ingest.counters
-    start = len(c.heartbeat_latency)
+    start, b0 = len(c.heartbeat_latency), len(c.batch_seconds)
     time.sleep(seconds)  # a benchmark's measuring window, not a wait for a condition
+    batches, sizes = c.batch_seconds[b0:], c.batch_sizes[b0:]
+    STEADY["writer"] = {
+        "batches": len(batches),
+        "mean_size": round(sum(sizes) / max(1, len(sizes)), 1),
+        "commit_p50_ms": ms(pct(batches, 50)),
+        "commit_p99_ms": ms(pct(batches, 99)),
+        "commit_max_ms": ms(max(batches)),
+        "busy_share": round(sum(batches) / seconds, 2),
+    }
     return list(c.heartbeat_latency[start:])
 
 
@@ -207,6 +219,7 @@ def run_engine(
             "max_ms": ms(max(lat)),
         }
         out["ratio"] = round(pct(lat, 99) / max(pct(base, 99), 1e-6), 2)
+        out["writer"] = STEADY["writer"]
         pages = page_times(svc)
         out["overview_filtered"] = {
             "n": len(pages),

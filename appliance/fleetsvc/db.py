@@ -348,22 +348,31 @@ class FleetDB:
         return out
 
     def list_devices(self, f: DeviceFilter) -> tuple[int, list[dict[str, Any]]]:
+        with self.tx() as conn:
+            return self._list(conn, f)
+
+    def overview(self, f: DeviceFilter) -> tuple[int, list[dict[str, Any]], dict[str, int]]:
+        """One page of the filtered fleet and the counts by state, on one connection."""
+        with self.tx() as conn:
+            total, rows = self._list(conn, f)
+            return total, rows, self._counts(conn)
+
+    def _list(self, conn: Connection, f: DeviceFilter) -> tuple[int, list[dict[str, Any]]]:
         where = self._where(f)
         col = SORTS.get(f.sort, devices.c.device_id)
         order = [col.desc() if f.desc else col.asc(), devices.c.device_id.asc()]
         size = max(1, min(f.page_size, 500))
-        with self.tx() as conn:
-            total = conn.execute(
-                sa.select(sa.func.count()).select_from(devices).where(*where)
-            ).scalar_one()
-            rows = conn.execute(
-                sa.select(devices)
-                .where(*where)
-                .order_by(*order)
-                .limit(size)
-                .offset((max(1, f.page) - 1) * size)
-            ).mappings()
-            return int(total), [_device_row(r) for r in rows]
+        total = conn.execute(
+            sa.select(sa.func.count()).select_from(devices).where(*where)
+        ).scalar_one()
+        rows = conn.execute(
+            sa.select(devices)
+            .where(*where)
+            .order_by(*order)
+            .limit(size)
+            .offset((max(1, f.page) - 1) * size)
+        ).mappings()
+        return int(total), [_device_row(r) for r in rows]
 
     def device_rows(self) -> Iterator[dict[str, Any]]:
         """Every device as ``fleet devices`` prints it (its row keys), by device id."""
@@ -390,9 +399,12 @@ class FleetDB:
 
     def counts(self) -> dict[str, int]:
         with self.tx() as conn:
-            rows = conn.execute(
-                sa.select(devices.c.state, sa.func.count()).group_by(devices.c.state)
-            ).all()
+            return self._counts(conn)
+
+    def _counts(self, conn: Connection) -> dict[str, int]:
+        rows = conn.execute(
+            sa.select(devices.c.state, sa.func.count()).group_by(devices.c.state)
+        ).all()
         out = dict.fromkeys(STATES, 0)
         out.update({str(s): int(n) for s, n in rows})
         return out

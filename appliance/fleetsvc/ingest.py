@@ -75,6 +75,8 @@ class IngestCounters:
     latency: list[float] = field(default_factory=list)  # arrival -> committed, seconds
     # a heartbeat's own ``ts`` -> committed (kiosk, broker, ingest and database together)
     heartbeat_latency: list[float] = field(default_factory=list)
+    batch_seconds: list[float] = field(default_factory=list)  # one transaction, start -> commit
+    batch_sizes: list[int] = field(default_factory=list)
 
 
 class _Stream(EventStream):
@@ -205,6 +207,7 @@ class ServiceIngest:
 
     def write(self, items: list[tuple[float, str, Any]]) -> None:
         now = time.time()
+        t0 = time.perf_counter()
         with self.db.tx() as conn:
             batch = WriteBatch(self.db, conn)
             for _arrived, what, obj in items:
@@ -218,13 +221,15 @@ class ServiceIngest:
         c = self.counters
         c.messages += len(items)
         c.batches += 1
+        c.batch_seconds.append(time.perf_counter() - t0)
+        c.batch_sizes.append(len(items))
         c.latency.extend(done - arrived for arrived, _w, _o in items)
         for _a, what, obj in items:
             if what == "seen" and obj.kind == "telemetry":
                 ts = obj.body.get("ts")
                 if isinstance(ts, int | float) and not isinstance(ts, bool):
                     c.heartbeat_latency.append(done - ts)
-        for samples in (c.latency, c.heartbeat_latency):
+        for samples in (c.latency, c.heartbeat_latency, c.batch_seconds, c.batch_sizes):
             if len(samples) > 200_000:
                 del samples[:100_000]
 
