@@ -4,7 +4,9 @@
   one service instance through mosquitto; latency = the heartbeat's own ``ts`` -> the batch
   holding it committed to the database (kiosk, broker, ingest and database together);
 * overview page with a filter: the server time of ``GET /?state=online&q=...&sort=last_seen``
-  (the ``Server-Timing`` header: queries and template rendering), over HTTP to uvicorn;
+  (the ``Server-Timing`` header: queries and template rendering), in the ingesting instance,
+  and over HTTP from a web instance on the same database (``serve --no-ingest``, its own
+  process);
 * lost-kiosk alarm: ``--kill`` kiosks end without DISCONNECT (the broker sends their Last Will);
   the alarm is due ``--lost-after`` seconds after the kiosk's last contact (its last heartbeat):
   reported as raised - last contact, and raised - kill.
@@ -35,6 +37,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 from _common import ROOT, emit, pct
 
 sys.path.insert(0, str(ROOT))
@@ -178,6 +181,73 @@ def page_times(svc: FleetService, n: int = 30) -> list[float]:
     return out
 
 
+@contextlib.contextmanager
+def web_instance(url: str, broker: Mosquitto, home: Path) -> Iterator[str]:
+    """``appliance fleet serve --no-ingest`` on the same database, in its own process."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "appliance.fleetsvc.servecli",
+            "--db",
+            url,
+            "--no-ingest",
+            "--home",
+            str(home),
+            "--host",
+            broker.host,
+            "--port",
+            str(broker.port),
+            "--http-port",
+            str(port),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(base + "/login", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(up, 30, "the web instance")
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def page_times_http(db: FleetDB, base: str, n: int = 30) -> list[float]:
+    from appliance.fleetsvc import auth
+
+    token, _csrf = auth.open_session(db, "bench")
+    out = []
+    # the cookie by hand: httpx keeps Secure cookies for https only, a browser also for 127.0.0.1
+    with httpx.Client(base_url=base, headers={"cookie": f"fleet_session={token}"}) as http:
+        for i in range(n):
+            r = http.get(
+                "/",
+                params={
+                    "state": "online",
+                    "q": f"sim-0{i % 10}",
+                    "sort": "last_seen",
+                    "desc": "true",
+                },
+            )
+            r.raise_for_status()
+            out.append(float(r.headers["server-timing"].split("dur=")[1]) / 1000)
+    return out
+
+
 def kill(fleet: FleetSim, names: list[str]) -> None:
     def cancel() -> None:
         for task in fleet._tasks:
@@ -226,6 +296,13 @@ def run_engine(
             "p50_ms": ms(pct(pages, 50)),
             "p99_ms": ms(pct(pages, 99)),
         }
+        with web_instance(svc.db.url, broker, args.home) as web:
+            apart = page_times_http(svc.db, web)
+        out["overview_filtered_web_instance"] = {
+            "n": len(apart),
+            "p50_ms": ms(pct(apart, 50)),
+            "p99_ms": ms(pct(apart, 99)),
+        }
         names = [k.id for k in doomed.kiosks]
         killed = time.time()
         kill(doomed, names)
@@ -266,6 +343,7 @@ def main() -> int:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="fleetsvc-bench-") as tmp, contextlib.ExitStack() as st:
         broker = Mosquitto(Path(tmp) / "broker").start()
+        args.home = Path(tmp) / "home"
         st.callback(broker.stop)
         for engine in engines:
             if engine == "sqlite":

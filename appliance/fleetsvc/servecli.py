@@ -64,6 +64,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="alarm when a kiosk's outbox holds more (%(default)s)",
     )
+    p.add_argument(
+        "--no-ingest",
+        action="store_true",
+        help="serve the dashboard, API and alarms from the database without ingesting (a web "
+        "instance beside ingesting ones: the pages do not compete with the ingest)",
+    )
     add_signer_arg(p, "operator")
     g = p.add_argument_group("administration (then exit)")
     g.add_argument(
@@ -104,6 +110,7 @@ class FleetService:
     outbox_limit: int = 100
     alarm_interval_s: float = 1.0
     signer: Any = None  # OperatorKey
+    ingesting: bool = True
     ingest: ServiceIngest | None = field(default=None, init=False)
     alarms: AlarmEvaluator | None = field(default=None, init=False)
     mqtt: FleetMqtt | None = field(default=None, init=False)
@@ -112,9 +119,10 @@ class FleetService:
         from .web import Commander, create_app
 
         self.db.migrate()
-        self.ingest = ServiceIngest(
-            self.db, self.opts, self.keys, share_group=self.share_group, instance=self.instance
-        ).start()
+        if self.ingesting:
+            self.ingest = ServiceIngest(
+                self.db, self.opts, self.keys, share_group=self.share_group, instance=self.instance
+            ).start()
         self.alarms = AlarmEvaluator(
             self.db,
             lost_after_s=self.lost_after_s,
@@ -205,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
             lost_after_s=args.lost_after,
             outbox_limit=args.outbox_limit,
             signer=signer,
+            ingesting=not args.no_ingest,
         ).start()
         import uvicorn
 

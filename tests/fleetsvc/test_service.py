@@ -205,3 +205,20 @@ def test_a_kiosk_lost_before_the_service_started_is_known(
 
 def tls_broker_port(svc: FleetService) -> int:
     return svc.opts.port
+
+
+def test_a_web_instance_serves_without_ingesting(
+    fleet_kit: FleetKit, tls_broker: Mosquitto, fleet_db: FleetDB, make_user: Any
+) -> None:
+    """``serve --no-ingest``: dashboard, API and alarms from the database, no subscription."""
+    with fleet_db.tx() as conn:
+        fleet_db.upsert_device(conn, "kiosk-x", time.time(), state="online", last_seen=time.time())
+    svc = FleetService(fleet_db, fleet_kit.options(tls_broker.port), {}, ingesting=False).start()
+    try:
+        assert svc.ingest is None
+        secret = make_user("vera", "viewer")
+        with TestClient(svc.app, base_url="https://testserver", follow_redirects=False) as http:
+            _sign_in(http, "vera", secret)
+            assert 'data-device="kiosk-x"' in http.get("/").text
+    finally:
+        svc.stop()
