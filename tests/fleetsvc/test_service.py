@@ -164,7 +164,7 @@ def test_ingest_alarms_and_a_signed_command(
     wait_for(lambda: (fleet_db.device(dev) or {}).get("state") == "lost", 15, "lost")
     wait_for(lambda: "lost" in kinds(), LOST_AFTER + 5, "the lost alarm")
     alarm = next(a for a in fleet_db.list_alarms() if a["kind"] == "lost" and a["device_id"] == dev)
-    assert alarm["raised_at"] - killed_at <= LOST_AFTER + 2
+    assert alarm["raised_at"] - killed_at <= LOST_AFTER + 5  # the issue: the delay + 5 s
     assert "last seen" in alarm["detail"]
 
 
