@@ -238,6 +238,7 @@ def create_app(  # noqa: C901, PLR0915  the routes are closures over the service
         description="The fleet's devices, alarms, commands and audit log (docs/fleet-service.md).",
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,  # served below, behind sign-in like everything else
     )
     app.state.db = db
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
@@ -526,6 +527,10 @@ def create_app(  # noqa: C901, PLR0915  the routes are closures over the service
 
     registry.register(_Collector())
     Gauge("fleet_service_up", "1 while the service runs", registry=registry).set(1)
+
+    @app.get("/api/v1/openapi.json", include_in_schema=False)
+    def openapi_json(p: ApiUser) -> JSONResponse:
+        return JSONResponse(app.openapi())
 
     @app.get("/metrics", response_class=Response, responses=errors)
     def metrics(p: ApiUser) -> Response:

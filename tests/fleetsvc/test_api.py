@@ -101,6 +101,11 @@ def test_nothing_is_served_without_a_session(fleet: dict[str, Any]) -> None:
         assert r.status_code == 401, path
         check_response(DOC, "get", path.replace("kiosk-01", "{device_id}"), r)
     assert c.get("/api/v1/devices", headers=_auth("fst_not-a-token")).status_code == 401
+    assert c.get("/openapi.json").status_code == 404  # not FastAPI's unauthenticated default
+    assert c.get("/docs").status_code == 404
+    assert c.get("/api/v1/openapi.json").status_code == 401
+    r = c.get("/api/v1/openapi.json", headers=_auth(fleet["tokens"]["viewer"]))
+    assert r.json() == DOC
     assert c.get("/login").status_code == 200
     assert c.get("/static/app.js").status_code == 200
 
