@@ -81,6 +81,9 @@ def generate() -> dict[str, dict[str, Any]]:
     out["enum.event-type.json"] = _enum_schema(
         "event type", "EventType", {e.value: m for e, m in EVENT_MEANINGS.items()}
     )
+    from .station.schemas import station_schemas  # the station's local API (docs/local-api.md)
+
+    out.update(station_schemas())
     return out
 
 

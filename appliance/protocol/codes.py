@@ -129,6 +129,18 @@ class ErrorCode(StrEnum):
     CITIZEN_UNKNOWN = "citizen_unknown"
     CITIZEN_INCOMPLETE = "citizen_incomplete"
     CITIZEN_CONFLICT = "citizen_conflict"
+    STATION_STATE = "station_state"
+    OFFICER_REFUSED = "officer_refused"
+    OFFICER_EXPIRED = "officer_expired"
+    SUPERVISOR_REQUIRED = "supervisor_required"
+    NO_RECEIPT = "no_receipt"
+    CITIZEN_NOT_FOUND = "citizen_not_found"
+    CITIZEN_FOUND = "citizen_found"
+    CITIZEN_INVALID_REQUEST = "citizen_invalid_request"
+    CITIZEN_RECORD_INVALID = "citizen_record_invalid"
+    SCREEN_TOKEN_REQUIRED = "screen_token_required"  # noqa: S105 (not a password)
+    FORBIDDEN_PEER = "forbidden_peer"
+    NOT_FOUND = "not_found"
     CONTROLLER_TIMEOUT = "controller_timeout"
     UNPARSEABLE_REPLY = "unparseable_reply"
     BROKER_FAILED = "broker_failed"
@@ -159,6 +171,7 @@ class EventType(StrEnum):
     ENROLLMENT_REJECTED = "enrollment.rejected"
     ENROLLMENT_UPLOAD_FAILED = "enrollment.upload_failed"
     ENROLLMENT_PURGED = "enrollment.purged"
+    STATION_STATE = "station.state"
     ENROLLMENT_SIMULATED = "enrollment.simulated"
 
 
@@ -620,6 +633,54 @@ ERROR_MEANINGS: dict[ErrorCode, tuple[str, str]] = {
         "a personal id held by two citizen references",
         "no",
     ),
+    ErrorCode.STATION_STATE: (
+        "the station refuses the action here (wrong screen, no consent, bad input)",
+        "no",
+    ),
+    ErrorCode.OFFICER_REFUSED: (
+        "an unknown officer, a wrong secret or an expired entry",
+        "no",
+    ),
+    ErrorCode.OFFICER_EXPIRED: (
+        "the officer's credential expired; the fleet must renew it",
+        "no",
+    ),
+    ErrorCode.SUPERVISOR_REQUIRED: (
+        "approving an exception needs a supervisor",
+        "no",
+    ),
+    ErrorCode.NO_RECEIPT: (
+        "there is no receipt to show",
+        "no",
+    ),
+    ErrorCode.CITIZEN_NOT_FOUND: (
+        "the looked-up number is not in the citizen directory",
+        "no",
+    ),
+    ErrorCode.CITIZEN_FOUND: (
+        "the directory answered found but sent no record",
+        "no",
+    ),
+    ErrorCode.CITIZEN_INVALID_REQUEST: (
+        "the directory refused the lookup request as invalid",
+        "no",
+    ),
+    ErrorCode.CITIZEN_RECORD_INVALID: (
+        "the directory's record of the citizen fails the citizen data rules",
+        "no",
+    ),
+    ErrorCode.SCREEN_TOKEN_REQUIRED: (
+        "a local API request without the per-boot screen token",
+        "no",
+    ),
+    ErrorCode.FORBIDDEN_PEER: (
+        "a local API request from a peer that is not loopback",
+        "no",
+    ),
+    ErrorCode.NOT_FOUND: (
+        "a local API path that does not exist",
+        "no",
+    ),
     ErrorCode.CONTROLLER_TIMEOUT: (
         "the dev controller got no answer in time",
         "yes",
@@ -664,5 +725,6 @@ EVENT_MEANINGS: dict[EventType, str] = {
     EventType.ENROLLMENT_REJECTED: "the centre rejected the package",
     EventType.ENROLLMENT_UPLOAD_FAILED: "the upload gave up",
     EventType.ENROLLMENT_PURGED: "the centre's receipt verified; the sealed records shredded",
+    EventType.STATION_STATE: "the station screen changed: `{screen, session_id, busy, ...}`",
     EventType.ENROLLMENT_SIMULATED: "the fleet simulator's stand-in for an enrollment",
 }
