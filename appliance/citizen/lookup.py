@@ -198,9 +198,13 @@ class LookupResult:
     enrollment: EnrollmentState
     enrollments: list[dict[str, Any]] = field(default_factory=list)
     problems: list[dict[str, str]] = field(default_factory=list)
+    issued_at: float | None = None  # the directory's signed time (docs/enrollment.md "Time")
+    source: Literal["directory", "batch"] = "directory"
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "source": self.source,
+            "issued_at": self.issued_at,
             "status": self.status,
             "number": self.number,
             "request_id": self.request_id,
@@ -242,7 +246,11 @@ class LookupClient:
         revoked: Collection[str] = (),
         allow_unsigned: bool = False,
         now: Callable[[], float] = time.time,
+        on_signed_time: Callable[[float, float], object] | None = None,
     ) -> None:
+        # on_signed_time(issued_at, round_trip_s): each verified answer's signed time, bound
+        # to this kiosk's request by its nonce (timekeeping.Clock.observe_signed).
+        self.on_signed_time = on_signed_time
         self.prefix = prefix
         self.device_id = device_id
         self.request_topic = request_topic(prefix, device_id)
@@ -289,6 +297,7 @@ class LookupClient:
         ).encode()
         with self._lock:
             self._waiting[w.request_id] = w
+        sent = time.monotonic()
         try:
             if not self._publish(
                 self.request_topic, body, self.response_topic, w.request_id.encode()
@@ -314,6 +323,8 @@ class LookupClient:
                 )
             result = w.result
             assert result is not None
+            if self.on_signed_time is not None and result.issued_at is not None:
+                self.on_signed_time(result.issued_at, time.monotonic() - sent)
             ref = (result.citizen or {}).get("citizen_ref")
             if result.citizen is not None and ref:
                 with self._lock:
@@ -414,6 +425,7 @@ def parse_answer(
         record = record_to_json(checked)
     packages = body.get("enrollments", [])
     problems = body.get("problems", [])
+    issued_at = body.get("issued_at")
     return LookupResult(
         status=status,
         number=number,
@@ -423,6 +435,7 @@ def parse_answer(
         enrollment=enrollment,
         enrollments=packages if isinstance(packages, list) else [],
         problems=problems if isinstance(problems, list) else [],
+        issued_at=float(issued_at) if isinstance(issued_at, (int, float)) else None,
     )
 
 
