@@ -407,6 +407,10 @@ class Daemon:
         svc = self.services
         assert svc is not None and self.store is not None
         cfg = self.config
+        # The kiosk's trusted time (docs/enrollment.md "Time"): packages record its source.
+        from .timekeeping import Clock
+
+        svc.extras["clock"] = Clock(self.state_dir)
         key = None
         if cfg.trust.enrollment_key is not None:
             try:
@@ -471,6 +475,18 @@ class Daemon:
                 )
             )
 
+        from .citizen.batch import CitizenBatch
+        from .timekeeping import MAX_ROUND_TRIP_S, Clock
+
+        clock = svc.extras.get("clock") or Clock(self.state_dir)
+        svc.extras["clock"] = clock
+
+        def signed_time(t: float, round_trip_s: float) -> None:
+            # a lookup answer (bound to its nonce) may anchor; a batch only raises the floor
+            clock.observe_signed(
+                t, bound=round_trip_s <= MAX_ROUND_TRIP_S, round_trip_s=round_trip_s
+            )
+
         client = LookupClient(
             prefix=cfg.mqtt.topic_prefix,
             device_id=cfg.device.id,
@@ -478,6 +494,8 @@ class Daemon:
             roots=[load_public_key(p) for p in cfg.trust.root_keys],
             revoked=list(cfg.trust.revoked_keys),
             allow_unsigned=cfg.commands.allow_unsigned,
+            on_signed_time=signed_time,
+            batch=CitizenBatch(self.state_dir, now=clock.now),
         )
         register_lookup(registry, client)
         svc.extras["lookup"] = client
