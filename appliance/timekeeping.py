@@ -201,14 +201,19 @@ class Clock:
     def observe_signed(self, t: float, *, bound: bool, round_trip_s: float = 0.0) -> bool:
         """A time the centre signed. ``bound``: it answers this kiosk's own fresh request
         (a lookup answer carrying the request's nonce) and arrived within ``round_trip_s``
-        of it; then it becomes the anchor (unless NTP is in charge). Otherwise it may only
-        raise the floor. Returns True when it moved the kiosk's time forward."""
+        of it; then it becomes the anchor (unless NTP is in charge, or it is more than the
+        round-trip bound below the floor). Otherwise it may only raise the floor. Returns True
+        when it moved the kiosk's time forward."""
         if not math.isfinite(t) or t <= 0:
             return False
         with self._lock:
             before = max(self.floor, self._derived())
             moved = t > before
-            if bound and round_trip_s <= MAX_ROUND_TRIP_S and not self._synced() and moved:
+            # A bound answer anchors even when it does not move "now" (its whole seconds may
+            # equal the floor a batch just set), unless it lies far below what was already
+            # trusted: "now" never goes below the floor either way.
+            fresh = t >= self.floor - MAX_ROUND_TRIP_S - 1.0
+            if bound and round_trip_s <= MAX_ROUND_TRIP_S and not self._synced() and fresh:
                 self.anchor = {
                     "source": "signed_centre",
                     "wall": t,

@@ -91,9 +91,25 @@ def test_signed_centre_time_bound_to_a_request_becomes_the_anchor(tmp_path: Path
     assert c.observe_signed(T0 + 100, bound=False)
     assert c.now() == T0 + 100
     assert c.stamp()["time_anchor"]["source"] == "signed_centre"
-    # an older signed time never moves anything back
+    # an older signed time never moves anything back, nor becomes the anchor
     assert not c.observe_signed(T0 - 5000, bound=True)
     assert c.now() >= T0 + 100
+    assert c.stamp()["time_anchor"]["wall"] == T0
+
+
+def test_a_bound_answer_in_the_second_a_batch_set_the_floor_still_anchors(
+    tmp_path: Path,
+) -> None:
+    """Signed times are whole seconds: a batch fetched, then a lookup answered in the same
+    second. The lookup must still anchor the clock (found by the offline-day test)."""
+    f = FakeClocks(0.0)
+    c = f.clock(tmp_path)
+    assert c.observe_signed(T0, bound=False)  # the batch: the floor only
+    assert c.source() == "floor_monotonic"
+    assert not c.observe_signed(T0, bound=True, round_trip_s=0.05)  # same second
+    assert c.source() == "signed_centre"
+    f.advance(5)
+    assert c.now() == T0 + 5
 
 
 def test_a_corrupt_state_file_starts_from_nothing_and_is_replaced(tmp_path: Path) -> None:
