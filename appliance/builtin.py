@@ -1,4 +1,8 @@
-"""The core's own commands: ping, status, config.get, diagnostics."""
+"""The core's own commands: ping, status, config.get, diagnostics, note.
+
+``status``, ``config.get`` and ``diagnostics`` read the daemon's views through a :class:`Core`
+given at registration (the daemon's ``Services``); nothing comes through the command context.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,27 @@ import sqlite3
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
 from .commands import CommandContext, CommandRegistry, NoArgs
 from .errors import CommandError
+
+if TYPE_CHECKING:
+    from .config import AppConfig
+
+
+class Core(Protocol):
+    """What the core's commands read of the daemon."""
+
+    @property
+    def config(self) -> AppConfig: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def diagnostics(self) -> dict[str, Any]: ...
 
 
 class PingArgs(BaseModel):
@@ -54,25 +72,25 @@ def ping(ctx: CommandContext, args: PingArgs) -> dict[str, Any]:
     return out
 
 
-def status(ctx: CommandContext, _args: NoArgs) -> dict[str, Any]:
-    """Online state, software version, profile, device health, outbox depth."""
-    result: dict[str, Any] = ctx.services.status()
-    return result
-
-
-def config_get(ctx: CommandContext, args: ConfigGetArgs) -> dict[str, Any]:
-    """The effective configuration (no secret values: secrets are always files)."""
-    data: Any = ctx.services.config.redacted()
-    if args.section:
-        for part in args.section.split("."):
-            if not isinstance(data, dict) or part not in data:
-                raise CommandError(
-                    f"no configuration section {args.section!r}",
-                    code="invalid_args",
-                    details={"section": args.section},
-                )
-            data = data[part]
-    return {"section": args.section, "config": data}
+def _versions() -> dict[str, Any]:
+    return {
+        "appliance": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "sqlite": sqlite3.sqlite_version,
+        **{
+            p: _pkg_version(p)
+            for p in (
+                "paho-mqtt",
+                "pydantic",
+                "sqlite-utils",
+                "pynacl",
+                "pyserial",
+                "pyscard",
+                "opencv-python-headless",
+            )
+        },
+    }
 
 
 def note(ctx: CommandContext, args: NoteArgs) -> dict[str, Any]:
@@ -87,33 +105,38 @@ def note(ctx: CommandContext, args: NoteArgs) -> dict[str, Any]:
     return {"seq": seq, "event_id": event_id}
 
 
-def diagnostics(ctx: CommandContext, _args: NoArgs) -> dict[str, Any]:
-    """Versions, uptime, outbox depth, store size, device states, MQTT counters."""
-    s = ctx.services
-    return {
-        "versions": {
-            "appliance": __version__,
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "sqlite": sqlite3.sqlite_version,
-            **{
-                p: _pkg_version(p)
-                for p in (
-                    "paho-mqtt",
-                    "pydantic",
-                    "sqlite-utils",
-                    "pynacl",
-                    "pyserial",
-                    "pyscard",
-                    "opencv-python-headless",
-                )
-            },
-        },
-        **s.diagnostics(),
-    }
+def register(registry: CommandRegistry, core: Core | None = None) -> None:
+    """Register the core's commands. Without ``core`` (schema generation, tests of the
+    dispatcher) ``status``, ``config.get`` and ``diagnostics`` are registered all the same
+    and answer ``internal_error``: there is no daemon to report on."""
 
+    def daemon() -> Core:
+        if core is None:
+            raise CommandError("no daemon to report on", code="internal_error")
+        return core
 
-def register(registry: CommandRegistry) -> None:
+    def status(ctx: CommandContext, _args: NoArgs) -> dict[str, Any]:
+        """Online state, software version, profile, device health, outbox depth."""
+        return daemon().status()
+
+    def config_get(ctx: CommandContext, args: ConfigGetArgs) -> dict[str, Any]:
+        """The effective configuration (no secret values: secrets are always files)."""
+        data: Any = daemon().config.redacted()
+        if args.section:
+            for part in args.section.split("."):
+                if not isinstance(data, dict) or part not in data:
+                    raise CommandError(
+                        f"no configuration section {args.section!r}",
+                        code="invalid_args",
+                        details={"section": args.section},
+                    )
+                data = data[part]
+        return {"section": args.section, "config": data}
+
+    def diagnostics(ctx: CommandContext, _args: NoArgs) -> dict[str, Any]:
+        """Versions, uptime, outbox depth, store size, device states, MQTT counters."""
+        return {"versions": _versions(), **daemon().diagnostics()}
+
     registry.add("ping", ping, args=PingArgs, timeout_s=5, role="operator", readonly=True)
     registry.add("status", status, timeout_s=5, role="operator", readonly=True)
     registry.add(

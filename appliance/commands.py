@@ -2,8 +2,9 @@
 
 A command is a name, a pydantic model for its arguments, a timeout, and a handler
 ``handler(ctx, args) -> dict``. Capabilities register theirs through a ``register(registry,
-device)`` function in their driver package's ``commands`` module; the core registers
-``ping``, ``status``, ``config.get`` and ``diagnostics``.
+device, ...)`` function in their driver package's ``commands`` module (thin adapters over the
+services in :mod:`appliance.capabilities`); the core registers ``ping``, ``status``,
+``config.get`` and ``diagnostics``.
 
 The registry knows nothing of MQTT: the agent decodes a message into a :class:`CommandRequest`
 and the :class:`~appliance.dispatch.Dispatcher` runs it.
@@ -38,13 +39,15 @@ class NoArgs(BaseModel):
 class CommandContext:
     """What a handler may use. ``emit`` sends an event (durable through the outbox by default);
     ``progress`` sends a transient progress event for the kiosk screen; ``cancelled`` is set when
-    the command's timeout passed, and long handlers should check it between steps."""
+    the command's timeout passed, and long handlers should check it between steps.
+
+    Nothing else comes through the context: a handler gets its dependencies (a capability
+    service, the enrollment manager, the lookup client) when it is registered, typed."""
 
     command_id: str
     name: str
     deadline: float
     emit: Callable[..., tuple[int, str] | None]
-    services: Any  # the daemon's Services (config, store, devices); typed loosely to avoid a cycle
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def progress(self, step: str, **data: Any) -> None:

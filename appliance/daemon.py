@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__, builtin, telemetry
 from .agent.mqtt import MqttAgent
 from .agent.topics import Topics
+from .capabilities.kit import Capabilities
 from .commands import CommandRegistry
 from .config import AppConfig
 from .configpush import ConfigPush, Startup
@@ -34,9 +35,12 @@ from .errors import ApplianceError, TrustError
 from .inbound import Incoming, Verified, Verifier
 from .sdnotify import Notifier
 from .store import Store
+from .timekeeping import Clock
 from .trust.keys import DeviceIdentity
 
 if TYPE_CHECKING:
+    from .citizen.lookup import LookupClient
+    from .enrollment.session import EnrollmentManager
     from .enrollment.upload import Uploader
 
 log = logging.getLogger(__name__)
@@ -130,7 +134,10 @@ def build_verifier(cfg: AppConfig, store: Store, registry: CommandRegistry) -> V
 
 
 class Services:
-    """What command handlers see through ``ctx.services``."""
+    """The daemon's shared state and views: configuration, store, devices and the capability
+    services over them, events, status and diagnostics. Command handlers never reach it through
+    their context: each gets what it needs, typed, when it is registered (``builtin`` gets
+    this object as its :class:`~appliance.builtin.Core`)."""
 
     def __init__(self, config: AppConfig, store: Store, state_dir: Path) -> None:
         self.config = config
@@ -138,11 +145,11 @@ class Services:
         self.state_dir = state_dir
         self.topics = Topics(config.mqtt.topic_prefix, config.device.id)
         self.devices: dict[str, Device] = {}
+        self.capabilities = Capabilities()
         self.agent: MqttAgent | None = None
         self.dispatcher: Dispatcher | None = None
         self.started = time.time()
         self.session_active: Callable[[], bool] = lambda: False
-        self.extras: dict[str, Any] = {}  # capability-owned state (record stores, sessions)
         self.identity: DeviceIdentity | None = None
 
     # -- events -----------------------------------------------------------------------------
@@ -265,6 +272,10 @@ class Daemon:
         self._state = "starting"
         self.store: Store | None = None
         self.services: Services | None = None
+        self.enrollment: EnrollmentManager | None = None
+        self.lookup: LookupClient | None = None
+        # The kiosk's trusted time (docs/enrollment.md "Time"): packages record its source.
+        self.clock: Clock | None = None
         self._cleanups: list[Callable[[], None]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -297,7 +308,7 @@ class Daemon:
         self.services = svc = Services(cfg, store, self.state_dir)
         self._start_simulators()
         registry = CommandRegistry()
-        builtin.register(registry)
+        builtin.register(registry, svc)
         self._start_devices(registry)
         identity = DeviceIdentity.load_or_create(self.state_dir)
         svc.identity = identity
@@ -385,7 +396,7 @@ class Daemon:
                 self.uploader.on_message(msg.topic, msg.payload)
             return
         if msg.topic == svc.topics.lookup_response:
-            lookup = svc.extras.get("lookup")
+            lookup = self.lookup
             if lookup is not None:
                 lookup.on_message(msg.topic, msg.payload)
             return
@@ -407,10 +418,7 @@ class Daemon:
         svc = self.services
         assert svc is not None and self.store is not None
         cfg = self.config
-        # The kiosk's trusted time (docs/enrollment.md "Time"): packages record its source.
-        from .timekeeping import Clock
-
-        svc.extras["clock"] = Clock(self.state_dir)
+        self.clock = self.clock or Clock(self.state_dir)
         key = None
         if cfg.trust.enrollment_key is not None:
             try:
@@ -422,7 +430,8 @@ class Daemon:
             state_dir=self.state_dir,
             device_id=cfg.device.id,
             identity=identity,
-            registry=registry,
+            portraits=svc.capabilities.portraits,
+            fingers=svc.capabilities.fingers,
             enrollment_key=key,
             emit=svc.emit,
             resume_s=cfg.enrollment.resume_s,
@@ -431,7 +440,7 @@ class Daemon:
         )
         register_enrollment(registry, manager)
         svc.session_active = manager.is_active
-        svc.extras["enrollment"] = manager
+        self.enrollment = manager
         manager.recover()
 
         def connected() -> int:
@@ -476,10 +485,9 @@ class Daemon:
             )
 
         from .citizen.batch import CitizenBatch
-        from .timekeeping import MAX_ROUND_TRIP_S, Clock
+        from .timekeeping import MAX_ROUND_TRIP_S
 
-        clock = svc.extras.get("clock") or Clock(self.state_dir)
-        svc.extras["clock"] = clock
+        clock = self.clock = self.clock or Clock(self.state_dir)
 
         def signed_time(t: float, round_trip_s: float) -> None:
             # a lookup answer (bound to its nonce) may anchor; a batch only raises the floor
@@ -498,8 +506,8 @@ class Daemon:
             batch=CitizenBatch(self.state_dir, now=clock.now),
         )
         register_lookup(registry, client)
-        svc.extras["lookup"] = client
-        manager = svc.extras.get("enrollment")
+        self.lookup = client
+        manager = self.enrollment
         if manager is not None:
             manager.looked_up = client.looked_up
 
@@ -546,12 +554,43 @@ class Daemon:
                 dev.start()
             except ApplianceError as exc:
                 log.error("%s: start failed: %s", kind, exc.message)
-            try:
-                commands = importlib.import_module(f"appliance.drivers.{kind}.commands")
-            except ModuleNotFoundError:
-                log.debug("%s: no commands module", kind)
-                continue
-            commands.register(registry, dev)
+            self._register_capability(kind, dev, registry)
+
+    def _register_capability(self, kind: str, dev: Device, registry: CommandRegistry) -> None:
+        """The capability service over ``dev`` and its MQTT adapters (docs/architecture.md,
+        "Capability services"). Device libraries load here, with the first working device."""
+        svc = self.services
+        assert svc is not None
+        caps = svc.capabilities
+        if kind == "camera":
+            from .capabilities.portrait import PortraitCapture
+            from .drivers.camera import commands as camera_commands
+            from .drivers.camera.interface import Camera
+
+            assert isinstance(dev, Camera)
+            caps.portraits = PortraitCapture(dev)
+            camera_commands.register(
+                registry,
+                dev,
+                capture=caps.portraits,
+                enrollment_active=lambda: svc.session_active(),  # noqa: PLW0108 - late-bound
+            )
+        elif kind == "fingerprint":
+            from .capabilities.finger import FingerCapture
+            from .drivers.fingerprint import commands as fingerprint_commands
+            from .drivers.fingerprint.interface import FingerprintScanner
+
+            assert isinstance(dev, FingerprintScanner)
+            caps.fingers = FingerCapture(dev)
+            fingerprint_commands.register(registry, dev, capture=caps.fingers)
+        elif kind == "card":
+            from .capabilities.card import CardIssuer
+            from .drivers.card import commands as card_commands
+            from .drivers.card.interface import CardEncoder
+
+            assert isinstance(dev, CardEncoder)
+            caps.cards = CardIssuer(dev)
+            card_commands.register(registry, dev, issuer=caps.cards)
 
     @staticmethod
     def _guarded(fn: Callable[[bytes], None], payload: bytes) -> None:

@@ -419,7 +419,6 @@ class Dispatcher:
             name=name,
             deadline=time.monotonic() + timeout_s,
             emit=self.emit,
-            services=self.services,
         )
 
     def _answer_known(

@@ -3,8 +3,16 @@
 State lives in SQLite (tables ``enrollment_sessions``, ``enrollment_records``) and is updated
 at every step in one transaction; biometric bytes never do: each record is hashed, chained,
 sealed to the central key into the sealed store and wiped at the moment of capture. The
-captures themselves are the capabilities' own command handlers (``camera.capture``,
-``fingerprint.capture``), so the session adds orchestration, not a second capture path.
+captures themselves are the capability services (:class:`~appliance.capabilities.PortraitCapture`,
+:class:`~appliance.capabilities.FingerCapture`), the same the MQTT ``camera.capture`` and
+``fingerprint.capture`` adapters call, so the session adds orchestration, not a second capture
+path. The public methods take a :class:`~appliance.capabilities.Job`, not an MQTT command
+context: the MQTT ``enrollment.*`` handlers (:func:`register`) and the kiosk's local screen
+call them alike.
+
+Each captured finger's sensor template is kept in memory for the session only (never on disk,
+never logged, wiped when the session ends): a later finger that matches one of them is refused
+with ``duplicate_finger`` and its position may be captured again.
 """
 
 from __future__ import annotations
@@ -14,22 +22,28 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .. import __version__
+from ..capabilities.base import Job
+from ..capabilities.finger import DUPLICATE_FINGER, OFFICER_FINGER, ReferenceTemplate
 from ..citizen.lookup import CORRECTABLE, CorrectionRequest, check_corrections
 from ..citizen.validation import CitizenDataInvalid
 from ..commands import CommandContext, CommandRegistry
-from ..errors import Busy, CommandError, DeviceTimeout
+from ..errors import Busy, CommandError, DeviceError, DeviceTimeout
 from ..store import Store
 from ..trust.keys import DeviceIdentity
 from ..trust.sealed import SealedStore
 from . import package as pk
+
+if TYPE_CHECKING:
+    from ..capabilities.finger import FingerCapture
+    from ..capabilities.portrait import OnFrame, PortraitCapture
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +165,8 @@ class EnrollmentManager:
         state_dir: Path,
         device_id: str,
         identity: DeviceIdentity,
-        registry: CommandRegistry,
+        portraits: PortraitCapture | None,
+        fingers: FingerCapture | None,
         enrollment_key: bytes | None,
         emit: Callable[..., object],
         resume_s: float,
@@ -163,7 +178,8 @@ class EnrollmentManager:
         self.state_dir = state_dir
         self.device_id = device_id
         self.identity = identity
-        self.registry = registry
+        self.portraits = portraits
+        self.fingers = fingers
         self.emit = emit
         self.resume_s = resume_s
         self.on_package = on_package
@@ -176,6 +192,8 @@ class EnrollmentManager:
         self.outgoing.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.RLock()
         self._capturing = threading.Lock()
+        # session id -> templates of its captured fingers (memory only; wiped at the end).
+        self._templates: dict[str, list[ReferenceTemplate]] = {}
         # citizen_ref -> the record of this kiosk's last verified lookup (set by the daemon):
         # what corrections are checked against.
         self.looked_up: Callable[[str], dict[str, Any] | None] = lambda _ref: None
@@ -271,7 +289,7 @@ class EnrollmentManager:
 
     # -- commands -------------------------------------------------------------------------------
 
-    def start(self, ctx: CommandContext, args: StartArgs) -> dict[str, Any]:
+    def start(self, args: StartArgs, *, job: Job) -> dict[str, Any]:
         """Open a session for a citizen: the capture plan comes from the finger policy."""
         if self.sealed is None:
             raise CommandError(
@@ -362,45 +380,52 @@ class EnrollmentManager:
             raise CitizenDataInvalid(problems, where="corrections")
         return [c.model_dump() for c in args.corrections]
 
-    def portrait(self, ctx: CommandContext, args: PortraitArgs) -> dict[str, Any]:
-        """Auto-capture the portrait, then seal it."""
+    def portrait(
+        self, args: PortraitArgs, *, job: Job, on_frame: OnFrame | None = None
+    ) -> dict[str, Any]:
+        """Auto-capture the portrait, then seal it.
+
+        ``on_frame`` sees every analysed frame with its guidance (a live preview)."""
         s = self._require()
+        if self.portraits is None:
+            raise DeviceError(
+                "no camera on this kiosk: the portrait cannot be captured", device="camera"
+            )
         with self._capture_slot():
             self._progress(s, "portrait")
-            spec = self.registry.get("camera.capture")
             t0 = time.perf_counter()
-            result = spec.handler(
-                ctx,
-                spec.args_model.model_validate(
-                    {"timeout_s": args.timeout_s, "min_quality": args.min_quality}
-                ),
+            result = self.portraits.capture(
+                job, min_quality=args.min_quality, timeout_s=args.timeout_s, on_frame=on_frame
             )
             capture_s = time.perf_counter() - t0
-            from ..drivers.camera.commands import EXTRAS_KEY
-
-            portraits = ctx.services.extras.get(EXTRAS_KEY)
-            portrait = portraits.take(result["record_id"]) if portraits else None
-            if portrait is None:
-                raise CommandError("the captured portrait is no longer held", code="lost_record")
-            record = bytearray(portrait.record)
-            info = self._seal_and_record(
-                s,
-                kind="face",
-                position=0,
-                record=record,
-                quality=int(result["score"]),
-                met=bool(result["met"]),
-                attempts=int(result.get("frames", 1)),
-                timings={"capture_s": round(capture_s, 3)},
-            )
-            # Drop the last reference to the portrait's bytes now (immutable bytes cannot be
-            # zeroed; the record's copy above was, by the sealed store).
-            del portrait
+            try:
+                info = self._seal_and_record(
+                    s,
+                    kind="face",
+                    position=0,
+                    record=result.record,  # zeroed by the sealed store
+                    quality=result.score,
+                    met=result.met,
+                    attempts=result.frames,
+                    timings={"capture_s": round(capture_s, 3)},
+                )
+            finally:
+                result.wipe()
         self._progress(s, "portrait_sealed", quality=info["quality"])
         return info
 
-    def finger(self, ctx: CommandContext, args: FingerArgs) -> dict[str, Any]:
-        """Capture one finger (best of N attempts), then seal it."""
+    def finger(
+        self,
+        args: FingerArgs,
+        *,
+        job: Job,
+        refuse_matching: Sequence[ReferenceTemplate] = (),
+    ) -> dict[str, Any]:
+        """Capture one finger (best of N attempts), then seal it.
+
+        A finger matching one already captured in this session is refused
+        (``duplicate_finger``), and so is one matching ``refuse_matching`` (the signed-in
+        officer's: ``officer_finger``); the position stays to do."""
         s = self._require()
         remaining = self._remaining(s)
         position = (
@@ -414,52 +439,61 @@ class EnrollmentManager:
                 code="invalid_args",
                 details={"remaining": remaining},
             )
+        if self.fingers is None:
+            raise DeviceError(
+                "no fingerprint sensor on this kiosk: fingers cannot be captured",
+                device="fingerprint",
+            )
         with self._capture_slot():
             self._progress(s, "finger", position=position)
-            spec = self.registry.get("fingerprint.capture")
+            with self._lock:
+                captured = list(self._templates.get(s.id, ()))
             t0 = time.perf_counter()
             try:
-                result = spec.handler(
-                    ctx,
-                    spec.args_model.model_validate(
-                        {
-                            "position": position,
-                            "timeout_s": args.timeout_s,
-                            "min_quality": args.min_quality,
-                            "attempts": args.attempts,
-                        }
-                    ),
+                result = self.fingers.capture(
+                    job,
+                    position=position,
+                    min_quality=args.min_quality,
+                    attempts=args.attempts,
+                    timeout_s=args.timeout_s,
+                    refuse_matching=[*captured, *refuse_matching],
+                    # The finger of the previous position may still lie on the sensor.
+                    wait_lift=True,
                 )
             except DeviceTimeout:
                 self._touch(s)
                 self._progress(s, "finger_timeout", position=position)
                 raise
+            except CommandError as exc:
+                if exc.code in (DUPLICATE_FINGER, OFFICER_FINGER):
+                    self._touch(s)
+                    self._progress(s, "finger_refused", position=position, code=exc.code)
+                raise
             capture_s = time.perf_counter() - t0
-            sensor = ctx.services.devices["fingerprint"]
-            held = sensor.records.take(result["record_id"])
-            if held is None:
-                raise CommandError("the captured finger is no longer held", code="lost_record")
             try:
-                record = bytearray(held.data)
+                info = self._seal_and_record(
+                    s,
+                    kind="finger",
+                    position=position,
+                    record=result.record,  # zeroed by the sealed store
+                    quality=result.quality,
+                    met=result.met_threshold,
+                    attempts=result.attempts_used,
+                    timings={
+                        "capture_s": round(capture_s, 3),
+                        "processing_ms": result.processing_ms,
+                    },
+                )
+                reference = result.reference()
+                if reference is not None:
+                    with self._lock:
+                        self._templates.setdefault(s.id, []).append(reference)
             finally:
-                held.wipe()
-            info = self._seal_and_record(
-                s,
-                kind="finger",
-                position=position,
-                record=record,
-                quality=int(result["quality"]),
-                met=bool(result.get("met_threshold", True)),
-                attempts=int(result.get("attempts", 1)),
-                timings={
-                    "capture_s": round(capture_s, 3),
-                    "processing_ms": result.get("processing_ms"),
-                },
-            )
+                result.wipe()
         self._progress(s, "finger_sealed", position=position, quality=info["quality"])
         return info
 
-    def skip(self, ctx: CommandContext, args: SkipArgs) -> dict[str, Any]:
+    def skip(self, args: SkipArgs, *, job: Job) -> dict[str, Any]:
         """Record a finger as not captured, with the reason."""
         s = self._require()
         if args.position not in self._remaining(s):
@@ -493,7 +527,7 @@ class EnrollmentManager:
         self._progress(s, "skipped", position=args.position)
         return {"position": args.position, "reason": args.reason, "remaining": self._remaining(s)}
 
-    def review(self, ctx: CommandContext, _args: NoArgs) -> dict[str, Any]:
+    def review(self, *, job: Job) -> dict[str, Any]:
         """What is captured, skipped and still to do."""
         s = self._require()
         recs = self._records(s.id)
@@ -513,7 +547,7 @@ class EnrollmentManager:
             "complete": bool(portrait) and not self._remaining(s),
         }
 
-    def finish(self, ctx: CommandContext, _args: NoArgs) -> dict[str, Any]:
+    def finish(self, *, job: Job) -> dict[str, Any]:
         """Build, sign and queue the package; the session ends."""
         s = self._require()
         with self._lock:
@@ -613,6 +647,7 @@ class EnrollmentManager:
                 "bytes": len(container),
             },
         )
+        self._forget_templates(s.id)
         self._progress(s, "finished")
         self.on_package(package_id)
         return {
@@ -623,13 +658,13 @@ class EnrollmentManager:
             "chain_head": s.chain_head,
         }
 
-    def cancel(self, ctx: CommandContext, args: CancelArgs) -> dict[str, Any]:
+    def cancel(self, args: CancelArgs, *, job: Job) -> dict[str, Any]:
         """End the session without a package; its sealed records are shredded."""
         s = self._require()
         shredded = self._close(s, "cancelled", args.reason)
         return {"session_id": s.id, "shredded": shredded}
 
-    def status(self, ctx: CommandContext, _args: NoArgs) -> dict[str, Any]:
+    def status(self) -> dict[str, Any]:
         """The active session and the upload queue."""
         s = self.active()
         with self.store.lock:
@@ -759,7 +794,15 @@ class EnrollmentManager:
         path = self.sealed.directory / f"{record_id}.sealed"
         return path.read_bytes()
 
+    def _forget_templates(self, sid: str) -> None:
+        """Wipe the session's finger templates (at its end, whatever the end)."""
+        with self._lock:
+            refs = self._templates.pop(sid, [])
+        for ref in refs:
+            ref.wipe()
+
     def _close(self, s: Session, state: str, reason: str) -> int:
+        self._forget_templates(s.id)
         shredded = 0
         if self.sealed is not None:
             for r in self._records(s.id):
@@ -782,17 +825,96 @@ class EnrollmentManager:
 
 
 def register(registry: CommandRegistry, manager: EnrollmentManager) -> None:
-    registry.add("enrollment.start", manager.start, args=StartArgs, timeout_s=10, role="operator")
+    """The MQTT ``enrollment.*`` commands: adapters from a command context to a Job."""
+
+    def start(ctx: CommandContext, args: StartArgs) -> dict[str, Any]:
+        return manager.start(args, job=Job.from_context(ctx))
+
+    def portrait(ctx: CommandContext, args: PortraitArgs) -> dict[str, Any]:
+        return manager.portrait(args, job=Job.from_context(ctx))
+
+    def finger(ctx: CommandContext, args: FingerArgs) -> dict[str, Any]:
+        return manager.finger(args, job=Job.from_context(ctx))
+
+    def skip(ctx: CommandContext, args: SkipArgs) -> dict[str, Any]:
+        return manager.skip(args, job=Job.from_context(ctx))
+
+    def review(ctx: CommandContext, _args: NoArgs) -> dict[str, Any]:
+        return manager.review(job=Job.from_context(ctx))
+
+    def finish(ctx: CommandContext, _args: NoArgs) -> dict[str, Any]:
+        return manager.finish(job=Job.from_context(ctx))
+
+    def cancel(ctx: CommandContext, args: CancelArgs) -> dict[str, Any]:
+        return manager.cancel(args, job=Job.from_context(ctx))
+
+    def status(_ctx: CommandContext, _args: NoArgs) -> dict[str, Any]:
+        return manager.status()
+
+    def summary(method: Callable[..., object]) -> str:
+        return (method.__doc__ or "").strip().splitlines()[0]
+
     registry.add(
-        "enrollment.portrait", manager.portrait, args=PortraitArgs, timeout_s=150, role="operator"
+        "enrollment.start",
+        start,
+        args=StartArgs,
+        timeout_s=10,
+        role="operator",
+        summary=summary(manager.start),
     )
     registry.add(
-        "enrollment.finger", manager.finger, args=FingerArgs, timeout_s=150, role="operator"
+        "enrollment.portrait",
+        portrait,
+        args=PortraitArgs,
+        timeout_s=150,
+        role="operator",
+        summary=summary(manager.portrait),
     )
-    registry.add("enrollment.skip", manager.skip, args=SkipArgs, timeout_s=10, role="operator")
-    registry.add("enrollment.review", manager.review, timeout_s=10, args=NoArgs, role="operator")
-    registry.add("enrollment.finish", manager.finish, timeout_s=60, args=NoArgs, role="operator")
     registry.add(
-        "enrollment.cancel", manager.cancel, args=CancelArgs, timeout_s=30, role="operator"
+        "enrollment.finger",
+        finger,
+        args=FingerArgs,
+        timeout_s=150,
+        role="operator",
+        summary=summary(manager.finger),
     )
-    registry.add("enrollment.status", manager.status, timeout_s=10, args=NoArgs, role="operator")
+    registry.add(
+        "enrollment.skip",
+        skip,
+        args=SkipArgs,
+        timeout_s=10,
+        role="operator",
+        summary=summary(manager.skip),
+    )
+    registry.add(
+        "enrollment.review",
+        review,
+        timeout_s=10,
+        args=NoArgs,
+        role="operator",
+        summary=summary(manager.review),
+    )
+    registry.add(
+        "enrollment.finish",
+        finish,
+        timeout_s=60,
+        args=NoArgs,
+        role="operator",
+        summary=summary(manager.finish),
+    )
+    registry.add(
+        "enrollment.cancel",
+        cancel,
+        args=CancelArgs,
+        timeout_s=30,
+        role="operator",
+        summary=summary(manager.cancel),
+    )
+    registry.add(
+        "enrollment.status",
+        status,
+        timeout_s=10,
+        args=NoArgs,
+        role="operator",
+        summary=summary(manager.status),
+    )

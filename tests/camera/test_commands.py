@@ -39,7 +39,6 @@ def ctx_for(name: str, events: Events, seconds: float = 60.0) -> CommandContext:
         name=name,
         deadline=time.monotonic() + seconds,
         emit=events.emit,
-        services=None,
     )
 
 
@@ -118,7 +117,7 @@ def test_capture_guides_until_the_citizen_fixes_the_pose(
             fixed.set()
 
     spec = registry.get("camera.capture")
-    ctx = CommandContext("c1", "camera.capture", time.monotonic() + 60, emit, None)
+    ctx = CommandContext("c1", "camera.capture", time.monotonic() + 60, emit)
     reply = spec.handler(ctx, CaptureArgs(timeout_s=20))
     assert fixed.is_set()
     assert reply["met"] is True
@@ -316,31 +315,43 @@ def test_portrait_store_bounds_and_expiry() -> None:
         PortraitStore(capacity=0)
 
 
-def test_daemon_services_give_session_state_and_receive_the_store(
+def test_adapters_share_the_portrait_service_and_ask_the_session_state(
     make_sim: Callable[..., SimCamera], events: Events
 ) -> None:
-    """With a plain register(registry, device), as the daemon calls it, the handlers use the
-    daemon's Services: session_active() for the snapshot refusal, extras for the store."""
-    from types import SimpleNamespace
-
-    from appliance.drivers.camera.commands import EXTRAS_KEY
+    """As the daemon wires them: the handlers get the portrait service (shared with the
+    enrollment session) and an ``enrollment_active`` callable at registration; nothing comes
+    through the command context."""
+    from appliance.capabilities import Guidance, Job, PortraitCapture
 
     cam = make_sim()
     cam.start()
     registry = CommandRegistry()
-    register(registry, cam)
+    service = PortraitCapture(cam)
+    store = PortraitStore(4, 60)
     active = {"now": False}
-    services = SimpleNamespace(session_active=lambda: active["now"], extras={})
+    register(registry, cam, capture=service, store=store, enrollment_active=lambda: active["now"])
 
     def call(name: str, **args: Any) -> dict[str, Any]:
         spec = registry.get(name)
-        ctx = CommandContext(f"c-{name}", name, time.monotonic() + 60, events.emit, services)
+        ctx = CommandContext(f"c-{name}", name, time.monotonic() + 60, events.emit)
         return spec.handler(ctx, spec.args_model(**args))
 
     reply = call("camera.capture", timeout_s=10)
-    store = services.extras[EXTRAS_KEY]
-    assert isinstance(store, PortraitStore)
     assert store.get(reply["record_id"]) is not None
+    # The session's path: the same service, the record in the result, nothing stored.
+    seen: list[Guidance] = []
+    steps: list[str] = []
+    result = service.capture(
+        Job.local(15, progress=lambda step, _data: steps.append(step)),
+        timeout_s=10,
+        on_frame=lambda _frame, guidance: seen.append(guidance),
+    )
+    # Every analysed frame reaches the preview, with its guidance.
+    assert len(seen) == result.frames and seen[-1].score == result.score
+    assert set(steps) <= {"guidance"}
+    assert result.record[:4] == b"FAC\x00" and store.get(result.record_id) is None
+    result.wipe()
+    assert not any(result.record)
     call("camera.snapshot", assess=False)
     active["now"] = True
     with pytest.raises(Busy, match="enrollment"):

@@ -25,9 +25,7 @@ def _ctx(name: str, sent: list[tuple[str, dict[str, Any], bool]]) -> CommandCont
     def emit(kind: str, data: dict[str, Any], durable: bool = True) -> None:
         sent.append((kind, data, durable))
 
-    return CommandContext(
-        command_id="c-1", name=name, deadline=time.monotonic() + 60, emit=emit, services=None
-    )
+    return CommandContext(command_id="c-1", name=name, deadline=time.monotonic() + 60, emit=emit)
 
 
 def _call(

@@ -42,7 +42,6 @@ def make_ctx(name: str, timeout_s: float = 30.0) -> tuple[CommandContext, Emitte
         name=name,
         deadline=time.monotonic() + timeout_s,
         emit=emitted,
-        services=None,
     )
     return ctx, emitted
 
@@ -89,10 +88,24 @@ def test_capture_good_finger_first_time(
     emu, dev, registry = setup
     emu.present_finger(2, "good", after_polls=2)
     caplog.set_level(logging.DEBUG)
-    result, emitted = run(registry, "fingerprint.capture", {"position": 2, "timeout_s": 5})
-    assert emitted.steps() == ["waiting_for_finger", "captured", "quality"]
+    uploads_at_lift: list[int] = []
+    emitted_lift = Emitted()
+
+    def emit(kind: str, data: dict[str, Any], durable: bool = True) -> None:
+        if data.get("step") == "lift":  # the image is in the sensor, not yet on the line
+            uploads_at_lift.append(emu.received["UpImage"])
+        emitted_lift(kind, data, durable)
+
+    spec = registry.get("fingerprint.capture")
+    ctx = CommandContext("c-1", "fingerprint.capture", time.monotonic() + 30, emit)
+    result = spec.handler(ctx, spec.args_model.model_validate({"position": 2, "timeout_s": 5}))
+    emitted = emitted_lift
+    assert emitted.steps() == ["waiting_for_finger", "lift", "captured", "quality"]
+    assert uploads_at_lift == [0] and emu.received["UpImage"] == 1
+    # The MQTT command has nothing to compare with: no extraction on the line.
+    assert emu.received["Img2Tz"] == 0 and emu.received["UpChar"] == 0
     assert all(not durable for _, _, durable in emitted)
-    quality_event = emitted[2][1]
+    quality_event = emitted[3][1]
     assert quality_event["score"] == result["quality"] and quality_event["accepted"] is True
     assert result["met_threshold"] and result["attempts_used"] == 1
     assert result["quality"] >= 40 and result["position"] == 2
@@ -124,9 +137,9 @@ def test_capture_retries_poor_fingers_and_keeps_the_best(
         {"position": 1, "timeout_s": 10, "attempts": 3, "min_quality": 60},
     )
     assert emitted.steps() == [
-        "waiting_for_finger", "captured", "quality", "retry",
-        "waiting_for_finger", "captured", "quality", "retry",
-        "waiting_for_finger", "captured", "quality",
+        "waiting_for_finger", "lift", "captured", "quality", "retry",
+        "waiting_for_finger", "lift", "captured", "quality", "retry",
+        "waiting_for_finger", "lift", "captured", "quality",
     ]  # fmt: skip
     scores = [d["score"] for _, d, _ in emitted if d.get("step") == "quality"]
     assert scores[0] < scores[1] < scores[2] == result["quality"]

@@ -58,7 +58,7 @@ class Harness:
         self.replies: queue.Queue[tuple[str, bytes, bytes | None]] = queue.Queue()
         self.last_topic = ""
         reg = CommandRegistry()
-        builtin.register(reg)
+        builtin.register(reg, Services(self.store))
 
         def publish(topic: str, body: bytes, **kw: Any) -> bool:
             self.replies.put((topic, body, kw.get("correlation_data")))

@@ -150,8 +150,10 @@ def auto_capture(
     guidance: Guidance | None = None,
     cancelled: threading.Event | None = None,
     clock: Callable[[], float] = time.monotonic,
+    on_frame: Callable[[Frame, QualityReport], None] | None = None,
 ) -> CaptureOutcome:
-    """Run one capture; raises CommandError(no_face) when no usable face was ever seen."""
+    """Run one capture; raises CommandError(no_face) when no usable face was ever seen.
+    ``on_frame`` sees every analysed frame with its report (a live preview), unthrottled."""
     config = camera.config
     start = clock()
     deadline = start + timeout_s
@@ -171,6 +173,8 @@ def auto_capture(
             continue
         report = assess(frame.image, config.quality)
         frames += 1
+        if on_frame is not None:
+            on_frame(frame, report)
         if report.face is not None:
             key = (report.score, report.face.eye_distance)
             if best is None or key > best[:2]:

@@ -1,16 +1,17 @@
 """Camera commands: ``camera.capture``, ``camera.status``, ``camera.snapshot``.
 
-The daemon wires them with ``register(registry, device, store=..., enrollment_active=...)``:
+The handlers are thin adapters over :class:`~appliance.capabilities.PortraitCapture` (the
+auto-capture loop with guidance). The daemon wires them with
+``register(registry, device, capture=..., enrollment_active=...)``:
 
-- ``store``: the :class:`~appliance.drivers.camera.records.PortraitStore` shared with the
-  enrollment flow (it takes the record for DG2 by ``record_id``); one is made if omitted.
+- ``capture``: the portrait service shared with the enrollment session (one capture at a time
+  across both); one is made if omitted.
+- ``store``: the :class:`~appliance.drivers.camera.records.PortraitStore` that keeps what
+  ``camera.capture`` captured, by ``record_id``, for ``camera.status``; one is made if omitted.
+  (The enrollment session does not use it: a capture's result carries its record.)
 - ``enrollment_active``: a callable answering whether an enrollment session is active;
-  ``camera.snapshot`` refuses while it is. Without it, the daemon's
-  ``services.session_active()`` (reached through the command context) and the device's
-  ``enrollment_active`` flag are used.
-
-The store is also published in the daemon's ``services.extras["camera.portraits"]`` on the
-first capture or status, so the plain ``register(registry, device)`` works end to end.
+  ``camera.snapshot`` refuses while it is. Without it, the device's ``enrollment_active`` flag
+  is used.
 
 Replies carry scores, reasons, sizes and a SHA-256 digest, never portrait pixels. The
 technician's snapshot is the one exception by design: a low-resolution JPEG (``snapshot_width``
@@ -20,22 +21,19 @@ pixels wide) to aim the camera, refused during an enrollment.
 from __future__ import annotations
 
 import base64
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ...capabilities.base import Job
+from ...capabilities.portrait import MAX_CAPTURE_S, PortraitCapture
 from ...commands import CommandContext, CommandRegistry, NoArgs
 from ...errors import Busy
 from .interface import Camera
 from .records import PortraitStore
 
-# camera.capture's timeout_s may be up to this; the command's own timeout adds a margin for
-# encoding and the reply.
-MAX_CAPTURE_S = 120.0
-# Key of the portrait store in the daemon's Services.extras.
-EXTRAS_KEY = "camera.portraits"
+__all__ = ["MAX_CAPTURE_S", "CaptureArgs", "SnapshotArgs", "register"]
 
 
 class CaptureArgs(BaseModel):
@@ -78,92 +76,59 @@ def register(
     *,
     store: PortraitStore | None = None,
     enrollment_active: Callable[[], bool] | None = None,
+    capture: PortraitCapture | None = None,
 ) -> None:
     """Add the camera commands to ``registry`` for ``device``."""
     config = device.config
     portraits = (
         store if store is not None else PortraitStore(config.records_kept, config.record_ttl_s)
     )
-    capture_lock = threading.Lock()
+    service = capture if capture is not None else PortraitCapture(device)
 
-    def enrolling(ctx: CommandContext) -> bool:
+    def enrolling() -> bool:
         if enrollment_active is not None:
             return bool(enrollment_active())
-        # The daemon's Services carries session_active(); the dispatcher uses the same.
-        session_active = getattr(ctx.services, "session_active", None)
-        if callable(session_active) and session_active():
-            return True
         return bool(getattr(device, "enrollment_active", False))
 
-    def share_store(ctx: CommandContext) -> None:
-        # Services.extras holds capability-owned state: the enrollment flow finds the
-        # portraits under "camera.portraits" even when register() was given no store.
-        extras = getattr(ctx.services, "extras", None)
-        if isinstance(extras, dict):
-            extras.setdefault(EXTRAS_KEY, portraits)
-
-    def capture(ctx: CommandContext, args: CaptureArgs) -> dict[str, Any]:
+    def capture_cmd(ctx: CommandContext, args: CaptureArgs) -> dict[str, Any]:
         """Auto-capture an ICAO portrait; guidance events while it runs; best frame kept."""
-        if not capture_lock.acquire(blocking=False):
-            raise Busy("a camera capture is already running", details={"command": ctx.name})
+        result = service.capture(
+            Job.from_context(ctx), min_quality=args.min_quality, timeout_s=args.timeout_s
+        )
         try:
-            min_quality = (
-                config.default_min_quality if args.min_quality is None else args.min_quality
-            )
-            # Leave a little of the command's deadline for encoding and the reply.
-            budget = min(args.timeout_s, max(0.0, ctx.remaining - 1.0))
-
-            def guide(payload: dict[str, Any]) -> None:
-                ctx.emit(
-                    "camera.guidance", {"command_id": ctx.command_id, **payload}, durable=False
-                )
-
-            from .autocapture import auto_capture  # OpenCV and Pillow load on first use
-
-            outcome = auto_capture(
-                device,
-                timeout_s=budget,
-                min_quality=min_quality,
-                guidance=guide,
-                cancelled=ctx.cancelled,
-            )
-            portraits.put(outcome.portrait)
-            share_store(ctx)
-            quality = outcome.report.to_dict()
-            quality.pop("eyes", None)
+            portraits.put(result.to_portrait())
             return {
-                **outcome.portrait.describe(),
-                "min_quality": min_quality,
-                "frames": outcome.frames,
-                "elapsed_s": round(outcome.elapsed_s, 3),
-                "quality": quality,
+                **result.describe(),
+                "min_quality": result.min_quality,
+                "frames": result.frames,
+                "elapsed_s": result.elapsed_s,
+                "quality": result.quality,
             }
         finally:
-            capture_lock.release()
+            result.wipe()
 
     def status(ctx: CommandContext, args: NoArgs) -> dict[str, Any]:
         """Camera health, backend, counters and the portraits held in memory."""
-        share_store(ctx)
         health = device.health()
         return {
             "health": health.model_dump(),
             "backend": config.backend,
             "resolution": {"width": config.width, "height": config.height},
             "stats": device.stats(),
-            "capturing": capture_lock.locked(),
-            "enrollment_active": enrolling(ctx),
+            "capturing": service.busy,
+            "enrollment_active": enrolling(),
             "jpeg2000": bool(config.jpeg2000 and _jpeg2000_available()),
             "portraits": portraits.describe(),
         }
 
     def snapshot(ctx: CommandContext, args: SnapshotArgs) -> dict[str, Any]:
         """Technician's low-resolution frame to aim the camera; refused during enrollment."""
-        if enrolling(ctx):
+        if enrolling():
             raise Busy(
                 "camera.snapshot is refused while an enrollment is active",
                 details={"reason": "enrollment_active"},
             )
-        if capture_lock.locked():
+        if service.busy:
             raise Busy(
                 "camera.snapshot is refused while a capture runs", details={"reason": "capturing"}
             )
@@ -194,7 +159,7 @@ def register(
 
     registry.add(
         "camera.capture",
-        capture,
+        capture_cmd,
         args=CaptureArgs,
         timeout_s=MAX_CAPTURE_S + 10.0,
         role="operator",

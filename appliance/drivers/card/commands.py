@@ -1,6 +1,7 @@
 """Commands of the chip encoder: ``card.status``, ``card.read``, ``card.encode``.
 
-The daemon wires :func:`register` into its command registry; the MQTT round trip is the agent's.
+The handlers are thin adapters over :class:`~appliance.capabilities.CardIssuer`; the daemon wires
+:func:`register` into its command registry; the MQTT round trip is the agent's.
 Replies never carry the portrait (DG2 is reported by hash and size) and logs never carry a full
 personal number.
 """
@@ -11,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ...capabilities.base import Job
+from ...capabilities.card import CardIssuer
 from ...commands import CommandContext, CommandRegistry
 from ...lds.mrz import bac_mrz_information
 from ...lds.package import IssuancePackage
@@ -43,26 +46,29 @@ class ReadArgs(BaseModel):
         return self
 
 
-def register(registry: CommandRegistry, device: CardEncoder) -> None:
-    """Register the card commands against ``device`` (a :class:`CardEncoder`)."""
+def register(
+    registry: CommandRegistry, device: CardEncoder, *, issuer: CardIssuer | None = None
+) -> None:
+    """Register the card commands against ``device`` (adapters over ``issuer``, the card
+    service; one is made if omitted)."""
+    service = issuer if issuer is not None else CardIssuer(device)
 
     def card_status(ctx: CommandContext, args: Any) -> dict[str, Any]:
         """Reader, card presence, ATR, card profile and trust bundle of the chip encoder."""
-        return device.status()
+        return service.status()
 
     def card_read(ctx: CommandContext, args: ReadArgs) -> dict[str, Any]:
         """Read a chip with BAC: Passive Authentication, DG1 and DG13 decoded, DG2 hash."""
-        return device.read(
-            args.document_number,
-            args.birth,
-            args.expiry,
-            cancelled=ctx.cancelled,
-            progress=ctx.progress,
+        return service.read_back(
+            Job.from_context(ctx),
+            document_number=args.document_number,
+            birth=args.birth,
+            expiry=args.expiry,
         )
 
     def card_encode(ctx: CommandContext, args: IssuancePackage) -> dict[str, Any]:
         """Check an issuance package, write and lock a blank chip, verify it by read-back."""
-        return device.encode(args, cancelled=ctx.cancelled, progress=ctx.progress)
+        return service.encode(Job.from_context(ctx), args).reply
 
     registry.add("card.status", card_status, timeout_s=5.0, role="operator")
     registry.add("card.read", card_read, args=ReadArgs, timeout_s=30.0, role="operator")

@@ -16,7 +16,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,6 +82,9 @@ class CapturedImage:
     image: npt.NDArray[np.uint8]
     wire_s: float  # seconds the UpImage transfer took on the line
     received_at: float  # time.monotonic() when the last data byte arrived
+    # The sensor's own character file of this impression (Img2Tz then UpChar), when asked for
+    # and the sensor could extract one; a biometric: held in memory only, never logged.
+    template: bytearray | None = None
 
     @property
     def width(self) -> int:
@@ -857,9 +860,23 @@ class FingerprintSensor:
 
     # --- capture ----------------------------------------------------------------------------------
 
-    def capture(self, deadline: float, cancelled: threading.Event | None = None) -> CapturedImage:
-        """Poll GenImg until a finger is captured (or ``deadline``), then UpImage it."""
+    def capture(
+        self,
+        deadline: float,
+        cancelled: threading.Event | None = None,
+        *,
+        on_image: Callable[[], None] | None = None,
+        extract: bool = False,
+    ) -> CapturedImage:
+        """Poll GenImg until a finger is captured (or ``deadline``), then UpImage it.
+
+        ``on_image`` is called the moment GenImg reports the image in the sensor's image
+        buffer, before the upload (the finger may be lifted then). With ``extract``, the image
+        is also turned into a character file in char buffer 1 (Img2Tz, after the upload: the
+        spec's "Image upload" says Img2Tz first leaves a black image) and read back (UpChar);
+        an impression the sensor cannot extract leaves ``template`` None."""
         stop = cancelled or threading.Event()
+        template: bytearray | None = None
         with self.exclusive():
             while True:
                 if stop.is_set():
@@ -874,12 +891,58 @@ class FingerprintSensor:
                 # image buffer in between.
                 with self._lock:
                     if self.gen_img():
+                        if on_image is not None:
+                            on_image()
                         data, wire_s = self.up_image_raw()
+                        received = time.monotonic()
+                        if extract:
+                            template = self._extract()
                         break
                 stop.wait(self.config.capture_poll_s)
-        received = time.monotonic()
         image = unpack_image(data, self.profile.image.width, self.profile.image.height)
-        return CapturedImage(image=image, wire_s=wire_s, received_at=received)
+        return CapturedImage(image=image, wire_s=wire_s, received_at=received, template=template)
+
+    @property
+    def can_match(self) -> bool:
+        """Whether this sensor extracts and matches on board (Img2Tz, UpChar, DownChar,
+        Match): the 1:1 check of :meth:`match_templates`."""
+        return all(
+            self.profile.supports(i)
+            for i in (
+                Instruction.Img2Tz,
+                Instruction.UpChar,
+                Instruction.DownChar,
+                Instruction.Match,
+            )
+        )
+
+    def _extract(self) -> bytearray | None:
+        """Img2Tz into char buffer 1 and UpChar it; None when the impression has too few
+        features (a finger condition, not a device fault)."""
+        if not self.can_match:
+            return None
+        try:
+            self.img2tz(1)
+        except DeviceStatusError as exc:
+            if exc.status in _FINGER_CODES:
+                return None
+            raise
+        return bytearray(self.up_char(1))
+
+    def match_templates(
+        self, probe: bytes | bytearray, references: Sequence[bytes | bytearray]
+    ) -> list[int | None]:
+        """1:1 on the sensor: ``probe`` into char buffer 1 (DownChar), then each reference
+        into char buffer 2 and Match (0x03, "buffers 1 and 2"). The match score per
+        reference, None where it does not match. Char buffer 1 is not changed by Match, so
+        the probe goes down once."""
+        scores: list[int | None] = []
+        with self.exclusive(), self._lock:
+            self.down_char(1, bytes(probe))
+            for ref in references:
+                self.down_char(2, bytes(ref))
+                scores.append(self.match())
+        return scores
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:

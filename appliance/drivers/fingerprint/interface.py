@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
@@ -26,8 +27,28 @@ class FingerprintScanner(Protocol):
 
     def health(self) -> DeviceHealth: ...
 
-    def capture(self, deadline: float, cancelled: threading.Event | None = None) -> CapturedImage:
-        """Wait for a finger (until ``deadline``, monotonic seconds) and read its image."""
+    def capture(
+        self,
+        deadline: float,
+        cancelled: threading.Event | None = None,
+        *,
+        on_image: Callable[[], None] | None = None,
+        extract: bool = False,
+    ) -> CapturedImage:
+        """Wait for a finger (until ``deadline``, monotonic seconds) and read its image;
+        ``on_image`` when the image is in the sensor, before the upload; with ``extract``,
+        the sensor's character file of it too (``template``)."""
+        ...
+
+    @property
+    def can_match(self) -> bool:
+        """Whether the sensor extracts and matches 1:1 on board."""
+        ...
+
+    def match_templates(
+        self, probe: bytes | bytearray, references: Sequence[bytes | bytearray]
+    ) -> list[int | None]:
+        """1:1 match of ``probe`` against each reference: scores, None for no match."""
         ...
 
     def wait_finger_removed(
