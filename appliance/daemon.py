@@ -438,6 +438,11 @@ class Daemon:
             instant_issuance=cfg.enrollment.instant_issuance,
             on_package=lambda _pid: self._kick_uploader(),
         )
+        from .enrollment.space import worst_case
+
+        manager.clock = self.clock
+        cam = cfg.hardware.camera
+        manager.space_estimate = worst_case(width=cam.width, height=cam.height)
         register_enrollment(registry, manager)
         svc.session_active = manager.is_active
         self.enrollment = manager
