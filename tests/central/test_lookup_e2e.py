@@ -33,6 +33,7 @@ from appliance.central.store import PackageStore
 from appliance.devtools.broker import Mosquitto
 from appliance.devtools.controller import Controller
 from appliance.devtools.fleetkit import FleetKit
+from appliance.timekeeping import TIMESYNC_FLAG
 from appliance.trust.keys import load_public_key
 from tests.helpers import ROOT, DaemonProcess, wait_for, wait_online
 
@@ -166,6 +167,14 @@ def test_lookup_known_unknown_enrolled_and_a_correction_reaching_the_centre(
         ("full_name", who.full_name, wanted, "pending")
     ]
     assert rows[0]["device"] == DEV and rows[0]["package_id"] == finished["package_id"]
+    # the package says where its time came from: the directory's signed answers anchored the
+    # kiosk's clock (docs/enrollment.md "Time"), unless the host's clock is NTP-synchronised
+    manifest = json.loads(
+        (centre.packages.package_dir(DEV, finished["package_id"]) / "manifest.json").read_text()
+    )
+    assert manifest["time_source"] == ("ntp" if TIMESYNC_FLAG.exists() else "signed_centre")
+    assert manifest["time_anchor"]["source"] == manifest["time_source"]
+    assert manifest["finished_at"] >= manifest["time_floor"]
     # the kiosk never edits the directory
     assert centre.store.find(who.personal_id)["full_name"] == who.full_name  # type: ignore[index]
 
