@@ -318,7 +318,7 @@ class EnrollmentManager:
             policy = args.finger_policy
             plan = plan_for(policy, exceptions)
             sid = uuid.uuid4().hex
-            now = self.clock.now() if self.clock is not None else time.time()
+            now = self._now()
             with self.store.transaction() as c:
                 c.execute(
                     "INSERT INTO enrollment_sessions (id, citizen_ref, policy, plan, issuance, "
@@ -330,7 +330,7 @@ class EnrollmentManager:
                         json.dumps(plan),
                         int(args.issuance),
                         now,
-                        now,
+                        time.time(),  # "updated": the restart's idle check (recover) reads it
                         pk.CHAIN_START,
                         "active",
                         "",
@@ -524,7 +524,7 @@ class EnrollmentManager:
                     args.reason,
                     args.detail,
                     0,
-                    time.time(),
+                    self._now(),
                 ),
             )
             self._touch(s)
@@ -720,6 +720,12 @@ class EnrollmentManager:
 
         return _Slot()
 
+    def _now(self) -> float:
+        """The time the package records (started_at, captured_at, finished_at): the kiosk's
+        trusted clock (docs/enrollment.md "Time"). The session's ``updated`` stays on the
+        system clock, which the restart's idle check compares it with."""
+        return self.clock.now() if self.clock is not None else time.time()
+
     def _touch(self, s: Session) -> None:
         with self.store.transaction() as c:
             c.execute("UPDATE enrollment_sessions SET updated=? WHERE id=?", (time.time(), s.id))
@@ -770,7 +776,7 @@ class EnrollmentManager:
                         chain,
                         sealed.sha256,
                         sealed.size,
-                        time.time(),
+                        self._now(),
                         json.dumps(timings),
                     ),
                 )

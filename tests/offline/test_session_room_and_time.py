@@ -4,12 +4,13 @@ The manager is called as the kiosk's local screen calls it (a Job, no MQTT)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from appliance.capabilities.base import Job
-from appliance.enrollment.session import EnrollmentManager, StartArgs
+from appliance.enrollment.session import EnrollmentManager, SkipArgs, StartArgs
 from appliance.errors import StoreError
 from appliance.store import Store
 from appliance.timekeeping import Clock
@@ -69,4 +70,15 @@ def test_sessions_are_dated_with_the_kiosks_clock(tmp_path: Path) -> None:
     m.start(StartArgs(citizen_ref="CIT-TIME-1"), job=Job.local(5))
     s = m.active()
     assert s is not None and s.started_at == T0
+    # the restart's idle check still compares the system clock with the system clock
+    (updated,) = m.store.conn.execute(
+        "SELECT updated FROM enrollment_sessions WHERE id=?", (s.id,)
+    ).fetchone()
+    assert abs(updated - time.time()) < 60
+    m.skip(SkipArgs(position=2, reason="bandaged"), job=Job.local(5))
+    (captured_at,) = m.store.conn.execute(
+        "SELECT captured_at FROM enrollment_records WHERE session_id=? AND status='skipped'",
+        (s.id,),
+    ).fetchone()
+    assert captured_at == T0
     m.store.close()
