@@ -468,6 +468,7 @@ class Daemon:
             chunk_bytes=cfg.enrollment.chunk_bytes,
             window=cfg.enrollment.upload_window,
             chunk_timeout_s=cfg.enrollment.chunk_timeout_s,
+            now=self.clock.now,
         )
 
     def _start_lookup(self, registry: CommandRegistry) -> None:
@@ -508,6 +509,7 @@ class Daemon:
             revoked=list(cfg.trust.revoked_keys),
             allow_unsigned=cfg.commands.allow_unsigned,
             on_signed_time=signed_time,
+            now=clock.now,
             batch=CitizenBatch(self.state_dir, now=clock.now),
         )
         register_lookup(registry, client)

@@ -20,7 +20,7 @@ from appliance.enrollment.export import export_packages
 from appliance.enrollment.upload import Uploader
 from appliance.store import Store
 from appliance.trust.keys import DeviceIdentity
-from appliance.trust.sealed import SealedStore
+from appliance.trust.sealed import SealedStore, build_ack
 from tests.central.conftest import DEVICE, Fleet
 
 
@@ -195,3 +195,51 @@ def test_the_command_lines_say_what_they_did(
     assert "imported from" in out.out and "2 complete" in out.out
     assert cli.main(argv) == 0
     assert "2 duplicate" in capsys.readouterr().out
+
+
+def test_receipts_are_judged_with_the_kiosks_clock(fleet: Fleet, tmp_path: Path) -> None:
+    """The receipt's ingest certificate is judged with the kiosk's trusted time, not the
+    board's system clock: a kiosk whose trusted time is past the certificate's expiry keeps
+    its package (cert_expired), whatever the system clock says."""
+    state = fleet.kiosk_pub.parent
+    store = Store(state)
+    ids = _queue(fleet, store, 1)
+    core = _core(fleet, [])
+    box: list[Uploader] = []
+
+    def to_centre(topic: str, payload: bytes, *, qos: int = 1) -> bool:
+        core.handle(topic, payload)
+        return True
+
+    def to_kiosk(topic: str, payload: bytes) -> bool:
+        box[0].on_message(topic, payload)
+        return True
+
+    core.publish = to_kiosk
+    kiosk_now = [fleet.ingest.certificate.not_after + 1.0]
+    up = Uploader(
+        store=store,
+        topics=Topics("kiosk", DEVICE),
+        publish=to_centre,
+        connected=lambda: 1,
+        sealed=SealedStore(state / "sealed", fleet.enrollment.public_key, device_id=DEVICE),
+        roots=[fleet.root.public_key],
+        revoked=[],
+        emit=lambda *_a, **_k: None,
+        chunk_bytes=32 * 1024,
+        window=8,
+        chunk_timeout_s=5.0,
+        now=lambda: kiosk_now[0],
+    )
+    box.append(up)
+    up._send_pending()
+    state_of = lambda: store.conn.execute(  # noqa: E731
+        "SELECT state FROM enrollment_uploads WHERE package_id=?", (ids[0],)
+    ).fetchone()[0]
+    assert state_of() != "purged"
+    assert store.audit_tail(5)[-1]["outcome"] == "cert_expired"
+    kiosk_now[0] = fleet.ingest.certificate.not_after - 60
+    receipt = fleet.store.results(DEVICE)[0]["receipt"]
+    up._on_receipt(build_ack(fleet.ingest, DEVICE, [(r["id"], r["sha256"]) for r in receipt]))
+    assert state_of() == "purged"
+    store.close()
