@@ -213,6 +213,7 @@ class Clock:
             # equal the floor a batch just set), unless it lies far below what was already
             # trusted: "now" never goes below the floor either way.
             fresh = t >= self.floor - MAX_ROUND_TRIP_S - 1.0
+            changed = False
             if bound and round_trip_s <= MAX_ROUND_TRIP_S and not self._synced() and fresh:
                 self.anchor = {
                     "source": "signed_centre",
@@ -220,8 +221,11 @@ class Clock:
                     "monotonic": self._mono(),
                     "boot_id": self._boot,
                 }
+                changed = True
             if t > self.floor:
                 self.floor = t
+                changed = True
+            if changed:  # a daemon restart in this boot finds the anchor (and the floor)
                 self._save()
             return moved
 

@@ -110,6 +110,9 @@ def test_a_bound_answer_in_the_second_a_batch_set_the_floor_still_anchors(
     assert c.source() == "signed_centre"
     f.advance(5)
     assert c.now() == T0 + 5
+    # the daemon restarts in the same boot: the anchor was persisted with the answer
+    again = f.clock(tmp_path)
+    assert again.source() == "signed_centre" and again.now() == T0 + 5
 
 
 def test_a_corrupt_state_file_starts_from_nothing_and_is_replaced(tmp_path: Path) -> None:
