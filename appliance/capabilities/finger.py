@@ -126,6 +126,7 @@ class FingerCapture:
         ``template=False`` skips the extraction when nobody needs the template. With
         ``wait_lift``, a finger still lying on the sensor (the one just captured for the
         previous position) is first waited off, so the capture is a new presentation."""
+        job.check()
         quality_min = self.config.quality.min_quality if min_quality is None else min_quality
         deadline = job.within(timeout_s)
         scanner = self.scanner

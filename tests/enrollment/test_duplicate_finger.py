@@ -94,6 +94,7 @@ def test_same_finger_for_two_positions_is_refused_on_the_sensor_at_line_rate(
     first = kit.finger(2, finger_id=5)
     assert first["position"] == 2
     matches_before = kit.emu.received["Match"]
+    packet_size_changes = kit.emu.received["SetSysPara"]
     with pytest.raises(CommandError) as refused:
         kit.finger(3, finger_id=5)  # the right index again, for the right middle
     err = refused.value
@@ -103,6 +104,8 @@ def test_same_finger_for_two_positions_is_refused_on_the_sensor_at_line_rate(
     # The sensor did the 1:1 match: the probe and the reference went down, Match answered.
     assert kit.emu.received["Match"] == matches_before + 1
     assert kit.emu.received["DownChar"] >= 2
+    # R307 takes DownChar only in 32-byte packets: one switch there and back for the batch.
+    assert kit.emu.received["SetSysPara"] == packet_size_changes + 2
     # Refused, not lost: the position is still to do, and another finger passes.
     assert kit.manager.status()["active"]["remaining"] == [3]
     assert ("enrollment.progress", "finger_refused") in [(k, d.get("step")) for k, d in kit.events]

@@ -243,6 +243,16 @@ def test_full_enrollment_is_sealed_signed_uploaded_and_purged(
             )
         )
         assert 0 <= r["quality"] <= 100
+    # The finger service's "lift" step reaches the wire as the session command's progress.
+    get_json(
+        events,
+        10,
+        lambda m: (
+            m["type"] == "command.progress"
+            and m["data"]["command"] == "enrollment.finger"
+            and m["data"]["step"] == "lift"
+        ),
+    )
     ok(controller.request(DEV, "enrollment.skip", {"position": 6, "reason": "bandaged"}))
     review = ok(controller.request(DEV, "enrollment.review"))
     assert review["complete"] is True and review["remaining"] == []

@@ -733,9 +733,13 @@ class FingerprintSensor:
 
         Honours the profile's DownChar packet-size quirk (R307: 32-byte packets) by switching
         the packet size for the transfer and back afterwards."""
-        sizes = {self.profile.library.char_file_bytes, self.profile.library.template_bytes}
-        if len(data) not in sizes:
-            raise ValueError(f"char data must be one of {sorted(sizes)} bytes, got {len(data)}")
+        with self._downchar_packets() as size:
+            self._down_char(buffer, data, size)
+
+    @contextlib.contextmanager
+    def _downchar_packets(self) -> Iterator[int]:
+        """Hold the packet size DownChar needs (the profile's quirk) for one or more transfers,
+        and restore the link's own afterwards."""
         limit = self.profile.quirks.downchar_max_packet_size
         with self._lock:
             original = self._packet_size
@@ -743,11 +747,17 @@ class FingerprintSensor:
             if size != original:
                 self.set_packet_size(size)
             try:
-                self._exchange(Instruction.DownChar, bytes([_buffer(buffer)]), retries=0)
-                self._send_data(data, size)
+                yield size
             finally:
                 if size != original and self.connected:
                     self.set_packet_size(original)
+
+    def _down_char(self, buffer: int, data: bytes, packet_size: int) -> None:
+        sizes = {self.profile.library.char_file_bytes, self.profile.library.template_bytes}
+        if len(data) not in sizes:
+            raise ValueError(f"char data must be one of {sorted(sizes)} bytes, got {len(data)}")
+        self._exchange(Instruction.DownChar, bytes([_buffer(buffer)]), retries=0)
+        self._send_data(data, packet_size)
 
     def delete_char(self, page: int, count: int = 1) -> None:
         """DeleteChar (0x0C): delete ``count`` templates from page ``page``."""
@@ -937,10 +947,10 @@ class FingerprintSensor:
         reference, None where it does not match. Char buffer 1 is not changed by Match, so
         the probe goes down once."""
         scores: list[int | None] = []
-        with self.exclusive(), self._lock:
-            self.down_char(1, bytes(probe))
+        with self.exclusive(), self._downchar_packets() as size:
+            self._down_char(1, bytes(probe), size)
             for ref in references:
-                self.down_char(2, bytes(ref))
+                self._down_char(2, bytes(ref), size)
                 scores.append(self.match())
         return scores
 
