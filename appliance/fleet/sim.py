@@ -27,10 +27,11 @@ Each virtual kiosk behaves like the daemon on the wire (docs/protocol.md):
 With ``FleetConfig.identities`` (appliance/fleet/simidentity.py) every kiosk presents its own
 client certificate (CN = its id, as the shipped ACL wants) and signs everything it publishes,
 Last Will included, with its own device key (the ``sig`` user property, MQTT 5 only), so the
-simulated fleet runs on the production path.
+simulated fleet runs on the production path; given the fleet's root keys, it also verifies
+signed commands with the daemon's own ``CommandVerifier`` (refusals answered with its codes).
 
 What it does not simulate: the SQLite outbox (its durability is the daemon's, tested there),
-verifying signed commands, devices. It is a load and protocol generator, not a second daemon.
+devices. It is a load and protocol generator, not a second daemon.
 """
 
 from __future__ import annotations
@@ -446,6 +447,10 @@ class _Lost(Exception):
     """The connection ended (internal control flow of one kiosk; never escapes it)."""
 
 
+class _Refused(Exception):
+    """A signed command the kiosk's verifier refused (internal control flow of _on_command)."""
+
+
 class VirtualKiosk:
     """One kiosk: a coroutine that stays connected, beats, raises events and answers pings."""
 
@@ -779,8 +784,18 @@ class VirtualKiosk:
         cid: Any = None
         name: Any = None
         reply: dict[str, Any]
+        raw: bytes | None = msg.payload
+        ids = self.cfg.identities
+        refusal: tuple[str, str] | None = None
+        if ids is not None and ids.verifies_commands:
+            raw, refusal = ids.open_command(self.id, msg.payload)
         try:
-            req = json.loads(msg.payload)
+            if refusal is not None or raw is None:
+                raise _Refused
+            req = json.loads(raw)
+        except _Refused:
+            code, reason = refusal or ("invalid_request", "refused")
+            reply = _error(None, None, code, reason)
         except (ValueError, UnicodeDecodeError):
             reply = _error(None, None, "invalid_json", "payload is not valid JSON")
         else:

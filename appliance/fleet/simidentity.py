@@ -14,6 +14,11 @@ provisioned kiosk has:
 
 Everything is written under one directory (keys mode 0600) and reused when it is already there,
 so a test session or a benchmark issues a fleet's identities once.
+
+Given the fleet's root keys (``command_roots``), a kiosk also opens signed command envelopes
+with the daemon's own :class:`CommandVerifier` (chain, role, target, expiry, replay; replay
+state in an in-memory SQLite database per kiosk, made on its first command), so a command
+from the fleet tools or the fleet service gets the answer a kiosk would give.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
+import sqlite3
 import ssl
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -32,7 +39,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from nacl.signing import SigningKey
 
 from ..errors import ConfigError
+from ..trust.envelope import CommandVerifier, ensure_replay_schema
 from ..trust.keys import DeviceIdentity
+
+# The commands a simulated kiosk answers, and who may send them (docs/trust.md "Roles").
+SIM_ROLES: dict[str, tuple[str, ...]] = {
+    "ping": ("operator", "admin", "technician"),
+    "status": ("operator", "admin", "technician"),
+}
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -46,10 +60,19 @@ def _write_private(path: Path, data: bytes) -> None:
 class SimIdentities:
     """The certificates and device keys of a simulated fleet, by kiosk id."""
 
-    def __init__(self, ca_file: Path, directory: Path, devices: Iterable[str]) -> None:
+    def __init__(
+        self,
+        ca_file: Path,
+        directory: Path,
+        devices: Iterable[str],
+        *,
+        command_roots: Sequence[bytes] = (),
+    ) -> None:
         self.ca_file = Path(ca_file)
         self.dir = Path(directory)
         self.devices = list(devices)
+        self.command_roots = list(command_roots)
+        self._verifiers: dict[str, CommandVerifier] = {}
         self._keys: dict[str, DeviceIdentity] = {}
         for dev in self.devices:
             seed = (self.dir / f"{dev}.sign").read_bytes()
@@ -63,6 +86,7 @@ class SimIdentities:
         devices: Iterable[str],
         *,
         days: int = 30,
+        command_roots: Sequence[bytes] = (),
     ) -> SimIdentities:
         """Issue what is missing for ``devices`` from the fleet CA in ``ca_dir`` (``ca.key``,
         ``ca.crt`` as provisioning/issue-device-cert keeps them) into ``directory``."""
@@ -125,7 +149,7 @@ class SimIdentities:
                 ),
             )
             crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        return cls(ca_dir / "ca.crt", directory, devs)
+        return cls(ca_dir / "ca.crt", directory, devs, command_roots=command_roots)
 
     def problems(self, devices: list[str], *, v5: bool, shared_cert: bool) -> list[tuple[str, str]]:
         """What stops these identities serving a simulated fleet of ``devices``
@@ -154,6 +178,31 @@ class SimIdentities:
     def sign(self, device: str, payload: bytes) -> str:
         """The ``sig`` user property of ``payload`` signed by ``device``'s key."""
         return self._keys[device].sign(payload).to_header()
+
+    @property
+    def verifies_commands(self) -> bool:
+        return bool(self.command_roots)
+
+    def open_command(
+        self, device: str, message: bytes
+    ) -> tuple[bytes | None, tuple[str, str] | None]:
+        """(the request inside, None) for an accepted signed command, else (None, (code,
+        reason)) with the verifier's refusal code (docs/protocol.md error table)."""
+        v = self._verifiers.get(device)
+        if v is None:
+            conn, lock = sqlite3.connect(":memory:", check_same_thread=False), threading.Lock()
+            ensure_replay_schema(conn, lock)
+            v = self._verifiers[device] = CommandVerifier(
+                roots=self.command_roots,
+                device_id=device,
+                role_table=SIM_ROLES,
+                conn=conn,
+                lock=lock,
+            )
+        decision = v.check(message)
+        if not decision.accepted or decision.payload is None:
+            return None, (decision.code, decision.reason)
+        return decision.payload, None
 
     def public_keys(self) -> dict[str, bytes]:
         """{kiosk id: Ed25519 public key}, what the fleet's registry approves."""

@@ -1,8 +1,9 @@
 """The dashboard in a real browser (Playwright driving Debian's /usr/bin/chromium): 500
 simulated kiosks appear, a filter narrows them, a killed kiosk shows lost with its last-seen
 time and raises an alarm within the configured delay, a viewer cannot send a command (no
-button, and the POST is refused), an operator can. Screenshots go to $FLEETSVC_SCREENSHOTS
-(default: the test's temporary directory); they are not committed.
+button, and the POST is refused), an operator can, and sees the kiosk's verified reply as the
+command's outcome. Screenshots go to $FLEETSVC_SCREENSHOTS (default: the test's temporary
+directory); they are not committed.
 
 The production path: mosquitto with the shipped configuration (mutual TLS, the shipped ACL), of
 its own for this module (the session's TLS broker keeps other tests' retained statuses); every
@@ -30,6 +31,7 @@ from appliance.fleet.simidentity import SimIdentities
 from appliance.fleetsvc.auth import add_user
 from appliance.fleetsvc.db import FleetDB
 from appliance.fleetsvc.servecli import FleetService, WebServer
+from appliance.trust.keys import load_public_key
 from tests.fleetsvc.conftest import PASSWORD
 from tests.helpers import wait_for
 
@@ -49,6 +51,7 @@ def stack(
         fleet_kit.ca_dir,
         tmp_path_factory.mktemp("sim-identities"),
         [f"sim-{i:05d}" for i in range(KIOSKS)],
+        command_roots=[load_public_key(fleet_kit.root_pub)],
     )
     db = FleetDB(f"sqlite:///{tmp_path_factory.mktemp('svc') / 'fleet.db'}")
     svc = FleetService(
@@ -193,6 +196,16 @@ def test_dashboard_with_500_kiosks(browser: Any, stack: dict[str, Any]) -> None:
     op.click("#send-command")
     op.wait_for_selector("p.ok[role=status]")
     assert "Đã gửi lệnh" in op.inner_text("p.ok")
+    # The kiosk verifies it (the daemon's CommandVerifier) and its signed reply is the outcome.
+    cid = op.inner_text("p.ok").rsplit(": ", 1)[1].strip()
+    row = op.locator(f"#commands tr[data-command={cid}]")
+    deadline = time.monotonic() + 15
+    while row.get_attribute("class") != "cmd-ok":
+        assert time.monotonic() < deadline, "no reply shown for the command"
+        op.wait_for_timeout(250)
+        op.reload()
+    assert row.locator("td.outcome").inner_text() == "thành công"
+    assert row.locator("td.verified").inner_text() == "ok"
     op.screenshot(path=str(shots / "device-operator-vi.png"), full_page=True)
     assert any(
         a["action"] == "command" and a["actor"] == "operator-1" and a["target"] == "sim-00007"

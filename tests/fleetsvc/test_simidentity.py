@@ -19,6 +19,8 @@ from appliance.fleet.sim import FleetConfig, FleetSim
 from appliance.fleet.simidentity import SimIdentities
 from appliance.fleetsvc.db import FleetDB
 from appliance.fleetsvc.servecli import FleetService
+from appliance.fleetsvc.web import Commander
+from appliance.trust.keys import load_public_key
 from tests.helpers import wait_for
 
 
@@ -54,7 +56,12 @@ def test_simulated_kiosks_on_the_shipped_acl_signed(
     fleet_kit: FleetKit, tls_broker: Mosquitto, tmp_path: Path
 ) -> None:
     prefix, names = _ids(3)
-    ids = SimIdentities.issue(fleet_kit.ca_dir, tmp_path / "ids", names)
+    ids = SimIdentities.issue(
+        fleet_kit.ca_dir,
+        tmp_path / "ids",
+        names,
+        command_roots=[load_public_key(fleet_kit.root_pub)],
+    )
     db = FleetDB(f"sqlite:///{tmp_path / 'fleet.db'}")
     svc = FleetService(
         db,
@@ -84,6 +91,22 @@ def test_simulated_kiosks_on_the_shipped_acl_signed(
             assert row["state"] == "online" and row["signature"] == "ok", row
         wait_for(lambda: db.recent_events(names[0]), 20, "an event of the first kiosk")
         assert {e["verified"] for e in db.recent_events(names[0])} == {"ok"}
+
+        # Signed commands, verified by the kiosk with the daemon's CommandVerifier; the signed
+        # replies stored by the service as the commands' outcomes.
+        assert svc.mqtt is not None
+        sent = {}
+        for cmd, signer in (("ping", "operator"), ("restart", "operator"), ("status", "directory")):
+            cid = Commander.new_id()
+            db.add_command(cid, names[2], cmd, {}, "test")
+            Commander(svc.mqtt, "kiosk", fleet_kit.signer(signer)).send(names[2], cmd, {}, cid=cid)
+            sent[cmd] = cid
+        done = lambda c: (db.command(sent[c]) or {}).get("status") in ("ok", "failed")  # noqa: E731
+        wait_for(lambda: all(done(c) for c in sent), 20, "three replies")
+        ping, restart, status = (db.command(sent[c]) or {} for c in ("ping", "restart", "status"))
+        assert (ping["status"], ping["verified"], ping["outcome"]["pong"]) == ("ok", "ok", True)
+        assert (restart["status"], restart["outcome"]["code"]) == ("failed", "unknown_command")
+        assert (status["status"], status["outcome"]["code"]) == ("failed", "forbidden_role")
     finally:
         sim.stop()
         svc.stop()
