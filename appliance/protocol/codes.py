@@ -72,6 +72,8 @@ class ErrorCode(StrEnum):
     LOST_RECORD = "lost_record"
     DUPLICATE_FINGER = "duplicate_finger"
     OFFICER_FINGER = "officer_finger"
+    NO_ROOM = "no_room"
+    EXPORT_FAILED = "export_failed"
     LOOKUP_REQUIRED = "lookup_required"
     BAD_PACKAGE = "bad_package"
     TRUST_ERROR = "trust_error"
@@ -97,6 +99,10 @@ class ErrorCode(StrEnum):
     DIRECTORY_OFFLINE = "directory_offline"
     DIRECTORY_TIMEOUT = "directory_timeout"
     WRONG_REQUEST = "wrong_request"
+    BATCH_NOT_FOUND = "batch_not_found"
+    BATCH_EXISTS = "batch_exists"
+    BATCH_EMPTY = "batch_empty"
+    IMPORT_MALFORMED = "import_malformed"
     PROVISION_FAILED = "provision_failed"
     CLAIM_PENDING = "claim_pending"
     MALFORMED_REQUEST = "malformed_request"
@@ -405,6 +411,14 @@ ERROR_MEANINGS: dict[ErrorCode, tuple[str, str]] = {
         "the finger matches one of the signed-in officer's; `details.officer_position`",
         "yes, with the right finger",
     ),
+    ErrorCode.NO_ROOM: (
+        "an enrollment's worst-case size does not fit on the state directory's file system",
+        "yes, after uploading or exporting",
+    ),
+    ErrorCode.EXPORT_FAILED: (
+        "exporting the kiosk's packages failed (an OS error)",
+        "per the message",
+    ),
     ErrorCode.LOOKUP_REQUIRED: (
         "corrections need a verified lookup of the citizen first",
         "no",
@@ -503,6 +517,22 @@ ERROR_MEANINGS: dict[ErrorCode, tuple[str, str]] = {
     ),
     ErrorCode.WRONG_REQUEST: (
         "the directory's answer is for another request",
+        "no",
+    ),
+    ErrorCode.BATCH_NOT_FOUND: (
+        "the directory has no such citizen batch, or it expired",
+        "no",
+    ),
+    ErrorCode.BATCH_EXISTS: (
+        "a citizen batch id already in use",
+        "no",
+    ),
+    ErrorCode.BATCH_EMPTY: (
+        "a citizen batch selection that is empty",
+        "no",
+    ),
+    ErrorCode.IMPORT_MALFORMED: (
+        "an export listing that does not parse or names another device",
         "no",
     ),
     ErrorCode.PROVISION_FAILED: (
