@@ -60,6 +60,7 @@ FLEET_TOOLS = {
     "sim": ("appliance.fleet.simcli", "N virtual kiosks against a broker (load and scale runs)"),
     "directory": ("appliance.central.directorycli", "the central citizen directory (lookups)"),
     "release": ("appliance.fleet.releasecli", "build and verify signed software release bundles"),
+    "jobs": ("appliance.fleet.jobscli", "staged jobs (command, config, update) for many kiosks"),
 }
 # Top-level commands served by plugin modules (configure_parser(p), run(args)).
 TOP_LEVEL = {

@@ -246,3 +246,43 @@ def _retained_jobs(broker: Mosquitto, prefix: str) -> list[str]:
                 found.append(m.topic.split("/")[1])
     finally:
         probe.close()
+
+
+def test_cli_create_show_list(
+    tmp_path: Path,
+    broker: Mosquitto,
+    admin: tuple[OperatorKey, bytes],
+    sims: Callable[..., FleetSim],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from appliance.fleet import jobscli
+    from appliance.trust.keys import encode_private_key
+
+    prefix = _prefix()
+    sim = sims(broker, SimJobs(), devices=5, topic_prefix=prefix)
+    _wait(lambda: sim.connected_count() == 5, "5 kiosks online")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "admin.key").write_bytes(encode_private_key(admin[0].signing_key))
+    (home / "admin.key").chmod(0o600)
+    (home / "admin.cert").write_text(admin[0].certificate.to_token())
+    flags = ["--host", broker.host, "--port", str(broker.port), "--prefix", prefix]
+    rc = jobscli.main(
+        ["--home", str(home), "create", "command", "--cmd", "ping", "--where", "profile=sim",
+         "--canary", "0.2", "--accept-unsigned-reports", "--timeout", "30", *flags]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "command for 5 kiosk(s)" in out and "5/5 final (5 succeeded)" in out
+    job_id = out.split()[1].rstrip(":")
+    assert jobscli.main(["--home", str(home), "list"]) == 0
+    assert f"{job_id}  command  completed" in capsys.readouterr().out
+    assert jobscli.main(["--home", str(home), "show", job_id]) == 0
+    assert "sim-00004" in capsys.readouterr().out
+    # Without the switch the simulator's unsigned reports are not believed: nothing final.
+    rc = jobscli.main(
+        ["--home", str(home), "create", "command", "--cmd", "ping", "--device", "sim-00000",
+         "--timeout", "2", *flags]
+    )  # fmt: skip
+    assert rc == 4
+    assert "2 report(s) with a bad device signature ignored" in capsys.readouterr().out
