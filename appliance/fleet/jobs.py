@@ -517,13 +517,34 @@ class JobRunner:
         """Step until the job is no longer running (or ``timeout``)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         last = ""
-        while True:
-            p = self.step(job_id)
-            if on_progress is not None and p.line() != last:
-                last = p.line()
-                on_progress(p)
-            if p.state != "running":
-                return p
-            if deadline is not None and time.monotonic() > deadline:
-                return p
-            self.drain_reports(job_id, timeout=poll_s)
+        server = self._bundle_server(job_id)
+        try:
+            while True:
+                p = self.step(job_id)
+                if on_progress is not None and p.line() != last:
+                    last = p.line()
+                    on_progress(p)
+                if p.state != "running":
+                    return p
+                if deadline is not None and time.monotonic() > deadline:
+                    return p
+                self.drain_reports(job_id, timeout=poll_s)
+        finally:
+            if server is not None:
+                server.stop()
+
+    def _bundle_server(self, job_id: str) -> Any:
+        """An update job names its bundle file: serve it in chunks while the job runs."""
+        job = self.store.get(job_id)
+        if job is None or job.kind != "update" or not job.spec.get("bundle"):
+            return None
+        from .jobs_bundles import BundleServer
+
+        server = BundleServer(self.mqtt, self.prefix)
+        sha = server.add(Path(job.spec["bundle"]))
+        if sha != job.spec.get("sha256"):
+            raise JobError(
+                f"bundle {job.spec['bundle']} changed since the job was created",
+                details={"field": "bundle"},
+            )
+        return server.start()

@@ -96,8 +96,9 @@ class Updater:
 
     # -- before the switch ---------------------------------------------------------------------
 
-    def stage(self, bundle: Path) -> Manifest:
-        """Verify ``bundle`` and install it beside the running version (``installed``)."""
+    def stage(self, bundle: Path, *, job: str | None = None) -> Manifest:
+        """Verify ``bundle`` and install it beside the running version (``installed``);
+        ``job``: the fleet job it belongs to (reported after the restart)."""
         j = self.journal
         if j is not None and j["state"] not in g.FINAL and j["state"] not in g.BEFORE_SWITCH:
             raise UpdateError(
@@ -112,10 +113,9 @@ class Updater:
             shutil.copyfile(bundle, kept.with_suffix(".part"))
             kept.with_suffix(".part").replace(kept)
         cur = g.current_target(self.root)
-        j = self._set(
-            {"from": cur, "bundle": str(kept), "reason": None},
-            "verifying",
-        )
+        if job is None and j is not None and j["state"] in g.BEFORE_SWITCH:
+            job = j.get("job")  # resuming the same update
+        j = self._set({"from": cur, "bundle": str(kept), "reason": None, "job": job}, "verifying")
         try:
             manifest = verify_bundle(
                 kept, self.roots, running=self.running_version(), target=self.target

@@ -1,0 +1,278 @@
+"""The kiosk's side of fleet jobs for updates: take the retained job document, download the
+bundle in chunks over MQTT (resumable), install it beside the running version, switch when no
+enrollment session is active, and report each state; after the restart, judge the trial and
+report the outcome (docs/updates.md).
+
+Transport-free: the daemon gives it ``publish`` and routes the messages of
+:meth:`JobAgent.subscriptions` to :meth:`JobAgent.on_message`; :meth:`JobAgent.tick` runs from
+its main loop. Reports go retained to ``{prefix}/{device}/jobs/reported`` (signed with the
+device key by the daemon's MQTT agent, like every message of the kiosk).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ApplianceError, TrustError
+from . import guard as g
+from . import topics
+from .installer import Updater
+from .jobdoc import Job, verify_job
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+DOWNLOAD = "download.part"
+#: A daemon exits with this status to be started again through the guard (the unit's
+#: RestartForceExitStatus=75; EX_TEMPFAIL of sysexits.h).
+EXIT_RESTART = 75
+
+
+def split_chunk(payload: bytes) -> tuple[dict[str, Any], bytes]:
+    """``update/data`` payload: one JSON header line, ``\\n``, the bytes."""
+    head, sep, data = payload.partition(b"\n")
+    if not sep:
+        raise ValueError("chunk without header line")
+    header = json.loads(head)
+    if not isinstance(header, dict):
+        raise ValueError("chunk header is not an object")
+    return header, data
+
+
+def make_chunk(sha256: str, offset: int, data: bytes, size: int) -> bytes:
+    head = json.dumps({"sha256": sha256, "offset": offset, "length": len(data), "size": size})
+    return head.encode() + b"\n" + data
+
+
+@dataclass
+class Download:
+    """A bundle arriving in chunks into ``path`` (its length is the resume offset)."""
+
+    path: Path
+    sha256: str
+    size: int
+
+    @property
+    def offset(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def accept(self, header: dict[str, Any], data: bytes) -> bool:
+        """Append a chunk if it is the next one; True when the file is complete and its hash
+        matches (a mismatch starts over)."""
+        if header.get("sha256") != self.sha256 or header.get("offset") != self.offset:
+            return False
+        if len(data) != header.get("length") or self.offset + len(data) > self.size:
+            return False
+        with open(self.path, "ab") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if self.offset < self.size:
+            return False
+        h = hashlib.sha256()
+        with open(self.path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        if h.hexdigest() != self.sha256:
+            log.error("update: downloaded bundle hash differs; starting over")
+            self.path.unlink()
+            return False
+        return True
+
+
+class JobAgent:
+    def __init__(
+        self,
+        *,
+        device: str,
+        prefix: str,
+        roots: Sequence[bytes],
+        updater: Updater,
+        publish: Callable[[str, bytes, bool], bool],
+        session_active: Callable[[], bool],
+        request_restart: Callable[[str], None],
+        revoked: Sequence[str] = (),
+        trial_timeout_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.device = device
+        self.prefix = prefix
+        self.roots = list(roots)
+        self.revoked = list(revoked)
+        self.updater = updater
+        self.publish = publish
+        self.session_active = session_active
+        self.request_restart = request_restart
+        self.trial_timeout_s = trial_timeout_s
+        self.clock = clock
+        self.job: Job | None = None
+        self.download: Download | None = None
+        self._last_request = 0.0
+        self._staging: threading.Thread | None = None
+        self._trial_deadline: float | None = None
+        self._lock = threading.RLock()
+
+    # -- wiring ----------------------------------------------------------------------------
+
+    def subscriptions(self) -> list[str]:
+        return [
+            topics.job_desired(self.prefix, self.device),
+            topics.update_data(self.prefix, self.device),
+        ]
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        with self._lock:
+            if topic == topics.job_desired(self.prefix, self.device):
+                self._on_job(payload)
+            elif topic == topics.update_data(self.prefix, self.device):
+                self._on_chunk(payload)
+
+    def report(self, job: str, state: str, detail: str, **extra: Any) -> None:
+        body = {"job": job, "device": self.device, "state": state, "detail": detail,
+                "ts": time.time(), **extra}  # fmt: skip
+        self.publish(topics.job_reported(self.prefix, self.device), json.dumps(body).encode(), True)
+        log.info("job %s: %s %s", job, state, detail)
+
+    # -- after a start ---------------------------------------------------------------------
+
+    def after_start(self) -> None:
+        """Report what the journal says this start is: a trial (judged by :meth:`trial_tick`),
+        or the outcome of one the guard or the previous version decided."""
+        j = self.updater.journal
+        if j is None:
+            return
+        if j["state"] == "trial":
+            self._trial_deadline = self.clock() + self.trial_timeout_s
+            if j.get("job"):
+                self.report(j["job"], "in_progress", f"trial of {j.get('version')}")
+        elif j["state"] in ("rolled_back", "committed", "failed") and not j.get("reported"):
+            if j.get("job"):
+                state = {"committed": "succeeded"}.get(j["state"], j["state"])
+                self.report(j["job"], state, j.get("reason") or "", version=j.get("version"))
+            g.set_state(self.updater.state_dir, j, j["state"], reported=True)
+
+    def trial_tick(self, connected: bool, worse: list[str]) -> None:
+        """The trial's health check, as the configuration trial's: the broker reachable and
+        no device worse than before; then the new version's selftest (Updater.verdict)."""
+        if self._trial_deadline is None:
+            return
+        if connected and not worse:
+            self._verdict(True, "broker reachable, devices healthy")
+        elif self.clock() > self._trial_deadline:
+            reasons = [] if connected else ["broker unreachable"]
+            self._verdict(False, "; ".join(reasons + [f"{w} worse than before" for w in worse]))
+
+    def _verdict(self, healthy: bool, reason: str) -> None:
+        self._trial_deadline = None
+        j = self.updater.verdict(healthy, reason)
+        if j.get("job"):
+            state = "succeeded" if j["state"] == "committed" else "rolled_back"
+            self.report(j["job"], state, j.get("reason") or "", version=j.get("version"))
+        g.set_state(self.updater.state_dir, j, j["state"], reported=True)
+        if j["state"] == "rolled_back":
+            self.request_restart(f"update {j.get('version')} rolled back: {reason}")
+
+    # -- a job -----------------------------------------------------------------------------
+
+    def _on_job(self, payload: bytes) -> None:
+        if not payload:
+            return  # cleared (canceled or aborted before this kiosk started)
+        try:
+            job = verify_job(payload, self.roots, device=self.device, revoked=self.revoked)
+        except TrustError as exc:
+            log.warning("job document refused: %s: %s", exc.code, exc.message)
+            return
+        j = self.updater.journal
+        if j is not None and j.get("job") == job.job:
+            return  # already taken (a retained copy re-delivered on reconnect)
+        if job.kind != "update":
+            self.report(job.job, "failed", f"job_kind_unsupported: {job.kind} jobs are not run "
+                        "by this agent")  # fmt: skip
+            return
+        if j is not None and j["state"] not in g.FINAL:
+            self.report(job.job, "failed", f"update_in_progress: {j['state']}")
+            return
+        spec = job.spec
+        try:
+            sha, size = str(spec["sha256"]), int(spec["size"])
+        except (KeyError, TypeError, ValueError):
+            self.report(job.job, "failed", "job spec needs sha256 and size")
+            return
+        self.job = job
+        work = self.updater.state_dir / g.JOURNAL_DIR
+        work.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.download = Download(work / DOWNLOAD, sha, size)
+        if self.download.offset > size:
+            self.download.path.unlink()
+        g.write_journal(
+            self.updater.state_dir,
+            {"state": "downloading", "job": job.job, "version": spec.get("version"),
+             "sha256": sha, "size": size, "from": g.current_target(self.updater.root)},
+        )  # fmt: skip
+        self.report(job.job, "in_progress", f"downloading {size} bytes")
+        self._request()
+
+    def _request(self) -> None:
+        d = self.download
+        if d is None:
+            return
+        body = {"sha256": d.sha256, "offset": d.offset, "length": min(CHUNK, d.size - d.offset)}
+        self._last_request = self.clock()
+        self.publish(topics.update_get(self.prefix, self.device), json.dumps(body).encode(), False)
+
+    def _on_chunk(self, payload: bytes) -> None:
+        d = self.download
+        if d is None:
+            return
+        try:
+            header, data = split_chunk(payload)
+        except ValueError:
+            return
+        if d.accept(header, data):
+            self.download = None
+            self._stage(d.path)
+        else:
+            self._request()
+
+    def _stage(self, bundle: Path) -> None:
+        job = self.job
+        assert job is not None
+
+        def work() -> None:
+            try:
+                self.updater.stage(bundle, job=job.job)
+                self.report(job.job, "in_progress", "installed; switching when idle")
+            except ApplianceError as exc:
+                self.report(job.job, "failed", f"{exc.code}: {exc.message}")
+
+        self._staging = threading.Thread(target=work, name="update-stage", daemon=True)
+        self._staging.start()
+
+    def tick(self) -> None:
+        """Main loop: re-ask a lost chunk, switch an installed release once idle."""
+        with self._lock:
+            if self.download is not None and self.clock() - self._last_request > 10.0:
+                self._request()
+            j = self.updater.journal
+            if j is None or j["state"] != "installed" or self.session_active():
+                return
+            if self._staging is not None and self._staging.is_alive():
+                return
+            try:
+                self.updater.switch()
+            except ApplianceError as exc:
+                log.warning("update switch deferred: %s", exc.message)
+                return
+            self.request_restart(f"switching to {j.get('version')}")

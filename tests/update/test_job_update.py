@@ -1,0 +1,188 @@
+"""An update job end to end over a real broker: the fleet's JobRunner publishes the signed job
+document and serves the bundle in chunks; the kiosk's JobAgent downloads (resumably), installs
+beside the running version, switches, and after the restart judges the trial and reports.
+Good release -> succeeded; a release failing its selftest or crashing on start -> rolled back
+by the kiosk itself, reported as rolled_back."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nacl.signing import SigningKey
+
+from appliance.devtools.broker import Mosquitto
+from appliance.fleet.jobs import JobRunner, JobStore, Progress, Rollout
+from appliance.fleet.jobs_bundles import sha256_file
+from appliance.mqttclient import BrokerOptions, FleetMqtt
+from appliance.trust.certs import FleetRoot, OperatorKey
+from appliance.update.agent import CHUNK, JobAgent
+
+from .conftest import ReleaseKeys
+from .kiosk import Kiosk
+from .test_install import bundles, make_kiosk  # noqa: F401 - the session fixture
+
+DEVICE = "k1"
+
+
+class KioskLink:
+    """The kiosk's MQTT connection as the daemon's agent gives it to the JobAgent: messages
+    routed from a queue on a worker thread, publishes that do not block the caller."""
+
+    def __init__(self, broker: Mosquitto, prefix: str) -> None:
+        self.mqtt = FleetMqtt(BrokerOptions(broker.host, broker.port, prefix)).connect()
+        self.agent: JobAgent | None = None
+        self.queue: queue.Queue = queue.Queue()  # type: ignore[type-arg]
+        self.outgoing: queue.Queue = queue.Queue()  # type: ignore[type-arg]
+        self.restart = threading.Event()
+        self.chunks = 0
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._route, daemon=True),
+            threading.Thread(target=self._send, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def attach(self, agent: JobAgent) -> None:
+        self.agent = agent
+        for t in agent.subscriptions():
+            q = self.mqtt.collector(t)
+            threading.Thread(target=self._forward, args=(q,), daemon=True).start()
+        self.mqtt.subscribe(agent.subscriptions())
+
+    def _forward(self, q: queue.Queue) -> None:  # type: ignore[type-arg]
+        while not self._stop.is_set():
+            try:
+                self.queue.put(q.get(timeout=0.2))
+            except queue.Empty:
+                continue
+
+    def _route(self) -> None:
+        while not self._stop.is_set():
+            try:
+                m = self.queue.get(timeout=0.05)
+            except queue.Empty:
+                if self.agent is not None and not self.restart.is_set():
+                    self.agent.tick()  # the daemon's main loop
+                continue
+            if self.agent is not None:
+                if m.topic.endswith("/update/data"):
+                    self.chunks += 1
+                self.agent.on_message(m.topic, m.payload)
+
+    def _send(self) -> None:
+        while not self._stop.is_set():
+            try:
+                topic, body, retain = self.outgoing.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self.mqtt.publish(topic, body, retain=retain)
+
+    def publish(self, topic: str, body: bytes, retain: bool) -> bool:
+        self.outgoing.put((topic, body, retain))
+        return True
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(2)
+        self.mqtt.close()
+
+
+@pytest.fixture(scope="module")
+def admin(release_keys: ReleaseKeys) -> OperatorKey:
+    root = FleetRoot.load(release_keys.home)
+    sk = SigningKey.generate()
+    now = int(time.time())
+    cert = root.issue(bytes(sk.verify_key), roles=("admin",), devices=("*",), not_after=now + 3600)
+    return OperatorKey(sk, cert)
+
+
+@pytest.fixture
+def kiosk(tmp_path: Path, release_keys: ReleaseKeys, bundles: dict[str, Path]) -> Iterator[Kiosk]:  # noqa: F811
+    k = make_kiosk(tmp_path, release_keys, bundles)
+    yield k
+    k.stop()
+
+
+def _agent(k: Kiosk, link: KioskLink, keys: ReleaseKeys, prefix: str) -> JobAgent:
+    return JobAgent(
+        device=DEVICE,
+        prefix=prefix,
+        roots=[keys.root_pub],
+        updater=k.up,
+        publish=link.publish,
+        session_active=lambda: False,
+        request_restart=lambda _reason: link.restart.set(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("version", "final"),
+    [("0.2.0", "succeeded"), ("0.4.0", "rolled_back"), ("0.3.0", "rolled_back")],
+)
+def test_update_job_end_to_end(
+    tmp_path: Path,
+    broker: Mosquitto,
+    kiosk: Kiosk,
+    bundles: dict[str, Path],  # noqa: F811
+    release_keys: ReleaseKeys,
+    admin: OperatorKey,
+    version: str,
+    final: str,
+) -> None:
+    prefix = f"u{uuid.uuid4().hex[:6]}"
+    bundle = bundles[version]
+    fleet = FleetMqtt(BrokerOptions(broker.host, broker.port, prefix)).connect()
+    store = JobStore(tmp_path / "fleet")
+    runner = JobRunner(store, fleet, admin, prefix=prefix, verify=None)  # the link does not sign
+    spec = {"version": version, "sha256": sha256_file(bundle), "size": bundle.stat().st_size,
+            "bundle": str(bundle)}  # fmt: skip
+    job = store.create(
+        "update", spec, {"devices": [DEVICE]}, [DEVICE], Rollout(), int(time.time()) + 600
+    )
+    result: list[Progress] = []
+    driver = threading.Thread(target=lambda: result.append(runner.run(job.id, timeout=90)))
+    link = KioskLink(broker, prefix)
+    try:
+        link.attach(_agent(kiosk, link, release_keys, prefix))
+        driver.start()
+        assert link.restart.wait(60), "the kiosk never switched"
+        assert link.chunks >= bundle.stat().st_size // CHUNK
+        assert kiosk.current() == f"releases/{version}"
+        # The daemon exits 75; systemd starts it again through the guard.
+        kiosk.stop()
+        link.restart.clear()
+        started = kiosk.run_until_up()
+        agent = _agent(kiosk, link, release_keys, prefix)
+        link.agent = agent
+        agent.after_start()
+        if started == version:  # the trial: health checks pass, then the selftest decides
+            agent.trial_tick(connected=True, worse=[])
+            if final == "rolled_back":
+                assert link.restart.is_set()
+                kiosk.stop()
+                assert kiosk.start() == "0.1.0"
+        else:
+            assert started == "0.1.0"  # the guard rolled the crashing release back
+        driver.join(60)
+        assert result and result[0].state == "completed", result
+        assert result[0].counts == {final: 1}
+        detail = store.devices(job.id)[0]["detail"]
+        if version == "0.4.0":
+            assert "selftest of the new version failed" in detail
+        if version == "0.3.0":
+            assert "before a verdict" in detail
+        assert kiosk.current() == ("releases/0.2.0" if final == "succeeded" else "releases/0.1.0")
+    finally:
+        if driver.is_alive():
+            driver.join(90)
+        link.close()
+        fleet.close()
+        store.close()
