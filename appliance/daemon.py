@@ -274,6 +274,8 @@ class Daemon:
         self.enrollment: EnrollmentManager | None = None
         self.lookup: LookupClient | None = None
         self._cleanups: list[Callable[[], None]] = []
+        self.jobs: Any = None  # update.agent.JobAgent when installed side by side
+        self.exit_status = 0  # 75: started again through the update guard (systemd unit)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -294,7 +296,7 @@ class Daemon:
             self._loop()
         finally:
             self._shutdown()
-        return 0
+        return self.exit_status
 
     def _start(self) -> None:
         cfg = self.config
@@ -350,6 +352,7 @@ class Daemon:
             log.warning("%d command(s) were interrupted by the last stop", interrupted)
         self._start_enrollment(registry, identity)
         self._start_lookup(registry)
+        self._start_updates(svc)
         agent = MqttAgent(
             cfg,
             store,
@@ -361,6 +364,7 @@ class Daemon:
                 svc.topics.upload_ack,
                 svc.topics.upload_receipt,
                 svc.topics.lookup_response,
+                *(self.jobs.subscriptions() if self.jobs else []),
             ],
             ack_verifier=build_outbox_ack_verifier(cfg),
         )
@@ -397,12 +401,57 @@ class Daemon:
             if lookup is not None:
                 lookup.on_message(msg.topic, msg.payload)
             return
+        if self.jobs is not None and msg.topic in self.jobs.subscriptions():
+            self._config_worker.submit(self._guarded_msg, self.jobs.on_message, msg)
+            return
         if msg.topic == svc.topics.config_desired:
             push = self.configpush
             if push is not None:
                 self._config_worker.submit(self._guarded, push.on_document, msg.payload)
             return
         svc.dispatcher.handle(msg)
+
+    def _start_updates(self, svc: Services) -> None:
+        """Software updates and fleet jobs (docs/updates.md), when this daemon runs from a
+        side-by-side installation (``<root>/releases/<version>``)."""
+        from .trust.keys import load_public_key
+        from .update.agent import EXIT_RESTART, JobAgent, install_root
+        from .update.installer import Updater
+
+        root, cfg = install_root(), self.config
+        if root is None or not cfg.trust.root_keys:
+            log.info("software updates off: not installed side by side, or no fleet root key")
+            return
+
+        def restart(reason: str) -> None:
+            self.exit_status = EXIT_RESTART
+            self.request_stop()
+            log.info("restarting through the update guard: %s", reason)
+
+        argv = ["selftest", "--state-dir", str(self.state_dir)]
+        updater = Updater(
+            root,
+            self.state_dir,
+            roots=[load_public_key(p) for p in cfg.trust.root_keys],
+            selftest_args=[*argv, "--config", str(self.config_path)] if self.config_path else argv,
+            session_active=lambda: svc.session_active(),  # noqa: PLW0108 - late-bound
+        )
+        self.jobs = JobAgent(
+            device=cfg.device.id,
+            prefix=cfg.mqtt.topic_prefix,
+            roots=updater.roots,
+            updater=updater,
+            publish=lambda t, b, r: bool(svc.agent and svc.agent.publish(t, b, retain=r)),
+            session_active=lambda: svc.session_active(),  # noqa: PLW0108 - late-bound
+            request_restart=restart,
+            trial_timeout_s=cfg.config_push.trial_timeout_s,
+        )
+
+    def _guarded_msg(self, fn: Callable[[str, bytes], None], msg: Incoming) -> None:
+        try:
+            fn(msg.topic, msg.payload)
+        except Exception:
+            log.exception("update job handler failed")
 
     def _start_enrollment(self, registry: CommandRegistry, identity: DeviceIdentity) -> None:
         """The session manager and the upload queue (docs/enrollment.md)."""
@@ -635,9 +684,15 @@ class Daemon:
         next_wd = time.monotonic()
         if self.configpush is not None:
             self.configpush.after_start()
+        if self.jobs is not None:
+            self.jobs.after_start()
         while not self._stop.is_set():
             now = time.monotonic()
             self._config_tick(now)
+            if self.jobs is not None:
+                health = {k: d.health().state for k, d in svc.devices.items()}
+                self.jobs.trial_tick(bool(svc.agent and svc.agent.connected), health)
+                self.jobs.tick(health)
             if now >= next_hb:
                 self._heartbeat()
                 next_hb = now + hb_every

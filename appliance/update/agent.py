@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -163,11 +164,15 @@ class JobAgent:
                 self.report(j["job"], state, j.get("reason") or "", version=j.get("version"))
             g.set_state(self.updater.state_dir, j, j["state"], reported=True)
 
-    def trial_tick(self, connected: bool, worse: list[str]) -> None:
+    def trial_tick(self, connected: bool, health: dict[str, str]) -> None:
         """The trial's health check, as the configuration trial's: the broker reachable and
-        no device worse than before; then the new version's selftest (Updater.verdict)."""
+        every device that was ``ok`` before the switch ``ok`` again; then the new version's
+        selftest (Updater.verdict)."""
         if self._trial_deadline is None:
             return
+        j = self.updater.journal or {}
+        baseline: dict[str, str] = j.get("baseline") or {}
+        worse = [k for k, was in baseline.items() if was == "ok" and health.get(k) != "ok"]
         if connected and not worse:
             self._verdict(True, "broker reachable, devices healthy")
         elif self.clock() > self._trial_deadline:
@@ -260,8 +265,9 @@ class JobAgent:
         self._staging = threading.Thread(target=work, name="update-stage", daemon=True)
         self._staging.start()
 
-    def tick(self) -> None:
-        """Main loop: re-ask a lost chunk, switch an installed release once idle."""
+    def tick(self, health: dict[str, str] | None = None) -> None:
+        """Main loop: re-ask a lost chunk, switch an installed release once idle (``health``:
+        each device's state now, which the trial must reach again)."""
         with self._lock:
             if self.download is not None and self.clock() - self._last_request > 10.0:
                 self._request()
@@ -271,8 +277,21 @@ class JobAgent:
             if self._staging is not None and self._staging.is_alive():
                 return
             try:
-                self.updater.switch()
+                self.updater.switch(baseline=health or {})
             except ApplianceError as exc:
                 log.warning("update switch deferred: %s", exc.message)
                 return
             self.request_restart(f"switching to {j.get('version')}")
+
+
+def install_root() -> Path | None:
+    """Where releases are installed side by side: ``$APPLIANCE_UPDATE_ROOT``, or the parent of
+    ``releases/`` when this interpreter runs from ``<root>/releases/<version>``; None in a
+    development checkout (updates are then not taken)."""
+    env = os.environ.get("APPLIANCE_UPDATE_ROOT")
+    if env:
+        return Path(env)
+    prefix = Path(sys.prefix)
+    if prefix.parent.name == g.RELEASES:
+        return prefix.parent.parent
+    return None

@@ -192,7 +192,7 @@ class Updater:
 
     # -- the switch ----------------------------------------------------------------------------
 
-    def switch(self) -> dict[str, Any]:
+    def switch(self, *, baseline: dict[str, str] | None = None) -> dict[str, Any]:
         """Flip ``current`` to the installed release (``switched``); the caller restarts the
         daemon. Refused (``busy``, retryable) while an enrollment session is active."""
         j = self.journal
@@ -208,7 +208,7 @@ class Updater:
         if not (env / INSTALLED_MARK).exists():
             raise UpdateError(f"{env} is not a complete environment", code="update_not_ready")
         self.install_guard()
-        j = self._set(j, "switching")
+        j = self._set(j, "switching", baseline=baseline or {})
         g.point_current(self.root, j["to"])
         return self._set(j, "switched", attempts=0)
 

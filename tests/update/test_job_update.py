@@ -164,7 +164,7 @@ def test_update_job_end_to_end(
         link.agent = agent
         agent.after_start()
         if started == version:  # the trial: health checks pass, then the selftest decides
-            agent.trial_tick(connected=True, worse=[])
+            agent.trial_tick(connected=True, health={})
             if final == "rolled_back":
                 assert link.restart.is_set()
                 kiosk.stop()
