@@ -40,12 +40,17 @@ import argparse
 import contextlib
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 JOURNAL_DIR = "update"
+#: The store's file (appliance/store.py's DB_NAME; not imported: this file stands alone).
+STORE = "appliance.db"
+#: Its copy taken just before a switch (see :func:`snapshot_store`).
+STORE_BEFORE = "store-before-switch.db"
 JOURNAL = "journal.json"
 RELEASES = "releases"
 CURRENT = "current"
@@ -132,6 +137,64 @@ def point_current(root: Path, target: str) -> None:
     _fsync_dir(root)
 
 
+def schema_version(db: Path) -> int | None:
+    """``PRAGMA user_version`` of a SQLite file, read-only; None if there is none."""
+    if not db.exists():
+        return None
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def snapshot_store(state_dir: Path) -> int | None:
+    """Before a switch: a consistent copy of the store (SQLite online backup) and its schema
+    version, so that a rollback can give the previous version a store it can open."""
+    src = Path(state_dir) / STORE
+    if not src.exists():
+        return None
+    dst = Path(state_dir) / JOURNAL_DIR / STORE_BEFORE
+    dst.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = dst.with_suffix(".part")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    a, b = sqlite3.connect(src), sqlite3.connect(tmp)
+    os.chmod(tmp, 0o600)  # the store's own mode: it holds the outbox
+    try:
+        a.backup(b)
+        version = int(b.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        a.close()
+        b.close()
+    os.replace(tmp, dst)
+    _fsync_dir(dst.parent)
+    return version
+
+
+def restore_store(state_dir: Path, j: dict[str, Any]) -> dict[str, Any]:
+    """After a rollback, before the previous version starts: if the new version migrated the
+    store past the schema the previous one knows (the store refuses a newer schema), set the
+    migrated file aside (nothing is deleted: the outbox rows of the trial stay there for a
+    technician) and put the pre-switch copy in its place."""
+    if j.get("store_checked") or j.get("schema_before") is None:
+        return j
+    state_dir = Path(state_dir)
+    db, copy = state_dir / STORE, state_dir / JOURNAL_DIR / STORE_BEFORE
+    now = schema_version(db)
+    fields: dict[str, Any] = {"store_checked": True}
+    if now is not None and now > int(j["schema_before"]) and copy.exists():
+        aside = state_dir / JOURNAL_DIR / f"store-after-{j.get('version')}-{int(time.time())}.db"
+        for suffix in ("", "-wal", "-shm"):
+            f = Path(str(db) + suffix)
+            if f.exists():
+                os.replace(f, Path(str(aside) + suffix))
+        os.replace(copy, db)
+        _fsync_dir(state_dir)
+        fields["store_restored"] = str(aside)
+    return set_state(state_dir, j, j["state"], **fields)
+
+
 def guard(root: Path, state_dir: Path) -> dict[str, Any] | None:
     """Move the journal on at a start (module docstring); return it (None: no update)."""
     j = read_journal(state_dir)
@@ -145,15 +208,18 @@ def guard(root: Path, state_dir: Path) -> dict[str, Any] | None:
     if state == "switched":
         return set_state(state_dir, j, "trial", attempts=1, trial_started=time.time())
     if state == "trial":
-        return rollback(
+        j = rollback(
             root,
             state_dir,
             j,
             "the new version stopped during its trial before a verdict (crash on start, "
             "watchdog or power cut)",
         )
+        return restore_store(state_dir, j)
     if state == "rolling_back":
-        return rollback(root, state_dir, j, j.get("reason", "rollback resumed"))
+        j = rollback(root, state_dir, j, j.get("reason", "rollback resumed"))
+    if j["state"] == "rolled_back":
+        return restore_store(state_dir, j)
     return j
 
 

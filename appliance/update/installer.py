@@ -208,7 +208,8 @@ class Updater:
         if not (env / INSTALLED_MARK).exists():
             raise UpdateError(f"{env} is not a complete environment", code="update_not_ready")
         self.install_guard()
-        j = self._set(j, "switching", baseline=baseline or {})
+        schema = g.snapshot_store(self.state_dir)
+        j = self._set(j, "switching", baseline=baseline or {}, schema_before=schema)
         g.point_current(self.root, j["to"])
         return self._set(j, "switched", attempts=0)
 
@@ -253,7 +254,9 @@ class Updater:
         if healthy:
             ok, why = self.selftest()
             if ok:
-                return self._set(j, "committed", reason=f"{reason}; {why}", reported=False)
+                j = self._set(j, "committed", reason=f"{reason}; {why}", reported=False)
+                (self.state_dir / g.JOURNAL_DIR / g.STORE_BEFORE).unlink(missing_ok=True)
+                return j
             reason = why
         return g.rollback(self.root, self.state_dir, j, reason)
 
