@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import queue
 import sqlite3
 import time
 import uuid
@@ -256,17 +257,26 @@ class JobStore:
 
     def report(self, job_id: str, device: str, state: str, detail: str, *, now: float) -> bool:
         """A kiosk's report; a final state is never overwritten. True if it changed a row."""
-        if state not in REPORTABLE:
-            return False
-        final = ",".join(f"'{s}'" for s in FINAL)
+        return self.report_many(job_id, [(device, state, detail)], now=now) == 1
+
+    _REPORT_SQL = (
+        "UPDATE job_devices SET state = ?, detail = ?, updated_at = ? "  # noqa: S608 - constant states
+        "WHERE job_id = ? AND device = ? AND state != 'pending' AND state NOT IN ("
+        + ", ".join(f"'{s}'" for s in FINAL)
+        + ")"
+    )
+
+    def report_many(
+        self, job_id: str, reports: Iterable[tuple[str, str, str]], *, now: float
+    ) -> int:
+        """Reports ``(device, state, detail)`` in one transaction (one fsync); rows changed."""
+        rows = [(st, det, now, job_id, dev) for dev, st, det in reports if st in REPORTABLE]
+        if not rows:
+            return 0
         with self._tx() as c:
-            cur = c.execute(
-                f"UPDATE job_devices SET state = ?, detail = ?, updated_at = ? "  # noqa: S608 - constant names, ? placeholders
-                f"WHERE job_id = ? AND device = ? AND state NOT IN ({final}) "
-                f"AND state != 'pending'",
-                (state, detail, now, job_id, device),
-            )
-        return cur.rowcount > 0
+            before = c.total_changes
+            c.executemany(self._REPORT_SQL, rows)
+            return c.total_changes - before
 
     def set_devices(
         self, job_id: str, from_states: Iterable[str], state: str, detail: str, *, now: float
@@ -392,39 +402,36 @@ class JobRunner:
     # -- reports ---------------------------------------------------------------------------
 
     def drain_reports(self, job_id: str, timeout: float = 0.0) -> int:
-        """Apply every report waiting (waiting up to ``timeout`` for the first)."""
-        n = 0
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                left = max(0.0, deadline - time.monotonic())
-                msg = (
-                    self._queue.get(timeout=left)
-                    if n == 0 and left > 0
-                    else self._queue.get_nowait()
-                )
-            except Exception:
-                return n
-            n += self._on_report(job_id, msg)
+        """Apply every report waiting (waiting up to ``timeout`` for the first), in one
+        transaction; the number of device states changed."""
+        batch: list[tuple[str, str, str]] = []
+        try:
+            msg = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            while True:
+                r = self._parse_report(job_id, msg)
+                if r is not None:
+                    batch.append(r)
+                msg = self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        return self.store.report_many(job_id, batch, now=self.clock()) if batch else 0
 
-    def _on_report(self, job_id: str, msg: Message) -> int:
+    def _parse_report(self, job_id: str, msg: Message) -> tuple[str, str, str] | None:
         parts = msg.topic.split("/")
         if len(parts) < 4 or not msg.payload:
-            return 0
+            return None
         device = parts[1]
         try:
             body = json.loads(msg.payload)
         except ValueError:
-            return 0
+            return None
         if not isinstance(body, dict) or body.get("job") != job_id:
-            return 0
+            return None
         if self.verify is not None and not self.verify(device, msg):
             self.rejected += 1
             log.warning("job %s: report of %s does not verify: ignored", job_id, device)
-            return 0
-        state = str(body.get("state"))
-        detail = str(body.get("detail", ""))[:500]
-        return int(self.store.report(job_id, device, state, detail, now=self.clock()))
+            return None
+        return device, str(body.get("state")), str(body.get("detail", ""))[:500]
 
     # -- staging ---------------------------------------------------------------------------
 

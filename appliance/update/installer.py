@@ -242,7 +242,8 @@ class Updater:
             return False, f"selftest could not run: {exc}"
         if proc.returncode != 0:
             tail = (proc.stdout + proc.stderr).strip()[-300:]
-            return False, f"selftest of the new version failed ({proc.returncode}): {tail}"
+            why = f"selftest of the new version failed ({proc.returncode}): {tail}"
+            return False, f"update_selftest_failed: {why}"
         return True, "selftest passed"
 
     def verdict(self, healthy: bool, reason: str) -> dict[str, Any]:
