@@ -41,7 +41,7 @@ from appliance.mqttclient import BrokerOptions, FleetMqtt
 from appliance.trust.certs import FleetRoot, OperatorKey
 from appliance.update import guard as g
 from appliance.update import topics
-from appliance.update.agent import CHUNK, Download, split_chunk
+from appliance.update.agent import CHUNK, WINDOW, Download, Fetcher, split_chunk
 
 
 def _admin(home: Path) -> OperatorKey:
@@ -125,22 +125,29 @@ def bench_download(broker: Mosquitto, work: Path, mb: int) -> dict[str, float]:
     dq = kiosk.collector(topics.update_data(prefix, dev))
     kiosk.subscribe([topics.update_data(prefix, dev)])
     d = Download(work / "download.part", sha, len(data))
+
+    def request(offset: int, length: int) -> None:
+        req = f'{{"sha256":"{sha}","offset":{offset},"length":{length}}}'.encode()
+        kiosk.publish(topics.update_get(prefix, dev), req)
+
+    fetcher = Fetcher(d, request)
     t0 = time.perf_counter()
+    fetcher.start()
     done = False
     while not done:
-        req = f'{{"sha256":"{sha}","offset":{d.offset},"length":{CHUNK}}}'.encode()
-        kiosk.publish(topics.update_get(prefix, dev), req)
         try:
             header, body = split_chunk(dq.get(timeout=30).payload)
         except queue.Empty:
             raise SystemExit("no chunk") from None
-        done = d.accept(header, body)
+        done = fetcher.on_chunk(header, body)
     dl = time.perf_counter() - t0
     server.stop()
     fleet.close()
     kiosk.close()
     return {
         "bundle_mb": mb,
+        "chunk_kib": CHUNK // 1024,
+        "window": WINDOW,
         "link_mb_s": round(mb / link, 2),
         "download_mb_s": round(mb / dl, 2),
         "download_share_of_link": round(link / dl, 3),

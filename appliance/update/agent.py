@@ -32,6 +32,8 @@ from .jobdoc import Job, verify_job
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
+#: Chunk requests in flight (bench/fleet_jobs.py: the share of the link it reaches).
+WINDOW = 4
 DOWNLOAD = "download.part"
 #: A daemon exits with this status to be started again through the guard (the unit's
 #: RestartForceExitStatus=75; EX_TEMPFAIL of sysexits.h).
@@ -61,6 +63,10 @@ class Download:
     path: Path
     sha256: str
     size: int
+    #: fsync after this many bytes (and at the end): a power cut loses at most that much, and
+    #: a torn tail is caught by the final hash (the download then starts over).
+    sync_bytes: int = 16 * CHUNK
+    _unsynced: int = 0
 
     @property
     def offset(self) -> int:
@@ -69,19 +75,23 @@ class Download:
         except FileNotFoundError:
             return 0
 
-    def accept(self, header: dict[str, Any], data: bytes) -> bool:
-        """Append a chunk if it is the next one; True when the file is complete and its hash
-        matches (a mismatch starts over)."""
+    def accept(self, header: dict[str, Any], data: bytes) -> str:
+        """Append a chunk if it is the next one: ``appended``, ``complete`` (the whole file,
+        hash checked), ``ignored`` (not the next chunk: a duplicate or a stale answer) or
+        ``corrupt`` (complete but the hash differs: the file is removed, start over)."""
         if header.get("sha256") != self.sha256 or header.get("offset") != self.offset:
-            return False
+            return "ignored"
         if len(data) != header.get("length") or self.offset + len(data) > self.size:
-            return False
+            return "ignored"
         with open(self.path, "ab") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            self._unsynced += len(data)
+            if self._unsynced >= self.sync_bytes or self.offset >= self.size:
+                os.fsync(fh.fileno())
+                self._unsynced = 0
         if self.offset < self.size:
-            return False
+            return "appended"
         h = hashlib.sha256()
         with open(self.path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
@@ -89,8 +99,59 @@ class Download:
         if h.hexdigest() != self.sha256:
             log.error("update: downloaded bundle hash differs; starting over")
             self.path.unlink()
-            return False
-        return True
+            return "corrupt"
+        return "complete"
+
+
+class Fetcher:
+    """Keeps up to ``window`` chunk requests in flight ahead of the file's end (MQTT keeps the
+    answers of one publisher in order), and asks again from the file's end when nothing
+    arrived for ``stall_s`` (a lost message, a reconnect, a restart)."""
+
+    def __init__(
+        self,
+        download: Download,
+        request: Callable[[int, int], None],
+        *,
+        window: int = WINDOW,
+        stall_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.download = download
+        self.request = request
+        self.window = window
+        self.stall_s = stall_s
+        self.clock = clock
+        self.next = download.offset
+        self.progress_at = clock()
+
+    def start(self) -> None:
+        self.next = self.download.offset
+        self.progress_at = self.clock()
+        self._fill()
+
+    def _fill(self) -> None:
+        d = self.download
+        while self.next < d.size and self.next - d.offset < self.window * CHUNK:
+            length = min(CHUNK, d.size - self.next)
+            self.request(self.next, length)
+            self.next += length
+
+    def on_chunk(self, header: dict[str, Any], data: bytes) -> bool:
+        """True once the bundle is complete and its hash matched."""
+        result = self.download.accept(header, data)
+        if result == "complete":
+            return True
+        if result in ("appended", "corrupt"):
+            self.progress_at = self.clock()
+            if result == "corrupt":
+                self.next = 0
+            self._fill()
+        return False
+
+    def tick(self) -> None:
+        if self.clock() - self.progress_at > self.stall_s:
+            self.start()
 
 
 class JobAgent:
@@ -119,8 +180,7 @@ class JobAgent:
         self.trial_timeout_s = trial_timeout_s
         self.clock = clock
         self.job: Job | None = None
-        self.download: Download | None = None
-        self._last_request = 0.0
+        self.fetcher: Fetcher | None = None
         self._staging: threading.Thread | None = None
         self._trial_deadline: float | None = None
         self._lock = threading.RLock()
@@ -218,38 +278,34 @@ class JobAgent:
         self.job = job
         work = self.updater.state_dir / g.JOURNAL_DIR
         work.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.download = Download(work / DOWNLOAD, sha, size)
-        if self.download.offset > size:
-            self.download.path.unlink()
+        download = Download(work / DOWNLOAD, sha, size)
+        if download.offset > size:
+            download.path.unlink()
+        self.fetcher = Fetcher(download, self._request, clock=self.clock)
         g.write_journal(
             self.updater.state_dir,
             {"state": "downloading", "job": job.job, "version": spec.get("version"),
              "sha256": sha, "size": size, "from": g.current_target(self.updater.root)},
         )  # fmt: skip
         self.report(job.job, "in_progress", f"downloading {size} bytes")
-        self._request()
+        self.fetcher.start()
 
-    def _request(self) -> None:
-        d = self.download
-        if d is None:
-            return
-        body = {"sha256": d.sha256, "offset": d.offset, "length": min(CHUNK, d.size - d.offset)}
-        self._last_request = self.clock()
+    def _request(self, offset: int, length: int) -> None:
+        assert self.fetcher is not None
+        body = {"sha256": self.fetcher.download.sha256, "offset": offset, "length": length}
         self.publish(topics.update_get(self.prefix, self.device), json.dumps(body).encode(), False)
 
     def _on_chunk(self, payload: bytes) -> None:
-        d = self.download
-        if d is None:
+        f = self.fetcher
+        if f is None:
             return
         try:
             header, data = split_chunk(payload)
         except ValueError:
             return
-        if d.accept(header, data):
-            self.download = None
-            self._stage(d.path)
-        else:
-            self._request()
+        if f.on_chunk(header, data):
+            self.fetcher = None
+            self._stage(f.download.path)
 
     def _stage(self, bundle: Path) -> None:
         job = self.job
@@ -269,8 +325,8 @@ class JobAgent:
         """Main loop: re-ask a lost chunk, switch an installed release once idle (``health``:
         each device's state now, which the trial must reach again)."""
         with self._lock:
-            if self.download is not None and self.clock() - self._last_request > 10.0:
-                self._request()
+            if self.fetcher is not None:
+                self.fetcher.tick()
             j = self.updater.journal
             if j is None or j["state"] != "installed" or self.session_active():
                 return

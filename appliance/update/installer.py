@@ -167,7 +167,10 @@ class Updater:
         shutil.rmtree(wheels, ignore_errors=True)
         wheels.mkdir(mode=0o700)
         verify_bundle(bundle, self.roots, extract_to=wheels)  # hashes checked again on extract
-        self._run([self.python, "-m", "venv", "--without-pip", str(env)], "venv")
+        venv = [self.python, "-m", "venv", "--without-pip"]
+        if self._system_site_packages():
+            venv.append("--system-site-packages")  # e.g. Debian's picamera2 on a Pi
+        self._run([*venv, str(env)], "venv")
         _checkpoint("installing.venv")
         self._run(
             [
@@ -180,6 +183,17 @@ class Updater:
         )  # fmt: skip
         (env / INSTALLED_MARK).write_text(json.dumps(manifest.summary()))
         shutil.rmtree(wheels, ignore_errors=True)
+
+    def _system_site_packages(self) -> bool:
+        """Whether the running environment sees the system's packages: the new one must too."""
+        try:
+            cfg = (self.root / g.CURRENT / "pyvenv.cfg").read_text()
+        except OSError:
+            return False
+        return any(
+            line.replace(" ", "").lower() == "include-system-site-packages=true"
+            for line in cfg.splitlines()
+        )
 
     @staticmethod
     def _run(cmd: list[str], what: str) -> None:
