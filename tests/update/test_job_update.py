@@ -186,3 +186,50 @@ def test_update_job_end_to_end(
         link.close()
         fleet.close()
         store.close()
+
+
+def test_tampered_bundle_sent_as_a_job_is_refused_and_reported(
+    tmp_path: Path,
+    broker: Mosquitto,
+    kiosk: Kiosk,
+    bundles: dict[str, Path],  # noqa: F811
+    release_keys: ReleaseKeys,
+    admin: OperatorKey,
+) -> None:
+    """The job's hash is of the file served, so the download completes; the bundle's own
+    signed manifest then refuses the swapped wheel before anything is installed."""
+    import io
+    import tarfile
+
+    from .wheels import make_wheel
+
+    bad = tmp_path / "tampered.bundle"
+    evil = make_wheel(tmp_path / "evil", "0.2.0", "crash").read_bytes()
+    with tarfile.open(bundles["0.2.0"]) as tin, tarfile.open(bad, "w") as tout:
+        for m in tin.getmembers():
+            data = tin.extractfile(m).read()  # type: ignore[union-attr]
+            if m.name.endswith(".whl"):
+                data = evil
+            info = tarfile.TarInfo(m.name)
+            info.size = len(data)
+            tout.addfile(info, io.BytesIO(data))
+    prefix = f"u{uuid.uuid4().hex[:6]}"
+    fleet = FleetMqtt(BrokerOptions(broker.host, broker.port, prefix)).connect()
+    store = JobStore(tmp_path / "fleet")
+    runner = JobRunner(store, fleet, admin, prefix=prefix, verify=None)
+    spec = {"version": "0.2.0", "sha256": sha256_file(bad), "size": bad.stat().st_size,
+            "bundle": str(bad)}  # fmt: skip
+    job = store.create("update", spec, {}, [DEVICE], Rollout(), int(time.time()) + 600)
+    link = KioskLink(broker, prefix)
+    try:
+        link.attach(_agent(kiosk, link, release_keys, prefix))
+        p = runner.run(job.id, timeout=60)
+        assert p.state == "completed" and p.counts == {"failed": 1}, p
+        assert store.devices(job.id)[0]["detail"].startswith("release_tampered:")
+        assert kiosk.current() == "releases/0.1.0"
+        assert not (kiosk.root / "releases" / "0.2.0").exists()
+        assert not link.restart.is_set()
+    finally:
+        link.close()
+        fleet.close()
+        store.close()
