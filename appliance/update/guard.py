@@ -40,7 +40,9 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,6 +53,7 @@ JOURNAL_DIR = "update"
 STORE = "appliance.db"
 #: Its copy taken just before a switch (see :func:`snapshot_store`).
 STORE_BEFORE = "store-before-switch.db"
+SELFTEST_TIMEOUT_S = 45.0  # inside the unit's TimeoutStartSec=60
 JOURNAL = "journal.json"
 RELEASES = "releases"
 CURRENT = "current"
@@ -195,8 +198,36 @@ def restore_store(state_dir: Path, j: dict[str, Any]) -> dict[str, Any]:
     return set_state(state_dir, j, j["state"], **fields)
 
 
-def guard(root: Path, state_dir: Path) -> dict[str, Any] | None:
-    """Move the journal on at a start (module docstring); return it (None: no update)."""
+def run_selftest(root: Path, entry: str, args: list[str]) -> tuple[bool, str]:
+    """The new release's own self-test, from its environment, before its daemon starts (so
+    it has the devices to itself)."""
+    exe = Path(root) / CURRENT / "bin" / entry
+    try:
+        proc = subprocess.run(
+            [str(exe), *args], capture_output=True, text=True, timeout=SELFTEST_TIMEOUT_S,
+            check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"update_selftest_failed: the selftest of the new version did not run: {exc}"
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip()[-300:]
+        return False, (
+            f"update_selftest_failed: selftest of the new version failed ({proc.returncode}): "
+            f"{tail}"
+        )
+    return True, "selftest passed"
+
+
+def guard(
+    root: Path,
+    state_dir: Path,
+    *,
+    selftest: list[str] | None = None,
+    entry: str = "appliance",
+) -> dict[str, Any] | None:
+    """Move the journal on at a start (module docstring); return it (None: no update).
+    ``selftest``: arguments of ``<current>/bin/<entry>`` run at the trial's start; a failure
+    rolls back before the new daemon starts."""
     j = read_journal(state_dir)
     if j is None:
         return None
@@ -206,7 +237,13 @@ def guard(root: Path, state_dir: Path) -> dict[str, Any] | None:
         j = set_state(state_dir, j, "switched", attempts=0)
         state = "switched"
     if state == "switched":
-        return set_state(state_dir, j, "trial", attempts=1, trial_started=time.time())
+        j = set_state(state_dir, j, "trial", attempts=1, trial_started=time.time())
+        if selftest is not None:
+            ok, why = run_selftest(root, entry, selftest)
+            if not ok:
+                return restore_store(state_dir, rollback(root, state_dir, j, why))
+            j = set_state(state_dir, j, "trial", selftest=why)
+        return j
     if state == "trial":
         j = rollback(
             root,
@@ -235,8 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="guard.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--root", type=Path, required=True, help="installation root (/opt/appliance)")
     p.add_argument("--state-dir", type=Path, required=True, help="/var/lib/appliance")
+    p.add_argument("--entry", default="appliance", help="console script of a release")
+    p.add_argument(
+        "--selftest",
+        metavar="ARGS",
+        help="arguments of '<root>/current/bin/<entry>' run as the new release's self-test "
+        "at its trial's start (e.g. 'selftest --config /etc/appliance/appliance.toml')",
+    )
     args = p.parse_args(argv)
-    j = guard(args.root, args.state_dir)
+    selftest = shlex.split(args.selftest) if args.selftest else None
+    j = guard(args.root, args.state_dir, selftest=selftest, entry=args.entry)
     if j is not None:
         print(
             f"update guard: {j['state']} ({j.get('from')} -> {j.get('to')})"

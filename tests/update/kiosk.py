@@ -23,17 +23,14 @@ class Kiosk:
     up: Updater
     proc: subprocess.Popen[bytes] | None = None
     starts: list[str | None] = field(default_factory=list)
+    selftest: str | None = None  # None: the daemon's verdict runs the self-test
 
     def guard(self) -> None:
         script = self.root / "guard.py"
-        cmd = [
-            sys.executable,
-            str(script),
-            "--root",
-            str(self.root),
-            "--state-dir",
-            str(self.state),
-        ]
+        cmd = [sys.executable, str(script), "--root", str(self.root)]
+        cmd += ["--state-dir", str(self.state)]
+        if self.selftest is not None:  # the shipped unit's --selftest
+            cmd += ["--entry", "kioskdemo", "--selftest", self.selftest]
         subprocess.run(cmd, check=True, capture_output=True)
 
     def start(self) -> str | None:

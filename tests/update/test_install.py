@@ -94,6 +94,22 @@ def test_release_failing_its_selftest_rolls_back(kiosk: Kiosk, bundles: dict[str
     assert kiosk.start() == "0.1.0"
 
 
+def test_guard_runs_the_selftest_before_the_new_daemon_starts(
+    kiosk: Kiosk, bundles: dict[str, Path]
+) -> None:
+    """As the shipped unit does (ExecStartPre ... --selftest): a failing self-test rolls back
+    before the new release's daemon ever runs; a passing one is recorded for the verdict."""
+    kiosk.selftest = "selftest"
+    assert _update(kiosk, bundles["0.4.0"]) == "0.1.0"  # 0.4.0 never started
+    j = kiosk.up.journal
+    assert j is not None and j["state"] == "rolled_back"
+    assert j["reason"].startswith("update_selftest_failed:")
+    assert _update(kiosk, bundles["0.2.0"]) == "0.2.0"
+    j = kiosk.up.journal
+    assert j is not None and j["state"] == "trial" and j["selftest"] == "selftest passed"
+    assert kiosk.up.verdict(True, "healthy")["state"] == "committed"
+
+
 def test_unhealthy_trial_rolls_back(kiosk: Kiosk, bundles: dict[str, Path]) -> None:
     assert _update(kiosk, bundles["0.2.0"]) == "0.2.0"
     j = kiosk.up.verdict(False, "broker unreachable after 60 s")
