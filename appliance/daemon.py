@@ -445,6 +445,10 @@ class Daemon:
             session_active=lambda: svc.session_active(),  # noqa: PLW0108 - late-bound
             request_restart=restart,
             trial_timeout_s=cfg.config_push.trial_timeout_s,
+            apply_config=lambda doc: self.configpush.on_document(doc) if self.configpush else None,
+            config_outcome=lambda: (
+                json.loads(self.store.kv_get("config.reported") or "null") if self.store else None
+            ),
         )
 
     def _guarded_msg(self, fn: Callable[[str, bytes], None], msg: Incoming) -> None:

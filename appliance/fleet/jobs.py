@@ -390,10 +390,27 @@ class JobRunner:
     def _publish(self, job: JobRecord, devices: list[str], wave: int) -> None:
         now = self.clock()
         for d in devices:
-            doc = sign_job(self.signer, d, job.id, job.kind, job.spec, job.expires_at)
+            doc = sign_job(self.signer, d, job.id, job.kind, self._spec_for(job, d), job.expires_at)
             self.mqtt.publish(topics.job_desired(self.prefix, d), doc, retain=True)
         self.store.release(job.id, devices, wave, now=now)
         log.info("job %s: wave %d released to %d device(s)", job.id, wave, len(devices))
+
+    def _spec_for(self, job: JobRecord, device: str) -> dict[str, Any]:
+        """What the kiosk gets: a configuration signed for it (the configuration push checks
+        it like any desired configuration); an update without the fleet's local file name."""
+        if job.kind == "config":
+            from ..trust.configdoc import sign_config
+            from ..trust.keys import b64decode, b64encode
+
+            doc = sign_config(
+                b64decode(job.spec["content"], what="content"),
+                key=self.signer,
+                version=int(job.spec["version"]),
+                target=device,
+                fmt=str(job.spec.get("format", "toml")),
+            )
+            return {"document": b64encode(doc), "version": int(job.spec["version"])}
+        return {k: v for k, v in job.spec.items() if k != "bundle"}
 
     def _clear(self, devices: Iterable[str]) -> None:
         for d in devices:

@@ -35,6 +35,7 @@ CHUNK = 256 * 1024
 #: Chunk requests in flight (bench/fleet_jobs.py: the share of the link it reaches).
 WINDOW = 4
 DOWNLOAD = "download.part"
+CONFIG_JOB = "config-job.json"
 #: A daemon exits with this status to be started again through the guard (the unit's
 #: RestartForceExitStatus=75; EX_TEMPFAIL of sysexits.h).
 EXIT_RESTART = 75
@@ -168,6 +169,8 @@ class JobAgent:
         revoked: Sequence[str] = (),
         trial_timeout_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        apply_config: Callable[[bytes], None] | None = None,
+        config_outcome: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
         self.device = device
         self.prefix = prefix
@@ -181,6 +184,8 @@ class JobAgent:
         self.clock = clock
         self.job: Job | None = None
         self.fetcher: Fetcher | None = None
+        self.apply_config = apply_config
+        self.config_outcome = config_outcome
         self._staging: threading.Thread | None = None
         self._trial_deadline: float | None = None
         self._lock = threading.RLock()
@@ -262,6 +267,9 @@ class JobAgent:
         j = self.updater.journal
         if j is not None and j.get("job") == job.job:
             return  # already taken (a retained copy re-delivered on reconnect)
+        if job.kind == "config" and self.apply_config is not None:
+            self._config_job(job)
+            return
         if job.kind != "update":
             self.report(job.job, "failed", f"job_kind_unsupported: {job.kind} jobs are not run "
                         "by this agent")  # fmt: skip
@@ -289,6 +297,56 @@ class JobAgent:
         )  # fmt: skip
         self.report(job.job, "in_progress", f"downloading {size} bytes")
         self.fetcher.start()
+
+    # -- configuration jobs: the signed document goes through the configuration push ---------
+
+    def _config_file(self) -> Path:
+        return self.updater.state_dir / g.JOURNAL_DIR / CONFIG_JOB
+
+    def _config_job(self, job: Job) -> None:
+        """Hand the job's signed configuration document (signed for this device by the fleet,
+        verified again by the configuration push) over; its outcome, reported by the push
+        after its own restart and trial, becomes the job's state (:meth:`_config_tick`)."""
+        import base64
+
+        from ..configpush import peek_version
+
+        assert self.apply_config is not None
+        try:
+            doc = base64.b64decode(str(job.spec["document"]), validate=True)
+        except (KeyError, ValueError):
+            self.report(job.job, "failed", "config job spec needs the signed document")
+            return
+        path = self._config_file()
+        if path.exists() and json.loads(path.read_text()).get("job") == job.job:
+            return  # re-delivered retained copy
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"job": job.job, "version": peek_version(doc)}))
+        tmp.replace(path)
+        self.report(job.job, "in_progress", f"configuration v{peek_version(doc)}")
+        self.apply_config(doc)
+
+    def _config_tick(self) -> None:
+        path = self._config_file()
+        if self.config_outcome is None or not path.exists():
+            return
+        try:
+            pending = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        outcome = self.config_outcome() or {}
+        if outcome.get("version") != pending.get("version"):
+            return
+        state = {"applied": "succeeded", "rolled_back": "rolled_back", "rejected": "failed"}.get(
+            str(outcome.get("status"))
+        )
+        if state is None:
+            return  # applying / trial: later
+        problems = "; ".join(str(x) for x in outcome.get("problems") or [])
+        detail = ": ".join(x for x in (str(outcome.get("reason") or ""), problems) if x)
+        self.report(pending["job"], state, str(detail))
+        path.unlink(missing_ok=True)
 
     def _request(self, offset: int, length: int) -> None:
         assert self.fetcher is not None
@@ -325,6 +383,7 @@ class JobAgent:
         """Main loop: re-ask a lost chunk, switch an installed release once idle (``health``:
         each device's state now, which the trial must reach again)."""
         with self._lock:
+            self._config_tick()
             if self.fetcher is not None:
                 self.fetcher.tick()
             j = self.updater.journal

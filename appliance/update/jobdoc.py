@@ -7,8 +7,9 @@ naming one device. Body fields besides ``device``, ``issued_at``, ``issuer``:
 ===============  ============================================================================
 ``job``          job id (``j-`` + 12 hex), the key of the kiosk's report
 ``kind``         ``command``, ``config`` or ``update``
-``spec``         ``command``: ``{"cmd", "args"}``; ``config``: ``{"document"}`` (the signed
-                 configuration document itself, verified again by the configuration push);
+``spec``         ``command``: ``{"cmd", "args"}``; ``config``: ``{"document", "version"}``
+                 (a configuration document signed for this device, base64, verified again
+                 by the configuration push);
                  ``update``: ``{"version", "sha256", "size", "url"?}`` (the bundle, fetched in
                  chunks over MQTT or from the URL, verified by bundle.py)
 ``expires_at``   Unix seconds: a kiosk that returns later ignores it (``job_expired``)
