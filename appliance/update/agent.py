@@ -219,7 +219,19 @@ class JobAgent:
         j = self.updater.journal
         if j is None:
             return
-        if j["state"] == "trial":
+        if j["state"] in ("verifying", "installing"):  # interrupted: redo it, off this thread
+            job = j.get("job")
+
+            def resume() -> None:
+                after = self.updater.resume() or {}
+                if job and after.get("state") == "failed":
+                    self.report(job, "failed", str(after.get("reason")))
+                elif job:
+                    self.report(job, "in_progress", "installed; switching when idle")
+
+            self._staging = threading.Thread(target=resume, name="update-resume", daemon=True)
+            self._staging.start()
+        elif j["state"] == "trial":
             self._trial_deadline = self.clock() + self.trial_timeout_s
             if j.get("job"):
                 self.report(j["job"], "in_progress", f"trial of {j.get('version')}")
@@ -265,7 +277,8 @@ class JobAgent:
             log.warning("job document refused: %s: %s", exc.code, exc.message)
             return
         j = self.updater.journal
-        if j is not None and j.get("job") == job.job:
+        resume = j is not None and j.get("job") == job.job and j["state"] == "downloading"
+        if j is not None and j.get("job") == job.job and not resume:
             return  # already taken (a retained copy re-delivered on reconnect)
         if job.kind == "config" and self.apply_config is not None:
             self._config_job(job)
@@ -274,7 +287,7 @@ class JobAgent:
             self.report(job.job, "failed", f"job_kind_unsupported: {job.kind} jobs are not run "
                         "by this agent")  # fmt: skip
             return
-        if j is not None and j["state"] not in g.FINAL:
+        if j is not None and j["state"] not in g.FINAL and not resume:
             self.report(job.job, "failed", f"update_in_progress: {j['state']}")
             return
         spec = job.spec
@@ -287,15 +300,16 @@ class JobAgent:
         work = self.updater.state_dir / g.JOURNAL_DIR
         work.mkdir(parents=True, exist_ok=True, mode=0o700)
         download = Download(work / DOWNLOAD, sha, size)
-        if download.offset > size:
-            download.path.unlink()
+        if download.offset > size or not resume:
+            download.path.unlink(missing_ok=True)
         self.fetcher = Fetcher(download, self._request, clock=self.clock)
         g.write_journal(
             self.updater.state_dir,
             {"state": "downloading", "job": job.job, "version": spec.get("version"),
              "sha256": sha, "size": size, "from": g.current_target(self.updater.root)},
         )  # fmt: skip
-        self.report(job.job, "in_progress", f"downloading {size} bytes")
+        what = f"resuming the download at {download.offset}" if resume else "downloading"
+        self.report(job.job, "in_progress", f"{what} of {size} bytes")
         self.fetcher.start()
 
     # -- configuration jobs: the signed document goes through the configuration push ---------

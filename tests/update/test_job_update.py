@@ -41,6 +41,7 @@ class KioskLink:
         self.outgoing: queue.Queue = queue.Queue()  # type: ignore[type-arg]
         self.restart = threading.Event()
         self.chunks = 0
+        self.sent: list[tuple[str, bytes]] = []
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._route, daemon=True),
@@ -85,6 +86,7 @@ class KioskLink:
             self.mqtt.publish(topic, body, retain=retain)
 
     def publish(self, topic: str, body: bytes, retain: bool) -> bool:
+        self.sent.append((topic, body))
         self.outgoing.put((topic, body, retain))
         return True
 
@@ -230,6 +232,50 @@ def test_tampered_bundle_sent_as_a_job_is_refused_and_reported(
         assert not (kiosk.root / "releases" / "0.2.0").exists()
         assert not link.restart.is_set()
     finally:
+        link.close()
+        fleet.close()
+        store.close()
+
+
+def test_interrupted_download_resumes_at_its_offset(
+    tmp_path: Path,
+    broker: Mosquitto,
+    kiosk: Kiosk,
+    bundles: dict[str, Path],  # noqa: F811
+    release_keys: ReleaseKeys,
+    admin: OperatorKey,
+) -> None:
+    """A daemon restarted mid-download (power cut) gets the retained job again and asks for
+    the rest only."""
+    import json
+
+    from appliance.update import guard as g
+
+    bundle = bundles["0.2.0"]
+    prefix = f"u{uuid.uuid4().hex[:6]}"
+    fleet = FleetMqtt(BrokerOptions(broker.host, broker.port, prefix)).connect()
+    store = JobStore(tmp_path / "fleet")
+    runner = JobRunner(store, fleet, admin, prefix=prefix, verify=None)
+    sha, size = sha256_file(bundle), bundle.stat().st_size
+    spec = {"version": "0.2.0", "sha256": sha, "size": size, "bundle": str(bundle)}
+    job = store.create("update", spec, {}, [DEVICE], Rollout(), int(time.time()) + 600)
+    # What the previous run left: the journal at downloading and the first 1,000 bytes.
+    left = {"state": "downloading", "job": job.id, "version": "0.2.0", "sha256": sha,
+            "size": size, "from": "releases/0.1.0"}  # fmt: skip
+    g.write_journal(kiosk.state, left)
+    (kiosk.state / "update" / "download.part").write_bytes(bundle.read_bytes()[:1000])
+    driver = threading.Thread(target=lambda: runner.run(job.id, timeout=60))
+    link = KioskLink(broker, prefix)
+    try:
+        link.attach(_agent(kiosk, link, release_keys, prefix))
+        driver.start()
+        assert link.restart.wait(60), "the kiosk never switched"
+        asks = [json.loads(b) for t, b in link.sent if t.endswith("/update/get")]
+        assert asks[0]["offset"] == 1000 and asks[0]["length"] == size - 1000
+        assert kiosk.current() == "releases/0.2.0"
+    finally:
+        store.finish(job.id, "canceled", "test over", now=time.time())
+        driver.join(60)
         link.close()
         fleet.close()
         store.close()
