@@ -286,3 +286,16 @@ def test_cli_create_show_list(
     )  # fmt: skip
     assert rc == 4
     assert "2 report(s) with a bad device signature ignored" in capsys.readouterr().out
+    # A job for a kiosk that is away, published without waiting, then canceled: its retained
+    # document is cleared, so it never runs it.
+    rc = jobscli.main(
+        ["--home", str(home), "create", "command", "--cmd", "ping", "--device", "away-1",
+         "--no-wait", *flags]
+    )  # fmt: skip
+    job_id = capsys.readouterr().out.split()[1].rstrip(":")
+    assert rc == 0 and "away-1" in _retained_jobs(broker, prefix)
+    assert jobscli.main(["--home", str(home), "cancel", job_id, *flags]) == 0
+    assert "canceled" in capsys.readouterr().out
+    assert "away-1" not in _retained_jobs(broker, prefix)
+    assert jobscli.main(["--home", str(home), "show", job_id]) == 0
+    assert "canceled by the administrator" in capsys.readouterr().out
