@@ -35,7 +35,9 @@ from .errors import ApplianceError, TrustError
 from .inbound import Incoming, Verified, Verifier
 from .sdnotify import Notifier
 from .store import Store
+from .trust.certs import ROLES
 from .trust.keys import DeviceIdentity
+from .update.topics import JOB_REPLY
 
 if TYPE_CHECKING:
     from .citizen.lookup import LookupClient
@@ -319,7 +321,18 @@ class Daemon:
         def publish(
             topic: str, body: bytes, *, qos: int = 1, correlation_data: bytes | None = None
         ) -> bool:
+            if self.jobs is not None and topic == JOB_REPLY:  # a command job's reply
+                self.jobs.on_command_reply(body, correlation_data)
+                return True
             return agent_box[0].publish(topic, body, qos=qos, correlation_data=correlation_data)
+
+        base_verifier = build_verifier(cfg, store, registry)
+
+        def verifier(msg: Incoming) -> Verified:
+            local: Verified | None = self.jobs.verify_local(msg) if self.jobs else None
+            if local is not None:  # a command job's command, its document verified before
+                return local
+            return base_verifier(msg) if base_verifier else Verified(msg.payload, roles=ROLES)
 
         dispatcher = Dispatcher(
             registry,
@@ -330,7 +343,7 @@ class Daemon:
             emit=svc.emit,
             max_payload=cfg.commands.max_payload_bytes,
             workers=cfg.commands.workers,
-            verifier=build_verifier(cfg, store, registry),
+            verifier=verifier,
             session_active=lambda: svc.session_active(),  # noqa: PLW0108 - late-bound on purpose
         )
         svc.dispatcher = dispatcher
@@ -446,6 +459,7 @@ class Daemon:
             request_restart=restart,
             trial_timeout_s=cfg.config_push.trial_timeout_s,
             apply_config=lambda doc: self.configpush.on_document(doc) if self.configpush else None,
+            dispatch=lambda msg: svc.dispatcher.handle(msg) if svc.dispatcher else None,
             config_outcome=lambda: (
                 json.loads(self.store.kv_get("config.reported") or "null") if self.store else None
             ),

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ApplianceError, TrustError
+from ..inbound import Incoming, Verified
 from . import guard as g
 from . import topics
 from .installer import Updater
@@ -171,6 +172,7 @@ class JobAgent:
         clock: Callable[[], float] = time.monotonic,
         apply_config: Callable[[bytes], None] | None = None,
         config_outcome: Callable[[], dict[str, Any] | None] | None = None,
+        dispatch: Callable[[Incoming], None] | None = None,
     ) -> None:
         self.device = device
         self.prefix = prefix
@@ -186,6 +188,8 @@ class JobAgent:
         self.fetcher: Fetcher | None = None
         self.apply_config = apply_config
         self.config_outcome = config_outcome
+        self.dispatch = dispatch
+        self._commands: dict[str, tuple[str, frozenset[str]]] = {}  # job -> issuer, roles
         self._staging: threading.Thread | None = None
         self._trial_deadline: float | None = None
         self._lock = threading.RLock()
@@ -283,6 +287,9 @@ class JobAgent:
         if job.kind == "config" and self.apply_config is not None:
             self._config_job(job)
             return
+        if job.kind == "command" and self.dispatch is not None:
+            self._command_job(job, payload)
+            return
         if job.kind != "update":
             self.report(job.job, "failed", f"job_kind_unsupported: {job.kind} jobs are not run "
                         "by this agent")  # fmt: skip
@@ -311,6 +318,62 @@ class JobAgent:
         what = f"resuming the download at {download.offset}" if resume else "downloading"
         self.report(job.job, "in_progress", f"{what} of {size} bytes")
         self.fetcher.start()
+
+    # -- command jobs: through the daemon's dispatcher, with the job signer's roles ----------
+
+    def _command_job(self, job: Job, document: bytes) -> None:
+        """Run the job's command as the dispatcher runs any command (schema, role, busy,
+        at-most-once by its id ``job-<job>``), with the roles of the certificate that signed
+        the job (verified by verify_job): a command needing the operator role runs only from a
+        job an operator's certificate could sign."""
+        from ..trust.certs import OperatorCertificate
+
+        assert self.dispatch is not None
+        cmd, args = job.spec.get("cmd"), job.spec.get("args", {})
+        if not isinstance(cmd, str) or not isinstance(args, dict):
+            self.report(job.job, "failed", "command job spec needs cmd and args")
+            return
+        cert = OperatorCertificate.from_token(json.loads(document)["cert"])
+        self._commands[job.job] = (job.issuer, frozenset(cert.roles))
+        request = {"id": f"job-{job.job}", "cmd": cmd, "args": args}
+        self.report(job.job, "in_progress", f"running {cmd}")
+        self.dispatch(
+            Incoming(
+                topics.JOB_COMMAND,
+                json.dumps(request).encode(),
+                False,
+                response_topic=topics.JOB_REPLY,
+                correlation_data=job.job.encode(),
+            )
+        )
+
+    def verify_local(self, msg: Incoming) -> Verified | None:
+        """The dispatcher's verdict on a command this agent handed over (None: not one)."""
+        if msg.topic != topics.JOB_COMMAND:
+            return None
+        job = (msg.correlation_data or b"").decode(errors="replace")
+        known = self._commands.get(job)
+        if known is None:
+            return Verified(b"", refused=TrustError("no such job command", code="unsigned"))
+        issuer, roles = known
+        return Verified(
+            msg.payload, actor=issuer, roles=roles, audit={"job": job, "issuer": issuer}
+        )
+
+    def on_command_reply(self, body: bytes, correlation: bytes | None) -> None:
+        """The dispatcher's reply to a job's command: the job's final state."""
+        job = (correlation or b"").decode(errors="replace")
+        if self._commands.pop(job, None) is None:
+            return
+        try:
+            reply = json.loads(body)
+        except ValueError:
+            reply = {}
+        if reply.get("ok"):
+            self.report(job, "succeeded", json.dumps(reply.get("result"))[:400])
+        else:
+            err = reply.get("error") or {}
+            self.report(job, "failed", f"{err.get('code')}: {err.get('message')}")
 
     # -- configuration jobs: the signed document goes through the configuration push ---------
 

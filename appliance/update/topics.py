@@ -46,3 +46,11 @@ def update_data(prefix: str, device: str) -> str:
 #: Filters of the fleet side (every device).
 JOB_REPORTED_ALL = "{prefix}/+/jobs/reported"
 UPDATE_GET_ALL = "{prefix}/+/update/get"
+
+
+#: In-process pseudo-topics of command jobs: the job agent hands the job's command to the
+#: daemon's dispatcher as a message on JOB_COMMAND and takes its reply from JOB_REPLY. The
+#: daemon never subscribes to them and MQTT clients cannot publish to ``$`` topics, so no
+#: message from the network can carry them.
+JOB_COMMAND = "$jobs/cmd"
+JOB_REPLY = "$jobs/reply"

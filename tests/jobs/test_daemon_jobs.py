@@ -1,8 +1,8 @@
 """Fleet jobs against the real daemon on the production broker (mutual TLS, the shipped ACL),
 reports verified with the kiosk's device key: a configuration job goes through the kiosk's
 configuration push (verify, apply by restarting, trial) and its outcome becomes the job's
-state; an invalid configuration is reported failed; a command job is reported
-job_kind_unsupported by this version."""
+state; an invalid configuration is reported failed; a command job runs through the
+dispatcher with the roles of the job's signer."""
 
 from __future__ import annotations
 
@@ -65,11 +65,21 @@ def test_config_and_command_jobs_on_the_real_daemon(
         assert p.state == "completed" and p.counts == {"failed": 1}, p
         assert "heartbeat" in store.devices(job.id)[0]["detail"]
 
-        job = store.create("command", {"cmd": "ping", "args": {}}, {}, [dev], Rollout(), expires)
+        # Command jobs run with the roles of the job's signer: `ping` needs the operator role,
+        # which the admin key (admin, technician) lacks and the fleet-all key has.
+        ping = {"cmd": "ping", "args": {"echo": "from a job"}}
+        job = store.create("command", ping, {}, [dev], Rollout(), expires)
         p = runner.run(job.id, timeout=30)
-        assert p.counts == {"failed": 1}, p
-        assert store.devices(job.id)[0]["detail"].startswith("job_kind_unsupported")
-        assert runner.rejected == 0
+        detail = store.devices(job.id)[0]["detail"]
+        assert p.counts == {"failed": 1} and "forbidden_role" in detail, (p, detail)
+        every = JobRunner(
+            store, fleet, fleet_kit.signer("fleet-all"), prefix=opts.prefix, verify=verify
+        )
+        job = store.create("command", ping, {}, [dev], Rollout(), expires)
+        p = every.run(job.id, timeout=30)
+        assert p.state == "completed" and p.counts == {"succeeded": 1}, p
+        assert "from a job" in store.devices(job.id)[0]["detail"]
+        assert runner.rejected == 0 and every.rejected == 0
     finally:
         fleet.close()
         store.close()
