@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -77,7 +78,15 @@ def build_wheels(
         args.append("--no-index")
     for d in find_links:
         args += ["--find-links", str(d)]
-    _pip([*args, str(project)])
+    # setuptools builds in the checkout (build/, *.egg-info): leave it as it was found.
+    leftovers = [project / "build", *project.glob("*.egg-info")]
+    existed = {p for p in leftovers if p.exists()}
+    try:
+        _pip([*args, str(project)])
+    finally:
+        for p in [project / "build", *project.glob("*.egg-info")]:
+            if p not in existed and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
     name = _project_name(project)
     built = [
         p

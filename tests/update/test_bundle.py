@@ -232,6 +232,7 @@ def test_cli_build_and_verify(
     )  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     assert "kioskdemo 0.3.0 (from 0.2.0)" in capsys.readouterr().out
+    assert sorted(p.name for p in project.iterdir()) == ["kioskdemo", "pyproject.toml"]
     rc = releasecli.main(
         ["--home", home, "verify", str(out), "--running", "0.2.0", "--target-here"]
     )
