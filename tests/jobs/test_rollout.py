@@ -299,3 +299,28 @@ def test_cli_create_show_list(
     assert "away-1" not in _retained_jobs(broker, prefix)
     assert jobscli.main(["--home", str(home), "show", job_id]) == 0
     assert "canceled by the administrator" in capsys.readouterr().out
+
+
+def test_kiosks_not_final_at_expiry_are_timed_out(
+    tmp_path: Path, broker: Mosquitto, admin: tuple[OperatorKey, bytes]
+) -> None:
+    """A kiosk that never came back by the job's expiry is timed_out, its document cleared,
+    and a timed-out kiosk counts against the abort threshold like a failure."""
+    prefix = _prefix()
+    now = [time.time()]
+    mqtt = FleetMqtt(BrokerOptions(broker.host, broker.port, prefix)).connect()
+    store = JobStore(tmp_path / "fleet")
+    runner = JobRunner(store, mqtt, admin[0], prefix=prefix, verify=None, clock=lambda: now[0])
+    try:
+        job = store.create(
+            "command", {"cmd": "ping", "args": {}}, {}, ["gone-1", "gone-2"],
+            Rollout(canary=0.5), int(now[0]) + 60,
+        )  # fmt: skip
+        assert runner.step(job.id).counts == {"queued": 1, "pending": 1}
+        now[0] += 61
+        p = runner.step(job.id)
+        assert p.state == "completed" and p.counts == {"timed_out": 1, "canceled": 1}, p
+        assert _retained_jobs(broker, prefix) == []
+    finally:
+        mqtt.close()
+        store.close()
