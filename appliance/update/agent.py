@@ -173,6 +173,7 @@ class JobAgent:
         apply_config: Callable[[bytes], None] | None = None,
         config_outcome: Callable[[], dict[str, Any] | None] | None = None,
         dispatch: Callable[[Incoming], None] | None = None,
+        url_ca_file: Path | None = None,
     ) -> None:
         self.device = device
         self.prefix = prefix
@@ -189,6 +190,7 @@ class JobAgent:
         self.apply_config = apply_config
         self.config_outcome = config_outcome
         self.dispatch = dispatch
+        self.url_ca_file = url_ca_file  # None: the system's CA certificates
         self._commands: dict[str, tuple[str, frozenset[str]]] = {}  # job -> issuer, roles
         self._staging: threading.Thread | None = None
         self._trial_deadline: float | None = None
@@ -316,8 +318,54 @@ class JobAgent:
              "sha256": sha, "size": size, "from": g.current_target(self.updater.root)},
         )  # fmt: skip
         what = f"resuming the download at {download.offset}" if resume else "downloading"
-        self.report(job.job, "in_progress", f"{what} of {size} bytes")
+        url = spec.get("url")
+        self.report(
+            job.job, "in_progress", f"{what} of {size} bytes" + (f" from {url}" if url else "")
+        )
+        if isinstance(url, str) and url.startswith("https://"):
+            self._staging = threading.Thread(
+                target=self._fetch_url, args=(url, download), name="update-url", daemon=True
+            )
+            self._staging.start()
+            return
         self.fetcher.start()
+
+    def _fetch_url(self, url: str, download: Download) -> None:
+        """The bundle from the HTTPS address the job names, resumed with a Range request at
+        the file's length; on any failure the MQTT chunks take over from where it stopped."""
+        import ssl
+        import urllib.error
+        import urllib.request
+
+        ctx = ssl.create_default_context(cafile=str(self.url_ca_file) if self.url_ca_file else None)
+        try:
+            offset = download.offset
+            # https:// only (checked by the caller), so no file: or custom scheme reaches here
+            req = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"})  # noqa: S310
+            with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:  # noqa: S310
+                if offset and resp.status != 206:
+                    download.path.unlink(missing_ok=True)  # no range support: start over
+                    offset = 0
+                while True:
+                    block = resp.read(CHUNK)
+                    if not block:
+                        raise OSError("the server closed before the end of the bundle")
+                    header = {"sha256": download.sha256, "offset": offset, "length": len(block)}
+                    result = download.accept(header, block)
+                    offset += len(block)
+                    if result == "complete":
+                        break
+                    if result != "appended":
+                        raise OSError(f"download {result} at {offset}")
+        except (OSError, urllib.error.URLError, ssl.SSLError) as exc:
+            log.warning("update: %s failed (%s); continuing over MQTT", url, exc)
+            with self._lock:
+                if self.fetcher is not None:
+                    self.fetcher.start()
+            return
+        with self._lock:
+            self.fetcher = None
+            self._stage(download.path)
 
     # -- command jobs: through the daemon's dispatcher, with the job signer's roles ----------
 

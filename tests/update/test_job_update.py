@@ -17,6 +17,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from appliance.devtools.broker import Mosquitto
+from appliance.devtools.fleetkit import FleetKit
 from appliance.fleet.jobs import JobRunner, JobStore, Progress, Rollout
 from appliance.fleet.jobs_bundles import sha256_file
 from appliance.mqttclient import BrokerOptions, FleetMqtt
@@ -276,6 +277,81 @@ def test_interrupted_download_resumes_at_its_offset(
     finally:
         store.finish(job.id, "canceled", "test over", now=time.time())
         driver.join(60)
+        link.close()
+        fleet.close()
+        store.close()
+
+
+def test_bundle_from_the_jobs_https_url_resumed_with_a_range(
+    tmp_path: Path,
+    broker: Mosquitto,
+    kiosk: Kiosk,
+    bundles: dict[str, Path],  # noqa: F811
+    release_keys: ReleaseKeys,
+    admin: OperatorKey,
+    fleet_kit: FleetKit,
+) -> None:
+    """A job naming an https:// address: the kiosk downloads from it (here a server with the
+    kit's localhost certificate), resuming at its file's length with a Range request; the
+    fleet serves no chunks for this job."""
+    import http.server
+    import json
+    import ssl
+
+    from appliance.update import guard as g
+
+    bundle = bundles["0.2.0"]
+    data = bundle.read_bytes()
+    ranges: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ranges.append(self.headers.get("Range", ""))
+            start = int(self.headers.get("Range", "bytes=0-")[6:].rstrip("-") or 0)
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(data) - start))
+            self.end_headers()
+            self.wfile.write(data[start:])
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    tls = fleet_kit.broker_tls()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://localhost:{server.server_address[1]}/kioskdemo-0.2.0.bundle"
+
+    prefix = f"u{uuid.uuid4().hex[:6]}"
+    fleet = FleetMqtt(BrokerOptions(broker.host, broker.port, prefix)).connect()
+    store = JobStore(tmp_path / "fleet")
+    runner = JobRunner(store, fleet, admin, prefix=prefix, verify=None)
+    sha = sha256_file(bundle)
+    spec = {"version": "0.2.0", "sha256": sha, "size": len(data), "url": url}  # no chunks
+    job = store.create("update", spec, {}, [DEVICE], Rollout(), int(time.time()) + 600)
+    left = {"state": "downloading", "job": job.id, "version": "0.2.0", "sha256": sha,
+            "size": len(data), "from": "releases/0.1.0"}  # fmt: skip
+    g.write_journal(kiosk.state, left)
+    (kiosk.state / "update" / "download.part").write_bytes(data[:1000])
+    driver = threading.Thread(target=lambda: runner.run(job.id, timeout=60))
+    link = KioskLink(broker, prefix)
+    try:
+        agent = _agent(kiosk, link, release_keys, prefix)
+        agent.url_ca_file = fleet_kit.ca_file
+        link.attach(agent)
+        driver.start()
+        assert link.restart.wait(60), "the kiosk never switched"
+        assert ranges == ["bytes=1000-"]
+        assert not [t for t, _b in link.sent if t.endswith("/update/get")]
+        assert kiosk.current() == "releases/0.2.0"
+        assert any(url in json.loads(b)["detail"] for t, b in link.sent if "jobs/reported" in t)
+    finally:
+        store.finish(job.id, "canceled", "test over", now=time.time())
+        driver.join(60)
+        server.shutdown()
+        server.server_close()
         link.close()
         fleet.close()
         store.close()
