@@ -74,6 +74,9 @@ class Updater:
     python: str = sys.executable
     session_active: Callable[[], bool] = lambda: False
     min_free_bytes: int | None = None
+    #: The installed release installs the next one with its own pip: give every new
+    #: environment pip (ensurepip, offline) unless a bundle's wheels brought it.
+    ensure_pip: bool = True
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -185,6 +188,10 @@ class Updater:
             ],
             "pip install",
         )  # fmt: skip
+        python = str(env / "bin" / "python")
+        has_pip = subprocess.run([python, "-c", "import pip"], capture_output=True, check=False)
+        if self.ensure_pip and has_pip.returncode != 0:
+            self._run([python, "-m", "ensurepip", "--default-pip"], "ensurepip")
         (env / INSTALLED_MARK).write_text(json.dumps(manifest.summary()))
         shutil.rmtree(wheels, ignore_errors=True)
 
@@ -298,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--state-dir", type=Path, required=True)
     p.add_argument("--root-key", type=Path, action="append", default=[], help="fleet root.pub")
     p.add_argument("--entry", default="appliance")
+    p.add_argument("--no-ensure-pip", action="store_true", help="no pip in the new environment")
     sub = p.add_subparsers(dest="cmd", required=True)
     st = sub.add_parser("stage")
     st.add_argument("bundle", type=Path)
@@ -312,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         args.state_dir,
         roots=[load_public_key(k) for k in args.root_key],
         entry=args.entry,
+        ensure_pip=not args.no_ensure_pip,
     )
     try:
         if args.cmd == "stage":

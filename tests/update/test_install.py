@@ -40,7 +40,8 @@ def make_kiosk(tmp: Path, keys: ReleaseKeys, bundles: dict[str, Path]) -> Kiosk:
     """A kiosk running 0.1.0, installed and committed through the same steps."""
     root, state = tmp / "opt", tmp / "state"
     state.mkdir()
-    up = Updater(root, state, roots=[keys.root_pub], entry="kioskdemo")
+    # The stand-in releases never install a next one themselves: no pip in their venvs.
+    up = Updater(root, state, roots=[keys.root_pub], entry="kioskdemo", ensure_pip=False)
     k = Kiosk(root, state, up)
     up.stage(bundles["0.1.0"])
     up.switch()
@@ -182,7 +183,7 @@ def test_power_cut_at_each_step_resumes_or_rolls_back(
     cmd = [
         sys.executable, "-m", "appliance.update.installer", "--root", str(kiosk.root),
         "--state-dir", str(kiosk.state), "--root-key", str(release_keys.home / "root.pub"),
-        "--entry", "kioskdemo", "stage", str(bundles["0.2.0"]), "--switch",
+        "--entry", "kioskdemo", "--no-ensure-pip", "stage", str(bundles["0.2.0"]), "--switch",
     ]  # fmt: skip
     env = {**os.environ, STOP_AT_ENV: step}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
