@@ -61,6 +61,7 @@ FLEET_TOOLS = {
     "directory": ("appliance.central.directorycli", "the central citizen directory (lookups)"),
     "release": ("appliance.fleet.releasecli", "build and verify signed software release bundles"),
     "jobs": ("appliance.fleet.jobscli", "staged jobs (command, config, update) for many kiosks"),
+    "serve": ("appliance.fleetsvc.servecli", "the fleet service: database, alarms, dashboard, API"),
 }
 # Top-level commands served by plugin modules (configure_parser(p), run(args)).
 TOP_LEVEL = {

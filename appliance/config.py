@@ -209,6 +209,73 @@ class EnrollmentSection(Strict):
     )
 
 
+class OfficerEntry(Strict):
+    """An officer who may sign in at the station (attended mode; docs/local-api.md)."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Officer id")
+    name: str = Field(min_length=1, max_length=120, description="Name shown on the screen")
+    secret_hash: str = Field(
+        pattern=r"^scrypt\$[0-9]+\$[0-9]+\$[0-9]+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$",
+        description="Password or PIN hash: scrypt$<n>$<r>$<p>$<salt b64>$<hash b64> "
+        "(appliance.station.officers.hash_secret)",
+    )
+    supervisor: bool = Field(False, description="May approve finger exceptions")
+    expires: float = Field(description="Unix time after which the credential is refused")
+    templates: list[str] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Base64 sensor templates of the officer's fingers (the kiosk's sensor "
+        "model): a citizen's finger matching one is refused (officer_finger)",
+    )
+
+    @field_validator("templates")
+    @classmethod
+    def _base64(cls, v: list[str]) -> list[str]:
+        import base64
+        import binascii
+
+        for t in v:
+            try:
+                if not base64.b64decode(t, validate=True):
+                    raise ValueError("an empty template")
+            except binascii.Error:
+                raise ValueError("a template is not base64") from None
+        return v
+
+
+class StationSection(Strict):
+    """The kiosk station: local flow, local API and screen (docs/local-api.md)."""
+
+    enabled: bool = Field(False, description="Run the station's flow and local API")
+    attended: bool = Field(
+        True, description="An officer signs in before each enrollment (false: self-service)"
+    )
+    bind: str = Field(
+        "127.0.0.1",
+        description="Loopback address (127.0.0.1 or ::1) or unix:<path> of the local API; "
+        "other peers are refused per request whatever this says",
+    )
+    port: int = Field(8470, ge=0, le=65535, description="Local API TCP port (0: any free)")
+    idle_timeout_s: float = Field(
+        180.0, ge=5, le=3600, description="Idle time that cancels the flow and shreds its records"
+    )
+    language: Literal["vi", "en"] = Field("vi", description="Screen language at welcome")
+    officers: list[OfficerEntry] = Field(
+        default_factory=list, description="Officers' credentials (from the signed configuration)"
+    )
+
+    @field_validator("bind")
+    @classmethod
+    def _loopback(cls, v: str) -> str:
+        if v.startswith("unix:"):
+            if len(v) <= 5:
+                raise ValueError("unix: needs a socket path")
+            return v
+        if v not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError("the local API binds to 127.0.0.1, ::1 or unix:<path> only")
+        return v
+
+
 class TelemetrySection(Strict):
     heartbeat_s: float = Field(30.0, ge=1.0, description="Seconds between heartbeats")
 
@@ -258,11 +325,15 @@ class AppConfig(Strict):
     logging: LoggingSection = Field(default_factory=LoggingSection)
     hardware: HardwareSection = Field(default_factory=HardwareSection)
     simulation: SimulationSection = Field(default_factory=SimulationSection)
+    station: StationSection = Field(default_factory=StationSection)
 
     def redacted(self) -> dict[str, Any]:
         """The configuration as JSON data with secrets' file paths kept but no secret values
         (the model holds none: passwords and keys are always files)."""
         data: dict[str, Any] = json.loads(self.model_dump_json())
+        for officer in data.get("station", {}).get("officers", []):
+            officer["secret_hash"] = "<redacted>"  # noqa: S105 - a hash, not shown either
+            officer["templates"] = ["<redacted>"] * len(officer.get("templates", []))
         return data
 
 

@@ -366,6 +366,22 @@ class Daemon:
         self._start_enrollment(registry, identity)
         self._start_lookup(registry)
         self._start_updates(svc)
+        if cfg.station.enabled:  # the kiosk station: local flow, API and screen (docs/local-api.md)
+            from .station.service import start as start_station
+
+            try:
+                assert self.enrollment is not None
+                stop_station = start_station(
+                    cfg.station,
+                    store=store,
+                    emit=svc.emit,
+                    manager=self.enrollment,
+                    lookup=self.lookup,
+                    state_dir=self.state_dir,
+                )
+                self._cleanups.append(stop_station)
+            except (ApplianceError, ImportError, OSError) as exc:
+                log.error("station not started: %s", getattr(exc, "message", exc))
         agent = MqttAgent(
             cfg,
             store,
@@ -402,27 +418,33 @@ class Daemon:
             cfg.device.profile,
         )
 
-    def _route(self, msg: Incoming) -> None:
+    def _route(self, msg: Incoming) -> bool:
+        """Route one message (on the MQTT network thread). True: the message went to the
+        dispatcher, which acknowledges it to the broker once admitted (``Incoming.ack``);
+        anything else is acknowledged by the agent when this returns."""
         svc = self.services
         assert svc is not None and svc.dispatcher is not None
         if msg.topic in (svc.topics.upload_ack, svc.topics.upload_receipt):
             if self.uploader is not None:
                 self.uploader.on_message(msg.topic, msg.payload)
-            return
+            return False
         if msg.topic == svc.topics.lookup_response:
             lookup = self.lookup
             if lookup is not None:
                 lookup.on_message(msg.topic, msg.payload)
-            return
+            return False
         if self.jobs is not None and msg.topic in self.jobs.subscriptions():
             self._config_worker.submit(self._guarded_msg, self.jobs.on_message, msg)
-            return
+            return False
         if msg.topic == svc.topics.config_desired:
             push = self.configpush
             if push is not None:
                 self._config_worker.submit(self._guarded, push.on_document, msg.payload)
-            return
-        svc.dispatcher.handle(msg)
+            return False
+        # Only queued here (this is the MQTT network thread): verification, admission and
+        # read-only commands run on the dispatcher's inbound thread (docs/architecture.md 4).
+        svc.dispatcher.submit(msg)
+        return True
 
     def _start_updates(self, svc: Services) -> None:
         """Software updates and fleet jobs (docs/updates.md), when this daemon runs from a

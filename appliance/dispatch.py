@@ -27,37 +27,35 @@ documented reply topic ``{prefix}/{device}/reply`` (MQTT 3.1.1 clients).
 
 from __future__ import annotations
 
+import collections
 import heapq
-import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from .commands import CommandContext, CommandRegistry, CommandSpec
-from .errors import ApplianceError, CommandError
-from .inbound import ID_PATTERN, Incoming, Verified, Verifier
+from .errors import ApplianceError, CommandError, CommandTimeout
+from .inbound import (
+    CommandRequest,
+    Incoming,
+    ParsedRequest,
+    Verified,
+    Verifier,
+    parse_request,
+    problems,
+)
 from .store import Store
 from .trust.certs import ROLES
 
 log = logging.getLogger(__name__)
 
-_ID_RE = re.compile(ID_PATTERN)
-
-
-class CommandRequest(BaseModel):
-    """The request object on a command topic (inside the signed envelope when signed)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = Field(pattern=ID_PATTERN, description="Unique command id, chosen by the sender")
-    cmd: str = Field(min_length=1, max_length=64, description="Command name, e.g. ping")
-    args: dict[str, Any] = Field(default_factory=dict, description="Command arguments")
+#: Messages admitted together in one store transaction at most (the inbound thread's batch).
+BATCH_MAX = 32
 
 
 class ErrorBody(BaseModel):
@@ -210,15 +208,6 @@ class GroupCommit:
                     log.exception("command action after the group commit failed")
 
 
-def _pydantic_problems(exc: ValidationError) -> list[str]:
-    out = []
-    for e in exc.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
-        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
-        out.append(f"{loc}: {msg}")
-    return out
-
-
 class Dispatcher:
     def __init__(
         self,
@@ -251,8 +240,18 @@ class Dispatcher:
         self._running_lock = threading.Lock()
         self.executed = 0
         self.rejected = 0
+        # The hand-off from the MQTT network thread (submit) to the inbound thread.
+        self._inbox: collections.deque[Incoming] = collections.deque()
+        self._inbox_cond = threading.Condition()
+        self._inbox_closed = False
+        self._inbound_thread = threading.Thread(target=self._inbound, name="inbound", daemon=True)
+        self._inbound_thread.start()
 
     def close(self) -> None:
+        with self._inbox_cond:
+            self._inbox_closed = True
+            self._inbox_cond.notify()
+        self._inbound_thread.join(timeout=5)
         self._group.close()
         self._deadlines.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -276,36 +275,108 @@ class Dispatcher:
                 n += 1
         return n
 
-    # -- entry point (runs in the MQTT network thread: keep it short) -------------------------
+    # -- entry points ---------------------------------------------------------------------------
+
+    def submit(self, msg: Incoming) -> None:
+        """Queue one message for the ``inbound`` thread and return at once: what the MQTT
+        network thread calls, so it goes back to reading the socket (docs/architecture.md
+        section 4). Messages are admitted in the order they were submitted."""
+        with self._inbox_cond:
+            if self._inbox_closed:
+                # Not acknowledged: the broker delivers it again at the next start.
+                log.warning("command on %s not admitted: the dispatcher is closing", msg.topic)
+                return
+            self._inbox.append(msg)
+            self._inbox_cond.notify()
+
+    def _inbound(self) -> None:
+        """The ``inbound`` thread: verification, admission and read-only commands, in arrival
+        order; whatever arrived meanwhile (up to :data:`BATCH_MAX`) is admitted in ONE store
+        transaction."""
+        while True:
+            with self._inbox_cond:
+                while not self._inbox and not self._inbox_closed:
+                    self._inbox_cond.wait()
+                if not self._inbox:
+                    return
+                batch = [self._inbox.popleft() for _ in range(min(len(self._inbox), BATCH_MAX))]
+            try:
+                self.handle_batch(batch)
+            except Exception:  # never dies of input: anything here is a bug, logged
+                log.exception("inbound batch of %d message(s) failed", len(batch))
 
     def handle(self, msg: Incoming) -> None:
-        """Admit one message. Everything it writes (the trust layer's replay state, the
-        command-id claim or a read-only command's reply, audit rows) goes into ONE transaction,
-        committed without waiting for the disk. A read-only command that ran is answered at
-        once: losing its record to a power cut loses nothing (a repeat runs it again, changing
-        nothing). Everything else (the hand-off to a worker, a refusal, a repeat's answer)
-        waits in :class:`GroupCommit` until the commit is durable, so nothing runs on a claim
-        that is not on disk, and commands arriving together share one fsync."""
+        """Admit one message now, in the calling thread (tests, tools); see
+        :meth:`handle_batch`."""
+        self.handle_batch([msg])
+
+    def handle_batch(self, msgs: list[Incoming]) -> None:
+        """Admit messages in order. Everything they write (the trust layer's replay state, the
+        command-id claims or read-only commands' replies, audit rows) goes into ONE
+        transaction, committed without waiting for the disk. A read-only command that ran is
+        answered at once: losing its record to a power cut loses nothing (a repeat runs it
+        again, changing nothing). Everything else (the hand-off to a worker, a refusal, a
+        repeat's answer) waits in :class:`GroupCommit` until the commit is durable, so nothing
+        runs on a claim that is not on disk, and commands arriving together share one fsync.
+        If the store fails, nothing of the batch was recorded and each message is admitted
+        again on its own, so one failure costs only its own message."""
+        admitted: list[tuple[list[Callable[[], object]], bool]] = []
+        claimed: list[str] = []
+        self._local.claimed = claimed
+        try:
+            with self.store.transaction(durable=False):
+                for msg in msgs:
+                    admitted.append(self._admit_one(msg))
+        except ApplianceError as exc:  # the store itself failed: nothing was recorded
+            with self._running_lock:
+                self._running.difference_update(claimed)
+            if len(msgs) > 1:
+                log.warning("batch of %d not admitted (%s): one by one", len(msgs), exc.message)
+                for msg in msgs:
+                    self.handle_batch([msg])
+                return
+            log.error("command not admitted, store failure: %s", exc.message)
+            msg = msgs[0]
+            self._ack(msg)  # answered with the failure: not delivered again
+            reply_to = self._reply_destination(msg)
+            failure = CommandReply(id=None, ok=False, error=ErrorBody(**exc.to_dict()))
+            self._publish_reply(reply_to, msg.correlation_data, failure.to_json().encode())
+            return
+        waiting: list[Callable[[], object]] = []
+        for deferred, lazy in admitted:
+            if lazy:
+                for action in deferred:
+                    action()
+            else:
+                waiting.extend(deferred)
+        # Admitted (committed, not yet durable: as when admission ran in paho's callback): now
+        # the broker may forget them. After the read-only replies, as paho's own PUBACK came
+        # after the callback that answered them, so the reply is not queued behind it.
+        for msg in msgs:
+            self._ack(msg)
+        if waiting:
+            self._group.after_sync(waiting)
+
+    @staticmethod
+    def _ack(msg: Incoming) -> None:
+        if msg.ack is not None:
+            try:
+                msg.ack()
+            except Exception:  # acknowledging must never stop the admission of the rest
+                log.exception("acknowledging a command message failed")
+
+    def _admit_one(self, msg: Incoming) -> tuple[list[Callable[[], object]], bool]:
+        """One message inside the batch's transaction: its deferred actions, and whether they
+        may run at once (``lazy``: nothing in them must survive a power cut)."""
         t0 = time.perf_counter()
-        reply_to = self._reply_destination(msg)
         deferred: list[Callable[[], object]] = []
         self._local.deferred = deferred
         self._local.lazy = False
         try:
-            with self.store.transaction(durable=False):
-                self._admit(msg, reply_to, t0)
-        except ApplianceError as exc:  # the store itself failed: nothing was recorded
-            log.error("command not admitted, store failure: %s", exc.message)
-            failure = CommandReply(id=None, ok=False, error=ErrorBody(**exc.to_dict()))
-            deferred[:] = [lambda: self._send(reply_to, msg.correlation_data, failure)]
-            self._local.lazy = True  # nothing to wait for
+            self._admit(msg, self._reply_destination(msg), t0)
         finally:
             self._local.deferred = None
-        if self._local.lazy:
-            for action in deferred:
-                action()
-        elif deferred:
-            self._group.after_sync(deferred)
+        return deferred, bool(self._local.lazy)
 
     def _defer(self, action: Callable[[], object]) -> None:
         deferred = getattr(self._local, "deferred", None)
@@ -331,7 +402,8 @@ class Dispatcher:
                     self.verifier(msg) if self.verifier else Verified(msg.payload, roles=ROLES)
                 )
             except ApplianceError:
-                cid, name = self._peek_id(msg.payload)  # a plain request's id, if readable
+                plain = parse_request(msg.payload)  # a plain request's id, if readable
+                cid, name = plain.id, plain.cmd
                 raise
             actor = verified.actor
             if verified.audit is not None:
@@ -339,9 +411,13 @@ class Dispatcher:
             if verified.refused is not None:
                 cid, name = verified.request_id, verified.command
                 raise verified.refused
-            cid, name = self._peek_id(verified.payload)
-            request = self._parse(verified.payload)
-            cid, name = request.id, request.cmd
+            parsed: ParsedRequest = verified.request or parse_request(verified.payload)
+            cid, name = parsed.id, parsed.cmd
+            if parsed.problem is not None:
+                raise parsed.problem
+            request = parsed.request
+            assert request is not None  # a ParsedRequest has a request or a problem
+
             if verified.repeat:
                 # Authenticated, but its replay state was not checked: answer from the store or
                 # refuse; never run.
@@ -369,7 +445,7 @@ class Dispatcher:
                 raise CommandError(
                     f"invalid arguments for {spec.name}",
                     code="invalid_args",
-                    details={"problems": _pydantic_problems(exc)},
+                    details={"problems": problems(exc)},
                 ) from None
             if spec.intrusive and self.session_active():
                 raise CommandError(
@@ -403,23 +479,60 @@ class Dispatcher:
             return
         with self._running_lock:
             self._running.add(request.id)
+        self._local.claimed.append(request.id)
         ctx = self._context(request.id, spec.name, spec.timeout_s)
-        handle = self._deadlines.add(
-            ctx.deadline, lambda: self._on_timeout(ctx, reply_to, msg.correlation_data)
-        )
+        # The deadline is armed with the hand-off, once the claim is durable: a claim rolled
+        # back with its batch has no timer left to fire on a later claim of the same id.
         self._defer(
-            lambda: self._pool.submit(
-                self._execute, spec.handler, ctx, args, reply_to, msg.correlation_data, handle, t0
-            )
+            lambda: self._start(spec.handler, ctx, args, reply_to, msg.correlation_data, t0)
         )
 
+    def _start(
+        self,
+        handler: Callable[[CommandContext, Any], dict[str, Any]],
+        ctx: CommandContext,
+        args: Any,
+        reply_to: str,
+        corr: bytes | None,
+        t0: float,
+    ) -> None:
+        handle = self._deadlines.add(ctx.deadline, lambda: self._on_timeout(ctx, reply_to, corr))
+        self._pool.submit(self._execute, handler, ctx, args, reply_to, corr, handle, t0)
+
     def _context(self, cid: str, name: str, timeout_s: float) -> CommandContext:
+        cancelled = threading.Event()
         return CommandContext(
             command_id=cid,
             name=name,
             deadline=time.monotonic() + timeout_s,
-            emit=self.emit,
+            emit=self._guarded_emit(cid, name, cancelled),
+            cancelled=cancelled,
         )
+
+    def _guarded_emit(
+        self, cid: str, name: str, cancelled: threading.Event
+    ) -> Callable[..., tuple[int, str] | None]:
+        """The command's ``ctx.emit``: once its timeout reply is stored, a durable event is
+        refused (``timeout``, raised into the handler: a safe point where it stops) instead of
+        written, so nothing a command records after its timeout reply reaches the outbox. The
+        check and the write run under ``Store.lock``, which the timeout holds while it sets
+        ``cancelled`` and stores its reply: the event is in the outbox before the timeout
+        reply, or not at all. A transient event (progress, guidance: ``durable=False``) after
+        the timeout is dropped without raising: it changes nothing, and device code reports
+        progress at points that are not all safe to stop at (the chip encoder's read-back
+        step must still report a written card as spoiled). Events a device sends itself
+        (``card.spoiled``, ``device.health``) do not go through here."""
+
+        def emit(*args: Any, **kwargs: Any) -> tuple[int, str] | None:
+            if not kwargs.get("durable", True):
+                return None if cancelled.is_set() else self.emit(*args, **kwargs)
+            with self.store.lock:
+                if not cancelled.is_set():
+                    return self.emit(*args, **kwargs)
+            log.warning("command %s (%s): event after its timeout refused", cid, name)
+            raise CommandTimeout(f"{name} was cancelled by its timeout")
+
+        return emit
 
     def _answer_known(
         self,
@@ -573,14 +686,18 @@ class Dispatcher:
         )
 
     def _on_timeout(self, ctx: CommandContext, reply_to: str, corr: bytes | None) -> None:
-        ctx.cancelled.set()
+        """The deadline passed: ``cancelled`` is set and the ``timeout`` reply stored in one
+        step under ``Store.lock`` (see :meth:`_guarded_emit`); the handler's late result
+        then finds the command finished and is neither stored nor sent (:meth:`_finish`)."""
         reply = CommandReply(
             id=ctx.command_id,
             cmd=ctx.name,
             ok=False,
             error=ErrorBody(code="timeout", message=f"{ctx.name} did not finish in time"),
         )
-        self._finish(ctx, reply, "timeout", reply_to, corr)
+        with self.store.lock:
+            ctx.cancelled.set()
+            self._finish(ctx, reply, "timeout", reply_to, corr)
 
     def _finish(
         self,
@@ -619,40 +736,6 @@ class Dispatcher:
                 log.warning("ignoring invalid response topic %r", msg.response_topic)
         return self.reply_topic
 
-    @staticmethod
-    def _peek_id(payload: bytes) -> tuple[str | None, str | None]:
-        """Best effort id/cmd for an error reply to a request that fails validation."""
-        try:
-            obj = json.loads(payload)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return None, None
-        if not isinstance(obj, dict):
-            return None, None
-        cid, name = obj.get("id"), obj.get("cmd")
-        good_id = cid if isinstance(cid, str) and _ID_RE.match(cid) else None
-        good_name = name if isinstance(name, str) and len(name) <= 64 else None
-        return good_id, good_name
-
-    @staticmethod
-    def _parse(payload: bytes) -> CommandRequest:
-        try:
-            obj = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CommandError(f"payload is not valid JSON: {exc}", code="invalid_json") from None
-        except RecursionError:
-            # json.loads recurses per nesting level: "[[[[..." is hostile, not a command.
-            raise CommandError("payload is nested too deeply", code="invalid_json") from None
-        if not isinstance(obj, dict):
-            raise CommandError("payload must be a JSON object", code="invalid_request")
-        try:
-            return CommandRequest.model_validate(obj)
-        except ValidationError as exc:
-            raise CommandError(
-                "request does not match {id, cmd, args}",
-                code="invalid_request",
-                details={"problems": _pydantic_problems(exc)},
-            ) from None
-
     def _send(self, topic: str, corr: bytes | None, reply: CommandReply) -> None:
         self._send_raw(topic, corr, reply.to_json().encode())
 
@@ -668,3 +751,17 @@ class Dispatcher:
             self.store.audit(actor, action, outcome, **details)
         except ApplianceError:
             log.exception("audit write failed")
+
+
+# CommandRequest lives in inbound.py (parsed once on the way in) and is re-exported here for the
+# schemas (protocol.py).
+__all__ = [
+    "ADMISSION_CODES",
+    "BATCH_MAX",
+    "CommandReply",
+    "CommandRequest",
+    "Deadlines",
+    "Dispatcher",
+    "ErrorBody",
+    "GroupCommit",
+]

@@ -63,6 +63,9 @@ def generate() -> dict[str, dict[str, Any]]:
         schema["x-role"] = spec.role
         schema["x-intrusive"] = spec.intrusive
         out[f"command.{spec.name}.json"] = schema
+    from .station.schemas import station_schemas  # the station's local API (docs/local-api.md)
+
+    out.update(station_schemas())
     return out
 
 

@@ -11,12 +11,17 @@ the two responders alternate in rounds so machine noise hits both alike; the lat
 request is from its PUBLISH to its reply, the throughput is replies per second over the round.
 The daemon is a development run (unsigned commands; bench/trust_signed_roundtrip.py has the
 signed path) with its store at the default synchronous=FULL.
+
+Also reported per level: the CPU time each responder process used per reply (user + system,
+from /proc/<pid>/stat, over its rounds): on a machine shared with other work the latencies
+move with the load, the CPU a reply costs much less.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -57,6 +62,17 @@ c.on_connect = on_connect
 c.connect("127.0.0.1", port)
 c.loop_forever()
 """
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its threads (proc(5), stat fields 14
+    and 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 class Requester:
@@ -160,15 +176,29 @@ def main() -> None:
             for k in levels:
                 lat: dict[str, list[float]] = {"bare-echo": [], "bench-rt": []}
                 rate: dict[str, list[float]] = {"bare-echo": [], "bench-rt": []}
+                cpu: dict[str, float] = {"bare-echo": 0.0, "bench-rt": 0.0}
+                pids = {"bare-echo": echo.pid, "bench-rt": daemon.pid}
                 for _ in range(rounds):
                     for dev in ("bare-echo", "bench-rt"):
+                        c0 = cpu_s(pids[dev])
                         samples, per_s = req.run(dev, args.n // rounds, k)
+                        cpu[dev] += cpu_s(pids[dev]) - c0
                         lat[dev] += samples
                         rate[dev].append(per_s)
                 b, d = summary_ms(lat["bare-echo"]), summary_ms(lat["bench-rt"])
                 results[str(k)] = {
-                    "bare_echo": {**b, "per_s": round(sorted(rate["bare-echo"])[rounds // 2])},
-                    "daemon_ping": {**d, "per_s": round(sorted(rate["bench-rt"])[rounds // 2])},
+                    "bare_echo": {
+                        **b,
+                        "per_s": round(sorted(rate["bare-echo"])[rounds // 2]),
+                        "cpu_ms_per_reply": round(
+                            cpu["bare-echo"] * 1000 / len(lat["bare-echo"]), 3
+                        ),
+                    },
+                    "daemon_ping": {
+                        **d,
+                        "per_s": round(sorted(rate["bench-rt"])[rounds // 2]),
+                        "cpu_ms_per_reply": round(cpu["bench-rt"] * 1000 / len(lat["bench-rt"]), 3),
+                    },
                     "ratio_p50": round(d["p50_ms"] / b["p50_ms"], 2),
                     "ratio_p99": round(d["p99_ms"] / b["p99_ms"], 2),
                 }

@@ -17,7 +17,7 @@ synchronous=FULL) on one loopback mosquitto with TCP_NODELAY everywhere:
 
 Requests go one at a time (QoS 1, MQTT 5 response topic + correlation data), interleaved in
 rounds so machine noise hits both alike. Also reports the requester's own share (signing the
-envelope and verifying the reply, measured alone). Writes
+envelope and verifying the reply, measured alone) and each daemon's CPU time per reply. Writes
 bench/results/trust_signed_roundtrip.json.
 """
 
@@ -34,6 +34,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 from _common import daemon_config, emit, start_daemon, stop, summary_ms
+from core_roundtrip import cpu_s
 from nacl.signing import SigningKey
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -157,12 +158,17 @@ def main() -> None:
                 unsigned()
                 signed()
             samples: dict[str, list[float]] = {"unsigned": [], "signed": []}
+            cpu = {"unsigned": 0.0, "signed": 0.0}
             rounds = 10
             for _ in range(rounds):
+                c0 = cpu_s(procs[0].pid)
                 for _k in range(args.n // rounds):
                     samples["unsigned"].append(unsigned())
+                cpu["unsigned"] += cpu_s(procs[0].pid) - c0
+                c0 = cpu_s(procs[1].pid)
                 for _k in range(args.n // rounds):
                     samples["signed"].append(signed())
+                cpu["signed"] += cpu_s(procs[1].pid) - c0
             # Where the difference goes, part 1: the requester's own trust work (sign the
             # envelope, verify the reply's signature), measured alone on a sample reply.
             reply, props = req.request(
@@ -190,6 +196,11 @@ def main() -> None:
             "ratio_p50": ratio,
             "ratio_mean": round(s["mean_ms"] / u["mean_ms"], 3),
             "requester_sign_and_verify_us": round(client_us, 1),
+            # CPU time of each daemon process per reply (its threads included): less moved by
+            # the load of a shared machine than the latencies.
+            "daemon_cpu_ms_per_reply": {
+                k: round(v * 1000 / len(samples[k]), 3) for k, v in cpu.items()
+            },
             "target_ratio_p50": TARGET,
             "met": ratio <= TARGET,
         },

@@ -43,6 +43,7 @@ Design (after aiomqtt's explicit supervisor, ../shared/STYLE.md):
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import random
@@ -141,7 +142,7 @@ class MqttAgent:
         config: AppConfig,
         store: Store,
         *,
-        on_message: Callable[[Incoming], None],
+        on_message: Callable[[Incoming], bool | None],
         birth: Callable[[], dict[str, Any]],
         on_state: Callable[[str], None] | None = None,
         signer: Callable[[bytes], str] | None = None,
@@ -319,6 +320,9 @@ class MqttAgent:
         attempt = 0
         while not self._stop.is_set():
             client = self._make_client()
+            # Messages are acknowledged by _on_message (or by whoever it hands one to), not by
+            # paho when the callback returns.
+            client.manual_ack_set(True)
             self._client = client
             self._had_connack = False
             try:
@@ -423,9 +427,24 @@ class MqttAgent:
             self.last_error = f"disconnected: {rc}"
             log.warning("mqtt: %s", self.last_error)
 
-    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+    @staticmethod
+    def _ack(client: paho.Client, mid: int, qos: int) -> None:
+        """PUBACK (QoS 1) or PUBCOMP (QoS 2) of a received message; safe from any thread (paho
+        queues it for the network thread). On a connection that has gone since, nothing: the
+        broker delivers the message again on the next one (persistent session)."""
+        if qos == 0:
+            return
+        try:
+            client.ack(mid, qos)
+        except Exception:  # a dead client must not break the caller
+            log.debug("mqtt: acknowledging message %d failed", mid, exc_info=True)
+
+    def _on_message(self, client: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         if self.end_to_end and msg.topic == self.topics.outbox_ack:
-            self._on_outbox_ack(bytes(msg.payload))
+            try:
+                self._on_outbox_ack(bytes(msg.payload))
+            finally:
+                self._ack(client, msg.mid, msg.qos)
             return
         props = getattr(msg, "properties", None)
         response_topic = getattr(props, "ResponseTopic", None) if props else None
@@ -438,13 +457,18 @@ class MqttAgent:
             response_topic=response_topic or None,
             correlation_data=correlation,
             message_expiry=expiry,
+            ack=functools.partial(self._ack, client, msg.mid, msg.qos),
         )
+        taken = False
         try:
-            self._on_message_cb(incoming)
+            taken = bool(self._on_message_cb(incoming))
         except Exception:
             # The daemon never dies of input: the dispatcher answers errors itself; anything
             # reaching here is a bug, logged with its traceback, and the loop goes on.
             log.exception("mqtt: message handler failed on %s", msg.topic)
+        finally:
+            if not taken:
+                self._ack(client, msg.mid, msg.qos)
 
     def _on_outbox_ack(self, payload: bytes) -> None:
         """The ingest's acknowledgement, applied before this callback returns (so before its

@@ -19,13 +19,15 @@ listening, or, with ``--query``, from a signed ``status`` command to every onlin
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import sys
 import time
 import uuid
 from typing import Any
 
-from ..errors import ApplianceError
+from ..errors import ApplianceError, MissingExtraError
 from ..trust.envelope import EnvelopeBuilder
 from .conn import FleetMqtt, add_broker_args, add_home_arg, broker_options
 from .tools import (
@@ -60,6 +62,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     )
     add_signer_arg(p, "operator")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--db",
+        metavar="URL",
+        default=os.environ.get("APPLIANCE_FLEET_DB"),
+        help="read the fleet from the fleet service's database (sqlite:///PATH or "
+        "postgresql://...) instead of the broker (default $APPLIANCE_FLEET_DB)",
+    )
     add_broker_args(p)
 
 
@@ -161,11 +170,28 @@ def _query(
             row["query_error"] = (reply.get("error") or {}).get("code")
 
 
+def from_service(url: str) -> list[dict[str, Any]]:
+    """The rows of the fleet service's database (docs/fleet-service.md). Loaded by name: the
+    service imports the fleet tools, never the other way round (import contracts)."""
+    try:
+        service_db = importlib.import_module("appliance.fleetsvc.db")
+    except ImportError as exc:
+        raise MissingExtraError("fleet service database", "fleet-service", str(exc.name)) from None
+    db = service_db.FleetDB(url)
+    try:
+        return list(db.device_rows())
+    finally:
+        db.close()
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        opts = broker_options(args)
-        with FleetMqtt(opts) as mqtt:
-            rows = collect(args, mqtt, opts.prefix)
+        if getattr(args, "db", None):
+            rows = from_service(args.db)
+        else:
+            opts = broker_options(args)
+            with FleetMqtt(opts) as mqtt:
+                rows = collect(args, mqtt, opts.prefix)
     except ApplianceError as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
         return EXIT_FAILED

@@ -19,12 +19,11 @@ without its replay check and the dispatcher answers it with the stored first rep
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import TrustError
-from ..inbound import ID_PATTERN, Verified, Verifier
+from ..inbound import UNREADABLE, ParsedRequest, Verified, Verifier, parse_request
 from .certs import ROLES
 from .envelope import ENVELOPE_TYPE, CommandVerifier, TrustDecision
 from .keys import b64decode, load_json
@@ -37,56 +36,55 @@ UNSIGNED_ROLES = frozenset(ROLES)
 #: ``store.commands.lookup``: (command name, state, stored reply) of a known id, else None.
 CommandLookup = Callable[[str], "tuple[str, str, str | None] | None"]
 
-_ID_MAX = 64
-_ID_RE = re.compile(ID_PATTERN)
 
+class _Parsed:
+    """The inner request of one message, parsed at most once (a one-entry memo by payload):
+    the verifier's two hooks (the command the payload names, whether its id already ran) and
+    the dispatcher all read the same :class:`ParsedRequest`."""
 
-def _request_fields(payload: bytes) -> tuple[str | None, str | None]:
-    """``(id, cmd)`` of a ``{id, cmd, args}`` request, each None if absent or ill-formed."""
-    try:
-        obj = load_json(payload)
-    except (UnicodeDecodeError, ValueError):
-        return None, None
-    if not isinstance(obj, dict):
-        return None, None
-    cid, cmd = obj.get("id"), obj.get("cmd")
-    return _good_id(cid), (cmd if isinstance(cmd, str) and len(cmd) <= _ID_MAX else None)
+    __slots__ = ("_parsed", "_payload")
 
+    def __init__(self) -> None:
+        self._payload: bytes | None = None
+        self._parsed: ParsedRequest | None = None
 
-def _good_id(value: object) -> str | None:
-    return value if isinstance(value, str) and _ID_RE.fullmatch(value) else None
+    def __call__(self, payload: bytes, obj: Any = UNREADABLE) -> ParsedRequest:
+        if self._parsed is None or (self._payload is not payload and self._payload != payload):
+            self._payload, self._parsed = payload, parse_request(payload, obj)
+        return self._parsed
+
+    def peek(self) -> ParsedRequest | None:
+        return self._parsed
 
 
 def request_command(payload: bytes) -> str | None:
     """The ``cmd`` of a ``{id, cmd, args}`` request, or None if the payload is not one (the
     dispatcher then reports ``invalid_json`` / ``invalid_request`` itself)."""
-    try:
-        obj = load_json(payload)
-    except (UnicodeDecodeError, ValueError):
-        return None
-    cmd = obj.get("cmd") if isinstance(obj, dict) else None
-    return cmd if isinstance(cmd, str) else None
+    return parse_request(payload).command
 
 
-def peek_request(message: bytes) -> tuple[str | None, str | None]:
+def peek_request(message: bytes, obj: Any = UNREADABLE) -> tuple[str | None, str | None]:
     """Best effort ``(id, cmd)`` of a message that is refused: a plain request's own, or the
     inner request of an envelope (read without trusting it: only to name the id in the error
-    reply). ``(None, None)`` when nothing can be read."""
-    try:
-        obj = load_json(message)
-    except (UnicodeDecodeError, ValueError):
-        return None, None
+    reply). ``(None, None)`` when nothing can be read. ``obj``: ``message`` already decoded."""
+    if obj is UNREADABLE:
+        try:
+            obj = load_json(message)
+        except (UnicodeDecodeError, ValueError):
+            return None, None
     if not isinstance(obj, dict):
         return None, None
     if obj.get("typ") != ENVELOPE_TYPE:
-        return _request_fields(message)
+        plain = parse_request(message, obj)
+        return plain.id, plain.cmd
     try:
         body = load_json(b64decode(obj.get("body"), what="body"))
         if not isinstance(body, dict):
             return None, None
-        return _request_fields(b64decode(body.get("payload"), what="payload"))
+        inner = parse_request(b64decode(body.get("payload"), what="payload"))
     except (TrustError, UnicodeDecodeError, ValueError):
         return None, None
+    return inner.id, inner.cmd
 
 
 def actor_of(decision: TrustDecision) -> str:
@@ -96,12 +94,15 @@ def actor_of(decision: TrustDecision) -> str:
     return f"{decision.issuer_name or 'operator'}#{decision.issuer}"
 
 
-def known_request(lookup: CommandLookup) -> Callable[[bytes, str], bool]:
+def known_request(
+    lookup: CommandLookup, parse: Callable[[bytes], ParsedRequest] = parse_request
+) -> Callable[[bytes, str], bool]:
     """The verifier's ``known_request`` hook over the command store: the payload's id is
-    recorded, under the same command."""
+    recorded, under the same command. ``parse``: how the payload is read (the adapter's
+    memo, so the payload is parsed once)."""
 
     def known(payload: bytes, command: str) -> bool:
-        cid, _cmd = _request_fields(payload)
+        cid = parse(payload).id
         if cid is None:
             return False
         row = lookup(cid)
@@ -121,11 +122,25 @@ def make_dispatch_verifier(
     ``lookup``: the command store's lookup, for re-delivered commands (see the module
     docstring). ``audit``: an extra observer of every decision, for tests and tools; the
     daemon does not pass it (the dispatcher writes the audit row, one per message)."""
-    hook = known_request(lookup) if lookup is not None else None
 
     def verify(msg: object) -> Verified:
         payload = getattr(msg, "payload", b"")
-        decision = verifier.check(payload, payload_command=request_command, known_request=hook)
+        # The message is decoded once here (the verifier takes it decoded) and its inner
+        # request once by the memo, which the hooks and the dispatcher share.
+        obj: Any = UNREADABLE
+        if isinstance(payload, bytes) and len(payload) <= verifier.max_message_bytes:
+            try:
+                obj = load_json(payload)
+            except (UnicodeDecodeError, ValueError):
+                obj = UNREADABLE  # the verifier refuses it with its own reason
+        parsed = _Parsed()
+        hook = known_request(lookup, parsed) if lookup is not None else None
+        decision = verifier.check(
+            payload,
+            payload_command=lambda p: parsed(p).command,
+            known_request=hook,
+            **({} if obj is UNREADABLE else {"decoded": obj}),
+        )
         if audit is not None:
             try:
                 audit(decision)
@@ -134,7 +149,8 @@ def make_dispatch_verifier(
         record: dict[str, Any] = decision.to_audit()
         err = decision.error()
         if err is not None:
-            cid, cmd = peek_request(payload)
+            inner = parsed.peek()
+            cid, cmd = (inner.id, inner.cmd) if inner is not None else peek_request(payload, obj)
             return Verified(
                 payload=b"",
                 actor=actor_of(decision),
@@ -146,9 +162,13 @@ def make_dispatch_verifier(
             )
         if decision.payload is None:  # an accepted decision always carries its payload
             raise TrustError("accepted decision without payload", code="malformed_envelope")
-        if not decision.signed:
+        if not decision.signed:  # the message is the request itself
             return Verified(
-                payload=decision.payload, actor="unsigned", roles=UNSIGNED_ROLES, audit=record
+                payload=decision.payload,
+                actor="unsigned",
+                roles=UNSIGNED_ROLES,
+                audit=record,
+                request=parsed(decision.payload, obj),
             )
         return Verified(
             payload=decision.payload,
@@ -156,6 +176,7 @@ def make_dispatch_verifier(
             roles=frozenset(decision.roles),
             audit=record,
             repeat=decision.code == "repeat",
+            request=parsed(decision.payload),
         )
 
     return verify

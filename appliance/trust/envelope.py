@@ -98,6 +98,8 @@ GROUP_PREFIX = "group:"
 COMMAND_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 NONCE_BYTES = 16
 CERT_CACHE_SIZE = 64
+#: ``CommandVerifier.check``'s ``decoded`` when the caller did not decode the message.
+_NOT_DECODED: Any = object()
 #: Expired nonces are pruned on the first acceptance and then every this many acceptances.
 PRUNE_EVERY = 256
 
@@ -436,8 +438,13 @@ class CommandVerifier:
         *,
         payload_command: Callable[[bytes], str | None] | None = None,
         known_request: Callable[[bytes, str], bool] | None = None,
+        decoded: Any = _NOT_DECODED,
     ) -> TrustDecision:
         """Verify one received message and return the decision (never raises on bad input).
+
+        ``decoded``, if given, is ``message`` already decoded as JSON by the caller (who parses
+        a command once on its way in, docs/performance.md "Hot paths"); any value that is not
+        a JSON object is refused as ``malformed_envelope`` as if decoded here.
 
         ``payload_command``, if given, extracts the command name the payload itself carries;
         a payload naming another command than the signed envelope is ``malformed_envelope``.
@@ -462,7 +469,9 @@ class CommandVerifier:
             "effective_now": effective,
         }
         try:
-            return self._check(message, effective, synced, ctx, payload_command, known_request)
+            return self._check(
+                message, effective, synced, ctx, payload_command, known_request, decoded
+            )
         except _Refused as ref:
             log.info("command refused: %s (%s)", ref.code, ref.reason)
             return TrustDecision(
@@ -477,10 +486,11 @@ class CommandVerifier:
         ctx: dict[str, Any],
         payload_command: Callable[[bytes], str | None] | None,
         known_request: Callable[[bytes, str], bool] | None,
+        decoded: Any = _NOT_DECODED,
     ) -> TrustDecision:
         """The pipeline: each step either passes what it learnt on or refuses with its code
         (module docstring, "Verification order"); the replay state is written last."""
-        message, env = self._parse(message)
+        message, env = self._parse(message, decoded)
         unsigned = self._require_signature(env, message, ctx)
         if unsigned is not None:
             return unsigned
@@ -494,8 +504,9 @@ class CommandVerifier:
 
     # -- the checks, in order -------------------------------------------------------------------
 
-    def _parse(self, message: object) -> tuple[bytes, dict[str, Any]]:
-        """Size and JSON shape: a JSON object of at most ``max_message_bytes``."""
+    def _parse(self, message: object, decoded: Any = _NOT_DECODED) -> tuple[bytes, dict[str, Any]]:
+        """Size and JSON shape: a JSON object of at most ``max_message_bytes`` (decoded here
+        unless the caller passed it ``decoded``)."""
         if not isinstance(message, bytes | bytearray | memoryview):
             raise _Refused("malformed_envelope", "message must be bytes")
         message = bytes(message)
@@ -504,10 +515,13 @@ class CommandVerifier:
                 "malformed_envelope",
                 f"message of {len(message)} bytes exceeds {self.max_message_bytes}",
             )
-        try:
-            env = load_json(message)
-        except (UnicodeDecodeError, ValueError):
-            raise _Refused("malformed_envelope", "message is not UTF-8 JSON") from None
+        if decoded is not _NOT_DECODED:
+            env = decoded
+        else:
+            try:
+                env = load_json(message)
+            except (UnicodeDecodeError, ValueError):
+                raise _Refused("malformed_envelope", "message is not UTF-8 JSON") from None
         if not isinstance(env, dict):
             raise _Refused("malformed_envelope", "message is not a JSON object")
         return message, env

@@ -1,0 +1,174 @@
+"""The station's only door to the enrollment manager and the citizen lookup.
+
+Every call the flow makes into :class:`~appliance.enrollment.session.EnrollmentManager` and
+:class:`~appliance.citizen.lookup.LookupClient` is here. The manager takes a local
+:class:`~appliance.capabilities.base.Job` per call (deadline, cancellation, progress): its
+progress steps (the camera's ``guidance``, the sensor's ``waiting_for_finger``, ``lift``,
+``quality``, ``retry``) go to the flow, i.e. to the screen; the session's own events go to the
+fleet as for a remote session. The live preview is built here from the frames the portrait
+capture shows (``on_frame``): downscaled JPEG, never stored, nothing after the capture.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..capabilities.base import Job
+from ..capabilities.finger import ReferenceTemplate
+from ..citizen.lookup import LookupClient
+from ..enrollment.session import (
+    CancelArgs,
+    EnrollmentManager,
+    FingerArgs,
+    PortraitArgs,
+    SkipArgs,
+    StartArgs,
+)
+from ..errors import CommandError
+
+if TYPE_CHECKING:
+    from ..capabilities.portrait import Guidance
+    from ..drivers.camera.interface import Frame
+
+Listener = Callable[[str, Mapping[str, Any]], None]
+PREVIEW_WIDTH = 320  # pixels: the preview is for aiming, never a usable portrait
+
+
+def preview_jpeg(
+    frame: Frame, width: int = PREVIEW_WIDTH, quality: int = 70
+) -> tuple[bytes, int, int]:
+    """``frame`` downscaled to at most ``width`` pixels wide, as JPEG (bytes, width, height)."""
+    import cv2
+
+    h, w = frame.image.shape[:2]
+    scale = min(1.0, width / w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = (
+        cv2.resize(frame.image, size, interpolation=cv2.INTER_AREA) if scale < 1 else frame.image
+    )
+    ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise CommandError("preview frame could not be encoded", code="internal_error")
+    return buf.tobytes(), size[0], size[1]
+
+
+class Backend:
+    """Typed calls for the flow; listeners see the manager's events."""
+
+    def __init__(self, *, manager: EnrollmentManager, lookup: LookupClient | None) -> None:
+        self.manager = manager
+        self.lookup_client = lookup
+        self._listeners: list[Listener] = []
+        self._job: Job | None = None  # the capture under way, if any
+        # The manager's events (started, record_sealed, cancelled by the fleet...) reach the
+        # flow too: it follows a session the fleet cancels while the screen shows it.
+        fleet_emit = manager.emit
+
+        def tee(type_: str, data: dict[str, Any], **kw: Any) -> object:
+            out = fleet_emit(type_, data, **kw)
+            for fn in list(self._listeners):
+                fn(type_, data)
+            return out
+
+        manager.emit = tee
+
+    def add_listener(self, fn: Listener) -> None:
+        self._listeners.append(fn)
+
+    def _job_for(self, timeout_s: float, progress: Listener | None = None) -> Job:
+        job = Job.local(timeout_s, progress=progress)
+        self._job = job
+        return job
+
+    def abort(self) -> None:
+        """Ask the running capture (if any) to stop at its next safe point."""
+        job = self._job
+        if job is not None:
+            job.cancelled.set()
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def lookup(self, number: str, timeout_s: float = 10.0) -> dict[str, Any]:
+        if self.lookup_client is None:
+            raise CommandError("citizen lookup unavailable", code="directory_offline")
+        return self.lookup_client.lookup(number, timeout_s=timeout_s).to_dict()
+
+    def start(
+        self, citizen_ref: str, corrections: list[dict[str, Any]], issuance: bool
+    ) -> dict[str, Any]:
+        args = StartArgs.model_validate(
+            {"citizen_ref": citizen_ref, "corrections": corrections, "issuance": issuance}
+        )
+        return self.manager.start(args, job=self._job_for(10))
+
+    def portrait(
+        self, on_progress: Listener, on_preview: Listener, timeout_s: float = 30.0
+    ) -> dict[str, Any]:
+        """The portrait; ``on_preview("preview", {...})`` per analysed frame while it runs."""
+        live = threading.Event()
+        live.set()
+
+        def on_frame(frame: Frame, guidance: Guidance) -> None:
+            if not live.is_set():
+                return  # the capture is over: no frame after it
+            jpeg, w, h = preview_jpeg(frame)
+            # The frame's wall-clock time (its timestamp is time.monotonic()).
+            frame_at = time.time() - (time.monotonic() - frame.timestamp)
+            on_preview(
+                "preview",
+                {
+                    "jpeg": base64.b64encode(jpeg).decode(),
+                    "width": w,
+                    "height": h,
+                    "frame_at": frame_at,
+                    "guidance": guidance.to_dict(),
+                },
+            )
+
+        try:
+            return self.manager.portrait(
+                PortraitArgs(timeout_s=timeout_s),
+                job=self._job_for(timeout_s + 30, on_progress),
+                on_frame=on_frame,
+            )
+        finally:
+            live.clear()
+
+    def finger(
+        self,
+        position: int,
+        on_progress: Listener,
+        timeout_s: float = 40.0,
+        refuse: Sequence[ReferenceTemplate] = (),
+    ) -> dict[str, Any]:
+        """One finger; one matching a template of ``refuse`` (the signed-in officer's) is
+        refused (``officer_finger``) and stays to do. ``refuse`` is wiped afterwards."""
+        args = FingerArgs(position=position, timeout_s=timeout_s)
+        try:
+            return self.manager.finger(
+                args, job=self._job_for(timeout_s + 110, on_progress), refuse_matching=refuse
+            )
+        finally:
+            for ref in refuse:
+                ref.wipe()
+
+    def skip(self, position: int, reason: str, detail: str) -> dict[str, Any]:
+        args = SkipArgs.model_validate({"position": position, "reason": reason, "detail": detail})
+        return self.manager.skip(args, job=self._job_for(10))
+
+    def review(self) -> dict[str, Any]:
+        return self.manager.review(job=Job.local(10))
+
+    def finish(self) -> dict[str, Any]:
+        return self.manager.finish(job=self._job_for(60))
+
+    def cancel(self, reason: str) -> dict[str, Any]:
+        return self.manager.cancel(CancelArgs(reason=reason), job=Job.local(30))
+
+    def active_session(self) -> str | None:
+        s = self.manager.active()
+        return None if s is None else s.id

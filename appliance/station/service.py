@@ -1,0 +1,50 @@
+"""Starting and stopping the station inside the daemon (``station.enabled``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..citizen.lookup import LookupClient
+from ..config import StationSection
+from ..enrollment.session import EnrollmentManager
+from ..store import Store
+
+log = logging.getLogger(__name__)
+
+
+def start(
+    config: StationSection,
+    *,
+    store: Store,
+    emit: Callable[..., object],
+    manager: EnrollmentManager,
+    lookup: LookupClient | None,
+    state_dir: Path,
+) -> Callable[[], None]:
+    """Build the flow on the daemon's enrollment manager and lookup client, serve the local
+    API, and return the function that stops both."""
+    from .api import LocalApi, new_token
+    from .backend import Backend
+    from .flow import Flow
+
+    backend = Backend(manager=manager, lookup=lookup)
+    flow = Flow(store=store, backend=backend, config=config, emit=emit)
+    token = new_token(state_dir)
+    api = LocalApi(flow, token, bind=config.bind, port=config.port).start()
+    flow.start()
+    # The announced state after a restart: the screen comes back where it was.
+    flow.emit("station.state", {**_brief(flow.snapshot()), "restored": True})
+
+    def stop() -> None:
+        api.stop()
+        flow.stop()
+
+    return stop
+
+
+def _brief(snap: dict[str, Any]) -> dict[str, Any]:
+    keys = ("screen", "session_id", "busy", "notice", "current_finger")
+    return {k: snap[k] for k in keys}

@@ -1,0 +1,191 @@
+"""The dashboard in a real browser (Playwright driving Debian's /usr/bin/chromium): 500
+simulated kiosks appear, a filter narrows them, a killed kiosk shows lost with its last-seen
+time and raises an alarm within the configured delay, a viewer cannot send a command (no
+button, and the POST is refused), an operator can. Screenshots go to $FLEETSVC_SCREENSHOTS
+(default: the test's temporary directory); they are not committed.
+
+The simulated kiosks connect to the plain development broker: the simulator shares one client
+certificate between all its kiosks, which the shipped ACL (keyed on each kiosk's certificate
+name) refuses; the production path (TLS, shipped ACL, signed messages) is test_service.py's."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyotp
+import pytest
+
+from appliance.devtools.broker import Mosquitto, free_port
+from appliance.devtools.fleetkit import FleetKit
+from appliance.fleet.conn import BrokerOptions
+from appliance.fleet.sim import FleetConfig, FleetSim
+from appliance.fleetsvc.auth import add_user
+from appliance.fleetsvc.db import FleetDB
+from appliance.fleetsvc.servecli import FleetService, WebServer
+from tests.fleetsvc.conftest import PASSWORD
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.slow
+CHROMIUM = "/usr/bin/chromium"
+KIOSKS = 500
+LOST_AFTER = 4.0
+os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+
+
+@pytest.fixture(scope="module")
+def stack(
+    broker: Mosquitto, fleet_kit: FleetKit, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    prefix = f"b{uuid.uuid4().hex[:6]}"
+    db = FleetDB(f"sqlite:///{tmp_path_factory.mktemp('svc') / 'fleet.db'}")
+    svc = FleetService(
+        db,
+        BrokerOptions(host=broker.host, port=broker.port, prefix=prefix),
+        {},
+        share_group=f"g{prefix}",
+        lost_after_s=LOST_AFTER,
+        alarm_interval_s=0.5,
+        signer=fleet_kit.signer("operator"),
+    ).start()
+    secrets = {r: add_user(db, f"{r}-1", r, PASSWORD) for r in ("viewer", "operator")}
+    port = free_port()
+    web = WebServer(svc.app, "127.0.0.1", port).start()
+    sim = FleetSim(
+        FleetConfig(
+            host=broker.host,
+            port=broker.port,
+            devices=KIOSKS,
+            topic_prefix=prefix,
+            heartbeat_s=2.0,
+            keepalive_s=5,
+            connect_rate=1000,
+            reconnect_min_s=0.05,
+            reconnect_max_s=1.0,
+        )
+    ).start()
+    shots = Path(os.environ.get("FLEETSVC_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        yield {
+            "db": db,
+            "url": f"http://127.0.0.1:{port}",
+            "sim": sim,
+            "secrets": secrets,
+            "shots": shots,
+            "svc": svc,
+        }
+    finally:
+        sim.stop()
+        web.stop()
+        svc.stop()
+        db.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def _sign_in(browser: Any, stack: dict[str, Any], role: str) -> Any:
+    page = browser.new_context(locale="en-GB").new_page()
+    page.goto(stack["url"] + "/")
+    assert page.url.endswith("/login")
+    page.fill("input[name=name]", f"{role}-1")
+    page.fill("input[name=password]", PASSWORD)
+    page.fill("input[name=code]", pyotp.TOTP(stack["secrets"][role]).now())
+    page.click("button[type=submit]")
+    page.wait_for_url(stack["url"] + "/")
+    return page
+
+
+def _kill(sim: FleetSim, device: str) -> None:
+    """End one simulated kiosk without DISCONNECT: the broker sends its Last Will."""
+
+    def cancel() -> None:
+        for task in sim._tasks:
+            if task.get_name() == device:
+                task.cancel()  # its finally aborts the transport
+
+    sim.call(cancel)
+    assert isinstance(sim._loop, asyncio.AbstractEventLoop)
+
+
+def test_dashboard_with_500_kiosks(browser: Any, stack: dict[str, Any]) -> None:
+    db: FleetDB = stack["db"]
+    wait_for(lambda: db.counts()["online"] == KIOSKS, 60, f"{KIOSKS} kiosks online")
+    shots: Path = stack["shots"]
+
+    page = _sign_in(browser, stack, "viewer")
+    online = page.locator("a.count[data-state=online] b")
+    assert online.inner_text() == str(KIOSKS)
+    assert re.match(rf"^{KIOSKS} devices · Page 1 of 10$", page.inner_text("#total"))
+    page.screenshot(path=str(shots / "overview.png"), full_page=True)
+
+    # A filter narrows them: sim-00040 .. sim-00049.
+    page.fill("input[name=q]", "sim-0004")
+    page.click("#filters button[type=submit]")
+    page.wait_for_url(re.compile(r".*q=sim-0004.*"))
+    assert page.inner_text("#total").startswith("10 devices")
+    assert page.locator("#rows tr").count() == 10
+
+    # Killed: lost with its last-seen time, and an alarm within the configured delay.
+    victim = "sim-00042"
+    killed_at = time.time()
+    _kill(stack["sim"], victim)
+    row = page.locator(f"#rows tr[data-device={victim}]")
+    deadline = time.monotonic() + 20
+    while row.locator("td.state").inner_text() != "lost":  # the page refreshes itself (5 s)
+        assert time.monotonic() < deadline, "the killed kiosk never showed lost"
+        page.wait_for_timeout(250)
+    seen = row.locator("td.last-seen").inner_text()
+    assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(\d+s ago\)$", seen), seen
+    page.screenshot(path=str(shots / "lost.png"), full_page=True)
+    wait_for(
+        lambda: any(a["device_id"] == victim and a["kind"] == "lost" for a in db.list_alarms()),
+        LOST_AFTER + 5,
+        "the lost alarm",
+    )
+    alarm = next(a for a in db.list_alarms() if a["device_id"] == victim)
+    assert alarm["raised_at"] - killed_at <= LOST_AFTER + 5
+    page.goto(stack["url"] + "/alarms")
+    assert page.locator(f"#alarms tr.alarm-lost[data-device={victim}]").count() == 1
+    page.screenshot(path=str(shots / "alarms.png"), full_page=True)
+
+    # A viewer: no command form, and the POST itself is refused.
+    page.goto(stack["url"] + "/devices/sim-00007")
+    assert page.locator("#command-form").count() == 0
+    page.screenshot(path=str(shots / "device-viewer.png"), full_page=True)
+    csrf = page.locator("input[name=csrf]").first.get_attribute("value")
+    r = page.request.post(
+        stack["url"] + "/devices/sim-00007/command",
+        form={"csrf": csrf, "cmd": "ping", "args": "{}"},
+        max_redirects=0,
+    )
+    assert r.status == 403
+    page.context.close()
+
+    # An operator sends one; the audit log records who.
+    op = _sign_in(browser, stack, "operator")
+    op.goto(stack["url"] + "/devices/sim-00007?lang=vi")
+    op.select_option("#command-form select[name=cmd]", "ping")
+    op.click("#send-command")
+    op.wait_for_selector("p.ok[role=status]")
+    assert "Đã gửi lệnh" in op.inner_text("p.ok")
+    op.screenshot(path=str(shots / "device-operator-vi.png"), full_page=True)
+    assert any(
+        a["action"] == "command" and a["actor"] == "operator-1" and a["target"] == "sim-00007"
+        for a in db.audit_log()
+    )
+    op.context.close()
