@@ -62,7 +62,7 @@ from paho.mqtt.properties import Properties
 
 from ..config import AppConfig
 from ..errors import ApplianceError
-from ..inbound import Incoming
+from ..inbound import Incoming, Reply
 from ..store import OutboxRow, Store, render_event
 from .topics import Topics
 
@@ -168,6 +168,11 @@ class MqttAgent:
         self._epoch = 0
         self._lock = threading.Lock()
         self._acks: collections.deque[int] = collections.deque()
+        # Batches of (replies with their properties, acknowledgements) for the network thread
+        # (handover); a deque append/popleft is atomic.
+        self._handed: collections.deque[
+            tuple[list[tuple[str, bytes, Any]], list[Callable[[], None]]]
+        ] = collections.deque()
         self._wake = threading.Condition(threading.Lock())
         self._net_thread: threading.Thread | None = None
         self._drain_thread: threading.Thread | None = None
@@ -267,6 +272,66 @@ class MqttAgent:
         sig = self._signer(body) if self._signer is not None else None
         return publish_properties(sig, correlation_data, response_topic)
 
+    def handover(self, replies: list[Reply], acks: list[Callable[[], None]]) -> None:
+        """Send ``replies`` (QoS 1) and then run ``acks`` (PUBACKs), waking the network thread
+        ONCE for all of them (``Incoming.handover``): queued from another thread one by one,
+        each paho call writes its own wake-up byte, and the network thread often wakes, writes
+        one packet and goes back to sleep before the next is queued. The replies' properties
+        (and device signatures) are made here, in the caller's thread; the network thread only
+        queues the packets and writes them together."""
+        if not replies and not acks:
+            return
+        client = self._client
+        prepared = [(t, body, self._properties(body, corr)) for t, body, corr in replies]
+        wake = getattr(client, "_sockpairW", None)  # paho's own wake-up of its select()
+        if client is None or wake is None or not self.connected:
+            # Offline or between connections: no network thread to hand to; the calls are
+            # thread-safe, and a reply that cannot go is answered to a repeat from the store.
+            self._send_handed(client, prepared, acks)
+            return
+        self._handed.append((prepared, acks))
+        try:
+            wake.send(b"\0")
+        except BlockingIOError:  # the pair is full of wake-ups already: it is awake
+            pass
+        except OSError:  # closed under us: the next loop() of the next connection sends them
+            log.debug("mqtt: waking the network thread failed", exc_info=True)
+
+    def _run_handed(self, client: paho.Client) -> None:
+        """In the network thread, after each ``loop()``: what :meth:`handover` queued, then
+        one write of all of it."""
+        if not self._handed:
+            return
+        while self._handed:
+            prepared, acks = self._handed.popleft()
+            self._send_handed(client, prepared, acks)
+        if client.want_write():
+            client.loop_write()
+
+    @staticmethod
+    def _send_handed(
+        client: paho.Client | None,
+        prepared: list[tuple[str, bytes, Any]],
+        acks: list[Callable[[], None]],
+    ) -> None:
+        for topic, body, props in prepared:
+            try:
+                rc = (
+                    client.publish(topic, body, qos=1, properties=props).rc
+                    if client is not None
+                    else MQTTErrorCode.MQTT_ERR_NO_CONN
+                )
+            except Exception:  # never breaks the network thread
+                log.exception("mqtt: reply to %s failed", topic)
+                continue
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                log.info("reply to %s not sent (offline); a repeat of the command gets it", topic)
+        for ack in acks:
+            try:
+                ack()
+            except Exception:
+                log.exception("mqtt: acknowledging a message failed")
+
     def kick(self) -> None:
         """Tell the drainer that the outbox has new rows."""
         self._kick()
@@ -347,6 +412,7 @@ class MqttAgent:
                     rc = client.loop(timeout=1.0)
                     if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                         break
+                    self._run_handed(client)
                 if self._had_connack:
                     attempt = 0  # a session that got as far as CONNACK resets the backoff
                 elif self.cfg.protocol == "5":
@@ -458,6 +524,7 @@ class MqttAgent:
             correlation_data=correlation,
             message_expiry=expiry,
             ack=functools.partial(self._ack, client, msg.mid, msg.qos),
+            handover=self.handover,
         )
         taken = False
         try:
