@@ -43,9 +43,11 @@ Design (after aiomqtt's explicit supervisor, ../shared/STYLE.md):
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import logging
+import queue
 import random
 import socket
 import ssl
@@ -176,6 +178,12 @@ class MqttAgent:
         self._wake = threading.Condition(threading.Lock())
         self._net_thread: threading.Thread | None = None
         self._drain_thread: threading.Thread | None = None
+        # end_to_end: the ingest's acknowledgements with their PUBACK, for the outbox-ack
+        # thread (verified and applied off the network thread); None stops it.
+        self._ingest_acks: queue.SimpleQueue[tuple[bytes, Callable[[], None]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._ingest_ack_thread: threading.Thread | None = None
         self.connects = 0
         self.last_error: str | None = None
         self.published_events = 0  # acknowledged by the broker (PUBACK)
@@ -201,6 +209,11 @@ class MqttAgent:
         self._drain_thread = threading.Thread(target=self._drain, name="outbox", daemon=True)
         self._net_thread.start()
         self._drain_thread.start()
+        if self.end_to_end:
+            self._ingest_ack_thread = threading.Thread(
+                target=self._ingest_ack_worker, name="outbox-ack", daemon=True
+            )
+            self._ingest_ack_thread.start()
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -237,7 +250,8 @@ class MqttAgent:
             client.disconnect()
         self._stop.set()
         self._kick()
-        for t in (self._net_thread, self._drain_thread):
+        self._ingest_acks.put(None)
+        for t in (self._net_thread, self._drain_thread, self._ingest_ack_thread):
             if t is not None:
                 t.join(timeout=5)
 
@@ -305,6 +319,14 @@ class MqttAgent:
         while self._handed:
             prepared, acks = self._handed.popleft()
             self._send_handed(client, prepared, acks)
+        # paho wrote a wake-up byte for each packet queued just now (from this thread): taken
+        # out here, the next select() does not return at once for them. Every packet whose
+        # byte is taken is already queued (paho queues, then writes the byte), so the
+        # loop_write below sends it.
+        wake = getattr(client, "_sockpairR", None)
+        if wake is not None:
+            with contextlib.suppress(OSError):  # BlockingIOError: none there
+                wake.recv(10000)
         if client.want_write():
             client.loop_write()
 
@@ -507,10 +529,10 @@ class MqttAgent:
 
     def _on_message(self, client: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         if self.end_to_end and msg.topic == self.topics.outbox_ack:
-            try:
-                self._on_outbox_ack(bytes(msg.payload))
-            finally:
-                self._ack(client, msg.mid, msg.qos)
+            # Verified (Ed25519) and applied on the outbox-ack thread, which acknowledges it
+            # once applied: a crash before that gets it delivered again.
+            ack = functools.partial(self._ack, client, msg.mid, msg.qos)
+            self._ingest_acks.put((bytes(msg.payload), ack))
             return
         props = getattr(msg, "properties", None)
         response_topic = getattr(props, "ResponseTopic", None) if props else None
@@ -537,9 +559,25 @@ class MqttAgent:
             if not taken:
                 self._ack(client, msg.mid, msg.qos)
 
+    def _ingest_ack_worker(self) -> None:
+        """The ``outbox-ack`` thread: the ingest's acknowledgements in arrival order, each
+        acknowledged to the broker (PUBACK) only after it was applied. Stopped with the agent:
+        what it did not apply was not acknowledged, and the broker delivers it again."""
+        while True:
+            item = self._ingest_acks.get()
+            if item is None or self._stop.is_set():
+                return
+            payload, ack = item
+            try:
+                self._on_outbox_ack(payload)
+            except Exception:  # a bug here must not stop the next acknowledgements
+                log.exception("mqtt: applying an outbox acknowledgement failed")
+            finally:
+                ack()
+
     def _on_outbox_ack(self, payload: bytes) -> None:
-        """The ingest's acknowledgement, applied before this callback returns (so before its
-        PUBACK: a crash here gets the acknowledgement delivered again)."""
+        """The ingest's acknowledgement, applied before its PUBACK (on the ``outbox-ack``
+        thread): a crash here gets the acknowledgement delivered again."""
         if self._ack_verifier is None:
             log.warning("mqtt: outbox acknowledgement ignored: no verifier configured")
             return
