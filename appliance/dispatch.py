@@ -634,11 +634,12 @@ class Dispatcher:
         corr: bytes | None,
         t0: float,
     ) -> None:
-        """Read-only commands (ping, status, ...) run at once in the network thread and are
+        """Read-only commands (ping, status, ...) run at once on the ``inbound`` thread and are
         recorded with their reply in the admission's transaction, answered without waiting for
-        the disk (no fsync, no thread hand-off). A crash or a power cut before the record is on
-        disk can only make a repeat run a read-only command again, which changes nothing, so
-        the at-most-once rule still holds for every command with an effect."""
+        the disk (no fsync; the reply goes to the transport with the batch's PUBACKs). A crash
+        or a power cut before the record is on disk can only make a repeat run a read-only
+        command again, which changes nothing, so the at-most-once rule still holds for every
+        command with an effect."""
         ctx = self._context(request.id, spec.name, spec.timeout_s)
         reply, outcome = self._call(spec.handler, ctx, args)
         body = reply.to_json()
