@@ -217,7 +217,6 @@ class Dispatcher:
         publish: Callable[..., bool],
         reply_topic: str,
         *,
-        services: Any,
         emit: Callable[..., tuple[int, str] | None],
         max_payload: int,
         workers: int,
@@ -228,7 +227,6 @@ class Dispatcher:
         self.store = store
         self._publish = publish
         self.reply_topic = reply_topic
-        self.services = services
         self.emit = emit
         self.max_payload = max_payload
         self.verifier = verifier

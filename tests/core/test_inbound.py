@@ -102,7 +102,6 @@ class Harness:
             self.store,
             self.replies.publish,
             "kiosk/t/reply",
-            services=None,
             emit=emit,
             max_payload=10_000,
             workers=2,
