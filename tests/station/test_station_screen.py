@@ -390,6 +390,11 @@ def test_whole_enrollment_through_the_screen_to_a_verified_package(
     (exc,) = manifest["exceptions"]
     assert exc["position"] == 6 and exc["reason"] == "bandaged"
     assert SUPERVISOR[0] in exc["detail"] and OFFICER[0] in exc["detail"]
+    # The officer who ran it is in the verified manifest, exceptions or not.
+    assert manifest["station"] == {
+        "mode": "attended",
+        "officer": {"officer_id": OFFICER[0], "name": "Trần Văn Cán"},
+    }
 
     # Nothing with an image or record magic number stayed on the kiosk (the preview included).
     assert scan_for_plaintext_biometrics([kiosk.d.state_dir]) == []
