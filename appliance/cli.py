@@ -67,6 +67,10 @@ TOP_LEVEL = {
         "appliance.provisioning.cli",
         "provision this kiosk: keys, config, self-test, fleet claim (resumable)",
     ),
+    "enrollment": (
+        "appliance.enrollment.export",
+        "this kiosk's packages: export to removable media",
+    ),
     "selftest": (
         "appliance.provisioning.selftest",
         "check camera, sensor, reader, broker, clock and keys",

@@ -35,6 +35,7 @@ from .errors import ApplianceError, TrustError
 from .inbound import Incoming, Verified, Verifier
 from .sdnotify import Notifier
 from .store import Store
+from .timekeeping import Clock
 from .trust.keys import DeviceIdentity
 
 if TYPE_CHECKING:
@@ -273,6 +274,8 @@ class Daemon:
         self.services: Services | None = None
         self.enrollment: EnrollmentManager | None = None
         self.lookup: LookupClient | None = None
+        # The kiosk's trusted time (docs/enrollment.md "Time"): packages record its source.
+        self.clock: Clock | None = None
         self._cleanups: list[Callable[[], None]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -437,6 +440,7 @@ class Daemon:
         svc = self.services
         assert svc is not None and self.store is not None
         cfg = self.config
+        self.clock = self.clock or Clock(self.state_dir)
         key = None
         if cfg.trust.enrollment_key is not None:
             try:
@@ -456,6 +460,11 @@ class Daemon:
             instant_issuance=cfg.enrollment.instant_issuance,
             on_package=lambda _pid: self._kick_uploader(),
         )
+        from .enrollment.space import worst_case
+
+        manager.clock = self.clock
+        cam = cfg.hardware.camera
+        manager.space_estimate = worst_case(width=cam.width, height=cam.height)
         register_enrollment(registry, manager)
         svc.session_active = manager.is_active
         self.enrollment = manager
@@ -481,6 +490,7 @@ class Daemon:
             chunk_bytes=cfg.enrollment.chunk_bytes,
             window=cfg.enrollment.upload_window,
             chunk_timeout_s=cfg.enrollment.chunk_timeout_s,
+            now=self.clock.now,
         )
 
     def _start_lookup(self, registry: CommandRegistry) -> None:
@@ -502,6 +512,17 @@ class Daemon:
                 )
             )
 
+        from .citizen.batch import CitizenBatch
+        from .timekeeping import MAX_ROUND_TRIP_S
+
+        clock = self.clock = self.clock or Clock(self.state_dir)
+
+        def signed_time(t: float, round_trip_s: float) -> None:
+            # a lookup answer (bound to its nonce) may anchor; a batch only raises the floor
+            clock.observe_signed(
+                t, bound=round_trip_s <= MAX_ROUND_TRIP_S, round_trip_s=round_trip_s
+            )
+
         client = LookupClient(
             prefix=cfg.mqtt.topic_prefix,
             device_id=cfg.device.id,
@@ -509,6 +530,9 @@ class Daemon:
             roots=[load_public_key(p) for p in cfg.trust.root_keys],
             revoked=list(cfg.trust.revoked_keys),
             allow_unsigned=cfg.commands.allow_unsigned,
+            on_signed_time=signed_time,
+            now=clock.now,
+            batch=CitizenBatch(self.state_dir, now=clock.now),
         )
         register_lookup(registry, client)
         self.lookup = client

@@ -36,7 +36,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ..agent.topics import validate_segment
+from ..citizen.batch import BATCH_CONTEXT, BATCH_ID_RE, BATCH_TYPE
 from ..citizen.lookup import (
     ANSWER_CONTEXT,
     ANSWER_TYPE,
@@ -83,7 +84,12 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS enrollments (device TEXT NOT NULL, package_id TEXT NOT NULL, "
     "citizen_ref TEXT NOT NULL, state TEXT NOT NULL, at REAL, PRIMARY KEY (device, package_id))",
     "CREATE INDEX IF NOT EXISTS enrollments_citizen ON enrollments (citizen_ref)",
+    "CREATE TABLE IF NOT EXISTS batches (batch_id TEXT PRIMARY KEY, area TEXT NOT NULL, "
+    "created_at REAL NOT NULL, expires_at REAL NOT NULL, total INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS batch_members (batch_id TEXT NOT NULL, seq INTEGER NOT NULL, "
+    "citizen_ref TEXT NOT NULL, PRIMARY KEY (batch_id, seq))",
 )
+BATCH_CHUNK_RECORDS = 200
 
 
 def load_directory_key(home: Path) -> OperatorKey:
@@ -345,12 +351,134 @@ class DirectoryStore:
             for r in rows
         ]
 
+    # -- batches (docs/citizen-data.md "Batches") ---------------------------------------------
+
+    def create_batch(
+        self,
+        batch_id: str,
+        *,
+        provinces: Sequence[str] = (),
+        residence: str | None = None,
+        numbers: Sequence[str] = (),
+        valid_s: float,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Select the citizens of an area - ``provinces`` (the number's first three digits,
+        the province of birth registration), a ``residence`` text (a commune's name in the
+        permanent residence) and/or a list of ``numbers`` - into batch ``batch_id``, valid
+        ``valid_s`` seconds. ``progress(done, total)`` as members are written. Refuses an id
+        in use (``batch_exists``), an empty selection (``batch_empty``) and numbers the
+        directory does not hold (``citizen_unknown``, listing them)."""
+        if not BATCH_ID_RE.match(batch_id):
+            raise StoreError(
+                f"batch id {batch_id!r}: 1-64 letters, digits, _ . -", code="invalid_args"
+            )
+        clauses: list[str] = []
+        args: list[Any] = []
+        for p in provinces:
+            clauses.append("personal_id LIKE ?")
+            args.append(f"{p}%")
+        if residence:
+            clauses.append("json_extract(record, '$.permanent_residence') LIKE ?")
+            args.append(f"%{residence}%")
+        with self._lock:
+            refs: list[str] = []
+            if clauses:
+                rows = self.conn.execute(
+                    "SELECT citizen_ref FROM citizens WHERE "  # noqa: S608 - fixed clauses
+                    + " OR ".join(clauses)
+                    + " ORDER BY personal_id",
+                    args,
+                ).fetchall()
+                refs += [r[0] for r in rows]
+            unknown = []
+            for n in numbers:
+                column = "personal_id" if len(n) == 12 else "old_id_number"
+                row = self.conn.execute(
+                    f"SELECT citizen_ref FROM citizens WHERE {column}=?",  # noqa: S608
+                    (n,),
+                ).fetchone()
+                if row is None:
+                    unknown.append(n)
+                else:
+                    refs.append(row[0])
+        if unknown:
+            raise StoreError(
+                f"{len(unknown)} number(s) not in the directory: {', '.join(unknown[:10])}",
+                code="citizen_unknown",
+                details={"numbers": unknown},
+            )
+        refs = list(dict.fromkeys(refs))
+        if not refs:
+            raise StoreError("the selection holds no citizen", code="batch_empty")
+        now = time.time()
+        area = {"provinces": list(provinces), "residence": residence, "numbers": len(numbers)}
+        try:
+            with self._tx() as c:
+                c.execute(
+                    "INSERT INTO batches (batch_id, area, created_at, expires_at, total) "
+                    "VALUES (?,?,?,?,?)",
+                    (batch_id, json.dumps(area, ensure_ascii=False), now, now + valid_s, len(refs)),
+                )
+                step = 1000
+                for i in range(0, len(refs), step):
+                    c.executemany(
+                        "INSERT INTO batch_members (batch_id, seq, citizen_ref) VALUES (?,?,?)",
+                        [(batch_id, i + k, r) for k, r in enumerate(refs[i : i + step])],
+                    )
+                    if progress is not None:
+                        progress(min(i + step, len(refs)), len(refs))
+        except sqlite3.IntegrityError:
+            raise StoreError(f"batch {batch_id!r} exists already", code="batch_exists") from None
+        return self.batch_info(batch_id) or {}
+
+    def batch_info(self, batch_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT batch_id, area, created_at, expires_at, total FROM batches "
+                "WHERE batch_id=?",
+                (batch_id,),
+            ).fetchone()
+        return None if row is None else _batch_row(row)
+
+    def batches(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT batch_id, area, created_at, expires_at, total FROM batches "
+                "ORDER BY created_at"
+            ).fetchall()
+        return [_batch_row(r) for r in rows]
+
+    def batch_records(self, batch_id: str) -> list[dict[str, Any]]:
+        """The batch's citizens as they are now (records as lookups answer them)."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT c.record FROM batch_members m JOIN citizens c "
+                "ON c.citizen_ref = m.citizen_ref WHERE m.batch_id=? ORDER BY m.seq",
+                (batch_id,),
+            ).fetchall()
+        return [dict(json.loads(r[0])) for r in rows]
+
+    def find_ref(self, citizen_ref: str) -> dict[str, Any] | None:
+        """The stored record (JSON form) of a reference, or None."""
+        return self._by_ref(citizen_ref)
+
     def _by_ref(self, citizen_ref: str) -> dict[str, Any] | None:
         with self._lock:
             row = self.conn.execute(
                 "SELECT record FROM citizens WHERE citizen_ref=?", (citizen_ref,)
             ).fetchone()
         return None if row is None else dict(json.loads(row[0]))
+
+
+def _batch_row(row: tuple[Any, ...]) -> dict[str, Any]:
+    return {
+        "batch_id": row[0],
+        "area": json.loads(row[1]),
+        "created_at": row[2],
+        "expires_at": row[3],
+        "total": row[4],
+    }
 
 
 def corrections_hook(
@@ -444,6 +572,14 @@ class DirectoryCore:
                 response_topic_,
                 answer_topic,
             )
+        if isinstance(req, dict) and "batch" in req:
+            docs = self.batch_documents(device, req, rid, nonce)
+            for d in docs:
+                try:
+                    self.publish(answer_topic, d, correlation_data)
+                except Exception:
+                    log.exception("batch chunk to %s not published", device)
+            return docs[-1] if docs else None
         fields = self.answer(req, rid, nonce)
         doc = sign_document(self.key, ANSWER_TYPE, ANSWER_CONTEXT, device, fields)
         self.stats[fields["status"]] += 1
@@ -452,6 +588,60 @@ class DirectoryCore:
         except Exception:
             log.exception("lookup answer to %s not published", device)
         return doc
+
+    def batch_documents(
+        self, device: str, req: dict[str, Any], rid: str, nonce: object
+    ) -> list[bytes]:
+        """The signed chunks of the batch a kiosk asks for (``{"request_id", "nonce",
+        "batch"}``): each record re-validated (an invalid one is left out and logged) with the
+        centre's enrollment state for it; ``status: not_found`` for an unknown or expired
+        batch."""
+        batch_id = req.get("batch")
+        base: dict[str, Any] = {"request_id": rid, "nonce": nonce, "batch_id": batch_id}
+        info = self.store.batch_info(batch_id) if isinstance(batch_id, str) else None
+        if info is None or info["expires_at"] <= time.time() or not isinstance(nonce, str):
+            self.stats["batch_not_found"] = self.stats.get("batch_not_found", 0) + 1
+            fields = {**base, "status": "not_found"}
+            return [sign_document(self.key, BATCH_TYPE, BATCH_CONTEXT, device, fields)]
+        today = self._today() if self._today is not None else None
+        items = []
+        for stored in self.store.batch_records(str(batch_id)):
+            try:
+                record = record_to_json(
+                    validate_citizen(stored, stage=Stage.DIRECTORY, today=today)
+                )
+            except CitizenDataInvalid as exc:
+                log.error(
+                    "batch %s: record %s invalid, left out: %s",
+                    batch_id,
+                    stored.get("citizen_ref"),
+                    exc,
+                )
+                continue
+            state, _packages = self.store.enrollment_state(record.get("citizen_ref", ""))
+            items.append({"citizen": record, "enrollment": state})
+        n = BATCH_CHUNK_RECORDS
+        chunks = [items[i : i + n] for i in range(0, len(items), n)] or [[]]
+        shared = {
+            **base,
+            "status": "found",
+            "area": info["area"],
+            "created_at": info["created_at"],
+            "expires_at": info["expires_at"],
+            "count": len(chunks),
+            "total": len(items),
+        }
+        self.stats["batches"] = self.stats.get("batches", 0) + 1
+        return [
+            sign_document(
+                self.key,
+                BATCH_TYPE,
+                BATCH_CONTEXT,
+                device,
+                {**shared, "index": i, "records": chunk},
+            )
+            for i, chunk in enumerate(chunks)
+        ]
 
     def answer(self, req: Any, rid: str, nonce: object) -> dict[str, Any]:
         """The answer's fields (the signed body adds device, issued_at, issuer)."""

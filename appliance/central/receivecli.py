@@ -11,6 +11,11 @@ Keys (docs/central.md): <home>/enrollment.key, <home>/ingest.key + ingest.cert;
 ``--create-keys`` makes whatever is missing (and the fleet root if there is none).
 
 Stop it with Ctrl-C or SIGTERM; a restart resumes every unfinished upload.
+
+``appliance fleet receive import DIR`` imports what ``appliance enrollment export`` wrote on
+removable media, with the same storage and verification as an upload, and exits
+(docs/central.md "Import"). A package imported and later uploaded is stored once; the verdict
+and receipt reach the kiosk when it next sends a chunk of it (or at the receiver's next start).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 from ..errors import ApplianceError
 from ..fleet.conn import add_broker_args, add_home_arg, broker_options, home_of
 from .keys import ensure_central_keys, load_central_keys
-from .receiver import Receiver, ReceiverCore, registry_device_keys
+from .receiver import Receiver, ReceiverCore, import_packages, registry_device_keys
 from .service import stop_on_signals
 from .store import PackageStore
 
@@ -104,6 +109,30 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="log level on stderr (default: %(default)s)",
     )
     add_broker_args(p)
+    sub = p.add_subparsers(dest="receive_command", metavar="{import}")
+    imp = sub.add_parser("import", help="import packages exported to removable media, and exit")
+    imp.add_argument("source", type=Path, metavar="DIR", help="the export's directory")
+    imp.add_argument("--home", type=Path, default=argparse.SUPPRESS, help="as above")
+    imp.add_argument("--store", type=Path, default=argparse.SUPPRESS, help="as above")
+
+
+def run_import(args: argparse.Namespace, core: ReceiverCore) -> int:
+    def progress(n: int, total: int, what: str) -> None:
+        print(f"  [{n}/{total}] {what}", file=sys.stderr, flush=True)
+
+    try:
+        out = import_packages(core, args.source, progress=progress)
+    except ApplianceError as exc:
+        print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    for r in out["packages"]:
+        if r["outcome"] not in ("complete", "duplicate"):
+            why = r.get("code") or r.get("reason", "")
+            print(f"{r['device']}/{r['package_id']}: {r['outcome']} {why}".rstrip())
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(out["counts"].items())) or "nothing"
+    print(f"imported from {args.source}: {counts}", flush=True)
+    bad = set(out["counts"]) - {"complete", "duplicate", "held"}
+    return EXIT_FAILED if bad else EXIT_OK
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,7 +161,10 @@ def run(args: argparse.Namespace) -> int:
         lambda _t, _p: False,
         prefix=opts.prefix,
         retry_s=args.retry,
+        background=getattr(args, "receive_command", None) != "import",
     )
+    if getattr(args, "receive_command", None) == "import":
+        return run_import(args, core)
     receiver = Receiver(
         core,
         host=opts.host,

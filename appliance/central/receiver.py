@@ -419,3 +419,94 @@ class Receiver(SubscribedService):
         except (RuntimeError, ValueError):
             return False
         return info.is_published()
+
+
+# --- import from removable media (docs/central.md "Import") ---------------------------------
+
+ImportProgress = Callable[[int, int, str], None]
+
+
+def import_packages(
+    core: ReceiverCore, source: Path, *, progress: ImportProgress | None = None
+) -> dict[str, Any]:
+    """Import what ``appliance enrollment export`` wrote under ``source``
+    (``<device>/export.json`` and ``<device>/<package_id>.pkg``) through the receiver's own
+    path: each package is stored as the chunks an upload would bring (so a later upload of
+    the same package id and content is a duplicate, stored once) and verified with
+    :func:`verify_package` exactly as an uploaded one; the verdict and the signed receipt are
+    announced to the kiosk when it can hear them (``publish``; otherwise at the receiver's
+    next start, or when the kiosk sends a chunk of it again).
+
+    Returns counts and, per package, ``{device, package_id, outcome, code?}`` with outcome
+    ``complete`` / ``rejected`` / ``held`` (device not approved yet) / ``duplicate`` (already
+    held with the same content) / ``conflict`` (the id held with other content) / ``damaged``
+    (size or SHA-256 differ from the listing, or unreadable)."""
+    from .package import split_package
+
+    listings = sorted(Path(source).glob("*/export.json"))
+    items: list[tuple[str, dict[str, Any], Path]] = []
+    for listing in listings:
+        try:
+            doc = json.loads(listing.read_text(encoding="utf-8"))
+            device = str(doc["device"])
+            packages = list(doc["packages"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ApplianceError(
+                f"{listing}: not an export listing ({exc})", code="import_malformed"
+            ) from None
+        if device != listing.parent.name or not validate_device(device):
+            raise ApplianceError(
+                f"{listing}: device {device!r} is not its directory's", code="import_malformed"
+            )
+        items += [(device, p, listing.parent) for p in packages if isinstance(p, dict)]
+    results: list[dict[str, Any]] = []
+    for n, (device, entry, folder) in enumerate(items, start=1):
+        package_id = str(entry.get("package_id", ""))
+        out: dict[str, Any] = {"device": device, "package_id": package_id}
+        try:
+            if not valid_package_id(package_id):
+                raise ValueError("invalid package id")
+            data = (folder / f"{package_id}.pkg").read_bytes()
+            if len(data) != entry.get("bytes") or _sha256(data) != entry.get("sha256"):
+                raise ValueError("size or SHA-256 differs from the listing")
+        except (OSError, ValueError) as exc:
+            out.update(outcome="damaged", reason=str(exc))
+        else:
+            out.update(_import_one(core, device, package_id, split_package(package_id, data)))
+        results.append(out)
+        if progress is not None:
+            progress(n, len(items), f"{device}/{package_id}: {out['outcome']}")
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+    return {"packages": results, "counts": counts}
+
+
+def _import_one(
+    core: ReceiverCore, device: str, package_id: str, chunks: list[bytes]
+) -> dict[str, Any]:
+    for chunk in chunks:
+        header, part = decode_chunk(chunk)
+        outcome = core.store.put_chunk(device, header, part)
+        if outcome.state == "finished":
+            return {"outcome": "duplicate"}
+        if outcome.state == "conflict":
+            return {"outcome": "conflict", "code": "package_id_reused"}
+    result = core.verify_upload(device, package_id)
+    if result is None:
+        return {"outcome": "held", "code": "unknown_device"}
+    if result["status"] == "complete":
+        return {"outcome": "complete"}
+    return {"outcome": "rejected", "code": result.get("code")}
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def validate_device(device: str) -> bool:
+    from ..trust.certs import NAME_RE
+
+    return bool(NAME_RE.match(device))

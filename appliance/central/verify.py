@@ -20,6 +20,7 @@ from typing import Any
 
 from ..enrollment.package import FACE_FORMAT, FINGER_FORMAT
 from ..errors import ApplianceError, TrustError
+from ..timekeeping import check_time_source
 from ..trust.keys import DeviceSignature, verify_device_message
 from ..trust.sealed import EnrollmentKeyPair
 from .package import (
@@ -134,6 +135,17 @@ def _parse_record(entry: RecordEntry, data: bytes) -> dict[str, Any]:
         ) from None
 
 
+def _check_time(manifest: Manifest) -> None:
+    """The kiosk's time fields (docs/enrollment.md "Time"): their shape, not their truth."""
+    problems = check_time_source(manifest.model_dump())
+    if problems:
+        raise _bad(
+            "package_malformed",
+            f"manifest time fields: {'; '.join(problems)}",
+            field=problems[0].split(":", 1)[0],
+        )
+
+
 def verify_package(
     data: bytes,
     *,
@@ -152,6 +164,7 @@ def verify_package(
     except TrustError as exc:
         raise _bad("bad_signature", f"device signature: {exc.message}", cause=exc.code) from None
     manifest = parse_manifest(container.manifest_bytes)
+    _check_time(manifest)
     if manifest.device != device_id:
         raise _bad(
             "wrong_device", f"package names device {manifest.device!r}, uploaded by {device_id!r}"

@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ApplianceError, CommandError, TrustError
 from ..trust.signeddoc import verify_document
+from .batch import BATCH_ID_RE, BatchDownload, CitizenBatch, verify_chunk
 from .validation import CitizenDataInvalid, CitizenRecord, Problem, Rule, Stage, validate_citizen
 
 if TYPE_CHECKING:
@@ -198,9 +199,13 @@ class LookupResult:
     enrollment: EnrollmentState
     enrollments: list[dict[str, Any]] = field(default_factory=list)
     problems: list[dict[str, str]] = field(default_factory=list)
+    issued_at: float | None = None  # the directory's signed time (docs/enrollment.md "Time")
+    source: Literal["directory", "batch"] = "directory"
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "source": self.source,
+            "issued_at": self.issued_at,
             "status": self.status,
             "number": self.number,
             "request_id": self.request_id,
@@ -242,7 +247,15 @@ class LookupClient:
         revoked: Collection[str] = (),
         allow_unsigned: bool = False,
         now: Callable[[], float] = time.time,
+        on_signed_time: Callable[[float, float], object] | None = None,
+        batch: CitizenBatch | None = None,
     ) -> None:
+        # the stored directory batch: the answer when the directory cannot be reached
+        self.batch = batch
+        self._downloads: dict[str, BatchDownload] = {}
+        # on_signed_time(issued_at, round_trip_s): each verified answer's signed time, bound
+        # to this kiosk's request by its nonce (timekeeping.Clock.observe_signed).
+        self.on_signed_time = on_signed_time
         self.prefix = prefix
         self.device_id = device_id
         self.request_topic = request_topic(prefix, device_id)
@@ -267,6 +280,38 @@ class LookupClient:
             return self._recent.get(citizen_ref)
 
     def lookup(self, number: str, *, timeout_s: float = 10.0) -> LookupResult:
+        """The directory's verified answer; when the directory cannot be reached
+        (``directory_offline`` / ``directory_timeout``) and the number is in the stored,
+        unexpired batch, the batch's record (``source: "batch"``, the batch's signed
+        ``issued_at``). Otherwise as :meth:`ask`."""
+        try:
+            return self.ask(number, timeout_s=timeout_s)
+        except LookupFailed as exc:
+            if exc.code not in ("directory_offline", "directory_timeout") or self.batch is None:
+                raise
+            found = self.batch.find(number)
+            if found is None:
+                raise
+            item, summary = found
+            citizen = dict(item["citizen"])
+            log.info("directory unreachable (%s): batch %s answers", exc.code, summary["batch_id"])
+            ref = citizen.get("citizen_ref")
+            if ref:
+                with self._lock:
+                    self._recent[ref] = citizen
+            state = item.get("enrollment", "none")
+            return LookupResult(
+                status="found",
+                number=number,
+                request_id=f"batch:{summary['batch_id']}",
+                issuer=str(summary.get("issuer", "")),
+                citizen=citizen,
+                enrollment=state if state in ENROLLMENT_STATES else "none",
+                issued_at=summary.get("issued_at"),
+                source="batch",
+            )
+
+    def ask(self, number: str, *, timeout_s: float = 10.0) -> LookupResult:
         """Ask the directory for ``number`` (12 or 9 digits) and return its verified answer.
 
         Raises ``CommandError`` (``invalid_args``) for a bad number, ``LookupFailed`` with code
@@ -289,6 +334,7 @@ class LookupClient:
         ).encode()
         with self._lock:
             self._waiting[w.request_id] = w
+        sent = time.monotonic()
         try:
             if not self._publish(
                 self.request_topic, body, self.response_topic, w.request_id.encode()
@@ -314,6 +360,8 @@ class LookupClient:
                 )
             result = w.result
             assert result is not None
+            if self.on_signed_time is not None and result.issued_at is not None:
+                self.on_signed_time(result.issued_at, time.monotonic() - sent)
             ref = (result.citizen or {}).get("citizen_ref")
             if result.citizen is not None and ref:
                 with self._lock:
@@ -326,11 +374,87 @@ class LookupClient:
             with self._lock:
                 self._waiting.pop(w.request_id, None)
 
+    def fetch_batch(self, batch_id: str, *, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Download batch ``batch_id`` from the directory, verify every chunk and store it
+        (:class:`~appliance.citizen.batch.CitizenBatch`); returns its summary. Raises
+        ``LookupFailed`` (``directory_offline``, ``directory_timeout`` with the chunks
+        received, ``batch_not_found``, or the code of the last refused chunk)."""
+        if self.batch is None:
+            raise LookupFailed("this kiosk keeps no citizen batch", code="not_provisioned")
+        if not BATCH_ID_RE.match(batch_id):
+            raise CommandError("batch_id: 1-64 letters, digits, '_', '.', '-'", code="invalid_args")
+        if not self.roots and not self.allow_unsigned:
+            raise LookupFailed("no fleet root key configured", code="not_provisioned")
+        d = BatchDownload(f"bt-{secrets.token_hex(8)}", secrets.token_hex(16), batch_id)
+        body = json.dumps(
+            {"request_id": d.request_id, "nonce": d.nonce, "batch": batch_id},
+            separators=(",", ":"),
+        ).encode()
+        with self._lock:
+            self._downloads[d.request_id] = d
+        try:
+            if not self._publish(
+                self.request_topic, body, self.response_topic, d.request_id.encode()
+            ):
+                raise LookupFailed(
+                    "the kiosk is not connected to the broker: the batch cannot be fetched",
+                    code="directory_offline",
+                    retryable=True,
+                )
+            if not d.done.wait(timeout_s):
+                if d.refusals:
+                    last = d.refusals[-1]
+                    raise LookupFailed(
+                        f"batch chunk refused: {last.message}",
+                        code=last.code,
+                        details={"refused": len(d.refusals)},
+                    )
+                raise LookupFailed(
+                    f"batch {batch_id}: {len(d.chunks)} chunk(s) in {timeout_s:g} s, not all",
+                    code="directory_timeout",
+                    retryable=True,
+                    details={"received": len(d.chunks)},
+                )
+            if d.status == "not_found":
+                raise LookupFailed(f"no batch {batch_id!r} here", code="batch_not_found")
+            summary = self.batch.store(d)
+            if self.on_signed_time is not None and d.issued_at:
+                # not bound to a fresh time (the chunks may be old): raises the floor only
+                self.on_signed_time(d.issued_at, float("inf"))
+            return summary
+        finally:
+            with self._lock:
+                self._downloads.pop(d.request_id, None)
+
+    def _on_batch_chunk(self, payload: bytes, request_id: str | None) -> None:
+        with self._lock:
+            d = self._downloads.get(request_id or "")
+        if d is None:
+            self.refused += 1
+            return
+        try:
+            chunk, issuer = verify_chunk(
+                payload,
+                self.roots,
+                device_id=self.device_id,
+                now=self._now(),
+                revoked=self.revoked,
+                allow_unsigned=self.allow_unsigned,
+            )
+            d.add(chunk, issuer)
+        except TrustError as exc:
+            self.refused += 1
+            d.refusals.append(exc)
+            log.warning("batch chunk for %s refused: %s [%s]", d.request_id, exc.message, exc.code)
+
     def on_message(self, topic: str, payload: bytes) -> None:
         """An answer on our response topic: verified, then given to its request."""
         if topic != self.response_topic:
             return
         request_id = _peek_request_id(payload)
+        if request_id is not None and request_id.startswith("bt-"):
+            self._on_batch_chunk(payload, request_id)
+            return
         with self._lock:
             w = self._waiting.get(request_id or "")
         if w is None:
@@ -414,6 +538,7 @@ def parse_answer(
         record = record_to_json(checked)
     packages = body.get("enrollments", [])
     problems = body.get("problems", [])
+    issued_at = body.get("issued_at")
     return LookupResult(
         status=status,
         number=number,
@@ -423,6 +548,7 @@ def parse_answer(
         enrollment=enrollment,
         enrollments=packages if isinstance(packages, list) else [],
         problems=problems if isinstance(problems, list) else [],
+        issued_at=float(issued_at) if isinstance(issued_at, (int, float)) else None,
     )
 
 
@@ -438,6 +564,17 @@ class LookupArgs(BaseModel):
     timeout_s: float = Field(10.0, gt=0, le=60, description="Wait for the answer at most")
 
 
+class BatchFetchArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_id: str = Field(pattern=BATCH_ID_RE.pattern, description="The batch to download")
+    timeout_s: float = Field(120.0, gt=0, le=600, description="Wait for every chunk at most")
+
+
+class BatchStatusArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
 def register(registry: CommandRegistry, client: LookupClient) -> None:
     """``citizen.lookup`` (role operator): the directory's verified answer for a number."""
 
@@ -445,6 +582,16 @@ def register(registry: CommandRegistry, client: LookupClient) -> None:
         """Look a citizen up in the central directory (signed answer, verified)."""
         return client.lookup(args.number, timeout_s=args.timeout_s).to_dict()
 
+    def fetch(_ctx: Any, args: BatchFetchArgs) -> dict[str, Any]:
+        """Download a directory batch for a day offline (signed chunks, verified, 0600)."""
+        return client.fetch_batch(args.batch_id, timeout_s=args.timeout_s)
+
+    def status(_ctx: Any, _args: BatchStatusArgs) -> dict[str, Any]:
+        """The stored directory batch (no records), or none."""
+        return {"batch": None if client.batch is None else client.batch.summary()}
+
+    registry.add("citizen.batch.fetch", fetch, args=BatchFetchArgs, timeout_s=650, role="operator")
+    registry.add("citizen.batch.status", status, args=BatchStatusArgs, timeout_s=5, role="operator")
     # The record goes to the operator's screen, not into the kiosk's command log.
     registry.add(
         "citizen.lookup",

@@ -37,9 +37,11 @@ from ..citizen.validation import CitizenDataInvalid
 from ..commands import CommandContext, CommandRegistry
 from ..errors import Busy, CommandError, DeviceError, DeviceTimeout
 from ..store import Store
+from ..timekeeping import Clock
 from ..trust.keys import DeviceIdentity
 from ..trust.sealed import SealedStore
 from . import package as pk
+from .space import Estimate, check_room, free_bytes, worst_case
 
 if TYPE_CHECKING:
     from ..capabilities.finger import FingerCapture
@@ -214,6 +216,11 @@ class EnrollmentManager:
         # citizen_ref -> the record of this kiosk's last verified lookup (set by the daemon):
         # what corrections are checked against.
         self.looked_up: Callable[[str], dict[str, Any] | None] = lambda _ref: None
+        # Disk space first (space.py): the worst case (the daemon sizes it to the camera) and
+        # how free space is read; the kiosk's trusted time (timekeeping.py, set by the daemon).
+        self.space_estimate: Estimate = worst_case()
+        self.free_space: Callable[[Path], int] = free_bytes
+        self.clock: Clock | None = None
 
     # -- state -------------------------------------------------------------------------------
 
@@ -323,11 +330,12 @@ class EnrollmentManager:
         with self._lock:
             if self.active() is not None:
                 raise Busy("an enrollment session is already active")
+            check_room(self.state_dir, self.space_estimate, free=self.free_space)
             exceptions = [e.position for e in args.exceptions]
             policy = args.finger_policy
             plan = plan_for(policy, exceptions)
             sid = uuid.uuid4().hex
-            now = time.time()
+            now = self._now()
             with self.store.transaction() as c:
                 c.execute(
                     "INSERT INTO enrollment_sessions (id, citizen_ref, policy, plan, issuance, "
@@ -339,7 +347,7 @@ class EnrollmentManager:
                         json.dumps(plan),
                         int(args.issuance),
                         now,
-                        now,
+                        time.time(),  # "updated": the restart's idle check (recover) reads it
                         pk.CHAIN_START,
                         "active",
                         "",
@@ -542,7 +550,7 @@ class EnrollmentManager:
                     args.reason,
                     args.detail,
                     0,
-                    time.time(),
+                    self._now(),
                 ),
             )
             self._touch(s)
@@ -589,6 +597,7 @@ class EnrollmentManager:
                     details={"remaining": remaining},
                 )
             package_id = s.id
+            stamp = self.clock.stamp() if self.clock is not None else None
             corrections = json.loads(self.store.kv_get(_CORRECTIONS_KEY + s.id) or "[]")
             operator = json.loads(self.store.kv_get(_OPERATOR_KEY + s.id) or "null")
             manifest = {
@@ -601,7 +610,7 @@ class EnrollmentManager:
                 "policy": json.loads(s.policy),
                 "issuance": s.issuance,
                 "started_at": s.started_at,
-                "finished_at": time.time(),
+                "finished_at": stamp["at"] if stamp is not None else time.time(),
                 "records": [
                     {
                         "seq": i + 1,
@@ -635,6 +644,8 @@ class EnrollmentManager:
             }
             if corrections:
                 manifest["corrections"] = corrections
+            if stamp is not None:  # docs/enrollment.md "Time"
+                manifest.update({k: v for k, v in stamp.items() if k != "at"})
             if operator is not None:
                 # Who ran this enrollment at the kiosk (docs/enrollment.md "Manifest").
                 manifest["station"] = {"mode": "attended", "officer": operator}
@@ -742,6 +753,12 @@ class EnrollmentManager:
 
         return _Slot()
 
+    def _now(self) -> float:
+        """The time the package records (started_at, captured_at, finished_at): the kiosk's
+        trusted clock (docs/enrollment.md "Time"). The session's ``updated`` stays on the
+        system clock, which the restart's idle check compares it with."""
+        return self.clock.now() if self.clock is not None else time.time()
+
     def _touch(self, s: Session) -> None:
         with self.store.transaction() as c:
             c.execute("UPDATE enrollment_sessions SET updated=? WHERE id=?", (time.time(), s.id))
@@ -792,7 +809,7 @@ class EnrollmentManager:
                         chain,
                         sealed.sha256,
                         sealed.size,
-                        time.time(),
+                        self._now(),
                         json.dumps(timings),
                     ),
                 )

@@ -24,8 +24,14 @@ Each virtual kiosk behaves like the daemon on the wire (docs/protocol.md):
 * reconnection with the daemon's own full-jitter ``backoff_delay`` (imported, not copied), the
   attempt counter reset once a CONNACK was received.
 
+With ``FleetConfig.identities`` (appliance/fleet/simidentity.py) every kiosk presents its own
+client certificate (CN = its id, as the shipped ACL wants) and signs everything it publishes,
+Last Will included, with its own device key (the ``sig`` user property, MQTT 5 only), so the
+simulated fleet runs on the production path; given the fleet's root keys, it also verifies
+signed commands with the daemon's own ``CommandVerifier`` (refusals answered with its codes).
+
 What it does not simulate: the SQLite outbox (its durability is the daemon's, tested there),
-signed commands, devices. It is a load and protocol generator, not a second daemon.
+devices. It is a load and protocol generator, not a second daemon.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from typing import Any
 from ..agent.mqtt import backoff_delay
 from ..agent.topics import Topics
 from ..errors import ConfigError, DeviceDisconnected, DeviceTimeout, ProtocolError
+from .simidentity import SimIdentities
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +213,7 @@ def encode_connect(
     will_payload: bytes = b"",
     will_qos: int = 1,
     will_retain: bool = True,
+    will_props: dict[int, Any] | None = None,
 ) -> bytes:
     """CONNECT (3.1.1 §3.1, 5.0 §3.1)."""
     flags = 0x02 if clean else 0
@@ -217,7 +225,7 @@ def encode_connect(
     body += _str(client_id)
     if will_topic is not None:
         if v5:
-            body += encode_properties({})
+            body += encode_properties(will_props or {})
         body += _str(will_topic) + _str(will_payload)
     return _packet(CONNECT, 0, body)
 
@@ -344,6 +352,8 @@ class FleetConfig:
     tls_ca: str | None = None  # CA bundle of the broker certificate: TLS when set
     tls_cert: str | None = None  # client certificate (mutual TLS), shared by every kiosk
     tls_key: str | None = None
+    # a certificate and a device key per kiosk (the production path); replaces tls_cert/tls_key
+    identities: SimIdentities | None = None
 
     def validate(self) -> FleetConfig:
         problems: list[tuple[str, str]] = []
@@ -367,6 +377,12 @@ class FleetConfig:
             problems.append(("tls_cert/tls_key", "give both or neither"))
         if self.tls_cert is not None and self.tls_ca is None:
             problems.append(("tls_ca", "needed with a client certificate"))
+        if self.identities is not None:
+            problems += self.identities.problems(
+                [f"{self.id_prefix}-{self.first_index + i:05d}" for i in range(self.devices)],
+                v5=self.protocol == "5",
+                shared_cert=self.tls_cert is not None,
+            )
         try:
             Topics(self.topic_prefix, f"{self.id_prefix}-0")
         except ValueError as exc:
@@ -431,6 +447,10 @@ class _Lost(Exception):
     """The connection ended (internal control flow of one kiosk; never escapes it)."""
 
 
+class _Refused(Exception):
+    """A signed command the kiosk's verifier refused (internal control flow of _on_command)."""
+
+
 class VirtualKiosk:
     """One kiosk: a coroutine that stays connected, beats, raises events and answers pings."""
 
@@ -475,11 +495,27 @@ class VirtualKiosk:
         w.write(data)
         self.last_sent = time.monotonic()
 
+    def _sig(self, payload: bytes, props: dict[int, Any] | None = None) -> dict[int, Any]:
+        """``props`` plus the device signature (User Property ``sig``) with identities."""
+        out = dict(props or {})
+        ids = self.cfg.identities
+        if ids is not None:
+            out[0x26] = ("sig", ids.sign(self.id, payload))
+        return out
+
     def _publish(self, topic: str, obj: Any, *, qos: int = 0, retain: bool = False) -> None:
         payload = json.dumps(obj, separators=(",", ":")).encode()
         pid = self._next_pid() if qos else 0
         self._send(
-            encode_publish(topic, payload, qos=qos, retain=retain, packet_id=pid, v5=self.cfg.v5)
+            encode_publish(
+                topic,
+                payload,
+                qos=qos,
+                retain=retain,
+                packet_id=pid,
+                v5=self.cfg.v5,
+                props=self._sig(payload),
+            )
         )
 
     # -- main loop ------------------------------------------------------------------------------
@@ -536,8 +572,8 @@ class VirtualKiosk:
                 asyncio.open_connection(
                     cfg.host,
                     cfg.port,
-                    ssl=self.fleet.ssl_context,
-                    server_hostname=cfg.host if self.fleet.ssl_context else None,
+                    ssl=self.fleet.ssl_for(self.id),
+                    server_hostname=cfg.host if self.fleet.ssl_for(self.id) else None,
                 ),
                 cfg.connect_timeout_s,
             )
@@ -559,6 +595,7 @@ class VirtualKiosk:
                 session_expiry=cfg.session_expiry_s,
                 will_topic=self.topics.status,
                 will_payload=will,
+                will_props=self._sig(will),
             )
         )
         try:
@@ -703,7 +740,11 @@ class VirtualKiosk:
                 continue
             pid = self._next_pid()
             topic = self.topics.event(json.loads(payload)["type"])
-            self._send(encode_publish(topic, payload, qos=1, packet_id=pid, v5=self.cfg.v5))
+            self._send(
+                encode_publish(
+                    topic, payload, qos=1, packet_id=pid, v5=self.cfg.v5, props=self._sig(payload)
+                )
+            )
             self.inflight[pid] = seq
             if seq in self.sent_before:
                 self.fleet.stats.events_resent += 1
@@ -743,8 +784,18 @@ class VirtualKiosk:
         cid: Any = None
         name: Any = None
         reply: dict[str, Any]
+        raw: bytes | None = msg.payload
+        ids = self.cfg.identities
+        refusal: tuple[str, str] | None = None
+        if ids is not None and ids.verifies_commands:
+            raw, refusal = ids.open_command(self.id, msg.payload)
         try:
-            req = json.loads(msg.payload)
+            if refusal is not None or raw is None:
+                raise _Refused
+            req = json.loads(raw)
+        except _Refused:
+            code, reason = refusal or ("invalid_request", "refused")
+            reply = _error(None, None, code, reason)
         except (ValueError, UnicodeDecodeError):
             reply = _error(None, None, "invalid_json", "payload is not valid JSON")
         else:
@@ -781,7 +832,12 @@ class VirtualKiosk:
         payload = json.dumps(reply, separators=(",", ":")).encode()
         self._send(
             encode_publish(
-                topic, payload, qos=1, packet_id=self._next_pid(), v5=self.cfg.v5, props=props
+                topic,
+                payload,
+                qos=1,
+                packet_id=self._next_pid(),
+                v5=self.cfg.v5,
+                props=self._sig(payload, props),
             )
         )
 
@@ -807,6 +863,7 @@ class VirtualKiosk:
                     retain=True,
                     packet_id=self._next_pid(),
                     v5=self.cfg.v5,
+                    props=self._sig(payload),
                 ),
                 final=True,
             )
@@ -853,12 +910,22 @@ class FleetSim:
         self.kiosks = [VirtualKiosk(self, cfg.first_index + i) for i in range(cfg.devices)]
         self.stopping = False
         self.ssl_context = _ssl_context(cfg)
+        # with identities: a context per kiosk (its own certificate), made before the run
+        self._kiosk_ssl: dict[str, ssl.SSLContext] = (
+            {k.id: cfg.identities.ssl_context(k.id) for k in self.kiosks}
+            if cfg.identities is not None
+            else {}
+        )
         self._stop_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._done = threading.Event()
         self.error: BaseException | None = None
+
+    def ssl_for(self, device: str) -> ssl.SSLContext | None:
+        """The TLS context ``device`` connects with (None: plain TCP)."""
+        return self._kiosk_ssl.get(device, self.ssl_context)
 
     def request_stop(self) -> None:
         """Ask ``run()`` to finish (call from inside the loop, e.g. a signal handler)."""

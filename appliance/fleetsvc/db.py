@@ -14,7 +14,8 @@ instances starting at once with an advisory lock.
 
 Tables: ``devices`` (registry, reported and desired state, last contact), ``samples`` (health
 timeline), ``events``, ``alarms`` (``open_key`` is unique while an alarm is open, so instances
-never raise one twice), ``audit``, ``users``, ``sessions``, ``api_tokens``.
+never raise one twice), ``audit``, ``users``, ``sessions``, ``api_tokens``, ``commands`` (what
+an operator sent and the kiosk's signed reply: its outcome and the signature's verdict).
 """
 
 from __future__ import annotations
@@ -139,6 +140,22 @@ api_tokens = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
+commands = sa.Table(
+    "commands",
+    metadata,
+    sa.Column("command_id", sa.String(64), primary_key=True),
+    sa.Column("device_id", sa.String(64), nullable=False),
+    sa.Column("cmd", sa.String(64), nullable=False),
+    sa.Column("args", sa.Text, nullable=False, default="{}"),
+    sa.Column("sent_by", sa.String(64), nullable=False),
+    sa.Column("sent_at", sa.Float, nullable=False),
+    # "sent" until a verified reply: "ok" or "failed" (the reply's, or the publish's error)
+    sa.Column("status", sa.String(16), nullable=False, default="sent"),
+    sa.Column("replied_at", sa.Float),
+    sa.Column("outcome", sa.Text),  # the reply's result or error object, JSON
+    sa.Column("verified", sa.String(16), nullable=False, default="-"),  # the reply's signature
+)
+
 
 def _v1(conn: Connection) -> None:
     # CreateTable, not Table.create: the DDL of this step, never indexes added later.
@@ -159,10 +176,16 @@ def _v2(conn: Connection) -> None:
         conn.execute(sa.text(ddl))
 
 
+def _v3(conn: Connection) -> None:
+    conn.execute(sa.schema.CreateTable(commands))
+    conn.execute(sa.text("CREATE INDEX ix_commands_device_sent ON commands (device_id, sent_at)"))
+
+
 # Ordered, append-only: never edit a step that shipped, add the next one.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "tables", _v1),
     (2, "indexes for the overview filters, timelines and alarms", _v2),
+    (3, "commands and their replies", _v3),
 ]
 
 STATES = ("online", "offline", "lost", "never seen")
@@ -547,6 +570,89 @@ class FleetDB:
             ).mappings()
             return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
 
+    # -- commands ----------------------------------------------------------------------------------
+
+    def add_command(
+        self, command_id: str, device_id: str, cmd: str, args: dict[str, Any], actor: str
+    ) -> None:
+        """Record a command before it is published (a fast reply must find its row)."""
+        with self.tx() as conn:
+            conn.execute(
+                commands.insert().values(
+                    command_id=command_id,
+                    device_id=device_id,
+                    cmd=cmd,
+                    args=json.dumps(args, sort_keys=True),
+                    sent_by=actor,
+                    sent_at=time.time(),
+                    status="sent",
+                    verified="-",
+                )
+            )
+
+    def command_failed(self, command_id: str, code: str, message: str) -> None:
+        """The command never left (no key, no broker): its outcome is that error."""
+        with self.tx() as conn:
+            conn.execute(
+                commands.update()
+                .where(commands.c.command_id == command_id)
+                .values(
+                    status="failed",
+                    outcome=json.dumps({"code": code, "message": message}),
+                )
+            )
+
+    def command_reply(
+        self, command_id: str, device_id: str, reply: dict[str, Any], verified: str, now: float
+    ) -> bool:
+        """Store a kiosk's reply to one of our commands; False when no such command of that
+        device exists. Only a reply signed by the device's approved key (``verified == "ok"``)
+        sets the outcome; any other is recorded as its verdict and changes nothing else, and
+        never overwrites a verified reply."""
+        where = sa.and_(commands.c.command_id == command_id, commands.c.device_id == device_id)
+        with self.tx() as conn:
+            if verified == "ok":
+                ok = reply.get("ok") is True
+                outcome = reply.get("result") if ok else reply.get("error")
+                res = conn.execute(
+                    commands.update()
+                    .where(where)
+                    .values(
+                        status="ok" if ok else "failed",
+                        replied_at=now,
+                        outcome=json.dumps(outcome, sort_keys=True, default=str),
+                        verified="ok",
+                    )
+                    .returning(commands.c.command_id)
+                )
+            else:
+                res = conn.execute(
+                    commands.update()
+                    .where(where, commands.c.verified != "ok")
+                    .values(verified=verified[:16])
+                    .returning(commands.c.command_id)
+                )
+            return res.first() is not None
+
+    def commands_of(self, device_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        with self.tx() as conn:
+            rows = conn.execute(
+                sa.select(commands)
+                .where(commands.c.device_id == device_id)
+                .order_by(commands.c.sent_at.desc())
+                .limit(limit)
+            ).mappings()
+            return [_command_row(r) for r in rows]
+
+    def command(self, command_id: str) -> dict[str, Any] | None:
+        with self.tx() as conn:
+            r = (
+                conn.execute(sa.select(commands).where(commands.c.command_id == command_id))
+                .mappings()
+                .first()
+            )
+            return _command_row(r) if r is not None else None
+
     # -- users, sessions, tokens ------------------------------------------------------------------
 
     def add_user(self, name: str, role: str, password_hash: str, totp_secret: str) -> None:
@@ -677,4 +783,11 @@ def _device_row(r: Any) -> dict[str, Any]:
     raw = d.pop("devices_json", None)
     d["devices"] = json.loads(raw) if raw else {}
     d["approved"] = bool(d.get("approved"))
+    return d
+
+
+def _command_row(r: Any) -> dict[str, Any]:
+    d = dict(r)
+    d["args"] = json.loads(d["args"] or "{}")
+    d["outcome"] = json.loads(d["outcome"]) if d.get("outcome") is not None else None
     return d

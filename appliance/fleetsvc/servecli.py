@@ -114,9 +114,10 @@ class FleetService:
     ingest: ServiceIngest | None = field(default=None, init=False)
     alarms: AlarmEvaluator | None = field(default=None, init=False)
     mqtt: FleetMqtt | None = field(default=None, init=False)
+    replies: Any = field(default=None, init=False)  # web.ReplyCollector
 
     def start(self) -> FleetService:
-        from .web import Commander, create_app
+        from .web import Commander, ReplyCollector, create_app
 
         self.db.migrate()
         if self.ingesting:
@@ -130,6 +131,9 @@ class FleetService:
             interval_s=self.alarm_interval_s,
         ).start()
         self.mqtt = FleetMqtt(self.opts).connect()
+        self.replies = ReplyCollector(
+            self.db, self.mqtt, self.opts.prefix, self.keys, self.share_group
+        ).start()
         self.app = create_app(
             self.db,
             commander=Commander(self.mqtt, self.opts.prefix, self.signer),

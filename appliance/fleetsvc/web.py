@@ -27,8 +27,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, Field
 
 from ..errors import ApplianceError
-from ..fleet.conn import FleetMqtt
-from ..fleet.tools import ago
+from ..fleet.conn import FleetMqtt, Message
+from ..fleet.tools import ago, device_of, verify_from
 from ..trust.certs import OperatorKey
 from ..trust.envelope import EnvelopeBuilder, validate_target
 from . import auth
@@ -40,6 +40,7 @@ HERE = Path(__file__).parent
 COOKIE = "fleet_session"
 PRE = "fleet_login"
 COMMANDS = ("ping", "status", "note", "config.get", "restart")
+CMD_ID_PREFIX = "fleetsvc-"
 
 
 class Commander:
@@ -48,13 +49,24 @@ class Commander:
     def __init__(self, mqtt: FleetMqtt, prefix: str, key: OperatorKey | None) -> None:
         self.mqtt, self.prefix, self.key = mqtt, prefix, key
 
-    def send(self, device: str, cmd: str, args: dict[str, Any], lifetime_s: int = 120) -> str:
+    @staticmethod
+    def new_id() -> str:
+        return f"{CMD_ID_PREFIX}{uuid.uuid4().hex[:12]}"
+
+    def send(
+        self,
+        device: str,
+        cmd: str,
+        args: dict[str, Any],
+        lifetime_s: int = 120,
+        cid: str | None = None,
+    ) -> str:
         if self.key is None:
             raise ApplianceError(
                 "the service has no operator key (serve --signer)", code="key_missing"
             )
         validate_target(device)
-        cid = f"fleetsvc-{uuid.uuid4().hex[:12]}"
+        cid = cid or self.new_id()
         req = json.dumps({"id": cid, "cmd": cmd, "args": args}).encode()
         env = EnvelopeBuilder(self.key, lifetime_s=lifetime_s).build(cmd, req, device)
         self.mqtt.publish(
@@ -65,6 +77,52 @@ class Commander:
             expiry_s=lifetime_s,
         )
         return cid
+
+
+class ReplyCollector:
+    """Stores the kiosks' replies to the service's commands: the reply topic ``fleet send``
+    uses (``{prefix}/DEVICE/reply``, the only one the shipped ACL lets a kiosk write), shared
+    between instances like the ingest (any instance may have sent the command: they share the
+    database). A reply is matched by its correlation data (else its ``id``) and the device of
+    its topic, and verified with the device's approved key (docs/protocol.md "Signed
+    messages"): only a verified reply sets the command's outcome."""
+
+    def __init__(
+        self,
+        db: FleetDB,
+        mqtt: FleetMqtt,
+        prefix: str,
+        keys: dict[str, bytes],
+        share_group: str | None,
+    ) -> None:
+        self.db, self.mqtt, self.prefix, self.keys = db, mqtt, prefix, keys
+        topic = f"{prefix}/+/reply"
+        self.filter = f"$share/{share_group}-replies/{topic}" if share_group else topic
+        self.stored = 0
+
+    def start(self) -> ReplyCollector:
+        self.mqtt.on_message = self.on_message
+        self.mqtt.subscribe([self.filter])
+        return self
+
+    def on_message(self, msg: Message) -> None:
+        device = device_of(msg.topic, self.prefix)
+        if device is None or not msg.topic.endswith("/reply"):
+            return
+        try:
+            reply = json.loads(msg.payload)
+        except (ValueError, UnicodeDecodeError):
+            return
+        if not isinstance(reply, dict):
+            return
+        cid: Any = msg.correlation_data.decode("utf-8", "replace") if msg.correlation_data else None
+        if not (isinstance(cid, str) and cid.startswith(CMD_ID_PREFIX)):
+            cid = reply.get("id")
+        if not (isinstance(cid, str) and cid.startswith(CMD_ID_PREFIX)):
+            return  # not one of ours (``fleet send``'s, another tool's)
+        verdict = verify_from(self.keys, device, msg)
+        if self.db.command_reply(cid, device, reply, verdict.status, time.time()):
+            self.stored += 1
 
 
 # -- API models ----------------------------------------------------------------------------------
@@ -119,6 +177,7 @@ class DeviceDetail(BaseModel):
     timeline: list[Sample]
     enrollments_per_day: list[tuple[str, int]]
     events: list[EventOut]
+    commands: list[CommandRecord] = Field(default_factory=list)
 
 
 class AlarmOut(BaseModel):
@@ -151,6 +210,25 @@ class CommandOut(BaseModel):
     id: str
     device_id: str
     cmd: str
+
+
+class CommandRecord(BaseModel):
+    """A command the service sent and the kiosk's reply: ``status`` is ``sent`` until a reply
+    signed by the device's approved key arrives, then ``ok`` or ``failed`` with ``outcome``
+    (the reply's ``result``, or its ``error``: code, message, details); ``failed`` without a
+    reply when it could not be published. ``verified`` is the reply's signature verdict
+    (``-`` none yet, ``ok``, ``bad``, ``unknown``)."""
+
+    command_id: str
+    device_id: str
+    cmd: str
+    args: dict[str, Any]
+    sent_by: str
+    sent_at: float
+    status: str
+    replied_at: float | None
+    outcome: Any
+    verified: str
 
 
 class ErrorOut(BaseModel):
@@ -373,6 +451,7 @@ def create_app(  # noqa: C901, PLR0915  the routes are closures over the service
             events=db.recent_events(device_id),
             commands=COMMANDS,
             sent=sent,
+            recent_commands=db.commands_of(device_id),
             alarms=[a for a in db.list_alarms(open_only=True) if a["device_id"] == device_id],
         )
 
@@ -419,12 +498,17 @@ def create_app(  # noqa: C901, PLR0915  the routes are closures over the service
         if commander is None:
             raise HTTPException(503, "the service has no broker connection for commands")
         try:
-            cid = commander.send(device_id, body.cmd, body.args)
-        except ApplianceError as exc:
-            db.audit(p.name, "command.failed", device_id, cmd=body.cmd, code=exc.code)
-            raise HTTPException(502 if exc.code != "key_missing" else 503, exc.message) from None
+            validate_target(device_id)
         except ValueError as exc:
             raise HTTPException(422, f"device: {exc}") from None
+        cid = commander.new_id()
+        db.add_command(cid, device_id, body.cmd, body.args, p.name)
+        try:
+            commander.send(device_id, body.cmd, body.args, cid=cid)
+        except ApplianceError as exc:
+            db.command_failed(cid, exc.code, exc.message)
+            db.audit(p.name, "command.failed", device_id, cmd=body.cmd, code=exc.code)
+            raise HTTPException(502 if exc.code != "key_missing" else 503, exc.message) from None
         db.audit(p.name, "command", device_id, cmd=body.cmd, args=body.args, id=cid)
         return cid
 
@@ -468,6 +552,7 @@ def create_app(  # noqa: C901, PLR0915  the routes are closures over the service
             timeline=[Sample(**s) for s in db.timeline(device_id)],
             enrollments_per_day=db.enrollments_per_day(device_id),
             events=[EventOut(**e) for e in db.recent_events(device_id)],
+            commands=[CommandRecord(**c) for c in db.commands_of(device_id)],
         )
 
     @app.post(
@@ -480,6 +565,17 @@ def create_app(  # noqa: C901, PLR0915  the routes are closures over the service
         check_csrf(p, request.headers.get("x-csrf-token"))
         cid = _send(p, device_id, body)
         return CommandOut(id=cid, device_id=device_id, cmd=body.cmd)
+
+    @app.get(
+        "/api/v1/commands/{command_id}",
+        response_model=CommandRecord,
+        responses={**errors, 404: {"model": ErrorOut}},
+    )
+    def api_command_status(command_id: str, p: ApiUser) -> CommandRecord:
+        row = db.command(command_id)
+        if row is None:
+            raise HTTPException(404, f"no command {command_id}")
+        return CommandRecord(**row)
 
     @app.get("/api/v1/alarms", response_model=list[AlarmOut], responses=errors)
     def api_alarms(p: ApiUser, all: bool = False) -> list[AlarmOut]:

@@ -33,6 +33,7 @@ from appliance.central.store import PackageStore
 from appliance.devtools.broker import Mosquitto
 from appliance.devtools.controller import Controller
 from appliance.devtools.fleetkit import FleetKit
+from appliance.timekeeping import TIMESYNC_FLAG
 from appliance.trust.keys import load_public_key
 from tests.helpers import ROOT, DaemonProcess, wait_for, wait_online
 
@@ -166,6 +167,14 @@ def test_lookup_known_unknown_enrolled_and_a_correction_reaching_the_centre(
         ("full_name", who.full_name, wanted, "pending")
     ]
     assert rows[0]["device"] == DEV and rows[0]["package_id"] == finished["package_id"]
+    # the package says where its time came from: the directory's signed answers anchored the
+    # kiosk's clock (docs/enrollment.md "Time"), unless the host's clock is NTP-synchronised
+    manifest = json.loads(
+        (centre.packages.package_dir(DEV, finished["package_id"]) / "manifest.json").read_text()
+    )
+    assert manifest["time_source"] == ("ntp" if TIMESYNC_FLAG.exists() else "signed_centre")
+    assert manifest["time_anchor"]["source"] == manifest["time_source"]
+    assert manifest["finished_at"] >= manifest["time_floor"]
     # the kiosk never edits the directory
     assert centre.store.find(who.personal_id)["full_name"] == who.full_name  # type: ignore[index]
 
@@ -313,3 +322,34 @@ def test_lookup_from_an_mqtt_311_kiosk(
         ctl.close()
         directory.stop()
         d.terminate()
+
+
+def test_a_batch_fetched_before_leaving_answers_lookups_when_the_directory_is_gone(
+    centre: Centre, signed_controller: Controller, kiosk: DaemonProcess, fleet_kit: FleetKit
+) -> None:
+    """Through mosquitto, TLS and the shipped ACL: the kiosk downloads a signed batch on the
+    lookup topics with ``citizen.batch.fetch``; with the directory unreachable, ``citizen.
+    lookup`` answers from the batch (``source: batch``, the batch's signed time); the kiosk's
+    time floor has followed the directory's signed answers."""
+    ctl = signed_controller
+    who = synthetic_citizen("CIT-LK-2", today=dt.date.today())
+    info = centre.store.create_batch("bt-e2e", numbers=[who.personal_id], valid_s=3600)
+    assert info["total"] == 1
+    missing = ctl.request(DEV, "citizen.batch.fetch", {"batch_id": "bt-none", "timeout_s": 10})
+    assert missing["ok"] is False and missing["error"]["code"] == "batch_not_found", missing
+    got = _ok(ctl.request(DEV, "citizen.batch.fetch", {"batch_id": "bt-e2e", "timeout_s": 20}))
+    assert got["batch_id"] == "bt-e2e" and got["total"] == 1
+    status = _ok(ctl.request(DEV, "citizen.batch.status", {}))
+    assert status["batch"]["batch_id"] == "bt-e2e"
+    online = _ok(ctl.request(DEV, "citizen.lookup", {"number": who.personal_id}))
+    assert online["source"] == "directory"
+    floor = json.loads((kiosk.state_dir / "time.json").read_text())["floor"]
+    assert floor >= online["issued_at"]
+    # the directory goes away (the broker stays: the request leaves, nothing answers)
+    centre.core.publish = lambda *_a: False
+    offline = _ok(ctl.request(DEV, "citizen.lookup", {"number": who.personal_id, "timeout_s": 2}))
+    assert offline["source"] == "batch" and offline["status"] == "found"
+    assert offline["citizen"]["full_name"] == who.full_name
+    assert offline["issued_at"] == got["issued_at"]
+    unknown = ctl.request(DEV, "citizen.lookup", {"number": "001099999999", "timeout_s": 2})
+    assert unknown["ok"] is False and unknown["error"]["code"] == "directory_timeout"

@@ -1,12 +1,14 @@
 """The dashboard in a real browser (Playwright driving Debian's /usr/bin/chromium): 500
 simulated kiosks appear, a filter narrows them, a killed kiosk shows lost with its last-seen
 time and raises an alarm within the configured delay, a viewer cannot send a command (no
-button, and the POST is refused), an operator can. Screenshots go to $FLEETSVC_SCREENSHOTS
-(default: the test's temporary directory); they are not committed.
+button, and the POST is refused), an operator can, and sees the kiosk's verified reply as the
+command's outcome. Screenshots go to $FLEETSVC_SCREENSHOTS (default: the test's temporary
+directory); they are not committed.
 
-The simulated kiosks connect to the plain development broker: the simulator shares one client
-certificate between all its kiosks, which the shipped ACL (keyed on each kiosk's certificate
-name) refuses; the production path (TLS, shipped ACL, signed messages) is test_service.py's."""
+The production path: mosquitto with the shipped configuration (mutual TLS, the shipped ACL), of
+its own for this module (the session's TLS broker keeps other tests' retained statuses); every
+simulated kiosk presents its own certificate issued by the fleet CA and signs what it publishes
+with its own device key (appliance/fleet/simidentity.py), and the service approves those keys."""
 
 from __future__ import annotations
 
@@ -22,13 +24,14 @@ from typing import Any
 import pyotp
 import pytest
 
-from appliance.devtools.broker import Mosquitto, free_port
+from appliance.devtools.broker import free_port
 from appliance.devtools.fleetkit import FleetKit
-from appliance.fleet.conn import BrokerOptions
 from appliance.fleet.sim import FleetConfig, FleetSim
+from appliance.fleet.simidentity import SimIdentities
 from appliance.fleetsvc.auth import add_user
 from appliance.fleetsvc.db import FleetDB
 from appliance.fleetsvc.servecli import FleetService, WebServer
+from appliance.trust.keys import load_public_key
 from tests.fleetsvc.conftest import PASSWORD
 from tests.helpers import wait_for
 
@@ -41,15 +44,21 @@ os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
 
 @pytest.fixture(scope="module")
 def stack(
-    broker: Mosquitto, fleet_kit: FleetKit, tmp_path_factory: pytest.TempPathFactory
+    fleet_kit: FleetKit, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
-    prefix = f"b{uuid.uuid4().hex[:6]}"
+    broker = fleet_kit.broker(tmp_path_factory.mktemp("browser-broker")).start()
+    ids = SimIdentities.issue(
+        fleet_kit.ca_dir,
+        tmp_path_factory.mktemp("sim-identities"),
+        [f"sim-{i:05d}" for i in range(KIOSKS)],
+        command_roots=[load_public_key(fleet_kit.root_pub)],
+    )
     db = FleetDB(f"sqlite:///{tmp_path_factory.mktemp('svc') / 'fleet.db'}")
     svc = FleetService(
         db,
-        BrokerOptions(host=broker.host, port=broker.port, prefix=prefix),
-        {},
-        share_group=f"g{prefix}",
+        fleet_kit.options(broker.port),
+        ids.public_keys(),
+        share_group=f"g{uuid.uuid4().hex[:6]}",
         lost_after_s=LOST_AFTER,
         alarm_interval_s=0.5,
         signer=fleet_kit.signer("operator"),
@@ -59,10 +68,10 @@ def stack(
     web = WebServer(svc.app, "127.0.0.1", port).start()
     sim = FleetSim(
         FleetConfig(
-            host=broker.host,
+            host="localhost",  # the name in the broker's certificate
             port=broker.port,
             devices=KIOSKS,
-            topic_prefix=prefix,
+            identities=ids,
             heartbeat_s=2.0,
             keepalive_s=5,
             connect_rate=1000,
@@ -86,6 +95,7 @@ def stack(
         web.stop()
         svc.stop()
         db.close()
+        broker.stop()
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +135,9 @@ def _kill(sim: FleetSim, device: str) -> None:
 def test_dashboard_with_500_kiosks(browser: Any, stack: dict[str, Any]) -> None:
     db: FleetDB = stack["db"]
     wait_for(lambda: db.counts()["online"] == KIOSKS, 60, f"{KIOSKS} kiosks online")
+    # every kiosk on its own certificate (else the ACL drops its writes) and device key
+    sigs = {(db.device(f"sim-{i:05d}") or {}).get("signature") for i in (0, 250, KIOSKS - 1)}
+    assert sigs == {"ok"}, sigs
     shots: Path = stack["shots"]
 
     page = _sign_in(browser, stack, "viewer")
@@ -183,6 +196,16 @@ def test_dashboard_with_500_kiosks(browser: Any, stack: dict[str, Any]) -> None:
     op.click("#send-command")
     op.wait_for_selector("p.ok[role=status]")
     assert "Đã gửi lệnh" in op.inner_text("p.ok")
+    # The kiosk verifies it (the daemon's CommandVerifier) and its signed reply is the outcome.
+    cid = op.inner_text("p.ok").rsplit(": ", 1)[1].strip()
+    row = op.locator(f"#commands tr[data-command={cid}]")
+    deadline = time.monotonic() + 15
+    while row.get_attribute("class") != "cmd-ok":
+        assert time.monotonic() < deadline, "no reply shown for the command"
+        op.wait_for_timeout(250)
+        op.reload()
+    assert row.locator("td.outcome").inner_text() == "thành công"
+    assert row.locator("td.verified").inner_text() == "ok"
     op.screenshot(path=str(shots / "device-operator-vi.png"), full_page=True)
     assert any(
         a["action"] == "command" and a["actor"] == "operator-1" and a["target"] == "sim-00007"

@@ -26,6 +26,8 @@ from appliance.trust.envelope import CommandVerifier, ensure_replay_schema
 from appliance.trust.keys import DeviceIdentity, load_public_key
 from tests.fleetsvc.conftest import PASSWORD
 from tests.fleetsvc.kiosk import SignedKiosk
+from tests.fleetsvc.openapi_check import check_response
+from tests.fleetsvc.test_api import DOC
 from tests.helpers import wait_for
 
 LOST_AFTER = 3.0
@@ -143,6 +145,7 @@ def test_ingest_alarms_and_a_signed_command(
             f"/api/v1/devices/{dev}/commands", json={"cmd": "ping"}, headers={"x-csrf-token": csrf}
         )
         assert r.status_code == 202, r.text
+        cid = r.json()["id"]
     msg = kiosk.cmds.get(timeout=10)
     conn, lock = sqlite3.connect(":memory:", check_same_thread=False), threading.Lock()
     ensure_replay_schema(conn, lock)
@@ -157,6 +160,39 @@ def test_ingest_alarms_and_a_signed_command(
     assert decision.accepted and decision.command == "ping", decision.reason
     conn.close()
     assert any(a["action"] == "command" and a["actor"] == "olga" for a in fleet_db.audit_log())
+
+    # The kiosk's reply on its reply topic (the one the ACL lets it write): a forged one is
+    # recorded as its verdict and changes nothing; the signed one is the command's outcome,
+    # in the API and on the kiosk's page.
+    assert (fleet_db.command(cid) or {}).get("status") == "sent"
+    kiosk.publish(
+        "reply",
+        {"id": cid, "cmd": "ping", "ok": False, "error": {"code": "unknown_command"}},
+        key=forger,
+    )
+    wait_for(lambda: (fleet_db.command(cid) or {}).get("verified") == "bad", 10, "forged reply")
+    assert (fleet_db.command(cid) or {})["status"] == "sent"
+    kiosk.publish("reply", {"id": cid, "cmd": "ping", "ok": True, "result": {"pong": True}})
+    wait_for(lambda: (fleet_db.command(cid) or {}).get("status") == "ok", 10, "the reply")
+    with TestClient(svc.app, base_url="https://testserver", follow_redirects=False) as http:
+        _sign_in(http, "olga", secret)
+        r = http.get(f"/api/v1/commands/{cid}")
+        check_response(DOC, "get", "/api/v1/commands/{command_id}", r)
+        got = r.json()
+        assert (got["status"], got["verified"], got["outcome"], got["sent_by"]) == (
+            "ok",
+            "ok",
+            {"pong": True},
+            "olga",
+        )
+        detail = http.get(f"/api/v1/devices/{dev}").json()
+        assert [c["command_id"] for c in detail["commands"]] == [cid]
+        page = http.get(f"/devices/{dev}").text
+        assert f'<tr data-command="{cid}" class="cmd-ok">' in page
+        assert "succeeded" in page and '<code>{"pong": true}</code>' in page
+        r = http.get("/api/v1/commands/fleetsvc-nope")
+        assert r.status_code == 404
+        check_response(DOC, "get", "/api/v1/commands/{command_id}", r)
 
     # Killed: the broker sends the signed Last Will; lost, and the alarm within the delay.
     killed_at = time.time()
