@@ -342,7 +342,6 @@ class Daemon:
             store,
             publish,
             svc.topics.reply,
-            services=svc,
             emit=svc.emit,
             max_payload=cfg.commands.max_payload_bytes,
             workers=cfg.commands.workers,
