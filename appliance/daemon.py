@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .citizen.lookup import LookupClient
     from .enrollment.session import EnrollmentManager
     from .enrollment.upload import Uploader
+    from .update.agent import JobAgent
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +280,7 @@ class Daemon:
         # The kiosk's trusted time (docs/enrollment.md "Time"): packages record its source.
         self.clock: Clock | None = None
         self._cleanups: list[Callable[[], None]] = []
-        self.jobs: Any = None  # update.agent.JobAgent when installed side by side
+        self.jobs: JobAgent | None = None  # when installed side by side (docs/updates.md)
         self.exit_status = 0  # 75: started again through the update guard (systemd unit)
 
     # -- lifecycle ----------------------------------------------------------------------------

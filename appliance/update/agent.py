@@ -18,7 +18,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -247,7 +247,7 @@ class JobAgent:
                 self.report(j["job"], state, j.get("reason") or "", version=j.get("version"))
             g.set_state(self.updater.state_dir, j, j["state"], reported=True)
 
-    def trial_tick(self, connected: bool, health: dict[str, str]) -> None:
+    def trial_tick(self, connected: bool, health: Mapping[str, str]) -> None:
         """The trial's health check, as the configuration trial's: the broker reachable and
         every device that was ``ok`` before the switch ``ok`` again; then the new version's
         selftest (Updater.verdict)."""
@@ -504,7 +504,7 @@ class JobAgent:
         self._staging = threading.Thread(target=work, name="update-stage", daemon=True)
         self._staging.start()
 
-    def tick(self, health: dict[str, str] | None = None) -> None:
+    def tick(self, health: Mapping[str, str] | None = None) -> None:
         """Main loop: re-ask a lost chunk, switch an installed release once idle (``health``:
         each device's state now, which the trial must reach again)."""
         with self._lock:
@@ -517,7 +517,7 @@ class JobAgent:
             if self._staging is not None and self._staging.is_alive():
                 return
             try:
-                self.updater.switch(baseline=health or {})
+                self.updater.switch(baseline=dict(health or {}))
             except ApplianceError as exc:
                 log.warning("update switch deferred: %s", exc.message)
                 return
