@@ -59,6 +59,8 @@ FLEET_TOOLS = {
     "issue": ("appliance.central.issuecli", "issue a card on the spot from a verified enrollment"),
     "sim": ("appliance.fleet.simcli", "N virtual kiosks against a broker (load and scale runs)"),
     "directory": ("appliance.central.directorycli", "the central citizen directory (lookups)"),
+    "release": ("appliance.fleet.releasecli", "build and verify signed software release bundles"),
+    "jobs": ("appliance.fleet.jobscli", "staged jobs (command, config, update) for many kiosks"),
     "serve": ("appliance.fleetsvc.servecli", "the fleet service: database, alarms, dashboard, API"),
 }
 # Top-level commands served by plugin modules (configure_parser(p), run(args)).

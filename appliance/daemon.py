@@ -36,12 +36,15 @@ from .protocol.topics import Topics
 from .sdnotify import Notifier
 from .store import Store
 from .timekeeping import Clock
+from .trust.certs import ROLES
 from .trust.keys import DeviceIdentity
+from .update.topics import JOB_REPLY
 
 if TYPE_CHECKING:
     from .citizen.lookup import LookupClient
     from .enrollment.session import EnrollmentManager
     from .enrollment.upload import Uploader
+    from .update.agent import JobAgent
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +280,8 @@ class Daemon:
         # The kiosk's trusted time (docs/enrollment.md "Time"): packages record its source.
         self.clock: Clock | None = None
         self._cleanups: list[Callable[[], None]] = []
+        self.jobs: JobAgent | None = None  # when installed side by side (docs/updates.md)
+        self.exit_status = 0  # 75: started again through the update guard (systemd unit)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -297,7 +302,7 @@ class Daemon:
             self._loop()
         finally:
             self._shutdown()
-        return 0
+        return self.exit_status
 
     def _start(self) -> None:
         cfg = self.config
@@ -320,18 +325,28 @@ class Daemon:
         def publish(
             topic: str, body: bytes, *, qos: int = 1, correlation_data: bytes | None = None
         ) -> bool:
+            if self.jobs is not None and topic == JOB_REPLY:  # a command job's reply
+                self.jobs.on_command_reply(body, correlation_data)
+                return True
             return agent_box[0].publish(topic, body, qos=qos, correlation_data=correlation_data)
+
+        base_verifier = build_verifier(cfg, store, registry)
+
+        def verifier(msg: Incoming) -> Verified:
+            local: Verified | None = self.jobs.verify_local(msg) if self.jobs else None
+            if local is not None:  # a command job's command, its document verified before
+                return local
+            return base_verifier(msg) if base_verifier else Verified(msg.payload, roles=ROLES)
 
         dispatcher = Dispatcher(
             registry,
             store,
             publish,
             svc.topics.reply,
-            services=svc,
             emit=svc.emit,
             max_payload=cfg.commands.max_payload_bytes,
             workers=cfg.commands.workers,
-            verifier=build_verifier(cfg, store, registry),
+            verifier=verifier,
             session_active=lambda: svc.session_active(),  # noqa: PLW0108 - late-bound on purpose
         )
         svc.dispatcher = dispatcher
@@ -353,6 +368,7 @@ class Daemon:
             log.warning("%d command(s) were interrupted by the last stop", interrupted)
         self._start_enrollment(registry, identity)
         self._start_lookup(registry)
+        self._start_updates(svc)
         if cfg.station.enabled:  # the kiosk station: local flow, API and screen (docs/local-api.md)
             from .station.service import start as start_station
 
@@ -380,6 +396,7 @@ class Daemon:
                 svc.topics.upload_ack,
                 svc.topics.upload_receipt,
                 svc.topics.lookup_response,
+                *(self.jobs.subscriptions() if self.jobs else []),
             ],
             ack_verifier=build_outbox_ack_verifier(cfg),
         )
@@ -419,6 +436,9 @@ class Daemon:
             if lookup is not None:
                 lookup.on_message(msg.topic, msg.payload)
             return False
+        if self.jobs is not None and msg.topic in self.jobs.subscriptions():
+            self._config_worker.submit(self._guarded_msg, self.jobs.on_message, msg)
+            return False
         if msg.topic == svc.topics.config_desired:
             push = self.configpush
             if push is not None:
@@ -428,6 +448,53 @@ class Daemon:
         # read-only commands run on the dispatcher's inbound thread (docs/architecture.md 4).
         svc.dispatcher.submit(msg)
         return True
+
+    def _start_updates(self, svc: Services) -> None:
+        """Software updates and fleet jobs (docs/updates.md), when this daemon runs from a
+        side-by-side installation (``<root>/releases/<version>``)."""
+        from .trust.keys import load_public_key
+        from .update.agent import EXIT_RESTART, JobAgent, install_root
+        from .update.installer import Updater
+
+        root, cfg = install_root(), self.config
+        if root is None or not cfg.trust.root_keys:
+            log.info("software updates off: not installed side by side, or no fleet root key")
+            return
+
+        def restart(reason: str) -> None:
+            self.exit_status = EXIT_RESTART
+            self.request_stop()
+            log.info("restarting through the update guard: %s", reason)
+
+        argv = ["selftest", "--state-dir", str(self.state_dir)]
+        updater = Updater(
+            root,
+            self.state_dir,
+            roots=[load_public_key(p) for p in cfg.trust.root_keys],
+            selftest_args=[*argv, "--config", str(self.config_path)] if self.config_path else argv,
+            session_active=lambda: svc.session_active(),  # noqa: PLW0108 - late-bound
+        )
+        self.jobs = JobAgent(
+            device=cfg.device.id,
+            prefix=cfg.mqtt.topic_prefix,
+            roots=updater.roots,
+            updater=updater,
+            publish=lambda t, b, r: bool(svc.agent and svc.agent.publish(t, b, retain=r)),
+            session_active=lambda: svc.session_active(),  # noqa: PLW0108 - late-bound
+            request_restart=restart,
+            trial_timeout_s=cfg.config_push.trial_timeout_s,
+            apply_config=lambda doc: self.configpush.on_document(doc) if self.configpush else None,
+            dispatch=lambda msg: svc.dispatcher.handle(msg) if svc.dispatcher else None,
+            config_outcome=lambda: (
+                json.loads(self.store.kv_get("config.reported") or "null") if self.store else None
+            ),
+        )
+
+    def _guarded_msg(self, fn: Callable[[str, bytes], None], msg: Incoming) -> None:
+        try:
+            fn(msg.topic, msg.payload)
+        except Exception:
+            log.exception("update job handler failed")
 
     def _start_enrollment(self, registry: CommandRegistry, identity: DeviceIdentity) -> None:
         """The session manager and the upload queue (docs/enrollment.md)."""
@@ -681,9 +748,15 @@ class Daemon:
         next_wd = time.monotonic()
         if self.configpush is not None:
             self.configpush.after_start()
+        if self.jobs is not None:
+            self.jobs.after_start()
         while not self._stop.is_set():
             now = time.monotonic()
             self._config_tick(now)
+            if self.jobs is not None:
+                health = {k: d.health().state for k, d in svc.devices.items()}
+                self.jobs.trial_tick(bool(svc.agent and svc.agent.connected), health)
+                self.jobs.tick(health)
             if now >= next_hb:
                 self._heartbeat()
                 next_hb = now + hb_every

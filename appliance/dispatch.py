@@ -27,9 +27,9 @@ documented reply topic ``{prefix}/{device}/reply`` (MQTT 3.1.1 clients).
 
 from __future__ import annotations
 
-import collections
 import heapq
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +44,7 @@ from .inbound import (
     CommandRequest,
     Incoming,
     ParsedRequest,
+    Reply,
     Verified,
     Verifier,
     parse_request,
@@ -216,7 +217,6 @@ class Dispatcher:
         publish: Callable[..., bool],
         reply_topic: str,
         *,
-        services: Any,
         emit: Callable[..., tuple[int, str] | None],
         max_payload: int,
         workers: int,
@@ -227,7 +227,6 @@ class Dispatcher:
         self.store = store
         self._publish = publish
         self.reply_topic = reply_topic
-        self.services = services
         self.emit = emit
         self.max_payload = max_payload
         self.verifier = verifier
@@ -240,17 +239,16 @@ class Dispatcher:
         self._running_lock = threading.Lock()
         self.executed = 0
         self.rejected = 0
-        # The hand-off from the MQTT network thread (submit) to the inbound thread.
-        self._inbox: collections.deque[Incoming] = collections.deque()
-        self._inbox_cond = threading.Condition()
+        # The hand-off from the MQTT network thread (submit) to the inbound thread: a
+        # SimpleQueue (one C-level lock, no Condition round trip); None closes it.
+        self._inbox: queue.SimpleQueue[Incoming | None] = queue.SimpleQueue()
         self._inbox_closed = False
         self._inbound_thread = threading.Thread(target=self._inbound, name="inbound", daemon=True)
         self._inbound_thread.start()
 
     def close(self) -> None:
-        with self._inbox_cond:
-            self._inbox_closed = True
-            self._inbox_cond.notify()
+        self._inbox_closed = True
+        self._inbox.put(None)
         self._inbound_thread.join(timeout=5)
         self._group.close()
         self._deadlines.close()
@@ -281,29 +279,39 @@ class Dispatcher:
         """Queue one message for the ``inbound`` thread and return at once: what the MQTT
         network thread calls, so it goes back to reading the socket (docs/architecture.md
         section 4). Messages are admitted in the order they were submitted."""
-        with self._inbox_cond:
-            if self._inbox_closed:
-                # Not acknowledged: the broker delivers it again at the next start.
-                log.warning("command on %s not admitted: the dispatcher is closing", msg.topic)
-                return
-            self._inbox.append(msg)
-            self._inbox_cond.notify()
+        if self._inbox_closed:
+            # Not acknowledged: the broker delivers it again at the next start.
+            log.warning("command on %s not admitted: the dispatcher is closing", msg.topic)
+            return
+        self._inbox.put(msg)
 
     def _inbound(self) -> None:
         """The ``inbound`` thread: verification, admission and read-only commands, in arrival
         order; whatever arrived meanwhile (up to :data:`BATCH_MAX`) is admitted in ONE store
-        transaction."""
+        transaction. A message queued after :meth:`close` is never admitted nor acknowledged
+        (the broker delivers it again at the next start)."""
+        inbox = self._inbox
         while True:
-            with self._inbox_cond:
-                while not self._inbox and not self._inbox_closed:
-                    self._inbox_cond.wait()
-                if not self._inbox:
-                    return
-                batch = [self._inbox.popleft() for _ in range(min(len(self._inbox), BATCH_MAX))]
+            first = inbox.get()
+            if first is None:
+                return
+            batch = [first]
+            closing = False
+            while len(batch) < BATCH_MAX:
+                try:
+                    more = inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    closing = True
+                    break
+                batch.append(more)
             try:
                 self.handle_batch(batch)
             except Exception:  # never dies of input: anything here is a bug, logged
                 log.exception("inbound batch of %d message(s) failed", len(batch))
+            if closing:
+                return
 
     def handle(self, msg: Incoming) -> None:
         """Admit one message now, in the calling thread (tests, tools); see
@@ -343,17 +351,33 @@ class Dispatcher:
             self._publish_reply(reply_to, msg.correlation_data, failure.to_json().encode())
             return
         waiting: list[Callable[[], object]] = []
-        for deferred, lazy in admitted:
-            if lazy:
-                for action in deferred:
-                    action()
-            else:
-                waiting.extend(deferred)
+        # The read-only replies are collected (by _publish_reply) and handed to the transport
+        # with the PUBACKs: one wake-up of the network thread for the whole batch.
+        outgoing: list[Reply] = []
+        self._local.outgoing = outgoing
+        try:
+            for deferred, lazy in admitted:
+                if lazy:
+                    for action in deferred:
+                        action()
+                else:
+                    waiting.extend(deferred)
+        finally:
+            self._local.outgoing = None
         # Admitted (committed, not yet durable: as when admission ran in paho's callback): now
         # the broker may forget them. After the read-only replies, as paho's own PUBACK came
         # after the callback that answered them, so the reply is not queued behind it.
-        for msg in msgs:
-            self._ack(msg)
+        handover = msgs[0].handover
+        if handover is not None:
+            try:
+                handover(outgoing, [m.ack for m in msgs if m.ack is not None])
+            except Exception:  # a transport bug must not stop the admission of the rest
+                log.exception("handing %d reply(s) to the transport failed", len(outgoing))
+        else:
+            for topic, body, corr in outgoing:
+                self._publish_reply(topic, corr, body)
+            for msg in msgs:
+                self._ack(msg)
         if waiting:
             self._group.after_sync(waiting)
 
@@ -608,11 +632,12 @@ class Dispatcher:
         corr: bytes | None,
         t0: float,
     ) -> None:
-        """Read-only commands (ping, status, ...) run at once in the network thread and are
+        """Read-only commands (ping, status, ...) run at once on the ``inbound`` thread and are
         recorded with their reply in the admission's transaction, answered without waiting for
-        the disk (no fsync, no thread hand-off). A crash or a power cut before the record is on
-        disk can only make a repeat run a read-only command again, which changes nothing, so
-        the at-most-once rule still holds for every command with an effect."""
+        the disk (no fsync; the reply goes to the transport with the batch's PUBACKs). A crash
+        or a power cut before the record is on disk can only make a repeat run a read-only
+        command again, which changes nothing, so the at-most-once rule still holds for every
+        command with an effect."""
         ctx = self._context(request.id, spec.name, spec.timeout_s)
         reply, outcome = self._call(spec.handler, ctx, args)
         body = reply.to_json()
@@ -743,6 +768,10 @@ class Dispatcher:
         self._defer(lambda: self._publish_reply(topic, corr, body))
 
     def _publish_reply(self, topic: str, corr: bytes | None, body: bytes) -> None:
+        outgoing: list[Reply] | None = getattr(self._local, "outgoing", None)
+        if outgoing is not None:  # a batch's read-only reply: sent with its PUBACKs
+            outgoing.append((topic, body, corr))
+            return
         if not self._publish(topic, body, qos=1, correlation_data=corr):
             log.info("reply to %s not sent (offline); a repeat of the command gets it", topic)
 

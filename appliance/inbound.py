@@ -108,6 +108,14 @@ def parse_request(payload: bytes, obj: Any = UNREADABLE) -> ParsedRequest:
     return ParsedRequest(obj, request, None, request.id, request.cmd)
 
 
+#: A reply the dispatcher sends: (topic, body, MQTT 5 correlation data).
+Reply = tuple[str, bytes, bytes | None]
+
+#: The transport's batched send (:attr:`Incoming.handover`): the replies, then the
+#: acknowledgements, in that order, handed to the network thread together.
+Handover = Callable[[list[Reply], list[Callable[[], None]]], None]
+
+
 @dataclass(frozen=True)
 class Incoming:
     """A message for the device, decoupled from paho's types."""
@@ -123,6 +131,10 @@ class Incoming:
     #: acknowledges a command once its admission committed, as before it moved off the network
     #: thread, so a crash in between gets the command delivered again.
     ack: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+    #: Sends a batch's read-only replies and then its acknowledgements with ONE wake-up of the
+    #: transport's network thread (instead of one per reply and per PUBACK, each waking it from
+    #: another thread); None: the dispatcher publishes and acknowledges one by one.
+    handover: Handover | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -158,8 +170,10 @@ __all__ = [
     "ID_PATTERN",
     "UNREADABLE",
     "CommandRequest",
+    "Handover",
     "Incoming",
     "ParsedRequest",
+    "Reply",
     "Verified",
     "Verifier",
     "parse_request",

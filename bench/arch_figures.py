@@ -285,7 +285,6 @@ def traced_figures() -> dict[str, Any]:
             store,
             publish,
             "kiosk/kiosk-001/reply",
-            services=None,
             emit=lambda *_a, **_k: None,
             max_payload=cfg.commands.max_payload_bytes,
             workers=cfg.commands.workers,

@@ -43,9 +43,11 @@ Design (after aiomqtt's explicit supervisor, ../shared/STYLE.md):
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import logging
+import queue
 import random
 import ssl
 import struct
@@ -61,7 +63,7 @@ from paho.mqtt.properties import Properties
 
 from ..config import AppConfig
 from ..errors import ApplianceError
-from ..inbound import Incoming
+from ..inbound import Incoming, Reply
 from ..mqttclient import make_client, tls_files
 from ..protocol.topics import Topics
 from ..store import OutboxRow, Store, render_event
@@ -161,9 +163,20 @@ class MqttAgent:
         self._epoch = 0
         self._lock = threading.Lock()
         self._acks: collections.deque[int] = collections.deque()
+        # Batches of (replies with their properties, acknowledgements) for the network thread
+        # (handover); a deque append/popleft is atomic.
+        self._handed: collections.deque[
+            tuple[list[tuple[str, bytes, Any]], list[Callable[[], None]]]
+        ] = collections.deque()
         self._wake = threading.Condition(threading.Lock())
         self._net_thread: threading.Thread | None = None
         self._drain_thread: threading.Thread | None = None
+        # end_to_end: the ingest's acknowledgements with their PUBACK, for the outbox-ack
+        # thread (verified and applied off the network thread); None stops it.
+        self._ingest_acks: queue.SimpleQueue[tuple[bytes, Callable[[], None]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._ingest_ack_thread: threading.Thread | None = None
         self.connects = 0
         self.last_error: str | None = None
         self.published_events = 0  # acknowledged by the broker (PUBACK)
@@ -189,6 +202,11 @@ class MqttAgent:
         self._drain_thread = threading.Thread(target=self._drain, name="outbox", daemon=True)
         self._net_thread.start()
         self._drain_thread.start()
+        if self.end_to_end:
+            self._ingest_ack_thread = threading.Thread(
+                target=self._ingest_ack_worker, name="outbox-ack", daemon=True
+            )
+            self._ingest_ack_thread.start()
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -225,7 +243,8 @@ class MqttAgent:
             client.disconnect()
         self._stop.set()
         self._kick()
-        for t in (self._net_thread, self._drain_thread):
+        self._ingest_acks.put(None)
+        for t in (self._net_thread, self._drain_thread, self._ingest_ack_thread):
             if t is not None:
                 t.join(timeout=5)
 
@@ -259,6 +278,74 @@ class MqttAgent:
             return None
         sig = self._signer(body) if self._signer is not None else None
         return publish_properties(sig, correlation_data, response_topic)
+
+    def handover(self, replies: list[Reply], acks: list[Callable[[], None]]) -> None:
+        """Send ``replies`` (QoS 1) and then run ``acks`` (PUBACKs), waking the network thread
+        ONCE for all of them (``Incoming.handover``): queued from another thread one by one,
+        each paho call writes its own wake-up byte, and the network thread often wakes, writes
+        one packet and goes back to sleep before the next is queued. The replies' properties
+        (and device signatures) are made here, in the caller's thread; the network thread only
+        queues the packets and writes them together."""
+        if not replies and not acks:
+            return
+        client = self._client
+        prepared = [(t, body, self._properties(body, corr)) for t, body, corr in replies]
+        wake = getattr(client, "_sockpairW", None)  # paho's own wake-up of its select()
+        if client is None or wake is None or not self.connected:
+            # Offline or between connections: no network thread to hand to; the calls are
+            # thread-safe, and a reply that cannot go is answered to a repeat from the store.
+            self._send_handed(client, prepared, acks)
+            return
+        self._handed.append((prepared, acks))
+        try:
+            wake.send(b"\0")
+        except BlockingIOError:  # the pair is full of wake-ups already: it is awake
+            pass
+        except OSError:  # closed under us: the next loop() of the next connection sends them
+            log.debug("mqtt: waking the network thread failed", exc_info=True)
+
+    def _run_handed(self, client: paho.Client) -> None:
+        """In the network thread, after each ``loop()``: what :meth:`handover` queued, then
+        one write of all of it."""
+        if not self._handed:
+            return
+        while self._handed:
+            prepared, acks = self._handed.popleft()
+            self._send_handed(client, prepared, acks)
+        # paho wrote a wake-up byte for each packet queued just now (from this thread): taken
+        # out here, the next select() does not return at once for them. Every packet whose
+        # byte is taken is already queued (paho queues, then writes the byte), so the
+        # loop_write below sends it.
+        wake = getattr(client, "_sockpairR", None)
+        if wake is not None:
+            with contextlib.suppress(OSError):  # BlockingIOError: none there
+                wake.recv(10000)
+        if client.want_write():
+            client.loop_write()
+
+    @staticmethod
+    def _send_handed(
+        client: paho.Client | None,
+        prepared: list[tuple[str, bytes, Any]],
+        acks: list[Callable[[], None]],
+    ) -> None:
+        for topic, body, props in prepared:
+            try:
+                rc = (
+                    client.publish(topic, body, qos=1, properties=props).rc
+                    if client is not None
+                    else MQTTErrorCode.MQTT_ERR_NO_CONN
+                )
+            except Exception:  # never breaks the network thread
+                log.exception("mqtt: reply to %s failed", topic)
+                continue
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                log.info("reply to %s not sent (offline); a repeat of the command gets it", topic)
+        for ack in acks:
+            try:
+                ack()
+            except Exception:
+                log.exception("mqtt: acknowledging a message failed")
 
     def kick(self) -> None:
         """Tell the drainer that the outbox has new rows."""
@@ -330,6 +417,7 @@ class MqttAgent:
                     rc = client.loop(timeout=1.0)
                     if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                         break
+                    self._run_handed(client)
                 if self._had_connack:
                     attempt = 0  # a session that got as far as CONNACK resets the backoff
                 elif self.cfg.protocol == "5":
@@ -424,10 +512,10 @@ class MqttAgent:
 
     def _on_message(self, client: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         if self.end_to_end and msg.topic == self.topics.outbox_ack:
-            try:
-                self._on_outbox_ack(bytes(msg.payload))
-            finally:
-                self._ack(client, msg.mid, msg.qos)
+            # Verified (Ed25519) and applied on the outbox-ack thread, which acknowledges it
+            # once applied: a crash before that gets it delivered again.
+            ack = functools.partial(self._ack, client, msg.mid, msg.qos)
+            self._ingest_acks.put((bytes(msg.payload), ack))
             return
         props = getattr(msg, "properties", None)
         response_topic = getattr(props, "ResponseTopic", None) if props else None
@@ -441,6 +529,7 @@ class MqttAgent:
             correlation_data=correlation,
             message_expiry=expiry,
             ack=functools.partial(self._ack, client, msg.mid, msg.qos),
+            handover=self.handover,
         )
         taken = False
         try:
@@ -453,9 +542,25 @@ class MqttAgent:
             if not taken:
                 self._ack(client, msg.mid, msg.qos)
 
+    def _ingest_ack_worker(self) -> None:
+        """The ``outbox-ack`` thread: the ingest's acknowledgements in arrival order, each
+        acknowledged to the broker (PUBACK) only after it was applied. Stopped with the agent:
+        what it did not apply was not acknowledged, and the broker delivers it again."""
+        while True:
+            item = self._ingest_acks.get()
+            if item is None or self._stop.is_set():
+                return
+            payload, ack = item
+            try:
+                self._on_outbox_ack(payload)
+            except Exception:  # a bug here must not stop the next acknowledgements
+                log.exception("mqtt: applying an outbox acknowledgement failed")
+            finally:
+                ack()
+
     def _on_outbox_ack(self, payload: bytes) -> None:
-        """The ingest's acknowledgement, applied before this callback returns (so before its
-        PUBACK: a crash here gets the acknowledgement delivered again)."""
+        """The ingest's acknowledgement, applied before its PUBACK (on the ``outbox-ack``
+        thread): a crash here gets the acknowledgement delivered again."""
         if self._ack_verifier is None:
             log.warning("mqtt: outbox acknowledgement ignored: no verifier configured")
             return

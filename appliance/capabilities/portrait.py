@@ -38,6 +38,10 @@ class Guidance:
     failing: tuple[str, ...]
     hints: tuple[str, ...]
     reasons: dict[str, str]
+    # The detected face's box in frame pixels (x, y, width, height; the camera's view, not
+    # mirrored), None when no single face was found; the frame's (width, height).
+    face: tuple[int, int, int, int] | None = None
+    frame_size: tuple[int, int] | None = None
 
     @classmethod
     def from_report(cls, report: QualityReport, frame_index: int) -> Guidance:
@@ -51,10 +55,15 @@ class Guidance:
             failing=tuple(p["failing"]),
             hints=tuple(p["hints"]),
             reasons=dict(p["reasons"]),
+            face=_face_box(report),
+            frame_size=(int(report.frame_size[0]), int(report.frame_size[1]))
+            if report.frame_size[0] > 0
+            else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``camera.guidance`` event's data (docs/protocol.md)."""
+        """The ``camera.guidance`` event's data (docs/protocol.md), with ``face``
+        (``{x, y, w, h}``) and ``frame_size`` (``[width, height]``) when a face was found."""
         return {
             "frame": self.frame,
             "score": self.score,
@@ -62,7 +71,28 @@ class Guidance:
             "failing": list(self.failing),
             "hints": list(self.hints),
             "reasons": dict(self.reasons),
+            **(
+                {}
+                if self.face is None or self.frame_size is None
+                else {
+                    "face": dict(zip(("x", "y", "w", "h"), self.face, strict=True)),
+                    "frame_size": list(self.frame_size),
+                }
+            ),
         }
+
+
+def _face_box(report: QualityReport) -> tuple[int, int, int, int] | None:
+    """The face detector's square box, clipped to the frame (pixels)."""
+    if report.face is None:
+        return None
+    x, y, side = report.face.box
+    w, h = report.frame_size
+    x0, y0 = max(0, round(x)), max(0, round(y))
+    x1, y1 = min(w, round(x + side)), min(h, round(y + side))
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return (x0, y0, x1 - x0, y1 - y0)
 
 
 OnFrame = Callable[["Frame", Guidance], None]

@@ -91,6 +91,8 @@ class VerifiedPackage:
                 for r in self.records
             ],
             "exceptions": [e.model_dump() for e in m.exceptions],
+            # Who ran it at the kiosk (attended: the officer), when the kiosk said so.
+            "station": None if m.station is None else m.station.model_dump(),
         }
 
 

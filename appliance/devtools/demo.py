@@ -19,6 +19,12 @@ configuration on the simulated hardware kit.
    finger recorded as such), waits for the sealed, signed package to be verified centrally and
    purged from the kiosk, issues the citizen's card and verifies it.
 
+The kiosk's station is on (``[station]``, attended by a throw-away officer who is also a
+supervisor): once the daemon is up the demo checks that the screen's local API answers this
+boot's token (and refuses a request without it) and prints the screen's loopback URL with the
+token, and the officer's id and PIN, so that a person running the demo can open the screen in a
+browser on this machine and enroll from it.
+
 Then it prints a summary and how to watch and command the kiosk with mosquitto_sub /
 mosquitto_pub (TLS, the controller certificate) and ``appliance fleet send``. ``--dev`` runs the
 old development mode instead: plain MQTT without ACL, unsigned commands, no provisioning.
@@ -29,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -81,6 +88,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-card", action="store_true", help="enroll, but do not issue a card")
     p.add_argument(
+        "--station-port",
+        type=int,
+        default=0,
+        help="port of the kiosk screen and its local API on 127.0.0.1 (default: 8470 if free, "
+        "else a free port)",
+    )
+    p.add_argument(
         "--fast",
         action="store_true",
         help="do not pace the fingerprint emulator at the real 57,600 baud "
@@ -122,6 +136,8 @@ class _Demo:
         self.log_path = work / "daemon.log"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.broker: Mosquitto | None = None
+        self.station_port: int = args.station_port or (8470 if _free(8470) else free_port())
+        self.officer = ("can-bo-demo", f"{secrets.randbelow(10**6):06d}")  # id, PIN
 
     # -- what differs between the modes -----------------------------------------------------
 
@@ -147,6 +163,7 @@ class _Demo:
         try:
             self.broker = self.start_broker()
             self.prepare_kiosk()
+            self.station_settings()
             _step(f"starting the daemon on the simulated kit (log: {self.log_path})")
             daemon = self.spawn(
                 [PY, "-m", "appliance", "run", "--config", str(self.cfg),
@@ -162,6 +179,7 @@ class _Demo:
                 status = _wait_devices(ctl, self.dev, 60)
                 _summary(self.dev, birth, status, pong, rtt, self.mode)
                 self.hints()
+                self.screen_hints(daemon)
             if not self.args.no_enroll:
                 _step("enrolling a synthetic citizen as the fleet would (fleet enroll + issue)")
                 rc = self.enroll()
@@ -187,6 +205,38 @@ class _Demo:
             if self.broker is not None:
                 self.broker.stop()
         return rc
+
+    # -- the kiosk's own screen (docs/local-api.md) --------------------------------------------
+
+    def station_settings(self) -> None:
+        """The station on: its flow, local API and screen on loopback, attended by a throw-away
+        officer (also a supervisor, so that a finger exception can be approved)."""
+        from ..station.officers import hash_secret
+
+        text = self.cfg.read_text()
+        if "[station" in text:
+            raise RuntimeError(f"{self.cfg} already configures the station")
+        officer, pin = self.officer
+        self.cfg.write_text(
+            text.rstrip("\n")
+            + "\n\n# + appliance demo: the kiosk station (screen and local API on loopback)\n"
+            f'[station]\nenabled = true\nbind = "127.0.0.1"\nport = {self.station_port}\n'
+            "attended = true\n"
+            "[[station.officers]]\n"
+            f'id = "{officer}"\nname = "Cán bộ demo"\nsupervisor = true\n'
+            f'secret_hash = "{hash_secret(pin)}"\nexpires = {time.time() + 86400:.0f}\n'
+        )
+
+    def screen_hints(self, daemon: subprocess.Popen[bytes]) -> None:
+        """Wait until the screen answers with this boot's token, then say how to open it."""
+        token = _wait_screen(self.state, self.station_port, daemon, 30)
+        url = f"http://127.0.0.1:{self.station_port}/?token={token}"
+        officer, pin = self.officer
+        print("The kiosk's screen (loopback only; the token is new at every daemon start):")
+        print(f"  {url}")
+        print(f"  chromium --app='{url}'   (or any browser on this machine)")
+        print(f"  officer sign-in: {officer} / PIN {pin} (also a supervisor, for exceptions)")
+        print("The screen and its local API: docs/local-api.md.", flush=True)
 
     def spawn(self, argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
         with log_path.open("ab") as log:
@@ -460,6 +510,42 @@ def _wait_online(q: Any, daemon: subprocess.Popen[bytes], timeout: float) -> dic
         if msg.get("online"):
             return msg
     raise RuntimeError("the daemon did not come online in time")
+
+
+def _wait_screen(state: Path, port: int, daemon: subprocess.Popen[bytes], timeout: float) -> str:
+    """This boot's screen token, once the local API answers it (and refuses a request
+    without it)."""
+    import urllib.error
+    import urllib.request
+
+    from ..station.api import TOKEN_FILE
+
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            raise RuntimeError(f"the daemon exited with status {daemon.returncode}")
+        path = state / TOKEN_FILE
+        if path.exists():
+            token = path.read_text().strip()
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/state")
+            try:
+                urllib.request.urlopen(req, timeout=2).close()  # noqa: S310 - http on loopback
+                raise RuntimeError("the local API answered a request without the screen token")
+            except urllib.error.HTTPError as exc:
+                last = f"without the token: {exc.code}"
+            except OSError as exc:
+                last = str(exc)
+            if last.endswith("401"):
+                req.add_header("X-Screen-Token", token)
+                try:
+                    with urllib.request.urlopen(req, timeout=2) as r:  # noqa: S310
+                        if r.status == 200 and "screen" in json.loads(r.read()):
+                            return token
+                except OSError as exc:
+                    last = f"with the token: {exc}"
+        time.sleep(0.2)
+    raise RuntimeError(f"the kiosk's screen did not answer on port {port} ({last})")
 
 
 def _wait_devices(ctl: Controller, device: str, timeout: float) -> dict[str, Any]:

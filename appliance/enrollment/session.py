@@ -74,6 +74,17 @@ class ExceptionArg(BaseModel):
     detail: str = Field("", max_length=200, description="Free text for the operator")
 
 
+class OperatorArg(BaseModel):
+    """The officer running an attended enrollment (the station's signed-in officer)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    officer_id: str = Field(
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="The officer's id (station.officers)"
+    )
+    name: str = Field("", max_length=120, description="The officer's name as configured")
+
+
 class StartArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -92,6 +103,11 @@ class StartArgs(BaseModel):
         max_length=len(CORRECTABLE),
         description="Corrections the citizen asks for, against the record of this kiosk's last "
         "verified lookup of citizen_ref (docs/enrollment.md); the centre decides",
+    )
+    operator: OperatorArg | None = Field(
+        None,
+        description="The officer running an attended enrollment: recorded in the signed "
+        "package's manifest (station.officer, mode attended)",
     )
 
     @field_validator("finger_policy")
@@ -155,6 +171,7 @@ class Session:
 
 
 _CORRECTIONS_KEY = "enrollment.corrections."
+_OPERATOR_KEY = "enrollment.operator."
 
 
 class EnrollmentManager:
@@ -340,6 +357,15 @@ class EnrollmentManager:
                     c.execute(
                         "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)",
                         (_CORRECTIONS_KEY + sid, json.dumps(corrections, ensure_ascii=False)),
+                    )
+                if args.operator is not None:
+                    # Kept with the session (a resume keeps it), read back by finish().
+                    c.execute(
+                        "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)",
+                        (
+                            _OPERATOR_KEY + sid,
+                            json.dumps(args.operator.model_dump(), ensure_ascii=False),
+                        ),
                     )
                 for i, e in enumerate(args.exceptions):
                     c.execute(
@@ -573,6 +599,7 @@ class EnrollmentManager:
             package_id = s.id
             stamp = self.clock.stamp() if self.clock is not None else None
             corrections = json.loads(self.store.kv_get(_CORRECTIONS_KEY + s.id) or "[]")
+            operator = json.loads(self.store.kv_get(_OPERATOR_KEY + s.id) or "null")
             manifest = {
                 "typ": pk.MANIFEST_TYPE,
                 "package_id": package_id,
@@ -619,6 +646,9 @@ class EnrollmentManager:
                 manifest["corrections"] = corrections
             if stamp is not None:  # docs/enrollment.md "Time"
                 manifest.update({k: v for k, v in stamp.items() if k != "at"})
+            if operator is not None:
+                # Who ran this enrollment at the kiosk (docs/enrollment.md "Manifest").
+                manifest["station"] = {"mode": "attended", "officer": operator}
             manifest_bytes = json.dumps(
                 manifest, separators=(",", ":"), ensure_ascii=False
             ).encode()
@@ -635,7 +665,10 @@ class EnrollmentManager:
                     "UPDATE enrollment_sessions SET state='finished', updated=? WHERE id=?",
                     (time.time(), s.id),
                 )
-                c.execute("DELETE FROM kv WHERE key=?", (_CORRECTIONS_KEY + s.id,))
+                c.execute(
+                    "DELETE FROM kv WHERE key IN (?, ?)",
+                    (_CORRECTIONS_KEY + s.id, _OPERATOR_KEY + s.id),
+                )
                 c.execute(
                     "INSERT INTO enrollment_uploads (package_id, session_id, path, total_bytes, "
                     "state, created, records) VALUES (?,?,?,?,?,?,?)",
@@ -833,7 +866,10 @@ class EnrollmentManager:
                 "UPDATE enrollment_sessions SET state=?, reason=?, updated=? WHERE id=?",
                 (state, reason, time.time(), s.id),
             )
-            c.execute("DELETE FROM kv WHERE key=?", (_CORRECTIONS_KEY + s.id,))
+            c.execute(
+                "DELETE FROM kv WHERE key IN (?, ?)",
+                (_CORRECTIONS_KEY + s.id, _OPERATOR_KEY + s.id),
+            )
         self.emit(
             f"enrollment.{state}", {"session_id": s.id, "reason": reason, "shredded": shredded}
         )

@@ -79,7 +79,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         choices=sorted(ROLES),
         help="role granted (repeatable): operator = enrollment and card commands, admin = "
         "configuration, restarts, diagnostics, technician = self-test and snapshots, "
-        "ingest = central service acknowledging sealed biometrics. Roles do not imply "
+        "ingest = central service acknowledging sealed biometrics, release = signs "
+        "software release bundles (appliance fleet release build). Roles do not imply "
         "each other.",
     )
     iss.add_argument(

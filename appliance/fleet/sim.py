@@ -625,6 +625,8 @@ class VirtualKiosk:
         stats.connected += 1
         self.connected.set()
         subs = [(self.topics.cmd, 1), (self.topics.config_desired, 1)]
+        for ext in self.fleet.extensions:  # e.g. fleet/simjobs.py
+            subs += [(t, 1) for t in ext.subscriptions(self)]
         self._send(encode_subscribe(self._next_pid(), subs, v5=cfg.v5))
         self._publish(
             self.topics.status,
@@ -776,6 +778,8 @@ class VirtualKiosk:
                 self._send(encode_puback(msg.packet_id))
             if msg.topic == self.topics.cmd:
                 self._on_command(msg)
+            for ext in self.fleet.extensions:
+                ext.on_message(self, msg)
         elif ptype in (SUBACK, PINGRESP):
             pass
         elif ptype == DISCONNECT:
@@ -925,6 +929,9 @@ class FleetSim:
         self._tasks: list[asyncio.Task[None]] = []
         self._done = threading.Event()
         self.error: BaseException | None = None
+        #: Behaviours added to every kiosk (``subscriptions(kiosk)``, ``on_message(kiosk, msg)``,
+        #: called in the event loop), e.g. fleet jobs (fleet/simjobs.py).
+        self.extensions: list[Any] = []
 
     def ssl_for(self, device: str) -> ssl.SSLContext | None:
         """The TLS context ``device`` connects with (None: plain TCP)."""

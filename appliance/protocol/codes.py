@@ -110,6 +110,23 @@ class ErrorCode(StrEnum):
     TOKEN_MALFORMED = "token_malformed"  # noqa: S105 (not a password)
     CERT_ISSUE_FAILED = "cert_issue_failed"
     REGISTRY_CORRUPT = "registry_corrupt"
+    RELEASE_MALFORMED = "release_malformed"
+    RELEASE_UNSIGNED = "release_unsigned"
+    RELEASE_TAMPERED = "release_tampered"
+    RELEASE_WRONG_PLATFORM = "release_wrong_platform"
+    RELEASE_DOWNGRADE = "release_downgrade"
+    RELEASE_BASE_TOO_OLD = "release_base_too_old"
+    RELEASE_BUILD_FAILED = "release_build_failed"
+    UPDATE_FAILED = "update_failed"
+    UPDATE_NO_SPACE = "update_no_space"
+    UPDATE_INSTALL_FAILED = "update_install_failed"
+    UPDATE_IN_PROGRESS = "update_in_progress"
+    UPDATE_NOT_READY = "update_not_ready"
+    UPDATE_SELFTEST_FAILED = "update_selftest_failed"
+    JOB_EXPIRED = "job_expired"
+    JOB_INVALID = "job_invalid"
+    JOB_UNKNOWN = "job_unknown"
+    JOB_KIND_UNSUPPORTED = "job_kind_unsupported"
     BROKER_UNREACHABLE = "broker_unreachable"
     TLS_FILES = "tls_files"
     USAGE = "usage"
@@ -561,6 +578,74 @@ ERROR_MEANINGS: dict[ErrorCode, tuple[str, str]] = {
     ),
     ErrorCode.REGISTRY_CORRUPT: (
         "the fleet registry file cannot be read",
+        "no",
+    ),
+    ErrorCode.RELEASE_MALFORMED: (
+        "a release bundle that does not parse; `details.field` names the manifest field",
+        "no",
+    ),
+    ErrorCode.RELEASE_UNSIGNED: (
+        "a release bundle without a valid release signature",
+        "no",
+    ),
+    ErrorCode.RELEASE_TAMPERED: (
+        "a file of the bundle differs from its signed manifest",
+        "no",
+    ),
+    ErrorCode.RELEASE_WRONG_PLATFORM: (
+        "a bundle built for another platform",
+        "no",
+    ),
+    ErrorCode.RELEASE_DOWNGRADE: (
+        "a bundle older than the running version",
+        "no",
+    ),
+    ErrorCode.RELEASE_BASE_TOO_OLD: (
+        "a delta bundle whose base is older than the running version",
+        "no",
+    ),
+    ErrorCode.RELEASE_BUILD_FAILED: (
+        "building a release bundle failed (fleet tools)",
+        "no",
+    ),
+    ErrorCode.UPDATE_FAILED: (
+        "a software update step failed",
+        "no",
+    ),
+    ErrorCode.UPDATE_NO_SPACE: (
+        "the new version does not fit on the disk",
+        "after freeing space",
+    ),
+    ErrorCode.UPDATE_INSTALL_FAILED: (
+        "installing the new version beside the running one failed",
+        "no",
+    ),
+    ErrorCode.UPDATE_IN_PROGRESS: (
+        "another update is being installed or tried",
+        "no",
+    ),
+    ErrorCode.UPDATE_NOT_READY: (
+        "the update is not in a state for this step",
+        "no",
+    ),
+    ErrorCode.UPDATE_SELFTEST_FAILED: (
+        "the new version's own selftest failed during its trial",
+        "no",
+    ),
+    ErrorCode.JOB_EXPIRED: (
+        "the fleet job's signed document expired",
+        "no",
+    ),
+    ErrorCode.JOB_INVALID: (
+        "a fleet job document that does not validate",
+        "no",
+    ),
+    ErrorCode.JOB_UNKNOWN: (
+        "no fleet job of that id",
+        "no",
+    ),
+    ErrorCode.JOB_KIND_UNSUPPORTED: (
+        "a fleet job of a kind this kiosk does not run",
         "no",
     ),
     ErrorCode.BROKER_UNREACHABLE: (

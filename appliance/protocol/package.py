@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAGIC = b"APPKG1\n"
 MANIFEST_TYPE = "appliance.enrollment-package.v1"
@@ -73,6 +73,26 @@ class ExceptionEntry(_Model):
     attempts: int | None = 0
 
 
+class OfficerEntry(_Model):
+    """The officer who ran an attended enrollment at the kiosk."""
+
+    officer_id: str = Field(..., pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    name: str = Field("", max_length=120)
+
+
+class StationEntry(_Model):
+    """How the enrollment was run at the kiosk: ``attended`` names the officer."""
+
+    mode: Literal["attended", "self_service"]
+    officer: OfficerEntry | None = None
+
+    @model_validator(mode="after")
+    def _officer_when_attended(self) -> StationEntry:
+        if self.mode == "attended" and self.officer is None:
+            raise ValueError("an attended enrollment names its officer")
+        return self
+
+
 class Manifest(_Model):
     """The signed description of a package (docs/enrollment.md "Manifest")."""
 
@@ -89,6 +109,7 @@ class Manifest(_Model):
     records: list[RecordEntry] = Field(..., max_length=MAX_RECORDS)
     exceptions: list[ExceptionEntry] = Field(default_factory=list)
     chain_head: str = Field(..., pattern=HEX64)
+    station: StationEntry | None = None
 
 
 class ChunkHeader(BaseModel):

@@ -14,6 +14,10 @@
 {prefix}/{device}/outbox/ack          QoS 1: the ingest's delivery acknowledgement (end_to_end)
 {prefix}/{device}/lookup/request      QoS 1: citizen lookup, to the central directory
 {prefix}/{device}/lookup/response     QoS 1: the directory's signed answer
+{prefix}/{device}/jobs/desired        retained: the fleet's signed job document (docs/updates.md)
+{prefix}/{device}/jobs/reported       retained: the kiosk's state of that job
+{prefix}/{device}/update/get          QoS 1: a chunk request of a release bundle
+{prefix}/{device}/update/data         QoS 1: the chunk
 {prefix}/claims/{device}/request      retained: the kiosk's claim request (provisioning)
 {prefix}/claims/{device}/response     retained: the fleet's approval (provisioning)
 {prefix}/_ctl/{client}/reply          QoS 1: replies to the dev controller
@@ -144,6 +148,22 @@ class Topics:
         return f"{self.base}/lookup/response"
 
     @property
+    def jobs_desired(self) -> str:
+        return f"{self.base}/jobs/desired"
+
+    @property
+    def jobs_reported(self) -> str:
+        return f"{self.base}/jobs/reported"
+
+    @property
+    def update_get(self) -> str:
+        return f"{self.base}/update/get"
+
+    @property
+    def update_data(self) -> str:
+        return f"{self.base}/update/data"
+
+    @property
     def claim_request(self) -> str:
         return f"{self.prefix}/claims/{self.device}/request"
 
@@ -176,6 +196,10 @@ class TopicKind(StrEnum):
     OUTBOX_ACK = "outbox_ack"
     LOOKUP_REQUEST = "lookup_request"
     LOOKUP_RESPONSE = "lookup_response"
+    JOBS_DESIRED = "jobs_desired"
+    JOBS_REPORTED = "jobs_reported"
+    UPDATE_GET = "update_get"
+    UPDATE_DATA = "update_data"
     CLAIM_REQUEST = "claim_request"
     CLAIM_RESPONSE = "claim_response"
     CONTROLLER_REPLY = "controller_reply"
@@ -203,6 +227,10 @@ _LEAVES = {
     ("outbox", "ack"): TopicKind.OUTBOX_ACK,
     ("lookup", "request"): TopicKind.LOOKUP_REQUEST,
     ("lookup", "response"): TopicKind.LOOKUP_RESPONSE,
+    ("jobs", "desired"): TopicKind.JOBS_DESIRED,
+    ("jobs", "reported"): TopicKind.JOBS_REPORTED,
+    ("update", "get"): TopicKind.UPDATE_GET,
+    ("update", "data"): TopicKind.UPDATE_DATA,
 }
 
 

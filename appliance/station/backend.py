@@ -98,10 +98,24 @@ class Backend:
         return self.lookup_client.lookup(number, timeout_s=timeout_s).to_dict()
 
     def start(
-        self, citizen_ref: str, corrections: list[dict[str, Any]], issuance: bool
+        self,
+        citizen_ref: str,
+        corrections: list[dict[str, Any]],
+        issuance: bool,
+        officer: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """Open the session; ``officer`` (attended mode: the signed-in officer's ``id`` and
+        ``name``) is recorded in the signed package."""
+        operator = (
+            None if officer is None else {"officer_id": officer["id"], "name": officer["name"]}
+        )
         args = StartArgs.model_validate(
-            {"citizen_ref": citizen_ref, "corrections": corrections, "issuance": issuance}
+            {
+                "citizen_ref": citizen_ref,
+                "corrections": corrections,
+                "issuance": issuance,
+                "operator": operator,
+            }
         )
         return self.manager.start(args, job=self._job_for(10))
 

@@ -415,8 +415,9 @@ class Flow:
                 self._abandon("consent_declined", "the citizen declined")
                 return self.snapshot()
             citizen = self.state["citizen"] or {}
+            officer = self.state["officer"] if self.config.attended else None
             started = self.backend.start(
-                str(citizen.get("citizen_ref")), self.state["corrections"], issuance
+                str(citizen.get("citizen_ref")), self.state["corrections"], issuance, officer
             )
             state = {
                 **self.state,

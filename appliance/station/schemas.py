@@ -72,6 +72,15 @@ class StationState(BaseModel):
     updated: float
 
 
+class FaceBox(BaseModel):
+    """A face's box in frame pixels."""
+
+    x: int = Field(ge=0)
+    y: int = Field(ge=0)
+    w: int = Field(gt=0)
+    h: int = Field(gt=0)
+
+
 class GuidanceMessage(BaseModel):
     """Stream ``guidance``: the camera's verdict on a frame (no pixels)."""
 
@@ -82,6 +91,10 @@ class GuidanceMessage(BaseModel):
     failing: list[str]
     hints: list[str] = Field(description="come_closer, move_left... (docs/camera.md)")
     reasons: dict[str, str] = Field(default_factory=dict)
+    face: FaceBox | None = Field(
+        None, description="The face's box in frame pixels (the camera's view, not mirrored)"
+    )
+    frame_size: tuple[int, int] | None = Field(None, description="[width, height] of the frame")
 
 
 class ProgressMessage(BaseModel):

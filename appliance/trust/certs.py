@@ -60,8 +60,9 @@ CERT_TYPE = "appliance.operator-cert.v1"
 #: technician: self-test and snapshots; ingest: the central enrollment service, whose signed
 #: acknowledgements let a kiosk shred sealed biometric records (see sealed.py); directory: the
 #: central citizen directory, whose signed lookup answers a kiosk shows for confirmation
-#: (appliance/citizen/lookup.py). No command requires the directory role.
-ROLES = frozenset({"operator", "admin", "technician", "ingest", "directory"})
+#: (appliance/citizen/lookup.py). No command requires the directory role. release: signs
+#: software release bundles a kiosk installs (appliance/update/bundle.py).
+ROLES = frozenset({"operator", "admin", "technician", "ingest", "directory", "release"})
 
 ALL_DEVICES = "*"
 

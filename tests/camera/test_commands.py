@@ -143,7 +143,7 @@ def test_capture_times_out_with_best_frame_and_rate_limited_guidance(
     assert store.get(reply["record_id"]) is not None
     guidance = events.of("camera.guidance")
     assert 1 <= len(guidance) <= elapsed / 0.2 + 1
-    assert all("move_right" in g["hints"] for g in guidance)
+    assert all("move_left" in g["hints"] for g in guidance)  # the citizen's own left
     assert reply["frames"] >= len(guidance)
 
 

@@ -108,9 +108,26 @@ NEGATIVES = {
     "over_exposed": ({"exposure"}, "less_light"),
     "blurred": ({"sharpness"}, "hold_still"),
     "tilted": ({"roll"}, "straighten_head"),
-    "off_centre": ({"position"}, "move_right"),
+    "off_centre": ({"position"}, "move_left"),
     "too_far": ({"eye_distance"}, "come_closer"),
 }
+
+
+def test_position_hints_speak_in_the_citizens_own_frame() -> None:
+    """A hint says which way the citizen moves, in their own left and right (docs/camera.md
+    "Which way is left"), whatever the screen's mirror does."""
+    frame, truth = scene.render(640, 480, "off_centre", 0)
+    (right, left) = truth.eyes[0]
+    # The frame is the camera's view of a citizen facing it, not a mirror: their right eye is
+    # on the image's left.
+    assert right[0] < left[0]
+    # Their face is on the image's left: they stand too far to their own right...
+    assert (right[0] + left[0]) / 2 < 640 / 2
+    hints = {c.hint for c in assess(frame).failing}
+    assert "move_left" in hints and "move_right" not in hints  # ...so they move to their left.
+    # The same citizen too far to their own left (the face on the image's right).
+    hints = {c.hint for c in assess(np.ascontiguousarray(frame[:, ::-1])).failing}
+    assert "move_right" in hints and "move_left" not in hints
 
 
 @pytest.mark.parametrize("fault", sorted(NEGATIVES))

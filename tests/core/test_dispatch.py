@@ -61,7 +61,6 @@ class Harness:
             self.store,
             publish,
             "kiosk/t/reply",
-            services=None,
             emit=lambda *a, **k: None,
             max_payload=10_000,
             workers=2,

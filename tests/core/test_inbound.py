@@ -102,7 +102,6 @@ class Harness:
             self.store,
             self.replies.publish,
             "kiosk/t/reply",
-            services=None,
             emit=emit,
             max_payload=10_000,
             workers=2,
@@ -227,3 +226,38 @@ def test_a_command_the_closing_dispatcher_cannot_admit_is_not_acknowledged(h: Ha
     h.d.close()
     h.d.submit(dataclasses.replace(h.msg("late", "work"), ack=lambda: acked.append(True)))
     assert acked == [], "the broker must deliver it again at the next start"
+
+
+def test_a_batch_hands_its_read_only_replies_and_acknowledgements_over_together(
+    h: Harness,
+) -> None:
+    """One ``Incoming.handover`` call per batch: its read-only replies, then every message's
+    acknowledgement (one wake-up of the network thread instead of one per packet); a command
+    with an effect is answered after the group commit, as before."""
+    calls: list[tuple[list[str], list[str]]] = []
+    done = threading.Event()
+
+    def handover(replies: list[tuple[str, bytes, bytes | None]], acks: list[Any]) -> None:
+        calls.append(([json.loads(b)["id"] for _t, b, _c in replies], [a() for a in acks]))
+        if len(calls) == 2:
+            done.set()
+
+    def msg(cid: str, cmd: str) -> Incoming:
+        return dataclasses.replace(
+            h.msg(cid, cmd),
+            ack=lambda: cid,
+            handover=handover,
+            correlation_data=b"c-" + cid.encode(),
+        )
+
+    h.gate.clear()
+    h.d.submit(msg("h1", "look"))
+    assert h.in_verifier.wait(20)
+    for cid, cmd in (("h2", "look"), ("h3", "work"), ("h4", "look")):
+        h.d.submit(msg(cid, cmd))
+    h.gate.set()
+    assert done.wait(20)
+    assert calls == [(["h1"], ["h1"]), (["h2", "h4"], ["h2", "h3", "h4"])]
+    # The command with an effect is answered through the publisher once its claim is durable.
+    assert [r["id"] for r in h.replies.wait(1)] == ["h3"]
+    assert h.replies.items[0]["ok"] is True

@@ -73,8 +73,15 @@ def install_layout(root: Path) -> Path:
     unit_dir = root / "etc" / "systemd" / "system"
     unit_dir.mkdir(parents=True)
     shutil.copy(ROOT / "systemd" / "appliance.service", unit_dir / "appliance.service")
-    venv_bin = root / "opt" / "appliance" / ".venv" / "bin"
+    # Side by side releases (docs/updates.md): releases/<version> linked by `current`, and the
+    # guard ExecStartPre runs with the system's python3.
+    opt = root / "opt" / "appliance"
+    venv_bin = opt / "releases" / "0.1.0" / "bin"
     venv_bin.mkdir(parents=True)
+    (opt / "current").symlink_to("releases/0.1.0")
+    shutil.copy2(ROOT / "appliance" / "update" / "guard.py", opt / "guard.py")
+    (root / "usr" / "bin").mkdir(parents=True)
+    shutil.copy2(Path(sys.executable).resolve(), root / "usr" / "bin" / "python3")
     # This venv's console script: its interpreter line names this venv's Python, so the copy
     # runs the installed package like the one under /opt does.
     shutil.copy2(Path(sys.executable).parent / "appliance", venv_bin / "appliance")

@@ -97,6 +97,10 @@ EVERY = [
     (lambda t: t.outbox_ack, TopicKind.OUTBOX_ACK, None),
     (lambda t: t.lookup_request, TopicKind.LOOKUP_REQUEST, None),
     (lambda t: t.lookup_response, TopicKind.LOOKUP_RESPONSE, None),
+    (lambda t: t.jobs_desired, TopicKind.JOBS_DESIRED, None),
+    (lambda t: t.jobs_reported, TopicKind.JOBS_REPORTED, None),
+    (lambda t: t.update_get, TopicKind.UPDATE_GET, None),
+    (lambda t: t.update_data, TopicKind.UPDATE_DATA, None),
     (lambda t: t.claim_request, TopicKind.CLAIM_REQUEST, None),
     (lambda t: t.claim_response, TopicKind.CLAIM_RESPONSE, None),
 ]

@@ -72,7 +72,6 @@ class Harness:
             self.store,
             publish,
             "kiosk/fz/reply",
-            services=Services(self.store),
             emit=emit,
             max_payload=MAX_PAYLOAD,
             workers=2,

@@ -390,6 +390,11 @@ def test_whole_enrollment_through_the_screen_to_a_verified_package(
     (exc,) = manifest["exceptions"]
     assert exc["position"] == 6 and exc["reason"] == "bandaged"
     assert SUPERVISOR[0] in exc["detail"] and OFFICER[0] in exc["detail"]
+    # The officer who ran it is in the verified manifest, exceptions or not.
+    assert manifest["station"] == {
+        "mode": "attended",
+        "officer": {"officer_id": OFFICER[0], "name": "Trần Văn Cán"},
+    }
 
     # Nothing with an image or record magic number stayed on the kiosk (the preview included).
     assert scan_for_plaintext_biometrics([kiosk.d.state_dir]) == []
@@ -420,15 +425,22 @@ def test_off_centre_citizen_is_guided_on_screen_and_cancel_goes_back(
     s = Screen(browser, kiosk, tmp_path / "screens")
     _to_consent(s, centre.other.personal_id, attended=False)
     s.tap("#portrait")
+    # The simulated citizen stands too far to their own right (their face on the camera
+    # image's left): they are told to move to their own left (docs/camera.md).
     s.page.wait_for_function(
         "/move_(left|right)/.test(document.getElementById('guidance').dataset.hints || '')",
         timeout=20000,
     )
+    s.page.wait_for_selector("#face-box:not([hidden])")
     s.shot("portrait-guidance")
-    hints = s.page.get_attribute("#guidance", "data-hints") or ""
-    words = s.text("#guidance")
-    expected = {"move_left": "Dịch sang trái", "move_right": "Dịch sang phải"}
-    assert any(expected[h] in words for h in hints.split() if h in expected), (hints, words)
+    hints = (s.page.get_attribute("#guidance", "data-hints") or "").split()
+    assert "move_left" in hints and "move_right" not in hints, hints
+    assert "Dịch sang trái" in s.text("#guidance")
+    # The face box is drawn over the mirrored preview: on the screen's right half.
+    box = s.page.eval_on_selector(
+        "#face-box", "b => [b.offsetLeft + b.offsetWidth / 2, b.parentElement.clientWidth]"
+    )
+    assert box[0] > box[1] / 2, box
     sid = kiosk.get("/v1/state", kiosk.token)[1]["session_id"]
     assert sid
     s.tap("#cancel")  # the citizen gives up mid-capture: the session ends, nothing kept

@@ -86,7 +86,6 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
         store,
         replies.publish,
         "kiosk/kiosk-001/reply",
-        services=None,
         emit=lambda *a, **k: None,
         max_payload=256 * 1024,
         workers=2,

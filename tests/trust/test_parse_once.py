@@ -94,7 +94,6 @@ def world(tmp_path: Path) -> Iterator[World]:
         store,
         replies.publish,
         "kiosk/kiosk-001/reply",
-        services=None,
         emit=lambda *a, **k: None,
         max_payload=256 * 1024,
         workers=1,

@@ -593,8 +593,11 @@ def assess(image: Image, config: QualityConfig | None = None) -> QualityReport: 
     centre = corners.mean(axis=0)
     dx, dy = centre[0] - w / 2.0, centre[1] - h / 2.0
     if abs(dx) / w >= abs(dy) / h:
-        # The kiosk screen mirrors the camera: a face on the image's left must move right.
-        hint = "move_right" if dx < 0 else "move_left"
+        # Hints are in the citizen's own frame (docs/camera.md "Which way is left"). The
+        # frame is the camera's view, not a mirror (the subject's right eye, ISO/IEC 19794-5
+        # feature point 12.2, is on the image's left): a face on the image's left is a citizen
+        # too far to their own right, who must move to their own left.
+        hint = "move_left" if dx < 0 else "move_right"
     else:
         hint = "move_down" if dy < 0 else "move_up"
     comps["position"] = _component(

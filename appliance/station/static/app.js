@@ -99,8 +99,8 @@ const T = {
       date_of_issue: "Date of issue", date_of_expiry: "Valid until" },
     hints: { come_closer: "Come closer", move_back: "Move back a little",
       face_camera: "Look straight at the camera", straighten_head: "Keep your head straight",
-      level_chin: "Keep your chin level", move_left: "Move to the left",
-      move_right: "Move to the right", move_up: "Move up a little", move_down: "Move down a little",
+      level_chin: "Keep your chin level", move_left: "Move to your left",
+      move_right: "Move to your right", move_up: "Move up a little", move_down: "Move down a little",
       more_light: "More light needed", less_light: "Too much light", even_light: "Uneven light",
       sharp: "Hold still", hold_still: "Hold still", plain_background: "Stand before a plain background",
       one_face: "Only one person in front of the camera", no_face: "Look straight at the camera" },
@@ -300,7 +300,8 @@ function onGuidance(g) {
   const box = $("face-box");
   if (g.face && g.frame_size) {
     const [w, h] = g.frame_size;
-    box.style.left = `${(100 * g.face.x) / w}%`;
+    // The preview is shown mirrored (style.css) and the box is in the camera's pixels.
+    box.style.left = `${(100 * (w - g.face.x - g.face.w)) / w}%`;
     box.style.top = `${(100 * g.face.y) / h}%`;
     box.style.width = `${(100 * g.face.w) / w}%`;
     box.style.height = `${(100 * g.face.h) / h}%`;
