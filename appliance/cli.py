@@ -309,15 +309,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _retained_status(cfg: Any, timeout: float) -> Any:
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    from .agent.topics import Topics
+    from .mqttclient import make_client, tls_files
+    from .protocol.topics import Topics
 
     topic = Topics(cfg.mqtt.topic_prefix, cfg.device.id).status
     got: dict[str, Any] = {}
-    client = paho.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"status-{os.getpid()}"
+    tls = cfg.mqtt.tls
+    client = make_client(
+        f"status-{os.getpid()}",
+        protocol=cfg.mqtt.protocol,
+        tls=tls_files(tls.ca_file, tls.cert_file, tls.key_file) if tls.enabled else None,
+        insecure=tls.insecure,
+        nodelay=False,
     )
     client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
 
@@ -328,12 +331,6 @@ def _retained_status(cfg: Any, timeout: float) -> Any:
             got["status"] = "unparseable retained status"
 
     client.on_message = on_message
-    if cfg.mqtt.tls.enabled:
-        client.tls_set(
-            ca_certs=str(cfg.mqtt.tls.ca_file) if cfg.mqtt.tls.ca_file else None,
-            certfile=str(cfg.mqtt.tls.cert_file) if cfg.mqtt.tls.cert_file else None,
-            keyfile=str(cfg.mqtt.tls.key_file) if cfg.mqtt.tls.key_file else None,
-        )
     try:
         client.connect(cfg.mqtt.host, cfg.mqtt.port, 10)
     except OSError as exc:

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, builtin, telemetry
 from .agent.mqtt import MqttAgent
-from .agent.topics import Topics
 from .capabilities.kit import Capabilities
 from .commands import CommandRegistry
 from .config import AppConfig
@@ -33,6 +32,7 @@ from .dispatch import Dispatcher
 from .drivers import create_device
 from .errors import ApplianceError, TrustError
 from .inbound import Incoming, Verified, Verifier
+from .protocol.topics import Topics
 from .sdnotify import Notifier
 from .store import Store
 from .timekeeping import Clock

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from .protocol.codes import ErrorCode
+
 
 class ApplianceError(Exception):
     """Base of every deliberate error. ``code`` is stable and documented in docs/protocol.md."""
 
-    code: str = "internal_error"
+    code: str = ErrorCode.INTERNAL_ERROR
     retryable: bool = False
 
     def __init__(
@@ -51,7 +53,7 @@ class ConfigError(ApplianceError):
     ``problems`` is a list of ``(dotted.path, reason)`` pairs, one per invalid field.
     """
 
-    code = "config_invalid"
+    code = ErrorCode.CONFIG_INVALID
 
     def __init__(self, message: str, problems: list[tuple[str, str]] | None = None) -> None:
         self.problems = list(problems or [])
@@ -61,7 +63,7 @@ class ConfigError(ApplianceError):
 class MissingExtraError(ApplianceError):
     """A configured backend needs an optional dependency that is not installed."""
 
-    code = "missing_extra"
+    code = ErrorCode.MISSING_EXTRA
 
     def __init__(self, backend: str, extra: str, module: str) -> None:
         super().__init__(
@@ -77,7 +79,7 @@ class MissingExtraError(ApplianceError):
 class StoreError(ApplianceError):
     """The SQLite store failed (disk full, corrupt file, migration failure)."""
 
-    code = "store_error"
+    code = ErrorCode.STORE_ERROR
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -86,32 +88,22 @@ class StoreError(ApplianceError):
 class CommandError(ApplianceError):
     """A command was refused or failed; ``code`` is one of docs/protocol.md's error codes."""
 
-    code = "command_failed"
-
-
-class BadRequest(CommandError):
-    """The payload is not valid JSON, not an object, or violates the command's schema."""
-
-    code = "bad_request"
+    code = ErrorCode.COMMAND_FAILED
 
 
 class UnknownCommand(CommandError):
-    code = "unknown_command"
-
-
-class PayloadTooLarge(CommandError):
-    code = "payload_too_large"
+    code = ErrorCode.UNKNOWN_COMMAND
 
 
 class CommandTimeout(CommandError):
-    code = "timeout"
+    code = ErrorCode.TIMEOUT
     retryable = True
 
 
 class Busy(CommandError):
     """Another exclusive operation (an enrollment session, a card write) holds the resource."""
 
-    code = "busy"
+    code = ErrorCode.BUSY
     retryable = True
 
 
@@ -121,7 +113,7 @@ class Busy(CommandError):
 class DeviceError(ApplianceError):
     """A hardware device failed. ``device`` names the capability (camera, fingerprint, card)."""
 
-    code = "device_error"
+    code = ErrorCode.DEVICE_ERROR
 
     def __init__(
         self,
@@ -140,21 +132,21 @@ class DeviceError(ApplianceError):
 class DeviceTimeout(DeviceError):
     """The device did not answer before the deadline (a silent sensor, a slow card)."""
 
-    code = "device_timeout"
+    code = ErrorCode.DEVICE_TIMEOUT
     retryable = True
 
 
 class DeviceDisconnected(DeviceError):
     """The device is unplugged or its port/reader vanished."""
 
-    code = "device_disconnected"
+    code = ErrorCode.DEVICE_DISCONNECTED
     retryable = True
 
 
 class ProtocolError(DeviceError):
     """Bytes on the wire did not parse: bad header, checksum, length, or unexpected reply."""
 
-    code = "protocol_error"
+    code = ErrorCode.PROTOCOL_ERROR
     retryable = True
 
 
@@ -164,7 +156,7 @@ class DeviceStatusError(DeviceError):
     ``status`` carries the raw value (e.g. ``0x02`` "no finger", ``0x6581`` memory failure).
     """
 
-    code = "device_status"
+    code = ErrorCode.DEVICE_STATUS
 
     def __init__(
         self,
@@ -192,4 +184,4 @@ class DeviceStatusError(DeviceError):
 class TrustError(ApplianceError):
     """A signature, certificate, envelope, or sealed object failed verification."""
 
-    code = "trust_error"
+    code = ErrorCode.TRUST_ERROR

@@ -17,7 +17,7 @@ import socket
 import ssl
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .errors import ApplianceError
+from .protocol.codes import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 class FleetConnectionError(ApplianceError):
     """The broker could not be reached, refused the connection, or did not answer in time."""
 
-    code = "broker_unreachable"
+    code = ErrorCode.BROKER_UNREACHABLE
     retryable = True
 
 
@@ -62,11 +63,18 @@ class BrokerOptions:
         """paho ``tls_set`` arguments, or None without TLS."""
         if not self.tls:
             return None
-        return {
-            "ca_certs": str(self.ca_file) if self.ca_file else None,
-            "certfile": str(self.cert_file) if self.cert_file else None,
-            "keyfile": str(self.key_file) if self.key_file else None,
-        }
+        return tls_files(self.ca_file, self.cert_file, self.key_file)
+
+
+def tls_files(
+    ca_file: Path | str | None, cert_file: Path | str | None, key_file: Path | str | None
+) -> dict[str, str | None]:
+    """paho ``tls_set`` file arguments for :func:`make_client`."""
+    return {
+        "ca_certs": str(ca_file) if ca_file else None,
+        "certfile": str(cert_file) if cert_file else None,
+        "keyfile": str(key_file) if key_file else None,
+    }
 
 
 def release(client: paho.Client) -> None:
@@ -94,8 +102,66 @@ class Message:
 def _nodelay(_c: Any, _u: Any, sock: Any) -> None:
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        log.debug("TCP_NODELAY not available")
+    except (OSError, AttributeError):  # a websocket or unix transport has no TCP option
+        log.debug("TCP_NODELAY not available on this socket")
+
+
+def make_client(
+    client_id: str,
+    *,
+    protocol: str = "5",
+    tls: Mapping[str, str | None] | None = None,
+    insecure: bool = False,
+    persistent: bool = False,
+    nodelay: bool = True,
+) -> paho.Client:
+    """The one paho client set-up of the project: every paho user (the kiosk agent, the fleet
+    tools, the ingest, the central services, the dev controller, provisioning's broker check,
+    ``appliance status``) makes its client here.
+
+    ``protocol`` "5" (MQTT 5, the default) or "3.1.1"; ``tls`` the paho ``tls_set`` files
+    (``ca_certs``, ``certfile``, ``keyfile``; None: plain TCP) with the server certificate and
+    host name checked (``insecure`` skips the host name only, for a test broker);
+    ``persistent`` asks MQTT 3.1.1 for ``clean_session=false`` (MQTT 5 sets its session at
+    CONNECT, :func:`connect_properties`). TLS files that cannot be loaded raise
+    :class:`FleetConnectionError` (``tls_files``) naming them."""
+    v5 = protocol == "5"
+    client = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+        clean_session=None if v5 else not persistent,
+    )
+    if nodelay:
+        client.on_socket_open = _nodelay
+    if tls is not None:
+        try:
+            client.tls_set(
+                ca_certs=tls.get("ca_certs"),
+                certfile=tls.get("certfile"),
+                keyfile=tls.get("keyfile"),
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            files = ", ".join(str(v) for v in tls.values() if v)
+            raise FleetConnectionError(
+                f"cannot load the TLS files ({files}): {exc}",
+                code=ErrorCode.TLS_FILES,
+                retryable=False,
+            ) from None
+        if insecure:
+            client.tls_insecure_set(True)
+    return client
+
+
+def connect_properties(session_expiry_s: int = 0) -> Properties:
+    """MQTT 5 CONNECT properties: the session expiry interval (MQTT 5.0 section 3.1.2.11.2;
+    0: the session ends with the connection)."""
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    if session_expiry_s:
+        props.SessionExpiryInterval = session_expiry_s
+    return props
 
 
 class FleetMqtt:
@@ -117,32 +183,11 @@ class FleetMqtt:
         self.client_id = client_id or f"fleet-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._clean_start = clean_start
         self._session_expiry_s = session_expiry_s
-        self.client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        self.client.on_socket_open = _nodelay
+        self.client = make_client(self.client_id, tls=opts.paho_tls(), insecure=opts.insecure)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self.client.on_publish = self._on_publish
-        if opts.tls:
-            try:
-                self.client.tls_set(
-                    ca_certs=str(opts.ca_file) if opts.ca_file else None,
-                    certfile=str(opts.cert_file) if opts.cert_file else None,
-                    keyfile=str(opts.key_file) if opts.key_file else None,
-                )
-            except (OSError, ssl.SSLError) as exc:
-                raise FleetConnectionError(
-                    f"cannot load the TLS files ({opts.ca_file}, {opts.cert_file}, "
-                    f"{opts.key_file}): {exc}",
-                    code="tls_files",
-                    retryable=False,
-                ) from None
-            if opts.insecure:
-                self.client.tls_insecure_set(True)
         self._cv = threading.Condition()
         self._connack: Any = None
         self._subacks: dict[int, list[int]] = {}
@@ -154,9 +199,7 @@ class FleetMqtt:
     # -- connection ----------------------------------------------------------------------------
 
     def connect(self, timeout: float = 10.0) -> FleetMqtt:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        if self._session_expiry_s:
-            props.SessionExpiryInterval = self._session_expiry_s
+        props = connect_properties(self._session_expiry_s)
         try:
             self.client.connect(
                 self.opts.host,

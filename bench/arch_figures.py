@@ -8,14 +8,18 @@
   ``_route``) are added to the count: they run on the MQTT network thread, outside this trace.
 * Times one command is parsed: every JSON decode (``json.loads``) and every pydantic
   validation of the request during that trace, per distinct document.
-* Functions over complexity 15 (ruff's C901, ``noqa`` comments ignored), paho client set-ups
-  and topic strings spelled outside ``appliance/agent/topics.py`` (the source text).
+* Functions over complexity 15 (ruff's C901, ``noqa`` comments ignored), paho client set-ups,
+  topic strings spelled outside the wire contract (``appliance/protocol/``; before it existed,
+  ``appliance/agent/topics.py``), and error codes written as string literals (``code="..."``,
+  ``code = "..."``, ``{"code": "..."}``, ``_bad("...", ...)``) rather than ``ErrorCode`` members,
+  with how many distinct codes are not members of ``ErrorCode`` (the source text).
 
     .venv/bin/python bench/arch_figures.py
 """
 
 from __future__ import annotations
 
+import ast
 import base64
 import collections
 import hashlib
@@ -75,6 +79,75 @@ class Tracer:
         threading.setprofile(self)
 
 
+CONTRACT = ("appliance/protocol/", "appliance/agent/topics.py")
+
+
+def _literal_strings(node: ast.AST | None, names: dict[str, str] | None = None) -> list[str]:
+    """``"a"``, ``"a" if c else "b"``, or ``NAME`` of a module-level ``NAME = "a"``."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.IfExp):
+        return _literal_strings(node.body, names) + _literal_strings(node.orelse, names)
+    if isinstance(node, ast.Name) and names and node.id in names:
+        return [names[node.id]]
+    return []
+
+
+def code_literals(tree: ast.AST) -> list[str]:
+    """Error codes written as string literals in one module: ``code=`` arguments, ``code``
+    assignments, ``"code"`` keys, and the ``code`` parameter's argument of the module's own
+    functions, methods and classes that have one (``_bad(code, ...)``, ``_error(cid, name,
+    code, message)``); a module constant ``NAME = "..."`` passed as the code counts too."""
+    out: list[str] = []
+    consts = {
+        n.targets[0].id: n.value.value
+        for n in getattr(tree, "body", [])
+        if isinstance(n, ast.Assign)
+        and len(n.targets) == 1
+        and isinstance(n.targets[0], ast.Name)
+        and n.targets[0].id.isupper()
+        and isinstance(n.value, ast.Constant)
+        and isinstance(n.value.value, str)
+    }
+    code_at: dict[str, set[int]] = {}
+
+    def add(name: str, fn: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        params = [a.arg for a in fn.args.posonlyargs + fn.args.args]
+        if "code" in params:
+            bound = 1 if params[0] in ("self", "cls") else 0
+            code_at.setdefault(name, set()).add(params.index("code") - bound)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            add(node.name, node)
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    add(node.name, item)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            out += [
+                s
+                for kw in node.keywords
+                if kw.arg == "code"
+                for s in _literal_strings(kw.value, consts)
+            ]
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            for i in code_at.get(name, ()):
+                if i < len(node.args):
+                    out += _literal_strings(node.args[i], consts)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(getattr(t, "id", getattr(t, "attr", None)) == "code" for t in targets):
+                out += _literal_strings(node.value)
+        elif isinstance(node, ast.Dict):
+            for k, v in zip(node.keys, node.values, strict=True):
+                if isinstance(k, ast.Constant) and k.value == "code":
+                    out += _literal_strings(v)
+    return out
+
+
 def static_figures() -> dict[str, Any]:
     ruff = subprocess.run(
         [
@@ -100,22 +173,34 @@ def static_figures() -> dict[str, Any]:
     over = [line.split(": ", 1)[1] for line in ruff.stdout.splitlines() if "C901" in line]
     paho_setups = []
     topic_strings = []
+    codes: list[str] = []
     topic_re = re.compile(r"""f["'][^"'\n]*\{[a-z_.]*prefix[a-z_.()]*\}/""")
     for path in sorted((ROOT / "appliance").rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        text = path.read_text(encoding="utf-8")
+        codes += code_literals(ast.parse(text))
+        for n, line in enumerate(text.splitlines(), 1):
             if re.search(r"\bpaho\.Client\(|\bmqtt\.Client\(", line):
                 paho_setups.append(f"{rel}:{n}")
-            if rel != "appliance/agent/topics.py" and topic_re.search(line):
+            if not rel.startswith(CONTRACT) and topic_re.search(line):
                 topic_strings.append(f"{rel}:{n}")
     by_module = collections.Counter(s.split(":", 1)[0] for s in topic_strings)
+    try:
+        from appliance.protocol.codes import ErrorCode
+
+        members = {c.value for c in ErrorCode}
+    except ImportError:  # before the enumeration existed (for a before/after run)
+        members = set()
     return {
         "functions_over_complexity_15": len(over),
         "over_15": over,
         "paho_client_setups": len(paho_setups),
         "paho_sites": paho_setups,
-        "topic_strings_outside_topics_py": len(topic_strings),
+        "topic_strings_outside_contract": len(topic_strings),
         "topic_string_modules": len(by_module),
+        "error_code_literals": len(codes),
+        "error_code_literals_distinct": len(set(codes)),
+        "codes_not_in_error_code_enum": sorted(set(codes) - members),
     }
 
 

@@ -49,7 +49,6 @@ import json
 import logging
 import queue
 import random
-import socket
 import ssl
 import struct
 import threading
@@ -58,15 +57,16 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ..config import AppConfig
 from ..errors import ApplianceError
 from ..inbound import Incoming, Reply
+from ..mqttclient import make_client, tls_files
+from ..protocol.topics import Topics
 from ..store import OutboxRow, Store, render_event
-from .topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +127,6 @@ def publish_properties(
         value = sig.encode()
         buf += b"\x26" + _SIG_KEY + struct.pack("!H", len(value)) + value
     return PackedProperties(_varint(len(buf)) + buf)
-
-
-def _nodelay(_client: paho.Client, _userdata: Any, sock: Any) -> None:
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):  # a websocket or unix transport has no TCP option
-        log.debug("TCP_NODELAY not available on this socket")
 
 
 class MqttAgent:
@@ -361,16 +354,16 @@ class MqttAgent:
     # -- connection supervisor --------------------------------------------------------------
 
     def _make_client(self) -> paho.Client:
-        v5 = self.cfg.protocol == "5"
-        client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.cfg.client_id or self.device_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if v5 else False,
+        tls = self.cfg.tls
+        client = make_client(
+            self.cfg.client_id or self.device_id,
+            protocol=self.cfg.protocol,
+            tls=tls_files(tls.ca_file, tls.cert_file, tls.key_file) if tls.enabled else None,
+            insecure=tls.insecure,
+            persistent=True,
         )
         client.max_inflight_messages_set(0)  # we pace the outbox ourselves
         client.max_queued_messages_set(0)
-        client.on_socket_open = _nodelay
         client.on_socket_register_write = lambda _c, _u, _s: None
         client.on_socket_unregister_write = lambda _c, _u, _s: None
         client.on_connect = self._on_connect
@@ -382,16 +375,6 @@ class MqttAgent:
             if self.cfg.password_file is not None:
                 password = self.cfg.password_file.read_text().strip()
             client.username_pw_set(self.cfg.username, password)
-        tls = self.cfg.tls
-        if tls.enabled:
-            client.tls_set(
-                ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-            client.tls_insecure_set(tls.insecure)
         # The will is fixed at CONNECT: signed now, with this connect time as last seen (the
         # fleet side knows later contact from the heartbeats and events it received).
         self._connected_at = time.time()

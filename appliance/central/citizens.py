@@ -33,12 +33,13 @@ from ..citizen.validation import CitizenDataInvalid, Stage, card_expiry, validat
 from ..errors import ApplianceError, ConfigError
 from ..lds.files import NO_EXPIRY_TEXT, Dg13
 from ..lds.mrz import NO_EXPIRY, Td1
+from ..protocol.codes import ErrorCode
 
 PERSONAL_ID_RE = re.compile(r"^\d{12}$")
 
 
 class CitizenUnknown(ApplianceError):
-    code = "citizen_unknown"
+    code = ErrorCode.CITIZEN_UNKNOWN
 
 
 class Citizen(BaseModel):
@@ -99,7 +100,7 @@ class Citizen(BaseModel):
             raise ApplianceError(
                 f"citizen {self.citizen_ref!r} has no date_of_expiry and is not of an age for "
                 "a card without expiry (date_of_issue from age 58): the MRZ needs one",
-                code="citizen_incomplete",
+                code=ErrorCode.CITIZEN_INCOMPLETE,
             )
         return Td1(
             document_number=self.personal_id,

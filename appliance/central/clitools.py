@@ -10,6 +10,7 @@ from ..errors import TrustError
 from ..fleet.conn import FleetMqtt, add_broker_args, add_home_arg, broker_options, home_of
 from ..fleet.registry import DeviceRecord, FleetRegistry
 from ..fleet.tools import add_signer_arg, load_signer
+from ..protocol.codes import ErrorCode
 from ..trust.keys import key_id, load_public_key
 from .commander import Commander
 from .receivecli import add_store_arg
@@ -51,7 +52,7 @@ def register_device_key(home: Path, device: str, pub_path: Path) -> None:
             f"{device} is already approved with another key ({existing.key_id}); a kiosk's "
             f"key is never replaced silently: remove {home / 'devices' / (device + '.json')} "
             "first if the kiosk really was re-keyed",
-            code="key_exists",
+            code=ErrorCode.KEY_EXISTS,
         )
     text = pub_path.read_text(encoding="ascii").strip()
     reg.save_device(

@@ -11,9 +11,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
+from ..dispatch import CommandReply
 from ..errors import ApplianceError, CommandTimeout
 from ..fleet.conn import FleetMqtt, Message
 from ..fleet.tools import Verification, verify_from
+from ..protocol.topics import Topics
 from ..trust.certs import OperatorKey
 from ..trust.envelope import EnvelopeBuilder
 
@@ -62,13 +66,13 @@ class Commander:
         self.builder = None if signer is None else EnvelopeBuilder(signer, lifetime_s=lifetime_s)
         self.device_keys = device_keys or {}
         self.lifetime_s = lifetime_s
-        self.reply_topic = f"{prefix}/{device}/reply"
+        self.topics = Topics(prefix, device)
+        self.reply_topic = self.topics.reply
         self._replies = mqtt.collector(self.reply_topic)
         mqtt.subscribe([self.reply_topic])
 
-    def watch(self, leaf: str) -> queue.Queue[Message]:
-        """A queue of the kiosk's messages on ``{prefix}/{device}/{leaf}`` from now on."""
-        topic = f"{self.prefix}/{self.device}/{leaf}"
+    def watch(self, topic: str) -> queue.Queue[Message]:
+        """A queue of the kiosk's messages on ``topic`` (one of ``self.topics``) from now on."""
         q = self.mqtt.collector(topic)
         self.mqtt.subscribe([topic])
         return q
@@ -82,7 +86,7 @@ class Commander:
         corr = uuid.uuid4().bytes
         t0 = time.perf_counter()
         self.mqtt.publish(
-            f"{self.prefix}/{self.device}/cmd",
+            self.topics.cmd,
             payload,
             response_topic=self.reply_topic,
             correlation_data=corr,
@@ -98,16 +102,16 @@ class Commander:
             except queue.Empty:
                 continue
             try:
-                reply = json.loads(msg.payload)
-            except ValueError:
+                reply = CommandReply.model_validate_json(msg.payload)
+            except ValidationError:  # not a reply (docs/protocol.md, "Replies")
                 continue
-            if msg.correlation_data != corr and reply.get("id") != cid:
+            if msg.correlation_data != corr and reply.id != cid:
                 continue
             return Reply(
                 cmd=cmd,
-                ok=reply.get("ok") is True,
-                result=reply.get("result") or {},
-                error=reply.get("error") or {},
+                ok=reply.ok,
+                result=reply.result or {},
+                error=reply.error.model_dump() if reply.error is not None else {},
                 verification=verify_from(self.device_keys, self.device, msg),
                 seconds=time.perf_counter() - t0,
             )

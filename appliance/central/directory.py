@@ -44,7 +44,6 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ..agent.topics import validate_segment
 from ..citizen.batch import BATCH_CONTEXT, BATCH_ID_RE, BATCH_TYPE
 from ..citizen.lookup import (
     ANSWER_CONTEXT,
@@ -52,7 +51,6 @@ from ..citizen.lookup import (
     NONCE_RE,
     NUMBER_RE,
     REQUEST_ID_RE,
-    REQUEST_LEAF,
     CorrectionRequest,
     check_corrections,
     record_to_json,
@@ -60,6 +58,8 @@ from ..citizen.lookup import (
 )
 from ..citizen.validation import CitizenDataInvalid, Stage, validate_citizen
 from ..errors import StoreError, TrustError
+from ..protocol.codes import ErrorCode
+from ..protocol.topics import TopicKind, Topics, parse, validate_segment
 from ..trust.certs import NAME_RE, OperatorKey
 from ..trust.signeddoc import sign_document
 from .citizens import Citizen
@@ -99,13 +99,13 @@ def load_directory_key(home: Path) -> OperatorKey:
         raise TrustError(
             f"no directory signing key {key_path}: issue one with 'appliance fleet keys "
             f"issue-operator --generate-key {home} --name {DIRECTORY_NAME} --role directory'",
-            code="key_missing",
+            code=ErrorCode.KEY_MISSING,
         )
     key = OperatorKey.load(key_path, Path(home) / f"{DIRECTORY_NAME}.cert")
     if "directory" not in key.certificate.roles:
         raise TrustError(
             f"{key_path}'s certificate lacks the directory role: kiosks would refuse its answers",
-            code="forbidden_role",
+            code=ErrorCode.FORBIDDEN_ROLE,
         )
     return key
 
@@ -179,7 +179,7 @@ class DirectoryStore:
         except sqlite3.IntegrityError as exc:
             raise StoreError(
                 f"citizens: a personal_id is held by two references ({exc})",
-                code="citizen_conflict",
+                code=ErrorCode.CITIZEN_CONFLICT,
             ) from None
         return len(rows)
 
@@ -534,7 +534,7 @@ class DirectoryCore:
         self.stats["dropped"] = 0
 
     def filter(self) -> str:
-        return f"{self.prefix}/+/{REQUEST_LEAF}"
+        return Topics.anyone(self.prefix).lookup_request
 
     def handle(
         self,
@@ -545,10 +545,10 @@ class DirectoryCore:
         correlation_data: bytes | None = None,
     ) -> bytes | None:
         """One request; returns the answer published (None: dropped, nothing to bind to)."""
-        parts = topic.split("/")
-        if len(parts) != 4 or parts[0] != self.prefix or "/".join(parts[2:]) != REQUEST_LEAF:
+        parsed = parse(self.prefix, topic)
+        if parsed is None or parsed.kind is not TopicKind.LOOKUP_REQUEST:
             return None
-        device = parts[1]
+        device = parsed.device
         if not NAME_RE.match(device):
             self.stats["dropped"] += 1
             return None

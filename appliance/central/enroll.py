@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import ApplianceError, TrustError
 from ..fleet.conn import Message
+from ..protocol.codes import ErrorCode, EventType
 from ..trust.sealed import verify_ack
 from .commander import Commander, Reply
 from .store import PackageStore
@@ -124,9 +125,9 @@ def run_enrollment(
     t_start = time.perf_counter()
     tell = say or (lambda _m: None)
     report = EnrollmentReport(cmd.device, opts.citizen_ref)
-    acks = cmd.watch("upload/ack")
-    receipts = cmd.watch("upload/receipt")
-    events = cmd.watch("events/enrollment.purged")
+    acks = cmd.watch(cmd.topics.upload_ack)
+    receipts = cmd.watch(cmd.topics.upload_receipt)
+    events = cmd.watch(cmd.topics.event(EventType.ENROLLMENT_PURGED))
     start = cmd.request(
         "enrollment.start",
         {
@@ -377,10 +378,10 @@ def parse_positions(text: str) -> str | list[int]:
         out = [int(p) for p in text.split(",") if p.strip()]
     except ValueError:
         raise ApplianceError(
-            f"finger policy {text!r}: use 4-4-2, all or 2,3,7", code="usage"
+            f"finger policy {text!r}: use 4-4-2, all or 2,3,7", code=ErrorCode.USAGE
         ) from None
     if not out or any(not 1 <= p <= 10 for p in out):
-        raise ApplianceError("finger positions are 1-10", code="usage")
+        raise ApplianceError("finger positions are 1-10", code=ErrorCode.USAGE)
     return out
 
 
@@ -395,6 +396,6 @@ def parse_skip(text: str) -> tuple[int, str]:
         raise ApplianceError(
             f"{text!r}: use POSITION:REASON with POSITION 1-10 and REASON one of "
             + ", ".join(SKIP_REASONS),
-            code="usage",
+            code=ErrorCode.USAGE,
         )
     return position, reason

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..citizen.validation import validate_citizen
 from ..errors import ApplianceError, TrustError
+from ..protocol.codes import ErrorCode
 from .citizens import Citizen
 from .commander import Commander, Reply
 from .store import PackageStore
@@ -44,19 +45,20 @@ class DocumentSigner:
         except FileNotFoundError:
             raise TrustError(
                 f"no Document Signer key {key_path} (the simulated kit's is in <state>/sim/pki)",
-                code="key_missing",
+                code=ErrorCode.KEY_MISSING,
             ) from None
         if stat.S_IMODE(st.st_mode) & 0o077:
             raise TrustError(
                 f"{key_path} is readable by group or others: chmod 600 it",
-                code="key_permissions",
+                code=ErrorCode.KEY_PERMISSIONS,
             )
         try:
             key = serialization.load_pem_private_key(key_path.read_bytes(), None)
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         except (OSError, ValueError, TypeError) as exc:
             raise TrustError(
-                f"cannot load the Document Signer from {directory}: {exc}", code="key_malformed"
+                f"cannot load the Document Signer from {directory}: {exc}",
+                code=ErrorCode.KEY_MALFORMED,
             ) from None
         return cls(key, cert)
 
@@ -114,7 +116,9 @@ def build_for_enrollment(
             ds_cert=signer.cert,
         )
     except ValueError as exc:
-        raise ApplianceError(f"cannot build the LDS: {exc}", code="issuance_invalid") from None
+        raise ApplianceError(
+            f"cannot build the LDS: {exc}", code=ErrorCode.ISSUANCE_INVALID
+        ) from None
 
 
 def issue_card(

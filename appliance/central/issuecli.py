@@ -19,6 +19,7 @@ import sys
 
 from ..errors import ApplianceError
 from ..fleet.conn import home_of
+from ..protocol.codes import ErrorCode
 from .citizens import CitizenDirectory
 from .clitools import add_kiosk_args, connect
 from .enrollcli import add_issue_args
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         if enrollment is None:
             raise ApplianceError(
                 f"no verified enrollment of {args.device} in {store.root} matches",
-                code="enrollment_unknown",
+                code=ErrorCode.ENROLLMENT_UNKNOWN,
             )
         citizen_ref = str(enrollment["summary"].get("citizen_ref"))
         citizen = CitizenDirectory(args.citizens, synthetic=args.synthetic).get(citizen_ref)

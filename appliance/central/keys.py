@@ -18,6 +18,7 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from ..errors import TrustError
+from ..protocol.codes import ErrorCode
 from ..trust import keys
 from ..trust.certs import ROOT_PUB_FILE, FleetRoot, OperatorKey
 from ..trust.sealed import ENROLLMENT_KEY_FILE, EnrollmentKeyPair
@@ -44,7 +45,7 @@ def load_central_keys(
         raise TrustError(
             f"no central enrollment key in {edir}: create it with 'appliance fleet receive "
             "--create-keys' (then give kiosks its enrollment.pub as trust.enrollment_key)",
-            code="key_missing",
+            code=ErrorCode.KEY_MISSING,
         )
     base = Path(signer).expanduser() if signer else home / INGEST_NAME
     key_path = base.parent / f"{base.name}.key"
@@ -53,13 +54,13 @@ def load_central_keys(
             f"no ingest signing key {key_path}: issue one with 'appliance fleet keys "
             f"issue-operator --generate-key {base.parent} --name {base.name} --role ingest "
             '--device "*" --not-after 365d\' or use --create-keys',
-            code="key_missing",
+            code=ErrorCode.KEY_MISSING,
         )
     ingest = OperatorKey.load(key_path, base.parent / f"{base.name}.cert")
     if "ingest" not in ingest.certificate.roles:
         raise TrustError(
             f"{key_path}'s certificate lacks the ingest role: kiosks would refuse its receipts",
-            code="forbidden_role",
+            code=ErrorCode.FORBIDDEN_ROLE,
         )
     root_pub = home / ROOT_PUB_FILE
     return CentralKeys(

@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
 from ..enrollment import package as kiosk_codec
 from ..enrollment.package import (
@@ -43,26 +42,23 @@ from ..enrollment.package import (
     encode_chunk,
 )
 from ..errors import ProtocolError, TrustError
+from ..protocol.codes import ErrorCode
+from ..protocol.package import (
+    MAX_CHUNK_HEADER,
+    MAX_MANIFEST,
+    MAX_PACKAGE_BYTES,
+    MAX_RECORDS,
+    MAX_SIGNATURE,
+    PACKAGE_ID_RE,
+    RESERVED_IDS,
+    ChunkHeader,
+    Manifest,
+)
 from ..trust.keys import load_json
 from ..trust.sealed import FILE_MAGIC as SEALED_MAGIC
 from ..trust.sealed import MAX_HEADER as SEALED_MAX_HEADER
 
 PACKAGE_TYPE = MANIFEST_TYPE
-MAX_MANIFEST = 1024 * 1024
-MAX_SIGNATURE = 1024
-MAX_RECORDS = 64
-MAX_PACKAGE_BYTES = 64 * 1024 * 1024
-MAX_CHUNK_HEADER = 4096
-MAX_CHUNKS = 65536
-
-#: A package id is a topic segment and a file name: no separators, no wildcards, no dot-dot;
-#: ``ack`` and ``receipt`` are the centre's own topics under ``upload/``.
-PACKAGE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-RESERVED_IDS = frozenset({"ack", "receipt"})
-CITIZEN_REF_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-RECORD_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-HEX64 = r"^[0-9A-Fa-f]{64}$"
-
 HASH_0 = CHAIN_START
 
 
@@ -87,7 +83,7 @@ def chain_next(previous_hex: str, record_sha256_hex: str) -> str:
     try:
         return kiosk_codec.chain_next(previous_hex, record_sha256_hex)
     except ProtocolError as exc:
-        raise _bad("chain_broken", exc.message) from None
+        raise _bad(ErrorCode.CHAIN_BROKEN, exc.message) from None
 
 
 def chain(record_sha256s: Iterable[str]) -> list[str]:
@@ -103,94 +99,21 @@ def chain(record_sha256s: Iterable[str]) -> list[str]:
 # --- manifest -------------------------------------------------------------------------------------
 
 
-class _Model(BaseModel):
-    # Unknown fields are tolerated (a newer kiosk may add metadata); every field the centre
-    # relies on is typed and checked.
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-
-class RecordEntry(_Model):
-    """One captured record as the manifest lists it."""
-
-    seq: int = Field(..., ge=1, le=MAX_RECORDS)
-    record_id: str = Field(..., pattern=RECORD_ID_RE.pattern)
-    kind: Literal["face", "finger"]
-    position: int = Field(..., ge=0, le=10)
-    format: str
-    quality: int | None = None
-    met: bool | None = None
-    attempts: int | None = None
-    captured_at: float | None = None
-    timings: dict[str, Any] = Field(default_factory=dict)
-    sha256: str = Field(..., pattern=HEX64)
-    hash: str = Field(..., pattern=HEX64)
-    sealed_sha256: str = Field(..., pattern=HEX64)
-    sealed_size: int = Field(..., ge=0)
-
-
-class ExceptionEntry(_Model):
-    """A finger not captured, with its reason (missing, bandaged, unreadable, other)."""
-
-    position: int = Field(..., ge=1, le=10)
-    reason: str = Field(..., min_length=1, max_length=64)
-    detail: str | None = ""
-    attempts: int | None = 0
-
-
-class OfficerEntry(_Model):
-    """The officer who ran an attended enrollment at the kiosk."""
-
-    officer_id: str = Field(..., pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
-    name: str = Field("", max_length=120)
-
-
-class StationEntry(_Model):
-    """How the enrollment was run at the kiosk: ``attended`` names the officer."""
-
-    mode: Literal["attended", "self_service"]
-    officer: OfficerEntry | None = None
-
-    @model_validator(mode="after")
-    def _officer_when_attended(self) -> StationEntry:
-        if self.mode == "attended" and self.officer is None:
-            raise ValueError("an attended enrollment names its officer")
-        return self
-
-
-class Manifest(_Model):
-    """The signed description of a package (docs/enrollment.md "Manifest")."""
-
-    typ: Literal["appliance.enrollment-package.v1"]
-    package_id: str = Field(..., pattern=PACKAGE_ID_RE.pattern)
-    session_id: str = Field(..., min_length=1, max_length=128)
-    device: str = Field(..., min_length=1, max_length=64)
-    software: str = ""
-    citizen_ref: str = Field(..., pattern=CITIZEN_REF_RE.pattern)
-    policy: Any = None
-    issuance: bool = False
-    started_at: float | None = None
-    finished_at: float | None = None
-    records: list[RecordEntry] = Field(..., max_length=MAX_RECORDS)
-    exceptions: list[ExceptionEntry] = Field(default_factory=list)
-    chain_head: str = Field(..., pattern=HEX64)
-    station: StationEntry | None = None
-
-
 def parse_manifest(data: bytes) -> Manifest:
     """Parse and validate manifest bytes (call only after the signature over them held)."""
     try:
         obj = load_json(data)
     except (UnicodeDecodeError, ValueError):
-        raise _bad("package_malformed", "manifest is not UTF-8 JSON") from None
+        raise _bad(ErrorCode.PACKAGE_MALFORMED, "manifest is not UTF-8 JSON") from None
     if not isinstance(obj, dict):
-        raise _bad("package_malformed", "manifest must be a JSON object")
+        raise _bad(ErrorCode.PACKAGE_MALFORMED, "manifest must be a JSON object")
     try:
         return Manifest.model_validate(obj)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise _bad(
-            "package_malformed", f"manifest field {where}: {first['msg']}", field=where
+            ErrorCode.PACKAGE_MALFORMED, f"manifest field {where}: {first['msg']}", field=where
         ) from None
 
 
@@ -209,19 +132,19 @@ class Container:
 def decode_container(data: bytes) -> Container:
     """Split a container; every length is checked, trailing bytes are an error."""
     if len(data) > MAX_PACKAGE_BYTES:
-        raise _bad("package_malformed", f"package larger than {MAX_PACKAGE_BYTES} bytes")
+        raise _bad(ErrorCode.PACKAGE_MALFORMED, f"package larger than {MAX_PACKAGE_BYTES} bytes")
     if not data.startswith(MAGIC):
-        raise _bad("package_malformed", "not an enrollment package (no APPKG1 magic)")
+        raise _bad(ErrorCode.PACKAGE_MALFORMED, "not an enrollment package (no APPKG1 magic)")
     pos = len(MAGIC)
 
     def take(limit: int, what: str) -> bytes:
         nonlocal pos
         if pos + 4 > len(data):
-            raise _bad("package_malformed", f"package truncated before the {what} length")
+            raise _bad(ErrorCode.PACKAGE_MALFORMED, f"package truncated before the {what} length")
         (n,) = struct.unpack_from(">I", data, pos)
         pos += 4
         if n > limit or pos + n > len(data):
-            raise _bad("package_malformed", f"{what} length {n} is impossible", length=n)
+            raise _bad(ErrorCode.PACKAGE_MALFORMED, f"{what} length {n} is impossible", length=n)
         chunk = data[pos : pos + n]
         pos += n
         return chunk
@@ -231,11 +154,11 @@ def decode_container(data: bytes) -> Container:
     try:
         signature = sig_raw.decode("ascii")
     except UnicodeDecodeError:
-        raise _bad("package_malformed", "signature is not ASCII") from None
+        raise _bad(ErrorCode.PACKAGE_MALFORMED, "signature is not ASCII") from None
     files: list[bytes] = []
     while pos < len(data):
         if len(files) >= MAX_RECORDS:
-            raise _bad("package_malformed", f"more than {MAX_RECORDS} records")
+            raise _bad(ErrorCode.PACKAGE_MALFORMED, f"more than {MAX_RECORDS} records")
         files.append(take(MAX_PACKAGE_BYTES, f"record {len(files) + 1}"))
     return Container(manifest, signature, tuple(files))
 
@@ -262,20 +185,22 @@ class SealedFile:
 def decode_sealed_file(data: bytes, *, what: str = "sealed record") -> SealedFile:
     """Parse ``APSEAL1`` bytes; the header's ``sha256`` must be the ciphertext's."""
     if not data.startswith(SEALED_MAGIC) or len(data) < len(SEALED_MAGIC) + 4:
-        raise _bad("sealed_malformed", f"{what} is not a sealed record file")
+        raise _bad(ErrorCode.SEALED_MALFORMED, f"{what} is not a sealed record file")
     (hlen,) = struct.unpack_from(">I", data, len(SEALED_MAGIC))
     start = len(SEALED_MAGIC) + 4
     if hlen > SEALED_MAX_HEADER or start + hlen > len(data):
-        raise _bad("sealed_malformed", f"{what} has an impossible header length")
+        raise _bad(ErrorCode.SEALED_MALFORMED, f"{what} has an impossible header length")
     try:
         header = load_json(data[start : start + hlen])
     except (UnicodeDecodeError, ValueError):
-        raise _bad("sealed_malformed", f"{what} header is not JSON") from None
+        raise _bad(ErrorCode.SEALED_MALFORMED, f"{what} header is not JSON") from None
     if not isinstance(header, dict):
-        raise _bad("sealed_malformed", f"{what} header is not an object")
+        raise _bad(ErrorCode.SEALED_MALFORMED, f"{what} header is not an object")
     sealed = SealedFile(header, data[start + hlen :])
     if header.get("sha256") != sealed.sha256:
-        raise _bad("sealed_mismatch", f"{what}: ciphertext does not match its header's SHA-256")
+        raise _bad(
+            ErrorCode.SEALED_MISMATCH, f"{what}: ciphertext does not match its header's SHA-256"
+        )
     return sealed
 
 
@@ -288,36 +213,25 @@ def encode_sealed_file(header: dict[str, Any], ciphertext: bytes) -> bytes:
 # --- upload chunks --------------------------------------------------------------------------------
 
 
-class ChunkHeader(BaseModel):
-    """The header of one upload chunk."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    package_id: str = Field(..., pattern=PACKAGE_ID_RE.pattern)
-    index: int = Field(..., ge=0, lt=MAX_CHUNKS)
-    count: int = Field(..., ge=1, le=MAX_CHUNKS)
-    total_bytes: int = Field(..., ge=1, le=MAX_PACKAGE_BYTES)
-    sha256: str = Field(..., pattern=HEX64)
-    package_sha256: str = Field(..., pattern=HEX64)
-
-
 def decode_chunk(payload: bytes) -> tuple[ChunkHeader, bytes]:
     """Split a chunk message and check its own SHA-256 and index range."""
     if len(payload) < 2:
-        raise _bad("chunk_malformed", "chunk shorter than its header length")
+        raise _bad(ErrorCode.CHUNK_MALFORMED, "chunk shorter than its header length")
     (hlen,) = struct.unpack_from(">H", payload, 0)
     if hlen > MAX_CHUNK_HEADER or 2 + hlen > len(payload):
-        raise _bad("chunk_malformed", f"chunk header length {hlen} is impossible")
+        raise _bad(ErrorCode.CHUNK_MALFORMED, f"chunk header length {hlen} is impossible")
     try:
         obj = load_json(payload[2 : 2 + hlen])
         header = ChunkHeader.model_validate(obj)
     except (UnicodeDecodeError, ValueError) as exc:  # ValidationError is a ValueError
-        raise _bad("chunk_malformed", f"chunk header invalid: {str(exc)[:200]}") from None
+        raise _bad(ErrorCode.CHUNK_MALFORMED, f"chunk header invalid: {str(exc)[:200]}") from None
     if header.index >= header.count:
-        raise _bad("chunk_malformed", f"chunk index {header.index} not below {header.count}")
+        raise _bad(
+            ErrorCode.CHUNK_MALFORMED, f"chunk index {header.index} not below {header.count}"
+        )
     data = payload[2 + hlen :]
     if hashlib.sha256(data).hexdigest() != header.sha256.lower():
-        raise _bad("chunk_malformed", f"chunk {header.index} does not match its SHA-256")
+        raise _bad(ErrorCode.CHUNK_MALFORMED, f"chunk {header.index} does not match its SHA-256")
     return header, data
 
 

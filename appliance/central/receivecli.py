@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..errors import ApplianceError
 from ..fleet.conn import add_broker_args, add_home_arg, broker_options, home_of
+from ..protocol.topics import Topics
 from .keys import ensure_central_keys, load_central_keys
 from .receiver import Receiver, ReceiverCore, import_packages, registry_device_keys
 from .service import stop_on_signals
@@ -182,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
         return EXIT_FAILED
     print(
-        f"receiving enrollment uploads on {opts.describe()} ({opts.prefix}/+/upload/+), "
+        f"receiving enrollment uploads on {opts.describe()} "
+        f"({Topics.anyone(opts.prefix).uploads}), "
         f"store {store.root}",
         flush=True,
     )

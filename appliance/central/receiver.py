@@ -40,11 +40,13 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ..agent.topics import validate_segment
 from ..errors import ApplianceError, TrustError
+from ..protocol.codes import ErrorCode
+from ..protocol.messages import UploadAck
+from ..protocol.topics import TopicKind, Topics, parse, shared, validate_segment
 from ..trust.certs import OperatorKey
 from ..trust.sealed import EnrollmentKeyPair, build_ack
-from .package import RESERVED_IDS, decode_chunk, valid_package_id
+from .package import decode_chunk, valid_package_id
 from .service import SubscribedService
 from .store import PackageStore
 from .verify import verify_package
@@ -117,10 +119,10 @@ class ReceiverCore:
     # -- topics ------------------------------------------------------------------------------------
 
     def filter(self) -> str:
-        return f"{self.prefix}/+/upload/+"
+        return Topics.anyone(self.prefix).uploads
 
     def _topic(self, device: str, leaf: str) -> str:
-        return f"{self.prefix}/{device}/upload/{leaf}"
+        return Topics(self.prefix, device).upload(leaf)
 
     def _send(self, device: str, leaf: str, obj: dict[str, Any] | bytes) -> bool:
         payload = obj if isinstance(obj, bytes) else json.dumps(obj).encode("utf-8")
@@ -134,12 +136,10 @@ class ReceiverCore:
 
     def handle(self, topic: str, payload: bytes) -> None:
         """One message on ``{prefix}/{device}/upload/{package_id}``."""
-        parts = topic.split("/")
-        if len(parts) != 4 or parts[0] != self.prefix or parts[2] != "upload":
-            return
-        device, leaf = parts[1], parts[3]
-        if leaf in RESERVED_IDS:
-            return  # our own acks and receipts
+        parsed = parse(self.prefix, topic)
+        if parsed is None or parsed.kind is not TopicKind.UPLOAD or parsed.arg is None:
+            return  # not a chunk: our own acks and receipts, or another topic
+        device, leaf = parsed.device, parsed.arg
         if not valid_package_id(leaf):
             self.stats["malformed"] += 1
             log.warning("upload from %s on an invalid package id topic", device)
@@ -147,7 +147,7 @@ class ReceiverCore:
         try:
             header, data = decode_chunk(payload)
             if header.package_id != leaf:
-                raise TrustError("chunk names another package", code="chunk_malformed")
+                raise TrustError("chunk names another package", code=ErrorCode.CHUNK_MALFORMED)
             outcome = self.store.put_chunk(device, header, data)
         except TrustError as exc:
             # A damaged chunk is not acknowledged: the kiosk sends it again.
@@ -163,15 +163,15 @@ class ReceiverCore:
             self._send(
                 device,
                 "ack",
-                {
-                    "package_id": leaf,
-                    "status": "rejected",
-                    "code": "package_id_reused",
-                    "reason": "this package id was already received with other content",
-                },
+                UploadAck(
+                    package_id=leaf,
+                    status="rejected",
+                    code=ErrorCode.PACKAGE_ID_REUSED,
+                    reason="this package id was already received with other content",
+                ).to_json(),
             )
             return
-        self._send(device, "ack", {"package_id": leaf, "received": [header.index]})
+        self._send(device, "ack", UploadAck(package_id=leaf, received=[header.index]).to_json())
         if outcome.state == "finished":
             self.stats["duplicates"] += 1
             now = time.monotonic()
@@ -231,12 +231,12 @@ class ReceiverCore:
                 self._send(
                     device,
                     "ack",
-                    {
-                        "package_id": package_id,
-                        "status": "held",
-                        "code": "unknown_device",
-                        "reason": reason,
-                    },
+                    UploadAck(
+                        package_id=package_id,
+                        status="held",
+                        code=ErrorCode.UNKNOWN_DEVICE,
+                        reason=reason,
+                    ).to_json(),
                 )
                 return None
             verified = verify_package(
@@ -277,7 +277,9 @@ class ReceiverCore:
     def _announce(self, result: dict[str, Any]) -> None:
         device, package_id = result["device"], result["package_id"]
         if result["status"] == "complete":
-            ok = self._send(device, "ack", {"package_id": package_id, "status": "complete"})
+            ok = self._send(
+                device, "ack", UploadAck(package_id=package_id, status="complete").to_json()
+            )
             receipt = build_ack(
                 self.ingest_key, device, [(r["id"], r["sha256"]) for r in result["receipt"]]
             )
@@ -286,12 +288,12 @@ class ReceiverCore:
             ok = self._send(
                 device,
                 "ack",
-                {
-                    "package_id": package_id,
-                    "status": "rejected",
-                    "code": result.get("code"),
-                    "reason": result.get("reason"),
-                },
+                UploadAck(
+                    package_id=package_id,
+                    status="rejected",
+                    code=result.get("code"),
+                    reason=result.get("reason"),
+                ).to_json(),
             )
         if ok and not result.get("announced_at"):
             self.store.mark_announced(device, package_id)
@@ -383,7 +385,7 @@ class Receiver(SubscribedService):
 
     def _filter(self) -> str:
         f = self.core.filter()
-        return f if self.share_group is None else f"$share/{self.share_group}/{f}"
+        return f if self.share_group is None else shared(self.share_group, f)
 
     def start(self, timeout: float = 10.0) -> Receiver:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]

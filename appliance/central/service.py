@@ -11,11 +11,10 @@ from types import FrameType
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ..mqttclient import FleetConnectionError
+from ..mqttclient import FleetConnectionError, make_client
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +35,7 @@ class SubscribedService:
         insecure: bool = False,
     ) -> None:
         self.host, self.port = host, port
-        self.client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        if tls:
-            self.client.tls_set(**tls)
-            if insecure:
-                self.client.tls_insecure_set(True)
+        self.client = make_client(client_id, tls=tls or None, insecure=insecure, nodelay=False)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message

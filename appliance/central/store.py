@@ -35,9 +35,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import StoreError, TrustError
+from ..protocol.codes import ErrorCode
+from ..protocol.package import ChunkHeader
 from ..trust.certs import NAME_RE
 from ..trust.keys import atomic_write
-from .package import ChunkHeader, valid_package_id
+from .package import valid_package_id
 from .verify import VerifiedPackage
 
 log = logging.getLogger(__name__)
@@ -94,7 +96,7 @@ def _read_json(path: Path) -> Any:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise StoreError(f"{path} is unreadable: {exc}", code="store_corrupt") from None
+        raise StoreError(f"{path} is unreadable: {exc}", code=ErrorCode.STORE_CORRUPT) from None
 
 
 class PackageStore:
@@ -109,9 +111,9 @@ class PackageStore:
     def package_dir(self, device: str, package_id: str) -> Path:
         """The package's directory; refuses names that could escape the root."""
         if not isinstance(device, str) or not NAME_RE.match(device):
-            raise TrustError(f"invalid device id {device!r}", code="invalid_name")
+            raise TrustError(f"invalid device id {device!r}", code=ErrorCode.INVALID_NAME)
         if not valid_package_id(package_id) or package_id in (".", ".."):
-            raise TrustError(f"invalid package id {package_id!r}", code="invalid_name")
+            raise TrustError(f"invalid package id {package_id!r}", code=ErrorCode.INVALID_NAME)
         return self.root / device / package_id
 
     # -- chunks ------------------------------------------------------------------------------------
@@ -172,24 +174,25 @@ class PackageStore:
         d = self.package_dir(device, package_id)
         info = self.upload_info(device, package_id)
         if info is None:
-            raise StoreError(f"no upload {device}/{package_id}", code="upload_unknown")
+            raise StoreError(f"no upload {device}/{package_id}", code=ErrorCode.UPLOAD_UNKNOWN)
         parts = []
         for i in range(int(info["count"])):
             try:
                 parts.append((d / CHUNKS / f"{i:06d}.part").read_bytes())
             except FileNotFoundError:
                 raise StoreError(
-                    f"chunk {i} of {package_id} missing", code="upload_incomplete"
+                    f"chunk {i} of {package_id} missing", code=ErrorCode.UPLOAD_INCOMPLETE
                 ) from None
         data = b"".join(parts)
         if len(data) != info["total_bytes"]:
             raise TrustError(
                 f"chunks add up to {len(data)} bytes, the upload announced {info['total_bytes']}",
-                code="package_malformed",
+                code=ErrorCode.PACKAGE_MALFORMED,
             )
         if hashlib.sha256(data).hexdigest() != info["package_sha256"]:
             raise TrustError(
-                "assembled package does not match its package_sha256", code="package_malformed"
+                "assembled package does not match its package_sha256",
+                code=ErrorCode.PACKAGE_MALFORMED,
             )
         return data
 
@@ -334,7 +337,7 @@ class PackageStore:
     def record(self, device: str, package_id: str, name: str) -> bytes:
         """A stored plaintext record by its file name (from ``record_files``)."""
         if "/" in name or name.startswith("."):
-            raise TrustError(f"invalid record file name {name!r}", code="invalid_name")
+            raise TrustError(f"invalid record file name {name!r}", code=ErrorCode.INVALID_NAME)
         return (self.package_dir(device, package_id) / RECORDS / name).read_bytes()
 
     def portrait(self, device: str, package_id: str) -> bytes:
@@ -343,9 +346,9 @@ class PackageStore:
         if res is None or res.get("status") != "complete":
             raise StoreError(
                 f"package {device}/{package_id} is not a verified enrollment",
-                code="enrollment_unknown",
+                code=ErrorCode.ENROLLMENT_UNKNOWN,
             )
         for name in res.get("record_files", []):
             if "-face-" in name:
                 return self.record(device, package_id, name)
-        raise StoreError(f"package {package_id} holds no portrait", code="no_portrait")
+        raise StoreError(f"package {package_id} holds no portrait", code=ErrorCode.NO_PORTRAIT)

@@ -20,13 +20,13 @@ from typing import Any
 
 from ..enrollment.package import FACE_FORMAT, FINGER_FORMAT
 from ..errors import ApplianceError, TrustError
+from ..protocol.codes import ErrorCode
+from ..protocol.package import Manifest, RecordEntry
 from ..timekeeping import check_time_source
 from ..trust.keys import DeviceSignature, verify_device_message
 from ..trust.sealed import EnrollmentKeyPair
 from .package import (
     HASH_0,
-    Manifest,
-    RecordEntry,
     chain_next,
     decode_container,
     decode_sealed_file,
@@ -103,19 +103,21 @@ def _parse_record(entry: RecordEntry, data: bytes) -> dict[str, Any]:
             from ..biometrics.face_record import FaceRecord
 
             if entry.format != FACE_FORMAT:
-                raise _bad("record_malformed", f"record {entry.seq}: format {entry.format!r}")
+                raise _bad(
+                    ErrorCode.RECORD_MALFORMED, f"record {entry.seq}: format {entry.format!r}"
+                )
             face = FaceRecord.decode(data)
             img = face.images[0]
             return {"images": len(face.images), "width": img.width, "height": img.height}
         from ..biometrics import finger_record
 
         if entry.format != FINGER_FORMAT:
-            raise _bad("record_malformed", f"record {entry.seq}: format {entry.format!r}")
+            raise _bad(ErrorCode.RECORD_MALFORMED, f"record {entry.seq}: format {entry.format!r}")
         rec = finger_record.decode(data)
         positions = {v.position for v in rec.views}
         if positions != {entry.position}:
             raise _bad(
-                "record_malformed",
+                ErrorCode.RECORD_MALFORMED,
                 f"record {entry.seq}: finger position {sorted(positions)} but the manifest "
                 f"says {entry.position}",
             )
@@ -131,7 +133,8 @@ def _parse_record(entry: RecordEntry, data: bytes) -> dict[str, Any]:
         raise
     except ApplianceError as exc:
         raise _bad(
-            "record_malformed", f"record {entry.seq} ({entry.kind}) does not parse: {exc.message}"
+            ErrorCode.RECORD_MALFORMED,
+            f"record {entry.seq} ({entry.kind}) does not parse: {exc.message}",
         ) from None
 
 
@@ -162,27 +165,30 @@ def verify_package(
         sig = DeviceSignature.from_header(container.signature)
         verify_device_message(device_public_key, container.manifest_bytes, sig)
     except TrustError as exc:
-        raise _bad("bad_signature", f"device signature: {exc.message}", cause=exc.code) from None
+        raise _bad(
+            ErrorCode.BAD_SIGNATURE, f"device signature: {exc.message}", cause=exc.code
+        ) from None
     manifest = parse_manifest(container.manifest_bytes)
     _check_time(manifest)
     if manifest.device != device_id:
         raise _bad(
-            "wrong_device", f"package names device {manifest.device!r}, uploaded by {device_id!r}"
+            ErrorCode.WRONG_DEVICE,
+            f"package names device {manifest.device!r}, uploaded by {device_id!r}",
         )
     if package_id is not None and manifest.package_id != package_id:
-        raise _bad("package_malformed", "manifest package_id differs from the upload's")
+        raise _bad(ErrorCode.PACKAGE_MALFORMED, "manifest package_id differs from the upload's")
     if len(manifest.records) != len(container.sealed_files):
         raise _bad(
-            "package_malformed",
+            ErrorCode.PACKAGE_MALFORMED,
             f"manifest lists {len(manifest.records)} records, container holds "
             f"{len(container.sealed_files)}",
         )
     seqs = [r.seq for r in manifest.records]
     if seqs != list(range(1, len(seqs) + 1)):
-        raise _bad("package_malformed", f"record sequence numbers {seqs} are not 1..n")
+        raise _bad(ErrorCode.PACKAGE_MALFORMED, f"record sequence numbers {seqs} are not 1..n")
     ids = [r.record_id for r in manifest.records]
     if len(set(ids)) != len(ids):
-        raise _bad("package_malformed", "a record id appears twice")
+        raise _bad(ErrorCode.PACKAGE_MALFORMED, "a record id appears twice")
     out = VerifiedPackage(manifest, container.manifest_bytes, sig.key_id)
     prev = HASH_0
     for entry, blob in zip(manifest.records, container.sealed_files, strict=True):
@@ -190,26 +196,28 @@ def verify_package(
         # 2. The sealed blob is the one the signed manifest names.
         sealed = decode_sealed_file(blob, what=what)
         if sealed.record_id != entry.record_id:
-            raise _bad("sealed_mismatch", f"{what}: sealed file holds {sealed.record_id!r}")
+            raise _bad(ErrorCode.SEALED_MISMATCH, f"{what}: sealed file holds {sealed.record_id!r}")
         if sealed.sha256 != entry.sealed_sha256.lower():
-            raise _bad("sealed_mismatch", f"{what}: sealed_sha256 does not match the blob")
+            raise _bad(ErrorCode.SEALED_MISMATCH, f"{what}: sealed_sha256 does not match the blob")
         if len(sealed.ciphertext) != entry.sealed_size:
-            raise _bad("sealed_mismatch", f"{what}: sealed_size does not match the blob")
+            raise _bad(ErrorCode.SEALED_MISMATCH, f"{what}: sealed_size does not match the blob")
         # 3. Unseal with the enrollment private key.
         try:
             plaintext = enrollment_key.unseal(sealed.ciphertext)
         except TrustError:
-            raise _bad("unseal_failed", f"{what} does not open with the enrollment key") from None
+            raise _bad(
+                ErrorCode.UNSEAL_FAILED, f"{what} does not open with the enrollment key"
+            ) from None
         # 4. The record's own hash and the chain, in capture order.
         if hashlib.sha256(plaintext).hexdigest().upper() != entry.sha256.upper():
-            raise _bad("record_hash_mismatch", f"{what}: SHA-256 of the record differs")
+            raise _bad(ErrorCode.RECORD_HASH_MISMATCH, f"{what}: SHA-256 of the record differs")
         prev = chain_next(prev, entry.sha256)
         if prev != entry.hash.upper():
-            raise _bad("chain_broken", f"{what}: hash chain value differs", seq=entry.seq)
+            raise _bad(ErrorCode.CHAIN_BROKEN, f"{what}: hash chain value differs", seq=entry.seq)
         parsed = _parse_record(entry, plaintext) if parse_records else {}
         out.records.append(VerifiedRecord(entry, plaintext, parsed))
     if prev != manifest.chain_head.upper():
-        raise _bad("chain_broken", "chain_head is not the last record's chain value")
+        raise _bad(ErrorCode.CHAIN_BROKEN, "chain_head is not the last record's chain value")
     log.info(
         "package %s from %s verified: %d records, chain head %s",
         manifest.package_id,

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ApplianceError, CommandError, TrustError
+from ..protocol.topics import Topics
 from ..trust.signeddoc import verify_document
 from .batch import BATCH_ID_RE, BatchDownload, CitizenBatch, verify_chunk
 from .validation import CitizenDataInvalid, CitizenRecord, Problem, Rule, Stage, validate_citizen
@@ -56,8 +57,6 @@ log = logging.getLogger(__name__)
 ANSWER_TYPE = "appliance.citizen-lookup.v1"
 ANSWER_CONTEXT = b"appliance/citizen-lookup/v1"
 ANSWER_ROLES = ("directory",)
-REQUEST_LEAF = "lookup/request"
-RESPONSE_LEAF = "lookup/response"
 
 #: A CCCD number (12 digits) or an old CMND number (9 digits).
 NUMBER_RE = re.compile(r"^(?:[0-9]{12}|[0-9]{9})$")
@@ -95,11 +94,11 @@ class LookupFailed(ApplianceError):
 
 
 def request_topic(prefix: str, device: str) -> str:
-    return f"{prefix}/{device}/{REQUEST_LEAF}"
+    return Topics(prefix, device).lookup_request
 
 
 def response_topic(prefix: str, device: str) -> str:
-    return f"{prefix}/{device}/{RESPONSE_LEAF}"
+    return Topics(prefix, device).lookup_response
 
 
 def check_number(number: object) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ApplianceError
+from ..protocol.codes import ErrorCode
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -183,7 +184,7 @@ class Mosquitto:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise ApplianceError(
-                f"render-broker-config failed: {proc.stderr.strip()}", code="broker_failed"
+                f"render-broker-config failed: {proc.stderr.strip()}", code=ErrorCode.BROKER_FAILED
             )
         if self.extra_conf:
             with self.conf_path.open("a") as fh:
@@ -202,7 +203,8 @@ class Mosquitto:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(exe).exists():
             raise ApplianceError(
-                "mosquitto is not installed (apt-get install mosquitto)", code="missing_broker"
+                "mosquitto is not installed (apt-get install mosquitto)",
+                code=ErrorCode.MISSING_BROKER,
             )
         self.write_conf()
         log = self.log_path.open("ab")
@@ -216,12 +218,12 @@ class Mosquitto:
                 raise ApplianceError(
                     f"mosquitto exited with {self.proc.returncode}: "
                     f"{self.log_path.read_text(errors='replace')[-2000:]}",
-                    code="broker_failed",
+                    code=ErrorCode.BROKER_FAILED,
                 )
             if time.monotonic() > deadline:
                 self.stop()
                 raise ApplianceError(
-                    "mosquitto did not accept connections in time", code="broker_failed"
+                    "mosquitto did not accept connections in time", code=ErrorCode.BROKER_FAILED
                 )
             time.sleep(0.005)
         return self

@@ -16,28 +16,24 @@ import itertools
 import json
 import os
 import queue
-import socket
 import threading
 import uuid
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ..agent.topics import Topics
 from ..errors import ApplianceError
+from ..mqttclient import make_client
+from ..protocol.codes import ErrorCode
+from ..protocol.topics import TopicKind, Topics, parse
 from ..trust.certs import OperatorKey
 from ..trust.envelope import EnvelopeBuilder
 
 
-def _nodelay(_c: Any, _u: Any, sock: Any) -> None:
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 class ControllerTimeout(ApplianceError):
-    code = "controller_timeout"
+    code = ErrorCode.CONTROLLER_TIMEOUT
     retryable = True
 
 
@@ -60,22 +56,10 @@ class Controller:
         self.tls = tls
         self.builder = None if signer is None else EnvelopeBuilder(signer, lifetime_s=lifetime_s)
         self.client_id = client_id or f"ctl-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        v5 = protocol == "5"
-        self.client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-        )
-        self.client.on_socket_open = _nodelay
-        if tls is not None:
-            self.client.tls_set(
-                ca_certs=tls.get("ca_certs"),
-                certfile=tls.get("certfile"),
-                keyfile=tls.get("keyfile"),
-            )
+        self.client = make_client(self.client_id, protocol=protocol, tls=tls)
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
-        self.response_topic = f"{prefix}/_ctl/{self.client_id}/reply"
+        self.response_topic = Topics.anyone(prefix).controller_reply(self.client_id)
         self._pending: dict[bytes | str, queue.Queue[dict[str, Any]]] = {}
         self._subs: list[tuple[str, queue.Queue[tuple[str, bytes, bool]]]] = []
         self._lock = threading.Lock()
@@ -128,7 +112,10 @@ class Controller:
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         payload = bytes(msg.payload)
-        if msg.topic == self.response_topic or msg.topic.endswith("/reply"):
+        parsed = parse(self.prefix, msg.topic)
+        if msg.topic == self.response_topic or (
+            parsed is not None and parsed.kind is TopicKind.REPLY
+        ):
             key: bytes | str | None = None
             props = getattr(msg, "properties", None)
             corr = getattr(props, "CorrelationData", None) if props else None
@@ -145,7 +132,7 @@ class Controller:
                 try:
                     q.put(json.loads(payload))
                 except ValueError:
-                    q.put({"ok": False, "error": {"code": "unparseable_reply"}})
+                    q.put({"ok": False, "error": {"code": ErrorCode.UNPARSEABLE_REPLY}})
         with self._lock:
             subs = list(self._subs)
         for pattern, sq in subs:

@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..protocol.topics import Topics
 from .broker import Mosquitto, free_port, mqtt_connack
 from .controller import Controller
 from .fleetkit import FleetKit
@@ -170,7 +171,7 @@ class _Demo:
                 self.log_path,
             )  # fmt: skip
             with self.controller().connect() as ctl:
-                q = ctl.subscribe(f"kiosk/{self.dev}/status")
+                q = ctl.subscribe(Topics("kiosk", self.dev).status)
                 birth = _wait_online(q, daemon, 30)
                 t0 = time.perf_counter()
                 pong = ctl.request(self.dev, "ping", timeout=10)

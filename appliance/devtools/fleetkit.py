@@ -25,6 +25,7 @@ from nacl.signing import SigningKey
 from ..errors import ApplianceError
 from ..fleet.conn import BrokerOptions
 from ..fleet.keys import write_certificate
+from ..protocol.codes import ErrorCode
 from ..trust import keys
 from ..trust.certs import ROOT_PUB_FILE, FleetRoot, OperatorKey
 from ..trust.sealed import ENROLLMENT_PUB_FILE
@@ -99,7 +100,7 @@ class FleetKit:
         )  # fmt: skip
         if proc.returncode != 0:
             raise ApplianceError(
-                f"issue-device-cert {name} failed: {proc.stderr.strip()}", code="pki_failed"
+                f"issue-device-cert {name} failed: {proc.stderr.strip()}", code=ErrorCode.PKI_FAILED
             )
 
     def make_signer(

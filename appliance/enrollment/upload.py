@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..agent.topics import Topics
 from ..errors import ApplianceError
+from ..protocol.topics import Topics
 from ..store import Store
 from ..trust.sealed import SealedStore
 from . import package as pk

@@ -22,7 +22,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from ..agent.topics import validate_segment
+from ..protocol.topics import Topics, validate_segment
 from ..trust.certs import OperatorKey
 from ..trust.outboxack import MAX_RANGES, Range, build_outbox_ack
 
@@ -98,7 +98,7 @@ class OutboxAcker:
             for i in range(0, len(ranges), MAX_RANGES):
                 part = ranges[i : i + MAX_RANGES]
                 try:
-                    topic = f"{self.prefix}/{validate_segment(device, 'device id')}/outbox/ack"
+                    topic = Topics(self.prefix, device).outbox_ack
                     ok = self.publish(topic, build_outbox_ack(self.key, device, part))
                 except (ValueError, OSError) as exc:
                     log.warning("outbox acknowledgement to %s not sent: %s", device, exc)

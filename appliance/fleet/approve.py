@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ApplianceError, TrustError
+from ..protocol.codes import ErrorCode
 from ..provisioning.claim import ClaimRequest, build_response
 from ..trust.certs import ROOT_PUB_FILE
 from ..trust.keys import encode_public_key, key_id, load_public_key
@@ -116,7 +117,7 @@ def issue_broker_certificate(
         if proc.returncode != 0:
             raise ApplianceError(
                 f"issue-device-cert failed ({proc.returncode}): {proc.stderr.strip()}",
-                code="cert_issue_failed",
+                code=ErrorCode.CERT_ISSUE_FAILED,
             )
         out = Path(tmp)
         return {
@@ -197,7 +198,7 @@ def answer_claim(
             return Outcome(verdict, resp, None)
         token = verdict.token
         if token is None:  # approved verdicts always carry their token
-            raise TrustError("approval without token", code="internal_error")
+            raise TrustError("approval without token", code=ErrorCode.INTERNAL_ERROR)
         tls = issue_tls(req.device_id) if issue_tls is not None else None
         bundle = build_bundle(
             reg,

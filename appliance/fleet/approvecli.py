@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from ..errors import ApplianceError
+from ..protocol.topics import Topics
 from ..provisioning.claim import ClaimRequest, parse_request
 from ..trust.certs import validate_name
 from .approve import NEXT_STEPS, KioskBroker, answer_claim, issue_broker_certificate, judge
@@ -117,8 +118,8 @@ def run(args: argparse.Namespace) -> int:
 def _approve(
     args: argparse.Namespace, reg: FleetRegistry, mqtt: FleetMqtt, prefix: str, host: str, port: int
 ) -> int:
-    req_topic = f"{prefix}/claims/{args.device}/request"
-    resp_topic = f"{prefix}/claims/{args.device}/response"
+    topics = Topics(prefix, args.device)
+    req_topic, resp_topic = topics.claim_request, topics.claim_response
     q = mqtt.collector(req_topic)
     mqtt.subscribe([req_topic])
     deadline = time.monotonic() + args.timeout

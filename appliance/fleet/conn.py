@@ -27,7 +27,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from ..agent.topics import validate_segment
 from ..errors import ConfigError
 from ..mqttclient import (
     BrokerOptions,
@@ -36,6 +35,7 @@ from ..mqttclient import (
     Message,
     release,
 )
+from ..protocol.topics import validate_segment
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ import uuid
 from typing import Any
 
 from ..errors import ApplianceError, MissingExtraError
+from ..protocol.topics import TopicKind, Topics, parse
 from ..trust.envelope import EnvelopeBuilder
 from .conn import FleetMqtt, add_broker_args, add_home_arg, broker_options
 from .tools import (
@@ -82,7 +83,8 @@ def _health(devices: Any) -> str:
 def collect(args: argparse.Namespace, mqtt: FleetMqtt, prefix: str) -> list[dict[str, Any]]:
     reg = registry(args)
     keys = reg.device_keys()
-    msgs = collect_retained(mqtt, [f"{prefix}/+/status", f"{prefix}/+/telemetry"], args.listen)
+    every = Topics.anyone(prefix)
+    msgs = collect_retained(mqtt, [every.status, every.telemetry], args.listen)
     rows: dict[str, dict[str, Any]] = {}
     for rec in reg.devices():
         rows[rec.device_id] = {
@@ -102,7 +104,8 @@ def collect(args: argparse.Namespace, mqtt: FleetMqtt, prefix: str) -> list[dict
         if not isinstance(body, dict):
             continue
         row = rows.setdefault(dev, {"device": dev, "state": "never seen", "approved": False})
-        if topic.endswith("/status"):
+        parsed = parse(prefix, topic)
+        if parsed is not None and parsed.kind is TopicKind.STATUS:
             online = body.get("online") is True
             row["state"] = status_state(body)
             row["version"] = body.get("version", row.get("version"))
@@ -135,16 +138,17 @@ def _query(
         return
     builder = EnvelopeBuilder(load_signer(args, "operator"), lifetime_s=60)
     pending: dict[str, dict[str, Any]] = {}
-    q = mqtt.collector(f"{prefix}/+/reply")
-    mqtt.subscribe([f"{prefix}/+/reply"])
+    every = Topics.anyone(prefix)
+    q = mqtt.collector(every.reply)
+    mqtt.subscribe([every.reply])
     for row in rows:
         dev = row["device"]
         cid = f"fleet-status-{uuid.uuid4().hex[:12]}"
         req = json.dumps({"id": cid, "cmd": "status", "args": {}}).encode()
         mqtt.publish(
-            f"{prefix}/{dev}/cmd",
+            Topics(prefix, dev).cmd,
             builder.build("status", req, dev),
-            response_topic=f"{prefix}/{dev}/reply",
+            response_topic=Topics(prefix, dev).reply,
             correlation_data=cid.encode(),
             expiry_s=60,
         )

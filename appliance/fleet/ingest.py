@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
@@ -31,13 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ..agent.topics import validate_segment
 from ..errors import DeviceTimeout
+from ..mqttclient import connect_properties, make_client
+from ..protocol.topics import TopicKind, Topics, parse, shared, validate_segment
 from ..trust.certs import OperatorKey
 from .acker import OutboxAcker
 
@@ -63,6 +62,10 @@ def latency_summary(samples: list[float]) -> dict[str, Any]:
         "p99_ms": ms(_pct(samples, 99)),
         "max_ms": ms(max(samples) if samples else None),
     }
+
+
+#: What the ingest records, by the kind of topic it subscribed to.
+_KINDS = {TopicKind.TELEMETRY: "telemetry", TopicKind.EVENT: "events", TopicKind.STATUS: "status"}
 
 
 @dataclass
@@ -170,13 +173,7 @@ class Ingest:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._subscribed = threading.Event()
-        self.client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if self.v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if self.v5 else False,
-        )
-        self.client.on_socket_open = _nodelay
+        self.client = make_client(self.client_id, protocol=protocol, persistent=True)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
@@ -190,21 +187,17 @@ class Ingest:
         return info.rc == paho.MQTT_ERR_SUCCESS
 
     def filters(self) -> list[str]:
-        base = [
-            f"{self.prefix}/+/telemetry",
-            f"{self.prefix}/+/events/#",
-            f"{self.prefix}/+/status",
-        ]
+        every = Topics.anyone(self.prefix)
+        base = [every.telemetry, every.events, every.status]
         if self.share_group is None:
             return base
-        return [f"$share/{self.share_group}/{f}" for f in base]
+        return [shared(self.share_group, f) for f in base]
 
     def start(self, timeout: float = 10.0) -> Ingest:
         # A persistent session, so durable events published while the ingest is away (its
         # own reconnect after a broker restart) are queued by the broker, not lost to it.
         if self.v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = self.session_expiry_s
+            props = connect_properties(self.session_expiry_s)
             self.client.connect(self.host, self.port, 30, clean_start=False, properties=props)
         else:
             self.client.connect(self.host, self.port, 30)
@@ -251,10 +244,10 @@ class Ingest:
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         now = time.time()
-        parts = msg.topic.split("/")
-        if len(parts) < 3:
+        parsed = parse(self.prefix, msg.topic)
+        if parsed is None or parsed.kind not in _KINDS:
             return
-        device, kind = parts[1], parts[2]
+        device, kind = parsed.device, _KINDS[parsed.kind]
         try:
             obj = json.loads(msg.payload)
             if not isinstance(obj, dict):
@@ -305,7 +298,3 @@ class Ingest:
                 st.births.append((device, now))
             else:
                 st.deaths.append((device, str(obj.get("reason"))))
-
-
-def _nodelay(_c: Any, _u: Any, sock: Any) -> None:
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -40,6 +40,7 @@ from typing import Any
 
 from ..errors import ApplianceError
 from ..mqttclient import FleetMqtt, Message
+from ..protocol.topics import Topics
 from ..trust.certs import OperatorKey
 from ..update import topics
 from ..update.jobdoc import BAD, FINAL, KINDS, STATES, sign_job
@@ -378,11 +379,11 @@ class JobRunner:
         self.clock = clock
         self.rejected = 0  # reports whose device signature did not verify
         self._subscribed = False
-        self._queue = mqtt.collector(topics.JOB_REPORTED_ALL.format(prefix=prefix))
+        self._queue = mqtt.collector(Topics.anyone(prefix).jobs_reported)
 
     def _subscribe(self) -> None:
         if not self._subscribed:
-            self.mqtt.subscribe([topics.JOB_REPORTED_ALL.format(prefix=self.prefix)])
+            self.mqtt.subscribe([Topics.anyone(self.prefix).jobs_reported])
             self._subscribed = True
 
     # -- publishing ------------------------------------------------------------------------

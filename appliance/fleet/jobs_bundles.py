@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 from ..mqttclient import FleetMqtt
+from ..protocol.topics import Topics
 from ..update import topics
 from ..update.agent import CHUNK, make_chunk
 
@@ -37,7 +38,7 @@ class BundleServer:
         self.prefix = prefix
         self.bundles: dict[str, Path] = {}
         self.served_bytes = 0
-        self._filter = topics.UPDATE_GET_ALL.format(prefix=prefix)
+        self._filter = Topics.anyone(prefix).update_get
         self._queue = mqtt.collector(self._filter)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ApplianceError
+from ..protocol.topics import Topics
 from ..trust.certs import ROOT_PUB_FILE
 from ..trust.keys import b64encode, load_public_key
 from ..update.bundle import verify_bundle
@@ -113,7 +114,7 @@ def _targets(args: argparse.Namespace, mqtt: FleetMqtt, prefix: str) -> list[str
         devices.update(reg.members(g))
     if args.where:
         query = parse_query(args.where)
-        msgs = collect_retained(mqtt, [f"{prefix}/+/status"], args.listen)
+        msgs = collect_retained(mqtt, [Topics.anyone(prefix).status], args.listen)
         for topic, msg in msgs.items():
             dev = device_of(topic, prefix)
             try:

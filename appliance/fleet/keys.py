@@ -19,6 +19,7 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from ..errors import TrustError
+from ..protocol.codes import ErrorCode
 from ..trust import keys
 from ..trust.certs import (
     ROOT_KEY_FILE,
@@ -57,7 +58,7 @@ def parse_not_after(text: str, *, now: float | None = None) -> int:
     if m:
         seconds = int(m.group(1)) * _UNITS[m.group(2)]
         if seconds <= 0:
-            raise TrustError("validity must be positive", code="invalid_validity")
+            raise TrustError("validity must be positive", code=ErrorCode.INVALID_VALIDITY)
         return int(base) + seconds
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
@@ -68,7 +69,7 @@ def parse_not_after(text: str, *, now: float | None = None) -> int:
         raise TrustError(
             f"cannot read {text!r} as a date: use e.g. 90d, 12h, 2027-01-31 or "
             "2027-01-31T12:00:00Z",
-            code="invalid_validity",
+            code=ErrorCode.INVALID_VALIDITY,
         ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
@@ -119,7 +120,9 @@ def write_certificate(path: Path, cert: OperatorCertificate, *, overwrite: bool 
     """Write a certificate token file (public; mode 0644, atomic)."""
     path = Path(path).expanduser()
     if path.exists() and not overwrite:
-        raise TrustError(f"{path} already exists", code="key_exists", details={"path": str(path)})
+        raise TrustError(
+            f"{path} already exists", code=ErrorCode.KEY_EXISTS, details={"path": str(path)}
+        )
     keys.write_public_file(path, (cert.to_token() + "\n").encode("ascii"))
 
 
@@ -127,7 +130,9 @@ def read_certificate(path: Path) -> OperatorCertificate:
     try:
         token = Path(path).expanduser().read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise TrustError(f"cannot read certificate {path}: {exc}", code="key_missing") from None
+        raise TrustError(
+            f"cannot read certificate {path}: {exc}", code=ErrorCode.KEY_MISSING
+        ) from None
     return OperatorCertificate.from_token(token)
 
 

@@ -41,6 +41,7 @@ from pathlib import Path
 from ..config import check_file
 from ..configpush import peek_version
 from ..errors import ApplianceError
+from ..protocol.topics import TopicKind, Topics, parse
 from ..trust.certs import OperatorKey
 from ..trust.configdoc import sign_config
 from ..trust.envelope import GROUP_PREFIX, validate_target
@@ -144,9 +145,10 @@ def _push(  # noqa: C901, PLR0912, PLR0915  targets, version, publish, wait for 
 ) -> int:
     keys = reg.device_keys()
     group = args.target[len(GROUP_PREFIX) :] if args.target.startswith(GROUP_PREFIX) else None
+    every = Topics.anyone(prefix)
     state = collect_retained(
         mqtt,
-        [f"{prefix}/+/status", f"{prefix}/+/config/desired", f"{prefix}/+/config/reported"],
+        [every.status, every.config_desired, every.config_reported],
         args.listen,
     )
     if group is None:
@@ -154,7 +156,8 @@ def _push(  # noqa: C901, PLR0912, PLR0915  targets, version, publish, wait for 
     else:
         members = set(reg.members(group))
         for topic, msg in state.items():
-            if topic.endswith("/status"):
+            parsed = parse(prefix, topic)
+            if parsed is not None and parsed.kind is TopicKind.STATUS:
                 try:
                     if group in (json.loads(msg.payload).get("groups") or []):
                         members.add(str(device_of(topic, prefix)))
@@ -168,10 +171,10 @@ def _push(  # noqa: C901, PLR0912, PLR0915  targets, version, publish, wait for 
     if version is None:
         known = [0]
         for dev in devices:
-            d = state.get(f"{prefix}/{dev}/config/desired")
+            d = state.get(Topics(prefix, dev).config_desired)
             if d is not None:
                 known.append(peek_version(d.payload) or 0)
-            r = state.get(f"{prefix}/{dev}/config/reported")
+            r = state.get(Topics(prefix, dev).config_reported)
             if r is not None:
                 try:
                     rep = json.loads(r.payload)
@@ -180,9 +183,9 @@ def _push(  # noqa: C901, PLR0912, PLR0915  targets, version, publish, wait for 
                     pass
         version = max(known) + 1
     doc = sign_config(content, key=signer, version=version, target=args.target, fmt=fmt)
-    reported = mqtt.collector(f"{prefix}/+/config/reported")
+    reported = mqtt.collector(every.config_reported)
     for dev in devices:
-        mqtt.publish(f"{prefix}/{dev}/config/desired", doc, retain=True)
+        mqtt.publish(Topics(prefix, dev).config_desired, doc, retain=True)
     print(f"published configuration v{version} for {args.target} to {', '.join(devices)}")
     if args.no_wait:
         return EXIT_OK

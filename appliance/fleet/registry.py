@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import TrustError
+from ..protocol.codes import ErrorCode
 from ..trust.certs import NAME_RE, validate_name
 from ..trust.keys import atomic_write, key_id, parse_public_key
 
@@ -95,7 +96,9 @@ class FleetRegistry:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            raise TrustError(f"{path} is unreadable: {exc}", code="registry_corrupt") from None
+            raise TrustError(
+                f"{path} is unreadable: {exc}", code=ErrorCode.REGISTRY_CORRUPT
+            ) from None
         return {k: TokenRecord(**v) for k, v in raw.items()}
 
     def _save_tokens(self, tokens: dict[str, TokenRecord]) -> None:
@@ -123,7 +126,7 @@ class FleetRegistry:
         for g in groups or []:
             validate_name(g, "group")
         if ttl_s <= 0:
-            raise TrustError("the token lifetime must be positive", code="invalid_validity")
+            raise TrustError("the token lifetime must be positive", code=ErrorCode.INVALID_VALIDITY)
         t = int(time.time() if now is None else now)
         token_id, secret = new_token()
         rec = TokenRecord(
@@ -165,7 +168,9 @@ class FleetRegistry:
         except FileNotFoundError:
             return None
         except (OSError, ValueError, TypeError) as exc:
-            raise TrustError(f"{path} is unreadable: {exc}", code="registry_corrupt") from None
+            raise TrustError(
+                f"{path} is unreadable: {exc}", code=ErrorCode.REGISTRY_CORRUPT
+            ) from None
 
     def devices(self) -> list[DeviceRecord]:
         out = []
@@ -178,7 +183,7 @@ class FleetRegistry:
     def save_device(self, rec: DeviceRecord) -> None:
         validate_name(rec.device_id, "device")
         if key_id(rec.public_key_bytes) != rec.key_id:
-            raise TrustError("device key id does not match its key", code="key_malformed")
+            raise TrustError("device key id does not match its key", code=ErrorCode.KEY_MALFORMED)
         d = self.home / DEVICES
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_write(

@@ -27,6 +27,8 @@ import uuid
 from typing import Any
 
 from ..errors import ApplianceError
+from ..protocol.codes import ErrorCode
+from ..protocol.topics import Topics
 from ..trust.envelope import GROUP_PREFIX, EnvelopeBuilder, validate_target
 from .conn import FleetMqtt, Message, add_broker_args, add_home_arg, broker_options
 from .tools import (
@@ -121,7 +123,10 @@ def _report(
     try:
         reply: dict[str, Any] = json.loads(msg.payload)
     except ValueError:
-        reply = {"ok": False, "error": {"code": "unparseable_reply", "message": repr(msg.payload)}}
+        reply = {
+            "ok": False,
+            "error": {"code": ErrorCode.UNPARSEABLE_REPLY, "message": repr(msg.payload)},
+        }
     ok = reply.get("ok") is True
     if args.json:
         print(json.dumps({"device": device, "verified": v.status, "reply": reply}), flush=True)
@@ -149,12 +154,13 @@ def _one(
     keys: dict[str, bytes],
 ) -> int:
     device = args.target
-    reply_topic = f"{prefix}/{device}/reply"
+    topics = Topics(prefix, device)
+    reply_topic = topics.reply
     q = mqtt.collector(reply_topic)
     mqtt.subscribe([reply_topic])
     corr = uuid.uuid4().bytes
     mqtt.publish(
-        f"{prefix}/{device}/cmd",
+        topics.cmd,
         payload,
         response_topic=reply_topic,
         correlation_data=corr,
@@ -199,9 +205,10 @@ def _group(
     keys: dict[str, bytes],
     members: list[str],
 ) -> int:
-    q = mqtt.collector(f"{prefix}/+/reply")
-    mqtt.subscribe([f"{prefix}/+/reply"])
-    mqtt.publish(f"{prefix}/group/{group}/cmd", payload, expiry_s=args.lifetime)
+    every = Topics.anyone(prefix)
+    q = mqtt.collector(every.reply)
+    mqtt.subscribe([every.reply])
+    mqtt.publish(every.group_cmd(group), payload, expiry_s=args.lifetime)
     seen: dict[str, tuple[bool, bool]] = {}
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline and not (members and set(members) <= set(seen)):

@@ -52,9 +52,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from ..agent.mqtt import backoff_delay
-from ..agent.topics import Topics
+from ..dispatch import CommandReply, ErrorBody
 from ..errors import ConfigError, DeviceDisconnected, DeviceTimeout, ProtocolError
+from ..protocol.codes import ErrorCode, EventType
+from ..protocol.messages import EventMessage, StatusMessage
+from ..protocol.topics import Topics
 from .simidentity import SimIdentities
 
 log = logging.getLogger(__name__)
@@ -585,7 +590,7 @@ class VirtualKiosk:
             # Without TCP_NODELAY every small publish waits for Nagle (specs: ~88 ms).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.writer = writer
-        will = json.dumps({"online": False, "device": self.id, "reason": "lost"}).encode()
+        will = _json(StatusMessage(online=False, device=self.id, reason="lost"))
         self._send(
             encode_connect(
                 self.id,
@@ -625,14 +630,14 @@ class VirtualKiosk:
         self._send(encode_subscribe(self._next_pid(), subs, v5=cfg.v5))
         self._publish(
             self.topics.status,
-            {
-                "online": True,
-                "device": self.id,
-                "ts": time.time(),
-                "version": "fleet-sim",
-                "profile": "sim",
-                "devices": {"camera": "ok", "fingerprint": "ok", "card": "ok"},
-            },
+            StatusMessage(
+                online=True,
+                device=self.id,
+                ts=time.time(),
+                version="fleet-sim",
+                profile="sim",
+                devices={"camera": "ok", "fingerprint": "ok", "card": "ok"},
+            ).model_dump(exclude_none=True),
             qos=1,
             retain=True,
         )
@@ -711,21 +716,21 @@ class VirtualKiosk:
             if self.fleet.is_stopping():
                 return
             self.raise_event(
-                "enrollment.simulated", {"session": self.seq + 1, "outcome": "completed"}
+                EventType.ENROLLMENT_SIMULATED, {"session": self.seq + 1, "outcome": "completed"}
             )
 
     def raise_event(self, type_: str, data: dict[str, Any]) -> int:
         """Queue a durable event (QoS 1) and send it when possible. Returns its seq."""
         self.seq += 1
-        event = {
-            "id": uuid.UUID(int=self.rnd.getrandbits(128)).hex,
-            "seq": self.seq,
-            "device": self.id,
-            "type": type_,
-            "ts": time.time(),
-            "data": data,
-        }
-        self.outbox[self.seq] = json.dumps(event, separators=(",", ":")).encode()
+        event = EventMessage(
+            id=uuid.UUID(int=self.rnd.getrandbits(128)).hex,
+            seq=self.seq,
+            device=self.id,
+            type=type_,
+            ts=time.time(),
+            data=data,
+        )
+        self.outbox[self.seq] = _json(event)
         self.fleet.stats.events_created += 1
         if self.connected.is_set():
             with contextlib.suppress(_Lost, OSError):
@@ -787,7 +792,7 @@ class VirtualKiosk:
         self.fleet.stats.commands += 1
         cid: Any = None
         name: Any = None
-        reply: dict[str, Any]
+        reply: CommandReply
         raw: bytes | None = msg.payload
         ids = self.cfg.identities
         refusal: tuple[str, str] | None = None
@@ -798,24 +803,24 @@ class VirtualKiosk:
                 raise _Refused
             req = json.loads(raw)
         except _Refused:
-            code, reason = refusal or ("invalid_request", "refused")
+            code, reason = refusal or (ErrorCode.INVALID_REQUEST, "refused")
             reply = _error(None, None, code, reason)
         except (ValueError, UnicodeDecodeError):
-            reply = _error(None, None, "invalid_json", "payload is not valid JSON")
+            reply = _error(None, None, ErrorCode.INVALID_JSON, "payload is not valid JSON")
         else:
             if isinstance(req, dict):
                 cid = req.get("id") if isinstance(req.get("id"), str) else None
                 name = req.get("cmd") if isinstance(req.get("cmd"), str) else None
             if cid is None or name is None or not isinstance(req.get("args", {}), dict):
                 reply = _error(
-                    cid, name, "invalid_request", "request does not match {id, cmd, args}"
+                    cid, name, ErrorCode.INVALID_REQUEST, "request does not match {id, cmd, args}"
                 )
             elif name == "ping":
                 result: dict[str, Any] = {"pong": True, "ts": time.time()}
                 echo = req.get("args", {}).get("echo")
                 if isinstance(echo, str):
                     result["echo"] = echo
-                reply = {"id": cid, "cmd": name, "ok": True, "result": result}
+                reply = CommandReply(id=cid, cmd=name, ok=True, result=result)
             elif name == "status":
                 result = {
                     "online": True,
@@ -823,9 +828,9 @@ class VirtualKiosk:
                     "outbox_depth": len(self.outbox),
                     "last_seq": self.seq,
                 }
-                reply = {"id": cid, "cmd": name, "ok": True, "result": result}
+                reply = CommandReply(id=cid, cmd=name, ok=True, result=result)
             else:
-                reply = _error(cid, name, "unknown_command", f"no command {name!r}")
+                reply = _error(cid, name, ErrorCode.UNKNOWN_COMMAND, f"no command {name!r}")
         props: dict[int, Any] = {}
         topic = self.topics.reply
         rt = msg.props.get(0x08)
@@ -833,7 +838,7 @@ class VirtualKiosk:
             topic = rt
             if 0x09 in msg.props:
                 props[0x09] = msg.props[0x09]
-        payload = json.dumps(reply, separators=(",", ":")).encode()
+        payload = reply.to_json().encode()
         self._send(
             encode_publish(
                 topic,
@@ -857,8 +862,8 @@ class VirtualKiosk:
                 await asyncio.wait_for(self.acked.wait(), grace_s)
         self.closing = True
         with contextlib.suppress(_Lost, OSError, TimeoutError):
-            status = {"online": False, "device": self.id, "reason": "shutdown", "ts": time.time()}
-            payload = json.dumps(status, separators=(",", ":")).encode()
+            status = StatusMessage(online=False, device=self.id, reason="shutdown", ts=time.time())
+            payload = _json(status)
             self._send(
                 encode_publish(
                     self.topics.status,
@@ -876,15 +881,13 @@ class VirtualKiosk:
                 await asyncio.wait_for(self.writer.drain(), grace_s)
 
 
-def _error(cid: Any, name: Any, code: str, message: str) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": cid,
-        "ok": False,
-        "error": {"code": code, "message": message, "details": {}},
-    }
-    if name is not None:
-        out["cmd"] = name
-    return out
+def _error(cid: str | None, name: str | None, code: str, message: str) -> CommandReply:
+    return CommandReply(id=cid, cmd=name, ok=False, error=ErrorBody(code=code, message=message))
+
+
+def _json(message: BaseModel) -> bytes:
+    """A protocol message as the kiosk sends it: compact JSON, absent fields left out."""
+    return message.model_dump_json(exclude_none=True).encode()
 
 
 # --- the fleet -----------------------------------------------------------------------------------

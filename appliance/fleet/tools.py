@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ApplianceError, TrustError
+from ..protocol.codes import ErrorCode
+from ..protocol.topics import TopicKind, parse
 from ..trust.certs import OperatorKey
 from ..trust.keys import DeviceSignature, verify_device_message
 from .conn import FleetMqtt, Message, home_of
@@ -40,7 +42,7 @@ def load_signer(args: argparse.Namespace, default_name: str) -> OperatorKey:
         raise TrustError(
             f"no signing key {key}: issue one with 'appliance fleet keys issue-operator "
             f"--generate-key {base.parent} --name {base.name} --role ...' or give --signer",
-            code="key_missing",
+            code=ErrorCode.KEY_MISSING,
         )
     return OperatorKey.load(key, cert)
 
@@ -72,11 +74,24 @@ def verify_from(keys: dict[str, bytes], device: str, msg: Message) -> Verificati
     return Verification("ok", "signed by the device key approved for it")
 
 
+#: Topics whose second level is not a device.
+NOT_A_DEVICE = frozenset(
+    {
+        TopicKind.GROUP_CMD,
+        TopicKind.CLAIM_REQUEST,
+        TopicKind.CLAIM_RESPONSE,
+        TopicKind.CONTROLLER_REPLY,
+    }
+)
+
+
 def device_of(topic: str, prefix: str) -> str | None:
-    parts = topic.split("/")
-    if len(parts) >= 3 and parts[0] == prefix and parts[1] not in ("group", "claims", "_ctl"):
-        return parts[1]
-    return None
+    """The device a topic of the tree belongs to (None: a group, claim or controller topic, or
+    a topic outside the tree)."""
+    parsed = parse(prefix, topic)
+    if parsed is None or parsed.kind in NOT_A_DEVICE:
+        return None
+    return parsed.device
 
 
 def registry(args: argparse.Namespace) -> FleetRegistry:
@@ -115,15 +130,17 @@ def parse_args_words(words: list[str]) -> dict[str, Any]:
         try:
             obj = json.loads(words[0])
         except ValueError as exc:
-            raise ApplianceError(f"ARGS is not valid JSON: {exc}", code="usage") from None
+            raise ApplianceError(f"ARGS is not valid JSON: {exc}", code=ErrorCode.USAGE) from None
         if not isinstance(obj, dict):
-            raise ApplianceError("ARGS must be a JSON object", code="usage")
+            raise ApplianceError("ARGS must be a JSON object", code=ErrorCode.USAGE)
         return obj
     out: dict[str, Any] = {}
     for w in words:
         k, sep, v = w.partition("=")
         if not sep or not k:
-            raise ApplianceError(f"argument {w!r}: use key=value, or one JSON object", code="usage")
+            raise ApplianceError(
+                f"argument {w!r}: use key=value, or one JSON object", code=ErrorCode.USAGE
+            )
         try:
             out[k] = json.loads(v)
         except ValueError:

@@ -25,8 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol.topics import TopicKind, Topics, parse, shared
 from .conn import BrokerOptions, FleetMqtt, Message
-from .tools import Verification, ago, device_of, verify_from
+from .tools import Verification, ago, verify_from
 
 DEDUP = 50_000
 
@@ -148,14 +149,15 @@ class EventStream:
     def filters(self) -> list[str]:
         p = self.opts.prefix
         exact = [d for d in self.devices if not any(c in d for c in "*?[")]
-        heads = exact if exact and len(exact) == len(self.devices) else ["+"]
-        out = [f"{p}/{h}/events/#" for h in heads]
+        heads: list[str | None] = [*exact] if exact and len(exact) == len(self.devices) else [None]
+        each = [Topics.filter_for(p, h) for h in heads]
+        out = [t.events for t in each]
         if self.status:
-            out += [f"{p}/{h}/status" for h in heads]
+            out += [t.status for t in each]
         if self.telemetry:
-            out += [f"{p}/{h}/telemetry" for h in heads]
+            out += [t.telemetry for t in each]
         if self.share_group:
-            out = [f"$share/{self.share_group}/{f}" for f in out]
+            out = [shared(self.share_group, f) for f in out]
         return out
 
     def start(self, timeout: float = 10.0) -> EventStream:
@@ -173,15 +175,15 @@ class EventStream:
 
     def _on_message(self, msg: Message) -> None:  # noqa: C901, PLR0912  topic kind, filter, decode, de-duplicate, verify and print one message, in that order
         prefix = self.opts.prefix
-        device = device_of(msg.topic, prefix)
-        if device is None or not msg.payload:
+        parsed = parse(prefix, msg.topic)
+        if parsed is None or not msg.payload:
             return
-        rest = msg.topic.split("/")[2:]
-        if rest[0] == "events" and len(rest) >= 2:
-            kind, type_ = "event", "/".join(rest[1:])
-        elif rest == ["status"]:
+        device = parsed.device
+        if parsed.kind is TopicKind.EVENT and parsed.arg is not None:
+            kind, type_ = "event", parsed.arg
+        elif parsed.kind is TopicKind.STATUS:
             kind = type_ = "status"
-        elif rest == ["telemetry"]:
+        elif parsed.kind is TopicKind.TELEMETRY:
             kind = type_ = "telemetry"
         else:
             return

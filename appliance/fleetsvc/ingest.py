@@ -32,6 +32,7 @@ from ..configpush import peek_version
 from ..fleet.conn import BrokerOptions, FleetMqtt, Message
 from ..fleet.tools import Verification, collect_retained, device_of, verify_from
 from ..fleet.watch import EventStream, Seen, status_last_seen, status_state
+from ..protocol.topics import TopicKind, Topics, parse, shared
 from .db import FleetDB, WriteBatch, devices
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,15 @@ def status_values(body: dict[str, Any], state: str) -> dict[str, Any]:
     return values
 
 
+def _is_config(prefix: str, topic: str) -> bool:
+    """A kiosk's retained desired or reported configuration."""
+    parsed = parse(prefix, topic)
+    return parsed is not None and parsed.kind in (
+        TopicKind.CONFIG_DESIRED,
+        TopicKind.CONFIG_REPORTED,
+    )
+
+
 @dataclass
 class IngestCounters:
     messages: int = 0
@@ -88,13 +98,13 @@ class _Stream(EventStream):
 
     def filters(self) -> list[str]:
         out = super().filters()
-        for rest in ("config/reported", "config/desired"):
-            extra = f"{self.opts.prefix}/+/{rest}"
-            out.append(f"$share/{self.share_group}/{extra}" if self.share_group else extra)
+        every = Topics.anyone(self.opts.prefix)
+        for extra in (every.config_reported, every.config_desired):
+            out.append(shared(self.share_group, extra) if self.share_group else extra)
         return out
 
     def _on_message(self, msg: Message) -> None:
-        if msg.topic.endswith(("/config/reported", "/config/desired")):
+        if _is_config(self.opts.prefix, msg.topic):
             self.on_report(msg)
             return
         super()._on_message(msg)
@@ -145,17 +155,16 @@ class ServiceIngest:
         never sends retained messages to a shared subscription (MQTT 5.0 section 4.8.2), so
         without this a kiosk lost before the service started would stay unknown."""
         p = self.opts.prefix
+        every = Topics.anyone(p)
         with FleetMqtt(self.opts) as mqtt:
             msgs = collect_retained(
-                mqtt,
-                [f"{p}/+/status", f"{p}/+/config/reported", f"{p}/+/config/desired"],
-                listen_s,
+                mqtt, [every.status, every.config_reported, every.config_desired], listen_s
             )
         for topic, msg in msgs.items():
             dev = device_of(topic, p)
             if dev is None:
                 continue
-            if topic.endswith(("/config/reported", "/config/desired")):
+            if _is_config(p, topic):
                 self._on_report(msg)
                 continue
             try:
@@ -305,7 +314,8 @@ class ServiceIngest:
     def _store_report(
         self, batch: WriteBatch, dev: str, msg: Message, v: Verification, now: float
     ) -> None:
-        if msg.topic.endswith("/config/desired"):
+        parsed = parse(self.opts.prefix, msg.topic)
+        if parsed is not None and parsed.kind is TopicKind.CONFIG_DESIRED:
             # the administrators' signed document (the kiosk verifies it): its version only
             version = peek_version(msg.payload)
             if version is not None:

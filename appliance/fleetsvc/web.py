@@ -28,7 +28,8 @@ from pydantic import BaseModel, Field
 
 from ..errors import ApplianceError
 from ..fleet.conn import FleetMqtt, Message
-from ..fleet.tools import ago, device_of, verify_from
+from ..fleet.tools import ago, verify_from
+from ..protocol.topics import TopicKind, Topics, parse, shared
 from ..trust.certs import OperatorKey
 from ..trust.envelope import EnvelopeBuilder, validate_target
 from . import auth
@@ -69,10 +70,11 @@ class Commander:
         cid = cid or self.new_id()
         req = json.dumps({"id": cid, "cmd": cmd, "args": args}).encode()
         env = EnvelopeBuilder(self.key, lifetime_s=lifetime_s).build(cmd, req, device)
+        topics = Topics(self.prefix, device)
         self.mqtt.publish(
-            f"{self.prefix}/{device}/cmd",
+            topics.cmd,
             env,
-            response_topic=f"{self.prefix}/{device}/reply",
+            response_topic=topics.reply,
             correlation_data=cid.encode(),
             expiry_s=lifetime_s,
         )
@@ -96,8 +98,8 @@ class ReplyCollector:
         share_group: str | None,
     ) -> None:
         self.db, self.mqtt, self.prefix, self.keys = db, mqtt, prefix, keys
-        topic = f"{prefix}/+/reply"
-        self.filter = f"$share/{share_group}-replies/{topic}" if share_group else topic
+        topic = Topics.anyone(prefix).reply
+        self.filter = shared(f"{share_group}-replies", topic) if share_group else topic
         self.stored = 0
 
     def start(self) -> ReplyCollector:
@@ -106,9 +108,10 @@ class ReplyCollector:
         return self
 
     def on_message(self, msg: Message) -> None:
-        device = device_of(msg.topic, self.prefix)
-        if device is None or not msg.topic.endswith("/reply"):
+        parsed = parse(self.prefix, msg.topic)
+        if parsed is None or parsed.kind is not TopicKind.REPLY:
             return
+        device = parsed.device
         try:
             reply = json.loads(msg.payload)
         except (ValueError, UnicodeDecodeError):

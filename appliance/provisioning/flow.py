@@ -38,6 +38,7 @@ from nacl.public import PrivateKey
 from .. import __version__
 from ..config import AppConfig, load
 from ..errors import ApplianceError, ConfigError, TrustError
+from ..protocol.topics import Topics
 from ..trust.keys import (
     DeviceIdentity,
     atomic_write,
@@ -511,9 +512,8 @@ class Provisioner:
             self._save_state()
         request = b64decode(self.state.request, what="stored request")
         body = claimproto.parse_request(request).body
-        prefix = cfg.mqtt.topic_prefix
-        req_topic = f"{prefix}/claims/{cfg.device.id}/request"
-        resp_topic = f"{prefix}/claims/{cfg.device.id}/response"
+        topics = Topics(cfg.mqtt.topic_prefix, cfg.device.id)
+        req_topic, resp_topic = topics.claim_request, topics.claim_response
         mqtt = self._connect(cfg)
         try:
             q = mqtt.collector(resp_topic)

@@ -267,16 +267,15 @@ def probe_broker(
     insecure: bool = False,
 ) -> tuple[bool, str]:
     """MQTT 5 CONNECT/CONNACK with these credentials: (connected, detail)."""
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+    from ..mqttclient import FleetConnectionError, make_client, release, tls_files
 
-    from ..mqttclient import release
-
-    c = paho.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=MQTTProtocolVersion.MQTTv5,
-    )
+    files = None
+    if creds is not None and (creds.ca_file or creds.cert_file):
+        files = tls_files(creds.ca_file, creds.cert_file, creds.key_file)
+    try:
+        c = make_client(client_id, tls=files, insecure=insecure, nodelay=False)
+    except FleetConnectionError as exc:
+        return False, f"TLS files unusable: {exc}"
     done = threading.Event()
     result: dict[str, Any] = {}
 
@@ -285,17 +284,6 @@ def probe_broker(
         done.set()
 
     c.on_connect = on_connect
-    if creds is not None and (creds.ca_file or creds.cert_file):
-        try:
-            c.tls_set(
-                ca_certs=str(creds.ca_file) if creds.ca_file else None,
-                certfile=str(creds.cert_file) if creds.cert_file else None,
-                keyfile=str(creds.key_file) if creds.key_file else None,
-            )
-        except (OSError, ssl.SSLError) as exc:
-            return False, f"TLS files unusable: {exc}"
-        if insecure:
-            c.tls_insecure_set(True)
     t0 = time.monotonic()
     try:
         c.connect(host, port, keepalive=10)

@@ -1,5 +1,5 @@
-"""Every MQTT topic of software updates and fleet jobs (to move into the single wire contract,
-appliance/protocol/topics.py, at merge).
+"""Every MQTT topic of software updates and fleet jobs (built by the wire contract,
+appliance/protocol/topics.py).
 
 =====================================  =========  ========================================
 topic                                  direction  what
@@ -20,32 +20,23 @@ topic                                  direction  what
 
 from __future__ import annotations
 
-from ..agent.topics import validate_segment
-
-
-def _base(prefix: str, device: str) -> str:
-    return f"{validate_segment(prefix, 'topic prefix')}/{validate_segment(device, 'device id')}"
+from ..protocol.topics import Topics
 
 
 def job_desired(prefix: str, device: str) -> str:
-    return f"{_base(prefix, device)}/jobs/desired"
+    return Topics(prefix, device).jobs_desired
 
 
 def job_reported(prefix: str, device: str) -> str:
-    return f"{_base(prefix, device)}/jobs/reported"
+    return Topics(prefix, device).jobs_reported
 
 
 def update_get(prefix: str, device: str) -> str:
-    return f"{_base(prefix, device)}/update/get"
+    return Topics(prefix, device).update_get
 
 
 def update_data(prefix: str, device: str) -> str:
-    return f"{_base(prefix, device)}/update/data"
-
-
-#: Filters of the fleet side (every device).
-JOB_REPORTED_ALL = "{prefix}/+/jobs/reported"
-UPDATE_GET_ALL = "{prefix}/+/update/get"
+    return Topics(prefix, device).update_data
 
 
 #: In-process pseudo-topics of command jobs: the job agent hands the job's command to the

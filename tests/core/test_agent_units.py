@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from appliance.agent.mqtt import backoff_delay
-from appliance.agent.topics import Topics, validate_segment
+from appliance.protocol.topics import Topics, validate_segment
 from appliance.sdnotify import Notifier
 
 

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from appliance import cli
-from appliance.agent.topics import Topics
 from appliance.central.package import decode_container
 from appliance.central.receiver import ReceiverCore, import_packages, registry_device_keys
 from appliance.central.testkit import build_package, standard_records
 from appliance.enrollment.export import export_packages
 from appliance.enrollment.upload import Uploader
+from appliance.protocol.topics import Topics
 from appliance.store import Store
 from appliance.trust.keys import DeviceIdentity
 from appliance.trust.sealed import SealedStore, build_ack

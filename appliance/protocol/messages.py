@@ -1,5 +1,6 @@
-"""Message models of the MQTT protocol (docs/protocol.md). JSON Schemas in docs/schemas/ are
-generated from these and from every command's argument model (``appliance schemas``)."""
+"""Message models of the MQTT protocol (docs/protocol.md), for building and parsing on both ends.
+JSON Schemas in docs/schemas/ are generated from these, from the command request and reply
+models (``dispatch.py``) and from every command's argument model (``appliance schemas``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .dispatch import CommandReply, CommandRequest
+from .package import ChunkHeader, Manifest
 
 HealthName = Literal["ok", "starting", "disconnected", "error", "disabled"]
 
@@ -104,12 +105,34 @@ class OutboxAckBody(BaseModel):
     )
 
 
+class UploadAck(BaseModel):
+    """``{prefix}/{device}/upload/ack``, QoS 1, from the centre's receiver: the chunks it
+    stored (``received``), or its verdict on the whole package (``status``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    package_id: str
+    received: list[int] | None = Field(None, description="Indexes of the chunks stored")
+    status: Literal["complete", "rejected", "held"] | None = Field(
+        None,
+        description="complete: verified and stored (a signed receipt follows on upload/receipt); "
+        "rejected: refused for good, with code and reason; held: from a device the centre has "
+        "no approved key for yet (informational: the kiosk keeps waiting)",
+    )
+    code: str | None = Field(None, description="An ErrorCode, with rejected and held")
+    reason: str | None = None
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode("utf-8")
+
+
 MESSAGES: dict[str, type[BaseModel]] = {
-    "command-request": CommandRequest,
-    "command-reply": CommandReply,
     "status": StatusMessage,
     "event": EventMessage,
     "telemetry": TelemetryMessage,
     "outbox-ack": OutboxAckMessage,
     "outbox-ack-body": OutboxAckBody,
+    "upload-ack": UploadAck,
+    "package-manifest": Manifest,
+    "upload-chunk-header": ChunkHeader,
 }
