@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import termios
 import time
 from typing import Any
 
@@ -27,6 +28,15 @@ from .frames import (
 )
 
 log = logging.getLogger(__name__)
+
+# What a vanished port raises. pyserial's POSIX back end calls termios directly in flush()
+# (tcdrain), reset_*_buffer() (tcflush) and the baud rate setter (tcsetattr): on a pty whose
+# other end closed, or a USB adapter pulled out, those raise termios.error (EIO), which is not
+# an OSError (termios(3): the calls fail with EIO/ENOTTY; Python's termios module raises
+# termios.error for them).
+PORT_ERRORS: tuple[type[Exception], ...] = (serial.SerialException, OSError, termios.error)
+# ... and, opening a port or setting its rate, a rate the port does not take.
+SETUP_ERRORS: tuple[type[Exception], ...] = (*PORT_ERRORS, ValueError)
 
 DEVICE = "fingerprint"
 # Scheduling slack added to every computed line time (USB-UART latency timers are 16 ms).
@@ -65,7 +75,7 @@ class SerialLink:
             if "://" not in self.url:
                 kwargs["exclusive"] = True
             self._port = serial.serial_for_url(self.url, **kwargs)
-        except (serial.SerialException, OSError, ValueError) as exc:
+        except SETUP_ERRORS as exc:
             self._port = None
             raise DeviceDisconnected(
                 f"cannot open {self.url}: {exc}", device=DEVICE, details={"port": self.url}
@@ -82,7 +92,7 @@ class SerialLink:
             sock = getattr(port, "_socket", None)
             try:
                 port.close()
-            except (serial.SerialException, OSError):  # closing a vanished port
+            except PORT_ERRORS:  # closing a vanished port
                 log.debug("close of %s failed", self.url, exc_info=True)
             if sock is not None:
                 sock.close()
@@ -97,7 +107,7 @@ class SerialLink:
         if self._port is not None:
             try:
                 self._port.baudrate = baud
-            except (serial.SerialException, OSError, ValueError) as exc:
+            except SETUP_ERRORS as exc:
                 raise self._lost(exc) from exc
 
     # --- timing -----------------------------------------------------------------------------
@@ -130,7 +140,7 @@ class SerialLink:
             raise DeviceTimeout(
                 f"write to {self.url} timed out", device=DEVICE, details={"port": self.url}
             ) from exc
-        except (serial.SerialException, OSError) as exc:
+        except PORT_ERRORS as exc:
             raise self._lost(exc) from exc
         self.bytes_out += len(data)
 
@@ -151,7 +161,7 @@ class SerialLink:
                     self._timeout = timeout
                 # Read what is already buffered in one call; else block for the first byte.
                 data: bytes = port.read(max(1, waiting))
-            except (serial.SerialException, OSError) as exc:
+            except PORT_ERRORS as exc:
                 raise self._lost(exc) from exc
             if data:
                 self.bytes_in += len(data)
@@ -207,7 +217,7 @@ class SerialLink:
             waiting = int(port.in_waiting)
             if waiting:
                 dropped += len(port.read(waiting))
-        except (serial.SerialException, OSError) as exc:
+        except PORT_ERRORS as exc:
             raise self._lost(exc) from exc
         if dropped:
             log.debug("flushed %d stale bytes on %s", dropped, self.url)
