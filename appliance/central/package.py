@@ -1,7 +1,8 @@
 """The centre's strict decoders of the enrollment package and its upload (docs/enrollment.md);
-no I/O. The kiosk's encoders and chain function (appliance/enrollment/package.py) are reused;
-what this module adds is what a receiver of untrusted bytes needs: bounded lengths, typed and
-validated manifest and chunk headers, and refusal codes.
+no I/O. The container and chunk codec is the wire contract's (appliance/protocol/package.py), the
+chain function the kiosk's (appliance/enrollment/package.py); what this module adds is what a
+receiver of untrusted bytes needs: the manifest parsed only into its model, the sealed files, and
+the refusal codes as ``TrustError``.
 
 Container (``<package_id>.pkg``, docs/enrollment.md "The package")::
 
@@ -35,24 +36,19 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..enrollment import package as kiosk_codec
-from ..enrollment.package import (
-    CHAIN_START,
-    MAGIC,
-    MANIFEST_TYPE,
-    encode_chunk,
-)
+from ..enrollment.package import CHAIN_START
 from ..errors import ProtocolError, TrustError
+from ..protocol import package as codec
 from ..protocol.codes import ErrorCode
 from ..protocol.package import (
-    MAX_CHUNK_HEADER,
-    MAX_MANIFEST,
-    MAX_PACKAGE_BYTES,
-    MAX_RECORDS,
-    MAX_SIGNATURE,
+    MANIFEST_TYPE,
     PACKAGE_ID_RE,
     RESERVED_IDS,
     ChunkHeader,
+    Container,
     Manifest,
+    PackageFormatError,
+    encode_chunk,
 )
 from ..trust.keys import load_json
 from ..trust.sealed import FILE_MAGIC as SEALED_MAGIC
@@ -120,47 +116,13 @@ def parse_manifest(data: bytes) -> Manifest:
 # --- container ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Container:
-    """A decoded container: the exact manifest bytes, the signature header, the sealed files."""
-
-    manifest_bytes: bytes
-    signature: str
-    sealed_files: tuple[bytes, ...]
-
-
 def decode_container(data: bytes) -> Container:
-    """Split a container; every length is checked, trailing bytes are an error."""
-    if len(data) > MAX_PACKAGE_BYTES:
-        raise _bad(ErrorCode.PACKAGE_MALFORMED, f"package larger than {MAX_PACKAGE_BYTES} bytes")
-    if not data.startswith(MAGIC):
-        raise _bad(ErrorCode.PACKAGE_MALFORMED, "not an enrollment package (no APPKG1 magic)")
-    pos = len(MAGIC)
-
-    def take(limit: int, what: str) -> bytes:
-        nonlocal pos
-        if pos + 4 > len(data):
-            raise _bad(ErrorCode.PACKAGE_MALFORMED, f"package truncated before the {what} length")
-        (n,) = struct.unpack_from(">I", data, pos)
-        pos += 4
-        if n > limit or pos + n > len(data):
-            raise _bad(ErrorCode.PACKAGE_MALFORMED, f"{what} length {n} is impossible", length=n)
-        chunk = data[pos : pos + n]
-        pos += n
-        return chunk
-
-    manifest = take(MAX_MANIFEST, "manifest")
-    sig_raw = take(MAX_SIGNATURE, "signature")
+    """Split a container (the contract's one decoder, appliance/protocol/package.py); every
+    length is checked, trailing bytes are an error; ``TrustError`` ``package_malformed``."""
     try:
-        signature = sig_raw.decode("ascii")
-    except UnicodeDecodeError:
-        raise _bad(ErrorCode.PACKAGE_MALFORMED, "signature is not ASCII") from None
-    files: list[bytes] = []
-    while pos < len(data):
-        if len(files) >= MAX_RECORDS:
-            raise _bad(ErrorCode.PACKAGE_MALFORMED, f"more than {MAX_RECORDS} records")
-        files.append(take(MAX_PACKAGE_BYTES, f"record {len(files) + 1}"))
-    return Container(manifest, signature, tuple(files))
+        return codec.decode_container(data)
+    except PackageFormatError as exc:
+        raise _bad(exc.code, exc.message, **exc.details) from None
 
 
 # --- sealed record files --------------------------------------------------------------------------
@@ -214,25 +176,12 @@ def encode_sealed_file(header: dict[str, Any], ciphertext: bytes) -> bytes:
 
 
 def decode_chunk(payload: bytes) -> tuple[ChunkHeader, bytes]:
-    """Split a chunk message and check its own SHA-256 and index range."""
-    if len(payload) < 2:
-        raise _bad(ErrorCode.CHUNK_MALFORMED, "chunk shorter than its header length")
-    (hlen,) = struct.unpack_from(">H", payload, 0)
-    if hlen > MAX_CHUNK_HEADER or 2 + hlen > len(payload):
-        raise _bad(ErrorCode.CHUNK_MALFORMED, f"chunk header length {hlen} is impossible")
+    """Split a chunk message and check its own SHA-256 and index range (the contract's one
+    decoder); ``TrustError`` ``chunk_malformed``."""
     try:
-        obj = load_json(payload[2 : 2 + hlen])
-        header = ChunkHeader.model_validate(obj)
-    except (UnicodeDecodeError, ValueError) as exc:  # ValidationError is a ValueError
-        raise _bad(ErrorCode.CHUNK_MALFORMED, f"chunk header invalid: {str(exc)[:200]}") from None
-    if header.index >= header.count:
-        raise _bad(
-            ErrorCode.CHUNK_MALFORMED, f"chunk index {header.index} not below {header.count}"
-        )
-    data = payload[2 + hlen :]
-    if hashlib.sha256(data).hexdigest() != header.sha256.lower():
-        raise _bad(ErrorCode.CHUNK_MALFORMED, f"chunk {header.index} does not match its SHA-256")
-    return header, data
+        return codec.decode_chunk(payload)
+    except PackageFormatError as exc:
+        raise _bad(exc.code, exc.message, **exc.details) from None
 
 
 def split_package(package_id: str, data: bytes, chunk_bytes: int = 32 * 1024) -> list[bytes]:

@@ -55,7 +55,7 @@ def check_own_package(data: bytes, device_id: str, public_key: bytes) -> dict[st
     container = pk.decode_container(data)
     sig = DeviceSignature.from_header(container.signature)
     verify_device_message(public_key, container.manifest_bytes, sig)
-    manifest = container.manifest
+    manifest = pk.manifest_of(container)
     if manifest.get("device") != device_id:
         raise TrustError(
             f"package names device {manifest.get('device')!r}, not {device_id!r}",
@@ -90,7 +90,7 @@ def export_packages(
         try:
             data = Path(path).read_bytes()
             check_own_package(data, device_id, public_key)
-            if pk.decode_container(data).manifest.get("package_id") != package_id:
+            if pk.manifest_of(pk.decode_container(data)).get("package_id") != package_id:
                 raise TrustError("the manifest names another package", code="package_malformed")
         except (OSError, ApplianceError) as exc:
             reason = exc.message if isinstance(exc, ApplianceError) else str(exc)
@@ -175,7 +175,7 @@ def _device_id(args: argparse.Namespace, store: Store) -> str:
         ).fetchone()
     if row is not None:
         try:
-            device = pk.decode_container(Path(row[0]).read_bytes()).manifest.get("device")
+            device = pk.manifest_of(pk.decode_container(Path(row[0]).read_bytes())).get("device")
         except (OSError, ApplianceError, ValueError):
             device = None
         if isinstance(device, str) and device:

@@ -1,27 +1,52 @@
-"""The enrollment package's pure codec: hash chain, manifest, container, chunks (no I/O).
+"""The kiosk's side of the enrollment package (no I/O): the hash chain and the record formats.
 
-Shared by the kiosk (which builds and sends packages) and the central service (which checks
-them). The formats are specified in docs/enrollment.md.
+The container and chunk codec and the manifest model are the wire contract's
+(appliance/protocol/package.py), shared with the central service; they are re-exported here for
+the kiosk's modules. The formats are specified in docs/enrollment.md.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ProtocolError
+from ..protocol.package import (
+    MAGIC,
+    MANIFEST_TYPE,
+    MAX_CHUNK_HEADER,
+    Container,
+    PackageFormatError,
+    encode_chunk,
+    encode_container,
+)
+from ..protocol.package import decode_container as _decode_container
 
-MAGIC = b"APPKG1\n"
-MANIFEST_TYPE = "appliance.enrollment-package.v1"
+__all__ = [
+    "CHAIN_START",
+    "FACE_FORMAT",
+    "FINGER_FORMAT",
+    "MAGIC",
+    "MANIFEST_TYPE",
+    "MAX_CHUNK_HEADER",
+    "Container",
+    "chain_next",
+    "chain_over",
+    "decode_container",
+    "encode_chunk",
+    "encode_container",
+    "manifest_of",
+    "record_digest",
+    "split",
+    "verify_chain",
+]
+
 FACE_FORMAT = "ISO/IEC 19794-5:2005"
 FINGER_FORMAT = "ISO/IEC 19794-4:2005"
 # hash_0 of the chain: SHA-256 of the empty string (MOSIP SBI 0.9.5, "previousHash").
 CHAIN_START = hashlib.sha256(b"").hexdigest().upper()
-MAX_CHUNK_HEADER = 4096
 
 
 def _bad(message: str) -> ProtocolError:
@@ -54,84 +79,23 @@ def chain_over(digests: Iterable[str]) -> list[str]:
     return out
 
 
-@dataclass(frozen=True)
-class Container:
-    manifest_bytes: bytes
-    signature: str
-    sealed: list[bytes]
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        obj = json.loads(self.manifest_bytes)
-        if not isinstance(obj, dict):
-            raise _bad("manifest is not an object")
-        return obj
-
-
-def encode_container(manifest_bytes: bytes, signature: str, sealed: Sequence[bytes]) -> bytes:
-    sig = signature.encode("ascii")
-    parts = [
-        MAGIC,
-        struct.pack(">I", len(manifest_bytes)),
-        manifest_bytes,
-        struct.pack(">I", len(sig)),
-        sig,
-    ]
-    for blob in sealed:
-        parts += [struct.pack(">I", len(blob)), blob]
-    return b"".join(parts)
-
-
 def decode_container(data: bytes) -> Container:
-    """Parse the framing (not the contents); ProtocolError ``bad_package`` on any defect."""
-    if not data.startswith(MAGIC):
-        raise _bad("not an enrollment package (bad magic)")
-    pos = len(MAGIC)
-
-    def take() -> bytes:
-        nonlocal pos
-        if pos + 4 > len(data):
-            raise _bad("truncated package")
-        (n,) = struct.unpack_from(">I", data, pos)
-        pos += 4
-        if pos + n > len(data):
-            raise _bad("truncated package")
-        chunk = data[pos : pos + n]
-        pos += n
-        return chunk
-
-    manifest = take()
+    """The contract's decoder for the kiosk's own packages; ``ProtocolError`` ``bad_package``."""
     try:
-        signature = take().decode("ascii")
-    except UnicodeDecodeError:
-        raise _bad("signature is not ASCII") from None
-    sealed = []
-    while pos < len(data):
-        sealed.append(take())
-    return Container(manifest, signature, sealed)
+        return _decode_container(data)
+    except PackageFormatError as exc:
+        raise _bad(exc.message) from None
 
 
-def encode_chunk(header: dict[str, Any], payload: bytes) -> bytes:
-    head = json.dumps(header, separators=(",", ":")).encode()
-    return struct.pack(">H", len(head)) + head + payload
-
-
-def decode_chunk(data: bytes) -> tuple[dict[str, Any], bytes]:
-    if len(data) < 2:
-        raise _bad("chunk too short")
-    (n,) = struct.unpack_from(">H", data, 0)
-    if n > MAX_CHUNK_HEADER or 2 + n > len(data):
-        raise _bad("bad chunk header length")
+def manifest_of(container: Container) -> dict[str, Any]:
+    """The manifest of a decoded container as a JSON object; ``ProtocolError`` otherwise."""
     try:
-        header = json.loads(data[2 : 2 + n])
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise _bad("chunk header is not JSON") from None
-    if not isinstance(header, dict):
-        raise _bad("chunk header is not an object")
-    payload = data[2 + n :]
-    if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
-        raise _bad("chunk checksum mismatch")
-    return header, payload
+        obj = json.loads(container.manifest_bytes)
+    except (ValueError, RecursionError):
+        raise _bad("manifest is not UTF-8 JSON") from None
+    if not isinstance(obj, dict):
+        raise _bad("manifest is not an object")
+    return obj
 
 
 def split(data: bytes, chunk_bytes: int) -> list[bytes]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .. import __version__
 from ..capabilities.base import Job
@@ -36,6 +36,8 @@ from ..citizen.lookup import CORRECTABLE, CorrectionRequest, check_corrections
 from ..citizen.validation import CitizenDataInvalid
 from ..commands import CommandContext, CommandRegistry
 from ..errors import Busy, CommandError, DeviceError, DeviceTimeout
+from ..protocol.codes import ErrorCode
+from ..protocol.package import Manifest
 from ..store import Store
 from ..timekeeping import Clock
 from ..trust.keys import DeviceIdentity
@@ -600,7 +602,7 @@ class EnrollmentManager:
             stamp = self.clock.stamp() if self.clock is not None else None
             corrections = json.loads(self.store.kv_get(_CORRECTIONS_KEY + s.id) or "[]")
             operator = json.loads(self.store.kv_get(_OPERATOR_KEY + s.id) or "null")
-            manifest = {
+            fields: dict[str, Any] = {
                 "typ": pk.MANIFEST_TYPE,
                 "package_id": package_id,
                 "session_id": s.id,
@@ -642,15 +644,30 @@ class EnrollmentManager:
                 ],
                 "chain_head": s.chain_head,
             }
-            if corrections:
-                manifest["corrections"] = corrections
-            if stamp is not None:  # docs/enrollment.md "Time"
-                manifest.update({k: v for k, v in stamp.items() if k != "at"})
             if operator is not None:
                 # Who ran this enrollment at the kiosk (docs/enrollment.md "Manifest").
-                manifest["station"] = {"mode": "attended", "officer": operator}
+                fields["station"] = {"mode": "attended", "officer": operator}
+            if corrections:
+                fields["corrections"] = corrections
+            if stamp is not None:  # docs/enrollment.md "Time"
+                fields.update({k: v for k, v in stamp.items() if k != "at"})
+            # The one manifest model of both ends (appliance/protocol/package.py): the kiosk
+            # refuses to sign what the centre would refuse to parse. The signed bytes are the
+            # fields given here (exclude_unset: no defaulted nulls added), in the model's order.
+            try:
+                manifest = Manifest.model_validate(fields)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise CommandError(
+                    f"package manifest field {where}: {first['msg']}",
+                    code=ErrorCode.PACKAGE_MALFORMED,
+                    details={"field": where},
+                ) from None
             manifest_bytes = json.dumps(
-                manifest, separators=(",", ":"), ensure_ascii=False
+                manifest.model_dump(mode="json", exclude_unset=True),
+                separators=(",", ":"),
+                ensure_ascii=False,
             ).encode()
             signature = self.identity.sign(manifest_bytes).to_header()
             assert self.sealed is not None
@@ -698,7 +715,7 @@ class EnrollmentManager:
             "package_id": package_id,
             "records": len(captured),
             "bytes": len(container),
-            "exceptions": manifest["exceptions"],
+            "exceptions": fields["exceptions"],
             "chain_head": s.chain_head,
         }
 

@@ -314,15 +314,32 @@ def test_only_make_client_constructs_a_paho_client() -> None:
     assert len(sites) == 1 and sites[0].startswith("appliance/mqttclient.py:"), sites
 
 
-def test_the_kiosk_codec_keeps_the_contract_s_package_format() -> None:
-    """appliance/enrollment/package.py still spells the container magic, the manifest type and
-    the chunk header limit itself; until it imports them from the contract they must agree."""
+def test_one_package_codec_and_one_manifest_model() -> None:
+    """The enrollment package's container and chunk framing is unpacked in one place, the
+    contract's codec (appliance/protocol/package.py); the kiosk re-exports it, the centre wraps
+    it; both ends build and parse the manifest with the contract's ``Manifest``."""
+    from appliance.central import package as centre
     from appliance.enrollment import package as kiosk
     from appliance.protocol import package as contract
 
-    assert (kiosk.MAGIC, kiosk.MANIFEST_TYPE, kiosk.MAX_CHUNK_HEADER) == (
-        contract.MAGIC,
-        contract.MANIFEST_TYPE,
-        contract.MAX_CHUNK_HEADER,
-    )
+    assert kiosk.encode_container is contract.encode_container
+    assert kiosk.encode_chunk is contract.encode_chunk
+    assert centre.Container is kiosk.Container is contract.Container
+    assert centre.Manifest is contract.Manifest
+    assert (kiosk.MAGIC, kiosk.MANIFEST_TYPE) == (contract.MAGIC, contract.MANIFEST_TYPE)
     assert contract.Manifest.model_fields["typ"].annotation == Literal[kiosk.MANIFEST_TYPE]
+    unpackers = []
+    for path in sorted((ROOT / "appliance").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.FunctionDef)
+                and node.name in ("decode_container", "decode_chunk")
+                and "unpack_from" in ast.unparse(node)
+            ):
+                unpackers.append(f"{path.relative_to(ROOT).as_posix()}::{node.name}")
+    assert unpackers == [
+        "appliance/protocol/package.py::decode_container",
+        "appliance/protocol/package.py::decode_chunk",
+    ]
+    session = (ROOT / "appliance/enrollment/session.py").read_text(encoding="utf-8")
+    assert "Manifest.model_validate(" in session

@@ -26,6 +26,7 @@ from appliance.devtools.broker import Mosquitto
 from appliance.devtools.controller import Controller
 from appliance.devtools.fleetkit import FleetKit
 from appliance.enrollment import package as pk
+from appliance.protocol import package as contract
 from appliance.trust.certs import FleetRoot, OperatorKey
 from appliance.trust.keys import (
     DeviceSignature,
@@ -82,28 +83,28 @@ class Central:
                 continue
             if topic.endswith(("/ack", "/receipt")):
                 continue
-            header, body = pk.decode_chunk(payload)
-            pid = header["package_id"]
-            self.chunks.setdefault(pid, {})[header["index"]] = body
-            self.counts[pid] = header["count"]
+            header, body = contract.decode_chunk(payload)
+            pid = header.package_id
+            self.chunks.setdefault(pid, {})[header.index] = body
+            self.counts[pid] = header.count
             if self.ack:
                 self.ctl.publish(
                     f"kiosk/{DEV}/upload/ack",
-                    json.dumps({"package_id": pid, "received": [header["index"]]}),
+                    json.dumps({"package_id": pid, "received": [header.index]}),
                 )
             if pid in self.completed:
                 continue  # a re-announcement of a package already answered
-            if len(self.chunks[pid]) == header["count"] and self.ack:
+            if len(self.chunks[pid]) == header.count and self.ack:
                 self.completed.add(pid)
-                data = b"".join(self.chunks[pid][i] for i in range(header["count"]))
-                assert hashlib.sha256(data).hexdigest() == header["package_sha256"]
+                data = b"".join(self.chunks[pid][i] for i in range(header.count))
+                assert hashlib.sha256(data).hexdigest() == header.package_sha256
                 self._complete(pid, data)
 
     def _complete(self, pid: str, data: bytes) -> None:
-        c = pk.decode_container(data)
-        manifest = c.manifest
+        c = contract.decode_container(data)
+        manifest = json.loads(c.manifest_bytes)
         records = []
-        for rec, blob in zip(manifest["records"], c.sealed, strict=True):
+        for rec, blob in zip(manifest["records"], c.sealed_files, strict=True):
             assert hashlib.sha256(blob).hexdigest() != ""
             tmp = Path(tempfile.mkdtemp()) / "r.sealed"
             tmp.write_bytes(blob)
@@ -269,6 +270,15 @@ def test_full_enrollment_is_sealed_signed_uploaded_and_purged(
     device_pub = load_public_key(d.state_dir / "device.pub")
     verify_device_message(
         device_pub, info["manifest_bytes"], DeviceSignature.from_header(info["signature"])
+    )
+    # One manifest model on both ends: the signed bytes are exactly the contract's Manifest
+    # as the kiosk built it, and the centre's parse of them gives the same fields back.
+    model = contract.Manifest.model_validate_json(info["manifest_bytes"])
+    assert model.device == DEV and len(model.records) == len(manifest["records"])
+    dumped = model.model_dump(mode="json", exclude_unset=True)
+    assert (
+        json.dumps(dumped, separators=(",", ":"), ensure_ascii=False).encode()
+        == (info["manifest_bytes"])
     )
     get_json(
         events, 60, lambda m: m["type"] == "enrollment.purged" and m["data"]["package_id"] == pid
