@@ -709,7 +709,9 @@ ERROR_MEANINGS: dict[ErrorCode, tuple[str, str]] = {
         "no",
     ),
     ErrorCode.PACKAGE_MALFORMED: (
-        "the chunks do not add up to the announced package",
+        "a package, its manifest or its chunks do not parse as the contract's model "
+        "(`details.field` names the manifest field), or the chunks do not add up to the "
+        "announced package",
         "no",
     ),
     ErrorCode.UPLOAD_UNKNOWN: (
