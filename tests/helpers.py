@@ -20,15 +20,19 @@ from appliance.devtools.fleetkit import FleetKit
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``cond`` until it returns a truthy value or the deadline passes."""
+def wait_for(
+    cond: Callable[[], Any], timeout: float = 10.0, what: str | Callable[[], object] = "condition"
+) -> Any:
+    """Poll ``cond`` until it returns a truthy value or the deadline passes. ``what`` names the
+    condition in the failure; a callable is asked only then (a daemon's log, a journal)."""
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            detail = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout} s waiting for {detail}")
         time.sleep(0.01)  # ok: the poll interval of a condition wait, not a fixed wait
 
 

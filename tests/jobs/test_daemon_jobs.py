@@ -17,7 +17,7 @@ from appliance.fleet.tools import verify_from
 from appliance.mqttclient import FleetMqtt, Message
 from appliance.trust.keys import b64encode, load_public_key
 from appliance.update import guard as g
-from tests.helpers import DaemonProcess
+from tests.helpers import DaemonProcess, wait_for
 
 
 def test_config_and_command_jobs_on_the_real_daemon(
@@ -36,10 +36,7 @@ def test_config_and_command_jobs_on_the_real_daemon(
     )  # fmt: skip
     d.start()
     pub = d.state_dir / "device.pub"
-    deadline = time.monotonic() + 30
-    while not pub.exists():
-        assert time.monotonic() < deadline, d.log()
-        time.sleep(0.05)
+    wait_for(pub.exists, 30, d.log)
     keys = {dev: load_public_key(pub)}
 
     def verify(device: str, msg: Message) -> bool:

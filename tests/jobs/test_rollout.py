@@ -20,6 +20,7 @@ from appliance.mqttclient import BrokerOptions, FleetMqtt
 from appliance.trust.certs import FleetRoot, OperatorKey
 from appliance.trust.keys import load_public_key
 from appliance.update.jobdoc import verify_job
+from tests.helpers import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +58,7 @@ def sims() -> Iterator[Callable[..., FleetSim]]:
 
 
 def _wait(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+    wait_for(cond, timeout, what)
 
 
 def _prefix() -> str:

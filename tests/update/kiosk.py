@@ -51,7 +51,7 @@ class Kiosk:
                 self.proc = None
                 self.starts.append(None)
                 return None
-            time.sleep(0.02)
+            time.sleep(0.02)  # ok: poll of a condition wait (ready, or the daemon ended)
         raise AssertionError("the daemon neither became ready nor exited")
 
     def run_until_up(self, max_starts: int = 3) -> str:

@@ -28,7 +28,7 @@ from appliance.mqttclient import FleetMqtt, Message
 from appliance.trust.keys import load_public_key
 from appliance.update import guard as g
 from appliance.update.installer import Updater
-from tests.helpers import ROOT, DaemonProcess
+from tests.helpers import ROOT, DaemonProcess, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -125,13 +125,11 @@ def test_appliance_updates_itself_over_tls(
     try:
         p = start()  # the first start of 0.1.0 is its own trial: commit it
         assert _ready(sock, p), (tmp_path / "daemon.log").read_text()[-3000:]
-        deadline = time.monotonic() + 60
-        while (first.journal or {}).get("state") != "committed":
-            assert time.monotonic() < deadline, (
-                (first.journal),
-                (tmp_path / "daemon.log").read_text()[-3000:],
-            )
-            time.sleep(0.1)
+        wait_for(
+            lambda: (first.journal or {}).get("state") == "committed",
+            60,
+            lambda: (first.journal, (tmp_path / "daemon.log").read_text()[-3000:]),
+        )
         keys = {dev: load_public_key(d.state_dir / "device.pub")}
 
         def verify(device: str, msg: Message) -> bool:

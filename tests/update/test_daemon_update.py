@@ -20,7 +20,7 @@ from appliance.fleet.tools import verify_from
 from appliance.mqttclient import FleetMqtt, Message
 from appliance.trust.keys import load_public_key
 from appliance.update import guard as g
-from tests.helpers import DaemonProcess
+from tests.helpers import DaemonProcess, wait_for
 
 from .wheels import make_wheel
 
@@ -43,10 +43,7 @@ def test_daemon_takes_an_update_job_installs_switches_and_exits_75(
     d = daemon_factory(tls_broker, dev, env={"APPLIANCE_UPDATE_ROOT": str(root)})
     d.start()
     pub_file = d.state_dir / "device.pub"
-    deadline = time.monotonic() + 30
-    while not pub_file.exists():
-        assert time.monotonic() < deadline, d.log()
-        time.sleep(0.05)
+    wait_for(pub_file.exists, 30, d.log)
     device_keys = {dev: load_public_key(pub_file)}
 
     def verify(device: str, msg: Message) -> bool:
@@ -72,10 +69,11 @@ def test_daemon_takes_an_update_job_installs_switches_and_exits_75(
         assert (root / "guard.py").exists()
         exe = root / g.CURRENT / "bin" / "kioskdemo"
         assert exe.exists()
-        deadline = time.monotonic() + 15
-        while store.devices(job.id)[0]["detail"] != "installed; switching when idle":
-            assert time.monotonic() < deadline, store.devices(job.id)
-            time.sleep(0.05)
+        wait_for(
+            lambda: store.devices(job.id)[0]["detail"] == "installed; switching when idle",
+            15,
+            lambda: store.devices(job.id),
+        )
         assert store.devices(job.id)[0]["state"] == "in_progress"
         assert runner.rejected == 0  # every report carried the kiosk's verified signature
     finally:

@@ -162,7 +162,7 @@ def _await_state(k: Kiosk, state: str, proc: subprocess.Popen[bytes]) -> None:
             return
         if proc.poll() is not None:
             raise AssertionError(f"the installer ended ({proc.returncode}) before {state}")
-        time.sleep(0.02)
+        time.sleep(0.02)  # ok: poll of a condition wait (journal state or exit)
     raise AssertionError(f"the journal never reached {state}")
 
 
