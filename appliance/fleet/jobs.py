@@ -484,10 +484,16 @@ class JobRunner:
 
     def _publish(self, job: JobRecord, devices: list[str], wave: int) -> None:
         now = self.clock()
-        for d in devices:
-            doc = sign_job(self.signer, d, job.id, job.kind, self._spec_for(job, d), job.expires_at)
-            self.mqtt.publish(topics.job_desired(self.prefix, d), doc, retain=True)
+        docs = [
+            (d, sign_job(self.signer, d, job.id, job.kind, self._spec_for(job, d), job.expires_at))
+            for d in devices
+        ]
+        # Queued before published: a kiosk's report can come back at once, and the fleet
+        # service records it from the broker (not through this runner) only for a released
+        # kiosk (a report of a pending one is dropped).
         self.store.release(job.id, devices, wave, now=now)
+        for d, doc in docs:
+            self.mqtt.publish(topics.job_desired(self.prefix, d), doc, retain=True)
         log.info("job %s: wave %d released to %d device(s)", job.id, wave, len(devices))
 
     def _spec_for(self, job: JobRecord, device: str) -> dict[str, Any]:

@@ -36,13 +36,13 @@ JOBS_SCHEMA = 4
 _J, _D = jobs.c, job_devices.c
 
 # One kiosk's report (the ingest's and the runner's): only a released device that is not final.
+# Plain comparisons, not NOT IN: an expanding IN cannot run as an executemany (the ingest's).
 REPORT = (
     job_devices.update()
     .where(
         _D.job_id == sa.bindparam("b_job"),
         _D.device_id == sa.bindparam("b_dev"),
-        _D.state != "pending",
-        _D.state.not_in(FINAL),
+        *(_D.state != s for s in ("pending", *FINAL)),
     )
     .values(
         state=sa.bindparam("b_state"),

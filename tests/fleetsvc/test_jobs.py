@@ -15,9 +15,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from appliance.errors import StoreError
+from appliance.fleet.conn import BrokerOptions
 from appliance.fleet.jobs import Rollout
 from appliance.fleetsvc.auth import issue_token
 from appliance.fleetsvc.db import FleetDB
+from appliance.fleetsvc.ingest import ServiceIngest
 from appliance.fleetsvc.jobstore import ServiceJobStore
 from appliance.fleetsvc.web import create_app
 from tests.fleetsvc.openapi_check import check_response
@@ -67,6 +69,31 @@ def test_store_semantics(fleet_db: FleetDB) -> None:
         (job.id, "succeeded", "canceled"),
     ]
     assert store.job_counts() == {"running": 1, "completed": 0, "aborted": 0, "canceled": 1}
+
+
+def test_ingest_records_a_batch_of_reports(fleet_db: FleetDB) -> None:
+    """The ingest's writer stores the (verified) reports of one batch in one statement, in
+    their order, and completes a job whose kiosks are all final."""
+    store = ServiceJobStore(fleet_db)
+    now = time.time()
+    job = store.create("command", CMD, {}, ["k0", "k1"], Rollout(), int(now) + 60)
+    store.release(job.id, ["k0", "k1"], 1, now=now)
+    ingest = ServiceIngest(fleet_db, BrokerOptions("127.0.0.1", 1, "kiosk"), {})
+    items = [
+        (now, "job", (job.id, "k0", "in_progress", "")),
+        (now, "job", (job.id, "k1", "in_progress", "")),
+        (now, "job", (job.id, "k0", "succeeded", "pong")),
+        (now, "job", (job.id, "k0", "in_progress", "late")),  # a final state stays
+    ]
+    ingest.write(items)
+    rec = store.get(job.id)
+    assert rec is not None and rec.counts == {"succeeded": 1, "in_progress": 1}
+    assert rec.state == "running"
+    ingest.write([(now, "job", (job.id, "k1", "failed", "no"))])
+    rec = store.get(job.id)
+    assert rec is not None and rec.state == "completed"
+    assert rec.counts == {"succeeded": 1, "failed": 1}
+    assert ingest.counters.job_reports == 5
 
 
 def test_a_command_line_tool_never_migrates_a_shared_database(db_url: str) -> None:
