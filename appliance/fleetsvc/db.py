@@ -816,7 +816,7 @@ class WriteBatch:
             conn.execute(db._insert(events).on_conflict_do_nothing(), list(self.events.values()))
 
 
-ONE_SHOT = ("package_rejected", "config_rolled_back")
+ONE_SHOT = ("package_rejected", "config_rolled_back", "update_rolled_back")
 ALARM_KINDS = ("lost", "unhealthy", "outbox_growing", *ONE_SHOT)
 
 

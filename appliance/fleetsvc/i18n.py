@@ -108,6 +108,7 @@ _VI: dict[str, str] = {
     "outbox_growing": "hàng đợi tăng",
     "package_rejected": "hồ sơ bị từ chối",
     "config_rolled_back": "cấu hình bị hoàn tác",
+    "update_rolled_back": "cập nhật bị hoàn tác",
     "Commands": "Lệnh đã gửi",
     "Reply": "Kết quả",
     "waiting for the reply": "đang chờ trả lời",

@@ -35,7 +35,7 @@ from ..fleet.conn import BrokerOptions, FleetMqtt, Message
 from ..fleet.tools import Verification, collect_retained, device_of, verify_from
 from ..fleet.watch import EventStream, Seen, status_last_seen, status_state
 from ..protocol.topics import TopicKind, Topics, parse, shared
-from .db import FleetDB, WriteBatch, devices
+from .db import FleetDB, WriteBatch, devices, job_devices, jobs
 from .jobstore import REPORT, complete_finished, report_rows
 
 log = logging.getLogger(__name__)
@@ -269,10 +269,8 @@ class ServiceIngest:
                     dev, msg, verdict = obj
                     self._store_report(batch, dev, msg, verdict, now)
             batch.flush()
-            if job_rows:  # in arrival order: a kiosk's in_progress before its final state
-                conn.execute(REPORT, job_rows)
-                complete_finished(conn, [r["b_job"] for r in job_rows], now)
-                self.counters.job_reports += len(job_rows)
+            if job_rows:
+                self._store_job_reports(conn, job_rows, now)
         done = time.time()
         c = self.counters
         c.messages += len(items)
@@ -288,6 +286,33 @@ class ServiceIngest:
         for samples in (c.latency, c.heartbeat_latency, c.batch_seconds, c.batch_sizes):
             if len(samples) > 200_000:
                 del samples[:100_000]
+
+    def _store_job_reports(self, conn: Any, rows: list[dict[str, Any]], now: float) -> None:
+        """In arrival order (a kiosk's ``in_progress`` before its final state): runs of plain
+        reports as one executemany; a ``rolled_back`` alone, so that an update's roll-back
+        that changed its row (not a re-delivered retained report) raises its alarm."""
+        run: list[dict[str, Any]] = []
+        for row in [*rows, None]:
+            if row is not None and row["b_state"] != "rolled_back":
+                run.append(row)
+                continue
+            if run:
+                conn.execute(REPORT, run)
+                run = []
+            if row is None:
+                break
+            if conn.execute(REPORT.returning(job_devices.c.job_id), row).first() is None:
+                continue
+            kind = conn.execute(
+                sa.select(jobs.c.kind).where(jobs.c.job_id == row["b_job"])
+            ).scalar()
+            if kind == "update":
+                detail = f"job {row['b_job']}: {row['b_detail']}"[:500]
+                self.alarms_raised += self.db.raise_alarm(
+                    conn, row["b_dev"], "update_rolled_back", detail, now
+                )
+        complete_finished(conn, [r["b_job"] for r in rows], now)
+        self.counters.job_reports += len(rows)
 
     def _sample(
         self, batch: WriteBatch, dev: str, ts: float, state: str, health: str, depth: Any

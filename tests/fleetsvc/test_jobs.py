@@ -94,6 +94,20 @@ def test_ingest_records_a_batch_of_reports(fleet_db: FleetDB) -> None:
     assert rec is not None and rec.state == "completed"
     assert rec.counts == {"succeeded": 1, "failed": 1}
     assert ingest.counters.job_reports == 5
+    # An update rolled back on a kiosk raises its alarm once (not for a re-delivered report);
+    # a configuration job's roll-back has its own alarm from the configuration report.
+    upd = store.create("update", {"version": "2"}, {}, ["k0"], Rollout(), int(now) + 60)
+    cfg = store.create("config", {"version": 3}, {}, ["k1"], Rollout(), int(now) + 60)
+    store.release(upd.id, ["k0"], 1, now=now)
+    store.release(cfg.id, ["k1"], 1, now=now)
+    back = [(now, "job", (upd.id, "k0", "in_progress", "")),
+            (now, "job", (upd.id, "k0", "rolled_back", "self-test failed")),
+            (now, "job", (cfg.id, "k1", "rolled_back", "broker unreachable"))]  # fmt: skip
+    ingest.write(back)
+    ingest.write(back[1:2])
+    alarms = [(a["device_id"], a["kind"], a["detail"]) for a in fleet_db.list_alarms()]
+    assert alarms == [("k0", "update_rolled_back", f"job {upd.id}: self-test failed")]
+    assert (store.get(upd.id) or upd).state == "completed"
 
 
 def test_a_command_line_tool_never_migrates_a_shared_database(db_url: str) -> None:
