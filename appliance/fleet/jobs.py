@@ -494,6 +494,13 @@ class JobRunner:
         self.store.release(job.id, devices, wave, now=now)
         for d, doc in docs:
             self.mqtt.publish(topics.job_desired(self.prefix, d), doc, retain=True)
+        after = self.store.get(job.id)
+        if after is not None and after.state != "running":
+            # Canceled meanwhile (another administrator, the fleet service's dashboard): its
+            # cancel cleared the documents of queued kiosks before these were published.
+            gone = {d["device"] for d in self.store.devices(job.id, state="canceled")}
+            self._clear([d for d in devices if d in gone])
+            return
         log.info("job %s: wave %d released to %d device(s)", job.id, wave, len(devices))
 
     def _spec_for(self, job: JobRecord, device: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from appliance.devtools.broker import Mosquitto
-from appliance.fleet.jobs import JobRunner, JobStorage, JobStore, Progress, Rollout
+from appliance.fleet.jobs import JobRunner, JobStorage, JobStore, Progress, Rollout, cancel_job
 from appliance.fleet.sim import FleetConfig, FleetSim
 from appliance.fleet.simjobs import SimJobs, always
 from appliance.fleetsvc.db import FleetDB
@@ -365,6 +365,38 @@ def test_kiosks_not_final_at_expiry_are_timed_out(
         now[0] += 61
         p = runner.step(job.id)
         assert p.state == "completed" and p.counts == {"timed_out": 1, "canceled": 1}, p
+        assert _retained_jobs(broker, prefix) == []
+    finally:
+        mqtt.close()
+        store.close()
+
+
+def test_a_cancel_between_release_and_publish_leaves_no_document(
+    tmp_path: Path,
+    broker: Mosquitto,
+    admin: tuple[OperatorKey, bytes],
+    store_url: str | None,
+) -> None:
+    """Another administrator (or the fleet service's dashboard) cancels the job right after the
+    runner marked a wave queued and before it published the wave's documents: the cancel found
+    no document to clear, so the runner clears the ones it just published."""
+    prefix = _prefix()
+    store, mqtt, runner = _runner(tmp_path, broker, admin, prefix, store_url)
+    release = store.release
+
+    def release_then_cancel(job_id: str, devices: Any, wave: int, *, now: float) -> None:
+        release(job_id, devices, wave, now=now)
+        cancel_job(store, lambda _d: None, job_id, "canceled", "by another admin", now=now)
+
+    try:
+        job = store.create(
+            "command", {"cmd": "ping", "args": {}}, {}, ["a", "b"], Rollout(),
+            int(time.time()) + 3600,
+        )  # fmt: skip
+        store.release = release_then_cancel  # type: ignore[method-assign]
+        runner.step(job.id)
+        rec = store.get(job.id)
+        assert rec is not None and rec.state == "canceled" and rec.counts == {"canceled": 2}
         assert _retained_jobs(broker, prefix) == []
     finally:
         mqtt.close()
