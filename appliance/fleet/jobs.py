@@ -21,6 +21,10 @@ rollout's next wave:
 
 Cancel does the same by hand. A device that has not reached a final state when the job
 expires is ``timed_out``.
+
+The runner works on any :class:`JobStorage`: this module's SQLite :class:`JobStore` (the
+default) or, when the fleet service is configured, the service's database
+(``appliance.fleetsvc.jobstore.ServiceJobStore``, the same tables there, docs/fleet-service.md).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import ApplianceError
 from ..mqttclient import FleetMqtt, Message
@@ -130,6 +134,54 @@ class JobRecord:
         d = asdict(self)
         d["total"] = sum(self.counts.values())
         return d
+
+
+class JobStorage(Protocol):
+    """What :class:`JobRunner` and ``fleet jobs`` need of a store of jobs (two stores have it:
+    :class:`JobStore` and the fleet service's ``ServiceJobStore``)."""
+
+    def close(self) -> None: ...
+
+    def create(
+        self,
+        kind: str,
+        spec: dict[str, Any],
+        target: dict[str, Any],
+        devices: Iterable[str],
+        rollout: Rollout,
+        expires_at: int,
+        *,
+        now: float | None = None,
+    ) -> JobRecord: ...
+
+    def get(self, job_id: str) -> JobRecord | None: ...
+
+    def jobs(self, *, state: str | None = None) -> list[JobRecord]: ...
+
+    def counts(self, job_id: str) -> dict[str, int]: ...
+
+    def devices(self, job_id: str, *, state: str | None = None) -> list[dict[str, Any]]: ...
+
+    def release(self, job_id: str, devices: Iterable[str], wave: int, *, now: float) -> None: ...
+
+    def report_many(
+        self, job_id: str, reports: Iterable[tuple[str, str, str]], *, now: float
+    ) -> int: ...
+
+    def set_devices(
+        self, job_id: str, from_states: Iterable[str], state: str, detail: str, *, now: float
+    ) -> list[str]: ...
+
+    def finish(self, job_id: str, state: str, reason: str | None, *, now: float) -> None: ...
+
+    def waves_released(self, job_id: str) -> int: ...
+
+    def wave_unfinished(self, job_id: str, wave: int) -> int: ...
+
+    def last_released_at(self, job_id: str) -> float | None: ...
+
+    def audit(self, action: str, job_id: str, **detail: Any) -> None:
+        """Record an administrator's action on a job where the store keeps an audit log."""
 
 
 class JobStore:
@@ -310,6 +362,48 @@ class JobStore:
                 (state, reason, now, job_id),
             )
 
+    def audit(self, action: str, job_id: str, **detail: Any) -> None:
+        """``jobs.db`` keeps no audit log (the fleet service's database does)."""
+
+    def waves_released(self, job_id: str) -> int:
+        row = self.conn.execute(
+            "SELECT MAX(wave) FROM job_devices WHERE job_id = ?", (job_id,)
+        ).fetchone()
+        return int(row[0] or 0)
+
+    def wave_unfinished(self, job_id: str, wave: int) -> int:
+        """Devices of one wave not yet in a final state."""
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM job_devices WHERE job_id = ? AND wave = ? AND state NOT IN "  # noqa: S608 - constant names, ? placeholders
+            f"({','.join(repr(s) for s in FINAL)})",
+            (job_id, wave),
+        ).fetchone()
+        return int(row[0])
+
+    def last_released_at(self, job_id: str) -> float | None:
+        row = self.conn.execute(
+            "SELECT MAX(released_at) FROM job_devices WHERE job_id = ?", (job_id,)
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+
+def cancel_job(
+    store: JobStorage,
+    clear: Callable[[list[str]], None],
+    job_id: str,
+    state: str,
+    reason: str,
+    *,
+    now: float,
+) -> None:
+    """Stop a job (``aborted`` or ``canceled``): the devices that did not start are
+    ``canceled`` (``clear`` empties the retained documents of those already released), nothing
+    more is released. Kiosks already running it finish and report (their state is kept)."""
+    moved = store.set_devices(job_id, ("queued",), "canceled", reason, now=now)
+    clear(moved)
+    store.set_devices(job_id, ("pending",), "canceled", reason, now=now)
+    store.finish(job_id, state, reason, now=now)
+
 
 # --- targeting --------------------------------------------------------------------------------
 
@@ -363,7 +457,7 @@ class JobRunner:
 
     def __init__(
         self,
-        store: JobStore,
+        store: JobStorage,
         mqtt: FleetMqtt,
         signer: OperatorKey,
         *,
@@ -390,10 +484,23 @@ class JobRunner:
 
     def _publish(self, job: JobRecord, devices: list[str], wave: int) -> None:
         now = self.clock()
-        for d in devices:
-            doc = sign_job(self.signer, d, job.id, job.kind, self._spec_for(job, d), job.expires_at)
-            self.mqtt.publish(topics.job_desired(self.prefix, d), doc, retain=True)
+        docs = [
+            (d, sign_job(self.signer, d, job.id, job.kind, self._spec_for(job, d), job.expires_at))
+            for d in devices
+        ]
+        # Queued before published: a kiosk's report can come back at once, and the fleet
+        # service records it from the broker (not through this runner) only for a released
+        # kiosk (a report of a pending one is dropped).
         self.store.release(job.id, devices, wave, now=now)
+        for d, doc in docs:
+            self.mqtt.publish(topics.job_desired(self.prefix, d), doc, retain=True)
+        after = self.store.get(job.id)
+        if after is not None and after.state != "running":
+            # Canceled meanwhile (another administrator, the fleet service's dashboard): its
+            # cancel cleared the documents of queued kiosks before these were published.
+            gone = {d["device"] for d in self.store.devices(job.id, state="canceled")}
+            self._clear([d for d in devices if d in gone])
+            return
         log.info("job %s: wave %d released to %d device(s)", job.id, wave, len(devices))
 
     def _spec_for(self, job: JobRecord, device: str) -> dict[str, Any]:
@@ -499,36 +606,21 @@ class JobRunner:
         return Progress(job.id, job.state, job.counts, wave)
 
     def _waves_released(self, job_id: str) -> int:
-        row = self.store.conn.execute(
-            "SELECT MAX(wave) FROM job_devices WHERE job_id = ?", (job_id,)
-        ).fetchone()
-        return int(row[0] or 0)
+        return self.store.waves_released(job_id)
 
     def _may_release(self, job: JobRecord, wave: int, now: float) -> bool:
         if wave == 0:
             return True
         r = job.rollout
-        if wave == 1 and r.canary > 0:  # the canary wave must be over first
-            canary = self.store.conn.execute(
-                "SELECT COUNT(*) FROM job_devices WHERE job_id = ? AND wave = 1 AND state NOT IN "  # noqa: S608 - constant names, ? placeholders
-                f"({','.join(repr(s) for s in FINAL)})",
-                (job.id,),
-            ).fetchone()[0]
-            if canary:
-                return False
-        last = self.store.conn.execute(
-            "SELECT MAX(released_at) FROM job_devices WHERE job_id = ?", (job.id,)
-        ).fetchone()[0]
-        return last is None or now - float(last) >= r.wave_interval_s
+        if wave == 1 and r.canary > 0 and self.store.wave_unfinished(job.id, 1):
+            return False  # the canary wave must be over first
+        last = self.store.last_released_at(job.id)
+        return last is None or now - last >= r.wave_interval_s
 
     def abort(self, job_id: str, state: str, reason: str) -> None:
         """Stop the job (``aborted`` or ``canceled``): clear the documents of the devices that
         did not start, mark them canceled, release nothing more."""
-        now = self.clock()
-        moved = self.store.set_devices(job_id, ("queued",), "canceled", reason, now=now)
-        self._clear(moved)
-        self.store.set_devices(job_id, ("pending",), "canceled", reason, now=now)
-        self.store.finish(job_id, state, reason, now=now)
+        cancel_job(self.store, self._clear, job_id, state, reason, now=self.clock())
         log.warning("job %s %s: %s", job_id, state, reason)
 
     def run(

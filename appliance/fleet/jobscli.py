@@ -19,6 +19,11 @@ next), ``--wave-size 100 --wave-interval 60`` and ``--abort-ratio 0.1 --abort-mi
 more than 10 % of the finished kiosks failed, rolled back or timed out, once 5 finished).
 ``--expires 7d``: kiosks offline longer never run it (``timed_out``).
 
+With the fleet service's database configured (``--db URL`` or ``$APPLIANCE_FLEET_DB``, as
+``fleet devices``) every subcommand reads and writes the jobs there instead of
+``<home>/jobs.db``: the service's dashboard and API show them, its ingest records the kiosks'
+reports, and its audit log names who created or canceled one (docs/fleet-service.md, "Jobs").
+
 Exit status: 0 completed with every kiosk succeeded; 1 completed with failures, aborted or
 canceled; 2 bad usage; 4 still running at ``--timeout``.
 """
@@ -26,20 +31,31 @@ canceled; 2 bad usage; 4 still running at ``--timeout``.
 from __future__ import annotations
 
 import argparse
+import getpass
 import hashlib
+import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import ApplianceError
+from ..errors import ApplianceError, MissingExtraError
 from ..protocol.topics import Topics
 from ..trust.certs import ROOT_PUB_FILE
 from ..trust.keys import b64encode, load_public_key
 from ..update.bundle import verify_bundle
 from ..update.jobdoc import BAD
 from .conn import FleetMqtt, Message, add_broker_args, add_home_arg, broker_options, home_of
-from .jobs import JobRunner, JobStore, Progress, Rollout, match_query, parse_query
+from .jobs import (
+    JobRunner,
+    JobStorage,
+    JobStore,
+    Progress,
+    Rollout,
+    match_query,
+    parse_query,
+)
 from .keys import parse_not_after
 from .tools import (
     EXIT_FAILED,
@@ -73,6 +89,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.description = __doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     add_home_arg(p)
+    p.add_argument(
+        "--db",
+        metavar="URL",
+        default=os.environ.get("APPLIANCE_FLEET_DB"),
+        help="keep the jobs in the fleet service's database (sqlite:///PATH or "
+        "postgresql://...) instead of <home>/jobs.db (default $APPLIANCE_FLEET_DB)",
+    )
     sub = p.add_subparsers(dest="jobs_command", metavar="COMMAND", required=True)
 
     c = sub.add_parser("create", help="create a job and drive its rollout")
@@ -159,7 +182,22 @@ def _print_progress(p: Progress) -> None:
     print(p.line(), flush=True)
 
 
-def _drive(args: argparse.Namespace, store: JobStore, job_id: str) -> int:
+def open_store(args: argparse.Namespace, home: Path) -> JobStorage:
+    """The fleet service's database when configured, else ``<home>/jobs.db``. The service's
+    store is loaded by name: the service imports the fleet tools, never the other way round
+    (import contracts)."""
+    url = getattr(args, "db", None)
+    if not url:
+        return JobStore(home)
+    try:
+        mod = importlib.import_module("appliance.fleetsvc.jobstore")
+    except ImportError as exc:
+        raise MissingExtraError("fleet service database", "fleet-service", str(exc.name)) from None
+    store: JobStorage = mod.ServiceJobStore.open(url, actor=f"cli:{getpass.getuser()}")
+    return store
+
+
+def _drive(args: argparse.Namespace, store: JobStorage, job_id: str) -> int:
     opts = broker_options(args)
     signer = load_signer(args, "admin")
     keys = registry(args).device_keys()
@@ -185,7 +223,11 @@ def _exit(p: Progress) -> int:
 
 def run(args: argparse.Namespace) -> int:
     home = home_of(args)
-    store = JobStore(home)
+    try:
+        store = open_store(args, home)
+    except ApplianceError as exc:
+        print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if args.jobs_command == "list":
             for j in store.jobs():
@@ -203,10 +245,18 @@ def run(args: argparse.Namespace) -> int:
                       f"{d['detail'] or ''}")  # fmt: skip
             return EXIT_OK
         if args.jobs_command == "cancel":
+            job = store.get(args.job)
+            if job is None:
+                print(f"error (job_unknown): no job {args.job}", file=sys.stderr)
+                return EXIT_USAGE
+            if job.state != "running":
+                print(f"job {job.id} is already {job.state}: nothing to cancel")
+                return EXIT_FAILED
             opts = broker_options(args)
             with FleetMqtt(opts) as mqtt:
                 runner = JobRunner(store, mqtt, load_signer(args, "admin"), prefix=opts.prefix)
                 runner.abort(args.job, "canceled", "canceled by the administrator")
+            store.audit("job.cancel", job.id)
             job = store.get(args.job)
             print(f"job {args.job} canceled: {job.counts if job else {}}")
             return EXIT_OK

@@ -15,7 +15,9 @@ instances starting at once with an advisory lock.
 Tables: ``devices`` (registry, reported and desired state, last contact), ``samples`` (health
 timeline), ``events``, ``alarms`` (``open_key`` is unique while an alarm is open, so instances
 never raise one twice), ``audit``, ``users``, ``sessions``, ``api_tokens``, ``commands`` (what
-an operator sent and the kiosk's signed reply: its outcome and the signature's verdict).
+an operator sent and the kiosk's signed reply: its outcome and the signature's verdict),
+``jobs`` and ``job_devices`` (fleet jobs and each kiosk's state in them: the queries are in
+``jobstore.py``, on this class's engine and transactions).
 """
 
 from __future__ import annotations
@@ -156,6 +158,35 @@ commands = sa.Table(
     sa.Column("verified", sa.String(16), nullable=False, default="-"),  # the reply's signature
 )
 
+# Fleet jobs (docs/updates.md "Fleet jobs"): the columns of appliance/fleet/jobs.py's JobStore.
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("job_id", sa.String(32), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),  # JSON
+    sa.Column("target", sa.Text, nullable=False),  # JSON: devices, groups, where
+    sa.Column("rollout", sa.Text, nullable=False),  # JSON: canary, waves, abort threshold
+    sa.Column("state", sa.String(16), nullable=False),  # running, completed, aborted, canceled
+    sa.Column("reason", sa.Text),
+    sa.Column("created_by", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Column("finished_at", sa.Float),
+)
+
+job_devices = sa.Table(
+    "job_devices",
+    metadata,
+    sa.Column("job_id", sa.String(32), primary_key=True),
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),  # update/jobdoc.py STATES
+    sa.Column("wave", sa.Integer),
+    sa.Column("released_at", sa.Float),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("detail", sa.Text),
+)
+
 
 def _v1(conn: Connection) -> None:
     # CreateTable, not Table.create: the DDL of this step, never indexes added later.
@@ -181,11 +212,23 @@ def _v3(conn: Connection) -> None:
     conn.execute(sa.text("CREATE INDEX ix_commands_device_sent ON commands (device_id, sent_at)"))
 
 
+def _v4(conn: Connection) -> None:
+    conn.execute(sa.schema.CreateTable(jobs))
+    conn.execute(sa.schema.CreateTable(job_devices))
+    for ddl in (
+        "CREATE INDEX ix_jobs_created ON jobs (created_at)",
+        "CREATE INDEX ix_job_devices_state ON job_devices (job_id, state)",
+        "CREATE INDEX ix_job_devices_device ON job_devices (device_id, updated_at)",
+    ):
+        conn.execute(sa.text(ddl))
+
+
 # Ordered, append-only: never edit a step that shipped, add the next one.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "tables", _v1),
     (2, "indexes for the overview filters, timelines and alarms", _v2),
     (3, "commands and their replies", _v3),
+    (4, "fleet jobs and each kiosk's state in them", _v4),
 ]
 
 STATES = ("online", "offline", "lost", "never seen")
@@ -773,7 +816,7 @@ class WriteBatch:
             conn.execute(db._insert(events).on_conflict_do_nothing(), list(self.events.values()))
 
 
-ONE_SHOT = ("package_rejected", "config_rolled_back")
+ONE_SHOT = ("package_rejected", "config_rolled_back", "update_rolled_back")
 ALARM_KINDS = ("lost", "unhealthy", "outbox_growing", *ONE_SHOT)
 
 

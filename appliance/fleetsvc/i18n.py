@@ -58,7 +58,43 @@ _VI: dict[str, str] = {
     "Action": "Thao tác",
     "Target": "Đối tượng",
     "No open alarms": "Không có cảnh báo",
-    "Jobs are not shown in this version": "Phiên bản này chưa hiển thị tác vụ",
+    "Jobs": "Tác vụ",
+    "Job": "Tác vụ",
+    "All jobs": "Tất cả tác vụ",
+    "No jobs": "Không có tác vụ",
+    "Done": "Hoàn tất",
+    "Kiosks by state": "Số ki-ốt theo trạng thái",
+    "Kiosks": "Ki-ốt",
+    "Created": "Tạo lúc",
+    "Expires": "Hết hạn",
+    "Finished": "Kết thúc",
+    "Updated": "Cập nhật",
+    "Wave": "Đợt",
+    "Rollout": "Triển khai",
+    "canary": "thử nghiệm",
+    "wave size": "cỡ đợt",
+    "wave interval": "giãn cách đợt",
+    "abort above": "dừng khi vượt",
+    "after": "sau",
+    "all": "tất cả",
+    "Cancel the job": "Hủy tác vụ",
+    "Job canceled": "Đã hủy tác vụ",
+    "Kiosks that did not start it never will; those running it finish.": (
+        "Ki-ốt chưa bắt đầu sẽ không chạy nữa; ki-ốt đang chạy sẽ chạy xong."
+    ),
+    "command": "lệnh",
+    "config": "cấu hình",
+    "update": "cập nhật",
+    "job:running": "đang chạy",
+    "job:completed": "đã xong",
+    "job:aborted": "đã dừng",
+    "job:canceled": "đã hủy",
+    "pending": "chờ đợt",
+    "queued": "đã gửi",
+    "in_progress": "đang thực hiện",
+    "rolled_back": "đã hoàn tác",
+    "timed_out": "quá hạn",
+    "canceled": "đã hủy",
     "ok": "tốt",
     "bad": "lỗi",
     "Type": "Loại",
@@ -72,6 +108,7 @@ _VI: dict[str, str] = {
     "outbox_growing": "hàng đợi tăng",
     "package_rejected": "hồ sơ bị từ chối",
     "config_rolled_back": "cấu hình bị hoàn tác",
+    "update_rolled_back": "cập nhật bị hoàn tác",
     "Commands": "Lệnh đã gửi",
     "Reply": "Kết quả",
     "waiting for the reply": "đang chờ trả lời",
@@ -80,7 +117,16 @@ _VI: dict[str, str] = {
 }
 
 
+#: English words whose key carries a context prefix (``job:running``): the job's own state.
+_EN: dict[str, str] = {
+    "job:running": "running",
+    "job:completed": "completed",
+    "job:aborted": "aborted",
+    "job:canceled": "canceled",
+}
+
+
 def translator(lang: str) -> Callable[[str], str]:
     if lang == "vi":
         return lambda s: _VI.get(s, s)
-    return lambda s: s
+    return lambda s: _EN.get(s, s)

@@ -2,13 +2,15 @@
 
 :class:`ServiceIngest` subscribes like ``fleet controller`` (MQTT 5 shared subscriptions
 ``$share/GROUP/...``, MQTT 5.0 section 4.8.2, so several service instances split the fleet) to
-status, heartbeats, events and configuration reports, verifies each message's device signature
-with the approved key (``fleet watch``'s :class:`EventStream` does both), and hands the messages
-to one writer thread that stores them in batches (one transaction every ``flush_s`` or
-``batch`` messages: at 10,000 kiosks beating every 10 s that is 1,000 messages a second).
+status, heartbeats, events, configuration reports and fleet-job reports (``jobs/reported``),
+verifies each message's device signature with the approved key (``fleet watch``'s
+:class:`EventStream` does both), and hands the messages to one writer thread that stores
+them in batches (one transaction every ``flush_s`` or ``batch`` messages: at 10,000 kiosks
+beating every 10 s that is 1,000 messages a second).
 
 A message whose device signature fails (``bad``) is stored as seen (its verdict shown) but is
-no contact with the kiosk: it never moves ``last_seen`` and never changes its state.
+no contact with the kiosk: it never moves ``last_seen`` and never changes its state. A job report
+changes the kiosk's state in the job only when it verifies (``ok``), as the job runner requires.
 
 :class:`AlarmEvaluator` checks the database every ``interval_s`` (so every instance can run one:
 an open alarm is unique per device and kind in the database) for kiosks lost or silent longer
@@ -33,7 +35,8 @@ from ..fleet.conn import BrokerOptions, FleetMqtt, Message
 from ..fleet.tools import Verification, collect_retained, device_of, verify_from
 from ..fleet.watch import EventStream, Seen, status_last_seen, status_state
 from ..protocol.topics import TopicKind, Topics, parse, shared
-from .db import FleetDB, WriteBatch, devices
+from .db import FleetDB, WriteBatch, devices, job_devices, jobs
+from .jobstore import REPORT, complete_finished, report_rows
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,11 @@ def status_values(body: dict[str, Any], state: str) -> dict[str, Any]:
     return values
 
 
+def _is_job_report(prefix: str, topic: str) -> bool:
+    parsed = parse(prefix, topic)
+    return parsed is not None and parsed.kind is TopicKind.JOBS_REPORTED
+
+
 def _is_config(prefix: str, topic: str) -> bool:
     """A kiosk's retained desired or reported configuration."""
     parsed = parse(prefix, topic)
@@ -81,6 +89,7 @@ class IngestCounters:
     messages: int = 0
     stored: int = 0
     forged: int = 0
+    job_reports: int = 0  # verified kiosk reports of a job's state
     batches: int = 0
     latency: list[float] = field(default_factory=list)  # arrival -> committed, seconds
     # a heartbeat's own ``ts`` -> committed (kiosk, broker, ingest and database together)
@@ -90,20 +99,23 @@ class IngestCounters:
 
 
 class _Stream(EventStream):
-    """``fleet watch``'s stream plus the kiosks' configuration reports."""
+    """``fleet watch``'s stream plus the kiosks' configuration and job reports."""
 
-    def __init__(self, *a: Any, on_report: Any, **kw: Any) -> None:
+    def __init__(self, *a: Any, on_report: Any, on_job: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
-        self.on_report = on_report
+        self.on_report, self.on_job = on_report, on_job
 
     def filters(self) -> list[str]:
         out = super().filters()
         every = Topics.anyone(self.opts.prefix)
-        for extra in (every.config_reported, every.config_desired):
+        for extra in (every.config_reported, every.config_desired, every.jobs_reported):
             out.append(shared(self.share_group, extra) if self.share_group else extra)
         return out
 
     def _on_message(self, msg: Message) -> None:
+        if _is_job_report(self.opts.prefix, msg.topic):
+            self.on_job(msg)
+            return
         if _is_config(self.opts.prefix, msg.topic):
             self.on_report(msg)
             return
@@ -141,6 +153,7 @@ class ServiceIngest:
             share_group=share_group,
             client_id=instance,
             on_report=self._on_report,
+            on_job=self._on_job,
         )
 
     def start(self, timeout: float = 10.0, retained_s: float = 1.0) -> ServiceIngest:
@@ -158,11 +171,16 @@ class ServiceIngest:
         every = Topics.anyone(p)
         with FleetMqtt(self.opts) as mqtt:
             msgs = collect_retained(
-                mqtt, [every.status, every.config_reported, every.config_desired], listen_s
+                mqtt,
+                [every.status, every.config_reported, every.config_desired, every.jobs_reported],
+                listen_s,
             )
         for topic, msg in msgs.items():
             dev = device_of(topic, p)
             if dev is None:
+                continue
+            if _is_job_report(p, topic):
+                self._on_job(msg)
                 continue
             if _is_config(p, topic):
                 self._on_report(msg)
@@ -194,6 +212,27 @@ class ServiceIngest:
         if dev is not None and msg.payload:
             self.q.put((time.time(), "report", (dev, msg, verify_from(self.keys, dev, msg))))
 
+    def _on_job(self, msg: Message) -> None:
+        """A kiosk's signed report of its state in a job (``{"job", "device", "state",
+        "detail", "ts"}``, docs/updates.md): recorded only when it verifies."""
+        dev = device_of(msg.topic, self.opts.prefix)
+        if dev is None or not msg.payload:
+            return
+        if not verify_from(self.keys, dev, msg).ok:
+            self.counters.forged += 1
+            log.warning("job report of %s does not verify: ignored", dev)
+            return
+        try:
+            body = json.loads(msg.payload)
+        except ValueError:
+            return
+        if not isinstance(body, dict) or body.get("device", dev) != dev:
+            return
+        job, state = body.get("job"), body.get("state")
+        if isinstance(job, str) and isinstance(state, str):
+            detail = str(body.get("detail") or "")
+            self.q.put((time.time(), "job", (job[:32], dev, state, detail)))
+
     # -- writer --------------------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -219,13 +258,19 @@ class ServiceIngest:
         t0 = time.perf_counter()
         with self.db.tx() as conn:
             batch = WriteBatch(self.db, conn)
+            job_rows: list[dict[str, Any]] = []
             for _arrived, what, obj in items:
                 if what == "seen":
                     self._store_seen(batch, obj, now)
+                elif what == "job":
+                    job, dev, state, detail = obj
+                    job_rows += report_rows(job, [(dev, state, detail)], now)
                 else:
                     dev, msg, verdict = obj
                     self._store_report(batch, dev, msg, verdict, now)
             batch.flush()
+            if job_rows:
+                self._store_job_reports(conn, job_rows, now)
         done = time.time()
         c = self.counters
         c.messages += len(items)
@@ -241,6 +286,33 @@ class ServiceIngest:
         for samples in (c.latency, c.heartbeat_latency, c.batch_seconds, c.batch_sizes):
             if len(samples) > 200_000:
                 del samples[:100_000]
+
+    def _store_job_reports(self, conn: Any, rows: list[dict[str, Any]], now: float) -> None:
+        """In arrival order (a kiosk's ``in_progress`` before its final state): runs of plain
+        reports as one executemany; a ``rolled_back`` alone, so that an update's roll-back
+        that changed its row (not a re-delivered retained report) raises its alarm."""
+        run: list[dict[str, Any]] = []
+        for row in [*rows, None]:
+            if row is not None and row["b_state"] != "rolled_back":
+                run.append(row)
+                continue
+            if run:
+                conn.execute(REPORT, run)
+                run = []
+            if row is None:
+                break
+            if conn.execute(REPORT.returning(job_devices.c.job_id), row).first() is None:
+                continue
+            kind = conn.execute(
+                sa.select(jobs.c.kind).where(jobs.c.job_id == row["b_job"])
+            ).scalar()
+            if kind == "update":
+                detail = f"job {row['b_job']}: {row['b_detail']}"[:500]
+                self.alarms_raised += self.db.raise_alarm(
+                    conn, row["b_dev"], "update_rolled_back", detail, now
+                )
+        complete_finished(conn, [r["b_job"] for r in rows], now)
+        self.counters.job_reports += len(rows)
 
     def _sample(
         self, batch: WriteBatch, dev: str, ts: float, state: str, health: str, depth: Any

@@ -2,7 +2,10 @@
 simulated kiosks appear, a filter narrows them, a killed kiosk shows lost with its last-seen
 time and raises an alarm within the configured delay, a viewer cannot send a command (no
 button, and the POST is refused), an operator can, and sees the kiosk's verified reply as the
-command's outcome. Screenshots go to $FLEETSVC_SCREENSHOTS (default: the test's temporary
+command's outcome; a job's progress moves on its page (no reload) while simulated kiosks run it
+and the service records their signed reports, a viewer has no cancel button and its cancel POST
+is refused, as is a cancel without the session's CSRF token, and an operator cancels a job.
+Screenshots go to $FLEETSVC_SCREENSHOTS (default: the test's temporary
 directory); they are not committed.
 
 The production path: mosquitto with the shipped configuration (mutual TLS, the shipped ACL), of
@@ -26,10 +29,15 @@ import pytest
 
 from appliance.devtools.broker import free_port
 from appliance.devtools.fleetkit import FleetKit
+from appliance.fleet.conn import FleetMqtt
+from appliance.fleet.jobs import JobRunner, Rollout
 from appliance.fleet.sim import FleetConfig, FleetSim
 from appliance.fleet.simidentity import SimIdentities
+from appliance.fleet.simjobs import SimJobs
+from appliance.fleet.tools import verify_from
 from appliance.fleetsvc.auth import add_user
 from appliance.fleetsvc.db import FleetDB
+from appliance.fleetsvc.jobstore import ServiceJobStore
 from appliance.fleetsvc.servecli import FleetService, WebServer
 from appliance.trust.keys import load_public_key
 from tests.fleetsvc.conftest import PASSWORD
@@ -78,7 +86,9 @@ def stack(
             reconnect_min_s=0.05,
             reconnect_max_s=1.0,
         )
-    ).start()
+    )
+    sim.extensions.append(SimJobs(work_s=0.2))  # every kiosk takes jobs (signed reports)
+    sim.start()
     shots = Path(os.environ.get("FLEETSVC_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
     shots.mkdir(parents=True, exist_ok=True)
     try:
@@ -89,6 +99,9 @@ def stack(
             "secrets": secrets,
             "shots": shots,
             "svc": svc,
+            "kit": fleet_kit,
+            "broker_port": broker.port,
+            "keys": ids.public_keys(),
         }
     finally:
         sim.stop()
@@ -212,3 +225,94 @@ def test_dashboard_with_500_kiosks(browser: Any, stack: dict[str, Any]) -> None:
         for a in db.audit_log()
     )
     op.context.close()
+
+
+def test_job_progress_cancel_and_roles(browser: Any, stack: dict[str, Any]) -> None:
+    """A job made as ``fleet jobs create --db`` makes it (the service's store), driven wave by
+    wave by the job runner, whose progress the service records from the kiosks' signed reports
+    (the runner here never reads them) and the page shows without a reload."""
+    db: FleetDB = stack["db"]
+    kit: FleetKit = stack["kit"]
+    shots: Path = stack["shots"]
+    kiosks = [f"sim-{i:05d}" for i in range(100, 200)]
+    wait_for(
+        lambda: all((db.device(k) or {}).get("state") == "online" for k in kiosks[::33]),
+        60,
+        "the job's kiosks online",
+    )
+    store = ServiceJobStore(db, actor="cli:olga")
+    expires = int(time.time()) + 600
+    job = store.create("command", {"cmd": "ping", "args": {}}, {"devices": kiosks}, kiosks,
+                       Rollout(canary=0.1, wave_size=45), expires)  # fmt: skip
+    # Kiosks that are not connected: released, they never start, so the job stays running.
+    away = [f"away-{i}" for i in range(3)]
+    other = store.create("command", {"cmd": "ping", "args": {}}, {"devices": away}, away,
+                         Rollout(), expires)  # fmt: skip
+    keys = stack["keys"]
+    mqtt = FleetMqtt(kit.options(stack["broker_port"])).connect()
+    runner = JobRunner(
+        store, mqtt, kit.signer("admin"), prefix="kiosk",
+        verify=lambda dev, msg: verify_from(keys, dev, msg).ok,
+    )  # fmt: skip
+    try:
+        runner.step(other.id)
+        op = _sign_in(browser, stack, "operator")
+        op.goto(f"{stack['url']}/jobs/{job.id}")
+        assert op.inner_text("#job-progress .ratio") == "0/100"
+        op.evaluate("window.__notReloaded = true")
+        ratio = "document.querySelector('#job-progress .ratio').textContent"
+        for expected in ("10/100", "55/100", "100/100"):  # the canary, then waves of 45
+            runner.step(job.id)
+            op.wait_for_function(f"{ratio} === '{expected}'", timeout=30_000)
+            if expected == "55/100":
+                op.screenshot(path=str(shots / "job-progress.png"), full_page=True)
+        op.wait_for_function(
+            "document.querySelector('#job-state').textContent.startsWith('completed')",
+            timeout=15_000,
+        )  # completed by the service: every kiosk final, no runner step needed
+        assert op.evaluate("window.__notReloaded") is True  # the page refreshed itself
+        assert op.inner_text("#job-counts") == "100 succeeded"
+        op.screenshot(path=str(shots / "job-completed.png"), full_page=True)
+        op.goto(f"{stack['url']}/jobs")
+        row = op.locator(f"#jobs tr[data-job={job.id}]")
+        assert row.locator("td.done .pct").inner_text() == "100.0 %"
+        assert op.locator(f"#jobs tr[data-job={other.id}] td.job-state").inner_text() == "running"
+        op.screenshot(path=str(shots / "jobs.png"), full_page=True)
+        op.goto(f"{stack['url']}/devices/{kiosks[0]}?lang=vi")
+        mine = op.locator(f"#device-jobs tr[data-job={job.id}] td.state")
+        assert mine.inner_text() == "thành công"
+        op.screenshot(path=str(shots / "device-jobs-vi.png"), full_page=True)
+
+        # A viewer sees no cancel button, and its POST (with its own session's token) is refused.
+        viewer = _sign_in(browser, stack, "viewer")
+        viewer.goto(f"{stack['url']}/jobs/{other.id}")
+        assert viewer.locator("#cancel-form").count() == 0
+        viewer.screenshot(path=str(shots / "job-viewer.png"), full_page=True)
+        csrf = viewer.locator("input[name=csrf]").first.get_attribute("value")
+        r = viewer.request.post(
+            f"{stack['url']}/jobs/{other.id}/cancel", form={"csrf": csrf}, max_redirects=0
+        )
+        assert r.status == 403
+        viewer.context.close()
+        # A forged form (another site's page cannot know the session's CSRF token).
+        r = op.request.post(
+            f"{stack['url']}/jobs/{other.id}/cancel", form={"csrf": "forged"}, max_redirects=0
+        )
+        assert r.status == 403
+        assert (store.get(other.id) or job).state == "running"
+
+        op.goto(f"{stack['url']}/jobs/{other.id}")
+        op.click("#cancel-job")
+        op.wait_for_selector("p.ok[role=status]")
+        # (in Vietnamese: the kiosk page above set the language cookie)
+        assert op.inner_text("#job-state") == "đã hủy · canceled by operator-1"
+        assert op.inner_text("#job-counts") == "3 đã hủy"
+        assert op.locator("#cancel-form").count() == 0
+        op.screenshot(path=str(shots / "job-canceled.png"), full_page=True)
+        assert any(
+            a["action"] == "job.cancel" and a["actor"] == "operator-1" and a["target"] == other.id
+            for a in db.audit_log()
+        )
+        op.context.close()
+    finally:
+        mqtt.close()

@@ -19,7 +19,9 @@ from nacl.signing import SigningKey
 from appliance.devtools.broker import Mosquitto
 from appliance.devtools.fleetkit import FleetKit
 from appliance.fleet.conn import FleetMqtt
+from appliance.fleet.jobs import JobRunner, Rollout
 from appliance.fleetsvc.db import FleetDB
+from appliance.fleetsvc.jobstore import ServiceJobStore
 from appliance.fleetsvc.servecli import FleetService
 from appliance.trust.configdoc import sign_config
 from appliance.trust.envelope import CommandVerifier, ensure_replay_schema
@@ -258,3 +260,79 @@ def test_a_web_instance_serves_without_ingesting(
             assert 'data-device="kiosk-x"' in http.get("/").text
     finally:
         svc.stop()
+
+
+def _retained_job_documents(svc: FleetService, devices: list[str], marker_device: str) -> list[str]:
+    """Devices of ``devices`` with a retained job document. The broker sends a subscription's
+    retained messages right after its SUBACK and in order on one connection, so a second
+    subscription to a topic known to be retained (``marker_device``'s status) marks the end."""
+    with FleetMqtt(svc.opts) as probe:
+        q = probe.collector("kiosk/#")
+        probe.subscribe([f"kiosk/{d}/jobs/desired" for d in devices])
+        probe.subscribe([f"kiosk/{marker_device}/status"])
+        found = []
+        while True:
+            m = q.get(timeout=10)
+            if m.topic.endswith("/status"):
+                return sorted(found)
+            if m.payload:
+                found.append(m.topic.split("/")[1])
+
+
+def test_job_reports_recorded_and_a_job_canceled(
+    service: tuple[FleetService, SignedKiosk],
+    fleet_db: FleetDB,
+    fleet_kit: FleetKit,
+    make_user: Any,
+) -> None:
+    """The service records a kiosk's signed reports of a job (never a forged one) without the
+    job's runner reading them, completes a job whose kiosks are all final, and an operator's
+    cancel (API, session with its CSRF token) clears the retained document of a kiosk that did
+    not start: it never gets the job."""
+    svc, kiosk = service
+    dev = kiosk.device
+    away = f"{dev}-away"
+    kiosk.birth()
+    wait_for(lambda: (fleet_db.device(dev) or {}).get("state") == "online", 10, "birth")
+    store = ServiceJobStore(fleet_db, actor="cli:olga")
+    with FleetMqtt(svc.opts) as mqtt:
+        runner = JobRunner(store, mqtt, fleet_kit.signer("admin"), prefix="kiosk")
+        job = store.create("command", {"cmd": "ping", "args": {}}, {}, [dev, away], Rollout(),
+                           int(time.time()) + 600)  # fmt: skip
+        single = store.create("command", {"cmd": "ping", "args": {}}, {}, [dev], Rollout(),
+                              int(time.time()) + 600)  # fmt: skip
+        runner.step(job.id)
+        runner.step(single.id)
+    assert _retained_job_documents(svc, [dev, away], dev) == sorted([dev, away])
+
+    def state_of(job_id: str) -> str:
+        return next(d["state"] for d in store.devices(job_id) if d["device"] == dev)
+
+    report = {"job": job.id, "device": dev, "detail": "", "ts": time.time()}
+    kiosk.publish("jobs/reported", {**report, "state": "in_progress"}, retain=True)
+    wait_for(lambda: state_of(job.id) == "in_progress", 10, "the signed report recorded")
+    assert svc.ingest is not None
+    forged_before = svc.ingest.counters.forged
+    forger = DeviceIdentity(SigningKey.generate())
+    kiosk.publish("jobs/reported", {**report, "state": "succeeded"}, retain=True, key=forger)
+    wait_for(lambda: svc.ingest.counters.forged > forged_before, 10, "the forged report seen")  # type: ignore[union-attr]
+    assert state_of(job.id) == "in_progress"
+    kiosk.publish("jobs/reported", {**report, "state": "succeeded", "detail": "pong"}, retain=True)
+    wait_for(lambda: state_of(job.id) == "succeeded", 10, "the final report recorded")
+    # The single-kiosk job: its kiosk final, the service completes it (no runner step).
+    kiosk.publish("jobs/reported", {**report, "job": single.id, "state": "succeeded"}, retain=True)
+    wait_for(lambda: (store.get(single.id) or job).state == "completed", 10, "job completed")
+
+    op = make_user("op-jobs", "operator")
+    with TestClient(svc.app, base_url="https://testserver", follow_redirects=False) as c:
+        csrf = _sign_in(c, "op-jobs", op)
+        r = c.post(f"/api/v1/jobs/{job.id}/cancel")
+        assert r.status_code == 403  # a session without its CSRF token
+        r = c.post(f"/api/v1/jobs/{job.id}/cancel", headers={"x-csrf-token": csrf})
+        assert r.status_code == 200, r.text
+        check_response(DOC, "post", "/api/v1/jobs/{job_id}/cancel", r)
+        assert r.json()["state"] == "canceled"
+        assert r.json()["counts"] == {"succeeded": 1, "canceled": 1}
+    assert _retained_job_documents(svc, [away], dev) == []
+    audit = fleet_db.audit_log()
+    assert any(a["action"] == "job.cancel" and a["actor"] == "op-jobs" for a in audit)

@@ -1,6 +1,8 @@
 """Fleet jobs against a real broker and the fleet simulator: retained signed job documents,
 per-kiosk states persisted in the JobStore, offline kiosks served when they return, a staged
-rollout that aborts when its failure threshold is crossed."""
+rollout that aborts when its failure threshold is crossed. The rollout, cancel and command-line
+tests run on both stores: the fleet tools' ``jobs.db`` and the fleet service's database
+(``--db``, here on SQLite; PostgreSQL in tests/fleetsvc/test_jobs.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ import pytest
 from nacl.signing import SigningKey
 
 from appliance.devtools.broker import Mosquitto
-from appliance.fleet.jobs import JobRunner, JobStore, Progress, Rollout
+from appliance.fleet.jobs import JobRunner, JobStorage, JobStore, Progress, Rollout, cancel_job
 from appliance.fleet.sim import FleetConfig, FleetSim
 from appliance.fleet.simjobs import SimJobs, always
+from appliance.fleetsvc.db import FleetDB
+from appliance.fleetsvc.jobstore import ServiceJobStore
 from appliance.mqttclient import BrokerOptions, FleetMqtt
 from appliance.trust.certs import FleetRoot, OperatorKey
 from appliance.trust.keys import load_public_key
@@ -67,9 +71,26 @@ def _prefix() -> str:
     return f"j{uuid.uuid4().hex[:6]}"
 
 
-def _runner(tmp_path: Path, broker: Mosquitto, admin: tuple[OperatorKey, bytes], prefix: str):  # type: ignore[no-untyped-def]
+@pytest.fixture(params=["jobs.db", "service"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+    """``None``: the fleet tools' own ``jobs.db``; else the URL of a fleet service database."""
+    if request.param == "jobs.db":
+        return None
+    url = f"sqlite:///{tmp_path / 'service.db'}"
+    db = FleetDB(url)
+    db.migrate()
+    db.close()
+    return url
+
+
+def _store(tmp_path: Path, url: str | None) -> JobStorage:
+    return JobStore(tmp_path / "fleet") if url is None else ServiceJobStore.open(url, actor="t")
+
+
+def _runner(tmp_path: Path, broker: Mosquitto, admin: tuple[OperatorKey, bytes], prefix: str,
+            url: str | None = None):  # type: ignore[no-untyped-def]  # fmt: skip
     mqtt = FleetMqtt(BrokerOptions(broker.host, broker.port, prefix)).connect()
-    store = JobStore(tmp_path / "fleet")
+    store = _store(tmp_path, url)
     # The simulator does not sign its reports: accepting them unverified is this test's switch.
     return store, mqtt, JobRunner(store, mqtt, admin[0], prefix=prefix, verify=None)
 
@@ -151,6 +172,7 @@ def test_staged_rollout_aborts_when_the_threshold_is_crossed(
     broker: Mosquitto,
     admin: tuple[OperatorKey, bytes],
     sims: Callable[..., FleetSim],
+    store_url: str | None,
 ) -> None:
     prefix = _prefix()
     # Every kiosk of this release rolls back (a bad release): the canary shows it.
@@ -158,10 +180,16 @@ def test_staged_rollout_aborts_when_the_threshold_is_crossed(
     sim = sims(broker, jobs, devices=40, topic_prefix=prefix)
     _wait(lambda: sim.connected_count() == 40, "40 kiosks online")
     devices = [f"sim-{i:05d}" for i in range(40)]
-    store, mqtt, runner = _runner(tmp_path, broker, admin, prefix)
+    store, mqtt, runner = _runner(tmp_path, broker, admin, prefix, store_url)
     try:
         rollout = Rollout(
-            canary=0.1, wave_size=10, wave_interval_s=0.0, abort_ratio=0.25, abort_min=2
+            # abort_min 4: the whole canary reported before the verdict (with 2, a canary kiosk
+            # whose report is still on its way when two rolled back is canceled: a race)
+            canary=0.1,
+            wave_size=10,
+            wave_interval_s=0.0,
+            abort_ratio=0.25,
+            abort_min=4,
         )
         job = store.create(
             "update", {"version": "0.2.0", "sha256": "0" * 64, "size": 1}, {"devices": devices},
@@ -187,13 +215,14 @@ def test_staged_rollout_completes_in_waves(
     broker: Mosquitto,
     admin: tuple[OperatorKey, bytes],
     sims: Callable[..., FleetSim],
+    store_url: str | None,
 ) -> None:
     prefix = _prefix()
     jobs = SimJobs(lambda dev, _b: "failed" if dev == "sim-00007" else "succeeded")
     sim = sims(broker, jobs, devices=30, topic_prefix=prefix)
     _wait(lambda: sim.connected_count() == 30, "30 kiosks online")
     devices = [f"sim-{i:05d}" for i in range(30)]
-    store, mqtt, runner = _runner(tmp_path, broker, admin, prefix)
+    store, mqtt, runner = _runner(tmp_path, broker, admin, prefix, store_url)
     try:
         rollout = Rollout(canary=0.1, wave_size=9, abort_ratio=0.2, abort_min=5)
         job = store.create(
@@ -211,10 +240,13 @@ def test_staged_rollout_completes_in_waves(
 
 
 def test_cancel_clears_documents_of_kiosks_that_did_not_start(
-    tmp_path: Path, broker: Mosquitto, admin: tuple[OperatorKey, bytes]
+    tmp_path: Path,
+    broker: Mosquitto,
+    admin: tuple[OperatorKey, bytes],
+    store_url: str | None,
 ) -> None:
     prefix = _prefix()
-    store, mqtt, runner = _runner(tmp_path, broker, admin, prefix)
+    store, mqtt, runner = _runner(tmp_path, broker, admin, prefix, store_url)
     try:
         job = store.create(
             "command", {"cmd": "ping", "args": {}}, {"devices": ["a", "b"]}, ["a", "b"],
@@ -256,6 +288,7 @@ def test_cli_create_show_list(
     admin: tuple[OperatorKey, bytes],
     sims: Callable[..., FleetSim],
     capsys: pytest.CaptureFixture[str],
+    store_url: str | None,
 ) -> None:
     from appliance.fleet import jobscli
     from appliance.trust.keys import encode_private_key
@@ -269,21 +302,22 @@ def test_cli_create_show_list(
     (home / "admin.key").chmod(0o600)
     (home / "admin.cert").write_text(admin[0].certificate.to_token())
     flags = ["--host", broker.host, "--port", str(broker.port), "--prefix", prefix]
+    top = ["--home", str(home)] + (["--db", store_url] if store_url else [])
     rc = jobscli.main(
-        ["--home", str(home), "create", "command", "--cmd", "ping", "--where", "profile=sim",
+        [*top, "create", "command", "--cmd", "ping", "--where", "profile=sim",
          "--canary", "0.2", "--accept-unsigned-reports", "--timeout", "30", *flags]
     )  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "command for 5 kiosk(s)" in out and "5/5 final (5 succeeded)" in out
     job_id = out.split()[1].rstrip(":")
-    assert jobscli.main(["--home", str(home), "list"]) == 0
+    assert jobscli.main([*top, "list"]) == 0
     assert f"{job_id}  command  completed" in capsys.readouterr().out
-    assert jobscli.main(["--home", str(home), "show", job_id]) == 0
+    assert jobscli.main([*top, "show", job_id]) == 0
     assert "sim-00004" in capsys.readouterr().out
     # Without the switch the simulator's unsigned reports are not believed: nothing final.
     rc = jobscli.main(
-        ["--home", str(home), "create", "command", "--cmd", "ping", "--device", "sim-00000",
+        [*top, "create", "command", "--cmd", "ping", "--device", "sim-00000",
          "--timeout", "2", *flags]
     )  # fmt: skip
     assert rc == 4
@@ -291,16 +325,25 @@ def test_cli_create_show_list(
     # A job for a kiosk that is away, published without waiting, then canceled: its retained
     # document is cleared, so it never runs it.
     rc = jobscli.main(
-        ["--home", str(home), "create", "command", "--cmd", "ping", "--device", "away-1",
+        [*top, "create", "command", "--cmd", "ping", "--device", "away-1",
          "--no-wait", *flags]
     )  # fmt: skip
     job_id = capsys.readouterr().out.split()[1].rstrip(":")
     assert rc == 0 and "away-1" in _retained_jobs(broker, prefix)
-    assert jobscli.main(["--home", str(home), "cancel", job_id, *flags]) == 0
+    assert jobscli.main([*top, "cancel", job_id, *flags]) == 0
     assert "canceled" in capsys.readouterr().out
     assert "away-1" not in _retained_jobs(broker, prefix)
-    assert jobscli.main(["--home", str(home), "show", job_id]) == 0
+    assert jobscli.main([*top, "show", job_id]) == 0
     assert "canceled by the administrator" in capsys.readouterr().out
+    assert jobscli.main([*top, "cancel", job_id, *flags]) == 1  # already canceled
+    assert f"job {job_id} is already canceled" in capsys.readouterr().out
+    if store_url:  # the service's database: its audit log names who did what
+        db = FleetDB(store_url)
+        actions = [(a["action"], a["target"]) for a in db.audit_log()]
+        db.close()
+        assert ("job.cancel", job_id) in actions and ("job.create", job_id) in actions
+    else:  # nothing in the service's sense: no database file appeared
+        assert not (tmp_path / "service.db").exists()
 
 
 def test_kiosks_not_final_at_expiry_are_timed_out(
@@ -322,6 +365,38 @@ def test_kiosks_not_final_at_expiry_are_timed_out(
         now[0] += 61
         p = runner.step(job.id)
         assert p.state == "completed" and p.counts == {"timed_out": 1, "canceled": 1}, p
+        assert _retained_jobs(broker, prefix) == []
+    finally:
+        mqtt.close()
+        store.close()
+
+
+def test_a_cancel_between_release_and_publish_leaves_no_document(
+    tmp_path: Path,
+    broker: Mosquitto,
+    admin: tuple[OperatorKey, bytes],
+    store_url: str | None,
+) -> None:
+    """Another administrator (or the fleet service's dashboard) cancels the job right after the
+    runner marked a wave queued and before it published the wave's documents: the cancel found
+    no document to clear, so the runner clears the ones it just published."""
+    prefix = _prefix()
+    store, mqtt, runner = _runner(tmp_path, broker, admin, prefix, store_url)
+    release = store.release
+
+    def release_then_cancel(job_id: str, devices: Any, wave: int, *, now: float) -> None:
+        release(job_id, devices, wave, now=now)
+        cancel_job(store, lambda _d: None, job_id, "canceled", "by another admin", now=now)
+
+    try:
+        job = store.create(
+            "command", {"cmd": "ping", "args": {}}, {}, ["a", "b"], Rollout(),
+            int(time.time()) + 3600,
+        )  # fmt: skip
+        store.release = release_then_cancel  # type: ignore[method-assign]
+        runner.step(job.id)
+        rec = store.get(job.id)
+        assert rec is not None and rec.state == "canceled" and rec.counts == {"canceled": 2}
         assert _retained_jobs(broker, prefix) == []
     finally:
         mqtt.close()

@@ -1,4 +1,5 @@
-// Live refresh of the fleet overview: fetch the server-rendered rows every 5 s and swap them in.
+// Live refresh of the fleet overview, the jobs and a job: fetch the server-rendered part every
+// data-interval ms (5 s unless the page says otherwise) and swap it in.
 (function () {
   "use strict";
   var live = document.getElementById("live");
@@ -11,5 +12,5 @@
       return r.text();
     }).then(function (html) { if (html) { live.innerHTML = html; } }).catch(function () {});
   }
-  setInterval(refresh, 5000);
+  setInterval(refresh, parseInt(live.dataset.interval || "5000", 10));
 })();
