@@ -22,7 +22,7 @@ from appliance.devtools.broker import Mosquitto
 from appliance.devtools.fleetkit import FleetKit
 from appliance.fleet.jobs import JobRunner, JobStore, Rollout
 from appliance.fleet.jobs_bundles import sha256_file
-from appliance.fleet.release import build_release
+from appliance.fleet.release import build_release, build_wheels
 from appliance.fleet.tools import verify_from
 from appliance.mqttclient import FleetMqtt, Message
 from appliance.trust.keys import load_public_key
@@ -41,20 +41,34 @@ def appliance_bundles(
 ) -> Iterator[dict[str, Path]]:
     tmp = tmp_path_factory.mktemp("appliance-bundles")
     release = fleet_kit.make_signer("release-e2e", ("release",))
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "HEAD"], capture_output=True, check=True
+    ).stdout
+    # The dependencies are the same wheels in both versions: resolve and build them once (the
+    # first version's `pip wheel` with its dependencies), then each bundle is its own freshly
+    # built project wheel plus those wheels.
+    deps = tmp / "wheels"
+    deps.mkdir()
     out = {}
     for version in ("0.1.0", "0.2.0"):
         src = tmp / f"src-{version}"
         src.mkdir()
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", "HEAD"], capture_output=True, check=True
-        )
-        subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
         pyproject = src / "pyproject.toml"
         pyproject.write_text(
             pyproject.read_text().replace('version = "0.1.0"', f'version = "{version}"', 1)
         )
+        if version == "0.1.0":
+            build_wheels(src, deps).unlink()  # keep the dependencies only
         out[version] = tmp / f"appliance-{version}.bundle"
-        build_release(src, out[version], release, min_from="0.1.0")
+        build_release(
+            src,
+            out[version],
+            release,
+            min_from="0.1.0",
+            with_deps=False,
+            extra_wheels=sorted(deps.glob("*.whl")),
+        )
     yield out
 
 
