@@ -247,6 +247,7 @@ function renderCard(c) {
   });
   const msg = $("card-message");
   msg.classList.toggle("lift", c.step === "issued");
+  msg.classList.toggle("failed", c.step === "failed");
   if (c.step === "failed") {
     const err = c.error || {};
     msg.textContent = T[lang].errors[err.code] || err.message || "";
