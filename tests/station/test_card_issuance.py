@@ -25,6 +25,8 @@ from appliance.capabilities.card_delivery import (
     verify_issuance_answer,
 )
 from appliance.central.citizens import synthetic_citizen
+from appliance.central.issue import DocumentSigner, IssuanceDeskCore
+from appliance.central.store import PackageStore
 from appliance.config import StationSection
 from appliance.errors import ApplianceError, DeviceError, TrustError
 from appliance.lds import testpki
@@ -286,3 +288,28 @@ def test_restart_mid_write_reports_the_card_failed_and_while_waiting_asks_again(
     wait_for(lambda: resumed.snapshot()["card"]["step"] == "issued", 10, "the resumed card")
     assert len(backend.asked) == 1
     resumed.stop()
+
+
+def test_desk_answers_pending_until_the_package_is_verified_and_drops_bad_requests(
+    tmp_path: Path, root: FleetRoot, pki: testpki.TestPki
+) -> None:
+    sent: list[tuple[str, bytes]] = []
+    core = IssuanceDeskCore(
+        PackageStore(tmp_path / "central"),
+        DocumentSigner(pki.ds_key, pki.ds_cert),
+        live_key(root, ("ingest",), DEVICE),
+        lambda _ref: CITIZEN,
+        lambda topic, payload: sent.append((topic, payload)) or True,
+    )
+    request = f"kiosk/{DEVICE}/card/request"
+    core.handle(request, json.dumps({"enrollment": "0f3c2a9b7d1e"}).encode())
+    ((topic, payload),) = sent
+    assert topic == f"kiosk/{DEVICE}/card/issuance"  # the asking kiosk's own answer topic
+    answer = verify_issuance_answer(
+        payload, [root.public_key], device_id=DEVICE, now=dt.datetime.now().timestamp()
+    )
+    assert (answer.status, answer.enrollment, answer.package) == ("pending", "0f3c2a9b7d1e", None)
+    for bad in (b"not json", b'{"enrollment": "../etc"}', b"{}", b'{"enrollment": 7}'):
+        core.handle(request, bad)
+    core.handle(f"kiosk/{DEVICE}/card/issuance", payload)  # not a request: ignored
+    assert len(sent) == 1 and core.stats["malformed"] == 4
