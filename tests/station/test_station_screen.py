@@ -437,6 +437,14 @@ def test_whole_enrollment_through_the_screen_to_a_verified_package(
     s.page.wait_for_selector("body[data-card-step='waiting_data']", timeout=20000)
     assert "Đang chờ dữ liệu thẻ" in s.text("#card-steps .now")
     s.shot("card-waiting-data")
+    # A power cut while the kiosk waits for the card's data: it comes back on the same step
+    # and asks the centre again (nothing of the centre's answers was kept).
+    kiosk.d.kill9()
+    kiosk.start(signed_controller)
+    s.open()  # the screen service reopens the screen with the new boot's token
+    s.page.wait_for_selector("body[data-card-step='waiting_data']", timeout=20000)
+    s.page.evaluate(WATCH_CARD)
+    s.shot("card-waiting-data-after-restart")
     centre.desk.gate.set()
     s.page.wait_for_selector("body[data-card-step='issued']", timeout=90000)
     assert s.page.is_visible("#card-done") and not s.page.is_visible("#card-retry")
@@ -444,6 +452,8 @@ def test_whole_enrollment_through_the_screen_to_a_verified_package(
     s.shot("card-issued")
     watched = s.page.evaluate("window.cardWatch")
     assert watched["steps"] == ["waiting_data", "insert_card", "writing", "issued"], watched
+    # one blank card: the restart did not spoil one
+    assert kiosk.get("/v1/state", kiosk.token)[1]["card"]["attempt"] == 1
     for step in ("check_package", "write:DG1", "write:DG2", "write:EF.SOD", "lock", "verify:read"):
         assert step in watched["writes"], watched
     s.tap("#lang")
