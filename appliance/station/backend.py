@@ -142,26 +142,26 @@ class Backend:
     def portrait(
         self, on_progress: Listener, on_preview: Listener, timeout_s: float = 30.0
     ) -> dict[str, Any]:
-        """The portrait; ``on_preview("preview", {...})`` per analysed frame while it runs."""
+        """The portrait; ``on_preview("preview", {...})`` per frame the camera delivers while it
+        runs (the analysed ones with their ``guidance``)."""
         live = threading.Event()
         live.set()
 
-        def on_frame(frame: Frame, guidance: Guidance) -> None:
+        def on_frame(frame: Frame, guidance: Guidance | None) -> None:
             if not live.is_set():
                 return  # the capture is over: no frame after it
             jpeg, w, h = preview_jpeg(frame)
             # The frame's wall-clock time (its timestamp is time.monotonic()).
             frame_at = time.time() - (time.monotonic() - frame.timestamp)
-            on_preview(
-                "preview",
-                {
-                    "jpeg": base64.b64encode(jpeg).decode(),
-                    "width": w,
-                    "height": h,
-                    "frame_at": frame_at,
-                    "guidance": guidance.to_dict(),
-                },
-            )
+            message: dict[str, Any] = {
+                "jpeg": base64.b64encode(jpeg).decode(),
+                "width": w,
+                "height": h,
+                "frame_at": frame_at,
+            }
+            if guidance is not None:  # an analysed frame; the others keep the last face box
+                message["guidance"] = guidance.to_dict()
+            on_preview("preview", message)
 
         try:
             return self.manager.portrait(
