@@ -32,7 +32,9 @@ from appliance.errors import ApplianceError, DeviceError, TrustError
 from appliance.lds import testpki
 from appliance.lds.issuance import build_issuance_package
 from appliance.lds.package import IssuancePackage
+from appliance.protocol.topics import Topics
 from appliance.station.flow import Flow
+from appliance.station.issuance import IssuanceClient
 from appliance.store import Store
 from appliance.trust.certs import FleetRoot
 from tests.helpers import wait_for
@@ -313,3 +315,52 @@ def test_desk_answers_pending_until_the_package_is_verified_and_drops_bad_reques
         core.handle(request, bad)
     core.handle(f"kiosk/{DEVICE}/card/issuance", payload)  # not a request: ignored
     assert len(sent) == 1 and core.stats["malformed"] == 4
+
+
+def test_station_client_asks_again_while_pending_and_drops_answers_that_do_not_verify(
+    root: FleetRoot, pki: testpki.TestPki
+) -> None:
+    ingest = live_key(root, ("ingest",), DEVICE)
+    forger = live_key(FleetRoot(SigningKey.generate()), ("ingest",), DEVICE)
+    topics = Topics("kiosk", DEVICE)
+    asked: list[bytes] = []
+    script: list[bytes] = []  # what the "centre" answers to each request, in order
+
+    def publish(topic: str, body: bytes) -> bool:
+        assert topic == topics.card_request
+        asked.append(body)
+        if script:  # answered on the network thread, as the daemon's agent would
+            answer = script.pop(0)
+            threading.Thread(target=client.on_message, args=(topics.card_issuance, answer)).start()
+        return True
+
+    client = IssuanceClient(topics=topics, publish=publish, roots=[root.public_key])
+    script[:] = [
+        build_issuance_answer(ingest, DEVICE, enrollment="pkg-1", status="pending"),
+        _ready(forger, pki),  # another fleet's key: dropped, counted
+        _ready(ingest, pki, enrollment="pkg-0"),  # an older enrollment's: not this wait's
+        _ready(ingest, pki),
+    ]
+    answer = client.wait("pkg-1", timeout_s=30, ask_every_s=0.05)
+    assert answer.status == "ready" and answer.package is not None
+    assert json.loads(asked[0]) == {"enrollment": "pkg-1"} and len(asked) == 4
+    assert client.refused == 1 and client.last_refusal is not None
+    assert client.last_refusal["code"] == "untrusted_issuer"
+
+    script[:] = [
+        build_issuance_answer(
+            ingest, DEVICE, enrollment="pkg-1", status="refused", code="citizen_invalid"
+        )
+    ]
+    with pytest.raises(ApplianceError) as exc:
+        client.wait("pkg-1", timeout_s=30, ask_every_s=0.05)
+    assert exc.value.code == "issuance_refused" and exc.value.details["cause"] == "citizen_invalid"
+
+    with pytest.raises(ApplianceError) as exc:  # nobody answers
+        client.wait("pkg-1", timeout_s=0.3, ask_every_s=0.05)
+    assert exc.value.code == "issuance_timeout" and exc.value.retryable
+    cancelled = threading.Event()
+    cancelled.set()
+    with pytest.raises(ApplianceError) as exc:
+        client.wait("pkg-1", timeout_s=30, cancelled=cancelled)
+    assert exc.value.code == "cancelled"
