@@ -43,7 +43,10 @@ class IssuanceClient:
         self.revoked = list(revoked)
         self._now = now
         self._cv = threading.Condition()
+        # Answers for the enrollments being waited for only: a package holds the portrait (DG2),
+        # so nothing of it stays in memory after its wait (nor arrives for nobody).
         self._answers: dict[str, IssuanceAnswer] = {}
+        self._waiting: set[str] = set()
         self.refused = 0  # answers that did not verify, all time
         self.last_refusal: dict[str, object] | None = None
 
@@ -70,8 +73,9 @@ class IssuanceClient:
                 self._cv.notify_all()
             return
         with self._cv:
-            self._answers[answer.enrollment] = answer
-            self._cv.notify_all()
+            if answer.enrollment in self._waiting:
+                self._answers[answer.enrollment] = answer
+                self._cv.notify_all()
 
     def ask(self, enrollment: str) -> bool:
         body = json.dumps({"enrollment": enrollment}).encode()
@@ -89,9 +93,23 @@ class IssuanceClient:
         centre's cause in ``details.cause``), ``issuance_timeout`` (nothing good in
         ``timeout_s``; ``details.last_refusal``: the last answer that did not verify) or
         ``cancelled``."""
-        deadline = time.monotonic() + timeout_s
         with self._cv:
-            self._answers.pop(enrollment, None)  # an answer of an earlier attempt
+            self._waiting.add(enrollment)
+        try:
+            return self._wait(enrollment, timeout_s, cancelled, ask_every_s)
+        finally:
+            with self._cv:
+                self._waiting.discard(enrollment)
+                self._answers.pop(enrollment, None)
+
+    def _wait(
+        self,
+        enrollment: str,
+        timeout_s: float,
+        cancelled: threading.Event | None,
+        ask_every_s: float,
+    ) -> IssuanceAnswer:
+        deadline = time.monotonic() + timeout_s
         while True:
             if cancelled is not None and cancelled.is_set():
                 raise CommandError("the card step was cancelled", code=ErrorCode.CANCELLED)

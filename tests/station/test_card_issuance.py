@@ -344,6 +344,7 @@ def test_station_client_asks_again_while_pending_and_drops_answers_that_do_not_v
     answer = client.wait("pkg-1", timeout_s=30, ask_every_s=0.05)
     assert answer.status == "ready" and answer.package is not None
     assert json.loads(asked[0]) == {"enrollment": "pkg-1"} and len(asked) == 4
+    assert not client._answers  # nothing of a package (its portrait) stays after the wait
     assert client.refused == 1 and client.last_refusal is not None
     assert client.last_refusal["code"] == "untrusted_issuer"
 
