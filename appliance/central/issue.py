@@ -18,6 +18,7 @@ Document Signer files (``--ds-dir``, default ``<home>/issuer``): ``ds.key`` (PEM
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import stat
@@ -225,8 +226,10 @@ class IssuanceDeskCore:
     the citizen's data cannot make a card), or ``ready`` with the issuance package built from
     the *verified* enrollment exactly as ``appliance fleet issue`` builds it
     (:func:`build_for_enrollment`). The package is built once per enrollment and kept in
-    memory, so a repeated request gets the same package.
+    memory (the newest :attr:`BUILT_KEPT`), so a repeated request gets the same package.
     """
+
+    BUILT_KEPT = 256
 
     def __init__(
         self,
@@ -245,7 +248,11 @@ class IssuanceDeskCore:
         self.citizens = citizens
         self.publish = publish
         self.prefix = prefix
-        self._built: dict[tuple[str, str], tuple[str, IssuancePackage]] = {}
+        # The newest BUILT_KEPT packages (a station asking again gets the same one); older ones
+        # are built again if asked for.
+        self._built: collections.OrderedDict[tuple[str, str], tuple[str, IssuancePackage]] = (
+            collections.OrderedDict()
+        )
         self._lock = threading.Lock()
         self.stats = {"requests": 0, "ready": 0, "pending": 0, "refused": 0, "malformed": 0}
 
@@ -291,6 +298,8 @@ class IssuanceDeskCore:
         key = (device, enrollment)
         with self._lock:
             built = self._built.get(key)
+            if built is not None:
+                self._built.move_to_end(key)
         if built is None:
             manifest_path = self.store.package_dir(device, enrollment) / "manifest.json"
             try:
@@ -312,7 +321,9 @@ class IssuanceDeskCore:
                 return reply("refused", code=exc.code, message=exc.message)
             built = (citizen_ref, pkg)
             with self._lock:
-                self._built.setdefault(key, built)
+                built = self._built.setdefault(key, built)
+                while len(self._built) > self.BUILT_KEPT:
+                    self._built.popitem(last=False)
             log.info("issuance package %s built for %s/%s", pkg.package_id, device, enrollment)
         citizen_ref, pkg = built
         return reply("ready", citizen_ref=citizen_ref, package=pkg)
