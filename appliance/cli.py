@@ -57,6 +57,10 @@ FLEET_TOOLS = {
         "scripted enrollment on a kiosk, end to end (optionally issue the card)",
     ),
     "issue": ("appliance.central.issuecli", "issue a card on the spot from a verified enrollment"),
+    "issue-desk": (
+        "appliance.central.issuedeskcli",
+        "answer the kiosk stations' card requests with signed issuance packages",
+    ),
     "sim": ("appliance.fleet.simcli", "N virtual kiosks against a broker (load and scale runs)"),
     "directory": ("appliance.central.directorycli", "the central citizen directory (lookups)"),
     "release": ("appliance.fleet.releasecli", "build and verify signed software release bundles"),

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .citizen.lookup import LookupClient
     from .enrollment.session import EnrollmentManager
     from .enrollment.upload import Uploader
+    from .station.issuance import IssuanceClient
     from .update.agent import JobAgent
 
 log = logging.getLogger(__name__)
@@ -270,6 +271,7 @@ class Daemon:
         self.configpush: ConfigPush | None = None
         self._trial_deadline: float | None = None
         self.uploader: Uploader | None = None
+        self.card_issuance: IssuanceClient | None = None  # the station's card requests
         self.notifier = notifier or Notifier()
         self._stop = threading.Event()
         self._state = "starting"
@@ -381,6 +383,9 @@ class Daemon:
                     manager=self.enrollment,
                     lookup=self.lookup,
                     state_dir=self.state_dir,
+                    cards=lambda: svc.capabilities.cards,
+                    issuance=self._card_issuance(),
+                    instant_issuance=cfg.enrollment.instant_issuance,
                 )
                 self._cleanups.append(stop_station)
             except (ApplianceError, ImportError, OSError) as exc:
@@ -396,6 +401,7 @@ class Daemon:
                 svc.topics.upload_ack,
                 svc.topics.upload_receipt,
                 svc.topics.lookup_response,
+                *([self.card_issuance.subscription] if self.card_issuance else []),
                 *(self.jobs.subscriptions() if self.jobs else []),
             ],
             ack_verifier=build_outbox_ack_verifier(cfg),
@@ -435,6 +441,10 @@ class Daemon:
             lookup = self.lookup
             if lookup is not None:
                 lookup.on_message(msg.topic, msg.payload)
+            return False
+        if msg.topic == svc.topics.card_issuance:
+            if self.card_issuance is not None:
+                self.card_issuance.on_message(msg.topic, msg.payload)
             return False
         if self.jobs is not None and msg.topic in self.jobs.subscriptions():
             self._config_worker.submit(self._guarded_msg, self.jobs.on_message, msg)
@@ -606,6 +616,31 @@ class Daemon:
         manager = self.enrollment
         if manager is not None:
             manager.looked_up = client.looked_up
+
+    def _card_issuance(self) -> IssuanceClient | None:
+        """The station's client for the centre's issuance packages (docs/local-api.md "Card
+        issuance"), when the kiosk issues cards on the spot and has a card encoder."""
+        cfg = self.config
+        svc = self.services
+        assert svc is not None
+        if not (cfg.enrollment.instant_issuance and cfg.hardware.card.enabled):
+            return None
+        from .station.issuance import IssuanceClient
+        from .trust.keys import load_public_key
+
+        def publish(topic: str, body: bytes) -> bool:
+            agent = svc.agent
+            return bool(agent and agent.publish(topic, body, qos=1))
+
+        clock = self.clock
+        self.card_issuance = IssuanceClient(
+            topics=svc.topics,
+            publish=publish,
+            roots=[load_public_key(p) for p in cfg.trust.root_keys],
+            revoked=list(cfg.trust.revoked_keys),
+            now=clock.now if clock is not None else time.time,
+        )
+        return self.card_issuance
 
     def _kick_uploader(self) -> None:
         if self.uploader is not None:

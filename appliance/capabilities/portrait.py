@@ -95,7 +95,9 @@ def _face_box(report: QualityReport) -> tuple[int, int, int, int] | None:
     return (x0, y0, x1 - x0, y1 - y0)
 
 
-OnFrame = Callable[["Frame", Guidance], None]
+# A live view: every frame the capture reads, with its guidance when it was analysed (None
+# for the frames between two analyses, PortraitCapture.live_analysis_interval_s).
+OnFrame = Callable[["Frame", "Guidance | None"], None]
 
 
 @dataclass(eq=False)
@@ -168,6 +170,12 @@ class PortraitResult:
 class PortraitCapture:
     """Auto-capture of an ICAO portrait on one camera; one capture at a time."""
 
+    #: With a live view attached (``on_frame``), at most one frame is analysed per this many
+    #: seconds and the view gets every frame the camera delivers: the preview runs at the
+    #: camera's rate, not at the analysis' (issue 15: >= 10 frames/s on one core while
+    #: guidance runs). Without a live view every frame is analysed, as before.
+    live_analysis_interval_s = 0.2
+
     def __init__(self, camera: Camera) -> None:
         self.camera = camera
         self.config = camera.config
@@ -190,8 +198,10 @@ class PortraitCapture:
         configuration's ``default_min_quality``) or ``timeout_s`` passes, and return the best
         portrait seen (``met`` says whether it reached the score). Guidance goes to
         ``job.progress("guidance", ...)`` at most every ``guidance_interval_s``; ``on_frame``
-        sees every analysed frame with its guidance. Raises :class:`~appliance.errors.Busy`
-        if a capture already runs, ``no_face`` if no usable face was ever seen."""
+        sees every frame read, with its guidance when it was analysed (at most one analysis
+        per ``live_analysis_interval_s`` then), ``None`` otherwise. Raises
+        :class:`~appliance.errors.Busy` if a capture already runs, ``no_face`` if no usable
+        face was ever seen."""
         if not self._lock.acquire(blocking=False):
             raise Busy("a camera capture is already running", details={"device": "camera"})
         try:
@@ -200,9 +210,10 @@ class PortraitCapture:
             # Leave a little of the job's deadline for encoding and the reply.
             budget = min(timeout_s, max(0.0, job.remaining - REPLY_MARGIN_S))
 
-            def frame_seen(frame: Frame, report: QualityReport) -> None:
+            def frame_seen(frame: Frame, report: QualityReport | None) -> None:
                 if on_frame is not None:
-                    on_frame(frame, Guidance.from_report(report, frame.index))
+                    guidance = None if report is None else Guidance.from_report(report, frame.index)
+                    on_frame(frame, guidance)
 
             from ..drivers.camera.autocapture import auto_capture  # OpenCV loads on first use
 
@@ -213,6 +224,7 @@ class PortraitCapture:
                 guidance=lambda payload: job.progress("guidance", payload),
                 cancelled=job.cancelled,
                 on_frame=frame_seen if on_frame is not None else None,
+                analysis_interval_s=self.live_analysis_interval_s if on_frame is not None else 0.0,
             )
         finally:
             self._lock.release()

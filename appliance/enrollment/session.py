@@ -421,7 +421,8 @@ class EnrollmentManager:
     ) -> dict[str, Any]:
         """Auto-capture the portrait, then seal it.
 
-        ``on_frame`` sees every analysed frame with its guidance (a live preview)."""
+        ``on_frame`` sees every frame the capture reads (a live preview), with its guidance
+        when it was analysed (``PortraitCapture.live_analysis_interval_s``)."""
         s = self._require()
         if self.portraits is None:
             raise DeviceError(

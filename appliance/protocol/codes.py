@@ -65,6 +65,9 @@ class ErrorCode(StrEnum):
     CITIZEN_INVALID = "citizen_invalid"
     ISSUANCE_DISABLED = "issuance_disabled"
     ISSUANCE_INVALID = "issuance_invalid"
+    ISSUANCE_MISMATCH = "issuance_mismatch"
+    ISSUANCE_REFUSED = "issuance_refused"
+    ISSUANCE_TIMEOUT = "issuance_timeout"
     NO_SESSION = "no_session"
     INCOMPLETE = "incomplete"
     NOTHING_TO_CAPTURE = "nothing_to_capture"
@@ -399,6 +402,18 @@ ERROR_MEANINGS: dict[ErrorCode, tuple[str, str]] = {
     ErrorCode.ISSUANCE_INVALID: (
         "the centre cannot build the LDS of an enrollment",
         "no",
+    ),
+    ErrorCode.ISSUANCE_MISMATCH: (
+        "the centre's issuance package is for another enrollment or citizen than the station's",
+        "no",
+    ),
+    ErrorCode.ISSUANCE_REFUSED: (
+        "the centre will not issue a card for this enrollment (`details.cause` says why)",
+        "no",
+    ),
+    ErrorCode.ISSUANCE_TIMEOUT: (
+        "no issuance package from the centre in time (the enrollment is kept: issue later)",
+        "yes",
     ),
     ErrorCode.NO_SESSION: (
         "no enrollment session is active",

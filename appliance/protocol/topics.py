@@ -14,6 +14,8 @@
 {prefix}/{device}/outbox/ack          QoS 1: the ingest's delivery acknowledgement (end_to_end)
 {prefix}/{device}/lookup/request      QoS 1: citizen lookup, to the central directory
 {prefix}/{device}/lookup/response     QoS 1: the directory's signed answer
+{prefix}/{device}/card/request        QoS 1: the station asks the centre for an issuance package
+{prefix}/{device}/card/issuance       QoS 1: the centre's signed answer (the package, or why not)
 {prefix}/{device}/jobs/desired        retained: the fleet's signed job document (docs/updates.md)
 {prefix}/{device}/jobs/reported       retained: the kiosk's state of that job
 {prefix}/{device}/update/get          QoS 1: a chunk request of a release bundle
@@ -148,6 +150,14 @@ class Topics:
         return f"{self.base}/lookup/response"
 
     @property
+    def card_request(self) -> str:
+        return f"{self.base}/card/request"
+
+    @property
+    def card_issuance(self) -> str:
+        return f"{self.base}/card/issuance"
+
+    @property
     def jobs_desired(self) -> str:
         return f"{self.base}/jobs/desired"
 
@@ -196,6 +206,8 @@ class TopicKind(StrEnum):
     OUTBOX_ACK = "outbox_ack"
     LOOKUP_REQUEST = "lookup_request"
     LOOKUP_RESPONSE = "lookup_response"
+    CARD_REQUEST = "card_request"
+    CARD_ISSUANCE = "card_issuance"
     JOBS_DESIRED = "jobs_desired"
     JOBS_REPORTED = "jobs_reported"
     UPDATE_GET = "update_get"
@@ -227,6 +239,8 @@ _LEAVES = {
     ("outbox", "ack"): TopicKind.OUTBOX_ACK,
     ("lookup", "request"): TopicKind.LOOKUP_REQUEST,
     ("lookup", "response"): TopicKind.LOOKUP_RESPONSE,
+    ("card", "request"): TopicKind.CARD_REQUEST,
+    ("card", "issuance"): TopicKind.CARD_ISSUANCE,
     ("jobs", "desired"): TopicKind.JOBS_DESIRED,
     ("jobs", "reported"): TopicKind.JOBS_REPORTED,
     ("update", "get"): TopicKind.UPDATE_GET,

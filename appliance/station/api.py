@@ -117,6 +117,8 @@ BODIES: dict[str, type[BaseModel]] = {
     "submit": Empty,
     "done": Empty,
     "cancel": CancelBody,
+    "card-retry": Empty,
+    "card-done": Empty,
 }
 
 
@@ -246,6 +248,8 @@ def create_app(flow: Flow, token: str) -> Any:  # noqa: C901 - one closure per r
         "submit": lambda _b: flow.submit(),
         "done": lambda _b: flow.done(),
         "cancel": lambda b: flow.cancel(b.reason),
+        "card-retry": lambda _b: flow.card_retry(),
+        "card-done": lambda _b: flow.card_done(),
     }
 
     def route(name: str, model: type[BaseModel]) -> None:

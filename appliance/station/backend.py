@@ -7,6 +7,10 @@ progress steps (the camera's ``guidance``, the sensor's ``waiting_for_finger``, 
 ``quality``, ``retry``) go to the flow, i.e. to the screen; the session's own events go to the
 fleet as for a remote session. The live preview is built here from the frames the portrait
 capture shows (``on_frame``): downscaled JPEG, never stored, nothing after the capture.
+
+Instant issuance goes through here too: the centre's issuance package (the
+:class:`~appliance.station.issuance.IssuanceClient`, checked to be this enrollment's and this
+citizen's) and the chip encoder's :class:`~appliance.capabilities.card.CardIssuer`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..capabilities.base import Job
+from ..capabilities.card_delivery import check_belongs
 from ..capabilities.finger import ReferenceTemplate
 from ..citizen.lookup import LookupClient
 from ..enrollment.session import (
@@ -28,11 +33,15 @@ from ..enrollment.session import (
     SkipArgs,
     StartArgs,
 )
-from ..errors import CommandError
+from ..errors import CommandError, DeviceError
+from ..protocol.codes import ErrorCode
 
 if TYPE_CHECKING:
+    from ..capabilities.card import CardIssuer, EncodeResult
     from ..capabilities.portrait import Guidance
     from ..drivers.camera.interface import Frame
+    from ..lds.package import IssuancePackage
+    from .issuance import IssuanceClient
 
 Listener = Callable[[str, Mapping[str, Any]], None]
 PREVIEW_WIDTH = 320  # pixels: the preview is for aiming, never a usable portrait
@@ -59,9 +68,20 @@ def preview_jpeg(
 class Backend:
     """Typed calls for the flow; listeners see the manager's events."""
 
-    def __init__(self, *, manager: EnrollmentManager, lookup: LookupClient | None) -> None:
+    def __init__(
+        self,
+        *,
+        manager: EnrollmentManager,
+        lookup: LookupClient | None,
+        cards: Callable[[], CardIssuer | None] = lambda: None,
+        issuance: IssuanceClient | None = None,
+        card_poll_s: float = 0.2,
+    ) -> None:
         self.manager = manager
         self.lookup_client = lookup
+        self._cards = cards  # the encoder comes up (or back) after the station: asked each time
+        self.issuance = issuance
+        self.card_poll_s = card_poll_s
         self._listeners: list[Listener] = []
         self._job: Job | None = None  # the capture under way, if any
         # The manager's events (started, record_sealed, cancelled by the fleet...) reach the
@@ -122,26 +142,26 @@ class Backend:
     def portrait(
         self, on_progress: Listener, on_preview: Listener, timeout_s: float = 30.0
     ) -> dict[str, Any]:
-        """The portrait; ``on_preview("preview", {...})`` per analysed frame while it runs."""
+        """The portrait; ``on_preview("preview", {...})`` per frame the camera delivers while it
+        runs (the analysed ones with their ``guidance``)."""
         live = threading.Event()
         live.set()
 
-        def on_frame(frame: Frame, guidance: Guidance) -> None:
+        def on_frame(frame: Frame, guidance: Guidance | None) -> None:
             if not live.is_set():
                 return  # the capture is over: no frame after it
             jpeg, w, h = preview_jpeg(frame)
             # The frame's wall-clock time (its timestamp is time.monotonic()).
             frame_at = time.time() - (time.monotonic() - frame.timestamp)
-            on_preview(
-                "preview",
-                {
-                    "jpeg": base64.b64encode(jpeg).decode(),
-                    "width": w,
-                    "height": h,
-                    "frame_at": frame_at,
-                    "guidance": guidance.to_dict(),
-                },
-            )
+            message: dict[str, Any] = {
+                "jpeg": base64.b64encode(jpeg).decode(),
+                "width": w,
+                "height": h,
+                "frame_at": frame_at,
+            }
+            if guidance is not None:  # an analysed frame; the others keep the last face box
+                message["guidance"] = guidance.to_dict()
+            on_preview("preview", message)
 
         try:
             return self.manager.portrait(
@@ -186,3 +206,55 @@ class Backend:
     def active_session(self) -> str | None:
         s = self.manager.active()
         return None if s is None else s.id
+
+    # -- instant issuance ---------------------------------------------------------------------
+
+    def issuance_available(self) -> bool:
+        """The kiosk can offer a card: it asks the centre and has an encoder configured."""
+        return self.issuance is not None and self._cards() is not None
+
+    def _issuer(self) -> CardIssuer:
+        cards = self._cards()
+        if cards is None:
+            raise DeviceError(
+                "no card encoder on this kiosk", device="card", code=ErrorCode.DEVICE_NOT_READY
+            )
+        return cards
+
+    def card_package(
+        self, enrollment: str, citizen_ref: str, personal_id: str, timeout_s: float
+    ) -> IssuancePackage:
+        """The centre's signed issuance package for ``enrollment``, once it is verified to be
+        this enrollment's and this citizen's (``issuance_mismatch`` otherwise)."""
+        if self.issuance is None:
+            raise CommandError("card issuance unavailable", code=ErrorCode.ISSUANCE_DISABLED)
+        job = self._job_for(timeout_s)
+        answer = self.issuance.wait(enrollment, timeout_s=timeout_s, cancelled=job.cancelled)
+        return check_belongs(
+            answer, enrollment=enrollment, citizen_ref=citizen_ref, personal_id=personal_id
+        )
+
+    def wait_card(self, timeout_s: float) -> None:
+        """Until a card is in the reader (no card I/O: the reader's monitor says so);
+        ``no_card`` after ``timeout_s``."""
+        issuer = self._issuer()
+        job = self._job_for(timeout_s)
+        while not issuer.status().get("card_present"):
+            if job.cancelled.wait(self.card_poll_s):
+                raise CommandError("the card step was cancelled", code=ErrorCode.CANCELLED)
+            if job.remaining <= 0:
+                raise DeviceError(
+                    f"no card inserted in {timeout_s:.0f} s",
+                    device="card",
+                    code=ErrorCode.NO_CARD,
+                    retryable=True,
+                )
+
+    def card_encode(
+        self, package: IssuancePackage, on_step: Callable[[str], None], timeout_s: float = 120.0
+    ) -> EncodeResult:
+        """Write, lock and verify the card (:meth:`CardIssuer.encode`); ``on_step`` gets the
+        encoder's steps (``check_package``, ``write:DG2``, ``lock``, ``verify:read``...)."""
+        issuer = self._issuer()
+        job = self._job_for(timeout_s, lambda step, _data: on_step(step))
+        return issuer.encode(job, package)

@@ -3,7 +3,8 @@
 Screens, in order: ``welcome`` → ``officer`` (attended kiosks, until an officer signs in) →
 ``identify`` (CCCD number, looked up in the central directory) → ``confirm`` (the record, with
 correction requests) → ``consent`` → ``portrait`` (live guidance) → ``fingers`` (4-4-2, live
-guidance, skips approved by a supervisor) → ``review`` → ``receipt``. ``cancel`` from any screen
+guidance, skips approved by a supervisor) → ``review`` → (``card``, when the citizen asked for
+instant issuance and the kiosk offers it) → ``receipt``. ``cancel`` from any screen
 ends the session (its sealed records are shredded) and goes back to ``welcome``; so does the idle
 timeout (``station.idle_timeout_s``) and a cancel from the fleet (``enrollment.cancel``).
 
@@ -14,6 +15,16 @@ change is a durable ``station.state`` event for the fleet (no personal data in i
 
 Captures, lookups and the submit run on one worker thread: an action returns at once with
 ``busy`` set, and the outcome arrives as a new state.
+
+The ``card`` screen (instant issuance) follows the submit on the same worker thread: the card's
+``step`` is ``waiting_data`` (the station asks the centre for the signed issuance package of the
+enrollment just submitted: :class:`~appliance.station.issuance.IssuanceClient`) →
+``insert_card`` → ``writing`` (the encoder's steps go to the screen as ``card`` stream
+messages; "do not remove the card") → ``issued`` or ``failed`` (the error, e.g.
+``card_spoiled`` for a card pulled mid-write: the encoder never reports such a card issued).
+From ``failed`` the officer may try another blank card (``card_retry``) or give the receipt
+without a card (``card_done``). After a restart a card step that was waiting goes on waiting; a
+write that was running is ``failed`` with ``interrupted`` (that card may be half-written).
 """
 
 from __future__ import annotations
@@ -43,8 +54,11 @@ Screen = Literal[
     "portrait",
     "fingers",
     "review",
+    "card",
     "receipt",
 ]
+CardStep = Literal["waiting_data", "insert_card", "writing", "issued", "failed"]
+CARD_WAITING = ("waiting_data", "insert_card")
 SESSION_SCREENS = ("portrait", "fingers", "review")
 SKIP_REASONS = ("missing", "bandaged", "unreadable", "other")
 
@@ -90,6 +104,9 @@ def _initial(cfg: StationSection) -> dict[str, Any]:
         "error": None,
         "receipt": None,
         "notice": None,
+        "issuance": False,  # the citizen asked for the card at consent
+        "issuance_offered": False,  # the consent screen offers the card
+        "card": None,  # the card screen: {step, enrollment, ..., error, result}
         "updated": time.time(),
     }
 
@@ -105,7 +122,15 @@ class Flow:
         config: StationSection,
         emit: Callable[..., object],
         clock: Callable[[], float] = time.time,
+        instant_issuance: bool = False,
+        card_data_timeout_s: float = 120.0,
+        card_insert_timeout_s: float = 120.0,
     ) -> None:
+        # enrollment.instant_issuance: the consent screen offers the card (when the kiosk also
+        # has an encoder and asks a centre: Backend.issuance_available)
+        self.instant_issuance = instant_issuance
+        self.card_data_timeout_s = card_data_timeout_s
+        self.card_insert_timeout_s = card_insert_timeout_s
         self.store = store
         self.backend = backend
         self.config = config
@@ -121,7 +146,7 @@ class Flow:
         self._last_activity = clock()
         ensure_station_schema(store)
         self.state = self._load()
-        self._announced = (self.state["screen"], self.state["busy"])  # last station.state sent
+        self._announced = self._announce_key(self.state)  # last station.state sent
         backend.add_listener(self._on_manager_event)
 
     # -- persistence --------------------------------------------------------------------------
@@ -147,6 +172,18 @@ class Flow:
             state["notice"] = "session_ended"
         elif sid and state["screen"] in SESSION_SCREENS:
             self._refresh_fingers(state)
+        card = state.get("card")
+        if state["screen"] == "card" and card and card.get("step") == "writing":
+            # The write was running when the daemon died: that card may be half-written.
+            state["card"] = {
+                **card,
+                "step": "failed",
+                "error": {
+                    "code": "interrupted",
+                    "message": "the kiosk restarted while the card was written",
+                    "details": {},
+                },
+            }
         return state
 
     def _save(self) -> None:
@@ -194,10 +231,12 @@ class Flow:
             self.state["updated"] = self.clock()
             self._save()
             snap = self.snapshot()
-            announce = (snap["screen"], snap["busy"]) != self._announced
-            self._announced = (snap["screen"], snap["busy"])
+            key = self._announce_key(snap)
+            announce = key != self._announced
+            self._announced = key
         self._send({"type": "state", "state": snap})
         if announce:
+            card = snap.get("card") or {}
             self.emit(
                 "station.state",
                 {
@@ -206,9 +245,16 @@ class Flow:
                     "busy": snap["busy"],
                     "notice": snap["notice"],
                     "current_finger": snap["current_finger"],
+                    "card_step": card.get("step"),
+                    "card_error": (card.get("error") or {}).get("code"),
                 },
             )
         return snap
+
+    @staticmethod
+    def _announce_key(state: Mapping[str, Any]) -> tuple[Any, ...]:
+        """What the fleet hears of: the screen, ``busy`` and the card's step."""
+        return (state["screen"], state["busy"], (state.get("card") or {}).get("step"))
 
     def touch(self) -> None:
         self._last_activity = self.clock()
@@ -218,6 +264,12 @@ class Flow:
     def start(self) -> None:
         self._ticker = threading.Thread(target=self._tick_loop, name="station-idle", daemon=True)
         self._ticker.start()
+        with self._lock:
+            card = self.state.get("card")
+            if self.state["screen"] == "card" and card and card.get("step") in CARD_WAITING:
+                # Waiting for the data or the card when the daemon died: wait again (the
+                # centre is simply asked again; nothing of its answer was kept).
+                self._run("card", self._card_job, card=self._card_at("waiting_data"))
 
     def stop(self) -> None:
         self._stop.set()
@@ -292,8 +344,8 @@ class Flow:
                 target=self._abandon, args=("cancelled_remote", "ended by the fleet"), daemon=True
             ).start()
 
-    def _run(self, busy: str, job: Callable[[], None]) -> dict[str, Any]:
-        snap = self._changed(busy=busy, error=None, notice=None)
+    def _run(self, busy: str, job: Callable[[], None], **changes: Any) -> dict[str, Any]:
+        snap = self._changed(busy=busy, error=None, notice=None, **changes)
         generation = self._generation
 
         def wrapped() -> None:
@@ -398,7 +450,10 @@ class Flow:
                 }
                 for c in corrections
             ]
-            return self._changed(screen="consent", corrections=fixed, error=None)
+            offered = self.instant_issuance and self.backend.issuance_available()
+            return self._changed(
+                screen="consent", corrections=fixed, error=None, issuance_offered=offered
+            )
 
     def back(self) -> dict[str, Any]:
         self.touch()
@@ -414,6 +469,12 @@ class Flow:
             if not accepted:
                 self._abandon("consent_declined", "the citizen declined")
                 return self.snapshot()
+            if issuance and not self.state.get("issuance_offered"):
+                raise StationError(
+                    "this kiosk does not issue cards on the spot",
+                    code="issuance_disabled",
+                    details={"field": "issuance"},
+                )
             citizen = self.state["citizen"] or {}
             officer = self.state["officer"] if self.config.attended else None
             started = self.backend.start(
@@ -435,6 +496,7 @@ class Flow:
                 portrait=None,
                 approvals=[],
                 error=None,
+                issuance=issuance,
             )
 
     def capture_portrait(self) -> dict[str, Any]:
@@ -540,19 +602,122 @@ class Flow:
 
             def job() -> None:
                 done = self.backend.finish()
+                receipt = {
+                    "reference": done["package_id"],
+                    "records": done["records"],
+                    "finished_at": self.clock(),
+                }
+                citizen = self.state["citizen"] or {}
+                if not self.state.get("issuance"):
+                    self._changed(
+                        busy=None, screen="receipt", receipt=receipt, citizen=None, corrections=[]
+                    )
+                    return
+                # The card: the citizen's reference and number stay (in the card step only)
+                # until the card is done, to check the centre's package is theirs.
+                card = {
+                    "step": "waiting_data",
+                    "enrollment": done["package_id"],
+                    "citizen_ref": citizen.get("citizen_ref"),
+                    "personal_id": citizen.get("personal_id"),
+                    "attempt": 1,
+                    "error": None,
+                    "result": None,
+                }
                 self._changed(
-                    busy=None,
-                    screen="receipt",
-                    receipt={
-                        "reference": done["package_id"],
-                        "records": done["records"],
-                        "finished_at": self.clock(),
-                    },
+                    busy="card",
+                    screen="card",
+                    receipt=receipt,
                     citizen=None,
                     corrections=[],
+                    card=card,
                 )
+                self._card_job()
 
             return self._run("submit", job)
+
+    # -- the card (instant issuance) ------------------------------------------------------------
+
+    def _card_at(self, step: str, **extra: Any) -> dict[str, Any]:
+        return {**(self.state.get("card") or {}), "step": step, **extra}
+
+    def _card_job(self) -> None:
+        """On the worker thread: the package, the card, the write; the outcome as a state."""
+        generation = self._generation
+        card = dict(self.state["card"] or {})
+        try:
+            package = self.backend.card_package(
+                str(card["enrollment"]),
+                str(card["citizen_ref"]),
+                str(card["personal_id"]),
+                self.card_data_timeout_s,
+            )
+            if generation != self._generation:
+                return
+            self._changed(card=self._card_at("insert_card"))
+            self.backend.wait_card(self.card_insert_timeout_s)
+            if generation != self._generation:
+                return
+            self._changed(card=self._card_at("writing"))
+
+            def on_step(step: str) -> None:
+                self.touch()
+                self._send({"type": "card", "step": step})
+
+            result = self.backend.card_encode(package, on_step)
+        except ApplianceError as exc:
+            if generation == self._generation:
+                log.warning("station: card not issued: %s: %s", exc.code, exc.message)
+                self._changed(busy=None, card=self._card_at("failed", error=exc.to_dict()))
+            return
+        except Exception as exc:
+            log.exception("station: the card step failed")
+            if generation == self._generation:
+                error = {"code": "internal_error", "message": str(exc), "details": {}}
+                self._changed(busy=None, card=self._card_at("failed", error=error))
+            return
+        if generation != self._generation:
+            return
+        summary = {
+            "outcome": result.outcome,
+            "package_id": result.package_id,
+            "document_number": result.document_number,  # masked
+            "apdus": result.apdus,
+            "duration_ms": result.duration_ms,
+        }
+        log.info("station: card issued (%s)", result.package_id)
+        self._changed(busy=None, card=self._card_at("issued", result=summary, error=None))
+
+    def card_retry(self) -> dict[str, Any]:
+        """Another blank card after a failure (the centre's package is asked for again)."""
+        self.touch()
+        with self._lock:
+            self._expect("card")
+            card = self.state["card"] or {}
+            if card.get("step") != "failed":
+                raise StationError(
+                    "only a failed card may be tried again", details={"card_step": card.get("step")}
+                )
+            retry = self._card_at(
+                "waiting_data", error=None, attempt=int(card.get("attempt", 1)) + 1
+            )
+            return self._run("card", self._card_job, card=retry)
+
+    def card_done(self) -> dict[str, Any]:
+        """From the card to the receipt: the citizen's number leaves the state."""
+        self.touch()
+        with self._lock:
+            self._expect("card")
+            card = self.state["card"] or {}
+            if card.get("step") not in ("issued", "failed"):
+                raise StationError(
+                    "the card is not finished", details={"card_step": card.get("step")}
+                )
+            receipt = {
+                **(self.state["receipt"] or {}),
+                "card": "issued" if card.get("step") == "issued" else "not_issued",
+            }
+            return self._changed(screen="receipt", receipt=receipt, card=None, error=None)
 
     def done(self) -> dict[str, Any]:
         self.touch()
@@ -566,5 +731,11 @@ class Flow:
 
     def cancel(self, reason: str = "cancelled at the station") -> dict[str, Any]:
         self.touch()
+        with self._lock:
+            if self.state["screen"] == "card" and self.state["busy"]:
+                # The enrollment is submitted; stopping now could spoil a card mid-write.
+                raise StationError(
+                    "the card is being made: wait for it to finish", code="busy", retryable=True
+                )
         self._abandon("cancelled", reason)
         return self.snapshot()

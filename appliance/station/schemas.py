@@ -24,6 +24,22 @@ class ErrorBody(BaseModel):
     details: dict[str, Any] = Field(default_factory=dict)
 
 
+class CardState(BaseModel):
+    """The ``card`` screen (instant issuance): the step and its outcome."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: Literal["waiting_data", "insert_card", "writing", "issued", "failed"]
+    enrollment: str = Field(description="The package id of the enrollment the card is for")
+    citizen_ref: str | None = Field(description="Checked against the centre's package")
+    personal_id: str | None = Field(description="Checked against DG1 and DG13 (kept until done)")
+    attempt: int = Field(ge=1, description="Blank cards tried for this enrollment")
+    error: ErrorBody | None = Field(description="Why the card was not issued (failed)")
+    result: dict[str, Any] | None = Field(
+        description="{outcome, package_id, document_number (masked), apdus, duration_ms}"
+    )
+
+
 class StationState(BaseModel):
     """``GET /v1/state``, every action's answer and the stream's ``state`` messages."""
 
@@ -38,6 +54,7 @@ class StationState(BaseModel):
         "portrait",
         "fingers",
         "review",
+        "card",
         "receipt",
     ]
     seq: int = Field(description="Grows at every change; a screen ignores older states")
@@ -55,9 +72,17 @@ class StationState(BaseModel):
     current_finger: int | None = Field(description="The finger to place now")
     portrait: dict[str, Any] | None = Field(description="{quality, met} once sealed")
     approvals: list[dict[str, Any]] = Field(description="{position, reason, supervisor}")
-    busy: Literal["lookup", "portrait", "finger", "submit"] | None
+    busy: Literal["lookup", "portrait", "finger", "submit", "card"] | None
     error: ErrorBody | None = Field(description="The last action's failure, for the screen")
-    receipt: dict[str, Any] | None = Field(description="{reference, records, finished_at}")
+    receipt: dict[str, Any] | None = Field(
+        description="{reference, records, finished_at, card?: issued | not_issued}"
+    )
+    issuance: bool = Field(description="The citizen asked for the card at consent")
+    issuance_offered: bool = Field(
+        description="The consent screen offers the card (enrollment.instant_issuance, an "
+        "encoder and a centre to ask)"
+    )
+    card: CardState | None = Field(description="The card screen's progress")
     notice: (
         Literal[
             "idle_timeout",
@@ -107,6 +132,16 @@ class ProgressMessage(BaseModel):
     score: int | None = None
 
 
+class CardMessage(BaseModel):
+    """Stream ``card``: the encoder's step while the card is written (not stored)."""
+
+    type: Literal["card"]
+    step: str = Field(
+        description="check_package, wait_card, check_blank, select_application, write:<file>, "
+        "put_data:bac_seed, lock, verify:read (docs/card.md)"
+    )
+
+
 class PreviewMessage(BaseModel):
     """Stream ``preview``: a live frame while the portrait is taken, never stored."""
 
@@ -128,6 +163,7 @@ def station_schemas() -> dict[str, dict[str, Any]]:
         ("event.guidance", GuidanceMessage),
         ("event.progress", ProgressMessage),
         ("event.preview", PreviewMessage),
+        ("event.card", CardMessage),
     ):
         out[f"local-api.{name}.json"] = model.model_json_schema()
     return out

@@ -7,10 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..capabilities.card import CardIssuer
 from ..citizen.lookup import LookupClient
 from ..config import StationSection
 from ..enrollment.session import EnrollmentManager
 from ..store import Store
+from .issuance import IssuanceClient
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +25,25 @@ def start(
     manager: EnrollmentManager,
     lookup: LookupClient | None,
     state_dir: Path,
+    cards: Callable[[], CardIssuer | None] = lambda: None,
+    issuance: IssuanceClient | None = None,
+    instant_issuance: bool = False,
 ) -> Callable[[], None]:
-    """Build the flow on the daemon's enrollment manager and lookup client, serve the local
-    API, and return the function that stops both."""
+    """Build the flow on the daemon's enrollment manager and lookup client (and, for instant
+    issuance, the chip encoder and the client that asks the centre for the package), serve
+    the local API, and return the function that stops both."""
     from .api import LocalApi, new_token
     from .backend import Backend
     from .flow import Flow
 
-    backend = Backend(manager=manager, lookup=lookup)
-    flow = Flow(store=store, backend=backend, config=config, emit=emit)
+    backend = Backend(manager=manager, lookup=lookup, cards=cards, issuance=issuance)
+    flow = Flow(
+        store=store,
+        backend=backend,
+        config=config,
+        emit=emit,
+        instant_issuance=instant_issuance,
+    )
     token = new_token(state_dir)
     api = LocalApi(flow, token, bind=config.bind, port=config.port).start()
     flow.start()

@@ -1,7 +1,9 @@
 """The kiosk station through its own screen, in a real browser (headless Chromium driven by
 Playwright), on the simulated kit, in the production configuration: mosquitto with mutual TLS
-and the shipped ACL, the daemon with its own certificate, the central directory (lookups) and
-the receiver (package verification) as the ACL's ``directory`` and ``central`` identities.
+and the shipped ACL, the daemon with its own certificate, the central directory (lookups), the
+receiver (package verification) and the issuance desk (the card's signed issuance package) as
+the ACL's ``directory`` and ``central`` identities. The main kiosk has the simulated card slot
+(pcscd + vpcd, the card emulator as a process, its test CSCA as the trust bundle).
 
 Nothing is sent from the fleet side but the configuration, except where a test is about the
 fleet (a cancel). Each step's screenshot is saved under the test's tmp dir (not committed).
@@ -10,9 +12,11 @@ fleet (a cancel). Each step's screenshot is saved under the test's tmp dir (not 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,14 +27,22 @@ from typing import Any
 
 import pytest
 
+from appliance.capabilities.card_delivery import build_issuance_answer
 from appliance.central.citizens import synthetic_citizen
 from appliance.central.directory import Directory, DirectoryCore, DirectoryStore, load_directory_key
+from appliance.central.issue import (
+    DocumentSigner,
+    IssuanceDesk,
+    IssuanceDeskCore,
+    directory_citizens,
+)
 from appliance.central.keys import load_central_keys
 from appliance.central.receiver import Receiver, ReceiverCore
 from appliance.central.store import PackageStore
 from appliance.devtools.broker import Mosquitto
 from appliance.devtools.controller import Controller
 from appliance.devtools.fleetkit import FleetKit
+from appliance.lds.files import encode_dg2
 from appliance.station.officers import hash_secret
 from appliance.station.schemas import StationState
 from appliance.trust.keys import load_public_key
@@ -101,16 +113,25 @@ class Kiosk:
 
 
 def _kiosk(
-    kit: FleetKit, broker: Mosquitto, workdir: Path, device: str, station: str, camera: str = ""
+    kit: FleetKit,
+    broker: Mosquitto,
+    workdir: Path,
+    device: str,
+    station: str,
+    camera: str = "",
+    *,
+    card: bool = False,
 ) -> Kiosk:
     port = _free_port()
     d = DaemonProcess(workdir, broker, device, kit=kit)
     text = d.config_path.read_text()
     text = text.replace("[hardware.camera]\nenabled = false\n", "[hardware.camera]\n" + camera)
     text = text.replace("[hardware.fingerprint]\nenabled = false\n", "[hardware.fingerprint]\n")
+    if card:  # the sim kit's card slot; its test CSCA becomes the trust bundle
+        text = text.replace("[hardware.card]\nenabled = false\n", "[hardware.card]\n")
     text = text.replace(
         "[simulation]\nfingerprint = false\ncard = false\n",
-        "[simulation]\nfingerprint = true\ncard = false\nline_rate = false\n",
+        f"[simulation]\nfingerprint = true\ncard = {str(card).lower()}\nline_rate = false\n",
     )
     d.config_path.write_text(
         text + f"[station]\nenabled = true\nport = {port}\n" + station + _officers_toml()
@@ -124,6 +145,21 @@ class Centre:
     packages: PackageStore
     citizen: Any
     other: Any
+    desk: GatedDesk
+
+
+class GatedDesk(IssuanceDeskCore):
+    """The centre's issuance desk; while ``gate`` is clear it answers ``pending`` (the centre
+    still working), so a test can look at the screen's waiting step."""
+
+    gate = threading.Event()
+
+    def answer(self, device: str, enrollment: str) -> bytes:
+        if not self.gate.is_set():
+            return build_issuance_answer(
+                self.ingest_key, device, enrollment=enrollment, status="pending"
+            )
+        return super().answer(device, enrollment)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +170,9 @@ def kiosks(
     made = {
         # Idle timeout 15 s: longer than any pause of the tests between two taps or capture
         # steps (a restart included), short enough for the idle test.
-        MAIN: _kiosk(fleet_kit, tls_broker, root / "main", MAIN, "idle_timeout_s = 15\n"),
+        MAIN: _kiosk(
+            fleet_kit, tls_broker, root / "main", MAIN, "idle_timeout_s = 15\n", card=True
+        ),
         OFF: _kiosk(
             fleet_kit,
             tls_broker,
@@ -198,7 +236,21 @@ def centre(
         client_id="central-station-test",
         tls=_tls(fleet_kit, tls_broker.port, "central"),
     ).start()
-    yield Centre(store, packages, citizen, other)
+    # The Document Signer of the sim kit's test PKI: the main kiosk trusts its CSCA.
+    signer = DocumentSigner.load(kiosks[MAIN].d.state_dir / "sim" / "pki")
+    desk_core = GatedDesk(
+        packages, signer, keys.ingest, directory_citizens(store), lambda *_a: False
+    )
+    desk_core.gate.set()
+    desk = IssuanceDesk(
+        desk_core,
+        host="localhost",
+        port=tls_broker.port,
+        client_id="central-issuance-station-test",
+        tls=_tls(fleet_kit, tls_broker.port, "central"),
+    ).start()
+    yield Centre(store, packages, citizen, other, desk_core)
+    desk.stop()
     receiver.stop(end_session=True)
     directory.stop()
 
@@ -263,7 +315,20 @@ WATCH_PREVIEW = """() => {
 }"""
 
 
-def _to_consent(s: Screen, number: str, *, attended: bool) -> None:
+# A second listener on the page's stream: every card step the screen was shown, and the
+# encoder's steps while the card was written.
+WATCH_CARD = """() => {
+  const w = window.cardWatch = {steps: [], writes: []};
+  const es = new EventSource('/v1/events');
+  es.addEventListener('state', (e) => {
+    const c = JSON.parse(e.data).state.card;
+    if (c && w.steps[w.steps.length - 1] !== c.step) w.steps.push(c.step);
+  });
+  es.addEventListener('card', (e) => { w.writes.push(JSON.parse(e.data).step); });
+}"""
+
+
+def _to_consent(s: Screen, number: str, *, attended: bool, issuance: bool = False) -> None:
     s.on("welcome")
     s.shot("welcome")
     s.tap("#begin")
@@ -287,6 +352,8 @@ def _to_consent(s: Screen, number: str, *, attended: bool) -> None:
     s.shot("confirm")
     s.tap("#confirm")
     s.on("consent")
+    if issuance:  # the kiosk offers the card on the spot; the citizen takes it
+        s.page.check("#issuance")
     s.shot("consent")
     s.tap("#accept")
     s.on("portrait")
@@ -303,7 +370,7 @@ def test_whole_enrollment_through_the_screen_to_a_verified_package(
     kiosk = kiosks[MAIN]
     events = signed_controller.subscribe(f"kiosk/{MAIN}/events/station.state")
     s = Screen(browser, kiosk, tmp_path / "screens")
-    _to_consent(s, centre.citizen.personal_id, attended=True)
+    _to_consent(s, centre.citizen.personal_id, attended=True, issuance=True)
     assert s.text("#officer-name") == "Trần Văn Cán"
     s.shot("portrait")
     s.page.evaluate(WATCH_PREVIEW)
@@ -361,8 +428,39 @@ def test_whole_enrollment_through_the_screen_to_a_verified_package(
     assert s.text("#s-review h2") == "Final check"
     assert "Left thumb: skipped — Bandaged" in s.text("li[data-position='6']")
     s.shot("review-en")
+    s.tap("#lang")  # back to Vietnamese for the card
+    s.page.wait_for_selector("html[lang='vi']")
+    s.page.evaluate(WATCH_CARD)
+    centre.desk.gate.clear()  # the centre is still verifying: the screen waits for the data
     s.tap("#submit")
+    s.on("card", 60)
+    s.page.wait_for_selector("body[data-card-step='waiting_data']", timeout=20000)
+    assert "Đang chờ dữ liệu thẻ" in s.text("#card-steps .now")
+    s.shot("card-waiting-data")
+    # A power cut while the kiosk waits for the card's data: it comes back on the same step
+    # and asks the centre again (nothing of the centre's answers was kept).
+    kiosk.d.kill9()
+    kiosk.start(signed_controller)
+    s.open()  # the screen service reopens the screen with the new boot's token
+    s.page.wait_for_selector("body[data-card-step='waiting_data']", timeout=20000)
+    s.page.evaluate(WATCH_CARD)
+    s.shot("card-waiting-data-after-restart")
+    centre.desk.gate.set()
+    s.page.wait_for_selector("body[data-card-step='issued']", timeout=90000)
+    assert s.page.is_visible("#card-done") and not s.page.is_visible("#card-retry")
+    assert "Đã ghi thẻ" in s.text("#card-message")
+    s.shot("card-issued")
+    watched = s.page.evaluate("window.cardWatch")
+    assert watched["steps"] == ["waiting_data", "insert_card", "writing", "issued"], watched
+    # one blank card: the restart did not spoil one
+    assert kiosk.get("/v1/state", kiosk.token)[1]["card"]["attempt"] == 1
+    for step in ("check_package", "write:DG1", "write:DG2", "write:EF.SOD", "lock", "verify:read"):
+        assert step in watched["writes"], watched
+    s.tap("#lang")
+    s.page.wait_for_selector("html[lang='en']")
+    s.tap("#card-done")
     s.on("receipt", 60)
+    assert s.text("#receipt-card") == "Your ID card was issued at the kiosk."
     s.page.wait_for_function("document.getElementById('qr').naturalWidth > 0", timeout=10000)
     s.shot("receipt")
     reference = s.text("#reference").replace(" ", "")
@@ -395,6 +493,24 @@ def test_whole_enrollment_through_the_screen_to_a_verified_package(
         "mode": "attended",
         "officer": {"officer_id": OFFICER[0], "name": "Trần Văn Cán"},
     }
+    assert manifest["issuance"] is True
+    # The card in the reader, read back from outside as a relying party would (BAC from the
+    # citizen's MRZ, Passive Authentication against the kiosk's CSCA): the citizen's data and
+    # the very portrait the centre verified.
+    mrz = centre.citizen.td1()
+    read = signed_controller.request(
+        MAIN,
+        "card.read",
+        {"document_number": mrz.document_number, "birth": mrz.birth, "expiry": mrz.expiry},
+        timeout=60,
+    )
+    assert read["ok"] is True, read
+    card = read["result"]
+    assert card["passive_authentication"]["passed"] is True, card
+    assert card["dg1"]["document_number"] == centre.citizen.personal_id
+    assert card["dg13"]["full_name"] == centre.citizen.full_name
+    dg2 = encode_dg2([centre.packages.portrait(MAIN, reference)])
+    assert card["dg2"]["sha256"] == hashlib.sha256(dg2).hexdigest()
 
     # Nothing with an image or record magic number stayed on the kiosk (the preview included).
     assert scan_for_plaintext_biometrics([kiosk.d.state_dir]) == []
@@ -404,7 +520,7 @@ def test_whole_enrollment_through_the_screen_to_a_verified_package(
         seen.append(get_json(events, 10)["data"]["screen"])
     for screen in ("officer", "identify", "confirm", "consent", "portrait", "fingers", "review"):
         assert screen in seen, seen
-    assert seen[-2:] == ["receipt", "welcome"], seen
+    assert seen[-3:] == ["card", "receipt", "welcome"], seen
 
 
 def test_local_api_refuses_a_missing_token_and_a_foreign_peer(kiosks: dict[str, Kiosk]) -> None:

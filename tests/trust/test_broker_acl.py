@@ -129,6 +129,7 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         _issue(ca, certs, dev)
     _issue(ca, certs, "controller", "--kind", "controller")
     _issue(ca, certs, "directory", "--kind", "directory")
+    _issue(ca, certs, "central", "--kind", "central")
     (base / "persist").mkdir()
     proc, port = _start_broker(base, certs)
     try:
@@ -355,6 +356,31 @@ def test_citizen_lookup_topics(tls_broker: Broker, clients: list[Client]) -> Non
     # the directory reads nothing else, and writes nowhere else
     assert directory.publish("kiosk/devA/cmd", b"cmd") == NOT_AUTHORIZED
     assert directory.publish("kiosk/devA/upload/receipt", b"receipt") == NOT_AUTHORIZED
+
+
+def test_card_issuance_topics(tls_broker: Broker, clients: list[Client]) -> None:
+    """A station asks for a card's data only as itself and reads only its own issuance
+    packages; only the central identity answers (docs/local-api.md "Card issuance")."""
+    central = _client(tls_broker, clients, "central")
+    a = _client(tls_broker, clients, "devA")
+    b = _client(tls_broker, clients, "devB")
+    directory = _client(tls_broker, clients, "directory")
+    central.subscribe("kiosk/+/card/request")
+    a.subscribe("kiosk/+/card/issuance")
+    b.subscribe("kiosk/devB/card/issuance")
+    assert a.publish("kiosk/devB/card/request", b"as B") == NOT_AUTHORIZED
+    assert a.publish("kiosk/devA/card/issuance", b"forged") == NOT_AUTHORIZED
+    assert directory.publish("kiosk/devA/card/issuance", b"not the centre") == NOT_AUTHORIZED
+    assert a.publish("kiosk/devA/card/request", b"as A") in OK
+    central.wait_for("kiosk/devA/card/request", b"as A")
+    assert ("kiosk/devB/card/request", b"as B", False) not in central.received
+    assert central.publish("kiosk/devB/card/issuance", b"for B") in OK
+    assert central.publish("kiosk/devA/card/issuance", b"for A") in OK
+    b.wait_for("kiosk/devB/card/issuance", b"for B")
+    a.wait_for("kiosk/devA/card/issuance", b"for A")
+    assert "kiosk/devB/card/issuance" not in a.topics()
+    assert ("kiosk/devA/card/issuance", b"forged", False) not in a.received
+    assert ("kiosk/devA/card/issuance", b"not the centre", False) not in a.received
 
 
 def test_spoofed_client_id_gains_nothing(tls_broker: Broker, clients: list[Client]) -> None:

@@ -150,15 +150,21 @@ def auto_capture(
     guidance: Guidance | None = None,
     cancelled: threading.Event | None = None,
     clock: Callable[[], float] = time.monotonic,
-    on_frame: Callable[[Frame, QualityReport], None] | None = None,
+    on_frame: Callable[[Frame, QualityReport | None], None] | None = None,
+    analysis_interval_s: float = 0.0,
 ) -> CaptureOutcome:
     """Run one capture; raises CommandError(no_face) when no usable face was ever seen.
-    ``on_frame`` sees every analysed frame with its report (a live preview), unthrottled."""
+
+    ``on_frame`` sees every frame read (a live preview), unthrottled: with its report when the
+    frame was analysed, ``None`` otherwise. ``analysis_interval_s`` > 0 analyses at most one
+    frame per interval, so a live view runs at the camera's frame rate while the analysis (the
+    costly part) runs at its own; 0 analyses every frame."""
     config = camera.config
     start = clock()
     deadline = start + timeout_s
     best: tuple[int, float, Frame, QualityReport] | None = None
     last_guidance = float("-inf")
+    last_analysis = float("-inf")
     frames = 0
     met = False
     while True:
@@ -171,6 +177,13 @@ def auto_capture(
             # A late frame is not a lost camera: keep trying until the deadline. A pulled
             # cable (DeviceDisconnected) ends the capture with that error.
             continue
+        if analysis_interval_s > 0:
+            now = clock()
+            if now - last_analysis < analysis_interval_s:
+                if on_frame is not None:
+                    on_frame(frame, None)  # a live view's frame between two analyses
+                continue
+            last_analysis = now
         report = assess(frame.image, config.quality)
         frames += 1
         if on_frame is not None:

@@ -33,6 +33,16 @@ const T = {
     notice_consent_declined: "Bạn không đồng ý: không thu nhận dữ liệu nào.",
     notice_interrupted: "Máy vừa khởi động lại: vui lòng làm lại bước này.",
     notice_session_ended: "Phiên trước đã kết thúc.",
+    issuance_choice: "Nhận thẻ ngay tại máy sau khi đăng ký",
+    card_title: "Cấp thẻ căn cước", card_waiting_data: "Đang chờ dữ liệu thẻ từ trung tâm",
+    card_insert_card: "Đưa thẻ trắng vào đầu đọc", card_writing: "Đang ghi thẻ",
+    card_keep: "Không rút thẻ ra!", card_retry: "Thử lại với thẻ trắng khác", card_done: "Tiếp tục",
+    card_skip: "Bỏ qua, nhận biên nhận", card_issued: "Đã ghi thẻ và kiểm tra lại thành công.",
+    card_msg_waiting_data: "Trung tâm đang kiểm tra hồ sơ và chuẩn bị dữ liệu thẻ…",
+    card_msg_insert_card: "Vui lòng đưa thẻ trắng vào đầu đọc.",
+    card_msg_writing: "Đang ghi thẻ, vui lòng chờ.",
+    card_document: "Số thẻ", receipt_card_issued: "Thẻ căn cước đã được cấp tại máy.",
+    receipt_card_not_issued: "Thẻ chưa được cấp tại máy: thẻ sẽ được gửi đến sau.",
     fields: { full_name: "Họ và tên", date_of_birth: "Ngày sinh", sex: "Giới tính",
       nationality: "Quốc tịch", ethnicity: "Dân tộc", religion: "Tôn giáo",
       place_of_origin: "Quê quán", permanent_residence: "Nơi thường trú",
@@ -59,7 +69,16 @@ const T = {
       device_timeout: "Không thấy ngón tay trên máy quét. Vui lòng thử lại.",
       invalid_args: "Thông tin chưa hợp lệ.", busy: "Máy đang bận, vui lòng chờ.",
       duplicate_finger: "Ngón này đã được lấy rồi. Vui lòng đặt đúng ngón được chỉ.",
-      officer_finger: "Đây là vân tay của cán bộ. Vui lòng để công dân đặt ngón tay." },
+      officer_finger: "Đây là vân tay của cán bộ. Vui lòng để công dân đặt ngón tay.",
+      card_spoiled: "Ghi thẻ không thành công (thẻ bị rút ra hoặc bị lỗi). Thẻ này không dùng được.",
+      card_not_blank: "Thẻ này không phải thẻ trắng. Vui lòng đưa thẻ trắng khác.",
+      no_card: "Chưa thấy thẻ trong đầu đọc.",
+      card_removed: "Thẻ bị rút ra trước khi ghi. Vui lòng đưa thẻ vào lại.",
+      issuance_timeout: "Trung tâm chưa gửi dữ liệu thẻ. Hồ sơ đã được gửi; thẻ sẽ được cấp sau.",
+      issuance_refused: "Trung tâm chưa cấp thẻ cho hồ sơ này. Hồ sơ đã được gửi.",
+      issuance_mismatch: "Dữ liệu thẻ nhận được không khớp với hồ sơ này: máy không ghi thẻ.",
+      issuance_disabled: "Máy này không cấp thẻ ngay.",
+      interrupted: "Máy khởi động lại khi đang ghi thẻ: thẻ đó không dùng được." },
     left: "Tay trái", right: "Tay phải",
   },
   en: {
@@ -91,6 +110,16 @@ const T = {
     notice_consent_declined: "You did not consent: nothing was captured.",
     notice_interrupted: "The kiosk restarted: please do this step again.",
     notice_session_ended: "The previous session has ended.",
+    issuance_choice: "Get the card here, right after the enrollment",
+    card_title: "Your ID card", card_waiting_data: "Waiting for the card data from the centre",
+    card_insert_card: "Insert the blank card in the reader", card_writing: "Writing the card",
+    card_keep: "Do not remove the card!", card_retry: "Try another blank card", card_done: "Continue",
+    card_skip: "Skip, get the receipt", card_issued: "The card was written and checked.",
+    card_msg_waiting_data: "The centre is checking the enrollment and preparing the card data…",
+    card_msg_insert_card: "Please insert the blank card in the reader.",
+    card_msg_writing: "Writing the card, please wait.",
+    card_document: "Card number", receipt_card_issued: "Your ID card was issued at the kiosk.",
+    receipt_card_not_issued: "The card was not issued here: it will be sent to you.",
     fields: { full_name: "Full name", date_of_birth: "Date of birth", sex: "Sex",
       nationality: "Nationality", ethnicity: "Ethnicity", religion: "Religion",
       place_of_origin: "Place of origin", permanent_residence: "Permanent residence",
@@ -115,7 +144,16 @@ const T = {
       device_timeout: "No finger on the sensor. Please try again.",
       invalid_args: "Please check what you entered.", busy: "The kiosk is busy, please wait.",
       duplicate_finger: "This finger was already taken. Please place the finger shown.",
-      officer_finger: "This is the officer's finger. The citizen places the finger." },
+      officer_finger: "This is the officer's finger. The citizen places the finger.",
+      card_spoiled: "The card could not be written (pulled out or faulty). That card cannot be used.",
+      card_not_blank: "This is not a blank card. Please insert a blank card.",
+      no_card: "No card in the reader.",
+      card_removed: "The card was pulled out before writing. Please insert it again.",
+      issuance_timeout: "The centre has not sent the card data. Your enrollment is submitted; the card will follow.",
+      issuance_refused: "The centre did not issue a card for this enrollment. Your enrollment is submitted.",
+      issuance_mismatch: "The card data received is not this enrollment's: nothing was written.",
+      issuance_disabled: "This kiosk does not issue cards on the spot.",
+      interrupted: "The kiosk restarted while writing the card: that card cannot be used." },
     left: "Left hand", right: "Right hand",
   },
 };
@@ -163,7 +201,7 @@ function render(s) {
   document.querySelectorAll("section[data-screen]").forEach((el) => {
     el.hidden = el.dataset.screen !== s.screen;
   });
-  $("cancel").hidden = s.screen === "welcome" || s.screen === "receipt";
+  $("cancel").hidden = ["welcome", "card", "receipt"].includes(s.screen);
   window.scrollTo(0, 0);
   $("officer-name").textContent = s.officer ? s.officer.name : "";
   const notice = s.notice ? T[lang]["notice_" + s.notice] : null;
@@ -171,18 +209,67 @@ function render(s) {
   $("notice").textContent = notice || "";
   $("notice").dataset.code = s.notice || "";
   if (s.error) showError(s.error); else if (changed) $("error").hidden = true;
-  $("busy").hidden = !s.busy;
+  $("busy").hidden = !s.busy || s.busy === "card"; // the card screen shows its own progress
   $("busy-text").textContent = s.busy ? t("busy_" + s.busy) : "";
   document.querySelectorAll("main button").forEach((b) => { b.disabled = !!s.busy; });
   if (s.screen === "confirm" && changed) renderCitizen(s.citizen || {});
   if (s.screen === "portrait" && changed) { $("guidance").textContent = t("look_at_camera"); }
   if (s.screen === "fingers") renderFingers(s, changed || s.current_finger !== shownFinger);
   if (s.screen === "review") renderReview(s);
+  if (s.screen === "consent") {
+    $("issuance-choice").hidden = !s.issuance_offered;
+    if (changed) $("issuance").checked = false;
+  }
+  if (s.screen === "card" && s.card) renderCard(s.card);
   if (s.screen === "receipt" && s.receipt) {
     $("reference").textContent = s.receipt.reference.match(/.{1,4}/g).join(" ");
     $("qr").src = `/v1/receipt.svg?seq=${s.seq}`;
+    $("receipt-card").textContent = s.receipt.card ? t("receipt_card_" + s.receipt.card) : "";
   }
   if (changed) { $("skip-panel").hidden = true; $("finger-step").textContent = ""; $("finger-quality").textContent = ""; }
+}
+
+// The card: waiting_data -> insert_card -> writing -> issued | failed (docs/local-api.md).
+const CARD_STEPS = ["waiting_data", "insert_card", "writing"];
+// The encoder's steps while writing (docs/card.md), for the progress bar.
+const WRITE_STEPS = ["check_package", "wait_card", "check_blank", "select_application",
+  "write:EF.COM", "write:DG1", "write:DG2", "write:DG13", "write:EF.SOD", "put_data:bac_seed",
+  "lock", "verify:read"];
+
+function renderCard(c) {
+  document.body.dataset.cardStep = c.step;
+  const at = CARD_STEPS.indexOf(c.step);
+  document.querySelectorAll("#card-steps div").forEach((el) => {
+    const i = CARD_STEPS.indexOf(el.dataset.step);
+    const done = c.step === "issued" || (at >= 0 && i < at);
+    el.classList.toggle("done", done);
+    el.classList.toggle("now", i === at);
+  });
+  const msg = $("card-message");
+  msg.classList.toggle("lift", c.step === "issued");
+  msg.classList.toggle("failed", c.step === "failed");
+  if (c.step === "failed") {
+    const err = c.error || {};
+    msg.textContent = T[lang].errors[err.code] || err.message || "";
+    msg.dataset.code = err.code || "";
+  } else {
+    msg.textContent = c.step === "issued" ? t("card_issued") : t("card_msg_" + c.step);
+    msg.dataset.code = "";
+  }
+  $("card-keep").hidden = c.step !== "writing";
+  $("card-progress").hidden = c.step !== "writing" && c.step !== "issued";
+  if (c.step === "issued") $("card-bar").style.width = "100%";
+  else if (c.step !== "writing") $("card-bar").style.width = "0";
+  $("card-result").textContent = c.result ? `${t("card_document")}: ${c.result.document_number}` : "";
+  $("card-retry").hidden = c.step !== "failed";
+  $("card-done").hidden = c.step !== "issued" && c.step !== "failed";
+  $("card-done").textContent = c.step === "failed" ? t("card_skip") : t("card_done");
+}
+
+function onCard(p) {
+  const i = WRITE_STEPS.indexOf(p.step);
+  if (i >= 0) $("card-bar").style.width = `${Math.round((100 * (i + 1)) / WRITE_STEPS.length)}%`;
+  $("card-progress").dataset.step = p.step;
 }
 
 function renderCitizen(c) {
@@ -339,6 +426,7 @@ function connect() {
   es.addEventListener("guidance", (e) => onGuidance(JSON.parse(e.data)));
   es.addEventListener("progress", (e) => onProgress(JSON.parse(e.data)));
   es.addEventListener("preview", (e) => onPreview(JSON.parse(e.data)));
+  es.addEventListener("card", (e) => onCard(JSON.parse(e.data)));
   es.addEventListener("preview_end", () => { $("preview-img").removeAttribute("src"); $("face-box").hidden = true; });
   es.onopen = () => { document.body.dataset.connected = "1"; };
   es.onerror = () => { document.body.dataset.connected = "0"; };
@@ -370,7 +458,8 @@ function setup() {
       .map((i) => ({ field: i.dataset.field, requested: i.value.trim() }));
     act("confirm", { corrections });
   };
-  $("accept").onclick = () => act("consent", { accepted: true });
+  $("accept").onclick = () => act("consent", {
+    accepted: true, issuance: !$("issuance-choice").hidden && $("issuance").checked });
   $("decline").onclick = () => act("consent", { accepted: false });
   $("portrait").onclick = () => act("portrait");
   $("finger").onclick = () => act("finger");
@@ -382,6 +471,8 @@ function setup() {
       .then(() => { $("supervisor-secret").value = ""; });
   };
   $("submit").onclick = () => act("submit");
+  $("card-retry").onclick = () => act("card-retry");
+  $("card-done").onclick = () => act("card-done");
   $("done").onclick = () => { $("number").value = ""; act("done"); };
   translate();
   connect();
