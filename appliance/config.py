@@ -117,7 +117,7 @@ _HOST_PORT = re.compile(
 )
 
 
-def _broker_entry(value: Any) -> Any:
+def parse_broker_address(value: Any) -> Any:
     """``"host:port"`` -> ``{"host": ..., "port": ...}``; tables pass through to the model."""
     if not isinstance(value, str):
         return value
@@ -140,7 +140,7 @@ class MqttSection(Strict):
         le=65535,
         description="Broker port (8883 is usual with TLS); also of `brokers` entries without one",
     )
-    brokers: list[Annotated[BrokerEntry, BeforeValidator(_broker_entry)]] = Field(
+    brokers: list[Annotated[BrokerEntry, BeforeValidator(parse_broker_address)]] = Field(
         default_factory=list,
         description='Brokers to fail over between: "host:port" strings or tables {host, port, '
         "tls = {ca_file, cert_file, key_file, enabled, insecure}} (TLS unset: [mqtt.tls]); "

@@ -59,8 +59,8 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
@@ -75,6 +75,7 @@ from ..protocol.topics import Topics
 from ..store import OutboxRow, Store, render_event
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 def backoff_delay(attempt: int, lo: float, hi: float, rnd: random.Random | None = None) -> float:
@@ -83,7 +84,7 @@ def backoff_delay(attempt: int, lo: float, hi: float, rnd: random.Random | None 
     return (rnd or random).uniform(0, ceiling)
 
 
-def broker_order(endpoints: list[Endpoint], device_id: str, order: str) -> list[Endpoint]:
+def broker_order(endpoints: Sequence[_T], device_id: str, order: str) -> list[_T]:
     """The order in which a kiosk tries its brokers (``mqtt.broker_order``): as listed, or a
     permutation seeded by the device id, stable across restarts, so that a fleet spreads over
     the nodes and, when one is lost, its kiosks spread over the others instead of all moving to

@@ -11,11 +11,14 @@ node leaves epmd running, as Debian 12's RabbitMQ 3.10 does).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
+import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +43,9 @@ class RabbitMQ:
     epmd_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     node: str = field(default_factory=lambda: f"appl{uuid.uuid4().hex[:8]}@localhost")
+    # Cluster members share one Erlang cookie (written into the private HOME) and one epmd.
+    cookie: str | None = None
+    extra_conf: str = ""
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -85,8 +91,14 @@ class RabbitMQ:
             "mqtt.tcp_listen_options.nodelay = true\n"
             "tcp_listen_options.nodelay = true\n"
             "log.console = false\n"
-            "log.file.level = warning\n"
+            "log.file.level = warning\n" + self.extra_conf
         )
+        if self.cookie is not None:
+            cookie = w / ".erlang.cookie"
+            if cookie.exists():
+                cookie.chmod(0o600)
+            cookie.write_text(self.cookie)
+            cookie.chmod(0o400)  # epmd/erl refuse a cookie file others can read
         if not (w / "enabled_plugins").exists():
             out = subprocess.run(
                 [str(SBIN / "rabbitmq-plugins"), "--offline", "enable", "rabbitmq_mqtt"],
@@ -186,3 +198,118 @@ class RabbitMQ:
             timeout=10,
             check=False,
         )
+
+    def ctl(self, *args: str, timeout: float = 60.0) -> str:
+        """``rabbitmqctl -n <node> ARGS`` with this node's environment (cookie, epmd port)."""
+        out = subprocess.run(
+            [str(SBIN / "rabbitmqctl"), "-n", self.node, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise ApplianceError(
+                f"rabbitmqctl {' '.join(args)} failed: {out.stdout[-1000:]} {out.stderr[-1000:]}",
+                code="broker_failed",
+            )
+        return out.stdout
+
+    @property
+    def beam_pid(self) -> int | None:
+        """The node's Erlang VM (``beam.smp``), the process a ``kill -9`` of the node hits."""
+        pid_file = self.workdir / "rabbit.pid"
+        try:
+            return int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+@dataclass
+class RabbitCluster:
+    """Three (``size``) RabbitMQ nodes on this machine joined into one cluster with
+    ``rabbitmqctl join_cluster``: distinct node names, ports and Mnesia directories, one
+    Erlang cookie and one epmd. MQTT persistent sessions are quorum queues
+    (``mqtt.durable_queue_type = quorum``, replicated on every node), so a session outlives
+    the node it was made on: with classic queues a kiosk whose session queue lived on a dead
+    node could not subscribe again on the others until that node came back."""
+
+    workdir: Path
+    size: int = 3
+    host: str = "127.0.0.1"
+    nodes: list[RabbitMQ] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        cookie = uuid.uuid4().hex.upper()
+        tag = uuid.uuid4().hex[:6]
+        epmd_port = free_port(self.host)
+        self.nodes = [
+            RabbitMQ(
+                self.workdir / f"node{i}",
+                host=self.host,
+                epmd_port=epmd_port,
+                node=f"appl{tag}n{i}@localhost",
+                cookie=cookie,
+                extra_conf="mqtt.durable_queue_type = quorum\n",
+            )
+            for i in range(self.size)
+        ]
+
+    @property
+    def endpoints(self) -> list[str]:
+        """``host:port`` of every node's MQTT listener (``mqtt.brokers``)."""
+        return [f"{n.host}:{n.port}" for n in self.nodes]
+
+    def start(self, timeout: float = 120.0) -> RabbitCluster:
+        first, *others = self.nodes
+        # One epmd for the three nodes, started here (``-daemon`` leaves our process group):
+        # a node's kill -9 (its whole process group) must not take the others' name server.
+        subprocess.run(
+            ["epmd", "-daemon", "-port", str(first.epmd_port), "-address", self.host],
+            env=first.env,
+            capture_output=True,
+            timeout=10,
+            check=True,
+        )
+        # The nodes boot side by side, then the others join the first one side by side (each
+        # rabbitmqctl call starts an Erlang VM of its own: ~2 s).
+        errors: list[BaseException] = []
+
+        def run(fn: Callable[[], object]) -> None:
+            try:
+                fn()
+            except BaseException as exc:  # re-raised in the caller's thread
+                errors.append(exc)
+
+        def join(n: RabbitMQ) -> None:
+            n.ctl("stop_app")
+            n.ctl("join_cluster", first.node)
+            n.ctl("start_app")
+            wait_for(lambda: mqtt_connack(n.host, n.port), timeout, f"{n.node} MQTT")
+
+        try:
+            for step in ([lambda n=n: n.start(timeout) for n in self.nodes],
+                         [lambda n=n: join(n) for n in others]):  # fmt: skip
+                threads = [threading.Thread(target=run, args=(fn,)) for fn in step]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                if errors:
+                    raise errors[0]
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def running_nodes(self) -> list[str]:
+        """The cluster's running members as one surviving node sees them."""
+        alive = next(n for n in self.nodes if n.proc is not None)
+        out = alive.ctl("cluster_status", "--formatter", "json")
+        return list(json.loads(out).get("running_nodes", []))
+
+    def stop(self) -> None:
+        for n in reversed(self.nodes):
+            n.stop()
+        self.nodes[0].stop_epmd()
