@@ -10,7 +10,9 @@ node leaves epmd running, as Debian 12's RabbitMQ 3.10 does).
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -22,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.devtools.broker import free_port, mqtt_connack
+from appliance.devtools.broker import BrokerTls, free_port, mqtt_connack
 from appliance.errors import ApplianceError
 from tests.helpers import wait_for
 
@@ -46,10 +48,18 @@ class RabbitMQ:
     # Cluster members share one Erlang cookie (written into the private HOME) and one epmd.
     cookie: str | None = None
     extra_conf: str = ""
+    # Mutual TLS for the kiosks: a second MQTT listener (``tls_port``) that demands a client
+    # certificate signed by the fleet CA and logs the client in as its certificate's CN
+    # (``mqtt.ssl_cert_login``), which must be one of ``users``. The plain listener stays on
+    # loopback for the fleet's own tools (the ingest has no TLS option), as with
+    # ``appliance fleet sim --ingest-port``.
+    tls: BrokerTls | None = None
+    users: list[str] = field(default_factory=list)
+    tls_port: int = 0
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for name in ("port", "amqp_port", "dist_port", "epmd_port"):
+        for name in ("port", "amqp_port", "dist_port", "epmd_port", "tls_port"):
             if not getattr(self, name):
                 setattr(self, name, free_port(self.host))
         self.log_path = self.workdir / "server.out"
@@ -91,7 +101,7 @@ class RabbitMQ:
             "mqtt.tcp_listen_options.nodelay = true\n"
             "tcp_listen_options.nodelay = true\n"
             "log.console = false\n"
-            "log.file.level = warning\n" + self.extra_conf
+            "log.file.level = warning\n" + self.extra_conf + self._tls_conf()
         )
         if self.cookie is not None:
             cookie = w / ".erlang.cookie"
@@ -113,6 +123,41 @@ class RabbitMQ:
                     f"rabbitmq-plugins failed: {out.stdout[-1000:]} {out.stderr[-1000:]}",
                     code="broker_failed",
                 )
+
+    def _tls_conf(self) -> str:
+        if self.tls is None:
+            return ""
+        t = self.tls
+        # RabbitMQ's rabbit_password_hashing_sha256: base64(salt + sha256(salt + password)).
+        salt = os.urandom(4)
+        guest = base64.b64encode(salt + hashlib.sha256(salt + b"guest").digest()).decode()
+        defs = {
+            "vhosts": [{"name": "/"}],
+            "users": [
+                # the certificate users have no password: they log in only with their certificate
+                {"name": u, "password_hash": guest if u == "guest" else "", "tags": "",
+                 "hashing_algorithm": "rabbit_password_hashing_sha256"}
+                for u in ["guest", *self.users]
+            ],
+            "permissions": [
+                {"user": u, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}
+                for u in ["guest", *self.users]
+            ],
+        }  # fmt: skip
+        (self.workdir / "definitions.json").write_text(json.dumps(defs))
+        return (
+            f"mqtt.listeners.ssl.default = {self.host}:{self.tls_port}\n"
+            f"ssl_options.cacertfile = {t.ca_file}\n"
+            f"ssl_options.certfile = {t.cert_file}\n"
+            f"ssl_options.keyfile = {t.key_file}\n"
+            "ssl_options.verify = verify_peer\n"
+            "ssl_options.fail_if_no_peer_cert = true\n"
+            "ssl_options.versions.1 = tlsv1.3\n"
+            "ssl_options.versions.2 = tlsv1.2\n"
+            "mqtt.ssl_cert_login = true\n"
+            "ssl_cert_login_from = common_name\n"
+            f"load_definitions = {self.workdir / 'definitions.json'}\n"
+        )
 
     def start(self, timeout: float = 60.0) -> RabbitMQ:
         if not available():
@@ -139,7 +184,11 @@ class RabbitMQ:
                     f"{self.log_path.read_text(errors='replace')[-2000:]}",
                     code="broker_failed",
                 )
-            return mqtt_connack(self.host, self.port)
+            if not mqtt_connack(self.host, self.port):
+                return False
+            return self.tls is None or mqtt_connack(
+                self.host, self.tls_port, tls=self.tls.probe_context()
+            )
 
         try:
             wait_for(ready, timeout, "RabbitMQ's MQTT listener")
@@ -238,6 +287,8 @@ class RabbitCluster:
     workdir: Path
     size: int = 3
     host: str = "127.0.0.1"
+    tls: BrokerTls | None = None  # each node's mutual-TLS listener (RabbitMQ.tls)
+    users: list[str] = field(default_factory=list)  # certificate CNs allowed in
     nodes: list[RabbitMQ] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -252,14 +303,17 @@ class RabbitCluster:
                 node=f"appl{tag}n{i}@localhost",
                 cookie=cookie,
                 extra_conf="mqtt.durable_queue_type = quorum\n",
+                tls=self.tls,
+                users=self.users,
             )
             for i in range(self.size)
         ]
 
     @property
     def endpoints(self) -> list[str]:
-        """``host:port`` of every node's MQTT listener (``mqtt.brokers``)."""
-        return [f"{n.host}:{n.port}" for n in self.nodes]
+        """``host:port`` of every node's MQTT listener for the kiosks (``mqtt.brokers``): the
+        mutual-TLS one when the cluster has TLS."""
+        return [f"{n.host}:{n.tls_port if self.tls else n.port}" for n in self.nodes]
 
     def start(self, timeout: float = 120.0) -> RabbitCluster:
         first, *others = self.nodes

@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from appliance.agent.mqtt import broker_order
-from appliance.devtools.controller import Controller
+from appliance.central.keys import load_central_keys
+from appliance.devtools.fleetkit import FleetKit
 from appliance.fleet.ingest import Ingest
 from appliance.fleet.sim import FleetConfig, FleetSim
 from appliance.store import Store
@@ -41,20 +41,38 @@ RECONNECT_MAX_S = 2.0
 BUDGET_S = RECONNECT_MAX_S + 20.0
 
 
+DEVICE = "clu-kiosk"
+SIM_CN = "clu-sim"  # the simulated kiosks share one client certificate
+
+
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
-    c = RabbitCluster(tmp_path_factory.mktemp("rabbit-cluster")).start()
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, fleet_kit: FleetKit
+) -> Iterator[RabbitCluster]:
+    """Mutual TLS for every kiosk and the controller (``mqtt.ssl_cert_login``: the certificate's
+    CN is the RabbitMQ user); the ingest, which has no TLS option, uses the plain loopback
+    listener and signs its acknowledgements with the fleet's ``ingest`` key."""
+    for cn in (DEVICE, SIM_CN):
+        if not (fleet_kit.certs / f"{cn}.crt").exists():
+            fleet_kit.issue_cert(cn)
+    c = RabbitCluster(
+        tmp_path_factory.mktemp("rabbit-cluster"),
+        tls=fleet_kit.broker_tls(),
+        users=["controller", DEVICE, SIM_CN],
+    ).start()
     yield c
     c.stop()
 
 
 def test_fleet_survives_the_loss_of_a_node(
-    cluster: RabbitCluster, daemon_factory: Callable[..., DaemonProcess], tmp_path: Path
+    cluster: RabbitCluster,
+    fleet_kit: FleetKit,
+    daemon_factory: Callable[..., DaemonProcess],
 ) -> None:
     assert len(cluster.running_nodes()) == 3
     brokers = cluster.endpoints
-    # The real daemon's first node is the one killed; the ingest sits on another one.
-    device = "clu-kiosk"
+    # The real daemon's first node is the one killed; the ingest and controller sit on another.
+    device = DEVICE
     victim = brokers.index(broker_order(brokers, device, "device")[0])
     home = cluster.nodes[(victim + 1) % 3]
     env = {
@@ -62,14 +80,18 @@ def test_fleet_survives_the_loss_of_a_node(
         "APPLIANCE_MQTT__DELIVERY": "end_to_end",
         "APPLIANCE_MQTT__BROKERS": json.dumps(brokers),
     }
-    d = daemon_factory(cluster.nodes[victim], device, env=env, dev=True)
+    # Production configuration: the kiosk's own certificate, signed commands only.
+    d = daemon_factory(cluster.nodes[victim], device, env=env)
     ingest = Ingest(
         home.host, home.port, protocol="3.1.1", client_id="clu-ingest", ack=True,
-        keep_payloads=True,
+        keep_payloads=True, ack_key=load_central_keys(fleet_kit.home).ingest,
     ).start()  # fmt: skip
     sim = FleetSim(
         FleetConfig(
-            brokers=[(n.host, n.port) for n in cluster.nodes],
+            brokers=[(n.host, n.tls_port) for n in cluster.nodes],
+            tls_ca=str(fleet_kit.ca_file),
+            tls_cert=str(fleet_kit.certs / f"{SIM_CN}.crt"),
+            tls_key=str(fleet_kit.certs / f"{SIM_CN}.key"),
             devices=KIOSKS,
             id_prefix="clu",
             protocol="3.1.1",
@@ -79,7 +101,7 @@ def test_fleet_survives_the_loss_of_a_node(
             reconnect_max_s=RECONNECT_MAX_S,
         )
     ).start()
-    ctl = Controller(home.host, home.port, protocol="3.1.1").connect()
+    ctl = fleet_kit.controller(home.tls_port, protocol="3.1.1").connect()
     store: Store | None = None
     try:
         t0 = time.time()
