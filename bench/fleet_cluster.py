@@ -43,7 +43,7 @@ from appliance.fleet.sim import FleetConfig, FleetSim
 from appliance.store import Store
 from tests.brokers.rabbit import RabbitCluster
 from tests.fleet.faults import Producer
-from tests.helpers import DaemonProcess, get_json, wait_for, wait_online
+from tests.helpers import DaemonProcess, get_json, wait_for
 
 DEVICE = "bench-clu-kiosk"
 SIM_CN = "bench-clu-sim"
@@ -125,9 +125,16 @@ def run(
         connect_all_s = time.monotonic() - t0
         print(f"{n} kiosks connected in {connect_all_s:.1f} s", file=sys.stderr, flush=True)
         spread = sim.connected_to()
+        # RabbitMQ 3.10 keeps retained messages per node: subscribe before the daemon starts
+        # to see its birth wherever it lands.
+        status = ctl.subscribe(f"kiosk/{DEVICE}/status")
         t_wall = time.time()
         d.start()
-        wait_online(ctl, DEVICE, after=t_wall, timeout=60)
+        try:
+            get_json(status, 120, lambda m: m.get("online") is True and m.get("ts", 0) > t_wall)
+        except AssertionError:
+            print(d.log()[-3000:], file=sys.stderr)
+            raise
         producer = Producer(d.state_dir, DEVICE).start()
         for k in sim.kiosks:
             sim.call(lambda k=k: k.raise_event("note", {"phase": "before"}))
@@ -135,9 +142,6 @@ def run(
 
         # kill -9 of the daemon's node (and its share of the fleet)
         on_victim = spread.get(brokers[victim], 0)
-        # RabbitMQ 3.10 keeps retained messages per node: subscribe before the kill to see
-        # the birth wherever the daemon lands.
-        status = ctl.subscribe(f"kiosk/{DEVICE}/status")
         t_kill, t_kill_wall = time.monotonic(), time.time()
         cluster.nodes[victim].kill()
         for k in sim.kiosks:

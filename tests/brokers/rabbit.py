@@ -326,8 +326,9 @@ class RabbitCluster:
             timeout=10,
             check=True,
         )
-        # The nodes boot side by side, then the others join the first one side by side (each
-        # rabbitmqctl call starts an Erlang VM of its own: ~2 s).
+        # The nodes boot side by side, then the others join the first one, one at a time
+        # (two joining at once can fail in Mnesia: "{badmatch, {error, {normal, {mnesia_app,
+        # start ...}}}}" from start_app, seen here).
         errors: list[BaseException] = []
 
         def run(fn: Callable[[], object]) -> None:
@@ -343,15 +344,18 @@ class RabbitCluster:
             wait_for(lambda: mqtt_connack(n.host, n.port), timeout, f"{n.node} MQTT")
 
         try:
-            for step in ([lambda n=n: n.start(timeout) for n in self.nodes],
-                         [lambda n=n: join(n) for n in others]):  # fmt: skip
-                threads = [threading.Thread(target=run, args=(fn,)) for fn in step]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                if errors:
-                    raise errors[0]
+            threads = [
+                threading.Thread(target=run, args=(lambda n=n: n.start(timeout),))
+                for n in self.nodes
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if errors:
+                raise errors[0]
+            for n in others:
+                join(n)
         except BaseException:
             self.stop()
             raise

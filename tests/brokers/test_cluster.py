@@ -24,7 +24,7 @@ from appliance.devtools.fleetkit import FleetKit
 from appliance.fleet.ingest import Ingest
 from appliance.fleet.sim import FleetConfig, FleetSim
 from appliance.store import Store
-from tests.helpers import DaemonProcess, get_json, wait_for, wait_online
+from tests.helpers import DaemonProcess, get_json, wait_for
 
 from .rabbit import RabbitCluster, available
 
@@ -104,9 +104,12 @@ def test_fleet_survives_the_loss_of_a_node(
     ctl = fleet_kit.controller(home.tls_port, protocol="3.1.1").connect()
     store: Store | None = None
     try:
+        # RabbitMQ 3.10 keeps retained messages per node: the status subscription is made
+        # before the daemon starts, to see its births wherever it lands.
+        status_q = ctl.subscribe(f"kiosk/{device}/status")
         t0 = time.time()
         d.start()
-        birth = wait_online(ctl, device, after=t0, timeout=60)
+        birth = get_json(status_q, 60, lambda m: m.get("online") is True and m["ts"] > t0)
         assert birth["broker"] == brokers[victim]
         wait_for(lambda: sim.connected_count() == KIOSKS, 60, f"{KIOSKS} kiosks connected")
         spread = sim.connected_to()
@@ -122,9 +125,6 @@ def test_fleet_survives_the_loss_of_a_node(
         for k in sim.kiosks:
             sim.call(lambda k=k: k.raise_event("note", {"n": 1}))
         wait_for(lambda: len(d_ids & set(ingest.snapshot().payloads)) > 0, 30, "draining")
-        # RabbitMQ 3.10 keeps retained messages per node: subscribe before the kill to see
-        # the birth wherever the daemon lands.
-        status_q = ctl.subscribe(f"kiosk/{device}/status")
         t_kill = time.time()
         cluster.nodes[victim].kill()  # kill -9 of the node (beam.smp and its wrapper)
 
