@@ -151,3 +151,33 @@ def test_kiosk_fails_over_on_a_refused_connect_and_on_a_lost_broker(
         ctl_a.close()
         ctl_b.close()
         assert d.terminate() == 0
+
+
+def test_self_test_probes_every_broker(
+    fleet_kit: FleetKit, make_tls_broker: Callable[..., Mosquitto]
+) -> None:
+    """The provisioning self-test's broker check tries each broker with its TLS settings: ok
+    when one accepts the kiosk's certificate, every answer in the detail."""
+    from appliance.provisioning.selftest import check_broker
+
+    up = make_tls_broker()
+    closed = free_port()
+    fleet_kit.issue_cert("failover-st")
+    tls = {
+        "enabled": True,
+        "ca_file": str(fleet_kit.ca_file),
+        "cert_file": str(fleet_kit.certs / "failover-st.crt"),
+        "key_file": str(fleet_kit.certs / "failover-st.key"),
+    }
+    cfg = validate(
+        {
+            "device": {"id": "failover-st"},
+            "mqtt": {"tls": tls, "brokers": [f"127.0.0.1:{closed}", f"127.0.0.1:{up.port}"]},
+        }
+    )
+    check = check_broker(cfg, timeout_s=5)
+    assert check.status == "ok", check
+    assert f"127.0.0.1:{closed} unreachable" in check.detail
+    assert f"127.0.0.1:{up.port} accepted the connection over TLS" in check.detail
+    up.stop()
+    assert check_broker(cfg, timeout_s=5).status == "fail"
