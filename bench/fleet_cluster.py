@@ -177,11 +177,16 @@ def run(
         if producer is not None:
             producer.stop()
         ctl.close()
-        fleet = sim.stop().snapshot()
+        stats = sim.stop()
+        fleet = stats.snapshot()
+        sim_connect_times = list(stats.connect_times)
         ingest.stop()
         if d.proc is not None:
             d.terminate()
     sim_ids = {eid for eid, p in seen.payloads.items() if p["device"].startswith("bclu-")}
+    # CONNACKs of the kiosks that moved, from the kill: with no failed attempt in between, the
+    # spread is the backoff (at most reconnect_min_s) plus the survivors' admission.
+    moved = sorted(t - t_kill_wall for t in sim_connect_times if t > t_kill_wall)
     return {
         "kiosks": n,
         "reconnect_min_s": args.reconnect_min,
@@ -202,6 +207,12 @@ def run(
         "duplicates": seen.duplicates,
         "gaps": seen.gaps(),
         "sim_connect_failures": fleet.get("connect_failures"),
+        "moved_connacks_after_kill_s": {
+            "n": len(moved),
+            "first": round(moved[0], 2) if moved else None,
+            "p50": round(moved[len(moved) // 2], 2) if moved else None,
+            "last": round(moved[-1], 2) if moved else None,
+        },
     }
 
 
