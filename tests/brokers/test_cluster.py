@@ -4,7 +4,7 @@ join_cluster``) carrying a simulated fleet and a real daemon, each kiosk with th
 outage budget, and with ``mqtt.delivery = "end_to_end"`` no event is lost.
 
 The outage budget: a killed node's sockets are reset by the kernel at once, so a kiosk notices
-immediately (a host that vanishes silently: up to 1.5 x ``keepalive_s`` more), waits its first
+immediately (a host that vanishes silently: up to 2 x ``keepalive_s`` more), waits its first
 backoff (uniform(0, ``reconnect_min_s``): the connection had reached CONNACK) and connects to the
 next node in its order, which is alive. Only if that one failed too would the backoff ceiling
 double per attempt, up to ``reconnect_max_s``; so the budget asserted here is
@@ -39,8 +39,6 @@ RECONNECT_MAX_S = 2.0
 # kiosks back within: the backoff ceiling + the two surviving nodes admitting the fleet (their
 # sessions are quorum queues: a CONNECT is a Raft round trip on a loaded 2-core machine)
 BUDGET_S = RECONNECT_MAX_S + 20.0
-
-
 DEVICE = "clu-kiosk"
 SIM_CN = "clu-sim"  # the simulated kiosks share one client certificate
 
