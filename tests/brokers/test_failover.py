@@ -8,6 +8,7 @@ import collections
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -181,3 +182,49 @@ def test_self_test_probes_every_broker(
     assert f"127.0.0.1:{up.port} accepted the connection over TLS" in check.detail
     up.stop()
     assert check_broker(cfg, timeout_s=5).status == "fail"
+
+
+def test_fleet_tools_take_a_broker_list(
+    tmp_path: Path, fleet_kit: FleetKit, make_tls_broker: Callable[..., Mosquitto]
+) -> None:
+    """``--broker`` (or fleet.toml ``brokers``) for the fleet tools: the first broker that
+    answers at connect is used; errors name the entry; a broker that refuses is final."""
+    import argparse
+    import dataclasses
+
+    from appliance.fleet.conn import (
+        FleetConnectionError,
+        FleetMqtt,
+        add_broker_args,
+        add_home_arg,
+        broker_options,
+    )
+
+    def parse(*argv: str) -> argparse.Namespace:
+        p = argparse.ArgumentParser()
+        add_home_arg(p)
+        add_broker_args(p)
+        return p.parse_args(["--home", str(tmp_path), *argv])
+
+    o = broker_options(parse("--broker", "mq1:8883", "--broker", "mq2"))
+    assert (o.host, o.port, o.alternates) == ("mq1", 8883, (("mq2", 1883),))
+    (tmp_path / "fleet.toml").write_text('[broker]\nport = 8883\nbrokers = ["a", "b:1"]\n')
+    o = broker_options(parse())
+    assert o.endpoints == [("a", 8883), ("b", 1)]
+    (tmp_path / "fleet.toml").write_text('[broker]\nbrokers = ["a:1", "x y"]\n')
+    with pytest.raises(ConfigError) as exc:
+        broker_options(parse())
+    assert exc.value.problems[0][0] == "broker.brokers.1"
+
+    up = make_tls_broker()
+    closed = free_port()
+    opts = dataclasses.replace(
+        fleet_kit.options(up.port), port=closed, alternates=(("localhost", up.port),)
+    )
+    with FleetMqtt(opts) as fm:
+        fm.subscribe(["kiosk/+/status"])
+    up.stop()
+    with pytest.raises(FleetConnectionError) as down:
+        FleetMqtt(opts).connect(timeout=3)
+    assert f"localhost:{closed}" in down.value.message
+    assert f"localhost:{up.port}" in down.value.message
