@@ -318,15 +318,6 @@ def _retained_status(cfg: Any, timeout: float) -> Any:
 
     topic = Topics(cfg.mqtt.topic_prefix, cfg.device.id).status
     got: dict[str, Any] = {}
-    tls = cfg.mqtt.tls
-    client = make_client(
-        f"status-{os.getpid()}",
-        protocol=cfg.mqtt.protocol,
-        tls=tls_files(tls.ca_file, tls.cert_file, tls.key_file) if tls.enabled else None,
-        insecure=tls.insecure,
-        nodelay=False,
-    )
-    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
 
     def on_message(_c: Any, _u: Any, msg: Any) -> None:
         try:
@@ -334,11 +325,25 @@ def _retained_status(cfg: Any, timeout: float) -> Any:
         except ValueError:
             got["status"] = "unparseable retained status"
 
-    client.on_message = on_message
-    try:
-        client.connect(cfg.mqtt.host, cfg.mqtt.port, 10)
-    except OSError as exc:
-        return f"unreachable ({cfg.mqtt.host}:{cfg.mqtt.port}: {exc})"
+    failures = []
+    for ep in cfg.mqtt.endpoints():  # the first broker of mqtt.brokers that answers
+        tls = ep.tls
+        client = make_client(
+            f"status-{os.getpid()}",
+            protocol=cfg.mqtt.protocol,
+            tls=tls_files(tls.ca_file, tls.cert_file, tls.key_file) if tls.enabled else None,
+            insecure=tls.insecure,
+            nodelay=False,
+        )
+        client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        client.on_message = on_message
+        try:
+            client.connect(ep.host, ep.port, 10)
+            break
+        except OSError as exc:
+            failures.append(f"{ep.name}: {exc}")
+    else:
+        return f"unreachable ({'; '.join(failures)})"
     deadline = time.monotonic() + timeout
     while "status" not in got and time.monotonic() < deadline:
         client.loop(0.1)

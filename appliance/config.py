@@ -18,10 +18,18 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from .drivers.camera.config import CameraConfig
 from .drivers.card.config import CardConfig
@@ -78,9 +86,73 @@ class TlsSection(Strict):
     )
 
 
+class BrokerTls(Strict):
+    """One broker's TLS settings where they differ from ``[mqtt.tls]`` (unset: inherited)."""
+
+    enabled: bool | None = Field(None, description="Connect with TLS")
+    ca_file: Path | None = Field(None, description="CA bundle of this broker's certificate")
+    cert_file: Path | None = Field(None, description="Client certificate (PEM)")
+    key_file: Path | None = Field(None, description="Client private key (PEM, mode 0600)")
+    insecure: bool | None = Field(None, description="Skip this broker's hostname verification")
+
+
+class BrokerEntry(Strict):
+    """One broker of ``mqtt.brokers``: a table, or the string ``"host:port"`` (``"host"``
+    alone takes ``mqtt.port``; an IPv6 address is written ``"[::1]:8883"``)."""
+
+    host: str = Field(min_length=1, description="Broker host name or address")
+    port: int | None = Field(None, ge=1, le=65535, description="Broker port; default mqtt.port")
+    tls: BrokerTls | None = Field(None, description="TLS overrides for this broker")
+
+    @field_validator("host")
+    @classmethod
+    def _bare_host(cls, v: str) -> str:
+        if any(c.isspace() for c in v) or "/" in v:
+            raise ValueError(f"{v!r} is not a host name or address")
+        return v
+
+
+_HOST_PORT = re.compile(
+    r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]\s/]+))(?::(?P<port>\d+))?$"
+)
+
+
+def parse_broker_address(value: Any) -> Any:
+    """``"host:port"`` -> ``{"host": ..., "port": ...}``; tables pass through to the model."""
+    if not isinstance(value, str):
+        return value
+    m = _HOST_PORT.match(value.strip())
+    if m is None:
+        raise ValueError(f'{value!r} is not "host:port" (an IPv6 address as "[::1]:8883")')
+    port = m.group("port")
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: port {port} is not 1-65535")
+    return {"host": m.group("v6") or m.group("host"), "port": int(port) if port else None}
+
+
 class MqttSection(Strict):
-    host: str = Field("127.0.0.1", description="Broker host name or address")
-    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual with TLS)")
+    host: str = Field(
+        "127.0.0.1", description="Broker host name or address (the broker when `brokers` is empty)"
+    )
+    port: int = Field(
+        1883,
+        ge=1,
+        le=65535,
+        description="Broker port (8883 is usual with TLS); also of `brokers` entries without one",
+    )
+    brokers: list[Annotated[BrokerEntry, BeforeValidator(parse_broker_address)]] = Field(
+        default_factory=list,
+        description='Brokers to fail over between: "host:port" strings or tables {host, port, '
+        "tls = {ca_file, cert_file, key_file, enabled, insecure}} (TLS unset: [mqtt.tls]); "
+        "empty: the one broker host:port. When set, host is not used (docs/scaling.md)",
+    )
+    broker_order: Literal["device", "listed"] = Field(
+        "device",
+        description="Order in which `brokers` are tried: 'device' a permutation fixed by the "
+        "device id (a fleet spreads over the nodes, and a lost node's kiosks over the rest); "
+        "'listed' as written (a primary and its standbys). A lost connection or a failed "
+        "connect moves to the next one",
+    )
     protocol: Literal["5", "3.1.1"] = Field(
         "5",
         description="MQTT version; 3.1.1 for brokers without MQTT 5 (replies then go to "
@@ -120,6 +192,46 @@ class MqttSection(Strict):
         "none comes) and on every reconnect",
     )
     tls: TlsSection = Field(default_factory=TlsSection)
+
+    @field_validator("brokers")
+    @classmethod
+    def _distinct(cls, v: list[BrokerEntry]) -> list[BrokerEntry]:
+        seen: dict[tuple[str, int | None], int] = {}
+        for i, b in enumerate(v):
+            key = (b.host.lower(), b.port)
+            if key in seen:
+                raise ValueError(f"entry {i} repeats entry {seen[key]} ({b.host}:{b.port})")
+            seen[key] = i
+        return v
+
+    def endpoints(self) -> list[Endpoint]:
+        """Every broker to try, in the listed order, each with its effective TLS settings:
+        ``brokers``, or the one ``host``/``port`` when ``brokers`` is empty."""
+        if not self.brokers:
+            return [Endpoint(self.host, self.port, self.tls)]
+        out = []
+        for b in self.brokers:
+            tls = self.tls
+            if b.tls is not None:
+                over = {k: v for k, v in b.tls.model_dump().items() if v is not None}
+                tls = self.tls.model_copy(update=over)
+            out.append(Endpoint(b.host, b.port or self.port, tls))
+        return out
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One broker as the agent connects to it (``MqttSection.endpoints``)."""
+
+    host: str
+    port: int
+    tls: TlsSection
+
+    @property
+    def name(self) -> str:
+        """``host:port`` (``[v6]:port``), as the status message reports it."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
 
 class StoreSection(Strict):
@@ -511,6 +623,8 @@ def _type_name(ann: Any) -> str:
     args = typing.get_args(ann)
     if origin is Literal:
         return " or ".join(json.dumps(a) for a in args)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in args)
     if origin is list:

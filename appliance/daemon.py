@@ -212,6 +212,7 @@ class Services:
         return {
             "device": self.config.device.id,
             "online": bool(agent and agent.connected),
+            "broker": agent.broker.name if agent and agent.connected else None,
             "version": __version__,
             "profile": self.config.device.profile,
             "site": self.config.device.site,
@@ -241,7 +242,8 @@ class Services:
                 "delivery": self.config.mqtt.delivery,
                 "events_acknowledged_end_to_end": agent.acked_events if agent else 0,
                 "outbox_acks_refused": agent.refused_acks if agent else 0,
-                "broker": f"{self.config.mqtt.host}:{self.config.mqtt.port}",
+                # the broker of the current connection (or of the next attempt) of mqtt.brokers
+                "broker": agent.broker.name if agent else self.config.mqtt.endpoints()[0].name,
                 "protocol": self.config.mqtt.protocol,
             },
             "commands": {
@@ -821,7 +823,11 @@ class Daemon:
                 reasons = (
                     []
                     if connected
-                    else [f"broker {self.config.mqtt.host}:{self.config.mqtt.port} unreachable"]
+                    else [
+                        "broker "
+                        + ", ".join(e.name for e in self.config.mqtt.endpoints())
+                        + " unreachable"
+                    ]
                 )
                 reasons += [f"{k} {health.get(k)} (was ok)" for k in worse]
                 push.trial_verdict(False, "; ".join(reasons))

@@ -51,13 +51,22 @@ class BrokerOptions:
     cert_file: Path | None = None
     key_file: Path | None = None
     insecure: bool = False
+    # Further brokers of the same cluster, tried in order when ``host``:``port`` does not
+    # answer at connect (a kiosk's ``mqtt.brokers``, for the fleet tools). Failover happens at
+    # connect only: paho's own reconnect of a connected client returns to the same broker.
+    alternates: tuple[tuple[str, int], ...] = ()
 
     @property
     def tls(self) -> bool:
         return self.ca_file is not None or self.cert_file is not None
 
+    @property
+    def endpoints(self) -> list[tuple[str, int]]:
+        return [(self.host, self.port), *self.alternates]
+
     def describe(self) -> str:
-        return f"{self.host}:{self.port}{' (TLS)' if self.tls else ''}"
+        where = ", ".join(f"{h}:{p}" for h, p in self.endpoints)
+        return f"{where}{' (TLS)' if self.tls else ''}"
 
     def paho_tls(self) -> dict[str, str | None] | None:
         """paho ``tls_set`` arguments, or None without TLS."""
@@ -183,11 +192,7 @@ class FleetMqtt:
         self.client_id = client_id or f"fleet-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._clean_start = clean_start
         self._session_expiry_s = session_expiry_s
-        self.client = make_client(self.client_id, tls=opts.paho_tls(), insecure=opts.insecure)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_publish = self._on_publish
+        self.client = self._new_client()
         self._cv = threading.Condition()
         self._connack: Any = None
         self._subacks: dict[int, list[int]] = {}
@@ -198,35 +203,57 @@ class FleetMqtt:
 
     # -- connection ----------------------------------------------------------------------------
 
+    def _new_client(self) -> paho.Client:
+        client = make_client(self.client_id, tls=self.opts.paho_tls(), insecure=self.opts.insecure)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
+        return client
+
     def connect(self, timeout: float = 10.0) -> FleetMqtt:
+        """Connect to the first broker of ``opts.endpoints`` that answers (each with a fresh
+        client and up to ``timeout``); a broker that refuses the connection is final."""
+        problems = []
+        for i, (host, port) in enumerate(self.opts.endpoints):
+            if i:
+                self.client = self._new_client()
+                with self._cv:
+                    self._connack = None
+            try:
+                return self._connect_one(host, port, timeout)
+            except FleetConnectionError as exc:
+                if not exc.retryable:
+                    raise
+                problems.append(exc.message)
+        if len(problems) == 1:
+            raise FleetConnectionError(problems[0])
+        raise FleetConnectionError("no broker answered: " + "; ".join(problems))
+
+    def _connect_one(self, host: str, port: int, timeout: float) -> FleetMqtt:
+        where = f"{host}:{port}{' (TLS)' if self.opts.tls else ''}"
         props = connect_properties(self._session_expiry_s)
         try:
             self.client.connect(
-                self.opts.host,
-                self.opts.port,
-                keepalive=30,
-                clean_start=self._clean_start,
-                properties=props,
+                host, port, keepalive=30, clean_start=self._clean_start, properties=props
             )
         except (OSError, ssl.SSLError) as exc:
-            raise FleetConnectionError(
-                f"cannot connect to the broker {self.opts.describe()}: {exc}"
-            ) from None
+            release(self.client)
+            raise FleetConnectionError(f"cannot connect to the broker {where}: {exc}") from None
         self.client.loop_start()
         with self._cv:
             ok = self._cv.wait_for(lambda: self._connack is not None, timeout)
         if not ok:
             self.close()
             raise FleetConnectionError(
-                f"no answer (CONNACK) from {self.opts.describe()} within {timeout:g} s: "
+                f"no answer (CONNACK) from {where} within {timeout:g} s: "
                 "is the port right, and does the broker accept this certificate?"
             )
         if self._connack.is_failure:
             rc = self._connack
             self.close()
             raise FleetConnectionError(
-                f"the broker {self.opts.describe()} refused the connection: {rc}",
-                retryable=False,
+                f"the broker {where} refused the connection: {rc}", retryable=False
             )
         return self
 

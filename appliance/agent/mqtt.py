@@ -10,6 +10,11 @@ Design (after aiomqtt's explicit supervisor, ../shared/STYLE.md):
   after a broker restart. A new paho ``Client`` is made per connection so paho never replays
   its in-memory queue: the durable outbox is the only source of truth
   (../shared/specs/mqtt-systemd-notes.md: "the durable outbox, not paho's memory").
+* Several brokers (``mqtt.brokers``): each failed connect and each lost connection moves to
+  the next broker in the kiosk's order (:func:`broker_order`), after the same backoff; a
+  connection that reached CONNACK resets it, so a kiosk whose node dies tries another one
+  within ``reconnect_min_s``. No fail-back: a kiosk stays where it is until that connection
+  ends. The birth message names the broker (``broker``).
 * Persistent session: MQTT 5 ``clean_start=False`` with ``SessionExpiryInterval``; MQTT 3.1.1
   ``clean_session=False``. Commands published while the kiosk was offline are queued by the
   broker and arrive on reconnect.
@@ -45,6 +50,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import queue
@@ -53,15 +59,15 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ..config import AppConfig
+from ..config import AppConfig, Endpoint
 from ..errors import ApplianceError
 from ..inbound import Incoming, Reply
 from ..mqttclient import make_client, tls_files
@@ -69,12 +75,26 @@ from ..protocol.topics import Topics
 from ..store import OutboxRow, Store, render_event
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 def backoff_delay(attempt: int, lo: float, hi: float, rnd: random.Random | None = None) -> float:
     """Full-jitter exponential backoff (AWS architecture blog, "Exponential Backoff And Jitter")."""
     ceiling = min(hi, lo * (2 ** min(attempt, 30)))
     return (rnd or random).uniform(0, ceiling)
+
+
+def broker_order(endpoints: Sequence[_T], device_id: str, order: str) -> list[_T]:
+    """The order in which a kiosk tries its brokers (``mqtt.broker_order``): as listed, or a
+    permutation seeded by the device id, stable across restarts, so that a fleet spreads over
+    the nodes and, when one is lost, its kiosks spread over the others instead of all moving to
+    the next one in the list (docs/scaling.md, "Several brokers")."""
+    if order == "listed" or len(endpoints) < 2:
+        return list(endpoints)
+    seed = int.from_bytes(hashlib.sha256(device_id.encode()).digest()[:8], "big")
+    out = list(endpoints)
+    random.Random(seed).shuffle(out)  # noqa: S311 - a spread, not cryptography
+    return out
 
 
 class PackedProperties:
@@ -190,6 +210,16 @@ class MqttAgent:
         self.acked_events = 0  # deleted on the ingest's acknowledgement
         self.refused_acks = 0
         self._rnd = random.Random()  # noqa: S311 - jitter, not cryptography
+        # The brokers in this kiosk's order; the one of the current (or last) attempt.
+        self.endpoints = broker_order(self.cfg.endpoints(), self.device_id, self.cfg.broker_order)
+        self._endpoint_index = 0
+        if self.cfg.brokers:
+            log.info("mqtt: brokers in order: %s", ", ".join(e.name for e in self.endpoints))
+
+    @property
+    def broker(self) -> Endpoint:
+        """The broker of the current connection (or of the next attempt, when offline)."""
+        return self.endpoints[self._endpoint_index]
 
     # -- public ---------------------------------------------------------------------------
 
@@ -354,7 +384,7 @@ class MqttAgent:
     # -- connection supervisor --------------------------------------------------------------
 
     def _make_client(self) -> paho.Client:
-        tls = self.cfg.tls
+        tls = self.broker.tls
         client = make_client(
             self.cfg.client_id or self.device_id,
             protocol=self.cfg.protocol,
@@ -389,6 +419,7 @@ class MqttAgent:
     def _run(self) -> None:
         attempt = 0
         while not self._stop.is_set():
+            ep = self.broker
             client = self._make_client()
             # Messages are acknowledged by _on_message (or by whoever it hands one to), not by
             # paho when the callback returns.
@@ -401,16 +432,12 @@ class MqttAgent:
                     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                     props.SessionExpiryInterval = self.cfg.session_expiry_s
                     client.connect(
-                        self.cfg.host,
-                        self.cfg.port,
-                        self.cfg.keepalive_s,
-                        clean_start=False,
-                        properties=props,
+                        ep.host, ep.port, self.cfg.keepalive_s, clean_start=False, properties=props
                     )
                 else:
-                    client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
+                    client.connect(ep.host, ep.port, self.cfg.keepalive_s)
             except (OSError, ssl.SSLError, ValueError) as exc:
-                self.last_error = f"connect to {self.cfg.host}:{self.cfg.port}: {exc}"
+                self.last_error = f"connect to {ep.name}: {exc}"
                 log.warning("mqtt: %s", self.last_error)
             else:
                 while not self._stop.is_set():
@@ -422,11 +449,10 @@ class MqttAgent:
                     attempt = 0  # a session that got as far as CONNACK resets the backoff
                 elif self.cfg.protocol == "5":
                     log.warning(
-                        "mqtt: %s:%d closed the connection before accepting it; a broker that "
+                        "mqtt: %s closed the connection before accepting it; a broker that "
                         "speaks only MQTT 3.1.1 (e.g. RabbitMQ's plugin) needs mqtt.protocol = "
                         '"3.1.1"',
-                        self.cfg.host,
-                        self.cfg.port,
+                        ep.name,
                     )
             was = self._connected.is_set()
             self._connected.clear()
@@ -444,7 +470,12 @@ class MqttAgent:
                 attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, self._rnd
             )
             attempt += 1
-            log.info("mqtt: reconnecting in %.2f s (attempt %d)", delay, attempt)
+            # A failed connect or a lost connection moves to the next broker (with one broker,
+            # the same one again), after the same backoff.
+            self._endpoint_index = (self._endpoint_index + 1) % len(self.endpoints)
+            log.info(
+                "mqtt: reconnecting in %.2f s to %s (attempt %d)", delay, self.broker.name, attempt
+            )
             self._stop.wait(delay)
 
     _had_connack = False
@@ -475,6 +506,7 @@ class MqttAgent:
             "device": self.device_id,
             "ts": time.time(),
             "connected_at": self._connected_at,
+            "broker": self.broker.name,
             **self._birth(),
         }
         body = json.dumps(birth).encode()
@@ -482,10 +514,7 @@ class MqttAgent:
             self.topics.status, body, qos=1, retain=True, properties=self._properties(body)
         )
         log.info(
-            "mqtt: connected to %s:%d (session present: %s)",
-            self.cfg.host,
-            self.cfg.port,
-            flags.session_present,
+            "mqtt: connected to %s (session present: %s)", self.broker.name, flags.session_present
         )
         with self._lock:
             self._epoch += 1

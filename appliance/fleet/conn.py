@@ -27,6 +27,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from ..config import parse_broker_address
 from ..errors import ConfigError
 from ..mqttclient import (
     BrokerOptions,
@@ -62,6 +63,13 @@ def add_broker_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("broker (defaults from <home>/fleet.toml [broker], else shown)")
     g.add_argument("--host", help="broker host name or address (default 127.0.0.1)")
     g.add_argument("--port", type=int, help="broker port (default 1883; 8883 is usual with TLS)")
+    g.add_argument(
+        "--broker",
+        action="append",
+        metavar="HOST:PORT",
+        help="a broker of a cluster, repeatable: the first that answers is used (replaces "
+        "--host/--port; fleet.toml: brokers = [...])",
+    )
     g.add_argument("--prefix", help="topic prefix of the fleet (default kiosk)")
     g.add_argument("--ca", type=Path, metavar="FILE", help="CA certificate: enables TLS")
     g.add_argument(
@@ -97,7 +105,7 @@ def broker_options(args: argparse.Namespace) -> BrokerOptions:
     cfg = read_fleet_config(home_of(args)).get("broker", {})
     if not isinstance(cfg, dict):
         raise ConfigError("fleet.toml: [broker] must be a table", [("broker", "not a table")])
-    known = {"host", "port", "prefix", "ca_file", "cert_file", "key_file", "insecure"}
+    known = {"host", "port", "prefix", "ca_file", "cert_file", "key_file", "insecure", "brokers"}
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise ConfigError(
@@ -120,15 +128,38 @@ def broker_options(args: argparse.Namespace) -> BrokerOptions:
         validate_segment(prefix, "topic prefix")
     except ValueError as exc:
         raise ConfigError("bad topic prefix", [("broker.prefix", str(exc))]) from None
+    host = str(pick("host", "host", "127.0.0.1"))
+    endpoints = _brokers(getattr(args, "broker", None) or cfg.get("brokers"), port)
+    if endpoints:
+        (host, port), *alternates = endpoints
     return BrokerOptions(
-        host=str(pick("host", "host", "127.0.0.1")),
+        host=host,
         port=port,
+        alternates=tuple(alternates) if endpoints else (),
         prefix=prefix,
         ca_file=path("ca", "ca_file"),
         cert_file=path("cert", "cert_file"),
         key_file=path("key", "key_file"),
         insecure=bool(pick("insecure", "insecure", False)),
     )
+
+
+def _brokers(value: Any, default_port: int) -> list[tuple[str, int]]:
+    """``--broker``/``brokers`` ("host:port" strings, as the kiosk's ``mqtt.brokers``)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not value:
+        raise ConfigError("bad broker list", [("broker.brokers", "must be a non-empty list")])
+    out = []
+    for i, item in enumerate(value):
+        try:
+            parsed = parse_broker_address(item)
+            if not isinstance(parsed, dict):
+                raise ValueError(f'{item!r} is not a "host:port" string')
+        except ValueError as exc:
+            raise ConfigError("bad broker list", [(f"broker.brokers.{i}", str(exc))]) from None
+        out.append((str(parsed["host"]), int(parsed["port"] or default_port)))
+    return out
 
 
 __all__ = [

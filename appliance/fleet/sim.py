@@ -54,7 +54,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ..agent.mqtt import backoff_delay
+from ..agent.mqtt import backoff_delay, broker_order
 from ..dispatch import CommandReply, ErrorBody
 from ..errors import ConfigError, DeviceDisconnected, DeviceTimeout, ProtocolError
 from ..protocol.codes import ErrorCode, EventType
@@ -339,6 +339,9 @@ class FleetConfig:
 
     host: str = "127.0.0.1"
     port: int = 1883
+    # Several brokers (host, port), as the daemon's mqtt.brokers with broker_order "device":
+    # each kiosk its own order, the next one after a failed connect or a lost connection.
+    brokers: list[tuple[str, int]] | None = None
     devices: int = 10
     id_prefix: str = "sim"
     first_index: int = 0
@@ -364,6 +367,8 @@ class FleetConfig:
         problems: list[tuple[str, str]] = []
         if self.protocol not in ("5", "3.1.1"):
             problems.append(("protocol", "must be 5 or 3.1.1"))
+        if self.brokers is not None and not self.brokers:
+            problems.append(("brokers", "give at least one (host, port), or None for host/port"))
         if self.devices < 1:
             problems.append(("devices", "must be at least 1"))
         if self.heartbeat_s <= 0:
@@ -466,6 +471,8 @@ class VirtualKiosk:
         self.id = f"{cfg.id_prefix}-{index:05d}"
         self.topics = Topics(cfg.topic_prefix, self.id)
         self.rnd = random.Random(f"{cfg.seed}-{index}")  # noqa: S311 - simulation, not crypto
+        self.brokers = broker_order(cfg.brokers or [(cfg.host, cfg.port)], self.id, "device")
+        self.broker = self.brokers[0]  # of the current (or next) connection
         self.started = time.monotonic()
         self.seq = 0
         self.outbox: dict[int, bytes] = {}  # seq -> rendered event, until PUBACK
@@ -550,6 +557,8 @@ class VirtualKiosk:
                     attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, self.rnd
                 )
                 attempt += 1
+                nxt = (self.brokers.index(self.broker) + 1) % len(self.brokers)
+                self.broker = self.brokers[nxt]
                 await self.fleet.wait_stop(delay)
         finally:
             events.cancel()
@@ -575,10 +584,9 @@ class VirtualKiosk:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(
-                    cfg.host,
-                    cfg.port,
+                    *self.broker,
                     ssl=self.fleet.ssl_for(self.id),
-                    server_hostname=cfg.host if self.fleet.ssl_for(self.id) else None,
+                    server_hostname=self.broker[0] if self.fleet.ssl_for(self.id) else None,
                 ),
                 cfg.connect_timeout_s,
             )
@@ -634,6 +642,7 @@ class VirtualKiosk:
                 online=True,
                 device=self.id,
                 ts=time.time(),
+                broker=f"{self.broker[0]}:{self.broker[1]}",
                 version="fleet-sim",
                 profile="sim",
                 devices={"camera": "ok", "fingerprint": "ok", "card": "ok"},
@@ -1007,6 +1016,19 @@ class FleetSim:
 
     def connected_count(self) -> int:
         return self.stats.connected
+
+    def connected_to(self) -> dict[str, int]:
+        """``{"host:port": kiosks connected there}`` (thread mode: read in the fleet's loop)."""
+
+        def count() -> dict[str, int]:
+            out: dict[str, int] = {}
+            for k in self.kiosks:
+                if k.connected.is_set():
+                    name = f"{k.broker[0]}:{k.broker[1]}"
+                    out[name] = out.get(name, 0) + 1
+            return out
+
+        return dict(self.call(count))
 
     def stop(self, timeout: float = 30.0) -> FleetStats:
         loop, ev = self._loop, self._stop_event

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..config import parse_broker_address
 from ..errors import ApplianceError
 from .ingest import Ingest
 from .sim import FleetConfig, FleetSim, FleetStats, peak_rate
@@ -35,6 +36,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--host", default=d.host, help=f"broker host (default {d.host})")
     p.add_argument("--port", type=int, default=d.port, help=f"broker port (default {d.port})")
+    p.add_argument(
+        "--broker",
+        action="append",
+        metavar="HOST:PORT",
+        help="a broker of a cluster (repeat: each kiosk tries them in its own order and moves "
+        "to the next on a failed connect or a lost connection, as mqtt.brokers); replaces "
+        "--host/--port",
+    )
     p.add_argument(
         "--devices", type=int, default=d.devices, help=f"number of kiosks (default {d.devices})"
     )
@@ -162,9 +171,18 @@ async def _run_until_signal(sim: FleetSim, duration: float) -> FleetStats:
 
 
 def run(args: argparse.Namespace) -> int:
+    brokers = None
+    if args.broker:
+        try:
+            parsed = [parse_broker_address(b) for b in args.broker]
+        except ValueError as exc:
+            print(f"error: --broker: {exc}", file=sys.stderr)
+            return 2
+        brokers = [(b["host"], b["port"] or args.port) for b in parsed]
     cfg = FleetConfig(
-        host=args.host,
-        port=args.port,
+        host=brokers[0][0] if brokers else args.host,
+        port=brokers[0][1] if brokers else args.port,
+        brokers=brokers,
         devices=args.devices,
         id_prefix=args.id_prefix,
         first_index=args.first_index,

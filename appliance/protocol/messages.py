@@ -33,6 +33,11 @@ class StatusMessage(BaseModel):
         description="Offline only: the kiosk's last contact it knew of (the connect time in "
         "the Last Will, which is signed at connect; the stop time on a clean stop)",
     )
+    broker: str | None = Field(
+        None,
+        description="Online only: the broker (host:port) of this connection, one of the "
+        "kiosk's mqtt.brokers",
+    )
     version: str | None = Field(None, description="Software version (online only)")
     profile: str | None = Field(None, description="Hardware kit profile (online only)")
     site: str | None = None

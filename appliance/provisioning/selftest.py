@@ -305,17 +305,26 @@ def probe_broker(
 
 
 def check_broker(cfg: AppConfig, timeout_s: float, creds: BrokerCredentials | None = None) -> Check:
-    tls = cfg.mqtt.tls
-    if creds is None and tls.enabled:
-        creds = BrokerCredentials(tls.ca_file, tls.cert_file, tls.key_file)
-    ok, detail = probe_broker(
-        cfg.mqtt.host,
-        cfg.mqtt.port,
-        creds,
-        timeout_s=timeout_s,
-        client_id=f"{cfg.device.id}-selftest-{uuid.uuid4().hex[:6]}",
-        insecure=tls.insecure,
-    )
+    """Every broker of ``mqtt.brokers`` (or the one ``host``/``port``) with its own TLS
+    settings: ok when one accepts the kiosk, the detail naming each one's answer."""
+    results = []
+    for ep in cfg.mqtt.endpoints():
+        tls = ep.tls
+        ep_creds = creds
+        if ep_creds is None and tls.enabled:
+            ep_creds = BrokerCredentials(tls.ca_file, tls.cert_file, tls.key_file)
+        results.append(
+            probe_broker(
+                ep.host,
+                ep.port,
+                ep_creds,
+                timeout_s=timeout_s,
+                client_id=f"{cfg.device.id}-selftest-{uuid.uuid4().hex[:6]}",
+                insecure=tls.insecure,
+            )
+        )
+    ok = any(r[0] for r in results)
+    detail = "; ".join(r[1] for r in results)
     return Check("broker", "ok" if ok else "fail", detail, "" if ok else NEXT["broker"])
 
 
