@@ -163,6 +163,10 @@ class MqttAgent:
         self._epoch = 0
         self._lock = threading.Lock()
         self._acks: collections.deque[int] = collections.deque()
+        # Set by the drain while it has outbox rows in flight: only then does a PUBACK wake
+        # it. The PUBACKs of replies and telemetry (most of them at 1 command in flight) are
+        # only queued; the drain drops them at its next pass.
+        self._drain_waits_for_acks = False
         # Batches of (replies with their properties, acknowledgements) for the network thread
         # (handover); a deque append/popleft is atomic.
         self._handed: collections.deque[
@@ -579,7 +583,10 @@ class MqttAgent:
         # Runs in the network thread with paho's message lock held: never take a lock that
         # a publishing thread may hold. A deque append is atomic.
         self._acks.append(mid)
-        self._kick()
+        # Appended before the flag is read, and the drain sets the flag before it looks at
+        # the deque and sleeps: either it sees this PUBACK or this wakes it.
+        if self._drain_waits_for_acks:
+            self._kick()
 
     # -- outbox drain ------------------------------------------------------------------------
 
@@ -710,6 +717,7 @@ class MqttAgent:
                     sent += 1
                     self.sent_events += 1
             if sent == 0 and not self._acks:
+                self._drain_waits_for_acks = bool(inflight)
                 with self._wake:
                     if not self._acks:
                         self._wake.wait(0.02 if acked else 0.5)
