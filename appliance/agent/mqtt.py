@@ -49,6 +49,7 @@ import json
 import logging
 import queue
 import random
+import socket
 import ssl
 import struct
 import threading
@@ -173,6 +174,7 @@ class MqttAgent:
             tuple[list[tuple[str, bytes, Any]], list[Callable[[], None]]]
         ] = collections.deque()
         self._wake = threading.Condition(threading.Lock())
+        self._nodelay_wake: socket.socket | None = None  # paho's wake-up socket set TCP_NODELAY
         self._net_thread: threading.Thread | None = None
         self._drain_thread: threading.Thread | None = None
         # end_to_end: the ingest's acknowledgements with their PUBACK, for the outbox-ack
@@ -311,6 +313,9 @@ class MqttAgent:
     def _run_handed(self, client: paho.Client) -> None:
         """In the network thread, after each ``loop()``: what :meth:`handover` queued, then
         one write of all of it."""
+        wake = getattr(client, "_sockpairW", None)
+        if wake is not None and wake is not self._nodelay_wake:
+            self._wake_nodelay(wake)
         if not self._handed:
             return
         while self._handed:
@@ -326,6 +331,18 @@ class MqttAgent:
                 wake.recv(10000)
         if client.want_write():
             client.loop_write()
+
+    def _wake_nodelay(self, wake: socket.socket) -> None:
+        """paho's wake-up pair is a TCP connection on loopback without ``TCP_NODELAY``: a wake-up
+        byte sent while the previous one is not yet acknowledged is held back by Nagle's
+        algorithm (RFC 896), so one of the two bytes a reply and its PUBACK write arrives after
+        they were sent and wakes this thread once more for nothing, and a hand-over's byte can
+        wait behind such a byte. Set once per pair (paho makes a new one with a new client)."""
+        self._nodelay_wake = wake
+        try:
+            wake.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # not TCP (a later paho may use socket.socketpair): nothing to do
+            log.debug("mqtt: TCP_NODELAY on the wake-up pair failed", exc_info=True)
 
     @staticmethod
     def _send_handed(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import threading
 from pathlib import Path
 
@@ -98,6 +99,11 @@ def test_replies_and_acks_handed_over_together_reach_the_broker(tmp_path: Path) 
         t.join(5)
         assert worker_names == {"handover-worker"}
         assert len(kicks) < N // 4, f"the drain was woken {len(kicks)} times by {N} replies"
+        # paho's wake-up pair (a TCP connection on loopback) sends each byte at once: without
+        # TCP_NODELAY the second byte of a reply and its PUBACK is held back by Nagle and
+        # wakes the network thread once more, later, for nothing.
+        wake_w = agent._client._sockpairW  # type: ignore[union-attr]
+        assert wake_w.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         # Its own rows still get their PUBACKs: an event put now is sent and deleted.
         store.outbox.put("test", "", {"n": 1})
         agent.kick()
