@@ -226,6 +226,9 @@ class Store:
         self.path = state_dir / DB_NAME
         self.lock = threading.RLock()
         self._depth = 0
+        # Number of the outermost transaction (raised at each BEGIN): what a memo of a read
+        # inside one transaction is keyed on (CommandLog.lookup).
+        self._txn = 0
         try:
             self.conn = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None, timeout=10
@@ -356,6 +359,7 @@ class Store:
             except sqlite3.Error as exc:
                 self._restore_synchronous(lazy)
                 raise StoreError(f"store unavailable: {exc}", retryable=True) from exc
+            self._txn += 1
             self._depth = 1
             try:
                 yield self.conn
@@ -621,10 +625,17 @@ class Outbox:
 
 
 class CommandLog:
-    """At-most-once execution: a command id is recorded *before* its handler runs."""
+    """At-most-once execution: a command id is recorded *before* its handler runs.
+
+    Only this class writes the ``commands`` table, so :meth:`lookup` keeps its last answer for
+    the rest of the transaction it ran in, until this class writes: the trust layer's
+    re-delivery check and the dispatcher look up the same id of a signed command in the same
+    admission transaction, and the second lookup costs no statement."""
 
     def __init__(self, store: Store) -> None:
         self._s = store
+        # (transaction number, id, answer) of the last lookup inside a transaction.
+        self._memo: tuple[int, str, tuple[str, str, str | None] | None] | None = None
 
     def begin(
         self,
@@ -639,6 +650,7 @@ class CommandLog:
         Returns (claimed, stored reply or None, state)."""
         now = time.time()
         with self._s.transaction() as c:
+            self._memo = None
             row = c.execute("SELECT state, reply FROM commands WHERE id=?", (cid,)).fetchone()
             if row is not None:
                 c.execute(
@@ -662,6 +674,7 @@ class CommandLog:
         sends the reply."""
         now = time.time()
         with self._s.transaction(durable=durable) as c:
+            self._memo = None
             cur = c.execute(
                 "UPDATE commands SET state='done', reply=?, finished=?, outcome=? "
                 "WHERE id=? AND state='running'",
@@ -687,10 +700,15 @@ class CommandLog:
     def lookup(self, cid: str) -> tuple[str, str, str | None] | None:
         """(command name, state, stored reply or None) of a known id, None for a new one."""
         with self._s.lock:
+            memo = self._memo
+            if memo is not None and self._s._depth and memo[0] == self._s._txn and memo[1] == cid:
+                return memo[2]
             row = self._s.conn.execute(
                 "SELECT name, state, reply FROM commands WHERE id=?", (cid,)
             ).fetchone()
-        return None if row is None else (str(row[0]), str(row[1]), row[2])
+            known = None if row is None else (str(row[0]), str(row[1]), row[2])
+            self._memo = (self._s._txn, cid, known) if self._s._depth else None
+        return known
 
     def record(
         self,
@@ -705,6 +723,7 @@ class CommandLog:
         recorded meanwhile. ``details`` go into the audit row."""
         now = time.time()
         with self._s.transaction() as c:
+            self._memo = None
             cur = c.execute(
                 "INSERT OR IGNORE INTO commands (id, name, state, received, finished, reply, "
                 "actor, outcome) VALUES (?,?,?,?,?,?,?,?)",
@@ -728,6 +747,7 @@ class CommandLog:
 
     def prune(self, older_than_s: float) -> int:
         with self._s.transaction() as c:
+            self._memo = None
             cur = c.execute(
                 "DELETE FROM commands WHERE state='done' AND received < ?",
                 (time.time() - older_than_s,),

@@ -55,6 +55,7 @@ import json
 import logging
 import queue
 import random
+import socket
 import ssl
 import struct
 import threading
@@ -183,12 +184,17 @@ class MqttAgent:
         self._epoch = 0
         self._lock = threading.Lock()
         self._acks: collections.deque[int] = collections.deque()
+        # Set by the drain while it has outbox rows in flight: only then does a PUBACK wake
+        # it. The PUBACKs of replies and telemetry (most of them at 1 command in flight) are
+        # only queued; the drain drops them at its next pass.
+        self._drain_waits_for_acks = False
         # Batches of (replies with their properties, acknowledgements) for the network thread
         # (handover); a deque append/popleft is atomic.
         self._handed: collections.deque[
             tuple[list[tuple[str, bytes, Any]], list[Callable[[], None]]]
         ] = collections.deque()
         self._wake = threading.Condition(threading.Lock())
+        self._nodelay_wake: socket.socket | None = None  # paho's wake-up socket set TCP_NODELAY
         self._net_thread: threading.Thread | None = None
         self._drain_thread: threading.Thread | None = None
         # end_to_end: the ingest's acknowledgements with their PUBACK, for the outbox-ack
@@ -337,6 +343,9 @@ class MqttAgent:
     def _run_handed(self, client: paho.Client) -> None:
         """In the network thread, after each ``loop()``: what :meth:`handover` queued, then
         one write of all of it."""
+        wake = getattr(client, "_sockpairW", None)
+        if wake is not None and wake is not self._nodelay_wake:
+            self._wake_nodelay(wake)
         if not self._handed:
             return
         while self._handed:
@@ -352,6 +361,18 @@ class MqttAgent:
                 wake.recv(10000)
         if client.want_write():
             client.loop_write()
+
+    def _wake_nodelay(self, wake: socket.socket) -> None:
+        """paho's wake-up pair is a TCP connection on loopback without ``TCP_NODELAY``: a wake-up
+        byte sent while the previous one is not yet acknowledged is held back by Nagle's
+        algorithm (RFC 896), so one of the two bytes a reply and its PUBACK write arrives after
+        they were sent and wakes this thread once more for nothing, and a hand-over's byte can
+        wait behind such a byte. Set once per pair (paho makes a new one with a new client)."""
+        self._nodelay_wake = wake
+        try:
+            wake.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # not TCP (a later paho may use socket.socketpair): nothing to do
+            log.debug("mqtt: TCP_NODELAY on the wake-up pair failed", exc_info=True)
 
     @staticmethod
     def _send_handed(
@@ -608,7 +629,10 @@ class MqttAgent:
         # Runs in the network thread with paho's message lock held: never take a lock that
         # a publishing thread may hold. A deque append is atomic.
         self._acks.append(mid)
-        self._kick()
+        # Appended before the flag is read, and the drain sets the flag before it looks at
+        # the deque and sleeps: either it sees this PUBACK or this wakes it.
+        if self._drain_waits_for_acks:
+            self._kick()
 
     # -- outbox drain ------------------------------------------------------------------------
 
@@ -739,6 +763,7 @@ class MqttAgent:
                     sent += 1
                     self.sent_events += 1
             if sent == 0 and not self._acks:
+                self._drain_waits_for_acks = bool(inflight)
                 with self._wake:
                     if not self._acks:
                         self._wake.wait(0.02 if acked else 0.5)

@@ -1,11 +1,13 @@
 """The agent's batched hand-back (``Incoming.handover``): replies and PUBACKs queued from
 another thread reach mosquitto through the network thread, the PUBACKs included (a broker that
-keeps at most 5 unacknowledged QoS 1 messages in flight to a client stalls without them)."""
+keeps at most 5 unacknowledged QoS 1 messages in flight to a client stalls without them). The
+broker's PUBACKs of those replies do not wake the outbox drain, which has nothing in flight."""
 
 from __future__ import annotations
 
 import json
 import queue
+import socket
 import threading
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from appliance.config import AppConfig
 from appliance.devtools.broker import Mosquitto
 from appliance.inbound import Incoming
 from appliance.store import Store
+from tests.helpers import wait_for
 
 N = 60  # many times the broker's in-flight window below
 
@@ -81,6 +84,11 @@ def test_replies_and_acks_handed_over_together_reach_the_broker(tmp_path: Path) 
         sub.subscribe("test/handover/replies", qos=1)
         assert subscribed.wait(20)
         wait_birth(sub, agent)
+        # Count the drain's wake-ups from here on: a reply's PUBACK must not wake it (one
+        # outbox query per reply at 1 command in flight, for nothing).
+        kicks: list[str] = []
+        kick = agent._kick
+        agent._kick = lambda: (kicks.append("kick"), kick())[1]  # type: ignore[method-assign]
         t = threading.Thread(target=worker, name="handover-worker", daemon=True)
         t.start()
         topic = agent.topics.cmd
@@ -90,6 +98,16 @@ def test_replies_and_acks_handed_over_together_reach_the_broker(tmp_path: Path) 
         assert got == [f"h{i}" for i in range(N)], "replies in order"
         t.join(5)
         assert worker_names == {"handover-worker"}
+        assert len(kicks) < N // 4, f"the drain was woken {len(kicks)} times by {N} replies"
+        # paho's wake-up pair (a TCP connection on loopback) sends each byte at once: without
+        # TCP_NODELAY the second byte of a reply and its PUBACK is held back by Nagle and
+        # wakes the network thread once more, later, for nothing.
+        wake_w = agent._client._sockpairW  # type: ignore[union-attr]
+        assert wake_w.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        # Its own rows still get their PUBACKs: an event put now is sent and deleted.
+        store.outbox.put("test", "", {"n": 1})
+        agent.kick()
+        wait_for(lambda: store.outbox.depth() == 0, 20, "the event acknowledged and deleted")
     finally:
         sub.disconnect()
         sub.loop_stop()

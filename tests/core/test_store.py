@@ -128,6 +128,40 @@ while True:
 """
 
 
+def test_a_lookup_repeated_in_one_transaction_sees_the_writes_between(tmp_path: Path) -> None:
+    """CommandLog.lookup answers a repeat inside the same transaction from memory, but never
+    across a write of the command log or across transactions."""
+    s = Store(tmp_path)
+    statements: list[str] = []
+    s.conn.set_trace_callback(statements.append)
+
+    def selects() -> int:
+        return sum(st.startswith("SELECT name, state, reply FROM commands") for st in statements)
+
+    with s.transaction(durable=False):
+        assert s.commands.lookup("c1") is None
+        assert s.commands.lookup("c1") is None
+        assert selects() == 1
+        assert s.commands.begin("c1", "note")[0] is True
+        assert s.commands.lookup("c1") == ("note", "running", None)  # the claim, not the memo
+        assert selects() == 2
+    with s.transaction():
+        assert s.commands.finish("c1", '{"ok": true}')
+        assert s.commands.lookup("c1") == ("note", "done", '{"ok": true}')
+    assert s.commands.lookup("c1") == ("note", "done", '{"ok": true}')  # outside: read again
+    assert selects() == 4
+    # Rolled back: the next transaction does not reuse what the failed one read.
+    with pytest.raises(RuntimeError), s.transaction():
+        assert s.commands.lookup("c2") is None
+        raise RuntimeError("abort")
+    s.conn.execute(
+        "INSERT INTO commands (id, name, state, received) VALUES ('c2', 'note', 'running', 0)"
+    )
+    with s.transaction():
+        assert s.commands.lookup("c2") == ("note", "running", None)
+    s.close()
+
+
 def test_events_reported_stored_survive_kill9(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True

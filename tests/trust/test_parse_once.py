@@ -131,6 +131,29 @@ def test_a_signed_command_is_parsed_once(world: World, monkeypatch: pytest.Monke
     assert counted.validated == 1
 
 
+def test_a_signed_command_id_is_looked_up_once(world: World) -> None:
+    """The verifier's re-delivery check and the dispatcher both ask the command store about
+    the id, in the same admission transaction: one SELECT (CommandLog.lookup's memo), counted
+    on the store's own SQLite connection."""
+    fleet, dispatcher, replies, _v = world
+    b = EnvelopeBuilder(fleet.operator(roles=("operator",)), clock=fleet.clock)
+    statements: list[str] = []
+    dispatcher.store.conn.set_trace_callback(statements.append)
+    try:
+        message = b.build("look", b'{"id": "q1", "cmd": "look"}', "kiosk-001")
+        dispatcher.handle(Incoming("kiosk/kiosk-001/cmd", message, False))
+        assert replies.first()["ok"] is True
+        # The same envelope again: a re-delivery, answered from the store (the memo does not
+        # outlive the first admission's transaction).
+        replies.items.clear()
+        dispatcher.handle(Incoming("kiosk/kiosk-001/cmd", message, False))
+        assert replies.first()["ok"] is True
+    finally:
+        dispatcher.store.conn.set_trace_callback(None)
+    lookups = [st for st in statements if st.startswith("SELECT name, state, reply FROM commands")]
+    assert len(lookups) == 2, statements  # one per admission, not two
+
+
 def test_an_unsigned_development_command_is_parsed_once(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
