@@ -17,6 +17,7 @@ from ..dispatch import CommandReply
 from ..errors import ApplianceError, CommandTimeout
 from ..fleet.conn import FleetMqtt, Message
 from ..fleet.tools import Verification, verify_from
+from ..protocol.codes import ErrorCode
 from ..protocol.topics import Topics
 from ..trust.certs import OperatorKey
 from ..trust.envelope import EnvelopeBuilder
@@ -41,7 +42,7 @@ class Reply:
         if not self.ok:
             raise ApplianceError(
                 f"{self.cmd} failed: {self.code}: {self.error.get('message')}",
-                code=self.code or "command_failed",
+                code=self.code or ErrorCode.COMMAND_FAILED,
                 details=self.error.get("details") or {},
             )
         return self.result

@@ -229,7 +229,7 @@ def _capture(
             )
             tell(f"{name} sealed, quality {r.get('quality')}")
             continue
-        if finger.code in ("device_timeout", "quality_not_met") and opts.skip_unreadable:
+        if finger.code in (ErrorCode.DEVICE_TIMEOUT, "quality_not_met") and opts.skip_unreadable:
             _step(report, name, finger, detail=str(finger.error.get("message", "")))
             skip = cmd.request(
                 "enrollment.skip",

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ApplianceError, MissingExtraError
+from ..protocol.codes import ErrorCode
 from ..protocol.topics import Topics
 from ..trust.certs import ROOT_PUB_FILE
 from ..trust.keys import b64encode, load_public_key
@@ -152,19 +153,21 @@ def _targets(args: argparse.Namespace, mqtt: FleetMqtt, prefix: str) -> list[str
 def _spec(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     if args.kind == "command":
         if not args.cmd:
-            raise ApplianceError("kind command needs --cmd", code="usage")
+            raise ApplianceError("kind command needs --cmd", code=ErrorCode.USAGE)
         cargs = json.loads(args.args)
         if not isinstance(cargs, dict):
-            raise ApplianceError("--args must be a JSON object", code="usage")
+            raise ApplianceError("--args must be a JSON object", code=ErrorCode.USAGE)
         return {"cmd": args.cmd, "args": cargs}
     if args.kind == "config":
         if args.config is None or args.config_version is None:
-            raise ApplianceError("kind config needs --config and --config-version", code="usage")
+            raise ApplianceError(
+                "kind config needs --config and --config-version", code=ErrorCode.USAGE
+            )
         fmt = "json" if args.config.suffix.lower() == ".json" else "toml"
         return {"content": b64encode(args.config.read_bytes()), "format": fmt,
                 "version": args.config_version}  # fmt: skip
     if args.bundle is None:
-        raise ApplianceError("kind update needs --bundle", code="usage")
+        raise ApplianceError("kind update needs --bundle", code=ErrorCode.USAGE)
     m = verify_bundle(args.bundle, [load_public_key(home / ROOT_PUB_FILE)])
     data = args.bundle.read_bytes()
     spec: dict[str, Any] = {
@@ -283,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
                 return EXIT_OK
         return _drive(args, store, job.id)
     except (ApplianceError, ValueError) as exc:
-        code = getattr(exc, "code", "usage")
+        code = getattr(exc, "code", ErrorCode.USAGE)
         print(f"error ({code}): {getattr(exc, 'message', exc)}", file=sys.stderr)
         return EXIT_USAGE
     finally:

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         mqtt = FleetMqtt(opts).connect()
     except ApplianceError as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
-        return EXIT_FAILED if exc.code != "invalid_name" else EXIT_USAGE
+        return EXIT_FAILED if exc.code != ErrorCode.INVALID_NAME else EXIT_USAGE
     try:
         if group is None:
             return _one(args, mqtt, opts.prefix, payload, cid, keys)

@@ -343,3 +343,101 @@ def test_one_package_codec_and_one_manifest_model() -> None:
     ]
     session = (ROOT / "appliance/enrollment/session.py").read_text(encoding="utf-8")
     assert "Manifest.model_validate(" in session
+
+
+# --- rooms whose error codes are all members ------------------------------------------------
+
+#: Rooms (under appliance/) where every error code is written as an ``ErrorCode`` member, never
+#: as a string literal (issue 13). The other rooms still hold literals (each a member: the test
+#: above); they join this list as they are converted.
+CONVERTED_ROOMS = ("drivers/", "enrollment/", "trust/", "fleet/", "central/", "citizen/")
+#: Inside those rooms, files not converted yet (another change owns them this round).
+NOT_CONVERTED = ("fleet/sim", "central/issue")
+
+
+def _codeish(node: ast.AST) -> bool:
+    """An expression that holds an error code: ``code``, ``exc.code``, ``err["code"]``..."""
+    text = ast.unparse(node)
+    return text == "code" or text.endswith((".code", "_code", "['code']"))
+
+
+def _every_string(node: ast.AST | None) -> list[str]:
+    """String literals of a value, also inside ``a or "b"`` and tuples/sets/lists."""
+    if isinstance(node, ast.BoolOp):
+        return [s for v in node.values for s in _every_string(v)]
+    if isinstance(node, ast.Tuple | ast.Set | ast.List):
+        return [s for e in node.elts for s in _every_string(e)]
+    return _strings(node)
+
+
+def room_literals(root: Path) -> list[str]:
+    """Error codes written as string literals in the converted rooms under ``root``: what
+    :func:`wire_literals` finds, plus comparisons with a code (``exc.code == "busy"``),
+    defaults of a ``code`` parameter, ``x or "code"``, ``getattr(exc, "code", "usage")`` and
+    the module constants named ``*_CODES``."""
+    codes, _ = wire_literals(root)
+    hits = [f"{where}: {c!r}" for c, where in codes]
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            found: list[str] = []
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                if any(_codeish(s) for s in sides):
+                    found = [s for side in sides for s in _every_string(side)]
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                args = node.args.posonlyargs + node.args.args
+                defaults = dict(zip(reversed(args), reversed(node.args.defaults), strict=False))
+                defaults |= dict(zip(node.args.kwonlyargs, node.args.kw_defaults, strict=True))
+                found = [s for a, d in defaults.items() if a.arg == "code" for s in _strings(d)]
+            elif isinstance(node, ast.Call) and ast.unparse(node.func) == "getattr":
+                if len(node.args) == 3 and _strings(node.args[1]) == ["code"]:
+                    found = _every_string(node.args[2])
+            elif isinstance(node, ast.Call):
+                found = [
+                    s
+                    for kw in node.keywords
+                    if kw.arg == "code" and isinstance(kw.value, ast.BoolOp)
+                    for s in _every_string(kw.value)
+                ]
+            elif isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id.endswith("_CODES") for t in node.targets
+            ):
+                found = _every_string(node.value)
+            hits += [f"{rel}:{node.lineno}: {s!r}" for s in found if s in set(ErrorCode)]
+    return sorted(
+        {h for h in hits if h.startswith(CONVERTED_ROOMS) and not h.startswith(NOT_CONVERTED)}
+    )
+
+
+def test_converted_rooms_write_every_error_code_as_a_member() -> None:
+    hits = room_literals(ROOT / "appliance")
+    assert hits == [], "write these codes as ErrorCode members:\n" + "\n".join(hits)
+
+
+def test_the_room_scan_finds_a_literal_code_and_skips_the_other_rooms(tmp_path: Path) -> None:
+    for room in ("trust", "fleet", "update"):
+        (tmp_path / room).mkdir()
+    (tmp_path / "trust" / "x.py").write_text(
+        "from appliance.protocol.codes import ErrorCode\n\n\n"
+        "def f(exc, code='bad_signature'):\n"
+        "    if exc.code in ('busy', ErrorCode.TIMEOUT):\n"
+        "        raise E('m', code=exc.code or 'command_failed')\n"
+        "    raise E('m', code=ErrorCode.BUSY)\n\n\n"
+        "ERROR_CODES = ('replayed', ErrorCode.EXPIRED)\n"
+        "C = getattr(exc, 'code', 'usage')\n"
+        "D = {'code': 'expired', 'status': 'busy'}\n"
+    )
+    (tmp_path / "fleet" / "sim.py").write_text("R = E('m', code='busy')\n")
+    (tmp_path / "update" / "x.py").write_text("R = E('m', code='busy')\n")
+    hits = room_literals(tmp_path)
+    assert all(h.startswith("trust/x.py:") for h in hits), hits
+    assert sorted(h.split(": ", 1)[1] for h in hits) == [
+        "'bad_signature'",
+        "'busy'",
+        "'command_failed'",
+        "'expired'",
+        "'replayed'",
+        "'usage'",
+    ]
