@@ -42,6 +42,7 @@ from typing import Any
 
 from ..errors import ApplianceError, MissingExtraError
 from ..protocol.codes import ErrorCode
+from ..protocol.messages import MessageInvalid, StatusMessage, parse_message
 from ..protocol.topics import Topics
 from ..trust.certs import ROOT_PUB_FILE
 from ..trust.keys import b64encode, load_public_key
@@ -142,10 +143,11 @@ def _targets(args: argparse.Namespace, mqtt: FleetMqtt, prefix: str) -> list[str
         for topic, msg in msgs.items():
             dev = device_of(topic, prefix)
             try:
-                body = json.loads(msg.payload)
-            except ValueError:
+                status = parse_message(StatusMessage, msg.payload, "status")
+            except MessageInvalid as exc:
+                print(f"warning: {topic}: {exc} (skipped)", file=sys.stderr)
                 continue
-            if dev and isinstance(body, dict) and match_query(body, query):
+            if dev and match_query(status.model_dump(exclude_unset=True), query):
                 devices.add(dev)
     return sorted(devices)
 

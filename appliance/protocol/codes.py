@@ -169,6 +169,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     CONTROLLER_TIMEOUT = "controller_timeout"
     UNPARSEABLE_REPLY = "unparseable_reply"
+    MALFORMED_MESSAGE = "malformed_message"
     BROKER_FAILED = "broker_failed"
     MISSING_BROKER = "missing_broker"
     PKI_FAILED = "pki_failed"
@@ -819,6 +820,11 @@ ERROR_MEANINGS: dict[ErrorCode, tuple[str, str]] = {
     ),
     ErrorCode.UNPARSEABLE_REPLY: (
         "a reply to the dev controller that is not JSON",
+        "no",
+    ),
+    ErrorCode.MALFORMED_MESSAGE: (
+        "a status, event, telemetry or reply that does not parse as the contract's model "
+        "(appliance/protocol/messages.py); the fleet tools log it with the field and count it",
         "no",
     ),
     ErrorCode.BROKER_FAILED: (

@@ -4,6 +4,7 @@ topic it builds parses back to its kind and device."""
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shutil
 from pathlib import Path
@@ -441,3 +442,28 @@ def test_the_room_scan_finds_a_literal_code_and_skips_the_other_rooms(tmp_path: 
         "'replayed'",
         "'usage'",
     ]
+
+
+# --- the reply: rendered by the kiosk, parsed by the fleet tools ---------------------------
+
+
+def test_the_fleet_tools_reply_model_parses_every_reply_the_kiosk_renders() -> None:
+    """``dispatch.CommandReply`` renders a reply, ``protocol.messages.ReplyMessage`` parses it
+    on the fleet side: the same fields, and what one writes the other reads back unchanged."""
+    from appliance.dispatch import CommandReply, ErrorBody
+    from appliance.errors import Busy
+    from appliance.protocol.messages import ReplyError, ReplyMessage, parse_message
+
+    assert set(ReplyMessage.model_fields) == set(CommandReply.model_fields)
+    assert set(ReplyError.model_fields) == set(ErrorBody.model_fields)
+    for name, field in CommandReply.model_fields.items():
+        assert ReplyMessage.model_fields[name].is_required() == field.is_required(), name
+    replies = [
+        CommandReply(id="c-1", cmd="ping", ok=True, result={"pong": True, "ts": 1.5}),
+        CommandReply(id=None, ok=False, error=ErrorBody(code="invalid_json", message="m")),
+        CommandReply(id="c-2", cmd="card.encode", ok=False, error=ErrorBody(**Busy("b").to_dict())),
+    ]
+    for reply in replies:
+        wire = reply.to_json()
+        parsed = parse_message(ReplyMessage, wire, "reply")
+        assert parsed.model_dump(mode="json", exclude_unset=True) == json.loads(wire)
