@@ -371,6 +371,25 @@ def _every_string(node: ast.AST | None) -> list[str]:
     return _strings(node)
 
 
+def _dataclass_code_fields(tree: ast.AST) -> dict[str, int]:
+    """A module's dataclasses with a ``code`` field: name -> its position in ``__init__``
+    (``Verdict("refused", "token_used", ...)``). Their success outcomes (``ok``) are no error
+    codes, so only members of ``ErrorCode`` written as literals count."""
+    out = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and any(
+            "dataclass" in ast.unparse(d) for d in node.decorator_list
+        ):
+            fields = [
+                item.target.id
+                for item in node.body
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+            ]
+            if "code" in fields:
+                out[node.name] = fields.index("code")
+    return out
+
+
 def room_literals(root: Path) -> list[str]:
     """Error codes written as string literals in the converted rooms under ``root``: what
     :func:`wire_literals` finds, plus comparisons with a code (``exc.code == "busy"``),
@@ -381,8 +400,12 @@ def room_literals(root: Path) -> list[str]:
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
         tree = ast.parse(path.read_text(encoding="utf-8"))
+        positional = _dataclass_code_fields(tree)
         for node in ast.walk(tree):
             found: list[str] = []
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in positional:
+                i = positional[ast.unparse(node.func)]
+                found = _strings(node.args[i]) if i < len(node.args) else []
             if isinstance(node, ast.Compare):
                 sides = [node.left, *node.comparators]
                 if any(_codeish(s) for s in sides):
@@ -396,7 +419,7 @@ def room_literals(root: Path) -> list[str]:
                 if len(node.args) == 3 and _strings(node.args[1]) == ["code"]:
                     found = _every_string(node.args[2])
             elif isinstance(node, ast.Call):
-                found = [
+                found += [
                     s
                     for kw in node.keywords
                     if kw.arg == "code" and isinstance(kw.value, ast.BoolOp)
@@ -428,7 +451,9 @@ def test_the_room_scan_finds_a_literal_code_and_skips_the_other_rooms(tmp_path: 
         "    raise E('m', code=ErrorCode.BUSY)\n\n\n"
         "ERROR_CODES = ('replayed', ErrorCode.EXPIRED)\n"
         "C = getattr(exc, 'code', 'usage')\n"
-        "D = {'code': 'expired', 'status': 'busy'}\n"
+        "D = {'code': 'expired', 'status': 'busy'}\n\n\n"
+        "@dataclass(frozen=True)\nclass V:\n    status: str\n    code: str\n\n\n"
+        "W = [V('refused', 'denied'), V('approved', 'ok')]\n"
     )
     (tmp_path / "fleet" / "sim.py").write_text("R = E('m', code='busy')\n")
     (tmp_path / "update" / "x.py").write_text("R = E('m', code='busy')\n")
@@ -438,6 +463,7 @@ def test_the_room_scan_finds_a_literal_code_and_skips_the_other_rooms(tmp_path: 
         "'bad_signature'",
         "'busy'",
         "'command_failed'",
+        "'denied'",
         "'expired'",
         "'replayed'",
         "'usage'",
