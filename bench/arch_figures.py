@@ -12,7 +12,8 @@
   topic strings spelled outside the wire contract (``appliance/protocol/``; before it existed,
   ``appliance/agent/topics.py``), and error codes written as string literals (``code="..."``,
   ``code = "..."``, ``{"code": "..."}``, ``_bad("...", ...)``) rather than ``ErrorCode`` members,
-  with how many distinct codes are not members of ``ErrorCode`` (the source text).
+  with how many distinct codes are not members of ``ErrorCode`` (the source text), and where
+  they are, per room (the package under ``appliance/``, or the module at its top).
 
     .venv/bin/python bench/arch_figures.py
 """
@@ -50,6 +51,7 @@ class Tracer:
         self.on = False
         self.modules: set[str] = set()
         self.decodes: collections.Counter[str] = collections.Counter()
+        self.heads: dict[str, str] = {}  # digest -> the document's first bytes
         self.validations: collections.Counter[str] = collections.Counter()
 
     def __call__(self, frame: Any, event: str, _arg: Any) -> None:
@@ -70,6 +72,7 @@ class Tracer:
             if isinstance(doc, bytes | str):
                 raw = doc.encode() if isinstance(doc, str) else doc
                 self.decodes[digest(raw)] += 1
+                self.heads[digest(raw)] = raw[:48].decode(errors="replace")
         elif path.endswith("pydantic/main.py") and name.startswith("model_validate"):
             cls = frame.f_locals.get("cls")
             self.validations[getattr(cls, "__name__", "?")] += 1
@@ -174,11 +177,15 @@ def static_figures() -> dict[str, Any]:
     paho_setups = []
     topic_strings = []
     codes: list[str] = []
+    rooms: collections.Counter[str] = collections.Counter()
     topic_re = re.compile(r"""f["'][^"'\n]*\{[a-z_.]*prefix[a-z_.()]*\}/""")
     for path in sorted((ROOT / "appliance").rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
         text = path.read_text(encoding="utf-8")
-        codes += code_literals(ast.parse(text))
+        found = code_literals(ast.parse(text))
+        codes += found
+        if found:
+            rooms[rel.split("/")[1].removesuffix(".py")] += len(found)
         for n, line in enumerate(text.splitlines(), 1):
             if re.search(r"\bpaho\.Client\(|\bmqtt\.Client\(", line):
                 paho_setups.append(f"{rel}:{n}")
@@ -201,6 +208,7 @@ def static_figures() -> dict[str, Any]:
         "error_code_literals": len(codes),
         "error_code_literals_distinct": len(set(codes)),
         "codes_not_in_error_code_enum": sorted(set(codes) - members),
+        "error_code_literals_by_room": dict(rooms.most_common()),
     }
 
 
@@ -320,6 +328,9 @@ def traced_figures() -> dict[str, Any]:
                     names.get(d, "other"): n for d, n in tracer.decodes.items()
                 },
                 "pydantic_validations": dict(tracer.validations),
+                "other_documents": [
+                    tracer.heads[d] for d in tracer.decodes if d not in names and d in tracer.heads
+                ],
             }
         sys.setprofile(None)
         threading.setprofile(None)

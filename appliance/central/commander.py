@@ -1,25 +1,29 @@
 """Commands to one kiosk for the scripted enrollment and issuance: signed when the fleet
 requires it (docs/trust.md envelope, an ``operator`` certificate), each reply's device
-signature checked with the key approved for the kiosk, with the time each round trip took."""
+signature checked with the key approved for the kiosk, with the time each round trip took.
+Replies are parsed once with the wire contract's ``ReplyMessage``; one that does not parse is
+logged with its fields (``malformed_message``), counted in ``Commander.malformed`` and skipped."""
 
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
-from ..dispatch import CommandReply
 from ..errors import ApplianceError, CommandTimeout
 from ..fleet.conn import FleetMqtt, Message
 from ..fleet.tools import Verification, verify_from
+from ..protocol.codes import ErrorCode
+from ..protocol.messages import MessageInvalid, ReplyMessage, parse_message
 from ..protocol.topics import Topics
 from ..trust.certs import OperatorKey
 from ..trust.envelope import EnvelopeBuilder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,7 +45,7 @@ class Reply:
         if not self.ok:
             raise ApplianceError(
                 f"{self.cmd} failed: {self.code}: {self.error.get('message')}",
-                code=self.code or "command_failed",
+                code=self.code or ErrorCode.COMMAND_FAILED,
                 details=self.error.get("details") or {},
             )
         return self.result
@@ -68,6 +72,7 @@ class Commander:
         self.lifetime_s = lifetime_s
         self.topics = Topics(prefix, device)
         self.reply_topic = self.topics.reply
+        self.malformed = 0  # replies that did not parse as the contract's ReplyMessage
         self._replies = mqtt.collector(self.reply_topic)
         mqtt.subscribe([self.reply_topic])
 
@@ -102,8 +107,10 @@ class Commander:
             except queue.Empty:
                 continue
             try:
-                reply = CommandReply.model_validate_json(msg.payload)
-            except ValidationError:  # not a reply (docs/protocol.md, "Replies")
+                reply = parse_message(ReplyMessage, msg.payload, "reply")
+            except MessageInvalid as exc:  # not a reply (docs/protocol.md, "Commands")
+                self.malformed += 1
+                log.warning("%s: %s (%s)", msg.topic, exc, ErrorCode.MALFORMED_MESSAGE)
                 continue
             if msg.correlation_data != corr and reply.id != cid:
                 continue

@@ -371,7 +371,7 @@ class DirectoryStore:
         directory does not hold (``citizen_unknown``, listing them)."""
         if not BATCH_ID_RE.match(batch_id):
             raise StoreError(
-                f"batch id {batch_id!r}: 1-64 letters, digits, _ . -", code="invalid_args"
+                f"batch id {batch_id!r}: 1-64 letters, digits, _ . -", code=ErrorCode.INVALID_ARGS
             )
         clauses: list[str] = []
         args: list[Any] = []
@@ -405,12 +405,12 @@ class DirectoryStore:
         if unknown:
             raise StoreError(
                 f"{len(unknown)} number(s) not in the directory: {', '.join(unknown[:10])}",
-                code="citizen_unknown",
+                code=ErrorCode.CITIZEN_UNKNOWN,
                 details={"numbers": unknown},
             )
         refs = list(dict.fromkeys(refs))
         if not refs:
-            raise StoreError("the selection holds no citizen", code="batch_empty")
+            raise StoreError("the selection holds no citizen", code=ErrorCode.BATCH_EMPTY)
         now = time.time()
         area = {"provinces": list(provinces), "residence": residence, "numbers": len(numbers)}
         try:
@@ -429,7 +429,9 @@ class DirectoryStore:
                     if progress is not None:
                         progress(min(i + step, len(refs)), len(refs))
         except sqlite3.IntegrityError:
-            raise StoreError(f"batch {batch_id!r} exists already", code="batch_exists") from None
+            raise StoreError(
+                f"batch {batch_id!r} exists already", code=ErrorCode.BATCH_EXISTS
+            ) from None
         return self.batch_info(batch_id) or {}
 
     def batch_info(self, batch_id: str) -> dict[str, Any] | None:

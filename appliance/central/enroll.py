@@ -11,19 +11,23 @@ through the sealed package.
 
 from __future__ import annotations
 
-import json
+import logging
 import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import ApplianceError, TrustError
 from ..fleet.conn import Message
 from ..protocol.codes import ErrorCode, EventType
+from ..protocol.messages import EventMessage, MessageInvalid, UploadAck, parse_message
 from ..trust.sealed import verify_ack
 from .commander import Commander, Reply
 from .store import PackageStore
+
+log = logging.getLogger(__name__)
+_M = TypeVar("_M", UploadAck, EventMessage)
 
 FINGER_NAMES = {
     1: "right thumb",
@@ -229,7 +233,7 @@ def _capture(
             )
             tell(f"{name} sealed, quality {r.get('quality')}")
             continue
-        if finger.code in ("device_timeout", "quality_not_met") and opts.skip_unreadable:
+        if finger.code in (ErrorCode.DEVICE_TIMEOUT, "quality_not_met") and opts.skip_unreadable:
             _step(report, name, finger, detail=str(finger.error.get("message", "")))
             skip = cmd.request(
                 "enrollment.skip",
@@ -242,12 +246,14 @@ def _capture(
         finger.raise_for_error()
 
 
-def _json(msg: Message) -> dict[str, Any]:
+def _parsed(model: type[_M], msg: Message, kind: str) -> _M | None:
+    """``msg`` parsed with the contract's model; None (logged, naming the fields) if it does
+    not parse."""
     try:
-        obj = json.loads(msg.payload)
-    except ValueError:
-        return {}
-    return obj if isinstance(obj, dict) else {}
+        return parse_message(model, msg.payload, kind)
+    except MessageInvalid as exc:
+        log.warning("%s: %s (%s; ignored)", msg.topic, exc, ErrorCode.MALFORMED_MESSAGE)
+        return None
 
 
 def _follow_upload(
@@ -267,11 +273,11 @@ def _follow_upload(
             msg = acks.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
             break
-        ack = _json(msg)
-        if ack.get("package_id") != report.package_id or "status" not in ack:
+        ack = _parsed(UploadAck, msg, "upload ack")
+        if ack is None or ack.package_id != report.package_id or ack.status is None:
             continue
-        report.upload_status = str(ack["status"])
-        report.upload_reason = str(ack.get("reason") or "")
+        report.upload_status = ack.status
+        report.upload_reason = ack.reason or ""
         break
     report.upload_s = time.perf_counter() - t0
     report.steps.append(
@@ -304,10 +310,14 @@ def _follow_upload(
     report.purged = False
     while time.monotonic() < purge_deadline:
         try:
-            ev = _json(events.get(timeout=max(0.0, purge_deadline - time.monotonic())))
+            ev = _parsed(
+                EventMessage,
+                events.get(timeout=max(0.0, purge_deadline - time.monotonic())),
+                "event",
+            )
         except queue.Empty:
             break
-        if (ev.get("data") or {}).get("package_id") == report.package_id:
+        if ev is not None and ev.data.get("package_id") == report.package_id:
             report.purged = True
             break
     tell("kiosk purged its sealed copy" if report.purged else "no purge event from the kiosk")

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import ApplianceError, ConfigError
 from ..fleet.conn import BrokerOptions, broker_options, home_of
+from ..protocol.codes import ErrorCode
 from .clitools import add_kiosk_args, connect
 from .enroll import EnrollOptions, format_report, parse_positions, parse_skip, run_enrollment
 from .keys import ensure_central_keys, load_central_keys
@@ -226,7 +227,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912  the flags to options
                 )
     except ApplianceError as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
-        return EXIT_TIMEOUT if exc.code == "timeout" else EXIT_FAILED
+        return EXIT_TIMEOUT if exc.code == ErrorCode.TIMEOUT else EXIT_FAILED
     finally:
         if receiver is not None:
             receiver.stop(end_session=True)

@@ -454,11 +454,12 @@ def import_packages(
             packages = list(doc["packages"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ApplianceError(
-                f"{listing}: not an export listing ({exc})", code="import_malformed"
+                f"{listing}: not an export listing ({exc})", code=ErrorCode.IMPORT_MALFORMED
             ) from None
         if device != listing.parent.name or not validate_device(device):
             raise ApplianceError(
-                f"{listing}: device {device!r} is not its directory's", code="import_malformed"
+                f"{listing}: device {device!r} is not its directory's",
+                code=ErrorCode.IMPORT_MALFORMED,
             )
         items += [(device, p, listing.parent) for p in packages if isinstance(p, dict)]
     results: list[dict[str, Any]] = []
@@ -493,10 +494,10 @@ def _import_one(
         if outcome.state == "finished":
             return {"outcome": "duplicate"}
         if outcome.state == "conflict":
-            return {"outcome": "conflict", "code": "package_id_reused"}
+            return {"outcome": "conflict", "code": ErrorCode.PACKAGE_ID_REUSED}
     result = core.verify_upload(device, package_id)
     if result is None:
-        return {"outcome": "held", "code": "unknown_device"}
+        return {"outcome": "held", "code": ErrorCode.UNKNOWN_DEVICE}
     if result["status"] == "complete":
         return {"outcome": "complete"}
     return {"outcome": "rejected", "code": result.get("code")}

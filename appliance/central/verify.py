@@ -143,7 +143,7 @@ def _check_time(manifest: Manifest) -> None:
     problems = check_time_source(manifest.model_dump())
     if problems:
         raise _bad(
-            "package_malformed",
+            ErrorCode.PACKAGE_MALFORMED,
             f"manifest time fields: {'; '.join(problems)}",
             field=problems[0].split(":", 1)[0],
         )

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TrustError
+from ..protocol.codes import ErrorCode
 from ..trust.signeddoc import verify_document
 from .validation import CitizenDataInvalid, Stage, validate_citizen
 
@@ -50,7 +51,7 @@ MAX_CHUNKS = 10_000
 _SAME = ("batch_id", "count", "total", "area", "created_at", "expires_at")
 
 
-def _bad(message: str, code: str = "malformed_envelope", **details: Any) -> TrustError:
+def _bad(message: str, code: str = ErrorCode.MALFORMED_ENVELOPE, **details: Any) -> TrustError:
     return TrustError(message, code=code, details=details)
 
 
@@ -71,9 +72,9 @@ class BatchDownload:
     def add(self, body: dict[str, Any], issuer: str) -> None:
         """One verified chunk body; raises ``TrustError`` if it does not belong."""
         if body.get("request_id") != self.request_id or body.get("nonce") != self.nonce:
-            raise _bad("the batch chunk answers another request", code="wrong_request")
+            raise _bad("the batch chunk answers another request", code=ErrorCode.WRONG_REQUEST)
         if body.get("batch_id") != self.batch_id:
-            raise _bad("the batch chunk is of another batch", code="wrong_request")
+            raise _bad("the batch chunk is of another batch", code=ErrorCode.WRONG_REQUEST)
         if body.get("status") == "not_found":
             self.status = "not_found"
             self.done.set()
@@ -114,7 +115,9 @@ class BatchDownload:
                     where=f"batch {self.batch_id} chunk {index} record {i}",
                 )
             except CitizenDataInvalid as exc:
-                raise TrustError(exc.message, code="citizen_invalid", details=exc.details) from None
+                raise TrustError(
+                    exc.message, code=ErrorCode.CITIZEN_INVALID, details=exc.details
+                ) from None
 
     def document(self) -> dict[str, Any]:
         """The stored form of a complete batch."""

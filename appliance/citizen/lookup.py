@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ApplianceError, CommandError, TrustError
+from ..protocol.codes import ErrorCode
 from ..protocol.topics import Topics
 from ..trust.signeddoc import verify_document
 from .batch import BATCH_ID_RE, BatchDownload, CitizenBatch, verify_chunk
@@ -90,7 +91,7 @@ CORRECTABLE = (
 class LookupFailed(ApplianceError):
     """A lookup that got no acceptable answer; ``code`` says why (docs/protocol.md)."""
 
-    code = "lookup_failed"
+    code = ErrorCode.LOOKUP_FAILED
 
 
 def request_topic(prefix: str, device: str) -> str:
@@ -106,7 +107,7 @@ def check_number(number: object) -> str:
     if not isinstance(number, str) or not NUMBER_RE.match(number):
         raise CommandError(
             "number: a 12-digit CCCD number or a 9-digit CMND number is required",
-            code="invalid_args",
+            code=ErrorCode.INVALID_ARGS,
             details={"problems": ["number: must be 12 or 9 digits"]},
         )
     return number
@@ -286,7 +287,10 @@ class LookupClient:
         try:
             return self.ask(number, timeout_s=timeout_s)
         except LookupFailed as exc:
-            if exc.code not in ("directory_offline", "directory_timeout") or self.batch is None:
+            if (
+                exc.code not in (ErrorCode.DIRECTORY_OFFLINE, ErrorCode.DIRECTORY_TIMEOUT)
+                or self.batch is None
+            ):
                 raise
             found = self.batch.find(number)
             if found is None:
@@ -322,7 +326,7 @@ class LookupClient:
             raise LookupFailed(
                 "no fleet root key configured (trust.root_keys): a lookup answer could not be "
                 "verified",
-                code="not_provisioned",
+                code=ErrorCode.NOT_PROVISIONED,
             )
         w = _Waiter(
             request_id=f"lk-{secrets.token_hex(8)}", nonce=secrets.token_hex(16), number=number
@@ -340,7 +344,7 @@ class LookupClient:
             ):
                 raise LookupFailed(
                     "the kiosk is not connected to the broker: the directory cannot be asked",
-                    code="directory_offline",
+                    code=ErrorCode.DIRECTORY_OFFLINE,
                     retryable=True,
                 )
             if not w.done.wait(timeout_s):
@@ -353,7 +357,7 @@ class LookupClient:
                     )
                 raise LookupFailed(
                     f"no answer from the directory within {timeout_s:g} s",
-                    code="directory_timeout",
+                    code=ErrorCode.DIRECTORY_TIMEOUT,
                     retryable=True,
                     details={"request_id": w.request_id},
                 )
@@ -379,11 +383,13 @@ class LookupClient:
         ``LookupFailed`` (``directory_offline``, ``directory_timeout`` with the chunks
         received, ``batch_not_found``, or the code of the last refused chunk)."""
         if self.batch is None:
-            raise LookupFailed("this kiosk keeps no citizen batch", code="not_provisioned")
+            raise LookupFailed("this kiosk keeps no citizen batch", code=ErrorCode.NOT_PROVISIONED)
         if not BATCH_ID_RE.match(batch_id):
-            raise CommandError("batch_id: 1-64 letters, digits, '_', '.', '-'", code="invalid_args")
+            raise CommandError(
+                "batch_id: 1-64 letters, digits, '_', '.', '-'", code=ErrorCode.INVALID_ARGS
+            )
         if not self.roots and not self.allow_unsigned:
-            raise LookupFailed("no fleet root key configured", code="not_provisioned")
+            raise LookupFailed("no fleet root key configured", code=ErrorCode.NOT_PROVISIONED)
         d = BatchDownload(f"bt-{secrets.token_hex(8)}", secrets.token_hex(16), batch_id)
         body = json.dumps(
             {"request_id": d.request_id, "nonce": d.nonce, "batch": batch_id},
@@ -397,7 +403,7 @@ class LookupClient:
             ):
                 raise LookupFailed(
                     "the kiosk is not connected to the broker: the batch cannot be fetched",
-                    code="directory_offline",
+                    code=ErrorCode.DIRECTORY_OFFLINE,
                     retryable=True,
                 )
             if not d.done.wait(timeout_s):
@@ -410,12 +416,12 @@ class LookupClient:
                     )
                 raise LookupFailed(
                     f"batch {batch_id}: {len(d.chunks)} chunk(s) in {timeout_s:g} s, not all",
-                    code="directory_timeout",
+                    code=ErrorCode.DIRECTORY_TIMEOUT,
                     retryable=True,
                     details={"received": len(d.chunks)},
                 )
             if d.status == "not_found":
-                raise LookupFailed(f"no batch {batch_id!r} here", code="batch_not_found")
+                raise LookupFailed(f"no batch {batch_id!r} here", code=ErrorCode.BATCH_NOT_FOUND)
             summary = self.batch.store(d)
             if self.on_signed_time is not None and d.issued_at:
                 # not bound to a fresh time (the chunks may be old): raises the floor only
@@ -501,7 +507,7 @@ def _peek_request_id(payload: bytes) -> str | None:
 
 
 def _wrong(message: str, **details: Any) -> TrustError:
-    return TrustError(message, code="wrong_request", details=details)
+    return TrustError(message, code=ErrorCode.WRONG_REQUEST, details=details)
 
 
 def parse_answer(
@@ -516,22 +522,26 @@ def parse_answer(
         raise _wrong("the answer is for another number", request_id=request_id)
     status = body.get("status")
     if status not in STATUSES:
-        raise TrustError(f"lookup answer status {status!r} unknown", code="malformed_envelope")
+        raise TrustError(
+            f"lookup answer status {status!r} unknown", code=ErrorCode.MALFORMED_ENVELOPE
+        )
     enrollment = body.get("enrollment", "none")
     if enrollment not in ENROLLMENT_STATES:
         raise TrustError(
-            f"lookup answer enrollment {enrollment!r} unknown", code="malformed_envelope"
+            f"lookup answer enrollment {enrollment!r} unknown", code=ErrorCode.MALFORMED_ENVELOPE
         )
     citizen = body.get("citizen")
     record: dict[str, Any] | None = None
     if status == "found":
         if not isinstance(citizen, dict):
-            raise TrustError("a found answer without its record", code="malformed_envelope")
+            raise TrustError("a found answer without its record", code=ErrorCode.MALFORMED_ENVELOPE)
         try:
             checked = validate_citizen(citizen, stage=Stage.DIRECTORY, where="lookup answer")
         except CitizenDataInvalid as exc:
             # The directory never answers an invalid record; one that does is refused here.
-            raise TrustError(exc.message, code="citizen_invalid", details=exc.details) from None
+            raise TrustError(
+                exc.message, code=ErrorCode.CITIZEN_INVALID, details=exc.details
+            ) from None
         if number not in (checked.personal_id, checked.old_id_number):
             raise _wrong("the record has another number", request_id=request_id)
         record = record_to_json(checked)

@@ -35,6 +35,7 @@ from enum import StrEnum
 from typing import Any, Final, NamedTuple
 
 from ..errors import ApplianceError
+from ..protocol.codes import ErrorCode
 from .provinces import PROVINCES
 
 
@@ -99,7 +100,7 @@ class CitizenDataInvalid(ApplianceError):
     Messages never carry the full personal number (logs and audit rows keep them).
     """
 
-    code = "citizen_invalid"
+    code = ErrorCode.CITIZEN_INVALID
 
     def __init__(self, problems: list[Problem], *, where: str = "") -> None:
         self.problems = list(problems)

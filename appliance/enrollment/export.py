@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ApplianceError, TrustError
+from ..protocol.codes import ErrorCode
 from ..store import Store
 from ..trust.keys import (
     DEVICE_PUB_FILE,
@@ -59,7 +60,7 @@ def check_own_package(data: bytes, device_id: str, public_key: bytes) -> dict[st
     if manifest.get("device") != device_id:
         raise TrustError(
             f"package names device {manifest.get('device')!r}, not {device_id!r}",
-            code="wrong_device",
+            code=ErrorCode.WRONG_DEVICE,
         )
     return manifest
 
@@ -91,7 +92,9 @@ def export_packages(
             data = Path(path).read_bytes()
             check_own_package(data, device_id, public_key)
             if pk.manifest_of(pk.decode_container(data)).get("package_id") != package_id:
-                raise TrustError("the manifest names another package", code="package_malformed")
+                raise TrustError(
+                    "the manifest names another package", code=ErrorCode.PACKAGE_MALFORMED
+                )
         except (OSError, ApplianceError) as exc:
             reason = exc.message if isinstance(exc, ApplianceError) else str(exc)
             skipped.append({"package_id": package_id, "reason": reason})
@@ -182,7 +185,7 @@ def _device_id(args: argparse.Namespace, store: Store) -> str:
             return device
     raise ApplianceError(
         "no package was ever queued here: give --device-id to write an empty export",
-        code="invalid_args",
+        code=ErrorCode.INVALID_ARGS,
     )
 
 
@@ -204,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         device = _device_id(args, store)
         out = export_packages(store, state, device, args.to, progress=progress)
     except (ApplianceError, OSError) as exc:
-        code = exc.code if isinstance(exc, ApplianceError) else "export_failed"
+        code = exc.code if isinstance(exc, ApplianceError) else ErrorCode.EXPORT_FAILED
         print(f"error ({code}): {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..errors import ProtocolError
+from ..protocol.codes import ErrorCode
 from ..protocol.package import (
     MAGIC,
     MANIFEST_TYPE,
@@ -50,7 +51,7 @@ CHAIN_START = hashlib.sha256(b"").hexdigest().upper()
 
 
 def _bad(message: str) -> ProtocolError:
-    return ProtocolError(message, device="enrollment", code="bad_package", retryable=False)
+    return ProtocolError(message, device="enrollment", code=ErrorCode.BAD_PACKAGE, retryable=False)
 
 
 def record_digest(record: bytes) -> str:

@@ -278,7 +278,7 @@ class EnrollmentManager:
     def _require(self) -> Session:
         s = self.active()
         if s is None:
-            raise CommandError("no active enrollment session", code="no_session")
+            raise CommandError("no active enrollment session", code=ErrorCode.NO_SESSION)
         return s
 
     def _progress(self, s: Session, step: str, **data: Any) -> None:
@@ -321,12 +321,12 @@ class EnrollmentManager:
             raise CommandError(
                 "no enrollment key configured (trust.enrollment_key): records could not be "
                 "sealed, so no enrollment can start",
-                code="not_provisioned",
+                code=ErrorCode.NOT_PROVISIONED,
             )
         if args.issuance and not self.instant_issuance:
             raise CommandError(
                 "instant card issuance is disabled on this kiosk (enrollment.instant_issuance)",
-                code="issuance_disabled",
+                code=ErrorCode.ISSUANCE_DISABLED,
             )
         corrections = self._check_corrections(args)
         with self._lock:
@@ -408,7 +408,7 @@ class EnrollmentManager:
             raise CommandError(
                 f"corrections: no verified lookup of citizen {args.citizen_ref} on this kiosk; "
                 "look the citizen up (citizen.lookup) before asking for corrections",
-                code="lookup_required",
+                code=ErrorCode.LOOKUP_REQUIRED,
                 details={"citizen_ref": args.citizen_ref},
             )
         problems = check_corrections(record, args.corrections)
@@ -469,11 +469,11 @@ class EnrollmentManager:
             args.position if args.position is not None else (remaining[0] if remaining else None)
         )
         if position is None:
-            raise CommandError("every planned finger is done", code="nothing_to_capture")
+            raise CommandError("every planned finger is done", code=ErrorCode.NOTHING_TO_CAPTURE)
         if position not in remaining:
             raise CommandError(
                 f"finger {position} is not to do in this session",
-                code="invalid_args",
+                code=ErrorCode.INVALID_ARGS,
                 details={"remaining": remaining},
             )
         if self.fingers is None:
@@ -535,7 +535,7 @@ class EnrollmentManager:
         s = self._require()
         if args.position not in self._remaining(s):
             raise CommandError(
-                f"finger {args.position} is not to do in this session", code="invalid_args"
+                f"finger {args.position} is not to do in this session", code=ErrorCode.INVALID_ARGS
             )
         with self.store.transaction() as c:
             (n,) = c.execute(
@@ -591,12 +591,12 @@ class EnrollmentManager:
             recs = self._records(s.id)
             captured = [r for r in recs if r["status"] == "captured"]
             if not any(r["kind"] == "face" for r in captured):
-                raise CommandError("the portrait is not captured yet", code="incomplete")
+                raise CommandError("the portrait is not captured yet", code=ErrorCode.INCOMPLETE)
             remaining = self._remaining(s)
             if remaining:
                 raise CommandError(
                     f"fingers still to capture or skip: {remaining}",
-                    code="incomplete",
+                    code=ErrorCode.INCOMPLETE,
                     details={"remaining": remaining},
                 )
             package_id = s.id
@@ -799,7 +799,9 @@ class EnrollmentManager:
         with self._lock:
             current = self.active()
             if current is None or current.id != s.id:
-                raise CommandError("the session ended during the capture", code="no_session")
+                raise CommandError(
+                    "the session ended during the capture", code=ErrorCode.NO_SESSION
+                )
             chain = pk.chain_next(current.chain_head, digest)
             record_id = f"{s.id[:12]}-{uuid.uuid4().hex[:12]}"
             sealed = self.sealed.put(record_id, record, kind=kind)  # zeroes `record`

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StoreError
+from ..protocol.codes import ErrorCode
 
 # ZhianTec image buffer: 256 x 288 px (the sensor manual, "Image upload (UpImage)").
 FINGER_IMAGE_BYTES = 256 * 288
@@ -91,7 +92,7 @@ def check_room(path: Path, estimate: Estimate, *, free: DiskUsage = free_bytes) 
             f"not enough room for an enrollment: {needed:,} bytes needed (worst case, with "
             f"{estimate.reserve:,} kept free), {available:,} free on {path}: upload or export "
             "the queued packages first",
-            code="no_room",
+            code=ErrorCode.NO_ROOM,
             retryable=True,
             details={
                 "needed_bytes": needed,

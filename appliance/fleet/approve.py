@@ -29,21 +29,22 @@ from .registry import DeviceRecord, FleetRegistry, TokenRecord, load_home_enroll
 
 log = logging.getLogger(__name__)
 
-NEXT_STEPS = {
-    "token_unknown": "the token is not one of this fleet's: check the fleet home (--home) or "
-    "create a token with 'appliance fleet claim-token' and re-run 'appliance provision' "
-    "with it",
-    "bad_proof": "the request was not made with the token's secret (mistyped token?): re-run "
-    "'appliance provision --claim-token ...' with the exact token",
-    "token_used": "a claim token is single use: create a new one with 'appliance fleet "
+#: The technician's next step after each refusal (keyed by the code, a str).
+NEXT_STEPS: dict[str, str] = {
+    ErrorCode.TOKEN_UNKNOWN: "the token is not one of this fleet's: check the fleet home "
+    "(--home) or create a token with 'appliance fleet claim-token' and re-run 'appliance "
+    "provision' with it",
+    ErrorCode.BAD_PROOF: "the request was not made with the token's secret (mistyped "
+    "token?): re-run 'appliance provision --claim-token ...' with the exact token",
+    ErrorCode.TOKEN_USED: "a claim token is single use: create a new one with 'appliance fleet "
     "claim-token' and re-run 'appliance provision --claim-token NEW'",
-    "token_expired": "create a new token with 'appliance fleet claim-token' and re-run "
+    ErrorCode.TOKEN_EXPIRED: "create a new token with 'appliance fleet claim-token' and re-run "
     "'appliance provision --claim-token NEW'",
-    "wrong_device": "the token was created for another device id: use that device id or "
+    ErrorCode.WRONG_DEVICE: "the token was created for another device id: use that device id or "
     "create a token for this one",
-    "device_exists": "this device id is registered with another key: if the kiosk was "
+    ErrorCode.DEVICE_EXISTS: "this device id is registered with another key: if the kiosk was "
     "re-installed, approve with --replace; otherwise choose another device id",
-    "denied": "the administrator refused the claim; ask why before trying again",
+    ErrorCode.DENIED: "the administrator refused the claim; ask why before trying again",
 }
 
 
@@ -61,24 +62,30 @@ def judge(reg: FleetRegistry, req: ClaimRequest, *, now: float, replace: bool = 
     it, so two approvals cannot both use one token."""
     tok = reg.token(req.token_id)
     if tok is None:
-        return Verdict("refused", "token_unknown", f"unknown claim token {req.token_id}", None)
+        return Verdict(
+            "refused", ErrorCode.TOKEN_UNKNOWN, f"unknown claim token {req.token_id}", None
+        )
     if not req.check_proof(tok.secret):
-        return Verdict("refused", "bad_proof", "the request's token proof does not verify", tok)
+        return Verdict(
+            "refused", ErrorCode.BAD_PROOF, "the request's token proof does not verify", tok
+        )
     if tok.used_by is not None:
         if tok.used_by == req.claim_id and tok.used_key == req.device_key_id:
             return Verdict("approved", "ok", "approved (sent again)", tok, repeat=True)
         return Verdict(
             "refused",
-            "token_used",
+            ErrorCode.TOKEN_USED,
             f"claim token {tok.token_id} was already used by claim {tok.used_by}",
             tok,
         )
     if now > tok.expires_at:
-        return Verdict("refused", "token_expired", f"claim token {tok.token_id} expired", tok)
+        return Verdict(
+            "refused", ErrorCode.TOKEN_EXPIRED, f"claim token {tok.token_id} expired", tok
+        )
     if tok.device is not None and tok.device != req.device_id:
         return Verdict(
             "refused",
-            "wrong_device",
+            ErrorCode.WRONG_DEVICE,
             f"claim token {tok.token_id} is for device {tok.device}, not {req.device_id}",
             tok,
         )
@@ -86,7 +93,7 @@ def judge(reg: FleetRegistry, req: ClaimRequest, *, now: float, replace: bool = 
     if existing is not None and existing.key_id != req.device_key_id and not replace:
         return Verdict(
             "refused",
-            "device_exists",
+            ErrorCode.DEVICE_EXISTS,
             f"device {req.device_id} is already registered with key {existing.key_id}",
             tok,
         )
@@ -183,7 +190,7 @@ def answer_claim(
     with reg.locked():
         verdict = judge(reg, req, now=t, replace=replace)
         if deny is not None and verdict.status == "approved":
-            verdict = Verdict("refused", "denied", deny, verdict.token)
+            verdict = Verdict("refused", ErrorCode.DENIED, deny, verdict.token)
         secret = verdict.token.secret if verdict.token is not None else None
         if verdict.status != "approved":
             resp = build_response(

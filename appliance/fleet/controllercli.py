@@ -198,7 +198,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901  wires the flags, stream
         if args.out:
             out.close()
     print(
-        f"controller {args.instance}: {stream.count} recorded, {stream.duplicates} duplicates"
+        f"controller {args.instance}: {stream.count} recorded, {stream.duplicates} duplicates, "
+        f"{stream.malformed} malformed"
         + (f", {acker.acked} acknowledged in {acker.sent} messages" if acker else ""),
         file=sys.stderr,
     )

@@ -14,6 +14,10 @@ or recorded by ``fleet watch`` in the fleet home (``seen.json``).
 The retained status does not carry the outbox depth; it is filled from heartbeats seen while
 listening, or, with ``--query``, from a signed ``status`` command to every online kiosk
 (needs an operator key, ``--signer``).
+
+Status, heartbeats and replies are parsed with the wire contract's models
+(appliance/protocol/messages.py); a message that does not parse is skipped, named with its
+fields on standard error and counted in the summary line.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import sys
 import time
@@ -28,6 +33,14 @@ import uuid
 from typing import Any
 
 from ..errors import ApplianceError, MissingExtraError
+from ..protocol.codes import ErrorCode
+from ..protocol.messages import (
+    MessageInvalid,
+    ReplyMessage,
+    StatusMessage,
+    TelemetryMessage,
+    parse_message,
+)
 from ..protocol.topics import TopicKind, Topics, parse
 from ..trust.envelope import EnvelopeBuilder
 from .conn import FleetMqtt, add_broker_args, add_home_arg, broker_options
@@ -42,7 +55,8 @@ from .tools import (
     registry,
     verify_from,
 )
-from .watch import status_last_seen, status_state
+
+log = logging.getLogger(__name__)
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -80,7 +94,18 @@ def _health(devices: Any) -> str:
     return "ok" if not bad else " ".join(bad)
 
 
-def collect(args: argparse.Namespace, mqtt: FleetMqtt, prefix: str) -> list[dict[str, Any]]:
+def _malformed(topic: str, exc: MessageInvalid, out: list[str] | None) -> None:
+    if out is None:
+        log.warning("%s: %s (%s; skipped)", topic, exc, ErrorCode.MALFORMED_MESSAGE)
+    else:  # the caller reports them (run: on standard error)
+        out.append(f"{topic}: {exc}")
+
+
+def collect(
+    args: argparse.Namespace, mqtt: FleetMqtt, prefix: str, malformed: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """One row per kiosk; each message that does not parse is logged and appended to
+    ``malformed`` (``topic: malformed KIND: field: reason``)."""
     reg = registry(args)
     keys = reg.device_keys()
     every = Topics.anyone(prefix)
@@ -95,44 +120,52 @@ def collect(args: argparse.Namespace, mqtt: FleetMqtt, prefix: str) -> list[dict
         }
     for topic, msg in msgs.items():
         dev = device_of(topic, prefix)
-        if dev is None:
+        parsed = parse(prefix, topic)
+        if dev is None or parsed is None:
             continue
+        status = parsed.kind is TopicKind.STATUS
         try:
-            body = json.loads(msg.payload)
-        except ValueError:
-            continue
-        if not isinstance(body, dict):
+            message: StatusMessage | TelemetryMessage = (
+                parse_message(StatusMessage, msg.payload, "status")
+                if status
+                else parse_message(TelemetryMessage, msg.payload, "telemetry")
+            )
+        except MessageInvalid as exc:
+            _malformed(topic, exc, malformed)
             continue
         row = rows.setdefault(dev, {"device": dev, "state": "never seen", "approved": False})
-        parsed = parse(prefix, topic)
-        if parsed is not None and parsed.kind is TopicKind.STATUS:
-            online = body.get("online") is True
-            row["state"] = status_state(body)
-            row["version"] = body.get("version", row.get("version"))
-            row["site"] = body.get("site", row.get("site", ""))
-            row["health"] = _health(body.get("devices")) if online else "-"
+        if isinstance(message, StatusMessage):
+            row["state"] = message.state
+            row["version"] = message.version or row.get("version")
+            row["site"] = message.site or row.get("site", "")
+            row["health"] = _health(message.devices) if message.online else "-"
             row["signature"] = verify_from(keys, dev, msg).status
             if row["signature"] != "bad":  # a forged status says nothing about the kiosk
-                seen = status_last_seen(body)
+                seen = message.last_contact
                 row["last_seen"] = max(row.get("last_seen") or 0, seen or 0) or None
-            if not online and isinstance(body.get("connected_at"), int | float):
-                row["connected_at"] = body["connected_at"]
-        elif "outbox_depth" in body:
-            row["outbox_depth"] = body["outbox_depth"]
+            if not message.online and message.connected_at is not None:
+                row["connected_at"] = message.connected_at
+        else:
+            row["outbox_depth"] = message.outbox_depth
             if verify_from(keys, dev, msg).status != "bad":
-                row["last_seen"] = max(row.get("last_seen") or 0, body.get("ts") or 0) or None
+                row["last_seen"] = max(row.get("last_seen") or 0, message.ts) or None
     # The last contact a watcher recorded (fleet watch), later than a stale Last Will.
     for dev, ts in reg.last_seen().items():
         known = rows.get(dev)
         if known is not None and known.get("signature") != "bad" and known["state"] != "never seen":
             known["last_seen"] = max(known.get("last_seen") or 0, ts)
     if args.query:
-        _query(args, mqtt, prefix, [r for r in rows.values() if r["state"] == "online"])
+        online = [r for r in rows.values() if r["state"] == "online"]
+        _query(args, mqtt, prefix, online, malformed)
     return sorted(rows.values(), key=lambda r: r["device"])
 
 
 def _query(
-    args: argparse.Namespace, mqtt: FleetMqtt, prefix: str, rows: list[dict[str, Any]]
+    args: argparse.Namespace,
+    mqtt: FleetMqtt,
+    prefix: str,
+    rows: list[dict[str, Any]],
+    malformed: list[str] | None = None,
 ) -> None:
     if not rows:
         return
@@ -160,18 +193,19 @@ def _query(
         except Exception:  # noqa: S112 - queue.Empty: the deadline decides
             continue
         try:
-            reply = json.loads(msg.payload)
-        except ValueError:
+            reply = parse_message(ReplyMessage, msg.payload, "reply")
+        except MessageInvalid as exc:
+            _malformed(msg.topic, exc, malformed)
             continue
-        found: dict[str, Any] | None = pending.pop(str(reply.get("id")), None)
+        found: dict[str, Any] | None = pending.pop(str(reply.id), None)
         if found is None:
             continue
         row = found
-        if reply.get("ok"):
-            row["outbox_depth"] = reply["result"].get("outbox_depth")
+        if reply.ok:
+            row["outbox_depth"] = (reply.result or {}).get("outbox_depth")
             row["last_seen"] = time.time()
-        else:
-            row["query_error"] = (reply.get("error") or {}).get("code")
+        elif reply.error is not None:
+            row["query_error"] = reply.error.code
 
 
 def from_service(url: str) -> list[dict[str, Any]]:
@@ -189,16 +223,23 @@ def from_service(url: str) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    malformed: list[str] = []
     try:
         if getattr(args, "db", None):
             rows = from_service(args.db)
         else:
             opts = broker_options(args)
             with FleetMqtt(opts) as mqtt:
-                rows = collect(args, mqtt, opts.prefix)
+                rows = collect(args, mqtt, opts.prefix, malformed)
     except ApplianceError as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
         return EXIT_FAILED
+    if malformed:
+        print(
+            f"{len(malformed)} malformed message(s) skipped ({ErrorCode.MALFORMED_MESSAGE}):\n  "
+            + "\n  ".join(malformed),
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
@@ -220,7 +261,10 @@ def run(args: argparse.Namespace) -> int:
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     online = sum(1 for r in rows if r["state"] == "online")
-    print(f"{len(rows)} device(s), {online} online")
+    print(
+        f"{len(rows)} device(s), {online} online"
+        + (f", {len(malformed)} malformed message(s) skipped" if malformed else "")
+    )
     return EXIT_OK
 
 

@@ -10,6 +10,10 @@ Latency is ``arrival time - ts`` of the message, both wall clock (``time.time()`
 meaningful when the kiosks and the ingest share a clock (one machine, or NTP-disciplined hosts:
 then add the clocks' offset to the error bars).
 
+Every message is parsed once with the wire contract's models (appliance/protocol/messages.py);
+one that does not parse is counted in ``IngestStats.malformed`` and logged with the fields at
+fault (``malformed_message``).
+
 Per kiosk, durable events are checked as docs/protocol.md prescribes: an ``id`` seen before is a
 duplicate (at-least-once re-send), a ``seq`` never seen between 1 and the highest seen is a gap.
 
@@ -20,7 +24,6 @@ certificate) or unsigned for kiosks in development mode.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -36,6 +39,14 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..errors import DeviceTimeout
 from ..mqttclient import connect_properties, make_client
+from ..protocol.codes import ErrorCode
+from ..protocol.messages import (
+    EventMessage,
+    MessageInvalid,
+    StatusMessage,
+    TelemetryMessage,
+    parse_message,
+)
 from ..protocol.topics import TopicKind, Topics, parse, shared, validate_segment
 from ..trust.certs import OperatorKey
 from .acker import OutboxAcker
@@ -64,8 +75,12 @@ def latency_summary(samples: list[float]) -> dict[str, Any]:
     }
 
 
-#: What the ingest records, by the kind of topic it subscribed to.
-_KINDS = {TopicKind.TELEMETRY: "telemetry", TopicKind.EVENT: "events", TopicKind.STATUS: "status"}
+#: What the ingest records, by the kind of topic it subscribed to: (kind, the contract's model).
+_KINDS: dict[TopicKind, tuple[str, type[TelemetryMessage | EventMessage | StatusMessage]]] = {
+    TopicKind.TELEMETRY: ("telemetry", TelemetryMessage),
+    TopicKind.EVENT: ("event", EventMessage),
+    TopicKind.STATUS: ("status", StatusMessage),
+}
 
 
 @dataclass
@@ -247,34 +262,35 @@ class Ingest:
         parsed = parse(self.prefix, msg.topic)
         if parsed is None or parsed.kind not in _KINDS:
             return
-        device, kind = parsed.device, _KINDS[parsed.kind]
+        kind, model = _KINDS[parsed.kind]
         try:
-            obj = json.loads(msg.payload)
-            if not isinstance(obj, dict):
-                raise ValueError("not an object")
-        except (ValueError, UnicodeDecodeError):
+            message = parse_message(model, msg.payload, kind)
+        except MessageInvalid as exc:
             with self._lock:
                 self.stats.malformed += 1
+            log.warning("%s: %s (%s)", msg.topic, exc, ErrorCode.MALFORMED_MESSAGE)
             return
         with self._lock:
-            self._record(now, device, kind, obj, bool(msg.retain))
+            self._record(now, parsed.device, message, bool(msg.retain))
 
     def _record(
-        self, now: float, device: str, kind: str, obj: dict[str, Any], retained: bool
+        self,
+        now: float,
+        device: str,
+        message: TelemetryMessage | EventMessage | StatusMessage,
+        retained: bool,
     ) -> None:
         st = self.stats
         st.messages += 1
         st.devices_seen.add(device)
-        ts = obj.get("ts")
-        late = now - ts if isinstance(ts, int | float) else None
-        if kind == "telemetry":
+        ts = message.ts
+        late = None if ts is None else now - ts
+        if isinstance(message, TelemetryMessage):
             if late is not None:
                 st.telemetry_latency.append(late)
-        elif kind == "events":
-            eid, seq = obj.get("id"), obj.get("seq")
-            if not isinstance(eid, str) or not isinstance(seq, int):
-                if seq is not None or not isinstance(eid, str):
-                    st.malformed += 1
+        elif isinstance(message, EventMessage):
+            eid, seq = message.id, message.seq
+            if seq is None:
                 return  # progress events carry no seq: transient by design
             duplicate = eid in st.ids
             if duplicate:
@@ -288,13 +304,13 @@ class Ingest:
                 else:
                     st.top_seq[device] = seq
                 if self.keep_payloads:
-                    st.payloads[eid] = obj
+                    st.payloads[eid] = message.model_dump(mode="json", exclude_unset=True)
                 if late is not None:
                     st.event_latency.append(late)
             if self.acker is not None:  # recorded now or before: acknowledge it
                 self.acker.stored(device, seq, eid)
-        elif kind == "status" and not retained:
-            if obj.get("online") is True:
+        elif not retained:
+            if message.online:
                 st.births.append((device, now))
             else:
-                st.deaths.append((device, str(obj.get("reason"))))
+                st.deaths.append((device, str(message.reason)))

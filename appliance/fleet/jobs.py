@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 from ..errors import ApplianceError
 from ..mqttclient import FleetMqtt, Message
+from ..protocol.codes import ErrorCode
 from ..protocol.topics import Topics
 from ..trust.certs import OperatorKey
 from ..update import topics
@@ -84,7 +85,7 @@ CREATE INDEX IF NOT EXISTS job_devices_state ON job_devices (job_id, state);
 
 
 class JobError(ApplianceError):
-    code = "job_invalid"
+    code = ErrorCode.JOB_INVALID
 
 
 @dataclass(frozen=True)
@@ -564,7 +565,7 @@ class JobRunner:
         """One pass: time-outs, abort check, next wave, completion."""
         job = self.store.get(job_id)
         if job is None:
-            raise JobError(f"no job {job_id}", code="job_unknown")
+            raise JobError(f"no job {job_id}", code=ErrorCode.JOB_UNKNOWN)
         now = self.clock()
         wave = self._waves_released(job_id)
         if job.state != "running":

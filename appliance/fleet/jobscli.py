@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ApplianceError, MissingExtraError
+from ..protocol.codes import ErrorCode
+from ..protocol.messages import MessageInvalid, StatusMessage, parse_message
 from ..protocol.topics import Topics
 from ..trust.certs import ROOT_PUB_FILE
 from ..trust.keys import b64encode, load_public_key
@@ -141,10 +143,11 @@ def _targets(args: argparse.Namespace, mqtt: FleetMqtt, prefix: str) -> list[str
         for topic, msg in msgs.items():
             dev = device_of(topic, prefix)
             try:
-                body = json.loads(msg.payload)
-            except ValueError:
+                status = parse_message(StatusMessage, msg.payload, "status")
+            except MessageInvalid as exc:
+                print(f"warning: {topic}: {exc} (skipped)", file=sys.stderr)
                 continue
-            if dev and isinstance(body, dict) and match_query(body, query):
+            if dev and match_query(status.model_dump(exclude_unset=True), query):
                 devices.add(dev)
     return sorted(devices)
 
@@ -152,19 +155,21 @@ def _targets(args: argparse.Namespace, mqtt: FleetMqtt, prefix: str) -> list[str
 def _spec(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     if args.kind == "command":
         if not args.cmd:
-            raise ApplianceError("kind command needs --cmd", code="usage")
+            raise ApplianceError("kind command needs --cmd", code=ErrorCode.USAGE)
         cargs = json.loads(args.args)
         if not isinstance(cargs, dict):
-            raise ApplianceError("--args must be a JSON object", code="usage")
+            raise ApplianceError("--args must be a JSON object", code=ErrorCode.USAGE)
         return {"cmd": args.cmd, "args": cargs}
     if args.kind == "config":
         if args.config is None or args.config_version is None:
-            raise ApplianceError("kind config needs --config and --config-version", code="usage")
+            raise ApplianceError(
+                "kind config needs --config and --config-version", code=ErrorCode.USAGE
+            )
         fmt = "json" if args.config.suffix.lower() == ".json" else "toml"
         return {"content": b64encode(args.config.read_bytes()), "format": fmt,
                 "version": args.config_version}  # fmt: skip
     if args.bundle is None:
-        raise ApplianceError("kind update needs --bundle", code="usage")
+        raise ApplianceError("kind update needs --bundle", code=ErrorCode.USAGE)
     m = verify_bundle(args.bundle, [load_public_key(home / ROOT_PUB_FILE)])
     data = args.bundle.read_bytes()
     spec: dict[str, Any] = {
@@ -283,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
                 return EXIT_OK
         return _drive(args, store, job.id)
     except (ApplianceError, ValueError) as exc:
-        code = getattr(exc, "code", "usage")
+        code = getattr(exc, "code", ErrorCode.USAGE)
         print(f"error ({code}): {getattr(exc, 'message', exc)}", file=sys.stderr)
         return EXIT_USAGE
     finally:

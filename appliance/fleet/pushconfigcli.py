@@ -41,6 +41,7 @@ from pathlib import Path
 from ..config import check_file
 from ..configpush import peek_version
 from ..errors import ApplianceError
+from ..protocol.messages import MessageInvalid, StatusMessage, parse_message
 from ..protocol.topics import TopicKind, Topics, parse
 from ..trust.certs import OperatorKey
 from ..trust.configdoc import sign_config
@@ -159,10 +160,12 @@ def _push(  # noqa: C901, PLR0912, PLR0915  targets, version, publish, wait for 
             parsed = parse(prefix, topic)
             if parsed is not None and parsed.kind is TopicKind.STATUS:
                 try:
-                    if group in (json.loads(msg.payload).get("groups") or []):
-                        members.add(str(device_of(topic, prefix)))
-                except (ValueError, AttributeError):
+                    status = parse_message(StatusMessage, msg.payload, "status")
+                except MessageInvalid as exc:
+                    print(f"warning: {topic}: {exc} (skipped)", file=sys.stderr)
                     continue
+                if group in (status.groups or []):
+                    members.add(str(device_of(topic, prefix)))
         devices = sorted(members)
         if not devices:
             print(f"error: no known member of group {group}", file=sys.stderr)

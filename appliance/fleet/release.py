@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ApplianceError
+from ..protocol.codes import ErrorCode
 from ..store import MIGRATIONS
 from ..trust.certs import OperatorKey
 from ..update.bundle import (
@@ -51,7 +52,7 @@ def _pip(args: Sequence[str]) -> None:
     if proc.returncode != 0:
         raise ApplianceError(
             f"pip failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}",
-            code="release_build_failed",
+            code=ErrorCode.RELEASE_BUILD_FAILED,
             details={"command": cmd},
         )
 
@@ -97,7 +98,7 @@ def build_wheels(
         raise ApplianceError(
             f"expected one wheel of {name} in {wheel_dir}, found {[p.name for p in built]} "
             f"(before: {sorted(before)})",
-            code="release_build_failed",
+            code=ErrorCode.RELEASE_BUILD_FAILED,
         )
     return built[0]
 
@@ -110,10 +111,12 @@ def _project_name(project: Path) -> str:
         name = data["project"]["name"]
     except (OSError, ValueError, KeyError) as exc:
         raise ApplianceError(
-            f"{project}/pyproject.toml names no [project] name: {exc}", code="usage"
+            f"{project}/pyproject.toml names no [project] name: {exc}", code=ErrorCode.USAGE
         ) from None
     if not isinstance(name, str):
-        raise ApplianceError(f"{project}/pyproject.toml: project.name is not text", code="usage")
+        raise ApplianceError(
+            f"{project}/pyproject.toml: project.name is not text", code=ErrorCode.USAGE
+        )
     return name
 
 
@@ -144,7 +147,7 @@ def write_bundle(
     """Hash the wheels, sign the manifest with ``key`` (release role) and write the tar."""
     m = _WHEEL_NAME.match(project_wheel.name)
     if m is None:
-        raise ApplianceError(f"{project_wheel.name} is not a wheel file name", code="usage")
+        raise ApplianceError(f"{project_wheel.name} is not a wheel file name", code=ErrorCode.USAGE)
     version = m["version"]
     parse_version(version, "version")
     parse_version(min_from, "min_from")
@@ -219,7 +222,7 @@ def build_release(
             (wd / w.name).write_bytes(w.read_bytes())
         wheels = sorted(wd.glob("*.whl"))
         if not wheels:
-            raise UpdateError("no wheels were built", code="release_build_failed")
+            raise UpdateError("no wheels were built", code=ErrorCode.RELEASE_BUILD_FAILED)
         return write_bundle(
             out,
             key,

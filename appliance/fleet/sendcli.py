@@ -28,6 +28,7 @@ from typing import Any
 
 from ..errors import ApplianceError
 from ..protocol.codes import ErrorCode
+from ..protocol.messages import MessageInvalid, ReplyMessage, parse_message
 from ..protocol.topics import Topics
 from ..trust.envelope import GROUP_PREFIX, EnvelopeBuilder, validate_target
 from .conn import FleetMqtt, Message, add_broker_args, add_home_arg, broker_options
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         mqtt = FleetMqtt(opts).connect()
     except ApplianceError as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
-        return EXIT_FAILED if exc.code != "invalid_name" else EXIT_USAGE
+        return EXIT_FAILED if exc.code != ErrorCode.INVALID_NAME else EXIT_USAGE
     try:
         if group is None:
             return _one(args, mqtt, opts.prefix, payload, cid, keys)
@@ -115,28 +116,45 @@ def run(args: argparse.Namespace) -> int:
         mqtt.close()
 
 
+def _parse_reply(msg: Message) -> ReplyMessage | MessageInvalid:
+    """The reply parsed with the contract's model, once; what is wrong with it if it does not
+    parse (reported as ``malformed_message``, naming the fields)."""
+    try:
+        return parse_message(ReplyMessage, msg.payload, "reply")
+    except MessageInvalid as exc:
+        return exc
+
+
 def _report(
-    args: argparse.Namespace, device: str, msg: Message, keys: dict[str, bytes]
+    args: argparse.Namespace,
+    device: str,
+    msg: Message,
+    keys: dict[str, bytes],
+    reply: ReplyMessage | MessageInvalid,
 ) -> tuple[bool, bool]:
     """Print one reply; returns (ok, verified)."""
     v = verify_from(keys, device, msg)
-    try:
-        reply: dict[str, Any] = json.loads(msg.payload)
-    except ValueError:
-        reply = {
+    if isinstance(reply, MessageInvalid):
+        out: dict[str, Any] = {
             "ok": False,
-            "error": {"code": ErrorCode.UNPARSEABLE_REPLY, "message": repr(msg.payload)},
+            "error": {
+                "code": ErrorCode.MALFORMED_MESSAGE,
+                "message": str(reply),
+                "details": {"problems": reply.problems, "payload": repr(msg.payload[:200])},
+            },
         }
-    ok = reply.get("ok") is True
+    else:
+        out = reply.model_dump(mode="json", exclude_unset=True)
+    ok = out.get("ok") is True
     if args.json:
-        print(json.dumps({"device": device, "verified": v.status, "reply": reply}), flush=True)
+        print(json.dumps({"device": device, "verified": v.status, "reply": out}), flush=True)
     else:
         mark = {"ok": "verified", "bad": "SIGNATURE INVALID", "unknown": "unverified"}[v.status]
         head = f"{device}: {'ok' if ok else 'FAILED'} [{mark}]"
         if ok:
-            print(f"{head}\n{json.dumps(reply.get('result'), indent=2, ensure_ascii=False)}")
+            print(f"{head}\n{json.dumps(out.get('result'), indent=2, ensure_ascii=False)}")
         else:
-            err = reply.get("error") or {}
+            err = out.get("error") or {}
             print(f"{head} {err.get('code')}: {err.get('message')}")
             if err.get("details"):
                 print(json.dumps(err["details"], indent=2, ensure_ascii=False))
@@ -180,19 +198,17 @@ def _one(
             msg = q.get(timeout=left)
         except queue.Empty:
             continue
-        if msg.correlation_data != corr and _reply_id(msg) != cid:
+        reply = _parse_reply(msg)
+        if msg.correlation_data != corr and _reply_id(reply) != cid:
             continue
-        ok, verified = _report(args, device, msg, keys)
+        ok, verified = _report(args, device, msg, keys, reply)
         if not verified:
             return EXIT_UNVERIFIED
         return EXIT_OK if ok else EXIT_FAILED
 
 
-def _reply_id(msg: Message) -> Any:
-    try:
-        return json.loads(msg.payload).get("id")
-    except (ValueError, AttributeError):
-        return None
+def _reply_id(reply: ReplyMessage | MessageInvalid) -> str | None:
+    return None if isinstance(reply, MessageInvalid) else reply.id
 
 
 def _group(
@@ -217,9 +233,12 @@ def _group(
         except queue.Empty:
             break
         device = device_of(msg.topic, prefix)
-        if device is None or device in seen or _reply_id(msg) != cid:
+        if device is None or device in seen:
             continue
-        seen[device] = _report(args, device, msg, keys)
+        reply = _parse_reply(msg)
+        if _reply_id(reply) != cid:
+            continue
+        seen[device] = _report(args, device, msg, keys, reply)
     missing = sorted(set(members) - set(seen))
     print(
         f"group {group}: {len(seen)} replied"

@@ -12,6 +12,11 @@ restarts wait for it on the broker. mosquitto keeps handing that member its shar
 away (measured: with one of two instances killed, half of the next events queued for it and
 arrived when it came back): no loss, but a delay; ``session_expiry_s=0`` trades that for
 immediate fail-over.
+
+Every message is parsed once, with the wire contract's models (appliance/protocol/messages.py:
+``StatusMessage``, ``EventMessage``, ``TelemetryMessage``); one that does not parse is logged
+with the fields at fault (``malformed_message``), counted in ``EventStream.malformed`` and
+not shown.
 """
 
 from __future__ import annotations
@@ -19,22 +24,48 @@ from __future__ import annotations
 import collections
 import fnmatch
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..protocol.codes import ErrorCode
+from ..protocol.messages import (
+    EventMessage,
+    MessageInvalid,
+    StatusMessage,
+    TelemetryMessage,
+    parse_message,
+)
 from ..protocol.topics import TopicKind, Topics, parse, shared
 from .conn import BrokerOptions, FleetMqtt, Message
 from .tools import Verification, ago, verify_from
 
+log = logging.getLogger(__name__)
+
 DEDUP = 50_000
+
+Parsed = StatusMessage | EventMessage | TelemetryMessage
+
+#: The messages a stream shows, by topic kind: (kind, the contract's model).
+MODELS: dict[TopicKind, tuple[str, type[Parsed]]] = {
+    TopicKind.EVENT: ("event", EventMessage),
+    TopicKind.STATUS: ("status", StatusMessage),
+    TopicKind.TELEMETRY: ("telemetry", TelemetryMessage),
+}
+
+
+def as_body(message: Parsed) -> dict[str, Any]:
+    """A parsed message as the JSON object it came as (the fields it carried)."""
+    return message.model_dump(mode="json", exclude_unset=True)
 
 
 @dataclass(frozen=True)
 class Seen:
-    """One message as the tools show it."""
+    """One message as the tools show it: ``message`` is the parsed model, ``body`` the same
+    message as a JSON object (what ``--json`` prints)."""
 
     kind: str  # event / status / telemetry
     device: str
@@ -46,6 +77,7 @@ class Seen:
     # status only: the kiosk's last contact known to this watcher (the status's own times,
     # or a later heartbeat/event received from it)
     last_seen: float | None = None
+    message: Parsed | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,7 +91,7 @@ class Seen:
             "verified": self.verified.status,
             "received_at": self.received_at,
             **(
-                {"state": status_state(self.body), "last_seen": self.last_seen}
+                {"state": status_state(self.message or self.body), "last_seen": self.last_seen}
                 if self.kind == "status"
                 else {}
             ),
@@ -77,7 +109,7 @@ class Seen:
             data = json.dumps(self.body.get("data"), ensure_ascii=False, separators=(",", ":"))
             return f"{when} {self.device} {self.type} #{self.body.get('seq')} {data}{mark}"
         if self.kind == "status":
-            state = status_state(self.body)
+            state = status_state(self.message or self.body)
             if state != "online":
                 seen = self.last_seen
                 if isinstance(seen, int | float):
@@ -89,16 +121,22 @@ class Seen:
         return f"{when} {self.device} {self.type} {json.dumps(self.body)}{mark}"
 
 
-def status_state(body: dict[str, Any]) -> str:
+def status_state(body: StatusMessage | Parsed | dict[str, Any]) -> str:
     """``online``, ``lost`` (the broker sent the Last Will) or ``offline`` (a clean stop)."""
+    if isinstance(body, StatusMessage):
+        return body.state
+    if not isinstance(body, dict):
+        return "online"  # a heartbeat or an event: the kiosk is there
     if body.get("online") is True:
         return "online"
     return "lost" if body.get("reason") == "lost" else "offline"
 
 
-def status_last_seen(body: dict[str, Any]) -> float | None:
+def status_last_seen(body: StatusMessage | dict[str, Any]) -> float | None:
     """The last contact a status message states: its ``last_seen`` (offline), else its
     ``ts`` (the birth's time); None when it states neither (a will of an older version)."""
+    if isinstance(body, StatusMessage):
+        return body.last_contact
     for key in ("last_seen", "ts"):
         v = body.get(key)
         if isinstance(v, int | float) and not isinstance(v, bool):
@@ -145,6 +183,7 @@ class EventStream:
         self._lock = threading.Lock()
         self.count = 0
         self.duplicates = 0
+        self.malformed = 0  # messages that did not parse as the contract's model
 
     def filters(self) -> list[str]:
         p = self.opts.prefix
@@ -173,43 +212,23 @@ class EventStream:
             return False
         return not self.types or any(fnmatch.fnmatchcase(type_, t) for t in self.types)
 
-    def _on_message(self, msg: Message) -> None:  # noqa: C901, PLR0912  topic kind, filter, decode, de-duplicate, verify and print one message, in that order
-        prefix = self.opts.prefix
-        parsed = parse(prefix, msg.topic)
-        if parsed is None or not msg.payload:
+    def _on_message(self, msg: Message) -> None:
+        parsed = parse(self.opts.prefix, msg.topic)
+        if parsed is None or not msg.payload or parsed.kind not in MODELS:
             return
         device = parsed.device
-        if parsed.kind is TopicKind.EVENT and parsed.arg is not None:
-            kind, type_ = "event", parsed.arg
-        elif parsed.kind is TopicKind.STATUS:
-            kind = type_ = "status"
-        elif parsed.kind is TopicKind.TELEMETRY:
-            kind = type_ = "telemetry"
-        else:
-            return
-        if not self._wanted(device, type_):
+        kind, model = MODELS[parsed.kind]
+        type_ = parsed.arg if parsed.kind is TopicKind.EVENT else kind
+        if type_ is None or not self._wanted(device, type_):
             return
         try:
-            body = json.loads(msg.payload)
-        except ValueError:
-            body = {"unparseable": msg.payload[:200].decode(errors="replace")}
-        if not isinstance(body, dict):
-            body = {"value": body}
-        eid = body.get("id") if kind == "event" else None
-        with self._lock:
-            # At-least-once delivery (docs/protocol.md): a re-sent event keeps its id.
-            duplicate = isinstance(eid, str) and eid in self._ids
-            if duplicate:
-                self.duplicates += 1
-            else:
-                if isinstance(eid, str):
-                    self._ids[eid] = None
-                    if len(self._ids) > DEDUP:
-                        self._ids.popitem(last=False)
-                self.count += 1
-        if duplicate:
-            if self.on_duplicate is not None:
-                self.on_duplicate(device, body)
+            message = parse_message(model, msg.payload, kind)
+        except MessageInvalid as exc:
+            with self._lock:
+                self.malformed += 1
+            log.warning("%s: %s (%s; not shown)", msg.topic, exc, ErrorCode.MALFORMED_MESSAGE)
+            return
+        if not self._first_time(device, message):
             return
         verified = verify_from(self.keys, device, msg)
         now = time.time()
@@ -218,7 +237,7 @@ class EventStream:
             with self._lock:
                 # A status states its own time (a will arrives long after it was written, a
                 # retained one may be days old); a heartbeat or an event is contact now.
-                seen_at = status_last_seen(body) if kind == "status" else now
+                seen_at = message.last_contact if isinstance(message, StatusMessage) else now
                 if seen_at is not None:
                     seen_at = max(seen_at, self.last_seen.get(device, 0.0))
                     self.last_seen[device] = seen_at
@@ -230,9 +249,28 @@ class EventStream:
                 device,
                 type_,
                 msg.topic,
-                body,
+                as_body(message),
                 verified,
                 received_at=now,
                 last_seen=seen_at if kind == "status" else None,
+                message=message,
             )
         )
+
+    def _first_time(self, device: str, message: Parsed) -> bool:
+        """False for a re-sent event (at-least-once delivery, docs/protocol.md: it keeps its
+        id), handed to ``on_duplicate``; True for everything else, counted."""
+        eid = message.id if isinstance(message, EventMessage) else None
+        with self._lock:
+            duplicate = eid is not None and eid in self._ids
+            if duplicate:
+                self.duplicates += 1
+            else:
+                if eid is not None:
+                    self._ids[eid] = None
+                    if len(self._ids) > DEDUP:
+                        self._ids.popitem(last=False)
+                self.count += 1
+        if duplicate and self.on_duplicate is not None:
+            self.on_duplicate(device, as_body(message))
+        return not duplicate

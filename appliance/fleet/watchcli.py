@@ -19,6 +19,7 @@ import sys
 import threading
 
 from ..errors import ApplianceError
+from ..protocol.codes import ErrorCode
 from .conn import add_broker_args, add_home_arg, broker_options
 from .registry import FleetRegistry
 from .tools import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, registry
@@ -94,6 +95,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         stream.stop()
         recorder.stop()
+    if stream.malformed:
+        print(
+            f"{stream.malformed} malformed message(s) not shown "
+            f"({ErrorCode.MALFORMED_MESSAGE}, logged above)",
+            file=sys.stderr,
+        )
     if args.count is not None and not finished:
         return EXIT_TIMEOUT
     return EXIT_OK

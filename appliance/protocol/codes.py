@@ -111,6 +111,12 @@ class ErrorCode(StrEnum):
     MALFORMED_REQUEST = "malformed_request"
     STALE_RESPONSE = "stale_response"
     TOKEN_MALFORMED = "token_malformed"  # noqa: S105 (not a password)
+    TOKEN_UNKNOWN = "token_unknown"  # noqa: S105 (not a password)
+    BAD_PROOF = "bad_proof"
+    TOKEN_USED = "token_used"  # noqa: S105 (not a password)
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105 (not a password)
+    DEVICE_EXISTS = "device_exists"
+    DENIED = "denied"
     CERT_ISSUE_FAILED = "cert_issue_failed"
     REGISTRY_CORRUPT = "registry_corrupt"
     RELEASE_MALFORMED = "release_malformed"
@@ -169,6 +175,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     CONTROLLER_TIMEOUT = "controller_timeout"
     UNPARSEABLE_REPLY = "unparseable_reply"
+    MALFORMED_MESSAGE = "malformed_message"
     BROKER_FAILED = "broker_failed"
     MISSING_BROKER = "missing_broker"
     PKI_FAILED = "pki_failed"
@@ -587,6 +594,30 @@ ERROR_MEANINGS: dict[ErrorCode, tuple[str, str]] = {
         "a claim token that is not of the form `tID.SECRET`",
         "no",
     ),
+    ErrorCode.TOKEN_UNKNOWN: (
+        "a claim refused: this fleet never issued the token (docs/provisioning.md)",
+        "no (a new token)",
+    ),
+    ErrorCode.BAD_PROOF: (
+        "a claim refused: the request was not made with the token's secret (mistyped token)",
+        "with the exact token",
+    ),
+    ErrorCode.TOKEN_USED: (
+        "a claim refused: the claim token was already used by another claim",
+        "no (a new token)",
+    ),
+    ErrorCode.TOKEN_EXPIRED: (
+        "a claim refused: the claim token expired",
+        "no (a new token)",
+    ),
+    ErrorCode.DEVICE_EXISTS: (
+        "a claim refused: the device id is registered with another key",
+        "after `approve --replace`, or with another id",
+    ),
+    ErrorCode.DENIED: (
+        "a claim refused by the administrator (`approve --deny REASON`)",
+        "no",
+    ),
     ErrorCode.CERT_ISSUE_FAILED: (
         "issuing the kiosk's broker certificate failed",
         "no",
@@ -819,6 +850,11 @@ ERROR_MEANINGS: dict[ErrorCode, tuple[str, str]] = {
     ),
     ErrorCode.UNPARSEABLE_REPLY: (
         "a reply to the dev controller that is not JSON",
+        "no",
+    ),
+    ErrorCode.MALFORMED_MESSAGE: (
+        "a status, event, telemetry or reply that does not parse as the contract's model "
+        "(appliance/protocol/messages.py); the fleet tools log it with the field and count it",
         "no",
     ),
     ErrorCode.BROKER_FAILED: (

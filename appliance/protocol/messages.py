@@ -1,12 +1,18 @@
 """Message models of the MQTT protocol (docs/protocol.md), for building and parsing on both ends.
 JSON Schemas in docs/schemas/ are generated from these, from the command request and reply
-models (``dispatch.py``) and from every command's argument model (``appliance schemas``)."""
+models (``dispatch.py``) and from every command's argument model (``appliance schemas``).
+
+The fleet tools (``fleet watch``, ``fleet devices``, ``fleet send``, the controller and the
+ingest) and the centre's commander parse every status, event, telemetry message and reply with
+these models, once per message (:func:`parse_message`: pydantic's JSON parser, no
+``json.loads`` first); a message that does not parse is :class:`MessageInvalid`, naming the
+fields (``field: reason``)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .package import ChunkHeader, Manifest
 
@@ -48,6 +54,19 @@ class StatusMessage(BaseModel):
         description="Events not yet acknowledged: by the broker, or with mqtt.delivery = "
         "end_to_end by the fleet's ingest",
     )
+
+    @property
+    def state(self) -> Literal["online", "lost", "offline"]:
+        """``online``, ``lost`` (the broker sent the Last Will) or ``offline`` (a clean stop)."""
+        if self.online:
+            return "online"
+        return "lost" if self.reason == "lost" else "offline"
+
+    @property
+    def last_contact(self) -> float | None:
+        """The last contact the status states: ``last_seen`` (offline), else ``ts`` (the
+        birth's time); None when it states neither (a will of an older version)."""
+        return self.last_seen if self.last_seen is not None else self.ts
 
 
 class EventMessage(BaseModel):
@@ -129,6 +148,74 @@ class UploadAck(BaseModel):
 
     def to_json(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode("utf-8")
+
+
+class ReplyError(BaseModel):
+    """``error`` of a failed reply."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str = Field(description="An ErrorCode (docs/protocol.md, error codes)")
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReplyMessage(BaseModel):
+    """``{prefix}/{device}/reply`` (or the request's MQTT 5 response topic), QoS 1: the one
+    final answer to a command, ``{id, cmd, ok, result}`` or ``{id, cmd, ok: false, error}``
+    (docs/protocol.md, "Commands"). The kiosk renders it with ``dispatch.CommandReply`` (the
+    same fields; a test keeps the two schemas equal); the fleet tools and the centre parse it
+    with this model."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str | None = Field(description="The request's id; null when none could be read")
+    cmd: str | None = None
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: ReplyError | None = None
+
+    @model_validator(mode="after")
+    def _failure_names_its_error(self) -> ReplyMessage:
+        if not self.ok and self.error is None:
+            raise ValueError("error: required when ok is false")
+        return self
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class MessageInvalid(ValueError):
+    """A message that does not parse as its model: ``kind`` names the message (``status``,
+    ``event``, ...), ``problems`` the fields, ``field: reason`` each (``(root)`` for bytes
+    that are not a JSON object)."""
+
+    def __init__(self, kind: str, problems: list[str]) -> None:
+        super().__init__(f"malformed {kind}: {'; '.join(problems)}")
+        self.kind = kind
+        self.problems = problems
+
+
+def field_problems(exc: ValidationError) -> list[str]:
+    """pydantic's errors as ``field: reason`` lines (an unknown field said so)."""
+    out = []
+    for e in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in e["loc"])
+        if not loc and e["type"] == "value_error":  # a model check, its message names fields
+            out.append(str(e.get("ctx", {}).get("error", e["msg"])))
+            continue
+        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        out.append(f"{loc or '(root)'}: {msg}")
+    return out
+
+
+def parse_message(model: type[M], payload: bytes | bytearray | str, kind: str | None = None) -> M:
+    """``payload`` parsed and validated as ``model`` in one pass (pydantic's JSON parser);
+    :class:`MessageInvalid` naming the fields when it does not parse."""
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError as exc:
+        raise MessageInvalid(kind or model.__name__, field_problems(exc)) from None
 
 
 MESSAGES: dict[str, type[BaseModel]] = {

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import TrustError
 from ..inbound import UNREADABLE, ParsedRequest, Verified, Verifier, parse_request
+from ..protocol.codes import ErrorCode
 from .certs import ROLES
 from .envelope import ENVELOPE_TYPE, CommandVerifier, TrustDecision
 from .keys import b64decode, load_json
@@ -161,7 +162,7 @@ def make_dispatch_verifier(
                 audit=record,
             )
         if decision.payload is None:  # an accepted decision always carries its payload
-            raise TrustError("accepted decision without payload", code="malformed_envelope")
+            raise TrustError("accepted decision without payload", code=ErrorCode.MALFORMED_ENVELOPE)
         if not decision.signed:  # the message is the request itself
             return Verified(
                 payload=decision.payload,

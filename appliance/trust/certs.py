@@ -41,6 +41,7 @@ from typing import Any
 from nacl.signing import SigningKey
 
 from ..errors import TrustError
+from ..protocol.codes import ErrorCode
 from . import keys
 from .keys import (
     CTX_CERTIFICATE,
@@ -76,7 +77,7 @@ MAX_TOKEN_CHARS = 16384
 
 
 def _malformed(message: str, **details: Any) -> TrustError:
-    return TrustError(message, code="malformed_certificate", details=details)
+    return TrustError(message, code=ErrorCode.MALFORMED_CERTIFICATE, details=details)
 
 
 def _as_int(body: dict[str, Any], field: str) -> int:
@@ -106,7 +107,7 @@ def validate_name(name: str, what: str) -> str:
         raise TrustError(
             f"invalid {what} {name!r}: use 1-64 of A-Z a-z 0-9 _ . - starting with a letter or "
             "digit",
-            code="invalid_name",
+            code=ErrorCode.INVALID_NAME,
             details={what: str(name)},
         )
     return name
@@ -157,8 +158,8 @@ class OperatorCertificate:
         if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or token.count(".") != 1:
             raise _malformed("certificate token must be '<base64>.<base64>'")
         body_b64, sig_b64 = token.split(".")
-        body = b64decode(body_b64, what="certificate body", code="malformed_certificate")
-        sig = b64decode(sig_b64, what="certificate signature", code="malformed_certificate")
+        body = b64decode(body_b64, what="certificate body", code=ErrorCode.MALFORMED_CERTIFICATE)
+        sig = b64decode(sig_b64, what="certificate signature", code=ErrorCode.MALFORMED_CERTIFICATE)
         if len(sig) != 64:
             raise _malformed("certificate signature must be 64 bytes")
         return cls.from_body(body, sig)
@@ -171,7 +172,9 @@ class OperatorCertificate:
             raise _malformed("certificate body is not JSON") from None
         if not isinstance(obj, dict) or obj.get("typ") != CERT_TYPE:
             raise _malformed(f"certificate body is not a {CERT_TYPE} object")
-        pub = b64decode(obj.get("public_key"), what="public_key", code="malformed_certificate")
+        pub = b64decode(
+            obj.get("public_key"), what="public_key", code=ErrorCode.MALFORMED_CERTIFICATE
+        )
         if len(pub) != 32:
             raise _malformed("certificate public_key must be 32 bytes")
         kid = obj.get("key_id")
@@ -232,7 +235,7 @@ def verify_certificate(
     if root is None:
         raise TrustError(
             "certificate issued by an untrusted key",
-            code="untrusted_issuer",
+            code=ErrorCode.UNTRUSTED_ISSUER,
             details={"issuer": cert.issuer, "key_id": cert.key_id},
         )
     try:
@@ -240,7 +243,7 @@ def verify_certificate(
     except TrustError:
         raise TrustError(
             "certificate signature does not verify against the fleet root",
-            code="untrusted_issuer",
+            code=ErrorCode.UNTRUSTED_ISSUER,
             details={"issuer": cert.issuer, "key_id": cert.key_id},
         ) from None
     check_validity(cert, now=now, skew_s=skew_s, check_not_before=check_not_before, revoked=revoked)
@@ -261,19 +264,19 @@ def check_validity(
     if cert.key_id in revoked:
         raise TrustError(
             "operator certificate revoked",
-            code="cert_revoked",
+            code=ErrorCode.CERT_REVOKED,
             details={"key_id": cert.key_id},
         )
     if now > cert.not_after + skew_s:
         raise TrustError(
             "operator certificate expired",
-            code="cert_expired",
+            code=ErrorCode.CERT_EXPIRED,
             details={"key_id": cert.key_id, "not_after": cert.not_after},
         )
     if check_not_before and cert.issued_at > now + skew_s:
         raise TrustError(
             "operator certificate is not valid yet",
-            code="not_yet_valid",
+            code=ErrorCode.NOT_YET_VALID,
             details={"key_id": cert.key_id, "issued_at": cert.issued_at, "part": "certificate"},
         )
 
@@ -317,13 +320,13 @@ class FleetRoot:
     ) -> OperatorCertificate:
         """Sign a certificate for ``public_key``; inputs are validated with clear errors."""
         if len(public_key) != 32:
-            raise TrustError("operator public key must be 32 bytes", code="key_malformed")
+            raise TrustError("operator public key must be 32 bytes", code=ErrorCode.KEY_MALFORMED)
         role_list = sorted(set(roles))
         bad = [r for r in role_list if r not in ROLES]
         if not role_list or bad:
             raise TrustError(
                 f"roles must be a non-empty subset of {sorted(ROLES)}; got {role_list}",
-                code="invalid_role",
+                code=ErrorCode.INVALID_ROLE,
                 details={"invalid": bad},
             )
         dev_list = [d if d == ALL_DEVICES else validate_name(d, "device") for d in devices]
@@ -331,13 +334,13 @@ class FleetRoot:
         if not dev_list and not grp_list:
             raise TrustError(
                 "a certificate must allow at least one device, group, or '*'",
-                code="invalid_name",
+                code=ErrorCode.INVALID_NAME,
             )
         issued = int(time.time()) if issued_at is None else int(issued_at)
         if int(not_after) <= issued:
             raise TrustError(
                 "not_after must be later than issued_at",
-                code="invalid_validity",
+                code=ErrorCode.INVALID_VALIDITY,
                 details={"issued_at": issued, "not_after": int(not_after)},
             )
         body_obj = {
@@ -364,7 +367,7 @@ class OperatorKey:
         if bytes(signing_key.verify_key) != certificate.public_key:
             raise TrustError(
                 "certificate was issued for another key",
-                code="key_malformed",
+                code=ErrorCode.KEY_MALFORMED,
                 details={"key_id": certificate.key_id},
             )
         self.signing_key = signing_key
@@ -386,7 +389,7 @@ class OperatorKey:
         except (OSError, UnicodeDecodeError) as exc:
             raise TrustError(
                 f"cannot read certificate {cert_path}: {exc}",
-                code="key_missing",
+                code=ErrorCode.KEY_MISSING,
                 details={"path": str(cert_path)},
             ) from None
         return cls(keys.load_signing_key(key_path), OperatorCertificate.from_token(token))

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TrustError
+from ..protocol.codes import ErrorCode
 from .certs import OperatorCertificate, OperatorKey, verify_certificate
 from .envelope import GROUP_PREFIX, ClockPolicy, validate_target
 from .keys import CTX_CONFIG, b64decode, b64encode, load_json, verify_detached
@@ -77,14 +78,16 @@ def _check_content(content: bytes, fmt: str) -> None:
         parsed: Any = tomllib.loads(text) if fmt == "toml" else load_json(text)
     except RecursionError:
         raise TrustError(
-            f"configuration content ({fmt}) is nested too deeply", code="malformed_envelope"
+            f"configuration content ({fmt}) is nested too deeply", code=ErrorCode.MALFORMED_ENVELOPE
         ) from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise TrustError(
-            f"configuration content is not valid {fmt}: {exc}", code="malformed_envelope"
+            f"configuration content is not valid {fmt}: {exc}", code=ErrorCode.MALFORMED_ENVELOPE
         ) from None
     if not isinstance(parsed, dict):
-        raise TrustError("configuration content must be a table/object", code="malformed_envelope")
+        raise TrustError(
+            "configuration content must be a table/object", code=ErrorCode.MALFORMED_ENVELOPE
+        )
 
 
 def sign_config(
@@ -98,9 +101,9 @@ def sign_config(
 ) -> bytes:
     """Fleet side: sign ``content`` (exact bytes) as configuration ``version`` for ``target``."""
     if fmt not in FORMATS:
-        raise TrustError(f"format must be one of {FORMATS}", code="malformed_envelope")
+        raise TrustError(f"format must be one of {FORMATS}", code=ErrorCode.MALFORMED_ENVELOPE)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise TrustError("version must be a positive integer", code="malformed_envelope")
+        raise TrustError("version must be a positive integer", code=ErrorCode.MALFORMED_ENVELOPE)
     validate_target(target)
     _check_content(bytes(content), fmt)
     body_obj = {
@@ -117,7 +120,9 @@ def sign_config(
 def _int(body: dict[str, Any], name: str, minimum: int) -> int:
     value = body.get(name)
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise TrustError(f"config field {name!r} must be an integer", code="malformed_envelope")
+        raise TrustError(
+            f"config field {name!r} must be an integer", code=ErrorCode.MALFORMED_ENVELOPE
+        )
     return value
 
 
@@ -144,22 +149,28 @@ def verify_config(
     t = max(t, float(pol.sane_after), float(time_floor or 0))
     group_set = frozenset(groups)
     if not isinstance(doc, bytes | bytearray) or len(doc) > MAX_DOC_BYTES:
-        raise TrustError("configuration document too large or not bytes", code="malformed_envelope")
+        raise TrustError(
+            "configuration document too large or not bytes", code=ErrorCode.MALFORMED_ENVELOPE
+        )
     try:
         env = load_json(bytes(doc))
     except (UnicodeDecodeError, ValueError):
-        raise TrustError("configuration document is not JSON", code="malformed_envelope") from None
+        raise TrustError(
+            "configuration document is not JSON", code=ErrorCode.MALFORMED_ENVELOPE
+        ) from None
     if not isinstance(env, dict):
-        raise TrustError("configuration document is not an object", code="malformed_envelope")
+        raise TrustError(
+            "configuration document is not an object", code=ErrorCode.MALFORMED_ENVELOPE
+        )
     if env.get("typ") != CONFIG_TYPE:
-        code = "malformed_envelope" if "sig" in env else "unsigned"
+        code = ErrorCode.MALFORMED_ENVELOPE if "sig" in env else ErrorCode.UNSIGNED
         raise TrustError(f"not a signed {CONFIG_TYPE} document", code=code)
     if not env.get("sig"):
-        raise TrustError("configuration document carries no signature", code="unsigned")
+        raise TrustError("configuration document carries no signature", code=ErrorCode.UNSIGNED)
     try:
         cert = OperatorCertificate.from_token(env.get("cert"))
     except TrustError as exc:
-        raise TrustError(f"certificate: {exc.message}", code="malformed_envelope") from None
+        raise TrustError(f"certificate: {exc.message}", code=ErrorCode.MALFORMED_ENVELOPE) from None
     verify_certificate(
         cert, roots, now=t, skew_s=pol.skew_s, check_not_before=synced, revoked=revoked
     )
@@ -168,24 +179,26 @@ def verify_config(
     if not CONFIG_ROLES.intersection(cert.roles):
         raise TrustError(
             "configuration must be signed by an admin",
-            code="forbidden_role",
+            code=ErrorCode.FORBIDDEN_ROLE,
             details={"required": sorted(CONFIG_ROLES), "roles": list(cert.roles)},
         )
     try:
         body = load_json(body_bytes)
     except (UnicodeDecodeError, ValueError):
-        raise TrustError("configuration body is not JSON", code="malformed_envelope") from None
+        raise TrustError(
+            "configuration body is not JSON", code=ErrorCode.MALFORMED_ENVELOPE
+        ) from None
     if not isinstance(body, dict) or body.get("issuer") != cert.key_id:
-        raise TrustError("configuration body/issuer invalid", code="malformed_envelope")
+        raise TrustError("configuration body/issuer invalid", code=ErrorCode.MALFORMED_ENVELOPE)
     version = _int(body, "version", 1)
     issued_at = _int(body, "issued_at", 0)
     fmt = body.get("format")
     target = body.get("target")
     if fmt not in FORMATS or not isinstance(target, str):
-        raise TrustError("configuration format/target invalid", code="malformed_envelope")
+        raise TrustError("configuration format/target invalid", code=ErrorCode.MALFORMED_ENVELOPE)
     content = b64decode(body.get("content"), what="content")
     if synced and issued_at > t + pol.skew_s:
-        raise TrustError("configuration issued in the future", code="not_yet_valid")
+        raise TrustError("configuration issued in the future", code=ErrorCode.NOT_YET_VALID)
     if target.startswith(GROUP_PREFIX):
         matches = target[len(GROUP_PREFIX) :] in group_set
     else:
@@ -193,13 +206,13 @@ def verify_config(
     if not matches or not cert.covers(device_id, group_set):
         raise TrustError(
             f"configuration is for {target!r}, or its signer does not cover this device",
-            code="wrong_target",
+            code=ErrorCode.WRONG_TARGET,
             details={"target": target, "device": device_id},
         )
     if newer_than is not None and version <= newer_than:
         raise TrustError(
             f"configuration version {version} is not newer than {newer_than}",
-            code="replayed",
+            code=ErrorCode.REPLAYED,
             details={"version": version, "current": newer_than},
         )
     _check_content(content, str(fmt))

@@ -74,6 +74,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import TrustError
+from ..protocol.codes import ErrorCode
 from .certs import (
     ALL_DEVICES,
     NAME_RE,
@@ -105,18 +106,18 @@ PRUNE_EVERY = 256
 
 #: Every refusal code the verifier produces (plus ``store_error`` if SQLite fails).
 ERROR_CODES = (
-    "unsigned",
-    "bad_signature",
-    "untrusted_issuer",
-    "cert_expired",
-    "cert_revoked",
-    "expired",
-    "not_yet_valid",
-    "wrong_target",
-    "unknown_command",
-    "forbidden_role",
-    "replayed",
-    "malformed_envelope",
+    ErrorCode.UNSIGNED,
+    ErrorCode.BAD_SIGNATURE,
+    ErrorCode.UNTRUSTED_ISSUER,
+    ErrorCode.CERT_EXPIRED,
+    ErrorCode.CERT_REVOKED,
+    ErrorCode.EXPIRED,
+    ErrorCode.NOT_YET_VALID,
+    ErrorCode.WRONG_TARGET,
+    ErrorCode.UNKNOWN_COMMAND,
+    ErrorCode.FORBIDDEN_ROLE,
+    ErrorCode.REPLAYED,
+    ErrorCode.MALFORMED_ENVELOPE,
 )
 
 #: DDL for the replay state: the trust layer's own part of the daemon's store, created by
@@ -267,7 +268,7 @@ def validate_target(target: str) -> str:
     if not NAME_RE.match(name):
         raise TrustError(
             f"invalid target {target!r}: a device id or 'group:NAME'",
-            code="invalid_name",
+            code=ErrorCode.INVALID_NAME,
             details={"target": target},
         )
     return target
@@ -303,7 +304,7 @@ class EnvelopeBuilder:
     ) -> bytes:
         """Return the envelope bytes to publish. Overrides exist for tests and replays."""
         if not COMMAND_RE.match(command):
-            raise TrustError(f"invalid command name {command!r}", code="invalid_name")
+            raise TrustError(f"invalid command name {command!r}", code=ErrorCode.INVALID_NAME)
         validate_target(target)
         issued = int(self._clock()) if issued_at is None else int(issued_at)
         life = self.lifetime_s if lifetime_s is None else int(lifetime_s)
@@ -347,14 +348,18 @@ class _Body:
 def _body_int(body: dict[str, Any], name: str) -> int:
     value = body.get(name)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value >= 2**63:
-        raise _Refused("malformed_envelope", f"body field {name!r} must be an integer", field=name)
+        raise _Refused(
+            ErrorCode.MALFORMED_ENVELOPE, f"body field {name!r} must be an integer", field=name
+        )
     return value
 
 
 def _body_str(body: dict[str, Any], name: str) -> str:
     value = body.get(name)
     if not isinstance(value, str):
-        raise _Refused("malformed_envelope", f"body field {name!r} must be a string", field=name)
+        raise _Refused(
+            ErrorCode.MALFORMED_ENVELOPE, f"body field {name!r} must be a string", field=name
+        )
     return value
 
 
@@ -386,7 +391,7 @@ class CommandVerifier:
         revoked: Iterable[str] = (),
     ) -> None:
         if not roots:
-            raise TrustError("no trusted root key configured", code="untrusted_issuer")
+            raise TrustError("no trusted root key configured", code=ErrorCode.UNTRUSTED_ISSUER)
         self.roots = list(roots)
         self.device_id = device_id
         self.groups: frozenset[str] = frozenset(groups)
@@ -462,7 +467,7 @@ class CommandVerifier:
             floor = self.time_floor()
         except sqlite3.Error as exc:
             log.error("trust store unreadable: %s", exc)
-            return TrustDecision(False, "store_error", f"replay store unreadable: {exc}")
+            return TrustDecision(False, ErrorCode.STORE_ERROR, f"replay store unreadable: {exc}")
         effective = max(now, float(floor))
         ctx: dict[str, Any] = {
             "clock": "synced" if synced else "unsynced",
@@ -508,11 +513,11 @@ class CommandVerifier:
         """Size and JSON shape: a JSON object of at most ``max_message_bytes`` (decoded here
         unless the caller passed it ``decoded``)."""
         if not isinstance(message, bytes | bytearray | memoryview):
-            raise _Refused("malformed_envelope", "message must be bytes")
+            raise _Refused(ErrorCode.MALFORMED_ENVELOPE, "message must be bytes")
         message = bytes(message)
         if len(message) > self.max_message_bytes:
             raise _Refused(
-                "malformed_envelope",
+                ErrorCode.MALFORMED_ENVELOPE,
                 f"message of {len(message)} bytes exceeds {self.max_message_bytes}",
             )
         if decoded is not _NOT_DECODED:
@@ -521,9 +526,9 @@ class CommandVerifier:
             try:
                 env = load_json(message)
             except (UnicodeDecodeError, ValueError):
-                raise _Refused("malformed_envelope", "message is not UTF-8 JSON") from None
+                raise _Refused(ErrorCode.MALFORMED_ENVELOPE, "message is not UTF-8 JSON") from None
         if not isinstance(env, dict):
-            raise _Refused("malformed_envelope", "message is not a JSON object")
+            raise _Refused(ErrorCode.MALFORMED_ENVELOPE, "message is not a JSON object")
         return message, env
 
     def _require_signature(
@@ -533,16 +538,18 @@ class CommandVerifier:
         ``unsigned_allowed`` under the development switch."""
         if env.get("typ") != ENVELOPE_TYPE:
             if "sig" in env:
-                raise _Refused("malformed_envelope", f"envelope typ must be {ENVELOPE_TYPE!r}")
+                raise _Refused(
+                    ErrorCode.MALFORMED_ENVELOPE, f"envelope typ must be {ENVELOPE_TYPE!r}"
+                )
             if self.allow_unsigned:
                 log.warning("accepting an UNSIGNED command (allow_unsigned is set)")
                 return TrustDecision(
                     True, "unsigned_allowed", "unsigned command allowed by configuration",
                     payload=message, **ctx,
                 )  # fmt: skip
-            raise _Refused("unsigned", "command is not signed")
+            raise _Refused(ErrorCode.UNSIGNED, "command is not signed")
         if not env.get("sig"):
-            raise _Refused("unsigned", "envelope carries no signature")
+            raise _Refused(ErrorCode.UNSIGNED, "envelope carries no signature")
         return None
 
     def _certificate_chain(
@@ -576,7 +583,7 @@ class CommandVerifier:
             cert = OperatorCertificate.from_token(token)
         except TrustError as exc:
             raise _Refused(
-                "malformed_envelope", f"certificate: {exc.message}", part="certificate"
+                ErrorCode.MALFORMED_ENVELOPE, f"certificate: {exc.message}", part="certificate"
             ) from None
         ctx.update(issuer=cert.key_id, issuer_name=cert.name, roles=cert.roles)
         verify_certificate(cert, self.roots, now=now, check_not_before=False)
@@ -593,7 +600,7 @@ class CommandVerifier:
         try:
             verify_detached(cert.public_key, CTX_COMMAND, body_bytes, sig)
         except TrustError:
-            raise _Refused("bad_signature", "envelope signature does not verify") from None
+            raise _Refused(ErrorCode.BAD_SIGNATURE, "envelope signature does not verify") from None
         return body_bytes
 
     def _body(self, body_bytes: bytes, cert: OperatorCertificate, ctx: dict[str, Any]) -> _Body:
@@ -601,14 +608,14 @@ class CommandVerifier:
         try:
             body = load_json(body_bytes)
         except (UnicodeDecodeError, ValueError):
-            raise _Refused("malformed_envelope", "envelope body is not JSON") from None
+            raise _Refused(ErrorCode.MALFORMED_ENVELOPE, "envelope body is not JSON") from None
         if not isinstance(body, dict):
-            raise _Refused("malformed_envelope", "envelope body is not a JSON object")
+            raise _Refused(ErrorCode.MALFORMED_ENVELOPE, "envelope body is not a JSON object")
         if _body_str(body, "issuer") != cert.key_id:
-            raise _Refused("malformed_envelope", "body issuer differs from the certificate")
+            raise _Refused(ErrorCode.MALFORMED_ENVELOPE, "body issuer differs from the certificate")
         command = _body_str(body, "command")
         if not COMMAND_RE.match(command):
-            raise _Refused("malformed_envelope", "invalid command name")
+            raise _Refused(ErrorCode.MALFORMED_ENVELOPE, "invalid command name")
         fields = _Body(
             command=command,
             payload=self._b64(body.get("payload"), "payload"),
@@ -619,7 +626,7 @@ class CommandVerifier:
             nonce=_body_str(body, "nonce"),
         )
         if len(self._b64(fields.nonce, "nonce")) < 8:
-            raise _Refused("malformed_envelope", "nonce shorter than 8 bytes")
+            raise _Refused(ErrorCode.MALFORMED_ENVELOPE, "nonce shorter than 8 bytes")
         ctx.update(
             command=fields.command,
             target=fields.target,
@@ -643,7 +650,7 @@ class CommandVerifier:
         lifetime = body.expires_at - body.issued_at
         if lifetime <= 0 or lifetime > self.policy.max_lifetime_s:
             raise _Refused(
-                "malformed_envelope",
+                ErrorCode.MALFORMED_ENVELOPE,
                 f"lifetime {lifetime}s outside 1..{self.policy.max_lifetime_s}s",
             )
         # A re-delivery of a command that already ran is answered from the command store even
@@ -652,10 +659,14 @@ class CommandVerifier:
         if now > body.expires_at + self.policy.skew_s:
             known = self._known(known_request, body.payload, body.command)
             if not known:
-                raise _Refused("expired", "command expired", expired_for_s=now - body.expires_at)
+                raise _Refused(
+                    ErrorCode.EXPIRED, "command expired", expired_for_s=now - body.expires_at
+                )
         if synced and body.issued_at > now + self.policy.skew_s:
             raise _Refused(
-                "not_yet_valid", "command issued in the future", ahead_s=body.issued_at - now
+                ErrorCode.NOT_YET_VALID,
+                "command issued in the future",
+                ahead_s=body.issued_at - now,
             )
         return known
 
@@ -668,10 +679,12 @@ class CommandVerifier:
         else:
             matches = target == self.device_id
         if not matches:
-            raise _Refused("wrong_target", f"command is for {target!r}", device=self.device_id)
+            raise _Refused(
+                ErrorCode.WRONG_TARGET, f"command is for {target!r}", device=self.device_id
+            )
         if not cert.covers(self.device_id, self.groups):
             raise _Refused(
-                "wrong_target",
+                ErrorCode.WRONG_TARGET,
                 "issuer's certificate does not cover this device",
                 device=self.device_id,
                 cert_devices=list(cert.devices),
@@ -685,11 +698,13 @@ class CommandVerifier:
         command = body.command
         required = self.role_table.get(command)
         if required is None:
-            raise _Refused("unknown_command", f"unknown command {command!r}", command=command)
+            raise _Refused(
+                ErrorCode.UNKNOWN_COMMAND, f"unknown command {command!r}", command=command
+            )
         allowed = {required} if isinstance(required, str) else set(required)
         if not allowed.intersection(cert.roles):
             raise _Refused(
-                "forbidden_role",
+                ErrorCode.FORBIDDEN_ROLE,
                 f"command {command!r} needs role {sorted(allowed)}",
                 required=sorted(allowed),
             )
@@ -704,9 +719,9 @@ class CommandVerifier:
         try:
             named = payload_command(body.payload)
         except Exception as exc:  # a hook failing on bad bytes must not crash dispatch
-            raise _Refused("malformed_envelope", f"payload unreadable: {exc}") from None
+            raise _Refused(ErrorCode.MALFORMED_ENVELOPE, f"payload unreadable: {exc}") from None
         if named is not None and named != body.command:
-            raise _Refused("malformed_envelope", "payload names another command")
+            raise _Refused(ErrorCode.MALFORMED_ENVELOPE, "payload names another command")
 
     def _replay(
         self,
@@ -756,14 +771,14 @@ class CommandVerifier:
             return bool(hook(payload, command))
         except Exception as exc:  # fail closed: an unreadable store is not a licence to re-run
             log.error("command store lookup failed: %s", exc)
-            raise _Refused("store_error", f"command store lookup failed: {exc}") from None
+            raise _Refused(ErrorCode.STORE_ERROR, f"command store lookup failed: {exc}") from None
 
     @staticmethod
     def _b64(value: object, name: str) -> bytes:
         try:
             return b64decode(value, what=name)
         except TrustError as exc:
-            raise _Refused("malformed_envelope", exc.message, field=name) from None
+            raise _Refused(ErrorCode.MALFORMED_ENVELOPE, exc.message, field=name) from None
 
     def _record(
         self, issuer: str, *, counter: int, nonce: str, issued_at: int, expires_at: int, now: float
@@ -796,7 +811,7 @@ class CommandVerifier:
                             (issuer,),
                         ).fetchone()
                         raise _Refused(
-                            "replayed",
+                            ErrorCode.REPLAYED,
                             "counter not above the last accepted for this issuer",
                             last_counter=row[0] if row else None,
                         )
@@ -806,7 +821,7 @@ class CommandVerifier:
                             (nonce, issuer, expires_at),
                         )
                     except sqlite3.IntegrityError:
-                        raise _Refused("replayed", "nonce already seen") from None
+                        raise _Refused(ErrorCode.REPLAYED, "nonce already seen") from None
                     self._accepts_since_prune += 1
                     if self._accepts_since_prune >= PRUNE_EVERY:
                         # A nonce is only needed while its envelope could still pass the
@@ -823,7 +838,7 @@ class CommandVerifier:
                 conn.execute("RELEASE trust_replay")
             except sqlite3.Error as exc:
                 log.error("trust store write failed: %s", exc)
-                raise _Refused("store_error", f"replay store failed: {exc}") from None
+                raise _Refused(ErrorCode.STORE_ERROR, f"replay store failed: {exc}") from None
             self._floor = max(self._floor or 0, issued_at, self.policy.sane_after)
 
 

@@ -35,6 +35,7 @@ from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
 from ..errors import TrustError
+from ..protocol.codes import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def b64encode(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def b64decode(text: object, *, what: str, code: str = "malformed_envelope") -> bytes:
+def b64decode(text: object, *, what: str, code: str = ErrorCode.MALFORMED_ENVELOPE) -> bytes:
     """Strict, canonical base64 decode; anything else raises :class:`TrustError` with ``code``."""
     if not isinstance(text, str):
         raise TrustError(f"{what} must be a base64 string", code=code, details={"field": what})
@@ -106,13 +107,13 @@ def verify_detached(public_key: bytes, context: bytes, data: bytes, signature: b
     if len(public_key) != 32 or len(signature) != 64:
         raise TrustError(
             "signature or public key has the wrong length",
-            code="bad_signature",
+            code=ErrorCode.BAD_SIGNATURE,
             details={"public_key_len": len(public_key), "signature_len": len(signature)},
         )
     try:
         VerifyKey(public_key).verify(_signed_bytes(context, data), signature)
     except (BadSignatureError, CryptoError, ValueError):
-        raise TrustError("signature does not verify", code="bad_signature") from None
+        raise TrustError("signature does not verify", code=ErrorCode.BAD_SIGNATURE) from None
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -157,7 +158,7 @@ def write_private_file(path: Path, data: bytes, *, overwrite: bool = False) -> N
     if path.exists() and not overwrite:
         raise TrustError(
             f"{path} already exists; refusing to overwrite a key file",
-            code="key_exists",
+            code=ErrorCode.KEY_EXISTS,
             details={"path": str(path)},
         )
     atomic_write(path, data, mode=0o600)
@@ -177,12 +178,14 @@ def read_private_file(path: Path) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         raise TrustError(
-            f"key file {path} does not exist", code="key_missing", details={"path": str(path)}
+            f"key file {path} does not exist",
+            code=ErrorCode.KEY_MISSING,
+            details={"path": str(path)},
         ) from None
     except OSError as exc:
         raise TrustError(
             f"cannot open key file {path}: {exc.strerror}",
-            code="key_unreadable",
+            code=ErrorCode.KEY_UNREADABLE,
             details={"path": str(path)},
         ) from None
     with os.fdopen(fd, "rb") as fh:
@@ -190,7 +193,7 @@ def read_private_file(path: Path) -> bytes:
         if not stat.S_ISREG(st.st_mode):
             raise TrustError(
                 f"key file {path} is not a regular file",
-                code="key_unreadable",
+                code=ErrorCode.KEY_UNREADABLE,
                 details={"path": str(path)},
             )
         mode = stat.S_IMODE(st.st_mode)
@@ -199,7 +202,7 @@ def read_private_file(path: Path) -> bytes:
                 f"key file {path} has mode {mode:04o}; it must not be accessible by group or "
                 f"others: run 'chmod 600 {path}' if the key is known not to have leaked, "
                 "otherwise replace the key",
-                code="key_permissions",
+                code=ErrorCode.KEY_PERMISSIONS,
                 details={"path": str(path), "mode": f"{mode:04o}"},
             )
         return fh.read()
@@ -213,14 +216,14 @@ def _parse_prefixed(text: bytes, prefix: str, path: Path) -> bytes:
     if not line.startswith(prefix):
         raise TrustError(
             f"{path} is not a {prefix.rstrip(':')} file",
-            code="key_malformed",
+            code=ErrorCode.KEY_MALFORMED,
             details={"path": str(path)},
         )
-    raw = b64decode(line[len(prefix) :], what=str(path), code="key_malformed")
+    raw = b64decode(line[len(prefix) :], what=str(path), code=ErrorCode.KEY_MALFORMED)
     if len(raw) != 32:
         raise TrustError(
             f"{path} holds {len(raw)} bytes, expected 32",
-            code="key_malformed",
+            code=ErrorCode.KEY_MALFORMED,
             details={"path": str(path)},
         )
     return raw
@@ -254,7 +257,7 @@ def load_public_key(path: Path) -> bytes:
     except OSError as exc:
         raise TrustError(
             f"cannot read public key {path}: {exc.strerror}",
-            code="key_missing",
+            code=ErrorCode.KEY_MISSING,
             details={"path": str(path)},
         ) from None
     return _parse_prefixed(text, PUB_PREFIX, path)
@@ -265,9 +268,9 @@ def parse_public_key(text: str) -> bytes:
     body = text.strip()
     if body.startswith(PUB_PREFIX):
         body = body[len(PUB_PREFIX) :]
-    raw = b64decode(body, what="public key", code="key_malformed")
+    raw = b64decode(body, what="public key", code=ErrorCode.KEY_MALFORMED)
     if len(raw) != 32:
-        raise TrustError("public key must be 32 bytes", code="key_malformed")
+        raise TrustError("public key must be 32 bytes", code=ErrorCode.KEY_MALFORMED)
     return raw
 
 
@@ -289,8 +292,8 @@ class DeviceSignature:
     def from_header(cls, text: str) -> DeviceSignature:
         parts = text.split(";") if isinstance(text, str) else []
         if len(parts) != 3 or parts[0] != "ed25519" or not parts[1]:
-            raise TrustError("malformed device signature header", code="unsigned")
-        sig = b64decode(parts[2], what="signature", code="bad_signature")
+            raise TrustError("malformed device signature header", code=ErrorCode.UNSIGNED)
+        sig = b64decode(parts[2], what="signature", code=ErrorCode.BAD_SIGNATURE)
         return cls(key_id=parts[1], signature=sig)
 
 
@@ -326,7 +329,7 @@ class DeviceIdentity:
         if pub_path.exists() and load_public_key(pub_path) != ident.public_key:
             raise TrustError(
                 f"{pub_path} does not match {directory / DEVICE_KEY_FILE}",
-                code="key_malformed",
+                code=ErrorCode.KEY_MALFORMED,
                 details={"path": str(pub_path)},
             )
         return ident
@@ -352,7 +355,7 @@ def verify_device_message(public_key: bytes, data: bytes, signature: DeviceSigna
     if signature.key_id != key_id(public_key):
         raise TrustError(
             "message signed by another key",
-            code="untrusted_issuer",
+            code=ErrorCode.UNTRUSTED_ISSUER,
             details={"key_id": signature.key_id, "expected": key_id(public_key)},
         )
     verify_detached(public_key, CTX_DEVICE_MESSAGE, data, signature.signature)

@@ -23,6 +23,7 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from ..errors import TrustError
+from ..protocol.codes import ErrorCode
 from .certs import OperatorKey
 from .signeddoc import sign_document, unsigned_document, verify_document
 
@@ -86,7 +87,7 @@ def verify_outbox_ack(
     if not isinstance(items, list) or not 0 < len(items) <= MAX_RANGES:
         raise TrustError(
             f"outbox acknowledgement ranges must be a list of 1 to {MAX_RANGES}",
-            code="malformed_envelope",
+            code=ErrorCode.MALFORMED_ENVELOPE,
         )
     ranges: list[Range] = []
     for item in items:
@@ -99,7 +100,7 @@ def verify_outbox_ack(
         ):
             raise TrustError(
                 "each acknowledged range is [first_seq, last_seq, event id], 1 <= first <= last",
-                code="malformed_envelope",
+                code=ErrorCode.MALFORMED_ENVELOPE,
             )
         ranges.append((item[0], item[1], item[2]))
     return doc.issuer, ranges

@@ -51,6 +51,7 @@ from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 
 from ..errors import TrustError
+from ..protocol.codes import ErrorCode
 from . import keys
 from .certs import OperatorKey
 from .keys import CTX_ACK, b64decode, b64encode, load_json
@@ -83,9 +84,9 @@ def parse_enrollment_public_key(text: str) -> bytes:
     body = text.strip()
     if body.startswith(X25519_PUB_PREFIX):
         body = body[len(X25519_PUB_PREFIX) :]
-    raw = b64decode(body, what="enrollment public key", code="key_malformed")
+    raw = b64decode(body, what="enrollment public key", code=ErrorCode.KEY_MALFORMED)
     if len(raw) != 32:
-        raise _bad("key_malformed", "enrollment public key must be 32 bytes")
+        raise _bad(ErrorCode.KEY_MALFORMED, "enrollment public key must be 32 bytes")
     return raw
 
 
@@ -94,7 +95,9 @@ def load_enrollment_public_key(path: Path) -> bytes:
     try:
         return parse_enrollment_public_key(Path(path).read_text(encoding="ascii"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise _bad("key_missing", f"cannot read enrollment public key {path}: {exc}") from None
+        raise _bad(
+            ErrorCode.KEY_MISSING, f"cannot read enrollment public key {path}: {exc}"
+        ) from None
 
 
 class EnrollmentKeyPair:
@@ -128,10 +131,12 @@ class EnrollmentKeyPair:
         path = Path(directory) / ENROLLMENT_KEY_FILE
         text = keys.read_private_file(path).decode("ascii", "replace").strip()
         if not text.startswith(X25519_SEED_PREFIX):
-            raise _bad("key_malformed", f"{path} is not an x25519 key file")
-        raw = b64decode(text[len(X25519_SEED_PREFIX) :], what=str(path), code="key_malformed")
+            raise _bad(ErrorCode.KEY_MALFORMED, f"{path} is not an x25519 key file")
+        raw = b64decode(
+            text[len(X25519_SEED_PREFIX) :], what=str(path), code=ErrorCode.KEY_MALFORMED
+        )
         if len(raw) != 32:
-            raise _bad("key_malformed", f"{path} must hold 32 bytes")
+            raise _bad(ErrorCode.KEY_MALFORMED, f"{path} must hold 32 bytes")
         return cls(PrivateKey(raw))
 
     def unseal(self, sealed: bytes) -> bytes:
@@ -139,7 +144,9 @@ class EnrollmentKeyPair:
         try:
             return bytes(SealedBox(self._key).decrypt(sealed))
         except (CryptoError, ValueError, TypeError):
-            raise _bad("bad_signature", "sealed record does not open with this key") from None
+            raise _bad(
+                ErrorCode.BAD_SIGNATURE, "sealed record does not open with this key"
+            ) from None
 
     def unseal_file(self, path: Path) -> tuple[dict[str, Any], bytes]:
         """Read a ``.sealed`` file and open it: ``(header, plaintext)``."""
@@ -153,7 +160,7 @@ class EnrollmentKeyPair:
 def seal(plaintext: bytes | bytearray | memoryview, recipient_public_key: bytes) -> bytes:
     """SealedBox ciphertext of ``plaintext`` for the recipient (anonymous sender)."""
     if len(recipient_public_key) != 32:
-        raise _bad("key_malformed", "recipient public key must be 32 bytes")
+        raise _bad(ErrorCode.KEY_MALFORMED, "recipient public key must be 32 bytes")
     return bytes(SealedBox(PublicKey(recipient_public_key)).encrypt(bytes(plaintext)))
 
 
@@ -166,18 +173,20 @@ def read_sealed_file(path: Path) -> tuple[dict[str, Any], bytes]:
     """Parse a sealed file into ``(header, ciphertext)``; checks the recorded SHA-256."""
     data = Path(path).read_bytes()
     if not data.startswith(FILE_MAGIC) or len(data) < len(FILE_MAGIC) + 4:
-        raise _bad("sealed_corrupt", f"{path} is not a sealed record", path=str(path))
+        raise _bad(ErrorCode.SEALED_CORRUPT, f"{path} is not a sealed record", path=str(path))
     (hlen,) = struct.unpack(">I", data[len(FILE_MAGIC) : len(FILE_MAGIC) + 4])
     start = len(FILE_MAGIC) + 4
     if hlen > MAX_HEADER or start + hlen > len(data):
-        raise _bad("sealed_corrupt", f"{path} has a bad header length", path=str(path))
+        raise _bad(ErrorCode.SEALED_CORRUPT, f"{path} has a bad header length", path=str(path))
     try:
         header = load_json(data[start : start + hlen])
     except (UnicodeDecodeError, ValueError):
-        raise _bad("sealed_corrupt", f"{path} header is not JSON", path=str(path)) from None
+        raise _bad(ErrorCode.SEALED_CORRUPT, f"{path} header is not JSON", path=str(path)) from None
     blob = data[start + hlen :]
     if not isinstance(header, dict) or header.get("sha256") != hashlib.sha256(blob).hexdigest():
-        raise _bad("sealed_corrupt", f"{path} ciphertext does not match its header", path=str(path))
+        raise _bad(
+            ErrorCode.SEALED_CORRUPT, f"{path} ciphertext does not match its header", path=str(path)
+        )
     return header, blob
 
 
@@ -215,7 +224,7 @@ class SealedStore:
 
     def __init__(self, directory: Path, recipient_public_key: bytes, *, device_id: str) -> None:
         if len(recipient_public_key) != 32:
-            raise _bad("key_malformed", "enrollment public key must be 32 bytes")
+            raise _bad(ErrorCode.KEY_MALFORMED, "enrollment public key must be 32 bytes")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.recipient_public_key = recipient_public_key
@@ -223,7 +232,7 @@ class SealedStore:
 
     def _path(self, record_id: str) -> Path:
         if not isinstance(record_id, str) or not RECORD_ID_RE.match(record_id):
-            raise _bad("invalid_name", f"invalid record id {record_id!r}")
+            raise _bad(ErrorCode.INVALID_NAME, f"invalid record id {record_id!r}")
         return self.directory / f"{record_id}{SUFFIX}"
 
     def put(
@@ -236,7 +245,7 @@ class SealedStore:
         """
         path = self._path(record_id)
         if path.exists() and not overwrite:
-            raise _bad("record_exists", f"sealed record {record_id!r} already exists")
+            raise _bad(ErrorCode.RECORD_EXISTS, f"sealed record {record_id!r} already exists")
         try:
             blob = seal(plaintext, self.recipient_public_key)
         finally:
@@ -264,7 +273,7 @@ class SealedStore:
         """The record's metadata and ciphertext (what the uploader sends to the centre)."""
         path = self._path(record_id)
         if not path.exists():
-            raise _bad("record_missing", f"no sealed record {record_id!r}")
+            raise _bad(ErrorCode.RECORD_MISSING, f"no sealed record {record_id!r}")
         header, blob = read_sealed_file(path)
         return self._meta(header), blob
 
@@ -401,7 +410,7 @@ def verify_ack(
     )
     items = doc.body.get("records")
     if not isinstance(items, list):
-        raise _bad("malformed_envelope", "acknowledgement records must be a list")
+        raise _bad(ErrorCode.MALFORMED_ENVELOPE, "acknowledgement records must be a list")
     pairs: list[tuple[str, str]] = []
     for item in items:
         if (
@@ -409,7 +418,7 @@ def verify_ack(
             or not isinstance(item.get("id"), str)
             or not isinstance(item.get("sha256"), str)
         ):
-            raise _bad("malformed_envelope", "each acknowledged record needs id and sha256")
+            raise _bad(ErrorCode.MALFORMED_ENVELOPE, "each acknowledged record needs id and sha256")
         pairs.append((item["id"], item["sha256"]))
     issued = doc.body.get("issued_at")
     return VerifiedAck(

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TrustError
+from ..protocol.codes import ErrorCode
 from .certs import OperatorCertificate, OperatorKey, verify_certificate
 from .keys import b64decode, b64encode, load_json, sign_detached, verify_detached
 
@@ -98,36 +99,40 @@ def verify_document(
     ``forbidden_role``, ``wrong_target`` (another device, or outside the certificate's scope).
     """
     if not isinstance(data, bytes | bytearray) or len(data) > max_bytes:
-        raise _bad("malformed_envelope", f"{what} must be bytes of reasonable size")
+        raise _bad(ErrorCode.MALFORMED_ENVELOPE, f"{what} must be bytes of reasonable size")
     try:
         env = load_json(bytes(data))
     except (UnicodeDecodeError, ValueError):
-        raise _bad("malformed_envelope", f"{what} is not JSON") from None
+        raise _bad(ErrorCode.MALFORMED_ENVELOPE, f"{what} is not JSON") from None
     if not isinstance(env, dict) or env.get("typ") != typ:
-        raise _bad("malformed_envelope", f"{what} typ must be {typ!r}")
+        raise _bad(ErrorCode.MALFORMED_ENVELOPE, f"{what} typ must be {typ!r}")
     if not env.get("sig"):
         if not allow_unsigned:
-            raise _bad("unsigned", f"{what} carries no signature")
+            raise _bad(ErrorCode.UNSIGNED, f"{what} carries no signature")
         body = _body(b64decode(env.get("body"), what="body"), what)
         if body.get("device") != device_id:
-            raise _bad("wrong_target", f"{what} is for another device", device=body.get("device"))
+            raise _bad(
+                ErrorCode.WRONG_TARGET, f"{what} is for another device", device=body.get("device")
+            )
         return VerifiedDocument(issuer="unsigned", body=body)
     try:
         cert = OperatorCertificate.from_token(env.get("cert"))
     except TrustError as exc:
-        raise _bad("malformed_envelope", f"certificate: {exc.message}") from None
+        raise _bad(ErrorCode.MALFORMED_ENVELOPE, f"certificate: {exc.message}") from None
     verify_certificate(cert, roots, now=now, check_not_before=False, revoked=revoked)
     body_bytes = b64decode(env.get("body"), what="body")
     sig = b64decode(env.get("sig"), what="sig")
     verify_detached(cert.public_key, context, body_bytes, sig)
     allowed = set(roles)
     if not allowed.intersection(cert.roles):
-        raise _bad("forbidden_role", f"{what}s need role {sorted(allowed)}")
+        raise _bad(ErrorCode.FORBIDDEN_ROLE, f"{what}s need role {sorted(allowed)}")
     body = _body(body_bytes, what)
     if body.get("issuer") != cert.key_id:
-        raise _bad("malformed_envelope", f"{what} body/issuer invalid")
+        raise _bad(ErrorCode.MALFORMED_ENVELOPE, f"{what} body/issuer invalid")
     if body.get("device") != device_id or not cert.covers(device_id, ()):
-        raise _bad("wrong_target", f"{what} is for another device", device=body.get("device"))
+        raise _bad(
+            ErrorCode.WRONG_TARGET, f"{what} is for another device", device=body.get("device")
+        )
     return VerifiedDocument(issuer=cert.key_id, body=body)
 
 
@@ -135,7 +140,7 @@ def _body(raw: bytes, what: str) -> dict[str, Any]:
     try:
         body = load_json(raw)
     except (UnicodeDecodeError, ValueError):
-        raise _bad("malformed_envelope", f"{what} body is not JSON") from None
+        raise _bad(ErrorCode.MALFORMED_ENVELOPE, f"{what} body is not JSON") from None
     if not isinstance(body, dict):
-        raise _bad("malformed_envelope", f"{what} body/issuer invalid")
+        raise _bad(ErrorCode.MALFORMED_ENVELOPE, f"{what} body/issuer invalid")
     return body

@@ -4,6 +4,7 @@ topic it builds parses back to its kind and device."""
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shutil
 from pathlib import Path
@@ -343,3 +344,152 @@ def test_one_package_codec_and_one_manifest_model() -> None:
     ]
     session = (ROOT / "appliance/enrollment/session.py").read_text(encoding="utf-8")
     assert "Manifest.model_validate(" in session
+
+
+# --- rooms whose error codes are all members ------------------------------------------------
+
+#: Rooms (under appliance/) where every error code is written as an ``ErrorCode`` member, never
+#: as a string literal (issue 13). The other rooms still hold literals (each a member: the test
+#: above); they join this list as they are converted.
+CONVERTED_ROOMS = ("drivers/", "enrollment/", "trust/", "fleet/", "central/", "citizen/")
+#: Inside those rooms, files not converted yet (another change owns them this round).
+NOT_CONVERTED = ("fleet/sim", "central/issue")
+
+
+def _codeish(node: ast.AST) -> bool:
+    """An expression that holds an error code: ``code``, ``exc.code``, ``err["code"]``..."""
+    text = ast.unparse(node)
+    return text == "code" or text.endswith((".code", "_code", "['code']"))
+
+
+def _every_string(node: ast.AST | None) -> list[str]:
+    """String literals of a value, also inside ``a or "b"`` and tuples/sets/lists."""
+    if isinstance(node, ast.BoolOp):
+        return [s for v in node.values for s in _every_string(v)]
+    if isinstance(node, ast.Tuple | ast.Set | ast.List):
+        return [s for e in node.elts for s in _every_string(e)]
+    return _strings(node)
+
+
+def _dataclass_code_fields(tree: ast.AST) -> dict[str, int]:
+    """A module's dataclasses with a ``code`` field: name -> its position in ``__init__``
+    (``Verdict("refused", "token_used", ...)``). Their success outcomes (``ok``) are no error
+    codes, so only members of ``ErrorCode`` written as literals count."""
+    out = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and any(
+            "dataclass" in ast.unparse(d) for d in node.decorator_list
+        ):
+            fields = [
+                item.target.id
+                for item in node.body
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+            ]
+            if "code" in fields:
+                out[node.name] = fields.index("code")
+    return out
+
+
+def room_literals(root: Path) -> list[str]:
+    """Error codes written as string literals in the converted rooms under ``root``: what
+    :func:`wire_literals` finds, plus comparisons with a code (``exc.code == "busy"``),
+    defaults of a ``code`` parameter, ``x or "code"``, ``getattr(exc, "code", "usage")`` and
+    the module constants named ``*_CODES``."""
+    codes, _ = wire_literals(root)
+    hits = [f"{where}: {c!r}" for c, where in codes]
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        positional = _dataclass_code_fields(tree)
+        for node in ast.walk(tree):
+            found: list[str] = []
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in positional:
+                i = positional[ast.unparse(node.func)]
+                found = _strings(node.args[i]) if i < len(node.args) else []
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                if any(_codeish(s) for s in sides):
+                    found = [s for side in sides for s in _every_string(side)]
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                args = node.args.posonlyargs + node.args.args
+                defaults = dict(zip(reversed(args), reversed(node.args.defaults), strict=False))
+                defaults |= dict(zip(node.args.kwonlyargs, node.args.kw_defaults, strict=True))
+                found = [s for a, d in defaults.items() if a.arg == "code" for s in _strings(d)]
+            elif isinstance(node, ast.Call) and ast.unparse(node.func) == "getattr":
+                if len(node.args) == 3 and _strings(node.args[1]) == ["code"]:
+                    found = _every_string(node.args[2])
+            elif isinstance(node, ast.Call):
+                found += [
+                    s
+                    for kw in node.keywords
+                    if kw.arg == "code" and isinstance(kw.value, ast.BoolOp)
+                    for s in _every_string(kw.value)
+                ]
+            elif isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id.endswith("_CODES") for t in node.targets
+            ):
+                found = _every_string(node.value)
+            hits += [f"{rel}:{node.lineno}: {s!r}" for s in found if s in set(ErrorCode)]
+    return sorted(
+        {h for h in hits if h.startswith(CONVERTED_ROOMS) and not h.startswith(NOT_CONVERTED)}
+    )
+
+
+def test_converted_rooms_write_every_error_code_as_a_member() -> None:
+    hits = room_literals(ROOT / "appliance")
+    assert hits == [], "write these codes as ErrorCode members:\n" + "\n".join(hits)
+
+
+def test_the_room_scan_finds_a_literal_code_and_skips_the_other_rooms(tmp_path: Path) -> None:
+    for room in ("trust", "fleet", "update"):
+        (tmp_path / room).mkdir()
+    (tmp_path / "trust" / "x.py").write_text(
+        "from appliance.protocol.codes import ErrorCode\n\n\n"
+        "def f(exc, code='bad_signature'):\n"
+        "    if exc.code in ('busy', ErrorCode.TIMEOUT):\n"
+        "        raise E('m', code=exc.code or 'command_failed')\n"
+        "    raise E('m', code=ErrorCode.BUSY)\n\n\n"
+        "ERROR_CODES = ('replayed', ErrorCode.EXPIRED)\n"
+        "C = getattr(exc, 'code', 'usage')\n"
+        "D = {'code': 'expired', 'status': 'busy'}\n\n\n"
+        "@dataclass(frozen=True)\nclass V:\n    status: str\n    code: str\n\n\n"
+        "W = [V('refused', 'denied'), V('approved', 'ok')]\n"
+    )
+    (tmp_path / "fleet" / "sim.py").write_text("R = E('m', code='busy')\n")
+    (tmp_path / "update" / "x.py").write_text("R = E('m', code='busy')\n")
+    hits = room_literals(tmp_path)
+    assert all(h.startswith("trust/x.py:") for h in hits), hits
+    assert sorted(h.split(": ", 1)[1] for h in hits) == [
+        "'bad_signature'",
+        "'busy'",
+        "'command_failed'",
+        "'denied'",
+        "'expired'",
+        "'replayed'",
+        "'usage'",
+    ]
+
+
+# --- the reply: rendered by the kiosk, parsed by the fleet tools ---------------------------
+
+
+def test_the_fleet_tools_reply_model_parses_every_reply_the_kiosk_renders() -> None:
+    """``dispatch.CommandReply`` renders a reply, ``protocol.messages.ReplyMessage`` parses it
+    on the fleet side: the same fields, and what one writes the other reads back unchanged."""
+    from appliance.dispatch import CommandReply, ErrorBody
+    from appliance.errors import Busy
+    from appliance.protocol.messages import ReplyError, ReplyMessage, parse_message
+
+    assert set(ReplyMessage.model_fields) == set(CommandReply.model_fields)
+    assert set(ReplyError.model_fields) == set(ErrorBody.model_fields)
+    for name, field in CommandReply.model_fields.items():
+        assert ReplyMessage.model_fields[name].is_required() == field.is_required(), name
+    replies = [
+        CommandReply(id="c-1", cmd="ping", ok=True, result={"pong": True, "ts": 1.5}),
+        CommandReply(id=None, ok=False, error=ErrorBody(code="invalid_json", message="m")),
+        CommandReply(id="c-2", cmd="card.encode", ok=False, error=ErrorBody(**Busy("b").to_dict())),
+    ]
+    for reply in replies:
+        wire = reply.to_json()
+        parsed = parse_message(ReplyMessage, wire, "reply")
+        assert parsed.model_dump(mode="json", exclude_unset=True) == json.loads(wire)

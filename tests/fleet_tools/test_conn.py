@@ -75,23 +75,33 @@ def test_devices_offline_and_lost(
     c.loop_start()
     now = time.time()
     for dev, body in (
-        ("kiosk-off", {"online": False, "reason": "shutdown", "ts": now - 30}),
-        ("kiosk-lost", {"online": False, "reason": "lost"}),
-        ("kiosk-on", {"online": True, "version": "9.9", "ts": now,
+        ("kiosk-off", {"online": False, "device": "kiosk-off", "reason": "shutdown",
+                       "ts": now - 30}),
+        ("kiosk-lost", {"online": False, "device": "kiosk-lost", "reason": "lost"}),
+        ("kiosk-on", {"online": True, "device": "kiosk-on", "version": "9.9", "ts": now,
                       "devices": {"camera": "ok", "card": "error"}}),
+        # Not the contract's status (appliance/protocol/messages.py): skipped, named.
+        ("kiosk-bad", {"online": "maybe", "device": "kiosk-bad"}),
     ):  # fmt: skip
         c.publish(f"kiosk/{dev}/status", json.dumps(body), qos=1, retain=True).wait_for_publish(5)
     try:
         flags = ["--home", str(tmp_path), "--host", broker.host, "--port", str(broker.port)]
         assert devicescli.main(["--json", "--listen", "0.5", *flags]) == 0
-        rows = {r["device"]: r for r in json.loads(capsys.readouterr().out)}
+        out = capsys.readouterr()
+        rows = {r["device"]: r for r in json.loads(out.out)}
+        assert "kiosk-bad" not in rows
+        assert "1 malformed message(s) skipped (malformed_message)" in out.err
+        assert (
+            "kiosk/kiosk-bad/status: malformed status: online: Input should be a valid boolean"
+            in out.err
+        )
         assert rows["kiosk-off"]["state"] == "offline"
         assert rows["kiosk-lost"]["state"] == "lost"
         on = rows["kiosk-on"]
         assert on["state"] == "online" and on["health"] == "card:error"
         assert on["signature"] == "unknown" and on["version"] == "9.9"
     finally:
-        for dev in ("kiosk-off", "kiosk-lost", "kiosk-on"):
+        for dev in ("kiosk-off", "kiosk-lost", "kiosk-on", "kiosk-bad"):
             c.publish(f"kiosk/{dev}/status", b"", qos=1, retain=True).wait_for_publish(5)
         c.disconnect()
         release(c)

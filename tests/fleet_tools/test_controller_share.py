@@ -91,7 +91,14 @@ def test_a_killed_instance_loses_nothing(broker: Mosquitto, tmp_path: Path) -> N
 
     def send(chunk: list[str]) -> None:
         for eid in chunk:
-            body = {"id": eid, "seq": 1, "device": "kiosk-k9", "type": "note", "ts": 1.0}
+            body = {
+                "id": eid,
+                "seq": 1,
+                "device": "kiosk-k9",
+                "type": "note",
+                "ts": 1.0,
+                "data": {},
+            }
             pub.publish("kiosk/kiosk-k9/events/note", json.dumps(body), qos=1).wait_for_publish(5)
 
     def seen() -> list[object]:

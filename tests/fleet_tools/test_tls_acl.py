@@ -53,7 +53,8 @@ def test_shared_controllers_and_acl(broker: TlsBroker, tmp_path: Path) -> None:
     try:
         with FleetMqtt(broker.opts("kiosk-a1")) as dev:
             for i in range(40):
-                body = {"id": f"e{i}", "seq": i + 1, "type": "note", "ts": 1.0, "data": {}}
+                body = {"id": f"e{i}", "seq": i + 1, "device": "kiosk-a1", "type": "note",
+                        "ts": 1.0, "data": {}}  # fmt: skip
                 dev.publish("kiosk/kiosk-a1/events/note", json.dumps(body).encode())
         assert done.wait(20), got
         ctl = FleetMqtt(broker.opts()).connect()

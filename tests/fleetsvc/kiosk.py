@@ -106,9 +106,16 @@ class SignedKiosk:
     def heartbeat(self, outbox: int = 0, devices: dict[str, str] | None = None) -> None:
         self.publish(
             "telemetry",
-            {
+            {  # every field of the contract's TelemetryMessage, as the daemon sends
                 "device": self.device,
                 "ts": time.time(),
+                "uptime_s": 1.0,
+                "load": [0.0, 0.0, 0.0],
+                "mem_total": None,
+                "mem_available": None,
+                "rss": None,
+                "disk_free": None,
+                "soc_temp_c": None,
                 "outbox_depth": outbox,
                 "devices": devices or {"camera": "ok"},
             },

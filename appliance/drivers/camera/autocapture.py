@@ -33,6 +33,7 @@ from ...biometrics.face_record import (
     ImageDataType,
 )
 from ...errors import CommandError, CommandTimeout, DeviceTimeout
+from ...protocol.codes import ErrorCode
 from .config import CameraConfig
 from .interface import Camera, Frame, Image
 from .quality import TOKEN_EYE_DISTANCE, TOKEN_EYE_Y, QualityReport, assess, crop_token
@@ -205,7 +206,7 @@ def auto_capture(
             raise CommandTimeout("capture cancelled before a face was seen")
         raise CommandError(
             f"no usable face within {timeout_s:.1f} s",
-            code="no_face",
+            code=ErrorCode.NO_FACE,
             retryable=True,
             details={"frames": frames},
         )

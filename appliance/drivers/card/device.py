@@ -24,6 +24,7 @@ from ...errors import (
 )
 from ...lds.files import FILE_FIDS
 from ...lds.tlv import header_size, tlv
+from ...protocol.codes import ErrorCode
 from .apdu import CommandApdu, ResponseApdu
 from .profile import CardProfile
 
@@ -195,7 +196,7 @@ class EmrtdCard:
             raise DeviceError(
                 "BAC refused: the MRZ keys do not match this card",
                 device="card",
-                code="bac_failed",
+                code=ErrorCode.BAC_FAILED,
                 retryable=False,
                 details={"cause": exc.code},
             ) from exc
@@ -217,7 +218,7 @@ class EmrtdCard:
             raise ProtocolError(
                 f"file {fid:04X} does not start with a TLV header",
                 device="card",
-                code="lds_malformed",
+                code=ErrorCode.LDS_MALFORMED,
             ) from exc
         total = hdr + length
         data = bytearray(first[:total])
@@ -302,7 +303,7 @@ def personalise(
             DeviceError(
                 f"card profile cannot hold {sorted(unknown)}",
                 device="card",
-                code="profile_mismatch",
+                code=ErrorCode.PROFILE_MISMATCH,
             ),
             False,
         )

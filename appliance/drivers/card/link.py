@@ -18,6 +18,7 @@ from typing import Any
 from smartcard import scard
 
 from ...errors import DeviceDisconnected, DeviceError, DeviceTimeout, ProtocolError
+from ...protocol.codes import ErrorCode
 from .apdu import CommandApdu, ResponseApdu
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def check(hresult: int, what: str) -> None:
     text = f"{what}: {_message(hresult)} (0x{code:08X})"
     details = {"pcsc_code": f"0x{code:08X}", "operation": what}
     if code in _CARD_GONE_U:
-        raise DeviceDisconnected(text, device="card", code="card_removed", details=details)
+        raise DeviceDisconnected(text, device="card", code=ErrorCode.CARD_REMOVED, details=details)
     if code in _DISCONNECTED_U:
         raise DeviceDisconnected(text, device="card", details=details)
     if code == scard.SCARD_E_TIMEOUT & _U32:
@@ -65,7 +66,7 @@ def check(hresult: int, what: str) -> None:
         scard.SCARD_W_UNRESPONSIVE_CARD & _U32,
     }:
         # vpcd/pcscd report a card that went away mid-APDU as a transaction failure.
-        raise DeviceDisconnected(text, device="card", code="card_removed", details=details)
+        raise DeviceDisconnected(text, device="card", code=ErrorCode.CARD_REMOVED, details=details)
     raise DeviceError(text, device="card", details=details)
 
 
@@ -106,7 +107,7 @@ class PcscLink:
         raise DeviceDisconnected(
             f"no PC/SC reader matching {substring!r} (readers: {names})",
             device="card",
-            code="reader_absent",
+            code=ErrorCode.READER_ABSENT,
             details={"readers": names, "wanted": substring},
         )
 
@@ -131,12 +132,14 @@ class PcscLink:
                 state, atr = self.card_state(reader, remaining, known)
             except DeviceTimeout:
                 raise DeviceTimeout(
-                    f"no card in {reader!r} within {timeout_s} s", device="card", code="no_card"
+                    f"no card in {reader!r} within {timeout_s} s",
+                    device="card",
+                    code=ErrorCode.NO_CARD,
                 ) from None
             if state & scard.SCARD_STATE_PRESENT and not state & scard.SCARD_STATE_MUTE:
                 return atr
             if remaining <= 0:
-                raise DeviceTimeout(f"no card in {reader!r}", device="card", code="no_card")
+                raise DeviceTimeout(f"no card in {reader!r}", device="card", code=ErrorCode.NO_CARD)
             known = state & ~scard.SCARD_STATE_CHANGED
 
     def cancel(self) -> None:
@@ -156,7 +159,9 @@ class PcscLink:
             scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1,
         )
         if hr & _U32 == scard.SCARD_E_NO_SMARTCARD & _U32:
-            raise DeviceDisconnected(f"no card in {reader!r}", device="card", code="no_card")
+            raise DeviceDisconnected(
+                f"no card in {reader!r}", device="card", code=ErrorCode.NO_CARD
+            )
         check(hr, "SCardConnect")
         self._card, self._proto, self.reader = card, int(proto), reader
         hr, _r, _s, _p, atr = scard.SCardStatus(card)
@@ -175,7 +180,9 @@ class PcscLink:
 
     def transmit_raw(self, raw: bytes) -> bytes:
         if self._card is None:
-            raise DeviceDisconnected("not connected to a card", device="card", code="no_card")
+            raise DeviceDisconnected(
+                "not connected to a card", device="card", code=ErrorCode.NO_CARD
+            )
         pci = scard.SCARD_PCI_T0 if self._proto == scard.SCARD_PROTOCOL_T0 else scard.SCARD_PCI_T1
         hr, resp = scard.SCardTransmit(self._card, pci, list(raw))
         self.apdu_count += 1
@@ -184,7 +191,9 @@ class PcscLink:
             # vpcd answers "success, 0 bytes" for the APDU during which the card went away; a
             # real reader never returns a response without a status word either.
             raise DeviceDisconnected(
-                "card returned no status word (removed or mute)", device="card", code="card_mute"
+                "card returned no status word (removed or mute)",
+                device="card",
+                code=ErrorCode.CARD_MUTE,
             )
         return bytes(resp)
 

@@ -32,6 +32,7 @@ from ...errors import (
 )
 from ...lds.files import FILE_FIDS
 from ...lds.tlv import malformed
+from ...protocol.codes import ErrorCode
 from .apdu import SW_FILE_NOT_FOUND, SW_SECURITY_STATUS
 from .config import CardConfig
 from .device import EmrtdCard, StepError, personalise, read_back
@@ -82,7 +83,7 @@ def check_capacity(profile: CardProfile, files: dict[str, bytes]) -> None:
             raise DeviceError(
                 f"card profile {profile.name} has no place for {name}",
                 device="card",
-                code="profile_mismatch",
+                code=ErrorCode.PROFILE_MISMATCH,
                 details={"file": name, "profile": profile.name},
             )
         if len(data) > profile.max_file_size:
@@ -90,7 +91,7 @@ def check_capacity(profile: CardProfile, files: dict[str, bytes]) -> None:
                 f"{name} ({len(data)} bytes) exceeds the card's largest file "
                 f"({profile.max_file_size} bytes)",
                 device="card",
-                code="card_capacity",
+                code=ErrorCode.CARD_CAPACITY,
                 details={"file": name, "size": len(data), "max_file_size": profile.max_file_size},
             )
         total += len(data) + profile.file_overhead
@@ -99,7 +100,7 @@ def check_capacity(profile: CardProfile, files: dict[str, bytes]) -> None:
             f"the LDS needs {total} bytes of card memory, card profile {profile.name} has "
             f"{profile.memory}",
             device="card",
-            code="card_capacity",
+            code=ErrorCode.CARD_CAPACITY,
             details={"needed": total, "memory": profile.memory, "profile": profile.name},
         )
 
@@ -212,7 +213,7 @@ class PcscEncoder:
                 known = state & ~scard.SCARD_STATE_CHANGED
                 if state & (scard.SCARD_STATE_UNAVAILABLE | scard.SCARD_STATE_UNKNOWN):
                     raise DeviceDisconnected(
-                        f"reader {reader} went away", device="card", code="reader_absent"
+                        f"reader {reader} went away", device="card", code=ErrorCode.READER_ABSENT
                     )
                 self._set_health_ok(reader)
                 self._card_event(reader, bool(state & scard.SCARD_STATE_PRESENT), atr)
@@ -274,7 +275,7 @@ class PcscEncoder:
             raise DeviceError(
                 "card encoder is not configured: " + "; ".join(self._problems),
                 device="card",
-                code="device_not_ready",
+                code=ErrorCode.DEVICE_NOT_READY,
             )
         return self.profile
 
@@ -417,7 +418,8 @@ class PcscEncoder:
         profile = self._require_profile()
         if not self.trust_anchors:
             raise TrustError(
-                "no CSCA trust bundle configured: refusing to write", code="trust_bundle_missing"
+                "no CSCA trust bundle configured: refusing to write",
+                code=ErrorCode.TRUST_BUNDLE_MISSING,
             )
         verified = verify_package(package, self.trust_anchors)
         check_capacity(profile, verified.files)
@@ -469,7 +471,7 @@ class PcscEncoder:
                     raise DeviceError(
                         f"read-back differs from the package in {diff}",
                         device="card",
-                        code="readback_mismatch",
+                        code=ErrorCode.READBACK_MISMATCH,
                         details={"files": diff},
                     )
                 step = "verify:passive_authentication"
@@ -511,10 +513,12 @@ class PcscEncoder:
                 return
             if exc.status == SW_SECURITY_STATUS:
                 raise DeviceError(
-                    "card is already locked (issued)", device="card", code="card_not_blank"
+                    "card is already locked (issued)", device="card", code=ErrorCode.CARD_NOT_BLANK
                 ) from exc
             raise
-        raise DeviceError("card already carries an EF.COM", device="card", code="card_not_blank")
+        raise DeviceError(
+            "card already carries an EF.COM", device="card", code=ErrorCode.CARD_NOT_BLANK
+        )
 
     def _spoiled(self, package_id: str, step: str, cause: ApplianceError) -> NoReturn:
         log.warning("card spoiled at step %s for package %s: %s", step, package_id, cause.code)
@@ -522,7 +526,7 @@ class PcscEncoder:
         raise DeviceError(
             f"card spoiled at step {step}: {cause.message}",
             device="card",
-            code="card_spoiled",
+            code=ErrorCode.CARD_SPOILED,
             retryable=False,
             details={"package_id": package_id, "step": step, "cause": cause.to_dict()},
         ) from cause

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from ...errors import ProtocolError
 from ...lds.mrz import bac_mrz_information
 from ...lds.tlv import read_tlv, tlv
+from ...protocol.codes import ErrorCode
 from .apdu import CommandApdu, ResponseApdu
 
 ZERO_IV = bytes(8)
@@ -129,14 +130,17 @@ def ifd_check_response(
     e, m = resp[:32], resp[32:]
     if not hmac.compare_digest(retail_mac(kmac, pad(e)), m):
         raise ProtocolError(
-            "chip's authentication MAC is wrong", device="card", code="bac_failed", retryable=False
+            "chip's authentication MAC is wrong",
+            device="card",
+            code=ErrorCode.BAC_FAILED,
+            retryable=False,
         )
     plain = tdes_decrypt(kenc, e)
     if plain[:8] != rnd_ic or plain[8:16] != rnd_ifd:
         raise ProtocolError(
             "chip's authentication nonces do not match",
             device="card",
-            code="bac_failed",
+            code=ErrorCode.BAC_FAILED,
             retryable=False,
         )
     return plain[16:32]
@@ -151,11 +155,13 @@ def chip_authenticate(
         raise ProtocolError("EXTERNAL AUTHENTICATE needs 40 bytes", device="card")
     e, m = data[:32], data[32:]
     if not hmac.compare_digest(retail_mac(kmac, pad(e)), m):
-        raise ProtocolError("IFD MAC is wrong", device="card", code="bac_failed")
+        raise ProtocolError("IFD MAC is wrong", device="card", code=ErrorCode.BAC_FAILED)
     plain = tdes_decrypt(kenc, e)
     rnd_ifd, rnd_ic_echo, k_ifd = plain[:8], plain[8:16], plain[16:32]
     if rnd_ic_echo != rnd_ic:
-        raise ProtocolError("IFD echoed a wrong challenge", device="card", code="bac_failed")
+        raise ProtocolError(
+            "IFD echoed a wrong challenge", device="card", code=ErrorCode.BAC_FAILED
+        )
     e_ic = tdes_encrypt(kenc, rnd_ic + rnd_ifd + k_ic)
     return e_ic + retail_mac(kmac, pad(e_ic)), rnd_ifd, k_ifd
 
@@ -187,7 +193,9 @@ def _split_protected(
         elif tag == 0x8E:
             mac = value
         else:
-            raise ProtocolError(f"unexpected SM object {tag:X}", device="card", code="sm_error")
+            raise ProtocolError(
+                f"unexpected SM object {tag:X}", device="card", code=ErrorCode.SM_ERROR
+            )
     return do87, second, mac, mac_input
 
 
@@ -227,24 +235,26 @@ class SecureMessaging:
             raise ProtocolError(
                 f"chip refused a protected APDU with {resp.sw:04X}",
                 device="card",
-                code="sm_error",
+                code=ErrorCode.SM_ERROR,
                 details={"sw": resp.sw},
             )
         ssc = self._next_ssc()
         do87, do99, mac, mac_input = _split_protected(resp.data, 0x99)
         if mac is None or do99 is None or len(do99) != 2:
             raise ProtocolError(
-                "protected response lacks DO99 or DO8E", device="card", code="sm_error"
+                "protected response lacks DO99 or DO8E", device="card", code=ErrorCode.SM_ERROR
             )
         if not hmac.compare_digest(retail_mac(self.ks_mac, pad(ssc + mac_input)), mac):
             raise ProtocolError(
-                "secure messaging MAC of the response is wrong", device="card", code="sm_error"
+                "secure messaging MAC of the response is wrong",
+                device="card",
+                code=ErrorCode.SM_ERROR,
             )
         data = b""
         if do87 is not None:
             if not do87 or do87[0] != 0x01:
                 raise ProtocolError(
-                    "DO87 padding indicator is not 01", device="card", code="sm_error"
+                    "DO87 padding indicator is not 01", device="card", code=ErrorCode.SM_ERROR
                 )
             data = unpad(tdes_decrypt(self.ks_enc, do87[1:]))
         return ResponseApdu(data, int.from_bytes(do99, "big"))
@@ -264,19 +274,21 @@ class ChipSecureMessaging:
 
     def unwrap(self, cmd: CommandApdu) -> CommandApdu:
         if cmd.cla & 0x0C != 0x0C:
-            raise ProtocolError("command is not protected", device="card", code="sm_error")
+            raise ProtocolError("command is not protected", device="card", code=ErrorCode.SM_ERROR)
         ssc = self._next_ssc()
         do87, do97, mac, mac_input = _split_protected(cmd.data, 0x97)
         if mac is None:
-            raise ProtocolError("protected command lacks DO8E", device="card", code="sm_error")
+            raise ProtocolError(
+                "protected command lacks DO8E", device="card", code=ErrorCode.SM_ERROR
+            )
         n = pad(ssc + pad(cmd.header()) + mac_input)
         if not hmac.compare_digest(retail_mac(self.ks_mac, n), mac):
-            raise ProtocolError("command MAC is wrong", device="card", code="sm_error")
+            raise ProtocolError("command MAC is wrong", device="card", code=ErrorCode.SM_ERROR)
         data = b""
         if do87 is not None:
             if not do87 or do87[0] != 0x01:
                 raise ProtocolError(
-                    "DO87 padding indicator is not 01", device="card", code="sm_error"
+                    "DO87 padding indicator is not 01", device="card", code=ErrorCode.SM_ERROR
                 )
             data = unpad(tdes_decrypt(self.ks_enc, do87[1:]))
         ne: int | None = None

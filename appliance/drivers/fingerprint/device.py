@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...devices import DeviceHealth, EventSink, HealthTracker
+from ...protocol.codes import ErrorCode
 
 if TYPE_CHECKING:  # numpy loads with the first image, not at start
     import numpy as np
@@ -415,7 +416,7 @@ class FingerprintSensor:
             raise DeviceError(
                 f"{self.profile.model} does not support {instruction.name}",
                 device=DEVICE,
-                code="unsupported",
+                code=ErrorCode.UNSUPPORTED,
                 details={"instruction": instruction.name},
             )
         attempts = 1 + (self.config.retries if retries is None else retries)
@@ -477,7 +478,7 @@ class FingerprintSensor:
                         f"{instruction.name}: {confirm_text(ack.confirm)}",
                         device=DEVICE,
                         status=ack.confirm,
-                        code="finger_status" if ack.confirm in _FINGER_CODES else None,
+                        code=ErrorCode.FINGER_STATUS if ack.confirm in _FINGER_CODES else None,
                         retryable=ack.confirm in _FINGER_CODES,
                         details={"instruction": instruction.name},
                     )
@@ -854,7 +855,7 @@ class FingerprintSensor:
         """AuraLedConfig (0x35, R503): ring LED mode, speed, colour index and cycle count."""
         if not self.profile.quirks.aura_led:
             raise DeviceError(
-                f"{self.profile.model} has no ring LED", device=DEVICE, code="unsupported"
+                f"{self.profile.model} has no ring LED", device=DEVICE, code=ErrorCode.UNSUPPORTED
             )
         self._exchange(Instruction.AuraLedConfig, bytes([control, speed, colour, count]))
 
@@ -890,12 +891,14 @@ class FingerprintSensor:
         with self.exclusive():
             while True:
                 if stop.is_set():
-                    raise DeviceTimeout("capture cancelled", device=DEVICE, code="cancelled")
+                    raise DeviceTimeout(
+                        "capture cancelled", device=DEVICE, code=ErrorCode.CANCELLED
+                    )
                 if time.monotonic() >= deadline:
                     raise DeviceTimeout(
                         "no finger on the sensor before the deadline",
                         device=DEVICE,
-                        code="no_finger",
+                        code=ErrorCode.NO_FINGER,
                     )
                 # GenImg and UpImage back to back under the link lock: nothing may touch the
                 # image buffer in between.
