@@ -2,9 +2,10 @@
 the README says (``--fast --no-enroll`` to keep it short), open the printed URL in a real
 browser (headless Debian Chromium driven by Playwright), sign in as the printed officer, look
 up a printed citizen number on the keypad and get the citizen's data from the centre's
-directory that the demo runs in the background; then Ctrl-C stops the demo and its centre.
-
-The whole capture through the screen is covered by tests/station/test_station_screen.py.
+directory that the demo runs in the background; then enroll that citizen with the card taken
+at the kiosk: the demo's receiver verifies the package (the kiosk purges it), its issuance desk
+sends the card's data, the simulated card slot is written. Ctrl-C stops the demo and its
+centre. (The screen's every branch is covered by tests/station/test_station_screen.py.)
 Screenshots are saved under the test's tmp dir (not committed).
 """
 
@@ -25,6 +26,7 @@ import pytest
 
 from appliance.central.citizens import synthetic_citizen
 from appliance.central.directory import DirectoryStore
+from appliance.central.store import PackageStore
 from appliance.devtools.broker import free_port
 from appliance.devtools.demo import CENTRE_CITIZENS
 from tests.helpers import ROOT, wait_for
@@ -79,6 +81,56 @@ class RunningDemo:
         return self.proc.returncode
 
 
+def _shot(page: Any, shots: Path, name: str) -> None:
+    n = len(list(shots.iterdir())) + 1
+    page.screenshot(path=str(shots / f"{n:02d}-{name}.png"), full_page=True)
+
+
+def _enroll_with_card(page: Any, shots: Path) -> str:
+    """From the confirmation to the receipt, the card taken at the kiosk; the reference."""
+    page.click("#confirm")
+    page.wait_for_selector("body[data-screen='consent']", timeout=15000)
+    page.check("#issuance")
+    _shot(page, shots, "consent")
+    page.click("#accept")
+    page.wait_for_selector("body[data-screen='portrait']", timeout=15000)
+    page.click("#portrait")
+    page.wait_for_selector("body[data-screen='fingers']", timeout=60000)
+    _shot(page, shots, "fingers")
+    while page.evaluate("document.body.dataset.screen") == "fingers":
+        seq = int(page.evaluate("document.body.dataset.seq"))
+        page.click("#finger")
+        page.wait_for_function(
+            f"document.body.dataset.screen !== 'fingers' || "
+            f"(Number(document.body.dataset.seq) > {seq + 1} && "
+            "document.getElementById('busy').hidden)",
+            timeout=60000,
+        )
+    page.wait_for_selector("body[data-screen='review']", timeout=30000)
+    _shot(page, shots, "review")
+    page.click("#submit")
+    page.wait_for_selector("body[data-screen='card']", timeout=60000)
+    page.wait_for_selector("body[data-card-step='issued']", timeout=120000)
+    _shot(page, shots, "card-issued")
+    page.click("#card-done")
+    page.wait_for_selector("body[data-screen='receipt']", timeout=60000)
+    _shot(page, shots, "receipt")
+    return str(page.inner_text("#reference")).replace(" ", "")
+
+
+def _purged(work: Path, reference: str) -> bool:
+    path = work / "ingest" / "events.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        event = json.loads(line)
+        if (
+            event.get("type") == "enrollment.purged"
+            and event["data"]["package_id"] == reference
+            and event["verified"] == "ok"
+        ):
+            return True
+    return False
+
+
 @pytest.fixture
 def browser() -> Iterator[Any]:
     os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
@@ -90,7 +142,7 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.mark.slow
-def test_a_person_looks_up_a_printed_citizen_on_the_demo_screen(
+def test_a_person_enrolls_a_printed_citizen_on_the_demo_screen(
     tmp_path: Path, browser: Any
 ) -> None:
     work = tmp_path / "run"
@@ -115,23 +167,30 @@ def test_a_person_looks_up_a_printed_citizen_on_the_demo_screen(
         page.goto(url)
         page.wait_for_selector("body[data-connected='1']", timeout=15000)
         page.wait_for_selector("body[data-screen='welcome']", timeout=15000)
-        page.screenshot(path=str(shots / "01-welcome.png"), full_page=True)
+        _shot(page, shots, "welcome")
         page.click("#begin")
         page.wait_for_selector("body[data-screen='officer']", timeout=15000)
         page.fill("#officer-id", officer.group(1))
         page.fill("#officer-secret", officer.group(2))
-        page.screenshot(path=str(shots / "02-officer.png"), full_page=True)
+        _shot(page, shots, "officer")
         page.click("#sign-in")
         page.wait_for_selector("body[data-screen='identify']", timeout=15000)
         for digit in number:  # the on-screen keypad, as a citizen would
             page.click(f"#keypad button:text-is('{digit}')")
-        page.screenshot(path=str(shots / "03-identify.png"), full_page=True)
+        _shot(page, shots, "identify")
         page.click("#lookup")
         page.wait_for_selector("body[data-screen='confirm']", timeout=30000)
-        page.screenshot(path=str(shots / "04-confirm.png"), full_page=True)
+        _shot(page, shots, "confirm")
         shown = page.inner_text("#s-confirm")
         assert name in shown and number in shown, shown
+        reference = _enroll_with_card(page, shots)
         page.close()
+        # The demo's receiver verified the package and the kiosk purged its sealed copy (the
+        # ingest recorded the kiosk's event).
+        store = PackageStore(work / "kit" / "fleet" / "central")
+        result = store.result("kiosk-demo", reference)
+        assert result is not None and result["status"] == "complete", result
+        wait_for(lambda: _purged(work, reference), 30, "the kiosk's enrollment.purged event")
         # The answer came from the demo's directory (its store holds the five citizens).
         store = DirectoryStore(work / "kit" / "fleet" / "directory.sqlite")
         assert store.count() == len(CENTRE_CITIZENS)
@@ -141,8 +200,8 @@ def test_a_person_looks_up_a_printed_citizen_on_the_demo_screen(
     assert rc == 0, out[-4000:]
     # Ctrl-C stopped the centre's processes cleanly: each printed its stopped line.
     assert re.search(r"directory: stopped: 1 found, 0 not found", out), out[-3000:]
-    assert "receiver: stopped: 0 complete, 0 rejected" in out, out[-3000:]
-    assert "issuance desk: stopped: 0 requests" in out, out[-3000:]
+    assert "receiver: stopped: 1 complete, 0 rejected" in out, out[-3000:]
+    assert re.search(r"issuance desk: stopped: \d+ requests, 1 ready", out), out[-3000:]
     logs = {p.name: p.read_text() for p in (work / "centre").glob("*.log")}
     assert json.loads((work / "centre" / "citizens.json").read_text()).keys() == set(
         CENTRE_CITIZENS
