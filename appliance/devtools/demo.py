@@ -65,7 +65,19 @@ if TYPE_CHECKING:
     from ..central.citizens import Citizen
 
 
+SCREEN_HELP = (
+    "The kiosk's screen: the demo prints its loopback URL (with this boot's token), the "
+    "officer's id and PIN and three citizen numbers. Open the URL in a browser on this machine, "
+    "tap Bắt đầu (Begin), sign in as the officer, type a number on the keypad and Tra cứu (Look "
+    "up): the citizen's data comes from the citizen directory the demo runs in the background "
+    "(a few synthetic citizens), with the receiver (verifies the package; the kiosk purges it) "
+    "and the issuance desk (the card taken at the kiosk), until Ctrl-C; also with --no-enroll, "
+    "not with --once or --dev. docs/local-api.md, 'Trying it'."
+)
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.epilog = SCREEN_HELP
     p.add_argument(
         "--workdir",
         type=Path,

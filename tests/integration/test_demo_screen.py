@@ -206,3 +206,14 @@ def test_a_person_enrolls_a_printed_citizen_on_the_demo_screen(
     assert json.loads((work / "centre" / "citizens.json").read_text()).keys() == set(
         CENTRE_CITIZENS
     ), logs
+
+
+def test_demo_help_says_what_to_do_on_the_screen() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "appliance", "demo", "--help"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "three citizen numbers" in text and "sign in as the officer" in text, text
+    assert "citizen directory the demo runs in the background" in text, text
