@@ -25,6 +25,17 @@ boot's token (and refuses a request without it) and prints the screen's loopback
 token, and the officer's id and PIN, so that a person running the demo can open the screen in a
 browser on this machine and enroll from it.
 
+For that the demo runs the centre's side in the background until Ctrl-C (unless ``--once``;
+also with ``--no-enroll``), as subprocesses with the throw-away fleet's production identities
+(logs and the citizens file in ``<workdir>/centre``): ``appliance fleet directory`` (broker
+identity ``directory``, answers signed by the ``directory`` key) loaded with a few synthetic
+citizens (:func:`~appliance.central.citizens.synthetic_citizen`, fictitious), ``appliance
+fleet receive`` (identity ``central``: verifies, stores and acknowledges the kiosk's packages,
+so they are purged from the kiosk) and ``appliance fleet issue-desk`` (identity ``central``;
+the simulated kit's Document Signer), sharing the store ``<home>/central``. The scripted
+enrollment then uses that receiver (``fleet enroll --external-receiver``). The citizen
+numbers to look up on the screen are printed with its URL. (``--dev`` runs no centre.)
+
 Then it prints a summary and how to watch and command the kiosk with mosquitto_sub /
 mosquitto_pub (TLS, the controller certificate) and ``appliance fleet send``. ``--dev`` runs the
 old development mode instead: plain MQTT without ACL, unsigned commands, no provisioning.
@@ -35,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -42,15 +54,30 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..protocol.topics import Topics
 from .broker import Mosquitto, free_port, mqtt_connack
 from .controller import Controller
 from .fleetkit import FleetKit
 
+if TYPE_CHECKING:
+    from ..central.citizens import Citizen
+
+
+SCREEN_HELP = (
+    "The kiosk's screen: the demo prints its loopback URL (with this boot's token), the "
+    "officer's id and PIN and three citizen numbers. Open the URL in a browser on this machine, "
+    "tap Bắt đầu (Begin), sign in as the officer, type a number on the keypad and Tra cứu (Look "
+    "up): the citizen's data comes from the citizen directory the demo runs in the background "
+    "(a few synthetic citizens), with the receiver (verifies the package; the kiosk purges it) "
+    "and the issuance desk (the card taken at the kiosk), until Ctrl-C; also with --no-enroll, "
+    "not with --once or --dev. docs/local-api.md, 'Trying it'."
+)
+
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.epilog = SCREEN_HELP
     p.add_argument(
         "--workdir",
         type=Path,
@@ -116,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     # Every run starts a new kiosk and a new throw-away fleet: nothing of a previous run (a
     # kiosk provisioned against another port, expired keys) can leak into this one.
-    for old in ("state", "broker", "kit", "ingest", "fleet"):
+    for old in ("state", "broker", "kit", "ingest", "fleet", "centre"):
         shutil.rmtree(work / old, ignore_errors=True)
     (work / "appliance.toml").unlink(missing_ok=True)
     port = args.port or (
@@ -138,6 +165,8 @@ class _Demo:
         self.broker: Mosquitto | None = None
         self.station_port: int = args.station_port or (8470 if _free(8470) else free_port())
         self.officer = ("can-bo-demo", f"{secrets.randbelow(10**6):06d}")  # id, PIN
+        # The centre's side in the background (production mode, not --once): its processes.
+        self.centre: list[tuple[str, subprocess.Popen[bytes], Path]] = []
 
     # -- what differs between the modes -----------------------------------------------------
 
@@ -155,6 +184,10 @@ class _Demo:
 
     def hints(self) -> None:
         raise NotImplementedError
+
+    def start_centre(self) -> list[Citizen]:
+        """Start the centre's side for the screen; the citizens to look up (none: no centre)."""
+        return []
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -179,7 +212,8 @@ class _Demo:
                 status = _wait_devices(ctl, self.dev, 60)
                 _summary(self.dev, birth, status, pong, rtt, self.mode)
                 self.hints()
-                self.screen_hints(daemon)
+                citizens = [] if self.args.once else self.start_centre()
+                self.screen_hints(daemon, citizens)
             if not self.args.no_enroll:
                 _step("enrolling a synthetic citizen as the fleet would (fleet enroll + issue)")
                 rc = self.enroll()
@@ -189,7 +223,8 @@ class _Demo:
                         file=sys.stderr,
                     )
             if not self.args.once:
-                print("\nRunning. Ctrl-C stops the daemon and the broker.", flush=True)
+                centre = ", the centre" if self.centre else ""
+                print(f"\nRunning. Ctrl-C stops the daemon{centre} and the broker.", flush=True)
                 daemon.wait()
         except KeyboardInterrupt:
             pass
@@ -202,6 +237,8 @@ class _Demo:
         finally:
             for proc in reversed(self.procs):
                 _stop(proc)
+            for name, _proc, log in self.centre:
+                print(f"  {name}: {_last_line(log)}", flush=True)
             if self.broker is not None:
                 self.broker.stop()
         return rc
@@ -227,7 +264,7 @@ class _Demo:
             f'secret_hash = "{hash_secret(pin)}"\nexpires = {time.time() + 86400:.0f}\n'
         )
 
-    def screen_hints(self, daemon: subprocess.Popen[bytes]) -> None:
+    def screen_hints(self, daemon: subprocess.Popen[bytes], citizens: list[Citizen]) -> None:
         """Wait until the screen answers with this boot's token, then say how to open it."""
         token = _wait_screen(self.state, self.station_port, daemon, 30)
         url = f"http://127.0.0.1:{self.station_port}/?token={token}"
@@ -236,6 +273,20 @@ class _Demo:
         print(f"  {url}")
         print(f"  chromium --app='{url}'   (or any browser on this machine)")
         print(f"  officer sign-in: {officer} / PIN {pin} (also a supervisor, for exceptions)")
+        if citizens:
+            print("  citizen numbers to look up (synthetic citizens of the demo's directory):")
+            for c in citizens:
+                print(f"    {c.personal_id}  {c.full_name}, born {c.date_of_birth.isoformat()}")
+            print(
+                "  On the screen (Vietnamese; the English button switches): Bắt đầu (Begin), sign"
+                " in as the\n  officer, type a number on the keypad, Tra cứu (Look up): the"
+                " citizen's data from the\n  centre's directory; confirm, consent (tick the card"
+                " to have it issued at the kiosk),\n  the portrait and the fingers. The centre's"
+                " receiver verifies the package and the kiosk\n  purges it; the issuance desk"
+                f" sends the card's data (logs in {self.work / 'centre'})."
+            )
+        else:
+            print("  (no centre runs: a lookup on the screen gets no answer)")
         print("The screen and its local API: docs/local-api.md.", flush=True)
 
     def spawn(self, argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -348,7 +399,67 @@ class _Production(_Demo):
             port=self.port,
             broker=self.kit.flags(self.port)[2:],
             issue=not self.args.no_card,
+            # The centre's receiver runs in the background: the enrollment's package goes to it.
+            extra=["--external-receiver"] if self.centre else None,
         )
+
+    def start_centre(self) -> list[Citizen]:
+        """The citizen directory (a few synthetic citizens), the receiver and the issuance
+        desk, as ``appliance fleet`` subprocesses with the kit's identities, each waited for
+        until it says it serves."""
+        from ..central.citizens import synthetic_citizen
+
+        root = self.work / "centre"
+        root.mkdir(exist_ok=True)
+        citizens = [synthetic_citizen(ref) for ref in CENTRE_CITIZENS]
+        path = root / "citizens.json"
+        path.write_text(
+            json.dumps(
+                {c.citizen_ref: c.model_dump(mode="json", exclude={"citizen_ref"})
+                 for c in citizens},
+                ensure_ascii=False, indent=1,
+            ),
+            encoding="utf-8",
+        )  # fmt: skip
+        _step(
+            f"starting the centre's side for the screen (logs in {root}): the citizen "
+            f"directory with {len(citizens)} synthetic citizens (identity directory), the "
+            "receiver and the issuance desk (identity central)"
+        )
+        fleet = [PY, "-m", "appliance", "fleet"]
+        self._centre(
+            "directory",
+            [*fleet, "directory", "--citizens", str(path), "--client-id", "demo-directory",
+             *self.kit.flags(self.port, "directory")],
+            "citizen directory: ",
+        )  # fmt: skip
+        self._centre(
+            "receiver",
+            [*fleet, "receive", "--client-id", "demo-receiver",
+             *self.kit.flags(self.port, "central")],
+            "receiving enrollment uploads",
+        )  # fmt: skip
+        self._centre(
+            "issuance desk",
+            [*fleet, "issue-desk", "--ds-dir", str(self.state / "sim" / "pki"),
+             "--client-id", "demo-issuance", *self.kit.flags(self.port, "central")],
+            "issuance desk answering",
+        )  # fmt: skip
+        for name, _proc, log in self.centre:
+            print(f"  {name}: {_last_line(log)}", flush=True)
+        return citizens[:3]
+
+    def _centre(self, name: str, argv: list[str], ready: str, timeout: float = 30) -> None:
+        log = self.work / "centre" / f"{name.replace(' ', '-')}.log"
+        proc = self.spawn(argv, log)
+        self.centre.append((name, proc, log))
+        deadline = time.monotonic() + timeout
+        while ready not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-2000:]
+                why = f"exited with status {proc.returncode}" if proc.poll() else "is not ready"
+                raise RuntimeError(f"the centre's {name} {why}:\n{tail}")
+            time.sleep(0.1)
 
     def hints(self) -> None:
         c = self.kit.certs
@@ -406,6 +517,20 @@ class _Production(_Demo):
 
 # The signing key of the demo's pre-signed status command (run/status-command.json).
 HINT_SIGNER = "status-command"
+# The demo directory's synthetic citizens (appliance/central/citizens.py: the same reference
+# gives the same fictitious person); the first three are printed with the screen's URL.
+CENTRE_CITIZENS = tuple(f"CIT-DEMO-SCREEN-{n}" for n in range(1, 6))
+
+
+# A log record of the fleet tools (logging.basicConfig with "%(asctime)s %(levelname)s ...").
+_LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ")
+
+
+def _last_line(log: Path) -> str:
+    """A centre process's last line that is not a log record (its ready or stopped line)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    lines = [ln for ln in text.splitlines() if ln.strip() and not _LOG_RECORD.match(ln)]
+    return lines[-1] if lines else "(no output)"
 
 
 def _appliance_command() -> str:

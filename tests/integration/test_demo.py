@@ -110,6 +110,10 @@ def test_demo_enrolls_issues_and_leaves_no_plaintext(tmp_path: Path) -> None:
     assert "fingerprint  ok" in out and "card         ok" in out and "camera       ok" in out
     assert "device signature ok" in out and "hash chain ok" in out
     assert "the kiosk purged its sealed copy" in out
+    # The scripted enrollment went to the centre the demo keeps running for its screen (the
+    # background receiver), which Ctrl-C stopped cleanly.
+    assert "receiver: stopped: 1 complete, 0 rejected" in out, out[-3000:]
+    assert "directory: stopped: " in out and "issuance desk: stopped: " in out
     assert "Card issued and verified" in out and "passive authentication ok" in out
     assert "mosquitto_sub" in out and "mosquitto_pub" in out and "--cafile" in out
     assert scan_for_plaintext_biometrics([work / "state"]) == []
