@@ -2,7 +2,13 @@
 
 * ingest: N simulated kiosks (appliance/fleet/sim.py) beat every ``--heartbeat`` seconds into
   one service instance through mosquitto; latency = the heartbeat's own ``ts`` -> the batch
-  holding it committed to the database (kiosk, broker, ingest and database together);
+  holding it committed to the database (kiosk, broker, ingest and database together), and its
+  stages (``Stages``, recorded around the writer in this process, not in the product): ``net``
+  = ``ts`` -> paho's callback (simulator, broker, the service's network thread), ``queue`` = ->
+  the batch's transaction begins (the batch window and any commit ahead of it), ``write`` = the
+  transactions of its batch; ``simulator``: how late the simulator's process stamped its beats
+  (each beat is due one period after the previous one) and how many stayed unsent in a full
+  socket buffer after the write (``sim_child``), over the same window;
 * overview page with a filter: the server time of ``GET /?state=online&q=...&sort=last_seen``
   (the ``Server-Timing`` header: queries and template rendering), in the ingesting instance,
   and over HTTP from a web instance on the same database (``serve --no-ingest``, its own
@@ -18,7 +24,7 @@ third. PostgreSQL is a private cluster with its default durability (fsync on, sy
 commit); SQLite runs in WAL mode, synchronous=NORMAL.
 
     .venv/bin/python bench/fleet_service.py [--devices 1000] [--heartbeat 10] [--steady 30]
-        [--engines sqlite,postgresql] [--lost-after 10] [--kill 5]
+        [--engines sqlite,postgresql] [--lost-after 10] [--kill 5] [--ingest-only]
 
 Writes bench/results/fleet_service_<devices>.json.
 """
