@@ -90,7 +90,7 @@ class IngestCounters:
     stored: int = 0
     forged: int = 0
     job_reports: int = 0  # verified kiosk reports of a job's state
-    batches: int = 0
+    batches: int = 0  # transactions written (a batch is one, or two: durable and soft)
     latency: list[float] = field(default_factory=list)  # arrival -> committed, seconds
     # a heartbeat's own ``ts`` -> committed (kiosk, broker, ingest and database together)
     heartbeat_latency: list[float] = field(default_factory=list)
