@@ -90,12 +90,23 @@ class IngestCounters:
     stored: int = 0
     forged: int = 0
     job_reports: int = 0  # verified kiosk reports of a job's state
-    batches: int = 0
+    batches: int = 0  # transactions written (a batch is one, or two: durable and soft)
     latency: list[float] = field(default_factory=list)  # arrival -> committed, seconds
     # a heartbeat's own ``ts`` -> committed (kiosk, broker, ingest and database together)
     heartbeat_latency: list[float] = field(default_factory=list)
     batch_seconds: list[float] = field(default_factory=list)  # one transaction, start -> commit
     batch_sizes: list[int] = field(default_factory=list)
+
+
+def _beat(what: str, obj: Any) -> bool:
+    """A heartbeat (soft state) among the writer's items."""
+    return what == "seen" and obj.kind == "telemetry"
+
+
+def _device_of_item(what: str, obj: Any) -> str:
+    if what == "seen":
+        return str(obj.device)
+    return str(obj[1] if what == "job" else obj[0])
 
 
 class _Stream(EventStream):
@@ -242,10 +253,13 @@ class ServiceIngest:
                 items.append(self.q.get(timeout=self.flush_s))
             except queue.Empty:
                 continue
-            deadline = time.monotonic() + self.flush_s
-            while len(items) < self.batch and time.monotonic() < deadline:
+            # By size or by time, whichever first, the time counted from the oldest message's
+            # arrival: one that waited behind a slow commit does not wait another flush_s.
+            deadline = time.monotonic() + self.flush_s - max(0.0, time.time() - items[0][0])
+            while len(items) < self.batch:  # past the deadline: what is there, no waiting
+                left = deadline - time.monotonic()
                 try:
-                    items.append(self.q.get(timeout=max(0.0, deadline - time.monotonic())))
+                    items.append(self.q.get(timeout=left) if left > 0 else self.q.get_nowait())
                 except queue.Empty:
                     break
             try:
@@ -254,9 +268,24 @@ class ServiceIngest:
                 log.exception("fleet service: could not store %d message(s)", len(items))
 
     def write(self, items: list[tuple[float, str, Any]]) -> None:
+        """Store one batch: the kiosks that sent only heartbeats in it in one soft transaction
+        (``FleetDB.tx(soft=True)``: soft state, the next heartbeat replaces it), everything else
+        (statuses, events, alarms, configuration and job reports, and the heartbeats of a kiosk
+        that sent one of those in the batch, so its messages stay in order) in a durable one."""
+        durable_devs = {
+            _device_of_item(what, obj) for _a, what, obj in items if not _beat(what, obj)
+        }
+        soft = [it for it in items if _device_of_item(it[1], it[2]) not in durable_devs]
+        durable = [it for it in items if _device_of_item(it[1], it[2]) in durable_devs]
+        if durable:
+            self._write_tx(durable, soft=False)
+        if soft:
+            self._write_tx(soft, soft=True)
+
+    def _write_tx(self, items: list[tuple[float, str, Any]], *, soft: bool) -> None:
         now = time.time()
         t0 = time.perf_counter()
-        with self.db.tx() as conn:
+        with self.db.tx(soft=soft) as conn:
             batch = WriteBatch(self.db, conn)
             job_rows: list[dict[str, Any]] = []
             for _arrived, what, obj in items:
