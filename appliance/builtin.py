@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import __version__
 from .commands import CommandContext, CommandRegistry, NoArgs
 from .errors import CommandError
+from .protocol.codes import ErrorCode
 
 if TYPE_CHECKING:
     from .config import AppConfig
@@ -100,7 +101,7 @@ def note(ctx: CommandContext, args: NoteArgs) -> dict[str, Any]:
     on ``events/note`` once delivered."""
     stored = ctx.emit("note", {"text": args.text, "tags": args.tags, "command_id": ctx.command_id})
     if stored is None:  # durable emit always stores; this guards the type only
-        raise CommandError("note was not stored", code="store_error")
+        raise CommandError("note was not stored", code=ErrorCode.STORE_ERROR)
     seq, event_id = stored
     return {"seq": seq, "event_id": event_id}
 
@@ -112,7 +113,7 @@ def register(registry: CommandRegistry, core: Core | None = None) -> None:
 
     def daemon() -> Core:
         if core is None:
-            raise CommandError("no daemon to report on", code="internal_error")
+            raise CommandError("no daemon to report on", code=ErrorCode.INTERNAL_ERROR)
         return core
 
     def status(ctx: CommandContext, _args: NoArgs) -> dict[str, Any]:
@@ -127,7 +128,7 @@ def register(registry: CommandRegistry, core: Core | None = None) -> None:
                 if not isinstance(data, dict) or part not in data:
                     raise CommandError(
                         f"no configuration section {args.section!r}",
-                        code="invalid_args",
+                        code=ErrorCode.INVALID_ARGS,
                         details={"section": args.section},
                     )
                 data = data[part]

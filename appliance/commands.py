@@ -22,6 +22,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from .errors import CommandError, UnknownCommand
+from .protocol.codes import ErrorCode
 from .trust.certs import ROLES
 
 ArgsT = TypeVar("ArgsT", bound=BaseModel)
@@ -104,7 +105,7 @@ def _role_stated(add: Callable[P, R]) -> Callable[P, R]:
             raise CommandError(
                 f"command {name!r} registered without a role: every command states one of "
                 f"{sorted(ROLES)}",
-                code="invalid_role",
+                code=ErrorCode.INVALID_ROLE,
                 details={"command": name, "role": None, "roles": sorted(ROLES)},
             )
         return add(*args, **kwargs)
@@ -140,7 +141,7 @@ class CommandRegistry:
             raise CommandError(
                 f"command {name!r} registered with role {role!r}: the role must be one of "
                 f"{sorted(ROLES)}",
-                code="invalid_role",
+                code=ErrorCode.INVALID_ROLE,
                 details={"command": name, "role": repr(role), "roles": sorted(ROLES)},
             )
         self._specs[name] = CommandSpec(

@@ -38,6 +38,7 @@ from typing import Any
 
 from .config import AppConfig, load
 from .errors import ApplianceError, ConfigError, TrustError
+from .protocol.codes import ErrorCode
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -332,7 +333,7 @@ class ConfigPush:
         if not roots:
             raise TrustError(
                 "no fleet root key configured: remote configuration refused",
-                code="untrusted_issuer",
+                code=ErrorCode.UNTRUSTED_ISSUER,
             )
         ensure_replay_schema(self.store.conn, self.store.lock)
         with self.store.lock:

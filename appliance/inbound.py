@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ApplianceError, CommandError
+from .protocol.codes import ErrorCode
 
 #: A command request id (and the ``id`` field of the request model, docs/protocol.md).
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
@@ -84,14 +85,14 @@ def parse_request(payload: bytes, obj: Any = UNREADABLE) -> ParsedRequest:
         try:
             obj = json.loads(payload)
         except (ValueError, UnicodeDecodeError) as exc:
-            err = CommandError(f"payload is not valid JSON: {exc}", code="invalid_json")
+            err = CommandError(f"payload is not valid JSON: {exc}", code=ErrorCode.INVALID_JSON)
             return ParsedRequest(UNREADABLE, None, err, None, None)
         except RecursionError:
             # json.loads recurses per nesting level: "[[[[..." is hostile, not a command.
-            err = CommandError("payload is nested too deeply", code="invalid_json")
+            err = CommandError("payload is nested too deeply", code=ErrorCode.INVALID_JSON)
             return ParsedRequest(UNREADABLE, None, err, None, None)
     if not isinstance(obj, dict):
-        err = CommandError("payload must be a JSON object", code="invalid_request")
+        err = CommandError("payload must be a JSON object", code=ErrorCode.INVALID_REQUEST)
         return ParsedRequest(obj, None, err, None, None)
     cid, name = obj.get("id"), obj.get("cmd")
     good_id = cid if isinstance(cid, str) and _ID_RE.fullmatch(cid) else None
@@ -101,7 +102,7 @@ def parse_request(payload: bytes, obj: Any = UNREADABLE) -> ParsedRequest:
     except ValidationError as exc:
         err = CommandError(
             "request does not match {id, cmd, args}",
-            code="invalid_request",
+            code=ErrorCode.INVALID_REQUEST,
             details={"problems": problems(exc)},
         )
         return ParsedRequest(obj, None, err, good_id, good_name)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import StoreError
+from .protocol.codes import ErrorCode
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -527,7 +528,7 @@ class Outbox:
             if depth + len(rows) > self._cap:
                 raise StoreError(
                     f"outbox full ({depth} rows, cap {self._cap}); event refused",
-                    code="outbox_full",
+                    code=ErrorCode.OUTBOX_FULL,
                     retryable=True,
                     details={"depth": depth},
                 )

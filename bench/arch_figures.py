@@ -13,7 +13,9 @@
   ``appliance/agent/topics.py``), and error codes written as string literals (``code="..."``,
   ``code = "..."``, ``{"code": "..."}``, ``_bad("...", ...)``) rather than ``ErrorCode`` members,
   with how many distinct codes are not members of ``ErrorCode`` (the source text), and where
-  they are, per room (the package under ``appliance/``, or the module at its top).
+  they are, per room (the package under ``appliance/``, or the module at its top); and,
+  apart, the members of ``ErrorCode`` written as literals in the other places the wire
+  contract test counts (comparisons with a code, ``code`` defaults, ``CODES`` tuples...).
 
     .venv/bin/python bench/arch_figures.py
 """
@@ -151,6 +153,50 @@ def code_literals(tree: ast.AST) -> list[str]:
     return out
 
 
+def _every_literal(node: ast.AST | None) -> list[str]:
+    """String literals of a value, also inside ``a or "b"`` and tuples/sets/lists."""
+    if isinstance(node, ast.BoolOp):
+        return [s for v in node.values for s in _every_literal(v)]
+    if isinstance(node, ast.Tuple | ast.Set | ast.List):
+        return [s for e in node.elts for s in _every_literal(e)]
+    return _literal_strings(node)
+
+
+def other_code_literals(tree: ast.AST) -> list[str]:
+    """The other places a code can be written as a literal (what the converted-rooms test of
+    tests/core/test_wire_contract.py also counts; only members of ``ErrorCode`` are kept by the
+    caller): comparisons with a code (``exc.code == "busy"``), defaults of a ``code``
+    parameter, ``code=x or "..."``, ``getattr(exc, "code", "...")`` and the module constants
+    named ``CODES`` or ``*_CODES``."""
+    out: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            texts = [ast.unparse(s) for s in sides]
+            if any(t == "code" or t.endswith((".code", "_code", "['code']")) for t in texts):
+                out += [s for side in sides for s in _every_literal(side)]
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            args = node.args.posonlyargs + node.args.args
+            pairs = list(zip(reversed(args), reversed(node.args.defaults), strict=False))
+            pairs += list(zip(node.args.kwonlyargs, node.args.kw_defaults, strict=True))
+            out += [s for a, d in pairs if a.arg == "code" for s in _literal_strings(d)]
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) == "getattr":
+            if len(node.args) == 3 and _literal_strings(node.args[1]) == ["code"]:
+                out += _every_literal(node.args[2])
+        elif isinstance(node, ast.Call):
+            out += [
+                s
+                for kw in node.keywords
+                if kw.arg == "code" and isinstance(kw.value, ast.BoolOp)
+                for s in _every_literal(kw.value)
+            ]
+        elif isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id.endswith("CODES") for t in node.targets
+        ):
+            out += _every_literal(node.value)
+    return out
+
+
 def static_figures() -> dict[str, Any]:
     ruff = subprocess.run(
         [
@@ -178,14 +224,18 @@ def static_figures() -> dict[str, Any]:
     topic_strings = []
     codes: list[str] = []
     rooms: collections.Counter[str] = collections.Counter()
+    others: list[tuple[str, str]] = []  # (literal, room) of other_code_literals
     topic_re = re.compile(r"""f["'][^"'\n]*\{[a-z_.]*prefix[a-z_.()]*\}/""")
     for path in sorted((ROOT / "appliance").rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
         text = path.read_text(encoding="utf-8")
-        found = code_literals(ast.parse(text))
+        tree = ast.parse(text)
+        found = code_literals(tree)
         codes += found
         if found:
             rooms[rel.split("/")[1].removesuffix(".py")] += len(found)
+        for literal in other_code_literals(tree):
+            others.append((literal, rel.split("/")[1].removesuffix(".py")))
         for n, line in enumerate(text.splitlines(), 1):
             if re.search(r"\bpaho\.Client\(|\bmqtt\.Client\(", line):
                 paho_setups.append(f"{rel}:{n}")
@@ -198,6 +248,7 @@ def static_figures() -> dict[str, Any]:
         members = {c.value for c in ErrorCode}
     except ImportError:  # before the enumeration existed (for a before/after run)
         members = set()
+    other_rooms = collections.Counter(room for c, room in others if c in members)
     return {
         "functions_over_complexity_15": len(over),
         "over_15": over,
@@ -209,6 +260,8 @@ def static_figures() -> dict[str, Any]:
         "error_code_literals_distinct": len(set(codes)),
         "codes_not_in_error_code_enum": sorted(set(codes) - members),
         "error_code_literals_by_room": dict(rooms.most_common()),
+        "error_code_literals_elsewhere": sum(other_rooms.values()),
+        "error_code_literals_elsewhere_by_room": dict(other_rooms.most_common()),
     }
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from ..errors import ProtocolError
+from ..protocol.codes import ErrorCode
 
 FORMAT_ID = b"FAC\x00"
 VERSION = b"010\x00"
@@ -104,7 +105,9 @@ FEATURE_TYPE_MPEG4 = 1
 
 
 def _bad(message: str, **details: object) -> ProtocolError:
-    return ProtocolError(message, device="camera", code="bad_face_record", details=dict(details))
+    return ProtocolError(
+        message, device="camera", code=ErrorCode.BAD_FACE_RECORD, details=dict(details)
+    )
 
 
 def encode_angle(angle: float | None) -> int:

@@ -35,6 +35,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from ..errors import MissingExtraError, ProtocolError
+from ..protocol.codes import ErrorCode
 
 MAGIC = b"FIR\x00"
 VERSION = b"010\x00"
@@ -70,7 +71,7 @@ class Impression(enum.IntEnum):
 
 def _bad(message: str, **details: object) -> ProtocolError:
     return ProtocolError(
-        message, device="fingerprint", code="bad_finger_record", details=dict(details)
+        message, device="fingerprint", code=ErrorCode.BAD_FINGER_RECORD, details=dict(details)
     )
 
 

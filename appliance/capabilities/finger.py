@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import CommandError, DeviceTimeout
+from ..protocol.codes import ErrorCode
 from .base import Job
 
 if TYPE_CHECKING:
@@ -27,8 +28,8 @@ log = logging.getLogger(__name__)
 MAX_CAPTURE_S = 120.0
 
 # Error codes of a refused finger (docs/protocol.md, "Error codes").
-DUPLICATE_FINGER = "duplicate_finger"
-OFFICER_FINGER = "officer_finger"
+DUPLICATE_FINGER = ErrorCode.DUPLICATE_FINGER
+OFFICER_FINGER = ErrorCode.OFFICER_FINGER
 
 Owner = Literal["citizen", "officer"]
 

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         report = issue_card(cmd, store, enrollment, citizen, signer, timeout=args.timeout)
     except ApplianceError as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
-        return EXIT_TIMEOUT if exc.code == "timeout" else EXIT_FAILED
+        return EXIT_TIMEOUT if exc.code == ErrorCode.TIMEOUT else EXIT_FAILED
     finally:
         mqtt.close()
     if args.json:

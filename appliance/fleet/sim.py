@@ -544,7 +544,7 @@ class VirtualKiosk:
                 except (OSError, EOFError, asyncio.IncompleteReadError, _Lost):
                     pass
                 except (ProtocolError, DeviceTimeout) as exc:
-                    self.fleet.stats.protocol_errors += exc.code == "protocol_error"
+                    self.fleet.stats.protocol_errors += exc.code == ErrorCode.PROTOCOL_ERROR
                     log.debug("%s: %s", self.id, exc)
                 finally:
                     self._close()

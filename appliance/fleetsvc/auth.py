@@ -18,6 +18,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from ..errors import ApplianceError
+from ..protocol.codes import ErrorCode
 from .db import FleetDB
 
 ROLES = ("viewer", "operator", "admin")
@@ -43,11 +44,13 @@ def token_hash(token: str) -> str:
 def add_user(db: FleetDB, name: str, role: str, password: str) -> str:
     """Create or reset an administrator; returns the TOTP secret to enrol in an authenticator."""
     if role not in ROLES:
-        raise ApplianceError(f"role: {role!r} is not one of {', '.join(ROLES)}", code="usage")
+        raise ApplianceError(
+            f"role: {role!r} is not one of {', '.join(ROLES)}", code=ErrorCode.USAGE
+        )
     if not name or len(name) > 64:
-        raise ApplianceError("name: 1-64 characters", code="usage")
+        raise ApplianceError("name: 1-64 characters", code=ErrorCode.USAGE)
     if len(password) < 12:
-        raise ApplianceError("password: at least 12 characters", code="usage")
+        raise ApplianceError("password: at least 12 characters", code=ErrorCode.USAGE)
     secret = pyotp.random_base32()
     db.add_user(name, role, _hasher.hash(password), secret)
     return secret
@@ -55,7 +58,7 @@ def add_user(db: FleetDB, name: str, role: str, password: str) -> str:
 
 def issue_token(db: FleetDB, name: str) -> str:
     if db.user(name) is None:
-        raise ApplianceError(f"user: no administrator {name!r}", code="usage")
+        raise ApplianceError(f"user: no administrator {name!r}", code=ErrorCode.USAGE)
     token = "fst_" + secrets.token_urlsafe(32)
     db.add_token(token_hash(token), name)
     return token

@@ -35,6 +35,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine
 
 from ..errors import ApplianceError, StoreError
+from ..protocol.codes import ErrorCode
 
 metadata = sa.MetaData()
 
@@ -270,7 +271,9 @@ def engine_for(url: str) -> Engine:
     try:
         eng = sa.create_engine(url, future=True, pool_pre_ping=True)
     except (ImportError, sa.exc.ArgumentError) as exc:
-        raise ApplianceError(f"database URL {url!r}: {exc}", code="config_invalid") from None
+        raise ApplianceError(
+            f"database URL {url!r}: {exc}", code=ErrorCode.CONFIG_INVALID
+        ) from None
     if eng.dialect.name == "sqlite":
 
         @sa.event.listens_for(eng, "connect")
@@ -284,7 +287,7 @@ def engine_for(url: str) -> Engine:
     elif eng.dialect.name != "postgresql":
         raise ApplianceError(
             f"database {eng.dialect.name!r} is not supported (sqlite or postgresql)",
-            code="config_invalid",
+            code=ErrorCode.CONFIG_INVALID,
         )
     return eng
 
@@ -313,7 +316,7 @@ class FleetDB:
                     conn.execute(sa.text("SET LOCAL synchronous_commit = off"))
                 yield conn
         except sa.exc.OperationalError as exc:
-            raise StoreError(f"fleet database: {exc.orig}", code="store_error") from None
+            raise StoreError(f"fleet database: {exc.orig}", code=ErrorCode.STORE_ERROR) from None
 
     # -- migrations ----------------------------------------------------------------------------
 

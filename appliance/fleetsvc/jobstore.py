@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import StoreError
 from ..fleet.jobs import JOB_STATES, REPORTABLE, JobError, JobRecord, Rollout
+from ..protocol.codes import ErrorCode
 from ..update.jobdoc import FINAL, KINDS
 from .db import FleetDB, job_devices, jobs
 
@@ -103,13 +104,13 @@ class ServiceJobStore:
             raise
         except Exception as exc:  # an unreachable server, a missing file: name the URL
             db.close()
-            raise StoreError(f"fleet database {url}: {exc}", code="store_error") from None
+            raise StoreError(f"fleet database {url}: {exc}", code=ErrorCode.STORE_ERROR) from None
         if have < JOBS_SCHEMA:
             db.close()
             raise StoreError(
                 f"the fleet database is at schema version {have}, jobs need {JOBS_SCHEMA}: "
                 "run `appliance fleet serve --migrate` with it first",
-                code="store_error",
+                code=ErrorCode.STORE_ERROR,
                 details={"field": "db", "schema_version": have},
             )
         return cls(db, actor=actor, owns_db=True)

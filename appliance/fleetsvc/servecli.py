@@ -26,6 +26,7 @@ from typing import Any
 from ..errors import ApplianceError
 from ..fleet.conn import BrokerOptions, FleetMqtt, add_broker_args, add_home_arg, broker_options
 from ..fleet.tools import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_signer_arg, load_signer, registry
+from ..protocol.codes import ErrorCode
 from .auth import ROLES, add_user, issue_token
 from .db import FleetDB
 from .ingest import AlarmEvaluator, ServiceIngest
@@ -166,7 +167,7 @@ class WebServer:
         while not self.server.started and self.thread.is_alive() and not ev.wait(0.05):
             timeout -= 0.05
             if timeout <= 0:
-                raise ApplianceError("the web server did not start", code="device_timeout")
+                raise ApplianceError("the web server did not start", code=ErrorCode.DEVICE_TIMEOUT)
         return self
 
     def stop(self) -> None:
@@ -225,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
         uvicorn.run(svc.app, host=args.bind, port=args.http_port, log_level="warning")
     except ApplianceError as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
-        return EXIT_USAGE if exc.code == "usage" else EXIT_FAILED
+        return EXIT_USAGE if exc.code == ErrorCode.USAGE else EXIT_FAILED
     finally:
         if svc is not None:
             svc.stop()

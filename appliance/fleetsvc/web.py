@@ -31,6 +31,7 @@ from ..errors import ApplianceError
 from ..fleet.conn import FleetMqtt, Message
 from ..fleet.jobs import JobRecord, cancel_job
 from ..fleet.tools import ago, verify_from
+from ..protocol.codes import ErrorCode
 from ..protocol.topics import TopicKind, Topics, parse, shared
 from ..trust.certs import OperatorKey
 from ..trust.envelope import EnvelopeBuilder, validate_target
@@ -71,7 +72,7 @@ class Commander:
     ) -> str:
         if self.key is None:
             raise ApplianceError(
-                "the service has no operator key (serve --signer)", code="key_missing"
+                "the service has no operator key (serve --signer)", code=ErrorCode.KEY_MISSING
             )
         validate_target(device)
         cid = cid or self.new_id()
@@ -645,7 +646,9 @@ def create_app(  # noqa: C901, PLR0915  the routes are closures over the service
         except ApplianceError as exc:
             db.command_failed(cid, exc.code, exc.message)
             db.audit(p.name, "command.failed", device_id, cmd=body.cmd, code=exc.code)
-            raise HTTPException(502 if exc.code != "key_missing" else 503, exc.message) from None
+            raise HTTPException(
+                502 if exc.code != ErrorCode.KEY_MISSING else 503, exc.message
+            ) from None
         db.audit(p.name, "command", device_id, cmd=body.cmd, args=body.args, id=cid)
         return cid
 

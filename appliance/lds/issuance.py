@@ -27,6 +27,7 @@ from ..citizen.validation import (
     normalise_text,
 )
 from ..errors import ProtocolError, TrustError
+from ..protocol.codes import ErrorCode
 from .files import (
     FILE_FIDS,
     NO_EXPIRY_TEXT,
@@ -88,7 +89,7 @@ def verify_package(
             raise ProtocolError(
                 f"{name} length field does not match its size",
                 device="card",
-                code="lds_malformed",
+                code=ErrorCode.LDS_MALFORMED,
                 details={"file": name},
             )
     com = decode_ef_com(files["EF.COM"])
@@ -97,7 +98,7 @@ def verify_package(
         raise ProtocolError(
             "EF.COM does not list exactly the data groups in the package",
             device="card",
-            code="lds_malformed",
+            code=ErrorCode.LDS_MALFORMED,
             details={"ef_com": list(com.data_groups), "package": dg_names},
         )
     mrz = decode_dg1(files["DG1"])
@@ -110,7 +111,7 @@ def verify_package(
     if missing:
         raise TrustError(
             "EF.SOD does not cover every data group",
-            code="dg_hash_mismatch",
+            code=ErrorCode.DG_HASH_MISMATCH,
             details={"not_in_sod": missing},
         )
     now = now or dt.datetime.now(dt.UTC)

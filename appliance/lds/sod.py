@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from ..errors import ConfigError, ProtocolError, TrustError
+from ..protocol.codes import ErrorCode
 from .tlv import malformed, parse_single, tlv
 
 LDS_SECURITY_OBJECT_OID = "2.23.136.1.1.1"  # id-icao-ldsSecurityObject
@@ -300,13 +301,13 @@ class PaResult:
         if self.passed:
             return
         if not self.signature_valid:
-            code = "sod_signature_invalid"
+            code = ErrorCode.SOD_SIGNATURE_INVALID
         elif not self.chain_valid:
-            code = "sod_chain_invalid"
+            code = ErrorCode.SOD_CHAIN_INVALID
         elif any(s != "ok" for s in self.data_groups.values()):
-            code = "dg_hash_mismatch"
+            code = ErrorCode.DG_HASH_MISMATCH
         else:
-            code = "passive_authentication_failed"
+            code = ErrorCode.PASSIVE_AUTHENTICATION_FAILED
         raise TrustError(
             "Passive Authentication failed: " + "; ".join(self.errors or [code]),
             code=code,

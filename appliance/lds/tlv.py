@@ -4,6 +4,7 @@ lengths of up to 3 length bytes. Tags are handled as the integer of their bytes 
 from __future__ import annotations
 
 from ..errors import ProtocolError
+from ..protocol.codes import ErrorCode
 
 MAX_LENGTH = 0xFFFFFF
 
@@ -11,7 +12,7 @@ MAX_LENGTH = 0xFFFFFF
 def malformed(message: str, **details: object) -> ProtocolError:
     """The error every LDS decoder raises for bytes that do not parse."""
     return ProtocolError(
-        message, device="card", code="lds_malformed", retryable=False, details=dict(details)
+        message, device="card", code=ErrorCode.LDS_MALFORMED, retryable=False, details=dict(details)
     )
 
 

@@ -61,6 +61,7 @@ from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 
 from ..errors import TrustError
+from ..protocol.codes import ErrorCode
 from ..trust.certs import NAME_RE
 from ..trust.keys import (
     DeviceIdentity,
@@ -84,18 +85,18 @@ TOKEN_ID_RE_LEN = 9
 
 #: Refusal codes the fleet answers with (docs/provisioning.md).
 REFUSAL_CODES = (
-    "token_unknown",
-    "token_used",
-    "token_expired",
-    "bad_proof",
-    "wrong_device",
-    "device_exists",
-    "denied",
-    "malformed_request",
+    ErrorCode.TOKEN_UNKNOWN,
+    ErrorCode.TOKEN_USED,
+    ErrorCode.TOKEN_EXPIRED,
+    ErrorCode.BAD_PROOF,
+    ErrorCode.WRONG_DEVICE,
+    ErrorCode.DEVICE_EXISTS,
+    ErrorCode.DENIED,
+    ErrorCode.MALFORMED_REQUEST,
 )
 
 
-def _bad(message: str, code: str = "malformed_request", **details: Any) -> TrustError:
+def _bad(message: str, code: str = ErrorCode.MALFORMED_REQUEST, **details: Any) -> TrustError:
     return TrustError(message, code=code, details=details)
 
 
@@ -123,7 +124,7 @@ def split_token(token: str) -> tuple[str, str]:
         raise _bad(
             "a claim token looks like 't3f9a1c2e.MFRGGZDFMZTWQ2LKNNWG23TP' (from "
             "'appliance fleet claim-token'); check that it was copied completely",
-            code="token_malformed",
+            code=ErrorCode.TOKEN_MALFORMED,
         )
     return parts[0], parts[1]
 
@@ -178,7 +179,7 @@ def build_request(
     """The request the kiosk publishes (retained) on ``claims/<device id>/request``."""
     token_id, secret = split_token(token)
     if not NAME_RE.match(device_id):
-        raise _bad(f"invalid device id {device_id!r}", code="invalid_name")
+        raise _bad(f"invalid device id {device_id!r}", code=ErrorCode.INVALID_NAME)
     body_obj = {
         "claim_id": device_id,
         "device_id": device_id,
@@ -224,8 +225,8 @@ def parse_request(data: bytes) -> ClaimRequest:
     """Parse a request and check the device's signature over its body (``malformed_request``
     or ``bad_signature``). The token proof is checked by the fleet with the secret."""
     obj = _obj(data, REQUEST_TYPE, "claim request")
-    body = b64decode(obj.get("body"), what="body", code="malformed_request")
-    proof = b64decode(obj.get("proof"), what="proof", code="malformed_request")
+    body = b64decode(obj.get("body"), what="body", code=ErrorCode.MALFORMED_REQUEST)
+    proof = b64decode(obj.get("proof"), what="proof", code=ErrorCode.MALFORMED_REQUEST)
     try:
         b = load_json(body)
     except (UnicodeDecodeError, ValueError):
@@ -246,7 +247,7 @@ def parse_request(data: bytes) -> ClaimRequest:
         raise _bad("issued_at must be a non-negative integer")
     sig = obj.get("sig")
     if not isinstance(sig, str):
-        raise _bad("claim request without device signature", code="unsigned")
+        raise _bad("claim request without device signature", code=ErrorCode.UNSIGNED)
     verify_device_message(device_key, body, DeviceSignature.from_header(sig))
     return ClaimRequest(
         claim_id=claim_id,
@@ -319,7 +320,7 @@ def response_request_hash(data: bytes) -> str | None:
     """The request hash a response answers, or None if it is not a readable response."""
     try:
         obj = _obj(data, RESPONSE_TYPE, "claim response")
-        body = load_json(b64decode(obj.get("body"), what="body", code="malformed_request"))
+        body = load_json(b64decode(obj.get("body"), what="body", code=ErrorCode.MALFORMED_REQUEST))
     except (TrustError, UnicodeDecodeError, ValueError):
         return None
     value = body.get("request") if isinstance(body, dict) else None
@@ -334,7 +335,7 @@ def open_response(
     unauthenticated (only an unknown token gets one)."""
     _token_id, secret = split_token(token)
     obj = _obj(data, RESPONSE_TYPE, "claim response")
-    body = b64decode(obj.get("body"), what="body", code="malformed_request")
+    body = b64decode(obj.get("body"), what="body", code=ErrorCode.MALFORMED_REQUEST)
     try:
         b = load_json(body)
     except (UnicodeDecodeError, ValueError):
@@ -342,13 +343,13 @@ def open_response(
     if not isinstance(b, dict):
         raise _bad("claim response body is not an object")
     if b.get("request") != hashlib.sha256(request_body).hexdigest():
-        raise _bad("claim response answers another request", code="stale_response")
+        raise _bad("claim response answers another request", code=ErrorCode.STALE_RESPONSE)
     mac_text = obj.get("mac")
     authenticated = False
     if mac_text is not None:
-        mac = b64decode(mac_text, what="mac", code="malformed_request")
+        mac = b64decode(mac_text, what="mac", code=ErrorCode.MALFORMED_REQUEST)
         if not hmac.compare_digest(mac, _mac(secret, CTX_RESPONSE, body)):
-            raise _bad("claim response MAC does not verify", code="bad_signature")
+            raise _bad("claim response MAC does not verify", code=ErrorCode.BAD_SIGNATURE)
         authenticated = True
     status, code, message = b.get("status"), b.get("code"), b.get("message")
     if status not in ("approved", "refused") or not isinstance(code, str):
@@ -356,8 +357,10 @@ def open_response(
     bundle = None
     if status == "approved":
         if not authenticated:
-            raise _bad("an approval without MAC is not from our fleet", code="bad_signature")
-        sealed = b64decode(b.get("sealed"), what="sealed", code="malformed_request")
+            raise _bad(
+                "an approval without MAC is not from our fleet", code=ErrorCode.BAD_SIGNATURE
+            )
+        sealed = b64decode(b.get("sealed"), what="sealed", code=ErrorCode.MALFORMED_REQUEST)
         try:
             plain = SealedBox(PrivateKey(box_private_key)).decrypt(sealed)
             bundle = load_json(plain)

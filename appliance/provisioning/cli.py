@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..config import DEFAULT_CONFIG_PATH, DEFAULT_STATE_DIR
 from ..errors import ApplianceError
+from ..protocol.codes import ErrorCode
 from .flow import (
     EXIT_FAILED,
     EXIT_PENDING,
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     except ProvisionError as exc:
         print(f"FAILED at step {exc.step}: {exc.message}", file=sys.stderr, flush=True)
         print(f"next: {exc.next_step}", file=sys.stderr, flush=True)
-        return EXIT_USAGE if exc.code == "usage" else EXIT_FAILED
+        return EXIT_USAGE if exc.code == ErrorCode.USAGE else EXIT_FAILED
     except (ApplianceError, OSError) as exc:
         what = f"{exc.code}: {exc.message}" if isinstance(exc, ApplianceError) else str(exc)
         print(f"FAILED: {what}", file=sys.stderr, flush=True)

@@ -38,6 +38,7 @@ from nacl.public import PrivateKey
 from .. import __version__
 from ..config import AppConfig, load
 from ..errors import ApplianceError, ConfigError, TrustError
+from ..protocol.codes import ErrorCode
 from ..protocol.topics import Topics
 from ..trust.keys import (
     DeviceIdentity,
@@ -68,7 +69,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PENDING = 0, 1, 2, 3
 class ProvisionError(ApplianceError):
     """A step failed; ``next_step`` tells the technician what to do."""
 
-    code = "provision_failed"
+    code = ErrorCode.PROVISION_FAILED
 
     def __init__(self, step: str, message: str, next_step: str, *, code: str | None = None) -> None:
         super().__init__(message, code=code, details={"step": step, "next": next_step})
@@ -77,7 +78,7 @@ class ProvisionError(ApplianceError):
 
 
 class ClaimPending(ApplianceError):
-    code = "claim_pending"
+    code = ErrorCode.CLAIM_PENDING
 
 
 @dataclass
@@ -272,7 +273,7 @@ class Provisioner:
                 "give them; e.g. appliance provision --device-id kiosk-hn-0042 --site 'Ha Noi "
                 "1' --profile rpi-r307-pcsc --broker mqtt.fleet.example:8883 --ca ca.crt "
                 "--cert claimant.crt --key claimant.key --claim-token TOKEN",
-                code="usage",
+                code=ErrorCode.USAGE,
             )
         old = self.state.params.device_id
         if old and p.device_id != old and "keys" in self.state.done:
@@ -280,7 +281,7 @@ class Provisioner:
                 "start",
                 f"this state directory was provisioned as {old}, not {p.device_id}",
                 f"use --device-id {old}, or another --state-dir for a new identity",
-                code="usage",
+                code=ErrorCode.USAGE,
             )
 
     # 1 ------------------------------------------------------------------------------------
@@ -451,7 +452,7 @@ class Provisioner:
             "no claim token",
             "ask the fleet administrator for one ('appliance fleet claim-token --device "
             f"{self.params.device_id}') and re-run with --claim-token TOKEN",
-            code="usage",
+            code=ErrorCode.USAGE,
         )
 
     def _box_key(self) -> PrivateKey:
@@ -604,7 +605,7 @@ class Provisioner:
                 "--claim-token NEW' and the administrator approves again ('appliance fleet approve "
                 f"{self.params.device_id}'). For a kiosk that will not enroll yet: "
                 "re-run with --without-enrollment-key (logged; the self-test keeps failing)",
-                code="not_provisioned",
+                code=ErrorCode.NOT_PROVISIONED,
             )
         trust = self.state_dir / "trust"
         trust.mkdir(parents=True, exist_ok=True, mode=0o755)

@@ -32,6 +32,7 @@ from urllib.parse import parse_qs
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ApplianceError
+from ..protocol.codes import ErrorCode
 from ..trust.keys import atomic_write
 from .flow import Flow, StationError
 
@@ -170,11 +171,13 @@ class Guard:
             return
         if not is_local_peer(scope.get("client")):
             log.warning("station: refused a request from %s", scope.get("client"))
-            await _deny(send, 403, "forbidden_peer", "the local API answers loopback peers only")
+            await _deny(
+                send, 403, ErrorCode.FORBIDDEN_PEER, "the local API answers loopback peers only"
+            )
             return
         want = self.token.encode()
         if not any(hmac.compare_digest(t.encode(), want) for t in _tokens_of(scope)):
-            await _deny(send, 401, "screen_token_required", "missing or wrong screen token")
+            await _deny(send, 401, ErrorCode.SCREEN_TOKEN_REQUIRED, "missing or wrong screen token")
             return
         await self.app(scope, receive, send)
 
@@ -195,9 +198,13 @@ async def _deny(send: Send, status: int, code: str, message: str) -> None:
 
 
 def _status_of(exc: ApplianceError) -> int:
-    if exc.code in ("officer_refused", "officer_expired", "supervisor_required"):
+    if exc.code in (
+        ErrorCode.OFFICER_REFUSED,
+        ErrorCode.OFFICER_EXPIRED,
+        ErrorCode.SUPERVISOR_REQUIRED,
+    ):
         return 403
-    if exc.code in ("invalid_args", "citizen_invalid", "bad_request"):
+    if exc.code in (ErrorCode.INVALID_ARGS, ErrorCode.CITIZEN_INVALID):
         return 400
     return 409
 
@@ -227,7 +234,7 @@ def create_app(flow: Flow, token: str) -> Any:  # noqa: C901 - one closure per r
             (".".join(str(p) for p in e["loc"][1:]) or "body", str(e["msg"])) for e in exc.errors()
         ]
         error = {
-            "code": "invalid_args",
+            "code": ErrorCode.INVALID_ARGS,
             "message": "; ".join(f"{f}: {m}" for f, m in problems),
             "details": {"field": problems[0][0] if problems else "body"},
         }
@@ -274,7 +281,7 @@ def create_app(flow: Flow, token: str) -> Any:  # noqa: C901 - one closure per r
     def receipt() -> Response:
         snap = flow.snapshot()
         if snap["receipt"] is None:
-            raise StationError("no receipt to show", code="no_receipt")
+            raise StationError("no receipt to show", code=ErrorCode.NO_RECEIPT)
         import segno
 
         buf = io.BytesIO()
@@ -334,7 +341,8 @@ def create_app(flow: Flow, token: str) -> Any:  # noqa: C901 - one closure per r
         path = STATIC / name
         if "/" in name or name.startswith(".") or not path.is_file():
             return JSONResponse(
-                {"error": {"code": "not_found", "message": name, "details": {}}}, status_code=404
+                {"error": {"code": ErrorCode.NOT_FOUND, "message": name, "details": {}}},
+                status_code=404,
             )
         return FileResponse(path, headers={"cache-control": "no-store"})
 

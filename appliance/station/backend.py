@@ -61,7 +61,7 @@ def preview_jpeg(
     )
     ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
-        raise CommandError("preview frame could not be encoded", code="internal_error")
+        raise CommandError("preview frame could not be encoded", code=ErrorCode.INTERNAL_ERROR)
     return buf.tobytes(), size[0], size[1]
 
 
@@ -114,7 +114,7 @@ class Backend:
 
     def lookup(self, number: str, timeout_s: float = 10.0) -> dict[str, Any]:
         if self.lookup_client is None:
-            raise CommandError("citizen lookup unavailable", code="directory_offline")
+            raise CommandError("citizen lookup unavailable", code=ErrorCode.DIRECTORY_OFFLINE)
         return self.lookup_client.lookup(number, timeout_s=timeout_s).to_dict()
 
     def start(

@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from ..config import StationSection
 from ..errors import ApplianceError, DeviceTimeout
+from ..protocol.codes import ErrorCode
 from ..store import Store
 from .backend import Backend
 from .officers import authenticate, officer_templates
@@ -81,7 +82,7 @@ def ensure_station_schema(store: Store) -> None:
 class StationError(ApplianceError):
     """An action the flow refuses: wrong screen, missing consent, bad input."""
 
-    code = "station_state"
+    code = ErrorCode.STATION_STATE
 
 
 def _initial(cfg: StationSection) -> dict[str, Any]:
@@ -179,7 +180,7 @@ class Flow:
                 **card,
                 "step": "failed",
                 "error": {
-                    "code": "interrupted",
+                    "code": ErrorCode.INTERRUPTED,
                     "message": "the kiosk restarted while the card was written",
                     "details": {},
                 },
@@ -308,7 +309,7 @@ class Flow:
             )
         if self.state["busy"]:
             raise StationError(
-                f"the station is busy ({self.state['busy']})", code="busy", retryable=True
+                f"the station is busy ({self.state['busy']})", code=ErrorCode.BUSY, retryable=True
             )
 
     def _abandon(self, notice: str, reason: str, *, sign_out: bool = False) -> None:
@@ -357,7 +358,9 @@ class Flow:
             except Exception as exc:
                 log.exception("station: %s failed", busy)
                 if generation == self._generation:
-                    self._changed(busy=None, error={"code": "internal_error", "message": str(exc)})
+                    self._changed(
+                        busy=None, error={"code": ErrorCode.INTERNAL_ERROR, "message": str(exc)}
+                    )
 
         self._worker.submit(wrapped)
         return snap
@@ -472,7 +475,7 @@ class Flow:
             if issuance and not self.state.get("issuance_offered"):
                 raise StationError(
                     "this kiosk does not issue cards on the spot",
-                    code="issuance_disabled",
+                    code=ErrorCode.ISSUANCE_DISABLED,
                     details={"field": "issuance"},
                 )
             citizen = self.state["citizen"] or {}
@@ -529,7 +532,7 @@ class Flow:
             self._expect("fingers")
             position = self.state["current_finger"]
             if position is None:
-                raise StationError("every finger is done", code="nothing_to_capture")
+                raise StationError("every finger is done", code=ErrorCode.NOTHING_TO_CAPTURE)
 
             def progress(step: str, data: Mapping[str, Any]) -> None:
                 # waiting_for_finger, lift (the image is in the sensor's buffer: the citizen
@@ -575,7 +578,7 @@ class Flow:
             if reason not in SKIP_REASONS:
                 raise StationError(
                     f"reason must be one of {', '.join(SKIP_REASONS)}",
-                    code="invalid_args",
+                    code=ErrorCode.INVALID_ARGS,
                     details={"field": "reason"},
                 )
             supervisor = authenticate(
@@ -673,7 +676,7 @@ class Flow:
         except Exception as exc:
             log.exception("station: the card step failed")
             if generation == self._generation:
-                error = {"code": "internal_error", "message": str(exc), "details": {}}
+                error = {"code": ErrorCode.INTERNAL_ERROR, "message": str(exc), "details": {}}
                 self._changed(busy=None, card=self._card_at("failed", error=error))
             return
         if generation != self._generation:
@@ -735,7 +738,9 @@ class Flow:
             if self.state["screen"] == "card" and self.state["busy"]:
                 # The enrollment is submitted; stopping now could spoil a card mid-write.
                 raise StationError(
-                    "the card is being made: wait for it to finish", code="busy", retryable=True
+                    "the card is being made: wait for it to finish",
+                    code=ErrorCode.BUSY,
+                    retryable=True,
                 )
         self._abandon("cancelled", reason)
         return self.snapshot()

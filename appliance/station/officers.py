@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from ..capabilities.finger import ReferenceTemplate
 from ..config import OfficerEntry
 from ..errors import ApplianceError
+from ..protocol.codes import ErrorCode
 
 # RFC 7914 section 2: N = 2^14, r = 8, p = 1 is the interactive-login parameter set (16 MiB).
 DEFAULT_N = 1 << 14
@@ -28,7 +29,7 @@ DEFAULT_P = 1
 class OfficerRefused(ApplianceError):
     """A sign-in or an approval with an unknown officer, a wrong secret or an expired entry."""
 
-    code = "officer_refused"
+    code = ErrorCode.OFFICER_REFUSED
 
 
 @dataclass(frozen=True)
@@ -81,13 +82,13 @@ def authenticate(
     if entry.expires <= now:
         raise OfficerRefused(
             f"officer {officer_id}'s credential expired; the fleet must renew it",
-            code="officer_expired",
+            code=ErrorCode.OFFICER_EXPIRED,
             details={"field": "officer_id"},
         )
     if supervisor and not entry.supervisor:
         raise OfficerRefused(
             f"officer {officer_id} may not approve exceptions (not a supervisor)",
-            code="supervisor_required",
+            code=ErrorCode.SUPERVISOR_REQUIRED,
             details={"field": "officer_id"},
         )
     return Officer(entry.id, entry.name, entry.supervisor)

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import ApplianceError, TrustError
 from ..inbound import Incoming, Verified
+from ..protocol.codes import ErrorCode
 from . import guard as g
 from . import topics
 from .installer import Updater
@@ -402,7 +403,7 @@ class JobAgent:
         job = (msg.correlation_data or b"").decode(errors="replace")
         known = self._commands.get(job)
         if known is None:
-            return Verified(b"", refused=TrustError("no such job command", code="unsigned"))
+            return Verified(b"", refused=TrustError("no such job command", code=ErrorCode.UNSIGNED))
         issuer, roles = known
         return Verified(
             msg.payload, actor=issuer, roles=roles, audit={"job": job, "issuer": issuer}

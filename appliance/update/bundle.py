@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import ApplianceError, TrustError
+from ..protocol.codes import ErrorCode
 from ..trust.certs import OperatorCertificate, OperatorKey, verify_certificate
 from ..trust.keys import b64decode, b64encode, load_json, sign_detached, verify_detached
 
@@ -66,19 +67,19 @@ _MEMBER_RE = re.compile(r"^wheels/[A-Za-z0-9][A-Za-z0-9_.+-]{0,200}\.whl$")
 
 #: The codes a refused bundle is reported with (docs/protocol.md's error table).
 CODES = (
-    "release_malformed",  # not a tar, no manifest, a manifest field missing or of the wrong type
-    "release_unsigned",  # the manifest carries no signature
-    "release_tampered",  # a file's hash or size differs, a file is missing or one is added
-    "release_wrong_platform",  # another platform, architecture or interpreter
-    "release_downgrade",  # older than (or the same as) the running version, not a rollback
-    "release_base_too_old",  # the running version is older than the release's min_from
+    ErrorCode.RELEASE_MALFORMED,  # not a tar, no manifest, a manifest field missing or mistyped
+    ErrorCode.RELEASE_UNSIGNED,  # the manifest carries no signature
+    ErrorCode.RELEASE_TAMPERED,  # a file's hash or size differs, a file is missing or one is added
+    ErrorCode.RELEASE_WRONG_PLATFORM,  # another platform, architecture or interpreter
+    ErrorCode.RELEASE_DOWNGRADE,  # older than (or the same as) the running version, not a rollback
+    ErrorCode.RELEASE_BASE_TOO_OLD,  # the running version is older than the release's min_from
 )
 
 
 class UpdateError(ApplianceError):
     """A software update step failed; ``code`` is one of :data:`CODES` or the installer's."""
 
-    code = "update_failed"
+    code = ErrorCode.UPDATE_FAILED
 
 
 def _refuse(code: str, message: str, **details: Any) -> UpdateError:
@@ -89,7 +90,7 @@ def parse_version(text: object, what: str = "version") -> tuple[int, ...]:
     """``"1.2.3"`` -> ``(1, 2, 3)``; anything but dot-separated digits is refused."""
     if not isinstance(text, str) or not _VERSION_RE.match(text):
         raise _refuse(
-            "release_malformed",
+            ErrorCode.RELEASE_MALFORMED,
             f"{what} must be dot-separated digits like 1.2.3, got {text!r}",
             field=what,
         )
@@ -160,7 +161,7 @@ def _field(body: dict[str, Any], name: str, kind: type, *, optional: bool = Fals
         return None
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise _refuse(
-            "release_malformed",
+            ErrorCode.RELEASE_MALFORMED,
             f"manifest field {name!r} must be a {kind.__name__}",
             field=name,
         )
@@ -174,7 +175,8 @@ def manifest_from_body(body: dict[str, Any], issuer: str) -> Manifest:
     for member, entry in files_raw.items():
         if not isinstance(member, str) or not _MEMBER_RE.match(member):
             raise _refuse(
-                "release_malformed", f"manifest file name {member!r} is not wheels/<name>.whl"
+                ErrorCode.RELEASE_MALFORMED,
+                f"manifest file name {member!r} is not wheels/<name>.whl",
             )
         if (
             not isinstance(entry, dict)
@@ -184,27 +186,31 @@ def manifest_from_body(body: dict[str, Any], issuer: str) -> Manifest:
             or entry["size"] < 0
         ):
             raise _refuse(
-                "release_malformed",
+                ErrorCode.RELEASE_MALFORMED,
                 f"manifest files[{member!r}] needs sha256 (64 hex) and size (bytes)",
                 field=f"files.{member}",
             )
         files[member] = FileEntry(entry["sha256"], entry["size"])
     project = _field(body, "project", str)
     if project not in files:
-        raise _refuse("release_malformed", "manifest field 'project' names no listed file")
+        raise _refuse(ErrorCode.RELEASE_MALFORMED, "manifest field 'project' names no listed file")
     version = _field(body, "version", str)
     min_from = _field(body, "min_from", str)
     parse_version(version, "version")
     parse_version(min_from, "min_from")
     migrations = body.get("migrations", [])
     if not isinstance(migrations, list) or not all(isinstance(m, str) for m in migrations):
-        raise _refuse("release_malformed", "manifest field 'migrations' must be a list of strings")
+        raise _refuse(
+            ErrorCode.RELEASE_MALFORMED, "manifest field 'migrations' must be a list of strings"
+        )
     rollback = body.get("rollback", False)
     if not isinstance(rollback, bool):
-        raise _refuse("release_malformed", "manifest field 'rollback' must be true or false")
+        raise _refuse(
+            ErrorCode.RELEASE_MALFORMED, "manifest field 'rollback' must be true or false"
+        )
     url = _field(body, "url", str, optional=True)
     if url is not None and not url.startswith("https://"):
-        raise _refuse("release_malformed", "manifest field 'url' must be an https:// URL")
+        raise _refuse(ErrorCode.RELEASE_MALFORMED, "manifest field 'url' must be an https:// URL")
     return Manifest(
         name=_field(body, "name", str),
         version=version,
@@ -230,7 +236,7 @@ def sign_manifest(key: OperatorKey, body: dict[str, Any]) -> bytes:
         raise TrustError(
             f"release bundles are signed by a certificate with the {RELEASE_ROLE!r} role; "
             f"{key.key_id} has {list(key.certificate.roles)}",
-            code="forbidden_role",
+            code=ErrorCode.FORBIDDEN_ROLE,
         )
     obj = {**body, "issuer": key.key_id}
     raw = json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8")
@@ -258,19 +264,19 @@ def verify_manifest(
     always refused.
     """
     if len(data) > MAX_MANIFEST_BYTES:
-        raise _refuse("release_malformed", "manifest.json is too large")
+        raise _refuse(ErrorCode.RELEASE_MALFORMED, "manifest.json is too large")
     try:
         env = load_json(data)
     except (UnicodeDecodeError, ValueError):
-        raise _refuse("release_malformed", "manifest.json is not JSON") from None
+        raise _refuse(ErrorCode.RELEASE_MALFORMED, "manifest.json is not JSON") from None
     if not isinstance(env, dict) or env.get("typ") != RELEASE_TYPE:
-        raise _refuse("release_malformed", f"manifest.json typ must be {RELEASE_TYPE!r}")
+        raise _refuse(ErrorCode.RELEASE_MALFORMED, f"manifest.json typ must be {RELEASE_TYPE!r}")
     if not env.get("sig") or not env.get("cert"):
-        raise _refuse("release_unsigned", "the release manifest carries no signature")
+        raise _refuse(ErrorCode.RELEASE_UNSIGNED, "the release manifest carries no signature")
     try:
         cert = OperatorCertificate.from_token(env.get("cert"))
     except TrustError as exc:
-        raise _refuse("release_malformed", f"manifest certificate: {exc.message}") from None
+        raise _refuse(ErrorCode.RELEASE_MALFORMED, f"manifest certificate: {exc.message}") from None
     verify_certificate(
         cert,
         roots,
@@ -281,13 +287,15 @@ def verify_manifest(
     body_bytes = b64decode(env.get("body"), what="body")
     verify_detached(cert.public_key, CTX_RELEASE, body_bytes, b64decode(env["sig"], what="sig"))
     if RELEASE_ROLE not in cert.roles:
-        raise TrustError(f"release manifests need the {RELEASE_ROLE!r} role", code="forbidden_role")
+        raise TrustError(
+            f"release manifests need the {RELEASE_ROLE!r} role", code=ErrorCode.FORBIDDEN_ROLE
+        )
     try:
         body = load_json(body_bytes)
     except (UnicodeDecodeError, ValueError):
-        raise _refuse("release_malformed", "manifest body is not JSON") from None
+        raise _refuse(ErrorCode.RELEASE_MALFORMED, "manifest body is not JSON") from None
     if not isinstance(body, dict) or body.get("issuer") != cert.key_id:
-        raise _refuse("release_malformed", "manifest body/issuer invalid")
+        raise _refuse(ErrorCode.RELEASE_MALFORMED, "manifest body/issuer invalid")
     return manifest_from_body(body, cert.key_id)
 
 
@@ -296,7 +304,7 @@ def check_target(manifest: Manifest, target: Target) -> None:
         want, have = getattr(manifest, fld), getattr(target, fld)
         if want != have:
             raise _refuse(
-                "release_wrong_platform",
+                ErrorCode.RELEASE_WRONG_PLATFORM,
                 f"release {manifest.version} is for {fld} {want!r}, this kiosk is {have!r}",
                 field=fld,
                 release=want,
@@ -310,7 +318,7 @@ def check_version(manifest: Manifest, running: str) -> None:
     new, cur = parse_version(manifest.version), parse_version(running, "running version")
     if new <= cur and not manifest.rollback:
         raise _refuse(
-            "release_downgrade",
+            ErrorCode.RELEASE_DOWNGRADE,
             f"release {manifest.version} is not newer than the running {running} and is not "
             "signed as a rollback",
             release=manifest.version,
@@ -318,7 +326,7 @@ def check_version(manifest: Manifest, running: str) -> None:
         )
     if cur < parse_version(manifest.min_from) and not manifest.rollback:
         raise _refuse(
-            "release_base_too_old",
+            ErrorCode.RELEASE_BASE_TOO_OLD,
             f"release {manifest.version} upgrades from {manifest.min_from} or later; this "
             f"kiosk runs {running}: install an intermediate release first",
             min_from=manifest.min_from,
@@ -330,7 +338,9 @@ def _open(path: Path) -> tarfile.TarFile:
     try:
         return tarfile.open(path, mode="r:")
     except (OSError, tarfile.TarError) as exc:
-        raise _refuse("release_malformed", f"{path} is not a release bundle (tar): {exc}") from None
+        raise _refuse(
+            ErrorCode.RELEASE_MALFORMED, f"{path} is not a release bundle (tar): {exc}"
+        ) from None
 
 
 def _members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
@@ -340,7 +350,9 @@ def _members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
             continue
         if not m.isfile() or m.name in out:
             raise _refuse(
-                "release_tampered", f"bundle member {m.name!r} is not a plain file", member=m.name
+                ErrorCode.RELEASE_TAMPERED,
+                f"bundle member {m.name!r} is not a plain file",
+                member=m.name,
             )
         out[m.name] = m
     return out
@@ -359,7 +371,7 @@ def read_manifest_bytes(path: Path) -> bytes:
         members = _members(tar)
         info = members.get(MANIFEST)
         if info is None or info.size > MAX_MANIFEST_BYTES:
-            raise _refuse("release_malformed", f"{path} holds no {MANIFEST}")
+            raise _refuse(ErrorCode.RELEASE_MALFORMED, f"{path} holds no {MANIFEST}")
         fh = tar.extractfile(info)
         assert fh is not None  # a regular file, checked by _members
         return fh.read()
@@ -372,17 +384,19 @@ def check_files(path: Path, manifest: Manifest, extract_to: Path | None = None) 
         members = _members(tar)
         extra = sorted(set(members) - set(manifest.files) - {MANIFEST})
         if extra:
-            raise _refuse("release_tampered", f"bundle holds unlisted files {extra}", files=extra)
+            raise _refuse(
+                ErrorCode.RELEASE_TAMPERED, f"bundle holds unlisted files {extra}", files=extra
+            )
         for name, entry in sorted(manifest.files.items()):
             info = members.get(name)
             if info is None:
-                raise _refuse("release_tampered", f"bundle lacks {name}", member=name)
+                raise _refuse(ErrorCode.RELEASE_TAMPERED, f"bundle lacks {name}", member=name)
             fh = tar.extractfile(info)
             assert fh is not None
             digest, size = _sha256(fh)
             if digest != entry.sha256 or size != entry.size:
                 raise _refuse(
-                    "release_tampered",
+                    ErrorCode.RELEASE_TAMPERED,
                     f"{name}: hash or size differs from the signed manifest",
                     member=name,
                 )

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Busy
+from ..protocol.codes import ErrorCode
 from . import guard as g
 from .bundle import Manifest, Target, UpdateError, verify_bundle
 
@@ -47,11 +48,11 @@ SPACE_MARGIN = 64 * 1024 * 1024
 
 #: Codes of the installer (docs/protocol.md's error table), beside bundle.CODES.
 CODES = (
-    "update_no_space",  # not enough free disk for the new environment
-    "update_install_failed",  # venv or pip failed; the running version is untouched
-    "update_in_progress",  # another update's journal is not final yet
-    "update_not_ready",  # switch/verdict called in the wrong state
-    "update_selftest_failed",  # the new version's own selftest failed during its trial
+    ErrorCode.UPDATE_NO_SPACE,  # not enough free disk for the new environment
+    ErrorCode.UPDATE_INSTALL_FAILED,  # venv or pip failed; the running version is untouched
+    ErrorCode.UPDATE_IN_PROGRESS,  # another update's journal is not final yet
+    ErrorCode.UPDATE_NOT_READY,  # switch/verdict called in the wrong state
+    ErrorCode.UPDATE_SELFTEST_FAILED,  # the new version's own selftest failed during its trial
 )
 
 
@@ -107,7 +108,7 @@ class Updater:
         if j is not None and j["state"] not in g.FINAL and j["state"] not in g.BEFORE_SWITCH:
             raise UpdateError(
                 f"an update to {j.get('version')} is at {j['state']}",
-                code="update_in_progress",
+                code=ErrorCode.UPDATE_IN_PROGRESS,
                 details={"state": j["state"], "version": j.get("version")},
             )
         work = self.state_dir / g.JOURNAL_DIR
@@ -144,7 +145,7 @@ class Updater:
         return manifest
 
     def _fail(self, j: dict[str, Any], exc: Exception) -> None:
-        code = getattr(exc, "code", "update_failed")
+        code = getattr(exc, "code", ErrorCode.UPDATE_FAILED)
         msg = getattr(exc, "message", str(exc))
         g.set_state(self.state_dir, j, "failed", reason=f"{code}: {msg}", reported=False)
 
@@ -157,7 +158,7 @@ class Updater:
         if free < need:
             raise UpdateError(
                 f"{free} bytes free under {self.root}, release {manifest.version} needs {need}",
-                code="update_no_space",
+                code=ErrorCode.UPDATE_NO_SPACE,
                 details={"free": free, "needed": need},
             )
 
@@ -166,7 +167,8 @@ class Updater:
         if env.exists():
             if g.current_target(self.root) == f"{g.RELEASES}/{manifest.version}":
                 raise UpdateError(
-                    f"release {manifest.version} is the running one", code="update_not_ready"
+                    f"release {manifest.version} is the running one",
+                    code=ErrorCode.UPDATE_NOT_READY,
                 )
             shutil.rmtree(env)  # a half-made environment from an interrupted install
         env.parent.mkdir(parents=True, exist_ok=True)
@@ -212,7 +214,7 @@ class Updater:
         if proc.returncode != 0:
             raise UpdateError(
                 f"{what} failed ({proc.returncode}): {proc.stderr.strip()[-1500:]}",
-                code="update_install_failed",
+                code=ErrorCode.UPDATE_INSTALL_FAILED,
             )
 
     # -- the switch ----------------------------------------------------------------------------
@@ -224,14 +226,16 @@ class Updater:
         if j is None or j["state"] != "installed":
             raise UpdateError(
                 "no installed release waits for its switch",
-                code="update_not_ready",
+                code=ErrorCode.UPDATE_NOT_READY,
                 details={"state": j and j["state"]},
             )
         if self.session_active():
             raise Busy("an enrollment session is active: the switch waits for its end")
         env = self.root / j["to"]
         if not (env / INSTALLED_MARK).exists():
-            raise UpdateError(f"{env} is not a complete environment", code="update_not_ready")
+            raise UpdateError(
+                f"{env} is not a complete environment", code=ErrorCode.UPDATE_NOT_READY
+            )
         self.install_guard()
         schema = g.snapshot_store(self.state_dir)
         j = self._set(j, "switching", baseline=baseline or {}, schema_before=schema)
@@ -262,7 +266,7 @@ class Updater:
         then ``committed``, or roll back (``rolled_back``; the caller restarts)."""
         j = self.journal
         if j is None or j["state"] != "trial":
-            raise UpdateError("no update is in its trial", code="update_not_ready")
+            raise UpdateError("no update is in its trial", code=ErrorCode.UPDATE_NOT_READY)
         if healthy and j.get("selftest"):  # the guard ran it before this daemon started
             j = self._set(j, "committed", reason=f"{reason}; {j['selftest']}", reported=False)
             (self.state_dir / g.JOURNAL_DIR / g.STORE_BEFORE).unlink(missing_ok=True)
@@ -287,7 +291,9 @@ class Updater:
             return j
         bundle = Path(j["bundle"])
         if not bundle.exists():
-            self._fail(j, UpdateError("the kept bundle is gone", code="update_install_failed"))
+            self._fail(
+                j, UpdateError("the kept bundle is gone", code=ErrorCode.UPDATE_INSTALL_FAILED)
+            )
             return self.journal
         log.warning("update: resuming the install of %s interrupted at %s", bundle, j["state"])
         with contextlib.suppress(UpdateError):  # journalled as failed

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TrustError
+from ..protocol.codes import ErrorCode
 from ..trust.certs import OperatorKey
 from ..trust.signeddoc import sign_document, verify_document
 
@@ -70,7 +71,7 @@ def sign_job(
     expires_at: int,
 ) -> bytes:
     if kind not in KINDS:
-        raise TrustError(f"job kind must be one of {KINDS}", code="malformed_envelope")
+        raise TrustError(f"job kind must be one of {KINDS}", code=ErrorCode.MALFORMED_ENVELOPE)
     fields = {"job": job_id, "kind": kind, "spec": spec, "expires_at": int(expires_at)}
     return sign_document(key, JOB_TYPE, CTX_JOB, device, fields)
 
@@ -102,13 +103,15 @@ def verify_job(
     b = doc.body
     job_id, kind, spec, expires = b.get("job"), b.get("kind"), b.get("spec"), b.get("expires_at")
     if not isinstance(job_id, str) or kind not in KINDS or not isinstance(spec, dict):
-        raise TrustError("job document needs job, kind and spec", code="malformed_envelope")
+        raise TrustError("job document needs job, kind and spec", code=ErrorCode.MALFORMED_ENVELOPE)
     if not isinstance(expires, int) or isinstance(expires, bool):
         raise TrustError(
-            "job document field 'expires_at' must be an integer", code="malformed_envelope"
+            "job document field 'expires_at' must be an integer", code=ErrorCode.MALFORMED_ENVELOPE
         )
     if t > expires:
         raise TrustError(
-            f"job {job_id} expired at {expires}", code="job_expired", details={"job": job_id}
+            f"job {job_id} expired at {expires}",
+            code=ErrorCode.JOB_EXPIRED,
+            details={"job": job_id},
         )
     return Job(job_id, str(kind), spec, expires, doc.issuer, device)
