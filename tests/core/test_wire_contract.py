@@ -358,6 +358,8 @@ CONVERTED_ROOMS = (
     "central/",
     "citizen/",
     "dispatch",
+    "agent/",
+    "daemon.py",
 )
 #: Inside those rooms, files not converted yet (another change owns them this round).
 NOT_CONVERTED = ("fleet/sim", "central/issue")
