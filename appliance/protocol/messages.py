@@ -10,6 +10,7 @@ fields (``field: reason``)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -59,8 +60,9 @@ class StatusMessage(BaseModel):
 
     def to_json(self) -> bytes:
         """The document as the kiosk publishes it: only the fields it set (the Last Will has
-        no ``ts``), a field set to None written as null."""
-        return self.model_dump_json(exclude_unset=True).encode("utf-8")
+        no ``ts``), a field set to None written as null; ``json.dumps``'s spacing, the bytes
+        the kiosk has always sent (tools match ``"online": true`` in them)."""
+        return json.dumps(self.model_dump(mode="json", exclude_unset=True)).encode("utf-8")
 
     @property
     def state(self) -> Literal["online", "lost", "offline"]:
@@ -92,7 +94,7 @@ class EventMessage(BaseModel):
         """The document as the kiosk publishes it: only the fields it set (no ``seq`` on a
         transient event). Durable events are rendered by ``store.render_event`` in the
         outbox's hot path (the same fields, the stored data spliced in, not re-encoded)."""
-        return self.model_dump_json(exclude_unset=True).encode("utf-8")
+        return json.dumps(self.model_dump(mode="json", exclude_unset=True)).encode("utf-8")
 
 
 class TelemetryMessage(BaseModel):
