@@ -32,6 +32,8 @@ from .dispatch import Dispatcher
 from .drivers import create_device
 from .errors import ApplianceError, TrustError
 from .inbound import Incoming, Verified, Verifier
+from .protocol.codes import ErrorCode
+from .protocol.messages import EventMessage, StatusMessage
 from .protocol.topics import Topics
 from .sdnotify import Notifier
 from .store import Store
@@ -116,7 +118,7 @@ def build_verifier(cfg: AppConfig, store: Store, registry: CommandRegistry) -> V
             raise TrustError(
                 "this kiosk has no fleet root key and refuses every command: provision it "
                 "(appliance provision) or set commands.allow_unsigned for development",
-                code="untrusted_issuer",
+                code=ErrorCode.UNTRUSTED_ISSUER,
             )
 
         return refuse
@@ -170,27 +172,24 @@ class Services:
             if self.agent is not None:
                 self.agent.kick()
         elif self.agent is not None:
-            body = {
-                "id": uuid.uuid4().hex,
-                "device": self.config.device.id,
-                "type": type_,
-                "ts": time.time(),
-                "data": data,
-            }
-            self.agent.publish(self.topics.event(type_), json.dumps(body), qos=0)
+            event = EventMessage(
+                id=uuid.uuid4().hex,
+                device=self.config.device.id,
+                type=type_,
+                ts=time.time(),
+                data=data,
+            )
+            self.agent.publish(self.topics.event(type_), event.to_json(), qos=0)
         if type_ == "device.health":
             self.publish_status()
         return stored
 
     def publish_status(self) -> None:
         if self.agent is not None and self.agent.connected:
-            body = {
-                "online": True,
-                "device": self.config.device.id,
-                "ts": time.time(),
-                **self.birth(),
-            }
-            self.agent.publish(self.topics.status, json.dumps(body), qos=1, retain=True)
+            status = StatusMessage(
+                online=True, device=self.config.device.id, ts=time.time(), **self.birth()
+            )
+            self.agent.publish(self.topics.status, status.to_json(), qos=1, retain=True)
 
     # -- views ------------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
 from .commands import CommandContext, CommandRegistry, CommandSpec
 from .errors import ApplianceError, CommandError, CommandTimeout
@@ -50,6 +50,8 @@ from .inbound import (
     parse_request,
     problems,
 )
+from .protocol.codes import ErrorCode
+from .protocol.messages import ErrorBody, ReplyMessage
 from .store import Store
 from .trust.certs import ROLES
 
@@ -59,55 +61,21 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 32
 
 
-class ErrorBody(BaseModel):
-    code: str = Field(
-        description="Stable error code (docs/protocol.md, error codes). A refused message is "
-        "checked in this order: payload_too_large; under signing the trust layer's codes "
-        "(malformed_envelope for bytes that are not a JSON object or an ill-formed envelope, "
-        "unsigned for a plain request, untrusted_issuer, cert_revoked, cert_expired, "
-        "not_yet_valid, bad_signature, expired, wrong_target, then unknown_command and "
-        "forbidden_role for an authenticated envelope, replayed for a re-sent envelope whose "
-        "id never ran; docs/trust.md); invalid_json; invalid_request (also an id already used "
-        "for another command); unknown_command; forbidden_role; invalid_args; busy. A repeat of "
-        "an id that ran gets its stored first reply, or in_progress / interrupted."
-    )
-    message: str
-    details: dict[str, Any] = Field(default_factory=dict)
-
-
-class CommandReply(BaseModel):
-    """A reply: ``{id, ok, result}`` on success, ``{id, ok: false, error}`` on failure."""
-
-    id: str | None = Field(
-        description="The request's id. Every refusal names it whenever it can be read, under "
-        "signing from the envelope's inner request; null only when no id can be read."
-    )
-    cmd: str | None = None
-    ok: bool
-    result: dict[str, Any] | None = None
-    error: ErrorBody | None = None
-
-    def to_json(self) -> str:
-        """JSON with ``id`` always present (null when the request had none) and only one of
-        ``result``/``error``."""
-        skip = {"result"} if self.result is None else set()
-        if self.error is None:
-            skip.add("error")
-        if self.cmd is None:
-            skip.add("cmd")
-        return self.model_dump_json(exclude=skip)
+#: The reply model is the wire contract's (protocol/messages.py): the kiosk renders with the
+#: same class the fleet tools and the centre parse with.
+CommandReply = ReplyMessage
 
 
 #: Refusal codes of the admission checks, in the order they are checked (docs/protocol.md);
 #: the trust layer's own codes (docs/trust.md) come in at step 2.
 ADMISSION_CODES = (
-    "payload_too_large",
-    "invalid_json",
-    "invalid_request",
-    "unknown_command",
-    "forbidden_role",
-    "invalid_args",
-    "busy",
+    ErrorCode.PAYLOAD_TOO_LARGE,
+    ErrorCode.INVALID_JSON,
+    ErrorCode.INVALID_REQUEST,
+    ErrorCode.UNKNOWN_COMMAND,
+    ErrorCode.FORBIDDEN_ROLE,
+    ErrorCode.INVALID_ARGS,
+    ErrorCode.BUSY,
 )
 
 
@@ -264,7 +232,7 @@ class Dispatcher:
                 cmd=name,
                 ok=False,
                 error=ErrorBody(
-                    code="interrupted",
+                    code=ErrorCode.INTERRUPTED,
                     message="the daemon stopped while this command ran; it was "
                     "not completed and will not be re-run",
                 ),
@@ -418,7 +386,7 @@ class Dispatcher:
             if len(msg.payload) > self.max_payload:
                 raise CommandError(
                     f"payload of {len(msg.payload)} bytes exceeds the maximum {self.max_payload}",
-                    code="payload_too_large",
+                    code=ErrorCode.PAYLOAD_TOO_LARGE,
                     details={"size": len(msg.payload), "max": self.max_payload},
                 )
             try:
@@ -448,7 +416,7 @@ class Dispatcher:
                 known = self.store.commands.lookup(request.id)
                 if known is None or known[0] != request.cmd:
                     raise CommandError(
-                        f"command id {request.id} has no stored reply", code="replayed"
+                        f"command id {request.id} has no stored reply", code=ErrorCode.REPLAYED
                     )
                 self._answer_known(request, known, actor, trust, reply_to, msg.correlation_data)
                 return
@@ -456,7 +424,7 @@ class Dispatcher:
             if spec.role not in verified.roles:
                 raise CommandError(
                     f"role {spec.role!r} required for {spec.name}",
-                    code="forbidden_role",
+                    code=ErrorCode.FORBIDDEN_ROLE,
                     details={"required": spec.role, "have": sorted(verified.roles)},
                 )
             known = self.store.commands.lookup(request.id)
@@ -468,13 +436,13 @@ class Dispatcher:
             except ValidationError as exc:
                 raise CommandError(
                     f"invalid arguments for {spec.name}",
-                    code="invalid_args",
+                    code=ErrorCode.INVALID_ARGS,
                     details={"problems": problems(exc)},
                 ) from None
             if spec.intrusive and self.session_active():
                 raise CommandError(
                     f"{spec.name} must wait: an enrollment session is active",
-                    code="busy",
+                    code=ErrorCode.BUSY,
                     retryable=True,
                 )
         except ApplianceError as exc:
@@ -575,7 +543,7 @@ class Dispatcher:
             self.rejected += 1
             err = CommandError(
                 f"command id {request.id} was already used for another command; choose a new id",
-                code="invalid_request",
+                code=ErrorCode.INVALID_REQUEST,
                 details={"problems": ["id: already used for another command"]},
             )
             log.warning("command refused: id=%s cmd=%s: id reused", request.id, request.cmd)
@@ -615,7 +583,7 @@ class Dispatcher:
                 cmd=request.cmd,
                 ok=False,
                 error=ErrorBody(
-                    code="in_progress" if running_here else "interrupted",
+                    code=ErrorCode.IN_PROGRESS if running_here else ErrorCode.INTERRUPTED,
                     message=f"command id {request.id} is {state}",
                 ),
             ),
@@ -680,9 +648,11 @@ class Dispatcher:
                 id=ctx.command_id,
                 cmd=ctx.name,
                 ok=False,
-                error=ErrorBody(code="internal_error", message=f"{type(exc).__name__}: {exc}"),
+                error=ErrorBody(
+                    code=ErrorCode.INTERNAL_ERROR, message=f"{type(exc).__name__}: {exc}"
+                ),
             )
-            return reply, "internal_error"
+            return reply, ErrorCode.INTERNAL_ERROR
 
     def _execute(
         self,
@@ -718,11 +688,11 @@ class Dispatcher:
             id=ctx.command_id,
             cmd=ctx.name,
             ok=False,
-            error=ErrorBody(code="timeout", message=f"{ctx.name} did not finish in time"),
+            error=ErrorBody(code=ErrorCode.TIMEOUT, message=f"{ctx.name} did not finish in time"),
         )
         with self.store.lock:
             ctx.cancelled.set()
-            self._finish(ctx, reply, "timeout", reply_to, corr)
+            self._finish(ctx, reply, ErrorCode.TIMEOUT, reply_to, corr)
 
     def _finish(
         self,

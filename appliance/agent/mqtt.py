@@ -51,7 +51,6 @@ import collections
 import contextlib
 import functools
 import hashlib
-import json
 import logging
 import queue
 import random
@@ -72,6 +71,7 @@ from ..config import AppConfig, Endpoint
 from ..errors import ApplianceError
 from ..inbound import Incoming, Reply
 from ..mqttclient import make_client, tls_files
+from ..protocol.messages import OfflineReason, StatusMessage
 from ..protocol.topics import Topics
 from ..store import OutboxRow, Store, render_event
 
@@ -247,17 +247,17 @@ class MqttAgent:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
-    def offline_status(self, reason: str, now: float, connected_at: float) -> bytes:
+    def offline_status(self, reason: OfflineReason, now: float, connected_at: float) -> bytes:
         """The offline status document: the Last Will (``reason="lost"``, ``now`` = the
         connect time, no ``ts``: the broker sends it later) or the clean-stop status."""
-        body: dict[str, Any] = {"online": False, "device": self.device_id, "reason": reason}
+        status = StatusMessage(online=False, device=self.device_id, reason=reason)
         if reason != "lost":
-            body["ts"] = now
-        body["connected_at"] = connected_at
-        body["last_seen"] = now
-        return json.dumps(body).encode()
+            status.ts = now
+        status.connected_at = connected_at
+        status.last_seen = now
+        return status.to_json()
 
-    def stop(self, reason: str = "shutdown") -> None:
+    def stop(self, reason: OfflineReason = "shutdown") -> None:
         """Publish the retained, signed offline status, disconnect cleanly, stop the threads."""
         # From here on a dropped connection is not re-established: a reconnect in the moment
         # between the DISCONNECT and the end of the process would leave a Last Will ("lost")
@@ -522,15 +522,14 @@ class MqttAgent:
         if self.end_to_end:
             subs.append((self.topics.outbox_ack, 1))
         client.subscribe(subs)
-        birth = {
-            "online": True,
-            "device": self.device_id,
-            "ts": time.time(),
-            "connected_at": self._connected_at,
-            "broker": self.broker.name,
+        body = StatusMessage(
+            online=True,
+            device=self.device_id,
+            ts=time.time(),
+            connected_at=self._connected_at,
+            broker=self.broker.name,
             **self._birth(),
-        }
-        body = json.dumps(birth).encode()
+        ).to_json()
         client.publish(
             self.topics.status, body, qos=1, retain=True, properties=self._properties(body)
         )

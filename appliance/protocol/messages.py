@@ -10,6 +10,7 @@ fields (``field: reason``)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -17,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .package import ChunkHeader, Manifest
 
 HealthName = Literal["ok", "starting", "disconnected", "error", "disabled"]
+#: Why a kiosk is offline: the Last Will (``lost``), a clean stop or a restart.
+OfflineReason = Literal["lost", "shutdown", "restart"]
 
 
 class StatusMessage(BaseModel):
@@ -28,7 +31,7 @@ class StatusMessage(BaseModel):
     online: bool
     device: str
     ts: float | None = Field(None, description="Unix time; absent in the Last Will")
-    reason: Literal["lost", "shutdown", "restart"] | None = Field(
+    reason: OfflineReason | None = Field(
         None, description="Why offline: the Last Will (lost), a clean stop or a restart"
     )
     connected_at: float | None = Field(
@@ -55,6 +58,12 @@ class StatusMessage(BaseModel):
         "end_to_end by the fleet's ingest",
     )
 
+    def to_json(self) -> bytes:
+        """The document as the kiosk publishes it: only the fields it set (the Last Will has
+        no ``ts``), a field set to None written as null; ``json.dumps``'s spacing, the bytes
+        the kiosk has always sent (tools match ``"online": true`` in them)."""
+        return json.dumps(self.model_dump(mode="json", exclude_unset=True)).encode("utf-8")
+
     @property
     def state(self) -> Literal["online", "lost", "offline"]:
         """``online``, ``lost`` (the broker sent the Last Will) or ``offline`` (a clean stop)."""
@@ -80,6 +89,12 @@ class EventMessage(BaseModel):
     type: str
     ts: float
     data: dict[str, Any]
+
+    def to_json(self) -> bytes:
+        """The document as the kiosk publishes it: only the fields it set (no ``seq`` on a
+        transient event). Durable events are rendered by ``store.render_event`` in the
+        outbox's hot path (the same fields, the stored data spliced in, not re-encoded)."""
+        return json.dumps(self.model_dump(mode="json", exclude_unset=True)).encode("utf-8")
 
 
 class TelemetryMessage(BaseModel):
@@ -150,36 +165,63 @@ class UploadAck(BaseModel):
         return self.model_dump_json(exclude_none=True).encode("utf-8")
 
 
-class ReplyError(BaseModel):
+class ErrorBody(BaseModel):
     """``error`` of a failed reply."""
 
     model_config = ConfigDict(extra="allow")
 
-    code: str = Field(description="An ErrorCode (docs/protocol.md, error codes)")
+    code: str = Field(
+        description="Stable error code (docs/protocol.md, error codes). A refused message is "
+        "checked in this order: payload_too_large; under signing the trust layer's codes "
+        "(malformed_envelope for bytes that are not a JSON object or an ill-formed envelope, "
+        "unsigned for a plain request, untrusted_issuer, cert_revoked, cert_expired, "
+        "not_yet_valid, bad_signature, expired, wrong_target, then unknown_command and "
+        "forbidden_role for an authenticated envelope, replayed for a re-sent envelope whose "
+        "id never ran; docs/trust.md); invalid_json; invalid_request (also an id already used "
+        "for another command); unknown_command; forbidden_role; invalid_args; busy. A repeat of "
+        "an id that ran gets its stored first reply, or in_progress / interrupted."
+    )
     message: str
     details: dict[str, Any] = Field(default_factory=dict)
 
 
+#: The name the fleet tools knew it by.
+ReplyError = ErrorBody
+
+
 class ReplyMessage(BaseModel):
     """``{prefix}/{device}/reply`` (or the request's MQTT 5 response topic), QoS 1: the one
-    final answer to a command, ``{id, cmd, ok, result}`` or ``{id, cmd, ok: false, error}``
-    (docs/protocol.md, "Commands"). The kiosk renders it with ``dispatch.CommandReply`` (the
-    same fields; a test keeps the two schemas equal); the fleet tools and the centre parse it
-    with this model."""
+    final answer to a command, ``{id, cmd, ok, result}`` on success or ``{id, cmd, ok: false,
+    error}`` on failure (docs/protocol.md, "Commands"). One model for both ends: the kiosk's
+    dispatcher renders it (``dispatch.CommandReply`` is this class), the fleet tools and the
+    centre parse it."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", title="CommandReply")
 
-    id: str | None = Field(description="The request's id; null when none could be read")
+    id: str | None = Field(
+        description="The request's id. Every refusal names it whenever it can be read, under "
+        "signing from the envelope's inner request; null only when no id can be read."
+    )
     cmd: str | None = None
     ok: bool
     result: dict[str, Any] | None = None
-    error: ReplyError | None = None
+    error: ErrorBody | None = None
 
     @model_validator(mode="after")
     def _failure_names_its_error(self) -> ReplyMessage:
         if not self.ok and self.error is None:
             raise ValueError("error: required when ok is false")
         return self
+
+    def to_json(self) -> str:
+        """JSON with ``id`` always present (null when the request had none) and only one of
+        ``result``/``error``; ``cmd`` only when known."""
+        skip = {"result"} if self.result is None else set()
+        if self.error is None:
+            skip.add("error")
+        if self.cmd is None:
+            skip.add("cmd")
+        return self.model_dump_json(exclude=skip)
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -11,6 +11,7 @@ import pytest
 
 from appliance.devtools.broker import Mosquitto
 from appliance.devtools.controller import Controller
+from appliance.protocol.messages import StatusMessage, parse_message
 from appliance.store import Store
 from tests.helpers import DaemonProcess, drain_json, get_json, wait_for, wait_online
 
@@ -33,6 +34,10 @@ def test_birth_message_is_retained_and_describes_the_kiosk(
         q = late.subscribe("kiosk/kiosk-birth/status")
         _topic, payload, retained = q.get(timeout=5)
         assert retained and json.loads(payload)["online"] is True
+    # Rendered with the wire contract's model, in the bytes the kiosk has always sent.
+    status = parse_message(StatusMessage, payload, "status")
+    assert status.state == "online" and status.broker and status.connected_at
+    assert b'"online": true' in payload
     assert d.terminate() == 0
 
 
@@ -46,6 +51,8 @@ def test_last_will_marks_offline_after_kill9_and_clean_stop_says_shutdown(
     d.kill9()
     will = get_json(q, 10, lambda m: m.get("online") is False)
     assert will["reason"] == "lost"
+    assert "ts" not in will and will["last_seen"] == will["connected_at"]
+    assert StatusMessage.model_validate(will).state == "lost"
 
     t1 = time.time()
     d.start()
@@ -54,6 +61,7 @@ def test_last_will_marks_offline_after_kill9_and_clean_stop_says_shutdown(
     assert d.terminate() == 0
     bye = get_json(q, 10, lambda m: m.get("online") is False)
     assert bye["reason"] == "shutdown"
+    assert StatusMessage.model_validate(bye).state == "offline" and bye["ts"] >= t1
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])

@@ -16,6 +16,7 @@ from appliance.agent.mqtt import Incoming
 from appliance.commands import CommandContext, CommandRegistry
 from appliance.dispatch import Dispatcher
 from appliance.errors import CommandError, DeviceTimeout
+from appliance.protocol.messages import ReplyMessage, parse_message
 from appliance.store import Store
 from appliance.trust.certs import ROLES
 
@@ -29,6 +30,7 @@ class Harness:
     def __init__(self, tmp: Path, session: bool = False) -> None:
         self.store = Store(tmp)
         self.replies: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.wire: list[bytes] = []  # every reply's bytes, as published
         self.release = threading.Event()
         self.started = threading.Event()  # a "slow" command is running
         self.runs: list[str] = []
@@ -53,6 +55,7 @@ class Harness:
         reg.add("look", lambda _c, _a: {"seen": True}, readonly=True, role="operator")
 
         def publish(topic: str, body: bytes, **_kw: Any) -> bool:
+            self.wire.append(body)
             self.replies.put(json.loads(body))
             return True
 
@@ -100,6 +103,33 @@ def test_handler_crash_is_internal_error_and_dispatch_goes_on(h: Harness) -> Non
     assert r["error"]["code"] == "device_timeout"
     assert r["error"]["details"]["device"] == "fingerprint"
     assert h.send({"id": "s2", "cmd": "slow"})["ok"] is True
+
+
+def test_the_fleet_tools_parse_every_reply_the_dispatcher_renders(h: Harness) -> None:
+    """The kiosk renders and the fleet tools parse with the one model of the wire contract
+    (``ReplyMessage``): each reply's bytes, as published, parse back to the same document."""
+    h.send({"id": "a1", "cmd": "look"})  # read-only, ok
+    h.send({"id": "a2", "cmd": "slow"})  # a worker, ok
+    h.send({"id": "a3", "cmd": "boom"})  # internal_error
+    h.send({"id": "a4", "cmd": "devfail"})  # an ApplianceError with details
+    h.send({"id": "a5", "cmd": "nope"})  # refused at admission
+    h.send({"id": "a1", "cmd": "slow"})  # id reused for another command
+    h.d.handle(Incoming("kiosk/t/cmd", b"{not json", False))  # no id can be read
+    h.replies.get(timeout=10)
+    assert len(h.wire) == 7
+    for body in h.wire:
+        parsed = parse_message(ReplyMessage, body, "reply")
+        assert parsed.model_dump(mode="json", exclude_unset=True) == json.loads(body)
+    codes = [json.loads(b).get("error", {}).get("code") for b in h.wire]
+    assert codes == [
+        None,
+        None,
+        "internal_error",
+        "device_timeout",
+        "unknown_command",
+        "invalid_request",
+        "invalid_json",
+    ]
 
 
 def test_running_command_repeat_is_in_progress(h: Harness) -> None:
