@@ -196,8 +196,12 @@ def test_card_pulled_during_encode_is_never_reported_issued(
         # it), and the daemon keeps answering.
         assert result["outcome"] == "failed", result
         assert result["error"]["code"] == "card_spoiled", result
+        # Any step after the first write (docs/card.md, "Spoiled card"): on a loaded machine the
+        # kill may land as late as the read-back.
         step = result["error"]["details"]["step"]
-        assert step.startswith("write:") or step in ("put_data:bac_seed", "lock"), result
+        assert step.startswith(("write:", "verify:")) or step in ("put_data:bac_seed", "lock"), (
+            result
+        )
         st = rig.ctl.request(dev, "status")
         assert st["ok"] and st["result"]["devices"]["card"]["state"] == "ok", st
         assert rig.ctl.request(dev, "card.status")["ok"]
